@@ -1,0 +1,16 @@
+"""Every private scvi-tools import lives here, so a release bump touches one file."""
+
+from __future__ import annotations
+
+from scvi.data._constants import _MODEL_NAME_KEY, _SETUP_ARGS_KEY, _SETUP_METHOD_NAME
+from scvi.model._utils import parse_device_args
+from scvi.model.base._save_load import _initialize_model, _validate_var_names
+
+__all__ = [
+    "_MODEL_NAME_KEY",
+    "_SETUP_ARGS_KEY",
+    "_SETUP_METHOD_NAME",
+    "_initialize_model",
+    "_validate_var_names",
+    "parse_device_args",
+]

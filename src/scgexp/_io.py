@@ -1,0 +1,209 @@
+"""Safe (``weights_only``) saving and loading of scgexp models.
+
+scvi-tools pickles the model's attributes into ``model.pt`` and loads it with
+``torch.load(weights_only=False)``, which can run arbitrary code from a file. scgexp writes the
+tensors alone to ``model.pt`` (loaded with ``weights_only=True``) and every other attribute to
+``attributes.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+import anndata
+import mudata
+import numpy as np
+import pandas as pd
+import torch
+
+from scgexp._compat import (
+    _MODEL_NAME_KEY,
+    _SETUP_ARGS_KEY,
+    _SETUP_METHOD_NAME,
+    _initialize_model,
+    _validate_var_names,
+    parse_device_args,
+)
+
+if TYPE_CHECKING:
+    from scvi._types import AnnOrMuData
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt"
+ATTRIBUTES_FILE = "attributes.json"
+ADATA_FILE = "adata.h5ad"
+MDATA_FILE = "mdata.h5mu"
+
+
+def _encode(value: Any) -> Any:
+    """Turn an attribute into JSON-compatible values, tagging non-JSON types."""
+    if isinstance(value, dict):
+        return {"__dict__": [[_encode(k), _encode(v)] for k, v in value.items()]}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return {"__ndarray__": _encode(value.tolist()), "dtype": value.dtype.str}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, pd.DataFrame):
+        return {"__dataframe__": _encode(value.to_dict(orient="split"))}
+    if isinstance(value, float) and not np.isfinite(value):
+        return {"__float__": repr(value)}
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(f"Cannot save an attribute of type {type(value).__name__}: {value!r}")
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__dict__" in value:
+        return {_decode(k): _decode(v) for k, v in value["__dict__"]}
+    if "__tuple__" in value:
+        return tuple(_decode(v) for v in value["__tuple__"])
+    if "__ndarray__" in value:
+        dtype = np.dtype(value["dtype"])
+        data = _decode(value["__ndarray__"])
+        return np.array(data, dtype=object if dtype.kind == "O" else dtype)
+    if "__dataframe__" in value:
+        split = _decode(value["__dataframe__"])
+        return pd.DataFrame(split["data"], index=split["index"], columns=split["columns"])
+    if "__float__" in value:
+        return float(value["__float__"])
+    raise ValueError(f"Unknown tagged value in {ATTRIBUTES_FILE}: {sorted(value)}")
+
+
+class SafeSaveMixin:
+    """``save``/``load`` that never unpickle: tensors load with ``weights_only=True``."""
+
+    def save(
+        self,
+        dir_path: str,
+        overwrite: bool = False,
+        save_anndata: bool = False,
+        **anndata_write_kwargs,
+    ) -> None:
+        """Save the model's weights, settings and, optionally, its data.
+
+        Parameters
+        ----------
+        dir_path
+            Folder to write into (created if needed).
+        overwrite
+            Replace an existing folder's model files.
+        save_anndata
+            Also write the registered AnnData/MuData, so that ``load(dir_path)`` needs no data.
+        **anndata_write_kwargs
+            Passed to :meth:`anndata.AnnData.write_h5ad` / :meth:`mudata.MuData.write`.
+
+        Examples
+        --------
+        >>> model.save("my_model", save_anndata=True)
+        >>> model = type(model).load("my_model")
+        """
+        if os.path.exists(os.path.join(dir_path, MODEL_FILE)) and not overwrite:
+            raise ValueError(
+                f"{dir_path} already holds a saved model. Pass overwrite=True or another folder."
+            )
+        os.makedirs(dir_path, exist_ok=True)
+        if save_anndata:
+            if self.adata is None:
+                raise ValueError("This model has no AnnData to save; use save_anndata=False.")
+            name = MDATA_FILE if isinstance(self.adata, mudata.MuData) else ADATA_FILE
+            self.adata.write(os.path.join(dir_path, name), **anndata_write_kwargs)
+
+        attributes = {
+            name: value
+            for name, value in self._get_user_attributes()
+            if name.endswith("_") and not name.startswith("_")
+        }
+        attributes = {"attr_dict": attributes, "var_names": self._saved_var_names()}
+        with open(os.path.join(dir_path, ATTRIBUTES_FILE), "w") as handle:
+            json.dump(_encode(attributes), handle)
+        state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
+        torch.save(state, os.path.join(dir_path, MODEL_FILE))
+
+    def _saved_var_names(self) -> list[str] | dict[str, list[str]]:
+        if isinstance(self.adata, mudata.MuData):
+            return {name: mod.var_names.tolist() for name, mod in self.adata.mod.items()}
+        if self.adata is not None:
+            return self.adata.var_names.tolist()
+        return list(getattr(self, "_loaded_var_names", []))
+
+    @classmethod
+    def load(
+        cls,
+        dir_path: str,
+        adata: AnnOrMuData | None = None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+    ):
+        """Load a model saved with :meth:`save`.
+
+        Parameters
+        ----------
+        dir_path
+            Folder written by :meth:`save`.
+        adata
+            Data organised like the training data (same features, same setup keys). ``None``
+            loads the data saved with the model, if any, and otherwise loads the model without
+            data (enough for methods that take new data as an argument).
+        accelerator, device
+            Where to put the model, as in :meth:`scvi.model.base.BaseModelClass.load`.
+
+        Examples
+        --------
+        >>> model = Model.load("my_model", adata=query)
+        """
+        _, _, torch_device = parse_device_args(
+            accelerator=accelerator,
+            devices=device,
+            return_device="torch",
+            validate_single_device=True,
+        )
+        attributes_path = os.path.join(dir_path, ATTRIBUTES_FILE)
+        if not os.path.exists(attributes_path):
+            raise FileNotFoundError(
+                f"No saved scgexp model in {dir_path!r} ({ATTRIBUTES_FILE} is missing)."
+            )
+        with open(attributes_path) as handle:
+            saved = _decode(json.load(handle))
+        attr_dict, var_names = saved["attr_dict"], saved["var_names"]
+        state = torch.load(
+            os.path.join(dir_path, MODEL_FILE), map_location="cpu", weights_only=True
+        )
+
+        if adata is None:
+            for name, reader in ((ADATA_FILE, anndata.read_h5ad), (MDATA_FILE, mudata.read_h5mu)):
+                if os.path.exists(os.path.join(dir_path, name)):
+                    adata = reader(os.path.join(dir_path, name))
+        registry = attr_dict.pop("registry_")
+        if registry.get(_MODEL_NAME_KEY, cls.__name__) != cls.__name__:
+            raise ValueError(
+                f"{dir_path} holds a {registry[_MODEL_NAME_KEY]} model, not a {cls.__name__}."
+            )
+        if adata is not None:
+            _validate_var_names(
+                adata,
+                np.asarray(var_names, dtype=object)
+                if isinstance(var_names, list)
+                else {k: np.asarray(v, dtype=object) for k, v in var_names.items()},
+            )
+            setup_method = getattr(cls, registry.get(_SETUP_METHOD_NAME, "setup_anndata"))
+            setup_method(adata, source_registry=registry, **registry[_SETUP_ARGS_KEY])
+        model = _initialize_model(
+            cls, adata if adata is not None else False, registry, attr_dict, None
+        )
+        model._loaded_var_names = var_names
+        model.module.load_state_dict(state)
+        model.to_device(torch_device)
+        model.module.eval()
+        return model

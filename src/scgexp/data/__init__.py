@@ -1,0 +1,28 @@
+"""Embedded data, simulators, readers and input checks."""
+
+from scgexp.data._checks import InputError, check_matrix, check_obs_keys
+from scgexp.data._gct import read_gct, read_gctx
+from scgexp.data._landmarks import mark_landmarks, read_landmark_genes, select_landmarks
+from scgexp.data._pbmc import pbmc68k_counts
+from scgexp.data._simulate import (
+    simulate_bulk_expression,
+    simulate_multiome,
+    simulate_scatac,
+    simulate_scrna,
+)
+
+__all__ = [
+    "InputError",
+    "check_matrix",
+    "check_obs_keys",
+    "mark_landmarks",
+    "pbmc68k_counts",
+    "read_gct",
+    "read_gctx",
+    "read_landmark_genes",
+    "select_landmarks",
+    "simulate_bulk_expression",
+    "simulate_multiome",
+    "simulate_scatac",
+    "simulate_scrna",
+]

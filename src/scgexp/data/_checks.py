@@ -1,0 +1,173 @@
+"""Input checks shared by every model's ``setup_anndata``/``setup_mudata``.
+
+The checks only read: they never modify ``X``, layers or annotations.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from anndata import AnnData
+
+_CHUNK_ROWS = 10_000
+
+
+class InputError(ValueError):
+    """Raised when data given to scgexp cannot be used as it is; the message says what to do."""
+
+
+def get_matrix(adata: AnnData, layer: str | None, where: str = "") -> object:
+    """Return ``adata.X`` or ``adata.layers[layer]``, with a clear error when it does not exist."""
+    if layer is None:
+        if adata.X is None:
+            raise InputError(
+                f"{where}X is empty; pass layer= naming the layer that holds the data."
+            )
+        return adata.X
+    if layer not in adata.layers:
+        available = ", ".join(map(repr, adata.layers.keys())) or "none"
+        raise InputError(f"{where}layer {layer!r} does not exist (layers: {available}).")
+    return adata.layers[layer]
+
+
+def _row_chunks(matrix, chunk_rows: int = _CHUNK_ROWS) -> Iterator[np.ndarray | sparse.spmatrix]:
+    for start in range(0, matrix.shape[0], chunk_rows):
+        yield matrix[start : start + chunk_rows]
+
+
+def _values(chunk) -> np.ndarray:
+    if sparse.issparse(chunk):
+        return np.asarray(chunk.data)
+    return np.asarray(chunk)
+
+
+def check_matrix(
+    adata: AnnData,
+    layer: str | None = None,
+    *,
+    counts: bool = False,
+    allow_empty_cells: bool = False,
+    allow_empty_features: bool = True,
+    where: str = "",
+) -> None:
+    """Check the matrix a model will train on.
+
+    Parameters
+    ----------
+    adata
+        The data.
+    layer
+        ``None`` for ``X``, else a key of ``adata.layers``.
+    counts
+        Require non-negative integer counts (for count likelihoods).
+    allow_empty_cells
+        Accept cells (rows) whose values are all zero.
+    allow_empty_features
+        Accept features (columns) whose values are all zero.
+    where
+        Prefix for messages, e.g. ``"modality 'rna': "``.
+
+    Raises
+    ------
+    InputError
+        With a message that names the problem and the fix.
+
+    Examples
+    --------
+    >>> import scgexp
+    >>> adata = scgexp.data.pbmc68k_counts()
+    >>> scgexp.data.check_matrix(adata, counts=True)
+    """
+    matrix = get_matrix(adata, layer, where)
+    name = "X" if layer is None else f"layer {layer!r}"
+    if not (sparse.issparse(matrix) or isinstance(matrix, np.ndarray)):
+        kind = type(matrix).__name__
+        raise InputError(
+            f"{where}{name} is a {kind}; scgexp needs a numpy array or a scipy sparse matrix. "
+            "Convert it (e.g. `adata.X = adata.X.toarray()`) or pass layer=."
+        )
+    if matrix.shape[0] == 0 or matrix.shape[1] == 0:
+        raise InputError(f"{where}{name} has shape {matrix.shape}: there is nothing to train on.")
+    if not np.issubdtype(matrix.dtype, np.number) or np.issubdtype(
+        matrix.dtype, np.complexfloating
+    ):
+        raise InputError(
+            f"{where}{name} has dtype {matrix.dtype}; a real numeric matrix is needed."
+        )
+    row_sums = np.zeros(matrix.shape[0])
+    col_sums = np.zeros(matrix.shape[1])
+    offset = 0
+    for chunk in _row_chunks(matrix):
+        values = _values(chunk)
+        if not np.all(np.isfinite(values)):
+            raise InputError(
+                f"{where}{name} contains NaN or infinite values. Remove or impute them first; "
+                "scgexp does not change your data."
+            )
+        if counts:
+            if values.size and values.min() < 0:
+                raise InputError(
+                    f"{where}{name} has negative values, but raw counts are required. "
+                    "Pass layer= naming the layer with raw counts (e.g. layer='counts')."
+                )
+            if values.size and np.any(values != np.round(values)):
+                raise InputError(
+                    f"{where}{name} holds non-integer values (log-normalised data?), but raw "
+                    "counts are required. Pass layer= naming the layer with raw counts "
+                    "(e.g. layer='counts')."
+                )
+        abs_chunk = abs(chunk)
+        row_sums[offset : offset + chunk.shape[0]] = np.asarray(abs_chunk.sum(axis=1)).ravel()
+        col_sums += np.asarray(abs_chunk.sum(axis=0)).ravel()
+        offset += chunk.shape[0]
+    if not allow_empty_cells and np.any(row_sums == 0):
+        n = int(np.sum(row_sums == 0))
+        raise InputError(
+            f"{where}{name} has {n} cells with no counts at all. Remove them first, e.g. "
+            "`sc.pp.filter_cells(adata, min_counts=1)`."
+        )
+    if not allow_empty_features and np.any(col_sums == 0):
+        n = int(np.sum(col_sums == 0))
+        raise InputError(
+            f"{where}{name} has {n} features that are zero in every cell. Remove them first, e.g. "
+            "`sc.pp.filter_genes(adata, min_counts=1)`."
+        )
+
+
+def check_obs_keys(
+    adata: AnnData,
+    categorical: Sequence[str] | None = None,
+    continuous: Sequence[str] | None = None,
+    where: str = "",
+) -> None:
+    """Check that ``obs`` columns exist, and that continuous ones are finite numbers.
+
+    Examples
+    --------
+    >>> scgexp.data.check_obs_keys(adata, categorical=["bulk_labels"])
+    """
+    for key in [*(categorical or []), *(continuous or [])]:
+        if key not in adata.obs:
+            raise InputError(
+                f"{where}obs has no column {key!r}. Available: {', '.join(adata.obs.columns)}."
+            )
+    for key in categorical or []:
+        if adata.obs[key].isna().any():
+            raise InputError(
+                f"{where}obs[{key!r}] has missing values; fill them (e.g. with 'unknown') first."
+            )
+    for key in continuous or []:
+        values = adata.obs[key]
+        if not pd.api.types.is_numeric_dtype(values):
+            raise InputError(f"{where}obs[{key!r}] must be numeric for a continuous covariate.")
+        if not np.all(np.isfinite(values.to_numpy(dtype=float))):
+            raise InputError(
+                f"{where}obs[{key!r}] has NaN or infinite values; fill or drop those cells first."
+            )

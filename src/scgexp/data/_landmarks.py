@@ -1,0 +1,159 @@
+"""Landmark gene panels: mark them on AnnData, read them from LINCS tables, or design one."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from scipy import linalg, sparse
+
+from scgexp.data._checks import InputError, get_matrix
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from anndata import AnnData
+
+logger = logging.getLogger(__name__)
+
+
+def mark_landmarks(
+    adata: AnnData,
+    genes: Iterable[str],
+    key: str = "landmark",
+    gene_column: str | None = None,
+) -> int:
+    """Mark landmark genes in ``adata.var[key]`` (``True``: input, ``False``: target).
+
+    Parameters
+    ----------
+    adata
+        Data whose genes are marked (only ``var[key]`` is written).
+    genes
+        Landmark gene identifiers.
+    key
+        Column of ``var`` to write.
+    gene_column
+        Match ``genes`` against this ``var`` column (e.g. gene symbols) instead of ``var_names``.
+
+    Returns
+    -------
+    The number of landmarks found in ``adata``. Landmarks that are absent are reported in a
+    warning; an error is raised when none is present.
+
+    Examples
+    --------
+    >>> n = scgexp.data.mark_landmarks(adata, ["GAPDH", "ACTB"], gene_column="symbol")
+    """
+    names = adata.var_names if gene_column is None else adata.var[gene_column].astype(str)
+    wanted = pd.Index(pd.unique(pd.Series(list(genes), dtype=str)))
+    is_landmark = np.asarray(pd.Index(names).isin(wanted))
+    n_found = int(is_landmark.sum())
+    if n_found == 0:
+        where = "var_names" if gene_column is None else f"var[{gene_column!r}]"
+        raise InputError(
+            f"None of the {len(wanted)} landmark genes is in {where} (e.g. {list(wanted[:3])} "
+            f"vs {list(names[:3])}). Pass gene_column= naming the column with matching IDs."
+        )
+    missing = wanted.difference(pd.Index(names))
+    if len(missing):
+        warnings.warn(
+            f"{len(missing)} of {len(wanted)} landmark genes are not in the data "
+            f"(e.g. {list(missing[:5])}); {n_found} marked.",
+            UserWarning,
+            stacklevel=2,
+        )
+    adata.var[key] = is_landmark
+    return n_found
+
+
+def read_landmark_genes(path: str, id_column: str | None = None) -> list[str]:
+    """Read landmark genes from a LINCS ``gene_info`` table (tab-separated).
+
+    Rows with ``pr_is_lm == 1`` (or ``pr_is_lmark == "Y"``) are kept; without such a column every
+    row is a landmark.
+
+    Parameters
+    ----------
+    path
+        The table, e.g. ``GSE92742_Broad_LINCS_gene_info.txt``.
+    id_column
+        Column with the identifiers to return. Default: ``pr_gene_symbol`` or ``symbol``, the
+        first that exists.
+
+    Examples
+    --------
+    >>> genes = scgexp.data.read_landmark_genes("GSE92742_Broad_LINCS_gene_info.txt")
+    """
+    table = pd.read_csv(path, sep="\t", dtype=str)
+    if "pr_is_lm" in table:
+        table = table[table["pr_is_lm"].str.strip() == "1"]
+    elif "pr_is_lmark" in table:
+        table = table[table["pr_is_lmark"].str.strip().str.upper().isin(["Y", "1", "TRUE"])]
+    if id_column is None:
+        candidates = [c for c in ("pr_gene_symbol", "symbol", "pr_gene_id") if c in table]
+        if not candidates:
+            raise InputError(f"{path} has no gene column; pass id_column= (one of {list(table)}).")
+        id_column = candidates[0]
+    if id_column not in table:
+        raise InputError(f"{path} has no column {id_column!r} (columns: {list(table)}).")
+    return table[id_column].dropna().str.strip().tolist()
+
+
+def select_landmarks(
+    adata: AnnData,
+    n_landmarks: int,
+    layer: str | None = None,
+    n_components: int | None = None,
+    key: str | None = "landmark",
+) -> list[str]:
+    """Design a landmark panel from data: genes that best span the main axes of variation.
+
+    Method: the genes are standardised, the top ``n_components`` principal axes are computed, and
+    column-pivoted QR (Businger & Golub) on the matrix of gene loadings picks, one after another,
+    the gene whose loading vector adds most that the already chosen genes do not already span.
+    This is a standard column-subset selection: the chosen genes predict the principal
+    components, and through them the other genes, nearly as well as the components themselves.
+
+    Parameters
+    ----------
+    adata
+        Data (cells or samples × genes), in the units the model will use (e.g. log expression).
+    n_landmarks
+        Panel size.
+    layer
+        ``None`` for ``X``, else a layer.
+    n_components
+        Principal axes to span; default ``n_landmarks``.
+    key
+        If not ``None``, also write the panel into ``adata.var[key]``.
+
+    Returns
+    -------
+    The selected gene names, in order of selection.
+
+    Examples
+    --------
+    >>> panel = scgexp.data.select_landmarks(adata, n_landmarks=100)
+    """
+    matrix = get_matrix(adata, layer)
+    if not 0 < n_landmarks < adata.n_vars:
+        raise InputError(f"n_landmarks must be between 1 and {adata.n_vars - 1}.")
+    dense = matrix.toarray() if sparse.issparse(matrix) else np.asarray(matrix, dtype=np.float64)
+    std = dense.std(axis=0)
+    scaled = (dense - dense.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    n_components = min(n_components or n_landmarks, *scaled.shape)
+    _, singular_values, vt = linalg.svd(scaled, full_matrices=False)
+    loadings = vt[:n_components] * singular_values[:n_components, None]
+    _, _, pivots = linalg.qr(loadings, mode="economic", pivoting=True)
+    chosen = list(pivots[:n_landmarks])
+    if n_landmarks > n_components:  # QR ranks only n_components columns meaningfully
+        rest = np.setdiff1d(np.argsort(-std), chosen, assume_unique=False)
+        chosen += [g for g in np.argsort(-std) if g in set(rest)][: n_landmarks - len(chosen)]
+    names = adata.var_names[chosen].tolist()
+    if key is not None:
+        adata.var[key] = adata.var_names.isin(names)
+    return names

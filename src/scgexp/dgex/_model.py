@@ -1,0 +1,395 @@
+"""D-GEX as an scvi-tools model: infer target genes from landmark genes."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from scipy import sparse
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import LayerField
+from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
+from scvi.utils import setup_anndata_dsp
+
+from scgexp._io import SafeSaveMixin
+from scgexp.data._checks import InputError, check_matrix, get_matrix
+from scgexp.dgex._fields import LANDMARK_REGISTRY_KEY, LandmarkField
+from scgexp.dgex._module import N_QUANTILES, DGEXModule
+from scgexp.train import RestoreBestWeights
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 4096
+_MAX_QUANTILE_ROWS = 50_000
+
+
+def _dense(block) -> np.ndarray:
+    return block.toarray() if sparse.issparse(block) else np.asarray(block)
+
+
+class DGEX(SafeSaveMixin, UnsupervisedTrainingMixin, BaseModelClass):
+    """D-GEX: infer the expression of target genes from landmark genes :cite:p:`Chen2016`.
+
+    A multilayer perceptron maps the (standardised) landmark genes to every target gene. Each
+    gene is standardised inside the model, so predictions come back in the units of the
+    training data (e.g. log2 expression or log1p-normalised counts).
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.
+    n_hidden
+        Units per hidden layer.
+    n_layers
+        Hidden layers (1–3 in the paper).
+    dropout_rate
+        Dropout on hidden units.
+    activation
+        ``"tanh"`` (the paper's), ``"relu"``, ``"gelu"`` or ``"leaky_relu"``.
+    loss
+        ``"mse"`` (the paper's; the variance head is trained beside it without changing the
+        mean) or ``"gaussian"`` (mean and variance fitted jointly).
+    variance
+        ``"value"`` (a standard deviation for each prediction) or ``"gene"`` (one per gene).
+    **model_kwargs
+        Passed to :class:`~scgexp.dgex.DGEXModule`.
+
+    Examples
+    --------
+    >>> adata = scgexp.data.simulate_bulk_expression()
+    >>> scgexp.model.DGEX.setup_anndata(adata, landmark_key="landmark")
+    >>> model = scgexp.model.DGEX(adata)
+    >>> model.train(max_epochs=20)
+    >>> predicted = model.predict(adata[:, adata.var["landmark"]])
+    >>> adata.obsm["X_dgex"] = model.get_latent_representation()
+    """
+
+    _module_cls = DGEXModule
+
+    def __init__(
+        self,
+        adata: AnnData | None = None,
+        registry: dict | None = None,
+        n_hidden: int = 2000,
+        n_layers: int = 2,
+        dropout_rate: float = 0.1,
+        activation: Literal["tanh", "relu", "gelu", "leaky_relu"] = "tanh",
+        loss: Literal["mse", "gaussian"] = "mse",
+        variance: Literal["gene", "value"] = "value",
+        **model_kwargs,
+    ):
+        super().__init__(adata, registry)
+        state = self.get_state_registry(LANDMARK_REGISTRY_KEY)
+        self.landmark_names = pd.Index(state["landmark_names"])
+        self.target_names = pd.Index(state["target_names"])
+        self.module = self._module_cls(
+            n_input=self.summary_stats.n_vars,
+            landmark_index=state["landmark_index"],
+            target_index=state["target_index"],
+            n_hidden=n_hidden,
+            n_layers=n_layers,
+            dropout_rate=dropout_rate,
+            activation=activation,
+            loss=loss,
+            variance=variance,
+            **model_kwargs,
+        )
+        if adata is not None:
+            self._fit_standardisation(state["landmark_index"], state["target_index"])
+        self._model_summary_string = (
+            f"DGEX: {len(self.landmark_names)} landmarks -> {len(self.target_names)} targets, "
+            f"{n_layers} x {n_hidden} {activation} units, dropout {dropout_rate}, loss {loss}, "
+            f"variance per {variance}"
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+    def get_state_registry(self, registry_key: str) -> dict:
+        """State of a registered field, also for a model loaded without data."""
+        return self.registry_["field_registries"][registry_key]["state_registry"]
+
+    def _fit_standardisation(self, landmark_index: list[int], target_index: list[int]) -> None:
+        """Per-gene mean and scale (std + 1e-3, as in D-GEX) and landmark quantiles."""
+        matrix = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        n_obs = matrix.shape[0]
+        total = np.zeros(matrix.shape[1])
+        total_sq = np.zeros(matrix.shape[1])
+        for start in range(0, n_obs, _CHUNK):
+            block = _dense(matrix[start : start + _CHUNK]).astype(np.float64)
+            total += block.sum(0)
+            total_sq += (block**2).sum(0)
+        mean = total / n_obs
+        std = np.sqrt(np.maximum(total_sq / n_obs - mean**2, 0.0))
+        scale = std + 1e-3
+        rows = np.arange(n_obs)
+        if n_obs > _MAX_QUANTILE_ROWS:
+            rows = np.sort(np.random.default_rng(0).choice(n_obs, _MAX_QUANTILE_ROWS, False))
+        landmarks = _dense(matrix[rows][:, landmark_index])
+        quantiles = np.quantile(landmarks, np.linspace(0, 1, N_QUANTILES), axis=0).T
+        as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+        buffers = {
+            "landmark_mean": mean[landmark_index],
+            "landmark_scale": scale[landmark_index],
+            "target_mean": mean[target_index],
+            "target_scale": scale[target_index],
+            "landmark_quantiles": quantiles,
+        }
+        for name, value in buffers.items():
+            getattr(self.module, name).copy_(as_tensor(value))
+
+    @classmethod
+    @setup_anndata_dsp.dedent
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        layer: str | None = None,
+        landmark_key: str = "landmark",
+        **kwargs,
+    ) -> None:
+        """%(summary)s.
+
+        Parameters
+        ----------
+        %(param_adata)s
+        %(param_layer)s
+            Values can be in any units (log2 microarray intensities, log1p-normalised counts);
+            predictions come back in the same units.
+        landmark_key
+            Boolean column of ``adata.var``: ``True`` for landmark (input) genes, ``False`` for
+            target genes. See :func:`scgexp.data.mark_landmarks`.
+
+        Examples
+        --------
+        >>> scgexp.data.mark_landmarks(adata, landmark_genes)
+        >>> scgexp.model.DGEX.setup_anndata(adata, layer="log1p", landmark_key="landmark")
+        """
+        setup_method_args = cls._get_setup_method_args(**locals())
+        check_matrix(adata, layer, allow_empty_cells=True)
+        anndata_fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
+            LandmarkField(landmark_key),
+        ]
+        adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(adata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    def train(
+        self,
+        max_epochs: int = 200,
+        batch_size: int = 256,
+        early_stopping: bool = True,
+        early_stopping_patience: int = 15,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        plan_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ):
+        """Train with Adam, halving the learning rate when validation MAE stalls.
+
+        Training stops early when validation MAE (in the data's units) has not improved for
+        ``early_stopping_patience`` epochs, and the weights of the best epoch are restored.
+
+        Parameters
+        ----------
+        max_epochs
+            Upper bound on epochs.
+        batch_size
+            Minibatch size.
+        early_stopping
+            Stop on validation MAE and restore the best epoch's weights.
+        early_stopping_patience
+            Epochs without improvement before stopping.
+        lr, weight_decay
+            Adam's learning rate and weight decay.
+        plan_kwargs
+            Other :class:`scvi.train.TrainingPlan` arguments.
+        **trainer_kwargs
+            Passed to :meth:`scvi.model.base.UnsupervisedTrainingMixin.train` and on to
+            Lightning (``accelerator``, ``devices``, ``strategy``, ``train_size``, ...).
+
+        Examples
+        --------
+        >>> model.train(max_epochs=100, accelerator="gpu", devices=1)
+        """
+        plan_kwargs = {
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "reduce_lr_on_plateau": True,
+            "lr_scheduler_metric": "mae_validation",
+            "lr_patience": max(2, early_stopping_patience // 3),
+            "lr_factor": 0.5,
+            **(plan_kwargs or {}),
+        }
+        callbacks = list(trainer_kwargs.pop("callbacks", []))
+        if early_stopping:
+            callbacks.append(RestoreBestWeights(monitor="mae_validation"))
+        trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        return super().train(
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            early_stopping=early_stopping,
+            early_stopping_monitor="mae_validation",
+            early_stopping_patience=early_stopping_patience,
+            plan_kwargs=plan_kwargs,
+            callbacks=callbacks,
+            **trainer_kwargs,
+        )
+
+    def _landmark_matrix(
+        self, adata: AnnData | None, layer: str | None, fill_missing: bool
+    ) -> tuple[object, np.ndarray]:
+        """Landmark values of ``adata`` in the model's order (as a matrix or a column view)."""
+        if adata is None:
+            if self.adata is None:
+                raise InputError("This model was loaded without data; pass adata=.")
+            adata = self.adata
+            layer = self.adata_manager.get_state_registry(REGISTRY_KEYS.X_KEY).get("layer")
+        elif layer is None:
+            trained_layer = self.registry_["setup_args"].get("layer")
+            layer = trained_layer if trained_layer in adata.layers else None
+        if not adata.var_names.is_unique:
+            raise InputError("var_names are not unique; call `adata.var_names_make_unique()`.")
+        check_matrix(adata, layer, allow_empty_cells=True)
+        positions = adata.var_names.get_indexer(self.landmark_names)
+        missing = self.landmark_names[positions < 0]
+        if len(missing):
+            if not fill_missing:
+                raise InputError(
+                    f"{len(missing)} of {len(self.landmark_names)} landmark genes are missing "
+                    f"from the data: {', '.join(missing[:20])}"
+                    f"{' ...' if len(missing) > 20 else ''}"
+                    ". Add them, or pass fill_missing=True to use their training mean."
+                )
+            warnings.warn(
+                f"{len(missing)} of {len(self.landmark_names)} landmark genes are missing; "
+                "they are filled with their training mean.",
+                UserWarning,
+                stacklevel=3,
+            )
+        return get_matrix(adata, layer), positions
+
+    def _landmark_batches(
+        self,
+        adata: AnnData | None,
+        layer: str | None,
+        fill_missing: bool,
+        rank_map: bool,
+        batch_size: int,
+    ) -> Iterator[torch.Tensor]:
+        matrix, positions = self._landmark_matrix(adata, layer, fill_missing)
+        present = positions >= 0
+        landmark_mean = self.module.landmark_mean.cpu().numpy()
+        quantiles = self.module.landmark_quantiles.cpu().numpy()
+        values = None
+        if rank_map:  # ranks are taken over all cells, so map the whole landmark matrix once
+            values = self._rank_map(_dense(matrix[:, positions[present]]), quantiles[present])
+        for start in range(0, matrix.shape[0], batch_size):
+            block = np.tile(landmark_mean, (min(batch_size, matrix.shape[0] - start), 1))
+            if values is not None:
+                block[:, present] = values[start : start + batch_size]
+            else:
+                block[:, present] = _dense(
+                    matrix[start : start + batch_size][:, positions[present]]
+                )
+            yield torch.as_tensor(block, dtype=torch.float32, device=self.device)
+
+    @staticmethod
+    def _rank_map(values: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
+        """Map each gene's values onto the training distribution by rank (quantile mapping)."""
+        mapped = np.empty_like(values, dtype=np.float32)
+        grid = np.linspace(0.0, 1.0, quantiles.shape[1])
+        n = values.shape[0]
+        for j in range(values.shape[1]):
+            ranks = pd.Series(values[:, j]).rank(method="average").to_numpy()
+            fraction = (ranks - 1) / max(n - 1, 1)
+            mapped[:, j] = np.interp(fraction, grid, quantiles[j])
+        return mapped
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        adata: AnnData | None = None,
+        layer: str | None = None,
+        return_std: bool = False,
+        fill_missing: bool = False,
+        rank_map: bool = False,
+        batch_size: int = 1024,
+    ) -> AnnData:
+        """Predict every target gene from the landmark genes of ``adata``.
+
+        Parameters
+        ----------
+        adata
+            Data with (at least) the landmark genes, matched by name in any order; other genes
+            are ignored. ``None``: the training data.
+        layer
+            Layer holding the landmark values. ``None``: the training layer if ``adata`` has it,
+            else ``X``.
+        return_std
+            Add ``layers["std"]``: the predictive standard deviation of each value.
+        fill_missing
+            Fill absent landmarks with their training mean (with a warning) instead of raising.
+        rank_map
+            Map each landmark onto its training distribution by rank before predicting (D-GEX's
+            cross-platform step, e.g. RNA-seq input to a microarray-trained model). Needs
+            several samples, since ranks are taken across them.
+        batch_size
+            Samples per forward pass.
+
+        Returns
+        -------
+        AnnData with ``adata``'s ``obs`` and the target genes as ``var``, predictions in ``X``
+        (training units) and, with ``return_std``, ``layers["std"]``.
+
+        Examples
+        --------
+        >>> predicted = model.predict(l1000_profiles, rank_map=True, return_std=True)
+        """
+        self._check_if_trained(warn=True)
+        self.module.eval()
+        means, stds = [], []
+        for landmarks in self._landmark_batches(adata, layer, fill_missing, rank_map, batch_size):
+            outputs = self.module.predict(landmarks)
+            means.append(outputs["mean"].cpu().numpy())
+            stds.append(outputs["std"].cpu().numpy())
+        source = self.adata if adata is None else adata
+        predicted = AnnData(
+            X=np.concatenate(means),
+            obs=source.obs.copy(),
+            var=pd.DataFrame(index=self.target_names.copy()),
+        )
+        if return_std:
+            predicted.layers["std"] = np.concatenate(stds)
+        predicted.uns["dgex"] = {"rank_map": rank_map, "n_landmarks": len(self.landmark_names)}
+        return predicted
+
+    @torch.inference_mode()
+    def get_latent_representation(
+        self,
+        adata: AnnData | None = None,
+        layer: str | None = None,
+        fill_missing: bool = False,
+        rank_map: bool = False,
+        batch_size: int = 1024,
+    ) -> np.ndarray:
+        """Last hidden layer's activations, one row per sample (for ``obsm["X_dgex"]``).
+
+        Parameters are those of :meth:`predict`.
+
+        Examples
+        --------
+        >>> adata.obsm["X_dgex"] = model.get_latent_representation()
+        >>> sc.pp.neighbors(adata, use_rep="X_dgex")
+        """
+        self._check_if_trained(warn=True)
+        self.module.eval()
+        batches = self._landmark_batches(adata, layer, fill_missing, rank_map, batch_size)
+        return np.concatenate([self.module.inference(x)["z"].cpu().numpy() for x in batches])

@@ -1,0 +1,51 @@
+"""Lightning callbacks shared by scgexp models."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import lightning.pytorch as pl
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class RestoreBestWeights(pl.Callback):
+    """Keep the module's weights from the epoch with the best ``monitor`` value, restore at end.
+
+    Kept in memory (no checkpoint files), so it costs one copy of the weights.
+
+    Parameters
+    ----------
+    monitor
+        Logged metric to watch, e.g. ``"mae_validation"``.
+    mode
+        ``"min"`` or ``"max"``.
+    """
+
+    def __init__(self, monitor: str, mode: str = "min"):
+        super().__init__()
+        self.monitor = monitor
+        self.sign = 1.0 if mode == "min" else -1.0
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
+        self._best_state: dict[str, torch.Tensor] | None = None
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        score = float(trainer.callback_metrics[self.monitor])
+        if self.best_score is None or self.sign * score < self.sign * self.best_score:
+            self.best_score, self.best_epoch = score, trainer.current_epoch
+            self._best_state = copy.deepcopy(pl_module.module.state_dict())
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._best_state is not None:
+            pl_module.module.load_state_dict(self._best_state)
+            logger.info(
+                "Restored weights of epoch %d (%s = %.4g).",
+                self.best_epoch,
+                self.monitor,
+                self.best_score,
+            )

@@ -20,8 +20,3 @@ def shared_data() -> Path:
         pytest.skip(f"real data folder {SHARED_DATA} is absent")
     return SHARED_DATA
 
-
-def quiet_train(model, **kwargs):
-    """Train without a progress bar (keeps test logs short)."""
-    kwargs.setdefault("enable_progress_bar", False)
-    return model.train(**kwargs)

@@ -35,7 +35,7 @@ def simulate_bulk_expression(
     * a program acts on its genes through a Hill (saturating) response, as a transcription
       factor does on a promoter: ``f_gk(a) = 1 / (1 + exp(-h_gk * (a - c_gk)))`` with slope
       ``h_gk ~ U(0.5, 2)`` and threshold ``c_gk ~ N(0, 1)``;
-    * each gene is regulated by 1–4 programs with signed weights ``w_gk ~ N(0, 1)``;
+    * each gene is regulated by 1–4 programs with signed weights ``w_gk ~ N(0, 2²)``;
       ``log2 expression = b_g + sum_k w_gk f_gk(a_sk) + noise_sd * N(0, 1)``, with baseline
       ``b_g ~ N(6, 2)`` as in microarray data.
 
@@ -78,7 +78,7 @@ def simulate_bulk_expression(
     weights = np.zeros((n_genes, n_programs), dtype=np.float32)
     for g, k in enumerate(n_regulators):
         programs = rng.choice(n_programs, size=k, replace=False)
-        weights[g, programs] = rng.normal(0.0, 1.0, size=k)
+        weights[g, programs] = rng.normal(0.0, 2.0, size=k)
     slope = rng.uniform(0.5, 2.0, size=(n_genes, n_programs)).astype(np.float32)
     threshold = rng.normal(0.0, 1.0, size=(n_genes, n_programs)).astype(np.float32)
     baseline = rng.normal(6.0, 2.0, size=n_genes).astype(np.float32)

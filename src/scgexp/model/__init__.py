@@ -1,5 +1,6 @@
 """The scgexp models, as scvi-tools model classes."""
 
 from scgexp.dgex import DGEX
+from scgexp.zinb import ZINBAutoencoder
 
-__all__ = ["DGEX"]
+__all__ = ["DGEX", "ZINBAutoencoder"]

@@ -1,0 +1,567 @@
+"""The ZINB autoencoder (DCA) as an scvi-tools model: denoise and impute scRNA-seq counts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from scipy import sparse
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import (
+    CategoricalJointObsField,
+    CategoricalObsField,
+    LayerField,
+    NumericalObsField,
+)
+from scvi.model.base import BaseModelClass, RNASeqMixin, UnsupervisedTrainingMixin
+from scvi.utils import setup_anndata_dsp
+
+from scgexp._io import SafeSaveMixin
+from scgexp.data._checks import InputError, check_matrix, check_obs_keys
+from scgexp.train import RestoreBestWeights
+from scgexp.zinb._module import ZINBAutoencoderModule
+
+if TYPE_CHECKING:
+    from scvi._types import Number
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 4096
+
+
+def _check_known_categories(adata: AnnData, registry: dict) -> None:
+    """Refuse batches or covariate categories the trained decoder has never seen."""
+    setup_args = registry["setup_args"]
+    fields = registry["field_registries"]
+    checks = []
+    if setup_args.get("batch_key") is not None:
+        state = fields[REGISTRY_KEYS.BATCH_KEY]["state_registry"]
+        checks.append((setup_args["batch_key"], state["categorical_mapping"]))
+    if setup_args.get("categorical_covariate_keys"):
+        mappings = fields[REGISTRY_KEYS.CAT_COVS_KEY]["state_registry"]["mappings"]
+        checks.extend((key, mappings[key]) for key in setup_args["categorical_covariate_keys"])
+    for key, known in checks:
+        if key not in adata.obs:
+            continue  # check_obs_keys names the missing column
+        known = pd.Index(np.asarray(known))
+        values = adata.obs[key]
+        unknown = pd.unique(values[~values.isin(known)])
+        if len(unknown):
+            shown = ", ".join(map(repr, list(unknown)[:10]))
+            raise InputError(
+                f"obs[{key!r}] has categories the model was not trained with: {shown}. The "
+                f"decoder only knows {list(known)}. Assign these cells to one of those "
+                "categories (e.g. the most similar batch), or train a model that includes them."
+            )
+
+
+class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, UnsupervisedTrainingMixin, BaseModelClass):
+    """Deep count autoencoder (DCA) that denoises scRNA-seq counts :cite:p:`Eraslan2019`.
+
+    An autoencoder reads ``log1p`` of size-factor-normalised counts (standardised per gene),
+    squeezes them through a small bottleneck and decodes, together with the batch and any
+    categorical covariates, the parameters of a zero-inflated negative binomial (or NB, or
+    Poisson) distribution of each count. The fitted mean is the denoised expression. Unlike
+    DCA, the decoder is conditioned on the batch, so :meth:`get_normalized_expression` can
+    return denoised values as if every cell came from one batch (``transform_batch``).
+
+    It is a plain (deterministic) autoencoder, not a VAE: the bottleneck is a point, and
+    sampling only draws counts from the output distribution.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata` (raw counts).
+    n_hidden
+        Units of the hidden layers around the bottleneck (DCA: 64).
+    n_latent
+        Units of the bottleneck (DCA: 32).
+    n_layers
+        Hidden layers on each side of the bottleneck (DCA: 1).
+    dropout_rate
+        Dropout on hidden units (DCA: 0).
+    likelihood
+        ``"zinb"`` (DCA's default until 2021), ``"nb"`` or ``"poisson"``.
+    dispersion
+        ``"gene"``: one inverse dispersion θ per gene; ``"gene-cell"``: θ predicted from the
+        bottleneck for every cell and gene (DCA's "conditional" dispersion).
+    encode_covariates
+        Also give the batch and covariates to the encoder (by default only the decoder sees
+        them).
+    ridge_lambda
+        Weight ``λ`` of DCA's ridge penalty ``λ π²`` on the dropout probability (ZINB only).
+    **model_kwargs
+        Passed to :class:`~scgexp.zinb.ZINBAutoencoderModule`.
+
+    Examples
+    --------
+    >>> adata = scgexp.data.simulate_scrna(n_cells=500)
+    >>> ZINBAutoencoder.setup_anndata(adata, layer="counts", batch_key="batch")
+    >>> model = ZINBAutoencoder(adata)
+    >>> model.train(max_epochs=50)
+    >>> adata.obsm["X_zinb"] = model.get_latent_representation()
+    >>> adata.layers["denoised"] = model.get_normalized_expression(return_numpy=True)
+    """
+
+    _module_cls = ZINBAutoencoderModule
+
+    def __init__(
+        self,
+        adata: AnnData | None = None,
+        registry: dict | None = None,
+        n_hidden: int = 64,
+        n_latent: int = 32,
+        n_layers: int = 1,
+        dropout_rate: float = 0.0,
+        likelihood: Literal["zinb", "nb", "poisson"] = "zinb",
+        dispersion: Literal["gene", "gene-cell"] = "gene",
+        encode_covariates: bool = False,
+        ridge_lambda: float = 0.0,
+        **model_kwargs,
+    ):
+        super().__init__(adata, registry)
+        fields = self.registry_["field_registries"]
+        n_cats_per_cov = None
+        if REGISTRY_KEYS.CAT_COVS_KEY in fields and fields[REGISTRY_KEYS.CAT_COVS_KEY].get(
+            "state_registry"
+        ):
+            n_cats_per_cov = list(
+                fields[REGISTRY_KEYS.CAT_COVS_KEY]["state_registry"].get("n_cats_per_key", [])
+            )
+        use_size_factor_key = self.registry_["setup_args"].get("size_factor_key") is not None
+        self.module = self._module_cls(
+            n_input=self.summary_stats.n_vars,
+            n_batch=self.summary_stats.n_batch,
+            n_cats_per_cov=n_cats_per_cov,
+            n_hidden=n_hidden,
+            n_latent=n_latent,
+            n_layers=n_layers,
+            dropout_rate=dropout_rate,
+            gene_likelihood=likelihood,
+            dispersion=dispersion,
+            encode_covariates=encode_covariates,
+            use_size_factor_key=use_size_factor_key,
+            ridge_lambda=ridge_lambda,
+            **model_kwargs,
+        )
+        if adata is not None:
+            self._fit_input_transform(use_size_factor_key)
+        self._model_summary_string = (
+            f"ZINBAutoencoder: {self.summary_stats.n_vars} genes, {n_hidden}-{n_latent}-{n_hidden}"
+            f" units ({n_layers} hidden layer(s) per side), likelihood {likelihood}, dispersion "
+            f"{dispersion}, {self.summary_stats.n_batch} batch(es), ridge {ridge_lambda}"
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+    def _fit_input_transform(self, use_size_factor_key: bool) -> None:
+        """Median total count and per-gene mean/std of ``log1p(x / s)``, in sparse row chunks.
+
+        Also starts the mean head's bias at the log of each gene's mean normalised count.
+        """
+        matrix = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        n_obs, n_vars = matrix.shape
+        totals = np.zeros(n_obs)
+        for start in range(0, n_obs, _CHUNK):
+            totals[start : start + _CHUNK] = np.asarray(
+                matrix[start : start + _CHUNK].sum(1)
+            ).ravel()
+        median_total = float(np.median(totals))
+        if use_size_factor_key:
+            size_factor = np.asarray(
+                self.adata_manager.get_from_registry(REGISTRY_KEYS.SIZE_FACTOR_KEY), dtype=float
+            ).ravel()
+        else:
+            size_factor = totals / median_total
+        total = np.zeros(n_vars)
+        total_sq = np.zeros(n_vars)
+        total_norm = np.zeros(n_vars)
+        for start in range(0, n_obs, _CHUNK):
+            block = matrix[start : start + _CHUNK]
+            inverse = 1.0 / size_factor[start : start + _CHUNK]
+            if sparse.issparse(block):
+                block = sparse.csr_matrix(sparse.diags(inverse) @ block, dtype=np.float64)
+                total_norm += np.asarray(block.sum(0)).ravel()
+                block = block.log1p()
+                total += np.asarray(block.sum(0)).ravel()
+                total_sq += np.asarray(block.multiply(block).sum(0)).ravel()
+            else:
+                block = np.asarray(block, dtype=np.float64) * inverse[:, None]
+                total_norm += block.sum(0)
+                block = np.log1p(block)
+                total += block.sum(0)
+                total_sq += (block**2).sum(0)
+        mean = total / n_obs
+        std = np.sqrt(np.maximum(total_sq / n_obs - mean**2, 0.0))
+        scale = np.where(std > 1e-6, std, 1.0)  # constant genes are left unscaled, as in scanpy
+        as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+        self.module.input_mean.copy_(as_tensor(mean))
+        self.module.input_scale.copy_(as_tensor(scale))
+        self.module.median_total.copy_(as_tensor(median_total))
+        # Start the mean head at each gene's average normalised count (faster convergence).
+        with torch.no_grad():
+            self.module.mean_head.bias.copy_(
+                as_tensor(np.log(np.maximum(total_norm / n_obs, 1e-5)))
+            )
+
+    @classmethod
+    @setup_anndata_dsp.dedent
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        size_factor_key: str | None = None,
+        categorical_covariate_keys: list[str] | None = None,
+        **kwargs,
+    ) -> None:
+        """%(summary)s.
+
+        Parameters
+        ----------
+        %(param_adata)s
+        %(param_layer)s
+            Must hold raw counts (non-negative integers); log-normalised data is refused.
+        %(param_batch_key)s
+            The decoder is conditioned on it (see ``transform_batch``).
+        size_factor_key
+            Numerical ``obs`` column with each cell's size factor (the count scale relative to a
+            typical cell). ``None``: total counts / median total counts of the training cells.
+        %(param_cat_cov_keys)s
+            They condition the decoder, like the batch.
+
+        Examples
+        --------
+        >>> ZINBAutoencoder.setup_anndata(adata, layer="counts", batch_key="batch")
+        """
+        setup_method_args = cls._get_setup_method_args(**locals())
+        check_matrix(adata, layer, counts=True)
+        categorical = [k for k in [batch_key, *(categorical_covariate_keys or [])] if k]
+        continuous = [size_factor_key] if size_factor_key else []
+        check_obs_keys(adata, categorical=categorical, continuous=continuous)
+        if size_factor_key and np.any(adata.obs[size_factor_key].to_numpy(float) <= 0):
+            raise InputError(f"obs[{size_factor_key!r}] must hold positive size factors.")
+        if kwargs.get("source_registry") is not None:
+            _check_known_categories(adata, kwargs["source_registry"])
+        anndata_fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+            NumericalObsField(REGISTRY_KEYS.SIZE_FACTOR_KEY, size_factor_key, required=False),
+            CategoricalJointObsField(REGISTRY_KEYS.CAT_COVS_KEY, categorical_covariate_keys),
+        ]
+        adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(adata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True):
+        if adata is not None and self.get_anndata_manager(adata) is None:
+            setup_args = self.registry_["setup_args"]
+            check_matrix(adata, setup_args.get("layer"), counts=True)
+            _check_known_categories(adata, self.registry_)
+        return super()._validate_anndata(adata, copy_if_view=copy_if_view)
+
+    def train(
+        self,
+        max_epochs: int | None = None,
+        batch_size: int = 128,
+        early_stopping: bool = True,
+        early_stopping_patience: int = 15,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        optimizer: Literal["Adam", "RMSprop"] = "Adam",
+        lr_patience: int = 10,
+        gradient_clip_val: float | None = 5.0,
+        train_size: float = 0.9,
+        plan_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ):
+        """Train on validation-monitored minibatches, as DCA does.
+
+        10% of the cells are held out; the learning rate is reduced by 10× when the validation
+        loss stalls for ``lr_patience`` epochs, training stops when it has not improved for
+        ``early_stopping_patience`` epochs, and the weights of the best epoch are restored.
+
+        Parameters
+        ----------
+        max_epochs
+            Upper bound on epochs. ``None``: 300 (DCA's) for up to 10,000 cells, fewer for more
+            cells (``3e6 / n_cells``, at least 20).
+        batch_size
+            Minibatch size (DCA: 32).
+        early_stopping
+            Stop on the validation loss and restore the best epoch's weights.
+        early_stopping_patience
+            Epochs without improvement before stopping (DCA: 15).
+        lr, weight_decay
+            Learning rate and weight decay of the optimiser.
+        optimizer
+            ``"Adam"`` or ``"RMSprop"`` (DCA's).
+        lr_patience
+            Epochs without improvement before the learning rate is divided by 10 (DCA: 10).
+        gradient_clip_val
+            Clip gradients to this norm (DCA: 5); ``None`` to turn off.
+        train_size
+            Share of cells used for training; the rest validate.
+        plan_kwargs
+            Other :class:`scvi.train.TrainingPlan` arguments.
+        **trainer_kwargs
+            Passed to :meth:`scvi.model.base.UnsupervisedTrainingMixin.train` and on to
+            Lightning (``accelerator``, ``devices``, ``strategy``, ``callbacks``, ...).
+
+        Examples
+        --------
+        >>> model.train(max_epochs=100, early_stopping=True)
+        >>> model.history["validation_loss"].tail()
+        """
+        if max_epochs is None:
+            max_epochs = int(min(300, max(20, round(3e6 / max(self.summary_stats.n_cells, 1)))))
+        plan_kwargs = dict(plan_kwargs or {})
+        if optimizer == "RMSprop":
+            plan_kwargs.setdefault("optimizer", "Custom")
+            plan_kwargs.setdefault(
+                "optimizer_creator",
+                lambda params: torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay),
+            )
+        elif optimizer != "Adam":
+            raise ValueError(f"optimizer must be 'Adam' or 'RMSprop', not {optimizer!r}.")
+        validate = train_size < 1.0
+        plan_kwargs = {
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "reduce_lr_on_plateau": validate,
+            "lr_scheduler_metric": "validation_loss",
+            "lr_patience": lr_patience,
+            "lr_factor": 0.1,
+            **plan_kwargs,
+        }
+        callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
+        if early_stopping and validate:
+            callbacks.append(RestoreBestWeights(monitor="validation_loss"))
+        trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        if gradient_clip_val is not None:
+            trainer_kwargs.setdefault("gradient_clip_val", gradient_clip_val)
+        return super().train(
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            train_size=train_size,
+            early_stopping=early_stopping and validate,
+            early_stopping_monitor="validation_loss",
+            early_stopping_patience=early_stopping_patience,
+            plan_kwargs=plan_kwargs,
+            callbacks=callbacks,
+            **trainer_kwargs,
+        )
+
+    @torch.inference_mode()
+    def get_latent_representation(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Return the bottleneck activations, one row per cell (for ``obsm``, then scanpy).
+
+        Parameters
+        ----------
+        adata
+            Data organised like the training data; ``None``: the training data.
+        indices
+            Cells to use; ``None``: all.
+        batch_size
+            Cells per forward pass (``None``: scvi's default).
+
+        Returns
+        -------
+        Array of shape ``(n_cells, n_latent)``.
+
+        Examples
+        --------
+        >>> adata.obsm["X_zinb"] = model.get_latent_representation()
+        >>> sc.pp.neighbors(adata, use_rep="X_zinb")
+        >>> sc.tl.leiden(adata)
+        """
+        self._check_if_trained(warn=False)
+        adata = self._validate_anndata(adata)
+        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        self.module.eval()
+        latent = []
+        for tensors in loader:
+            outputs = self.module.inference(**self.module._get_inference_input(tensors))
+            latent.append(outputs["z"].cpu().numpy())
+        return np.concatenate(latent)
+
+    def get_normalized_expression(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        transform_batch: Sequence[Number | str] | Number | str | None = None,
+        gene_list: Sequence[str] | None = None,
+        library_size: float | Literal["latent"] = "latent",
+        batch_size: int | None = None,
+        return_numpy: bool = False,
+        silent: bool = True,
+    ) -> pd.DataFrame | np.ndarray:
+        """Denoised expression: the fitted mean of every count.
+
+        Parameters
+        ----------
+        adata
+            Data organised like the training data (raw counts); ``None``: the training data.
+        indices
+            Cells to use; ``None``: all.
+        transform_batch
+            Batch(es) to decode every cell as: ``None`` uses each cell's own batch; a category
+            (or several, whose outputs are averaged) gives batch-corrected values.
+        gene_list
+            Return these genes only.
+        library_size
+            ``"latent"``: the mean μ at each cell's own size factor (DCA's denoised counts).
+            A number: expression proportions scaled to this total per cell (e.g. ``1e4``).
+        batch_size
+            Cells per forward pass.
+        return_numpy
+            Return an array instead of a DataFrame (cells × genes, with names).
+        silent
+            Hide the progress bar over ``transform_batch`` values.
+
+        Returns
+        -------
+        :class:`~pandas.DataFrame` (or array) of shape ``(n_cells, n_genes)``.
+
+        Examples
+        --------
+        >>> adata.layers["denoised"] = model.get_normalized_expression(return_numpy=True)
+        >>> corrected = model.get_normalized_expression(transform_batch="b0", library_size=1e4)
+        """
+        self._check_if_trained(warn=False)
+        self.module.eval()
+        return super().get_normalized_expression(
+            adata=self._validate_anndata(adata),
+            indices=indices,
+            transform_batch=transform_batch,
+            gene_list=gene_list,
+            library_size=library_size,
+            batch_size=batch_size,
+            return_numpy=return_numpy,
+            silent=silent,
+        )
+
+    @torch.inference_mode()
+    def get_likelihood_parameters(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        transform_batch: Number | str | None = None,
+        batch_size: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Parameters of each count's fitted distribution.
+
+        Parameters
+        ----------
+        adata
+            Data organised like the training data; ``None``: the training data.
+        indices
+            Cells to use; ``None``: all.
+        transform_batch
+            Decode every cell as this batch; ``None``: each cell's own.
+        batch_size
+            Cells per forward pass.
+
+        Returns
+        -------
+        Dictionary of ``(n_cells, n_genes)`` arrays: ``"mean"`` (μ, at each cell's size factor),
+        ``"dispersions"`` (θ, the inverse dispersion; absent for Poisson) and ``"dropout"``
+        (the zero-inflation probability π; ZINB only).
+
+        Examples
+        --------
+        >>> params = model.get_likelihood_parameters()
+        >>> adata.layers["dropout"] = params["dropout"]
+        """
+        self._check_if_trained(warn=False)
+        adata = self._validate_anndata(adata)
+        (batch_code,) = self._batch_codes(adata, transform_batch)
+        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        self.module.eval()
+        out: dict[str, list[np.ndarray]] = {"mean": [], "dispersions": [], "dropout": []}
+        for tensors in loader:
+            _, generative_outputs = self.module.forward(
+                tensors, generative_kwargs={"transform_batch": batch_code}, compute_loss=False
+            )
+            px = generative_outputs["px"]
+            if self.module.gene_likelihood == "poisson":
+                out["mean"].append(px.rate.cpu().numpy())
+                continue
+            out["mean"].append(px.mu.cpu().numpy())
+            out["dispersions"].append(px.theta.expand_as(px.mu).cpu().numpy())
+            if self.module.gene_likelihood == "zinb":
+                out["dropout"].append(px.zi_probs.cpu().numpy())
+        return {key: np.concatenate(value) for key, value in out.items() if value}
+
+    def _batch_codes(self, adata: AnnData, transform_batch) -> list[int | None]:
+        """Codes of batch categories (``None`` stays ``None``: each cell's own batch)."""
+        if transform_batch is None or isinstance(transform_batch, str | int | float):
+            transform_batch = [transform_batch]
+        manager = self.get_anndata_manager(adata, required=True)
+        mapping = list(manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping)
+        codes = []
+        for category in transform_batch:
+            if category is not None and category not in mapping:
+                raise InputError(f"{category!r} is not a batch of this model; batches: {mapping}.")
+            codes.append(None if category is None else mapping.index(category))
+        return codes
+
+    def posterior_predictive_sample(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        transform_batch: Number | str | None = None,
+        n_samples: int = 1,
+        gene_list: Sequence[str] | None = None,
+        batch_size: int | None = None,
+    ):
+        """Draw counts from each cell's fitted distribution.
+
+        The autoencoder is deterministic, so the draws vary only through the count noise of
+        the likelihood (no uncertainty about the bottleneck).
+
+        Parameters
+        ----------
+        adata
+            Data organised like the training data; ``None``: the training data.
+        indices
+            Cells to use; ``None``: all.
+        transform_batch
+            Decode every cell as this batch; ``None``: each cell's own.
+        n_samples
+            Draws per cell.
+        gene_list
+            Return these genes only.
+        batch_size
+            Cells per forward pass.
+
+        Returns
+        -------
+        :class:`sparse.GCXS` of shape ``(n_cells, n_genes)``, or
+        ``(n_cells, n_genes, n_samples)`` if ``n_samples > 1`` (as in scvi-tools).
+
+        Examples
+        --------
+        >>> samples = model.posterior_predictive_sample(n_samples=5)
+        >>> dense = samples.todense()
+        """
+        self._check_if_trained(warn=False)
+        self.module.eval()
+        return super().posterior_predictive_sample(
+            adata=self._validate_anndata(adata),
+            indices=indices,
+            transform_batch=transform_batch,
+            n_samples=n_samples,
+            gene_list=gene_list,
+            batch_size=batch_size,
+        )

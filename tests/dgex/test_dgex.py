@@ -1,0 +1,244 @@
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import scvi
+from scipy import sparse
+
+import scgexp
+from scgexp.data import InputError
+from scgexp.model import DGEX
+
+
+@pytest.fixture(scope="module")
+def bulk():
+    adata = scgexp.data.simulate_bulk_expression(
+        n_samples=1200, n_landmarks=60, n_targets=240, n_programs=20, seed=0
+    )
+    return adata[:1000].copy(), adata[1000:].copy()
+
+
+@pytest.fixture(scope="module")
+def trained(bulk):
+    train, _ = bulk
+    DGEX.setup_anndata(train)
+    model = DGEX(train, n_hidden=256, n_layers=2)
+    model.train(max_epochs=40, enable_progress_bar=False)
+    return model
+
+
+def _targets(adata):
+    return adata[:, ~adata.var["landmark"]].X
+
+
+def test_learns_better_than_mean(bulk, trained):
+    train, test = bulk
+    predicted = trained.predict(test)
+    mae = np.abs(predicted.X - _targets(test)).mean()
+    baseline = np.abs(_targets(train).mean(0) - _targets(test)).mean()
+    assert mae < 0.8 * baseline
+    assert (
+        trained.history["mae_validation"].iloc[-1, 0]
+        < trained.history["mae_validation"].iloc[0, 0]
+    )
+
+
+def test_prediction_names_order_and_std(bulk, trained):
+    _, test = bulk
+    shuffled = test[:, np.random.default_rng(0).permutation(test.n_vars)].copy()
+    landmarks_only = test[:, test.var["landmark"]].copy()
+    reference = trained.predict(test, return_std=True)
+    assert list(reference.var_names) == list(test.var_names[~test.var["landmark"]])
+    assert list(reference.obs_names) == list(test.obs_names)
+    np.testing.assert_allclose(trained.predict(shuffled).X, reference.X, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        trained.predict(landmarks_only).X, reference.X, rtol=1e-5, atol=1e-5
+    )
+    std = reference.layers["std"]
+    assert std.shape == reference.shape
+    assert np.all(std > 0)
+    # The predicted spread is calibrated to the order of the real errors.
+    error = np.abs(reference.X - _targets(test)).mean()
+    assert 0.5 * error < std.mean() < 3 * error
+
+
+def test_latent(bulk, trained):
+    train, _ = bulk
+    z = trained.get_latent_representation()
+    assert z.shape == (train.n_obs, 256)
+    assert np.isfinite(z).all()
+
+
+def test_sparse_input_matches_dense(bulk):
+    train, _ = bulk
+    dense = train[:300].copy()
+    sparse_copy = dense.copy()
+    sparse_copy.X = sparse.csr_matrix(np.where(dense.X > 7, dense.X, 0))
+    dense.X = sparse_copy.X.toarray()
+    results = []
+    for adata in (dense, sparse_copy):
+        scvi.settings.seed = 0
+        DGEX.setup_anndata(adata)
+        model = DGEX(adata, n_hidden=32)
+        model.train(max_epochs=2, enable_progress_bar=False)
+        results.append(model.predict(adata).X)
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-4, atol=1e-4)
+
+
+def test_save_load_round_trip(bulk, trained, tmp_path, capsys):
+    _, test = bulk
+    trained.save(tmp_path / "model", save_anndata=False)
+    loaded = DGEX.load(tmp_path / "model")
+    assert loaded.adata is None
+    np.testing.assert_array_equal(loaded.predict(test).X, trained.predict(test).X)
+    trained.save(tmp_path / "with_data", save_anndata=True)
+    with_data = DGEX.load(tmp_path / "with_data")
+    np.testing.assert_array_equal(
+        with_data.get_latent_representation(), trained.get_latent_representation()
+    )
+    print(with_data)
+    assert "60 landmarks -> 240 targets" in capsys.readouterr().out
+
+
+def test_missing_landmarks(bulk, trained):
+    _, test = bulk
+    landmark = test.var_names[test.var["landmark"]][:3]
+    partial = test[:, ~test.var_names.isin(landmark)].copy()
+    with pytest.raises(InputError, match="3 of 60 landmark genes are missing"):
+        trained.predict(partial)
+    with pytest.warns(UserWarning, match="filled with their training mean"):
+        filled = trained.predict(partial, fill_missing=True)
+    assert np.isfinite(filled.X).all()
+
+
+def test_rank_map_recovers_shifted_platform(bulk, trained):
+    _, test = bulk
+    reference = trained.predict(test).X
+    # A different platform: a monotone distortion of every landmark (here 2**x).
+    shifted = test[:, test.var["landmark"]].copy()
+    shifted.X = np.exp2(shifted.X / 2)
+    naive = trained.predict(shifted).X
+    mapped = trained.predict(shifted, rank_map=True).X
+    assert np.abs(mapped - reference).mean() < 0.5 * np.abs(naive - reference).mean()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("no_key", "var has no column 'landmark'"),
+        ("none_marked", "No gene is marked"),
+        ("all_marked", "nothing to predict"),
+        ("nan", "NaN or infinite"),
+        ("bad_layer", "layer 'logcounts' does not exist"),
+    ],
+)
+def test_bad_setup(bulk, change, message):
+    adata = bulk[0][:50].copy()
+    layer = None
+    if change == "no_key":
+        del adata.var["landmark"]
+    elif change == "none_marked":
+        adata.var["landmark"] = False
+    elif change == "all_marked":
+        adata.var["landmark"] = True
+    elif change == "nan":
+        adata.X[0, 0] = np.nan
+    elif change == "bad_layer":
+        layer = "logcounts"
+    before = adata.copy()
+    with pytest.raises(InputError, match=message):
+        DGEX.setup_anndata(adata, layer=layer)
+    np.testing.assert_array_equal(adata.X, before.X)
+
+
+def test_nan_at_predict(bulk, trained):
+    _, test = bulk
+    broken = test.copy()
+    broken.X[3, np.flatnonzero(broken.var["landmark"])[0]] = np.inf
+    with pytest.raises(InputError, match="NaN or infinite"):
+        trained.predict(broken)
+
+
+def test_gaussian_loss_and_gene_variance(bulk):
+    train, test = bulk
+    for loss, variance in (("gaussian", "value"), ("mse", "gene")):
+        adata = train.copy()
+        DGEX.setup_anndata(adata)
+        model = DGEX(adata, n_hidden=64, loss=loss, variance=variance)
+        model.train(max_epochs=3, enable_progress_bar=False)
+        out = model.predict(test, return_std=True)
+        assert np.isfinite(out.X).all()
+        assert np.all(out.layers["std"] > 0)
+        if variance == "gene":
+            assert np.allclose(out.layers["std"], out.layers["std"][0])
+
+
+def test_select_landmarks_beats_random_panels():
+    from sklearn.linear_model import Ridge
+
+    adata = scgexp.data.simulate_bulk_expression(
+        n_samples=800, n_landmarks=10, n_targets=290, n_programs=15, seed=3
+    )
+    train, test = adata[:600], adata[600:]
+
+    def panel_error(panel):
+        mask = adata.var_names.isin(panel)
+        fit = Ridge(alpha=1.0).fit(train.X[:, mask], train.X[:, ~mask])
+        return np.abs(fit.predict(test.X[:, mask]) - test.X[:, ~mask]).mean()
+
+    chosen = scgexp.data.select_landmarks(train.copy(), n_landmarks=30, key=None)
+    assert len(chosen) == 30
+    rng = np.random.default_rng(0)
+    random_errors = [
+        panel_error(rng.choice(adata.var_names, 30, replace=False)) for _ in range(10)
+    ]
+    assert panel_error(chosen) < np.median(random_errors)
+
+
+def test_read_gctx_and_gct(tmp_path):
+    rng = np.random.default_rng(0)
+    genes, samples = ["g1", "g2", "g3"], ["s1", "s2"]
+    values = rng.normal(size=(len(samples), len(genes))).astype(np.float32)
+    path = tmp_path / "toy.gctx"
+    with h5py.File(path, "w") as handle:
+        handle["0/DATA/0/matrix"] = values
+        handle["0/META/ROW/id"] = np.array(genes, dtype="S")
+        handle["0/META/ROW/pr_gene_symbol"] = np.array(["A", "B", "C"], dtype="S")
+        handle["0/META/COL/id"] = np.array(samples, dtype="S")
+        handle["0/META/COL/pert_iname"] = np.array(["DMSO", "drug"], dtype="S")
+    adata = scgexp.data.read_gctx(path)
+    assert adata.shape == (2, 3)
+    assert list(adata.var_names) == genes
+    assert adata.var["pr_gene_symbol"].tolist() == ["A", "B", "C"]
+    assert adata.obs["pert_iname"].tolist() == ["DMSO", "drug"]
+    np.testing.assert_array_equal(adata.X, values)
+
+    gct = tmp_path / "toy.gct"
+    rows = ["#1.3", "3\t2\t1\t1", "id\tpr_gene_symbol\ts1\ts2", "pert_iname\tna\tDMSO\tdrug"]
+    rows += [
+        f"{g}\t{s}\t{values[0, i]}\t{values[1, i]}"
+        for i, (g, s) in enumerate(zip(genes, "ABC", strict=True))
+    ]
+    gct.write_text("\n".join(rows) + "\n")
+    from_text = scgexp.data.read_gct(gct)
+    np.testing.assert_allclose(from_text.X, values, rtol=1e-6)
+    assert from_text.obs["pert_iname"].tolist() == ["DMSO", "drug"]
+    with pytest.raises(InputError, match="not a GCTX"):
+        scgexp.data.read_gctx(gct)
+
+
+def test_mark_and_read_landmarks(tmp_path):
+    adata = scgexp.data.simulate_bulk_expression(n_samples=20, n_landmarks=5, n_targets=20)
+    table = tmp_path / "gene_info.txt"
+    table.write_text(
+        "pr_gene_id\tpr_gene_symbol\tpr_is_lm\n1\tgene00000\t1\n2\tgene00001\t1\n3\tgene00002\t0\n"
+        "4\tNOTTHERE\t1\n"
+    )
+    genes = scgexp.data.read_landmark_genes(table)
+    assert genes == ["gene00000", "gene00001", "NOTTHERE"]
+    with pytest.warns(UserWarning, match="1 of 3 landmark genes are not in the data"):
+        assert scgexp.data.mark_landmarks(adata, genes, key="lm") == 2
+    assert adata.var["lm"].sum() == 2
+    with pytest.raises(InputError, match="None of the"):
+        scgexp.data.mark_landmarks(adata, ["X1", "X2"])

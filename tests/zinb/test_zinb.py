@@ -1,0 +1,244 @@
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import scvi
+import torch
+from scipy import sparse
+
+from scgexp.data import InputError, simulate_scrna
+from scgexp.zinb import ZINBAutoencoder
+
+N_CELLS, N_GENES = 300, 120
+
+
+@pytest.fixture
+def adata():
+    return simulate_scrna(n_cells=N_CELLS, n_genes=N_GENES, seed=0)
+
+
+def _train(adata, batch_key="batch", max_epochs=3, **model_kwargs):
+    ZINBAutoencoder.setup_anndata(adata, layer="counts", batch_key=batch_key)
+    model = ZINBAutoencoder(adata, **model_kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(max_epochs=max_epochs, enable_progress_bar=False)
+    return model
+
+
+def _cell_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    a = np.log1p(a / a.sum(1, keepdims=True) * 1e4)
+    b = np.log1p(b / b.sum(1, keepdims=True) * 1e4)
+    return float(np.mean([np.corrcoef(x, y)[0, 1] for x, y in zip(a, b, strict=True)]))
+
+
+def test_learns_true_means():
+    adata = simulate_scrna(n_cells=400, n_genes=200, seed=1)
+    model = _train(adata, max_epochs=100)
+    denoised = model.get_normalized_expression(library_size="latent", return_numpy=True)
+    truth = adata.layers["true_mean"]
+    raw = adata.layers["counts"].toarray()
+    assert _cell_correlation(denoised, truth) > _cell_correlation(raw, truth) + 0.03
+    # library_size="latent" keeps each cell's scale
+    totals = np.asarray(raw.sum(1)).ravel()
+    assert np.corrcoef(denoised.sum(1), totals)[0, 1] > 0.9
+
+
+@pytest.mark.parametrize(
+    ("likelihood", "dispersion"),
+    [
+        ("zinb", "gene"),
+        ("zinb", "gene-cell"),
+        ("nb", "gene"),
+        ("nb", "gene-cell"),
+        ("poisson", "gene"),
+    ],
+)
+def test_likelihoods_and_dispersions(adata, likelihood, dispersion):
+    model = _train(adata, likelihood=likelihood, dispersion=dispersion, max_epochs=2)
+    assert np.isfinite(model.history["validation_loss"].to_numpy(dtype=float)).all()
+    latent = model.get_latent_representation()
+    assert latent.shape == (N_CELLS, 32)
+    expression = model.get_normalized_expression()
+    assert isinstance(expression, pd.DataFrame)
+    assert expression.shape == (N_CELLS, N_GENES)
+    assert list(expression.columns) == list(adata.var_names)
+    assert np.isfinite(expression.to_numpy()).all()
+    scaled = model.get_normalized_expression(library_size=1e4, return_numpy=True)
+    np.testing.assert_allclose(scaled.sum(1), 1e4, rtol=1e-3)
+    params = model.get_likelihood_parameters()
+    assert params["mean"].shape == (N_CELLS, N_GENES)
+    assert ("dispersions" in params) == (likelihood != "poisson")
+    assert ("dropout" in params) == (likelihood == "zinb")
+    for value in params.values():
+        assert np.isfinite(value).all()
+    if likelihood == "zinb":
+        assert ((params["dropout"] >= 0) & (params["dropout"] <= 1)).all()
+    samples = model.posterior_predictive_sample(n_samples=2)
+    assert samples.shape == (N_CELLS, N_GENES, 2)
+    dense = samples.todense()
+    assert (dense >= 0).all()
+    np.testing.assert_array_equal(dense, np.round(dense))
+
+
+def test_transform_batch(adata):
+    model = _train(adata, max_epochs=100)
+    as_0 = model.get_normalized_expression(transform_batch="batch_0", return_numpy=True)
+    as_1 = model.get_normalized_expression(transform_batch="batch_1", return_numpy=True)
+    assert not np.allclose(as_0, as_1)
+    # Cells of batch 0 decoded as batch 0 are what the model gives for them anyway.
+    own = model.get_normalized_expression(return_numpy=True)
+    in_0 = (adata.obs["batch"] == "batch_0").to_numpy()
+    np.testing.assert_allclose(own[in_0], as_0[in_0], rtol=1e-5)
+    # The switch moves genes in the direction of the simulated batch effect: the log ratio of
+    # the outputs correlates with the true batch_1 / batch_0 ratio of expression proportions.
+    truth = adata.layers["true_mean"] / adata.layers["true_mean"].sum(1, keepdims=True)
+    true_ratio = np.log(truth[~in_0].mean(0)) - np.log(truth[in_0].mean(0))
+    fitted_ratio = np.log(as_1).mean(0) - np.log(as_0).mean(0)
+    assert np.corrcoef(true_ratio, fitted_ratio)[0, 1] > 0.6
+    with pytest.raises(InputError, match="not a batch"):
+        model.get_likelihood_parameters(transform_batch="batch_7")
+
+
+def test_no_batch_key_ignores_transform_batch(adata):
+    model = _train(adata, batch_key=None, max_epochs=1)
+    (only,) = model.adata_manager.get_state_registry("batch").categorical_mapping
+    own = model.get_normalized_expression(return_numpy=True)
+    switched = model.get_normalized_expression(transform_batch=only, return_numpy=True)
+    np.testing.assert_allclose(own, switched)
+
+
+def test_covariates_and_size_factor(adata):
+    adata.obs["donor"] = pd.Categorical(np.where(np.arange(N_CELLS) % 3 == 0, "d0", "d1"))
+    adata.obs["sf"] = np.asarray(adata.X.sum(1)).ravel() / 500.0
+    ZINBAutoencoder.setup_anndata(
+        adata, batch_key="batch", size_factor_key="sf", categorical_covariate_keys=["donor"]
+    )
+    model = ZINBAutoencoder(adata, encode_covariates=True)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    params = model.get_likelihood_parameters()
+    assert np.isfinite(params["mean"]).all()
+    # μ follows the registered size factor (which also scales the encoder's input).
+    adata.obs["sf"] *= 2.0
+    doubled = model.get_likelihood_parameters(adata=adata.copy())["mean"]
+    ratio = doubled.sum(1) / params["mean"].sum(1)
+    np.testing.assert_allclose(ratio, 2.0, rtol=0.2)
+
+
+def test_standardisation_stats_sparse_equals_dense(adata):
+    ZINBAutoencoder.setup_anndata(adata, layer="counts")
+    sparse_model = ZINBAutoencoder(adata)
+    dense = adata.copy()
+    dense.layers["counts"] = dense.layers["counts"].toarray()
+    ZINBAutoencoder.setup_anndata(dense, layer="counts")
+    dense_model = ZINBAutoencoder(dense)
+    for name in ("input_mean", "input_scale", "median_total"):
+        torch.testing.assert_close(
+            getattr(sparse_model.module, name), getattr(dense_model.module, name)
+        )
+    counts = adata.layers["counts"].toarray()
+    size_factor = counts.sum(1, keepdims=True) / np.median(counts.sum(1))
+    logged = np.log1p(counts / size_factor)
+    np.testing.assert_allclose(sparse_model.module.input_mean.numpy(), logged.mean(0), rtol=1e-4)
+    assert sparse.issparse(adata.layers["counts"])  # the data is left as it was
+
+
+def test_save_load_and_query(tmp_path, capsys):
+    full = simulate_scrna(n_cells=N_CELLS + 150, n_genes=N_GENES, seed=0)
+    adata, query = full[:N_CELLS].copy(), full[N_CELLS:].copy()
+    model = _train(adata, max_epochs=2)
+    print(model)
+    assert "ZINBAutoencoder" in capsys.readouterr().out
+    before = model.get_normalized_expression(return_numpy=True)
+    latent = model.get_latent_representation()
+    model.save(tmp_path / "model", save_anndata=True)
+
+    loaded = ZINBAutoencoder.load(tmp_path / "model")
+    np.testing.assert_allclose(loaded.get_normalized_expression(return_numpy=True), before)
+    np.testing.assert_allclose(loaded.get_latent_representation(), latent)
+
+    again = ZINBAutoencoder.load(tmp_path / "model", adata=adata.copy())
+    np.testing.assert_allclose(again.get_latent_representation(), latent)
+
+    # New cells from the same simulator: the model is applied as trained (stats not refitted).
+    mapped = ZINBAutoencoder.load(tmp_path / "model", adata=query)
+    torch.testing.assert_close(mapped.module.input_mean, model.module.input_mean.cpu())
+    out = mapped.get_normalized_expression(return_numpy=True)
+    assert out.shape == (150, N_GENES)
+    assert np.isfinite(out).all()
+    # ... and through the trained model directly
+    direct = model.get_normalized_expression(adata=query.copy(), return_numpy=True)
+    np.testing.assert_allclose(direct, out, rtol=1e-5)
+
+
+def test_refuses_log_normalised_and_negative(adata):
+    lognorm = adata.copy()
+    lognorm.X = lognorm.X.copy()
+    lognorm.X.data = np.log1p(lognorm.X.data / 3.0)
+    with pytest.raises(InputError, match="layer="):
+        ZINBAutoencoder.setup_anndata(lognorm)
+    negative = adata.copy()
+    negative.X = negative.X.toarray()
+    negative.X[0, 0] = -1.0
+    with pytest.raises(InputError, match="negative"):
+        ZINBAutoencoder.setup_anndata(negative)
+    nan = adata.copy()
+    nan.X = nan.X.toarray()
+    nan.X[0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        ZINBAutoencoder.setup_anndata(nan)
+
+
+def test_refuses_empty_cells_and_missing_keys(adata):
+    empty = adata.copy()
+    empty.X = empty.X.toarray()
+    empty.X[3] = 0.0
+    with pytest.raises(InputError, match="no counts"):
+        ZINBAutoencoder.setup_anndata(empty)
+    with pytest.raises(InputError, match="no column 'plate'"):
+        ZINBAutoencoder.setup_anndata(adata, batch_key="plate")
+    adata.obs["sf"] = -1.0
+    with pytest.raises(InputError, match="positive"):
+        ZINBAutoencoder.setup_anndata(adata, size_factor_key="sf")
+
+
+def test_refuses_unknown_batch_in_query(adata, tmp_path):
+    model = _train(adata, max_epochs=1)
+    model.save(tmp_path / "model")
+    query = simulate_scrna(n_cells=50, n_genes=N_GENES, seed=3)
+    query.obs["batch"] = pd.Categorical(["batch_9"] * 50)
+    with pytest.raises(InputError, match="not trained with: 'batch_9'"):
+        ZINBAutoencoder.load(tmp_path / "model", adata=query)
+    with pytest.raises(InputError, match="not trained with"):
+        model.get_latent_representation(adata=query)
+    bad_counts = simulate_scrna(n_cells=50, n_genes=N_GENES, seed=3)
+    bad_counts.layers["counts"].data += 0.5
+    with pytest.raises(InputError, match="layer="):
+        model.get_normalized_expression(adata=bad_counts)
+
+
+def test_bad_options(adata):
+    ZINBAutoencoder.setup_anndata(adata)
+    with pytest.raises(ValueError, match="gene_likelihood"):
+        ZINBAutoencoder(adata, likelihood="gaussian")
+    with pytest.raises(ValueError, match="dispersion"):
+        ZINBAutoencoder(adata, dispersion="gene-batch")
+    model = ZINBAutoencoder(adata)
+    with pytest.raises(ValueError, match="optimizer"):
+        model.train(max_epochs=1, optimizer="SGD")
+
+
+def test_rmsprop_and_seeded(adata):
+    results = []
+    for _ in range(2):
+        scvi.settings.seed = 0
+        model = _train(adata.copy(), max_epochs=2)
+        results.append(model.get_latent_representation())
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-6)
+    ZINBAutoencoder.setup_anndata(adata)
+    model = ZINBAutoencoder(adata)
+    model.train(max_epochs=2, optimizer="RMSprop", enable_progress_bar=False)
+    assert np.isfinite(model.history["validation_loss"].to_numpy(dtype=float)).all()

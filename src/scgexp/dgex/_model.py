@@ -188,8 +188,9 @@ class DGEX(SafeSaveMixin, UnsupervisedTrainingMixin, BaseModelClass):
         rows = np.sort(rows)
         for start in range(0, len(rows), _CHUNK):
             block = _dense(matrix[rows[start : start + _CHUNK]]).astype(np.float64)
-            x, y = centre(block[:, landmark_index], "landmark"), centre(
-                block[:, target_index], "target"
+            x, y = (
+                centre(block[:, landmark_index], "landmark"),
+                centre(block[:, target_index], "target"),
             )
             xtx += x.T @ x
             xty += x.T @ y

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Set up a Python environment for scgexp; prints the path of its python on the last line.
+#
+# Uses the active virtualenv/conda environment if there is one, else creates ./.venv.
+# Installs the CPU build of torch 2.13.0 only when the environment has no torch at all, so an
+# existing (e.g. CUDA) torch is kept. Then installs scgexp (editable) with the extras given as
+# the first argument (e.g. "test" or "test,docs").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"
+
+if [ -n "${VIRTUAL_ENV:-}" ]; then
+  py="$VIRTUAL_ENV/bin/python"
+elif [ -n "${CONDA_PREFIX:-}" ]; then
+  py="$CONDA_PREFIX/bin/python"
+else
+  if [ ! -x .venv/bin/python ]; then
+    base=$(command -v python3.11 || command -v python3)
+    "$base" -c 'import sys; assert sys.version_info >= (3, 11), "scgexp needs Python >= 3.11"'
+    "$base" -m venv .venv >&2
+  fi
+  py=.venv/bin/python
+fi
+pip_install() { "$py" -m pip install --quiet --disable-pip-version-check "$@" >&2; }
+
+if ! "$py" -c "import torch" 2>/dev/null; then
+  echo "No torch found: installing the CPU build of torch 2.13.0" >&2
+  # A local wheelhouse (pip's find-links) first; else PyTorch's CPU index.
+  pip_install --no-index "torch==2.13.0" 2>/dev/null \
+    || pip_install "torch==2.13.0" --index-url "${SCGEXP_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
+fi
+if [ -n "$extras" ]; then
+  pip_install -e ".[$extras]"
+else
+  pip_install -e .
+fi
+echo "$py"

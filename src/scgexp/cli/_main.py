@@ -1,0 +1,197 @@
+"""``scgexp``: train models on files and apply saved models, for pipelines and for a demo."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import click
+
+from scgexp.data import InputError
+
+logger = logging.getLogger(__name__)
+
+FILE_TYPES = (".h5ad", ".h5mu")
+
+
+def _read(path: Path):
+    import anndata
+    import mudata
+
+    if path.suffix not in FILE_TYPES:
+        raise InputError(f"{path} is neither .h5ad nor .h5mu; convert it to AnnData first.")
+    if not path.exists():
+        raise InputError(f"{path} does not exist.")
+    try:
+        return anndata.read_h5ad(path) if path.suffix == ".h5ad" else mudata.read_h5mu(path)
+    except Exception as error:  # h5py/anndata raise many kinds for broken files
+        raise InputError(f"{path} could not be read as {path.suffix}: {error}") from error
+
+
+def _check_output(input_path: Path, output: Path) -> None:
+    if input_path.suffix not in FILE_TYPES:
+        raise InputError(f"{input_path} is neither .h5ad nor .h5mu; convert it to AnnData first.")
+    if output.suffix != input_path.suffix:
+        raise InputError(f"--out must be a {input_path.suffix} file, like the input.")
+    if output.resolve() == input_path.resolve():
+        raise InputError("--out must differ from the input: scgexp never overwrites its input.")
+
+
+def _run(action):
+    """Run an action; turn input problems into a one-line error and a non-zero exit."""
+    try:
+        return action()
+    except (InputError, FileNotFoundError, KeyError, ValueError) as error:
+        message = error.args[0] if error.args else str(error)
+        raise click.ClickException(str(message).splitlines()[0]) from error
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="scgexp")
+@click.option("-v", "--verbose", is_flag=True, help="Show debug logging.")
+def main(verbose: bool) -> None:
+    """Deep-learning models for gene expression, as scvi-tools models."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")
+
+
+@main.command()
+@click.option(
+    "--out",
+    "out_dir",
+    default="scgexp_demo",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Report folder.",
+)
+@click.option(
+    "--epochs",
+    default=None,
+    type=click.IntRange(1),
+    help="Epochs per model (default: each model's demo setting).",
+)
+@click.option("--accelerator", default="auto", show_default=True, help="Lightning accelerator.")
+def demo(out_dir: Path, epochs: int | None, accelerator: str) -> None:
+    """Train every model on embedded data and write a report with figures."""
+    from scgexp.cli._demo import run_demo
+
+    report = _run(lambda: run_demo(out_dir, epochs=epochs, accelerator=accelerator))
+    click.echo(f"Report written to {report}")
+
+
+@main.command()
+@click.argument("model_name", metavar="MODEL", type=click.Choice(["dgex", "zinb"]))
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output file (same type as INPUT) with the results added.",
+)
+@click.option("--layer", default=None, help="Layer to train on (default: X).")
+@click.option("--batch-key", default=None, help="obs column with batches.")
+@click.option(
+    "--landmark-key",
+    default="landmark",
+    show_default=True,
+    help="DGEX: boolean var column marking landmark genes.",
+)
+@click.option(
+    "--model-dir",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to save the trained model (default: next to --out).",
+)
+@click.option("--epochs", default=None, type=click.IntRange(1), help="Maximum epochs.")
+@click.option(
+    "--accelerator",
+    default="auto",
+    show_default=True,
+    help="Lightning accelerator: cpu, gpu, auto, ...",
+)
+@click.option("--devices", default="auto", show_default=True, help="Lightning devices.")
+def fit(
+    model_name,
+    input_path,
+    output,
+    layer,
+    batch_key,
+    landmark_key,
+    model_dir,
+    epochs,
+    accelerator,
+    devices,
+) -> None:
+    """Train MODEL on INPUT (.h5ad/.h5mu); write results to --out and save the model."""
+    from scgexp.cli._specs import MODELS
+
+    spec = MODELS[model_name]
+    options = {"layer": layer, "batch_key": batch_key, "landmark_key": landmark_key}
+
+    def action():
+        _check_output(input_path, output)
+        data = _read(input_path)
+        spec.setup(data, options)
+        model = spec.cls(data)
+        train_kwargs = {
+            "accelerator": accelerator,
+            "devices": int(devices) if devices.isdigit() else devices,
+        }
+        if epochs is not None:
+            train_kwargs["max_epochs"] = epochs
+        model.train(**train_kwargs)
+        folder = model_dir or output.with_name(output.stem + f"_{spec.key}_model")
+        model.save(str(folder), overwrite=True)
+        result = spec.results(model, data, options)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        result.write(output)
+        return folder
+
+    folder = _run(action)
+    click.echo(f"Wrote {output}; model saved in {folder}")
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output file (same type as INPUT) with the results added.",
+)
+@click.option(
+    "--rank-map",
+    is_flag=True,
+    help="DGEX: map landmarks onto the training distribution by rank (cross-platform).",
+)
+def predict(model_dir: Path, input_path: Path, output: Path, rank_map: bool) -> None:
+    """Apply the model saved in MODEL_DIR to INPUT and write results to --out."""
+    from scgexp._io import ATTRIBUTES_FILE
+    from scgexp.cli._specs import spec_for_class
+
+    def action():
+        _check_output(input_path, output)
+        if not (model_dir / ATTRIBUTES_FILE).exists():
+            raise InputError(f"{model_dir} holds no saved scgexp model; use `scgexp fit` first.")
+        registry = _saved_registry(model_dir)
+        spec = spec_for_class(registry["model_name"])
+        data = _read(input_path)
+        model = spec.cls.load(str(model_dir), adata=None if spec.key == "dgex" else data)
+        result = spec.results(model, data, {"rank_map": rank_map})
+        output.parent.mkdir(parents=True, exist_ok=True)
+        result.write(output)
+
+    _run(action)
+    click.echo(f"Wrote {output}")
+
+
+def _saved_registry(model_dir: Path) -> dict:
+    import json
+
+    from scgexp._io import ATTRIBUTES_FILE, _decode
+
+    with open(os.path.join(model_dir, ATTRIBUTES_FILE)) as handle:
+        return _decode(json.load(handle))["attr_dict"]["registry_"]

@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import scgexp
+from scgexp.cli import main
+
+
+@pytest.fixture
+def bulk_file(tmp_path):
+    adata = scgexp.data.simulate_bulk_expression(
+        n_samples=200, n_landmarks=20, n_targets=60, n_programs=5, seed=0
+    )
+    path = tmp_path / "bulk.h5ad"
+    adata.write_h5ad(path)
+    return path
+
+
+@pytest.fixture
+def counts_file(tmp_path):
+    path = tmp_path / "counts.h5ad"
+    scgexp.data.simulate_scrna(n_cells=150, n_genes=60, seed=0).write_h5ad(path)
+    return path
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_fit_and_predict_dgex(bulk_file, tmp_path):
+    out = tmp_path / "fitted.h5ad"
+    result = _invoke("fit", "dgex", bulk_file, "--out", out, "--epochs", "2")
+    assert result.exit_code == 0, result.output
+    fitted = ad.read_h5ad(out)
+    assert fitted.obsm["X_dgex"].shape[0] == 200
+    assert fitted.var["landmark"].sum() == 20
+    assert "dgex_std" in fitted.layers
+
+    # New data with only the landmark genes, in another order: the whole transcriptome comes back.
+    new = ad.read_h5ad(bulk_file)
+    new = new[:50, new.var["landmark"].to_numpy()][:, ::-1].copy()
+    new_path = tmp_path / "landmarks_only.h5ad"
+    new.write_h5ad(new_path)
+    predicted_path = tmp_path / "predicted.h5ad"
+    model_dir = tmp_path / "fitted_dgex_model"
+    result = _invoke("predict", model_dir, new_path, "--out", predicted_path)
+    assert result.exit_code == 0, result.output
+    predicted = ad.read_h5ad(predicted_path)
+    assert predicted.shape == (50, 80)
+    np.testing.assert_allclose(predicted.X, fitted.X[:50], rtol=1e-4, atol=1e-4)
+
+
+def test_fit_and_predict_zinb(counts_file, tmp_path):
+    out = tmp_path / "denoised.h5ad"
+    model_dir = tmp_path / "zinb_model"
+    result = _invoke(
+        "fit",
+        "zinb",
+        counts_file,
+        "--out",
+        out,
+        "--batch-key",
+        "batch",
+        "--model-dir",
+        model_dir,
+        "--epochs",
+        "2",
+    )
+    assert result.exit_code == 0, result.output
+    fitted = ad.read_h5ad(out)
+    assert fitted.obsm["X_zinb"].shape == (150, 32)
+    assert fitted.layers["zinb_denoised"].shape == (150, 60)
+    result = _invoke("predict", model_dir, counts_file, "--out", tmp_path / "again.h5ad")
+    assert result.exit_code == 0, result.output
+    again = ad.read_h5ad(tmp_path / "again.h5ad")
+    np.testing.assert_allclose(again.obsm["X_zinb"], fitted.obsm["X_zinb"], rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["fit", "zinb", "{missing}", "--out", "{out}"], "does not exist"),
+        (["fit", "zinb", "{txt}", "--out", "{out}"], "neither .h5ad nor .h5mu"),
+        (["fit", "zinb", "{counts}", "--out", "{counts}"], "never overwrites its input"),
+        (
+            ["fit", "zinb", "{counts}", "--out", "{out}", "--batch-key", "plate"],
+            "no column 'plate'",
+        ),
+        (["fit", "zinb", "{counts}", "--out", "{out}", "--layer", "raw"], "layer 'raw' does not"),
+        (["fit", "dgex", "{counts}", "--out", "{out}"], "var has no column 'landmark'"),
+        (["predict", "{tmp}", "{counts}", "--out", "{out}"], "holds no saved scgexp model"),
+    ],
+)
+def test_errors_are_one_line_and_leave_input_untouched(counts_file, tmp_path, args, message):
+    (tmp_path / "table.txt").write_text("not data")
+    names = {
+        "missing": tmp_path / "nope.h5ad",
+        "out": tmp_path / "out.h5ad",
+        "counts": counts_file,
+        "txt": tmp_path / "table.txt",
+        "tmp": tmp_path,
+    }
+    before = counts_file.read_bytes()
+    result = CliRunner().invoke(main, [a.format(**names) for a in args])
+    assert result.exit_code != 0
+    assert message in result.output
+    assert result.output.strip().count("\n") == 0
+    assert counts_file.read_bytes() == before
+
+
+def test_unknown_model_is_refused(counts_file, tmp_path):
+    result = CliRunner().invoke(main, ["fit", "scvi", str(counts_file), "--out", "x.h5ad"])
+    assert result.exit_code == 2
+    assert "'scvi' is not one of" in result.output

@@ -1,7 +1,7 @@
 """Sphinx configuration for scgexp."""
 
 import shutil
-from importlib.metadata import version
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -9,14 +9,14 @@ HERE = Path(__file__).parent
 project = "scgexp"
 author = "scgexp developers"
 copyright = "2026, scgexp developers"
-release = version("scgexp")
+release = package_version("scgexp")
+version = release
 
 extensions = [
     "myst_nb",
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
-    "sphinx.ext.intersphinx",
     "sphinxcontrib.bibtex",
 ]
 templates_path = ["_templates"]
@@ -29,12 +29,8 @@ napoleon_use_rtype = True
 bibtex_bibfiles = ["references.bib"]
 myst_enable_extensions = ["colon_fence", "dollarmath"]
 nb_execution_mode = "off"  # notebooks are stored executed; see notebooks/
-intersphinx_mapping = {
-    "python": ("https://docs.python.org/3", None),
-}
-intersphinx_disabled_reftypes = ["*"]
 exclude_patterns = ["_build", "**.ipynb_checkpoints"]
-suppress_warnings = ["mystnb.unknown_mime_type", "intersphinx"]
+suppress_warnings = ["mystnb.unknown_mime_type"]
 nitpicky = False
 
 html_theme = "sphinx_book_theme"

@@ -25,8 +25,8 @@ pip_install() { "$py" -m pip install --quiet --disable-pip-version-check "$@" >&
 
 if ! "$py" -c "import torch" 2>/dev/null; then
   echo "No torch found: installing the CPU build of torch 2.13.0" >&2
-  # A local wheelhouse (pip's find-links) first; else PyTorch's CPU index.
-  pip_install --no-index "torch==2.13.0" 2>/dev/null \
+  # The CPU wheel from the indexes/wheelhouses pip is configured with; else PyTorch's CPU index.
+  pip_install "torch==2.13.0+cpu" 2>/dev/null \
     || pip_install "torch==2.13.0" --index-url "${SCGEXP_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
 fi
 if [ -n "$extras" ]; then

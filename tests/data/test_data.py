@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import sparse
+
+import scgexp
+from scgexp._io import _decode, _encode
+from scgexp.data import InputError, check_matrix, check_obs_keys
+
+
+def test_pbmc68k_counts_are_real_counts():
+    adata = scgexp.data.pbmc68k_counts()
+    assert adata.shape == (700, 765)
+    values = adata.X.data
+    assert np.all(values == np.round(values))
+    assert values.min() > 0
+    assert adata.obs["cell_type"].nunique() == 10
+    # Before rounding, the rebuilt values are already within 0.1 of integers: real counts.
+    import scanpy as sc
+
+    reduced = sc.datasets.pbmc68k_reduced()
+    unrounded = (
+        np.expm1(reduced.raw.X.toarray()) / 1e4 * reduced.obs["n_counts"].to_numpy()[:, None]
+    )
+    assert np.abs(unrounded - np.round(unrounded)).max() < 0.1
+
+
+@pytest.mark.parametrize(
+    "simulate",
+    [
+        scgexp.data.simulate_scrna,
+        scgexp.data.simulate_scatac,
+        lambda seed: scgexp.data.simulate_multiome(seed=seed, n_proteins=5)["rna"],
+    ],
+)
+def test_simulators_are_seeded_sparse_counts(simulate):
+    first, second = simulate(seed=4), simulate(seed=4)
+    assert sparse.issparse(first.X)
+    assert (first.X != second.X).nnz == 0
+    check_matrix(first, counts=True, allow_empty_cells=True)
+    assert (simulate(seed=5).X != first.X).nnz > 0
+
+
+def test_scatac_depth_is_confounded_with_batch():
+    adata = scgexp.data.simulate_scatac(n_cells=600, seed=0)
+    depth = np.log(np.asarray((adata.X > 0).sum(1)).ravel())
+    by_batch = pd.Series(depth).groupby(adata.obs["batch"].to_numpy()).mean()
+    assert by_batch["batch_1"] - by_batch["batch_0"] > 0.4
+
+
+def test_multiome_missing_modalities():
+    mdata = scgexp.data.simulate_multiome(n_cells=200, missing_fraction=0.2, n_proteins=4)
+    assert set(mdata.mod) == {"rna", "atac", "prot"}
+    no_atac = ~mdata.obs["has_atac"].to_numpy()
+    assert no_atac.sum() == 20
+    assert mdata["atac"].X[no_atac].sum() == 0
+
+
+def test_bulk_simulator_truth():
+    adata = scgexp.data.simulate_bulk_expression(n_samples=100, n_landmarks=10, n_targets=30)
+    assert adata.var["landmark"].sum() == 10
+    assert adata.obsm["program_activity"].shape == (100, 50)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (np.array([[1.0, 2.5], [0.0, 3.0]]), "non-integer values"),
+        (np.array([[1.0, -2.0], [0.0, 3.0]]), "negative values"),
+        (np.array([[1.0, np.nan], [0.0, 3.0]]), "NaN or infinite"),
+        (np.array([[0.0, 0.0], [1.0, 3.0]]), "1 cells with no counts"),
+    ],
+)
+def test_check_matrix_refuses(values, message):
+    adata = scgexp.data.simulate_scrna(n_cells=2, n_genes=2)[:, :2].copy()
+    adata.X = sparse.csr_matrix(values)
+    before = adata.X.copy()
+    with pytest.raises(InputError, match=message):
+        check_matrix(adata, counts=True)
+    assert (adata.X != before).nnz == 0 or np.isnan(values).any()
+
+
+def test_check_matrix_points_to_layer_and_empty_genes():
+    adata = scgexp.data.simulate_scrna(n_cells=20, n_genes=10)
+    adata.X = adata.X.astype(np.float32) / 3
+    with pytest.raises(InputError, match="layer="):
+        check_matrix(adata, counts=True)
+    check_matrix(adata, layer="counts", counts=True)
+    adata.layers["counts"][:, 0] = 0
+    with pytest.raises(InputError, match="zero in every cell"):
+        check_matrix(adata, layer="counts", allow_empty_features=False)
+
+
+def test_check_obs_keys():
+    adata = scgexp.data.simulate_scrna(n_cells=10, n_genes=5)
+    adata.obs["tss"] = np.nan
+    with pytest.raises(InputError, match="no column 'plate'"):
+        check_obs_keys(adata, categorical=["plate"])
+    with pytest.raises(InputError, match="NaN"):
+        check_obs_keys(adata, continuous=["tss"])
+
+
+def test_attribute_encoding_round_trips():
+    value = {
+        "array": np.array(["a", "b"], dtype=object),
+        "ints": np.arange(3),
+        "frame": pd.DataFrame({"x": [1.0, 2.0]}, index=[0, 1]),
+        "nested": {"t": (1, 2), "inf": float("inf"), "none": None},
+    }
+    back = _decode(_encode(value))
+    assert back["array"].tolist() == ["a", "b"]
+    np.testing.assert_array_equal(back["ints"], np.arange(3))
+    pd.testing.assert_frame_equal(back["frame"], value["frame"])
+    assert back["nested"] == {"t": (1, 2), "inf": float("inf"), "none": None}

@@ -30,7 +30,7 @@ import pandas as pd
 import scanpy as sc
 import scvi
 import torch
-from sklearn.linear_model import LinearRegression, RidgeCV
+from sklearn.linear_model import LinearRegression, Ridge, RidgeCV
 from sklearn.neighbors import KNeighborsRegressor
 
 import scgexp
@@ -53,14 +53,29 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
+class RidgeSubsetCV(Ridge):
+    """Ridge whose alpha is chosen by RidgeCV (efficient leave-one-out) on <= 500 targets.
+
+    RidgeCV keeps an (n_samples x n_targets) array per alpha, which does not fit in memory at
+    D-GEX scale (50k samples x 9,000 targets); one alpha shared by all targets is what RidgeCV
+    picks by default anyway.
+    """
+
+    def fit(self, x, y):
+        columns = np.random.default_rng(0).choice(y.shape[1], min(500, y.shape[1]), False)
+        self.alpha = RidgeCV(alphas=np.logspace(-2, 5, 15)).fit(x, y[:, columns]).alpha_
+        return super().fit(x, y)
+
+
 def run_anchors(x_train, y_train, x_test) -> dict[str, dict]:
     anchors = {
         "LinearRegression": LinearRegression(),
-        "Ridge (CV alpha)": RidgeCV(alphas=np.logspace(-2, 5, 15)),
+        "Ridge (CV alpha)": RidgeSubsetCV(),
         "KNN (k=10)": KNeighborsRegressor(n_neighbors=10, n_jobs=1),
     }
     out = {}
     for name, estimator in anchors.items():
+        logging.getLogger("bench").warning("fitting %s", name)
         _, fit_s = timed(lambda e=estimator: e.fit(x_train, y_train))
         pred, predict_s = timed(lambda e=estimator: e.predict(x_test))
         out[name] = {"pred": pred.astype(np.float32), "fit_s": fit_s, "predict_s": predict_s}

@@ -86,6 +86,24 @@ def test_sparse_input_matches_dense(bulk):
     np.testing.assert_allclose(results[0], results[1], rtol=1e-4, atol=1e-4)
 
 
+def test_registered_layer_is_used_by_default(bulk):
+    train, test = bulk
+    adata = train[:300].copy()
+    adata.layers["log2"] = adata.X.copy()
+    adata.X = np.zeros_like(adata.X)
+    DGEX.setup_anndata(adata, layer="log2")
+    model = DGEX(adata, n_hidden=32)
+    model.train(max_epochs=2, enable_progress_bar=False)
+    from_layer = model.predict().X
+    np.testing.assert_array_equal(from_layer, model.predict(adata, layer="log2").X)
+    without_layer = adata.copy()
+    del without_layer.layers["log2"]
+    assert not np.allclose(from_layer, model.predict(without_layer).X)  # X (zeros) is used
+    # New data: the training layer is used when present, else X.
+    query = test[:20].copy()
+    np.testing.assert_allclose(model.predict(query).X, model.predict(query, layer=None).X)
+
+
 def test_save_load_round_trip(bulk, trained, tmp_path, capsys):
     _, test = bulk
     trained.save(tmp_path / "model", save_anndata=False)

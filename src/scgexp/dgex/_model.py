@@ -327,7 +327,7 @@ class DGEX(SafeSaveMixin, UnsupervisedTrainingMixin, BaseModelClass):
             if self.adata is None:
                 raise InputError("This model was loaded without data; pass adata=.")
             adata = self.adata
-            layer = self.adata_manager.get_state_registry(REGISTRY_KEYS.X_KEY).get("layer")
+            layer = self.registry_["setup_args"].get("layer")
         elif layer is None:
             trained_layer = self.registry_["setup_args"].get("layer")
             layer = trained_layer if trained_layer in adata.layers else None

@@ -66,6 +66,9 @@ class ZINBAutoencoderModule(BaseModuleClass):
         ``"gene"`` (one θ per gene) or ``"gene-cell"`` (θ predicted for every cell and gene).
     encode_covariates
         Also give the batch and covariates to the encoder.
+    linear_bottleneck
+        Compute ``z`` with a plain linear layer (no batch norm, ReLU or dropout). ``False``:
+        DCA's bottleneck, a hidden layer like the others (batch norm and ReLU).
     use_size_factor_key
         Take size factors from the registered ``size_factor`` tensor instead of the counts.
     ridge_lambda
@@ -86,6 +89,7 @@ class ZINBAutoencoderModule(BaseModuleClass):
         encode_covariates: bool = False,
         use_size_factor_key: bool = False,
         ridge_lambda: float = 0.0,
+        linear_bottleneck: bool = True,
     ):
         super().__init__()
         if gene_likelihood not in ("zinb", "nb", "poisson"):
@@ -102,6 +106,7 @@ class ZINBAutoencoderModule(BaseModuleClass):
         self.encode_covariates = encode_covariates
         self.use_size_factor_key = use_size_factor_key
         self.ridge_lambda = ridge_lambda
+        self.linear_bottleneck = linear_bottleneck
 
         # Filled by the model from the training data; saved with the weights.
         self.register_buffer("input_mean", torch.zeros(n_input))
@@ -111,12 +116,13 @@ class ZINBAutoencoderModule(BaseModuleClass):
         cat_list = [n_batch, *(n_cats_per_cov or [])]
         self.encoder = FCLayers(
             n_in=n_input,
-            n_out=n_latent,
+            n_out=n_hidden if linear_bottleneck else n_latent,
             n_cat_list=cat_list if encode_covariates else None,
-            n_layers=n_layers + 1,
+            n_layers=n_layers if linear_bottleneck else n_layers + 1,
             n_hidden=n_hidden,
             dropout_rate=dropout_rate,
         )
+        self.z_layer = nn.Linear(n_hidden, n_latent) if linear_bottleneck else None
         self.decoder = FCLayers(
             n_in=n_latent,
             n_out=n_hidden,
@@ -181,6 +187,8 @@ class ZINBAutoencoderModule(BaseModuleClass):
         encoded = self.transform_input(x, library)
         cats = self._cat_list(batch_index, cat_covs) if self.encode_covariates else []
         z = self.encoder(encoded, *cats)
+        if self.z_layer is not None:
+            z = self.z_layer(z)
         return {MODULE_KEYS.Z_KEY: z, MODULE_KEYS.LIBRARY_KEY: library}
 
     @auto_move_data

@@ -84,7 +84,7 @@ def simulate_bulk_expression(
     baseline = rng.normal(6.0, 2.0, size=n_genes).astype(np.float32)
 
     expression = np.empty((n_samples, n_genes), dtype=np.float32)
-    step = max(1, 4_000_000 // (n_genes * n_programs))
+    step = max(1, 32_000_000 // (n_genes * n_programs))  # ~128 MB of responses at a time
     for start in range(0, n_samples, step):
         a = activity[start : start + step, None, :].astype(np.float32)
         response = 1.0 / (1.0 + np.exp(-slope * (a - threshold)))

@@ -242,3 +242,16 @@ def test_rmsprop_and_seeded(adata):
     model = ZINBAutoencoder(adata)
     model.train(max_epochs=2, optimizer="RMSprop", enable_progress_bar=False)
     assert np.isfinite(model.history["validation_loss"].to_numpy(dtype=float)).all()
+
+
+@pytest.mark.parametrize("linear_bottleneck", [True, False])
+def test_bottleneck(adata, tmp_path, linear_bottleneck):
+    model = _train(adata, max_epochs=2, n_latent=8, linear_bottleneck=linear_bottleneck)
+    latent = model.get_latent_representation()
+    assert latent.shape == (N_CELLS, 8)
+    # The linear bottleneck is signed; DCA's (batch norm and ReLU) is not.
+    assert (latent.min() < 0) == linear_bottleneck
+    assert ("linear bottleneck" in model._model_summary_string) == linear_bottleneck
+    model.save(tmp_path / "model")
+    loaded = ZINBAutoencoder.load(tmp_path / "model", adata=adata)
+    np.testing.assert_allclose(loaded.get_latent_representation(), latent, rtol=1e-5)

@@ -168,10 +168,10 @@ class DGEX(SafeSaveMixin, UnsupervisedTrainingMixin, BaseModelClass):
     def _initialise_linear_skip(self, rows: np.ndarray) -> None:
         """Start the linear path at the ridge regression fitted on ``rows``.
 
-        The penalty is chosen by generalised cross-validation; every statistic is accumulated
-        over chunks of rows, so only ``n_landmarks × n_targets`` numbers are held at once. The
-        hidden layers' output starts at zero, so training begins from the ridge fit and early
-        stopping (with the best epoch restored) can only improve on it on validation data.
+        Each target's penalty is chosen by generalised cross-validation; every statistic is
+        accumulated over chunks of rows, so only ``n_landmarks × n_targets`` numbers are held at
+        once. The hidden layers' output starts small, so training begins near the ridge fit, and
+        early stopping (best epoch restored) keeps what improves on it on validation data.
         """
         module = self.module
         matrix = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
@@ -184,7 +184,7 @@ class DGEX(SafeSaveMixin, UnsupervisedTrainingMixin, BaseModelClass):
         n_landmarks = len(landmark_index)
         xtx = np.zeros((n_landmarks, n_landmarks))
         xty = np.zeros((n_landmarks, len(target_index)))
-        yty = 0.0
+        yty = np.zeros(len(target_index))
         rows = np.sort(rows)
         for start in range(0, len(rows), _CHUNK):
             block = _dense(matrix[rows[start : start + _CHUNK]]).astype(np.float64)
@@ -194,30 +194,33 @@ class DGEX(SafeSaveMixin, UnsupervisedTrainingMixin, BaseModelClass):
             )
             xtx += x.T @ x
             xty += x.T @ y
-            yty += float((y**2).sum())
+            yty += (y**2).sum(0)
         eigenvalues, eigenvectors = np.linalg.eigh(xtx)
         eigenvalues = np.maximum(eigenvalues, 0.0)
         projected = eigenvectors.T @ xty  # rotate X'Y into the eigenbasis once
         n = len(rows)
-        best = (np.inf, None)
-        for alpha in np.logspace(-3, 5, 33) * n / n_landmarks:
+        alphas = np.logspace(-3, 5, 33) * n / n_landmarks
+        gcv = np.empty((len(alphas), len(target_index)))
+        for i, alpha in enumerate(alphas):
             shrink = 1.0 / (eigenvalues + alpha)
             # RSS = Y'Y - 2 B'X'Y + B'X'X B with B = (X'X + a)^-1 X'Y, in the eigenbasis.
-            rss = yty - float(
-                ((2 * shrink - eigenvalues * shrink**2)[:, None] * projected**2).sum()
-            )
+            rss = yty - ((2 * shrink - eigenvalues * shrink**2)[:, None] * projected**2).sum(0)
             dof = float((eigenvalues * shrink).sum())
-            gcv = rss / max(n - dof, 1e-8) ** 2
-            if gcv < best[0]:
-                best = (gcv, alpha)
-        alpha = best[1]
-        coefficients = eigenvectors @ (projected / (eigenvalues + alpha)[:, None])
+            gcv[i] = rss / max(n - dof, 1e-8) ** 2
+        best = gcv.argmin(0)  # one penalty per target gene, as RidgeCV(alpha_per_target=True)
+        coefficients = np.empty_like(projected)
+        for i in np.unique(best):
+            genes = best == i
+            coefficients[:, genes] = eigenvectors @ (
+                projected[:, genes] / (eigenvalues + alphas[i])[:, None]
+            )
+        alpha = float(np.median(alphas[best]))
         with torch.no_grad():
             module.skip.weight.copy_(torch.as_tensor(coefficients.T, dtype=torch.float32))
             module.mean_head.weight.mul_(0.1)  # small: start near the ridge fit, yet learn
             module.mean_head.bias.zero_()
         self.ridge_alpha_ = float(alpha)
-        logger.info("Linear path initialised by ridge regression (alpha = %.3g).", alpha)
+        logger.info("Linear path initialised by ridge regression (median alpha %.3g).", alpha)
 
     @classmethod
     @setup_anndata_dsp.dedent

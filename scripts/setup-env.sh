@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up a Python environment for scgexp; prints the path of its python on the last line.
 #
-# Uses the active virtualenv/conda environment if there is one, else creates ./.venv.
+# Uses the active virtualenv/conda environment if there is one (not conda's base), else
+# creates ./.venv.
 # Installs the CPU build of torch 2.13.0 only when the environment has no torch at all, so an
 # existing (e.g. CUDA) torch is kept. Then installs scgexp (editable) with the extras given as
 # the first argument (e.g. "test" or "test,docs").
@@ -11,16 +12,22 @@ extras="${1:-}"
 
 if [ -n "${VIRTUAL_ENV:-}" ]; then
   py="$VIRTUAL_ENV/bin/python"
-elif [ -n "${CONDA_PREFIX:-}" ]; then
-  py="$CONDA_PREFIX/bin/python"
+elif [ -n "${CONDA_PREFIX:-}" ] && [ "${CONDA_DEFAULT_ENV:-}" != "base" ]; then
+  py="$CONDA_PREFIX/bin/python"  # an activated conda env (never conda's base)
 else
   if [ ! -x .venv/bin/python ]; then
     base=$(command -v python3.11 || command -v python3)
     "$base" -c 'import sys; assert sys.version_info >= (3, 11), "scgexp needs Python >= 3.11"'
     "$base" -m venv .venv >&2
   fi
-  py=.venv/bin/python
+  py="$PWD/.venv/bin/python"
 fi
+if [ ! -x "$py" ]; then
+  echo "No python at $py: activate a working environment or deactivate this one." >&2
+  exit 1
+fi
+"$py" -c 'import sys; assert sys.version_info >= (3, 11), f"scgexp needs Python >= 3.11, {sys.executable} is {sys.version.split()[0]}"'
+"$py" -m pip --version >/dev/null 2>&1 || "$py" -m ensurepip --upgrade >&2
 pip_install() { "$py" -m pip install --quiet --disable-pip-version-check "$@" >&2; }
 
 if ! "$py" -c "import torch" 2>/dev/null; then

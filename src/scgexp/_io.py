@@ -48,11 +48,17 @@ def _encode(value: Any) -> Any:
     if isinstance(value, list):
         return [_encode(v) for v in value]
     if isinstance(value, np.ndarray):
-        return {"__ndarray__": _encode(value.tolist()), "dtype": value.dtype.str}
+        return {
+            "__ndarray__": _encode(value.tolist()),
+            "dtype": value.dtype.str,
+            "shape": list(value.shape),
+        }
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, pd.DataFrame):
-        return {"__dataframe__": _encode(value.to_dict(orient="split"))}
+        split = value.to_dict(orient="split")
+        split["index_name"], split["columns_name"] = value.index.name, value.columns.name
+        return {"__dataframe__": _encode(split)}
     if isinstance(value, float) and not np.isfinite(value):
         return {"__float__": repr(value)}
     if value is None or isinstance(value, bool | int | float | str):
@@ -72,10 +78,14 @@ def _decode(value: Any) -> Any:
     if "__ndarray__" in value:
         dtype = np.dtype(value["dtype"])
         data = _decode(value["__ndarray__"])
-        return np.array(data, dtype=object if dtype.kind == "O" else dtype)
+        array = np.array(data, dtype=object if dtype.kind == "O" else dtype)
+        return array.reshape(value.get("shape", array.shape))
     if "__dataframe__" in value:
         split = _decode(value["__dataframe__"])
-        return pd.DataFrame(split["data"], index=split["index"], columns=split["columns"])
+        frame = pd.DataFrame(split["data"], index=split["index"], columns=split["columns"])
+        frame.index.name = split.get("index_name")
+        frame.columns.name = split.get("columns_name")
+        return frame
     if "__float__" in value:
         return float(value["__float__"])
     raise ValueError(f"Unknown tagged value in {ATTRIBUTES_FILE}: {sorted(value)}")

@@ -92,6 +92,8 @@ def test_fit_and_predict_zinb(counts_file, tmp_path):
         (["fit", "zinb", "{counts}", "--out", "{out}", "--layer", "raw"], "layer 'raw' does not"),
         (["fit", "dgex", "{counts}", "--out", "{out}"], "var has no column 'landmark'"),
         (["predict", "{tmp}", "{counts}", "--out", "{out}"], "holds no saved scgexp model"),
+        (["fit", "zinb", "{mudata}", "--out", "{out_mu}"], "take AnnData (.h5ad)"),
+        (["fit", "zinb", "{counts}", "--out", "{txt}/out.h5ad"], "cannot be written to"),
     ],
 )
 def test_errors_are_one_line_and_leave_input_untouched(counts_file, tmp_path, args, message):
@@ -102,6 +104,8 @@ def test_errors_are_one_line_and_leave_input_untouched(counts_file, tmp_path, ar
         "counts": counts_file,
         "txt": tmp_path / "table.txt",
         "tmp": tmp_path,
+        "mudata": tmp_path / "x.h5mu",
+        "out_mu": tmp_path / "out.h5mu",
     }
     before = counts_file.read_bytes()
     result = CliRunner().invoke(main, [a.format(**names) for a in args])

@@ -93,6 +93,15 @@ def test_check_matrix_points_to_layer_and_empty_genes():
         check_matrix(adata, layer="counts", allow_empty_features=False)
 
 
+def test_fortran_ordered_dense_is_refused_not_replaced():
+    adata = scgexp.data.simulate_bulk_expression(n_samples=20, n_landmarks=5, n_targets=10)
+    adata.X = np.asfortranarray(adata.X)
+    original = adata.X
+    with pytest.raises(InputError, match="ascontiguousarray"):
+        scgexp.model.DGEX.setup_anndata(adata)
+    assert adata.X is original
+
+
 def test_check_obs_keys():
     adata = scgexp.data.simulate_scrna(n_cells=10, n_genes=5)
     adata.obs["tss"] = np.nan
@@ -106,11 +115,13 @@ def test_attribute_encoding_round_trips():
     value = {
         "array": np.array(["a", "b"], dtype=object),
         "ints": np.arange(3),
-        "frame": pd.DataFrame({"x": [1.0, 2.0]}, index=[0, 1]),
+        "frame": pd.DataFrame({"x": [1.0, 2.0]}, index=pd.Index([0, 1], name="epoch")),
+        "empty": np.zeros((0, 3)),
         "nested": {"t": (1, 2), "inf": float("inf"), "none": None},
     }
     back = _decode(_encode(value))
     assert back["array"].tolist() == ["a", "b"]
     np.testing.assert_array_equal(back["ints"], np.arange(3))
     pd.testing.assert_frame_equal(back["frame"], value["frame"])
+    assert back["empty"].shape == (0, 3)
     assert back["nested"] == {"t": (1, 2), "inf": float("inf"), "none": None}

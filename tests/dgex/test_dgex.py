@@ -130,6 +130,12 @@ def test_missing_landmarks(bulk, trained):
     assert np.isfinite(filled.X).all()
 
 
+def test_rank_map_needs_several_samples(bulk, trained):
+    _, test = bulk
+    with pytest.raises(InputError, match="at least 10 samples"):
+        trained.predict(test[:3], rank_map=True)
+
+
 def test_rank_map_recovers_shifted_platform(bulk, trained):
     _, test = bulk
     reference = trained.predict(test).X

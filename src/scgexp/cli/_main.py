@@ -29,22 +29,45 @@ def _read(path: Path):
         raise InputError(f"{path} could not be read as {path.suffix}: {error}") from error
 
 
-def _check_output(input_path: Path, output: Path) -> None:
+def _check_output(input_path: Path, output: Path, model_dir: Path | None = None) -> None:
+    if input_path.suffix == ".h5mu":
+        raise InputError(
+            f"{input_path}: the available models (dgex, zinb) take AnnData (.h5ad); pass one "
+            "modality, e.g. `mdata['rna'].write_h5ad(...)`."
+        )
     if input_path.suffix not in FILE_TYPES:
         raise InputError(f"{input_path} is neither .h5ad nor .h5mu; convert it to AnnData first.")
     if output.suffix != input_path.suffix:
         raise InputError(f"--out must be a {input_path.suffix} file, like the input.")
     if output.resolve() == input_path.resolve():
         raise InputError("--out must differ from the input: scgexp never overwrites its input.")
+    for folder in (output.resolve().parent, model_dir):
+        if folder is None:
+            continue
+        existing = next(p for p in (Path(folder), *Path(folder).resolve().parents) if p.exists())
+        if not (existing.is_dir() and os.access(existing, os.W_OK)):
+            raise InputError(f"{folder} cannot be written to; choose another --out/--model-dir.")
 
 
 def _run(action):
-    """Run an action; turn input problems into a one-line error and a non-zero exit."""
+    """Run an action; turn any failure into a one-line error and a non-zero exit.
+
+    The traceback is shown with ``scgexp -v``.
+    """
     try:
         return action()
-    except (InputError, FileNotFoundError, KeyError, ValueError) as error:
-        message = error.args[0] if error.args else str(error)
-        raise click.ClickException(str(message).splitlines()[0]) from error
+    except click.ClickException:
+        raise
+    except Exception as error:
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.exception("scgexp failed")
+        if isinstance(error, OSError) and error.strerror:
+            message = f"{error.filename or ''}: {error.strerror}".lstrip(": ")
+        elif isinstance(error, InputError):
+            message = str(error)
+        else:
+            message = f"{type(error).__name__}: {error}"
+        raise click.ClickException(message.splitlines()[0] if message else repr(error)) from error
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -130,7 +153,7 @@ def fit(
     options = {"layer": layer, "batch_key": batch_key, "landmark_key": landmark_key}
 
     def action():
-        _check_output(input_path, output)
+        _check_output(input_path, output, model_dir)
         data = _read(input_path)
         spec.setup(data, options)
         model = spec.cls(data)

@@ -90,8 +90,13 @@ def check_matrix(
     if not (sparse.issparse(matrix) or isinstance(matrix, np.ndarray)):
         kind = type(matrix).__name__
         raise InputError(
-            f"{where}{name} is a {kind}; scgexp needs a numpy array or a scipy sparse matrix. "
-            "Convert it (e.g. `adata.X = adata.X.toarray()`) or pass layer=."
+            f"{where}{name} is a {kind}; scgexp needs a numpy array or a scipy sparse matrix "
+            "in memory. Load it first (e.g. `adata = adata.to_memory()`) or pass layer=."
+        )
+    if isinstance(matrix, np.ndarray) and not matrix.flags.c_contiguous:
+        raise InputError(
+            f"{where}{name} is a Fortran-ordered (column-major) array, which scvi-tools would "
+            f"replace by a copy. Convert it yourself first: `np.ascontiguousarray(...)`."
         )
     if matrix.shape[0] == 0 or matrix.shape[1] == 0:
         raise InputError(f"{where}{name} has shape {matrix.shape}: there is nothing to train on.")

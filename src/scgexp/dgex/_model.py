@@ -330,10 +330,18 @@ class DGEX(SafeSaveMixin, UnsupervisedTrainingMixin, BaseModelClass):
             if self.adata is None:
                 raise InputError("This model was loaded without data; pass adata=.")
             adata = self.adata
-            layer = self.registry_["setup_args"].get("layer")
+            layer = layer or self.registry_["setup_args"].get("layer")
         elif layer is None:
             trained_layer = self.registry_["setup_args"].get("layer")
-            layer = trained_layer if trained_layer in adata.layers else None
+            if trained_layer is not None and trained_layer not in adata.layers:
+                warnings.warn(
+                    f"The model was trained on layer {trained_layer!r}, which this data lacks; "
+                    "X is used. Pass layer= to choose another layer.",
+                    UserWarning,
+                    stacklevel=4,
+                )
+                trained_layer = None
+            layer = trained_layer
         if not adata.var_names.is_unique:
             raise InputError("var_names are not unique; call `adata.var_names_make_unique()`.")
         check_matrix(adata, layer, allow_empty_cells=True)
@@ -368,6 +376,11 @@ class DGEX(SafeSaveMixin, UnsupervisedTrainingMixin, BaseModelClass):
         landmark_mean = self.module.landmark_mean.cpu().numpy()
         quantiles = self.module.landmark_quantiles.cpu().numpy()
         values = None
+        if rank_map and matrix.shape[0] < 10:
+            raise InputError(
+                f"rank_map=True ranks each landmark across samples, which needs at least 10 "
+                f"samples (got {matrix.shape[0]}); predict without rank mapping instead."
+            )
         if rank_map:  # ranks are taken over all cells, so map the whole landmark matrix once
             values = self._rank_map(_dense(matrix[:, positions[present]]), quantiles[present])
         for start in range(0, matrix.shape[0], batch_size):

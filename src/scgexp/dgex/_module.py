@@ -145,6 +145,7 @@ class DGEXModule(BaseModuleClass):
     @torch.inference_mode()
     def sample(self, tensors: dict[str, torch.Tensor], n_samples: int = 1) -> torch.Tensor:
         """Draw targets from the predictive Gaussian."""
-        outputs = self.predict(self._get_inference_input(tensors)["landmarks"])
+        x = tensors[REGISTRY_KEYS.X_KEY].to(self.landmark_index.device)
+        outputs = self.predict(x[:, self.landmark_index])
         normal = torch.distributions.Normal(outputs["mean"], outputs["std"])
         return normal.sample((n_samples,)).squeeze(0)

@@ -1,27 +1,16 @@
 from __future__ import annotations
 
-import logging
 import warnings
 
 import anndata as ad
 import numpy as np
 import pytest
-import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 from scgexp.zinb import ZINBAutoencoder
 
 pytestmark = pytest.mark.shared_data
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_cellbench_latent_separates_cell_lines(shared_data):

@@ -18,6 +18,7 @@ import mudata
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 
 from scgexp._compat import (
     _MODEL_NAME_KEY,
@@ -118,7 +119,12 @@ class SafeSaveMixin:
         --------
         >>> model.save("my_model", save_anndata=True)
         >>> model = type(model).load("my_model")
+
+        Under distributed training, only the process of rank 0 writes; the others return.
         """
+        if rank_zero_only.rank != 0:
+            logger.debug("Rank %d skips saving; rank 0 writes the model.", rank_zero_only.rank)
+            return
         if os.path.exists(os.path.join(dir_path, MODEL_FILE)) and not overwrite:
             raise ValueError(
                 f"{dir_path} already holds a saved model. Pass overwrite=True or another folder."

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import h5py
 import numpy as np
 import pandas as pd
+from anndata.abc import CSCDataset, CSRDataset
 from scipy import sparse
 
 if TYPE_CHECKING:
@@ -87,11 +89,17 @@ def check_matrix(
     """
     matrix = get_matrix(adata, layer, where)
     name = "X" if layer is None else f"layer {layer!r}"
-    if not (sparse.issparse(matrix) or isinstance(matrix, np.ndarray)):
+    if isinstance(matrix, CSCDataset):
+        raise InputError(
+            f"{where}{name} is stored on disk column by column (CSC), so every minibatch would "
+            "read the whole file. Rewrite it as CSR, or load it with `adata.to_memory()`."
+        )
+    if not (sparse.issparse(matrix) or isinstance(matrix, np.ndarray | CSRDataset | h5py.Dataset)):
         kind = type(matrix).__name__
         raise InputError(
-            f"{where}{name} is a {kind}; scgexp needs a numpy array or a scipy sparse matrix "
-            "in memory. Load it first (e.g. `adata = adata.to_memory()`) or pass layer=."
+            f"{where}{name} is a {kind}; scgexp needs a numpy array, a scipy sparse matrix or "
+            "a backed AnnData's X. Convert it first (e.g. `adata.X = adata.X.toarray()`) or "
+            "pass layer=."
         )
     if isinstance(matrix, np.ndarray) and not matrix.flags.c_contiguous:
         raise InputError(

@@ -15,14 +15,14 @@ from scipy import sparse
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import LayerField
-from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
+from scvi.model.base import BaseModelClass
 from scvi.utils import setup_anndata_dsp
 
 from scgexp._io import SafeSaveMixin
 from scgexp.data._checks import InputError, check_matrix, get_matrix
 from scgexp.dgex._fields import LANDMARK_REGISTRY_KEY, LandmarkField
 from scgexp.dgex._module import N_QUANTILES, DGEXModule
-from scgexp.train import RestoreBestWeights
+from scgexp.train import RestoreBestWeights, TrainingMixin
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -49,7 +49,7 @@ class _RidgeStart(pl.Callback):
         self.model.module.to(pl_module.device)
 
 
-class DGEX(SafeSaveMixin, UnsupervisedTrainingMixin, BaseModelClass):
+class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
     """D-GEX: infer the expression of target genes from landmark genes :cite:p:`Chen2016`.
 
     A multilayer perceptron maps the (standardised) landmark genes to every target gene. Each
@@ -289,7 +289,7 @@ class DGEX(SafeSaveMixin, UnsupervisedTrainingMixin, BaseModelClass):
         plan_kwargs
             Other :class:`scvi.train.TrainingPlan` arguments.
         **trainer_kwargs
-            Passed to :meth:`scvi.model.base.UnsupervisedTrainingMixin.train` and on to
+            Passed to :meth:`scgexp.train.TrainingMixin.train` (``data_mode``) and on to
             Lightning (``accelerator``, ``devices``, ``strategy``, ``train_size``, ...).
 
         Examples

@@ -1,5 +1,7 @@
 """Training plans and callbacks shared by scgexp models."""
 
 from scgexp.train._callbacks import RestoreBestWeights
+from scgexp.train._mixin import TrainingMixin
+from scgexp.train._trainingplan import TrainingPlan
 
-__all__ = ["RestoreBestWeights"]
+__all__ = ["RestoreBestWeights", "TrainingMixin", "TrainingPlan"]

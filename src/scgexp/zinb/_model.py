@@ -19,12 +19,12 @@ from scvi.data.fields import (
     LayerField,
     NumericalObsField,
 )
-from scvi.model.base import BaseModelClass, RNASeqMixin, UnsupervisedTrainingMixin
+from scvi.model.base import BaseModelClass, RNASeqMixin
 from scvi.utils import setup_anndata_dsp
 
 from scgexp._io import SafeSaveMixin
 from scgexp.data._checks import InputError, check_matrix, check_obs_keys
-from scgexp.train import RestoreBestWeights
+from scgexp.train import RestoreBestWeights, TrainingMixin
 from scgexp.zinb._module import ZINBAutoencoderModule
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def _check_known_categories(adata: AnnData, registry: dict) -> None:
             )
 
 
-class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, UnsupervisedTrainingMixin, BaseModelClass):
+class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass):
     """Deep count autoencoder (DCA) that denoises scRNA-seq counts :cite:p:`Eraslan2019`.
 
     An autoencoder reads ``log1p`` of size-factor-normalised counts (standardised per gene),
@@ -320,7 +320,7 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, UnsupervisedTrainingMixin, Bas
         plan_kwargs
             Other :class:`scvi.train.TrainingPlan` arguments.
         **trainer_kwargs
-            Passed to :meth:`scvi.model.base.UnsupervisedTrainingMixin.train` and on to
+            Passed to :meth:`scgexp.train.TrainingMixin.train` (``data_mode``) and on to
             Lightning (``accelerator``, ``devices``, ``strategy``, ``callbacks``, ...).
 
         Examples

@@ -1,0 +1,267 @@
+"""Minibatch loaders that skip per-batch AnnData slicing: in memory, or streamed from disk."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from scipy import sparse
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+)
+
+from scgexp.dataloaders._store import TensorStore
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+
+def _replicas() -> tuple[int, int]:
+    """``(rank, world_size)`` of the running distributed job, or ``(0, 1)``."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class _StoreRows(Dataset):
+    """Map-style dataset over ``indices``; ``dataset[positions]`` is one whole minibatch."""
+
+    def __init__(self, store: TensorStore, indices: np.ndarray):
+        self.store = store
+        self.indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, positions) -> dict[str, torch.Tensor]:
+        return self.store.batch(self.indices[torch.as_tensor(positions, dtype=torch.long)])
+
+
+class InMemoryDataLoader(DataLoader):
+    """Serves minibatches from a :class:`~scgexp.dataloaders.TensorStore` by index.
+
+    The drop-in replacement for :class:`scvi.dataloaders.AnnDataLoader` when the data fit in
+    memory: the same samplers draw the same indices for the same seed, so training gives the
+    same result, but a minibatch is one tensor gather on the training device instead of an
+    AnnData slice, a scipy densification and a host-to-device copy.
+
+    Parameters
+    ----------
+    store
+        The registered arrays, already on the training device.
+    indices
+        Rows of the data this loader serves (e.g. the training split).
+    batch_size
+        Minibatch size (per device under distributed training).
+    shuffle
+        Draw the rows in a new random order each epoch.
+    drop_last
+        Drop the last, incomplete minibatch.
+    distributed_sampler
+        Give each process of a distributed job its own shard of ``indices``
+        (:class:`scvi.dataloaders.BatchDistributedSampler`, as scvi-tools does).
+    **kwargs
+        Accepted for compatibility with :class:`scvi.dataloaders.AnnDataLoader` and ignored
+        (``num_workers``, ``pin_memory``, ``load_sparse_tensor``: there is nothing to load).
+
+    Examples
+    --------
+    >>> store = TensorStore(model.adata_manager)
+    >>> loader = InMemoryDataLoader(store, np.arange(store.n_obs), batch_size=256, shuffle=True)
+    >>> next(iter(loader))["X"].shape
+    """
+
+    def __init__(
+        self,
+        store: TensorStore,
+        indices: np.ndarray,
+        batch_size: int = 128,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        distributed_sampler: bool = False,
+        **kwargs,
+    ):
+        from scvi.dataloaders import BatchDistributedSampler
+
+        dataset = _StoreRows(store, indices)
+        if distributed_sampler:
+            sampler = BatchDistributedSampler(
+                dataset, batch_size=batch_size, drop_last=drop_last, shuffle=shuffle
+            )
+        else:
+            order = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+            sampler = BatchSampler(order, batch_size=batch_size, drop_last=drop_last)
+        super().__init__(dataset, sampler=sampler, batch_size=None, num_workers=0)
+
+
+class _BlockStream(IterableDataset):
+    """Reads contiguous row blocks from disk and yields shuffled minibatches from a buffer."""
+
+    def __init__(
+        self,
+        store: TensorStore,
+        indices: np.ndarray,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool,
+        block_rows: int,
+        buffer_blocks: int,
+        distributed: bool,
+    ):
+        self.store = store
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.buffer_blocks = buffer_blocks if shuffle else 1
+        self.rank, self.world = _replicas() if distributed else (0, 1)
+        indices = np.sort(np.asarray(indices))
+        # Blocks of the file that hold at least one of our rows, with the rows they hold.
+        block_of = indices // block_rows
+        starts = np.flatnonzero(np.diff(block_of, prepend=-1))
+        self.blocks = [
+            (int(b) * block_rows, rows)
+            for b, rows in zip(block_of[starts], np.split(indices, starts[1:]), strict=True)
+        ]
+        self.block_rows = block_rows
+        self.epoch = 0
+        per_rank = math.ceil(len(indices) / self.world)
+        rounding = math.floor if drop_last else math.ceil
+        self.n_batches = max(1, rounding(per_rank / batch_size))
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def _my_blocks(self, generator: np.random.Generator | None) -> list[tuple[int, np.ndarray]]:
+        order = np.arange(len(self.blocks))
+        if generator is not None:
+            order = generator.permutation(order)
+        return [self.blocks[i] for i in order[self.rank :: self.world]] or [self.blocks[0]]
+
+    def _read(self, block: tuple[int, np.ndarray]) -> tuple[np.ndarray, dict]:
+        start, rows = block
+        stop = min(start + self.block_rows, self.store.n_obs)
+        on_disk = self.store.read_backed(start, stop)
+        return rows, {key: value[rows - start] for key, value in on_disk.items()}
+
+    def _minibatch(self, rows: np.ndarray, parts: dict) -> dict[str, torch.Tensor]:
+        batch = self.store.batch(torch.as_tensor(rows, dtype=torch.long))
+        for key, value in parts.items():
+            dtype = self.store.backed[key][1]
+            dense = value.toarray() if sparse.issparse(value) else np.asarray(value)
+            batch[key] = torch.as_tensor(dense.astype(dtype, copy=False))
+        return batch
+
+    def _reads(self, blocks: list, cycle: bool) -> Iterator[tuple[np.ndarray, dict]]:
+        while True:
+            for block in blocks:
+                yield self._read(block)
+            if not cycle:
+                return
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        generator = None
+        if self.shuffle:
+            seed = int(torch.empty((), dtype=torch.int64).random_().item())
+            generator = np.random.default_rng(seed + self.epoch)
+            self.epoch += 1
+        # Processes of a distributed job cycle through their blocks so all make equal steps.
+        reads = self._reads(self._my_blocks(generator), cycle=self.world > 1)
+        rows, parts, offset = np.empty(0, dtype=np.int64), {}, 0
+        for _ in range(self.n_batches):
+            if len(rows) - offset < self.batch_size:
+                # Pool the next few blocks with what is left, and shuffle them together once.
+                rows, parts = rows[offset:], {k: v[offset:] for k, v in parts.items()}
+                offset = 0
+                for _ in range(self.buffer_blocks):
+                    new = next(reads, None)
+                    if new is None:
+                        break
+                    rows = np.concatenate([rows, new[0]])
+                    parts = {k: _concat(parts.get(k), v) for k, v in new[1].items()}
+                if generator is not None:
+                    permutation = generator.permutation(len(rows))
+                    rows = rows[permutation]
+                    parts = {k: v[permutation] for k, v in parts.items()}
+            take = min(self.batch_size, len(rows) - offset)
+            if take <= 0 or (self.drop_last and take < self.batch_size):
+                return
+            window = slice(offset, offset + take)
+            yield self._minibatch(rows[window], {k: v[window] for k, v in parts.items()})
+            offset += take
+
+
+def _concat(first, second):
+    if first is None:
+        return second
+    if sparse.issparse(second):
+        return sparse.vstack([first, second], format="csr")
+    return np.concatenate([first, second])
+
+
+class StreamingDataLoader(DataLoader):
+    """Streams minibatches of a backed AnnData from disk, with memory that does not grow.
+
+    Rows are read in contiguous blocks (one fast sequential read each, never a random
+    per-row access), a few blocks are pooled in a buffer and shuffled together, and
+    minibatches are cut from the buffer. Block order is reshuffled every epoch; under
+    distributed training each process reads its own blocks. Everything registered besides
+    the on-disk matrix (batch, covariates) is small and served from memory.
+
+    Parameters
+    ----------
+    store
+        Built with ``skip_backed=True``: its in-memory arrays plus the on-disk ones.
+    indices
+        Rows this loader serves.
+    batch_size
+        Minibatch size (per device under distributed training).
+    shuffle
+        Shuffle blocks and rows within the buffer each epoch.
+    drop_last
+        Drop the last, incomplete minibatch.
+    distributed_sampler
+        Shard blocks across the processes of a distributed job.
+    block_rows
+        Rows per contiguous read.
+    buffer_blocks
+        Blocks pooled and shuffled together; memory is about
+        ``block_rows * buffer_blocks`` rows.
+    **kwargs
+        Accepted for compatibility with :class:`scvi.dataloaders.AnnDataLoader` and ignored.
+
+    Examples
+    --------
+    >>> adata = anndata.read_h5ad("atlas.h5ad", backed="r")
+    >>> model.train(data_mode="stream")   # uses this loader
+    """
+
+    def __init__(
+        self,
+        store: TensorStore,
+        indices: np.ndarray,
+        batch_size: int = 128,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        distributed_sampler: bool = False,
+        block_rows: int = 4096,
+        buffer_blocks: int = 8,
+        **kwargs,
+    ):
+        stream = _BlockStream(
+            store,
+            indices,
+            batch_size,
+            shuffle,
+            drop_last,
+            block_rows,
+            buffer_blocks,
+            distributed_sampler,
+        )
+        super().__init__(stream, batch_size=None, num_workers=0)

@@ -1,0 +1,49 @@
+"""The ``train`` method every scgexp model shares: scvi-tools' own, with a choice of data path."""
+
+from __future__ import annotations
+
+from scvi.model.base import UnsupervisedTrainingMixin
+
+from scgexp.dataloaders import DataMode, DataSplitter
+from scgexp.train._trainingplan import TrainingPlan
+
+
+class TrainingMixin(UnsupervisedTrainingMixin):
+    """:class:`scvi.model.base.UnsupervisedTrainingMixin` with scgexp's fast data paths.
+
+    Adds ``data_mode`` to ``train``: ``"auto"`` (default) loads data that fit in memory once
+    as tensors on the training device, streams backed AnnData from disk, and falls back to
+    scvi-tools' loader otherwise; ``"memory"``, ``"stream"`` and ``"standard"`` force one
+    path. See :class:`scgexp.dataloaders.DataSplitter`. Its training plan,
+    :class:`scgexp.train.TrainingPlan`, works under distributed data parallel.
+    """
+
+    _data_splitter_cls = DataSplitter
+    _training_plan_cls = TrainingPlan
+
+    def train(
+        self,
+        *args,
+        data_mode: DataMode = "auto",
+        datasplitter_kwargs: dict | None = None,
+        **kwargs,
+    ):
+        """Train the model; ``data_mode`` picks the data path, the rest is scvi-tools'.
+
+        Parameters
+        ----------
+        *args, **kwargs
+            As for :meth:`scvi.model.base.UnsupervisedTrainingMixin.train` (``max_epochs``,
+            ``batch_size``, ``accelerator``, ``devices``, ``strategy``, ...).
+        data_mode
+            ``"auto"``, ``"memory"``, ``"stream"`` or ``"standard"``
+            (see :class:`scgexp.dataloaders.DataSplitter`).
+        datasplitter_kwargs
+            Other arguments of the data splitter (e.g. ``block_rows`` for streaming).
+
+        Examples
+        --------
+        >>> model.train(max_epochs=50, data_mode="standard")  # scvi-tools' own loader
+        """
+        datasplitter_kwargs = {"data_mode": data_mode, **(datasplitter_kwargs or {})}
+        return super().train(*args, datasplitter_kwargs=datasplitter_kwargs, **kwargs)

@@ -1,0 +1,25 @@
+"""scvi-tools' training plan, made safe for distributed training with extra metrics."""
+
+from __future__ import annotations
+
+import torch
+from scvi.train import TrainingPlan as ScviTrainingPlan
+
+# scvi-tools logs metrics under ``torch.inference_mode``; with ``sync_dist`` (DDP) Lightning
+# later averages those tensors in place outside inference mode and crashes. Running the same
+# code under ``no_grad`` instead keeps every metric and works with any strategy.
+_log_metrics = ScviTrainingPlan.compute_and_log_metrics.__wrapped__
+
+
+class TrainingPlan(ScviTrainingPlan):
+    """:class:`scvi.train.TrainingPlan` that also works under distributed data parallel.
+
+    scvi-tools 1.4 logs a module's ``extra_metrics`` inside ``torch.inference_mode``, which
+    breaks DDP's metric synchronisation (``Inplace update to inference tensor outside
+    InferenceMode``). This plan logs the same metrics under ``torch.no_grad``.
+    """
+
+    def compute_and_log_metrics(self, loss_output, metrics, mode: str):
+        """Log the ELBO and the module's extra metrics (see the class note)."""
+        with torch.no_grad():
+            _log_metrics(self, loss_output, metrics, mode)

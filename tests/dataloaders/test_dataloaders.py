@@ -1,0 +1,169 @@
+from __future__ import annotations
+
+import warnings
+
+import anndata
+import numpy as np
+import pytest
+import scvi
+import torch
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager, AnnTorchDataset
+from scvi.data.fields import LayerField
+from sklearn.metrics import silhouette_score
+
+from scgexp.data import InputError, simulate_scrna
+from scgexp.dataloaders import (
+    DataSplitter,
+    InMemoryDataLoader,
+    StreamingDataLoader,
+    TensorStore,
+    resolve_data_mode,
+)
+from scgexp.dataloaders import _splitter as splitter_module
+from scgexp.dgex import DGEX
+from scgexp.zinb import ZINBAutoencoder
+
+
+@pytest.fixture
+def adata():
+    adata = simulate_scrna(n_cells=600, n_genes=150, seed=0)
+    adata.obs["depth"] = np.log1p(np.asarray(adata.X.sum(1)).ravel())
+    return adata
+
+
+def _zinb(adata, **train_kwargs) -> ZINBAutoencoder:
+    ZINBAutoencoder.setup_anndata(adata, batch_key="batch")
+    model = ZINBAutoencoder(adata)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(enable_progress_bar=False, **train_kwargs)
+    return model
+
+
+def test_store_batches_equal_scvi_dataset(adata):
+    ZINBAutoencoder.setup_anndata(adata, batch_key="batch", size_factor_key="depth")
+    manager = ZINBAutoencoder(adata).adata_manager
+    rows = np.array([5, 0, 599, 5, 42])  # unsorted, repeated
+    expected = AnnTorchDataset(manager)[rows]
+    got = TensorStore(manager).batch(torch.as_tensor(rows))
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        assert got[key].dtype == torch.as_tensor(value).dtype
+        assert torch.equal(got[key], torch.as_tensor(value)), key
+
+
+def test_store_handles_dense_and_empty_rows(adata):
+    adata.X = adata.X.toarray()
+    adata.X[3] = 0
+    manager = AnnDataManager(fields=[LayerField(REGISTRY_KEYS.X_KEY, None)])
+    manager.register_fields(adata)
+    store = TensorStore(manager)
+    assert torch.equal(store.batch(torch.tensor([3]))["X"], torch.zeros(1, adata.n_vars))
+    assert torch.equal(store.batch(torch.tensor([1]))["X"][0], torch.as_tensor(adata.X[1]))
+
+
+@pytest.mark.parametrize("model_cls", [ZINBAutoencoder, DGEX])
+def test_memory_path_trains_exactly_like_standard_loader(adata, model_cls):
+    latents = []
+    for mode in ("standard", "memory"):
+        scvi.settings.seed = 0
+        if model_cls is DGEX:
+            data = adata.copy()
+            data.X = np.log1p(data.X.toarray())
+            data.var["landmark"] = np.arange(data.n_vars) < 40
+            DGEX.setup_anndata(data)
+            model = DGEX(data)
+            model.train(max_epochs=2, enable_progress_bar=False, data_mode=mode)
+        else:
+            model = _zinb(adata, max_epochs=2, data_mode=mode)
+        latents.append(model.get_latent_representation())
+    np.testing.assert_array_equal(latents[0], latents[1])
+
+
+def test_memory_loader_samples_like_scvi_and_shards(adata):
+    ZINBAutoencoder.setup_anndata(adata)
+    manager = ZINBAutoencoder._get_most_recent_anndata_manager(adata)
+    store = TensorStore(manager)
+    indices = np.arange(100, 400)
+    torch.manual_seed(3)
+    ours = [b["X"] for b in InMemoryDataLoader(store, indices, batch_size=64, shuffle=True)]
+    torch.manual_seed(3)
+    scvis = [b["X"] for b in scvi.dataloaders.AnnDataLoader(manager, indices, 64, shuffle=True)]
+    assert len(ours) == len(scvis) == 5
+    assert all(torch.equal(a, b) for a, b in zip(ours, scvis, strict=True))
+
+
+def test_auto_mode_choice(adata, tmp_path, monkeypatch):
+    ZINBAutoencoder.setup_anndata(adata)
+    manager = ZINBAutoencoder._get_most_recent_anndata_manager(adata)
+    cpu = torch.device("cpu")
+    assert resolve_data_mode(manager, "auto", cpu) == "memory"
+    monkeypatch.setattr(splitter_module, "_free_bytes", lambda device: 1000)
+    assert resolve_data_mode(manager, "auto", cpu) == "standard"
+    assert resolve_data_mode(manager, "memory", cpu) == "memory"  # forced
+    with pytest.raises(ValueError, match="data_mode must be one of"):
+        resolve_data_mode(manager, "fast", cpu)
+
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    backed = anndata.read_h5ad(tmp_path / "a.h5ad", backed="r")
+    ZINBAutoencoder.setup_anndata(backed)
+    manager = ZINBAutoencoder._get_most_recent_anndata_manager(backed)
+    assert resolve_data_mode(manager, "auto", cpu) == "stream"
+    with pytest.raises(ValueError, match="backed on disk"):
+        resolve_data_mode(manager, "memory", cpu)
+
+
+def test_stream_serves_every_row_once_per_epoch(adata, tmp_path):
+    adata.obs["row"] = np.arange(1, adata.n_obs + 1, dtype=float)  # row number + 1
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    backed = anndata.read_h5ad(tmp_path / "a.h5ad", backed="r")
+    ZINBAutoencoder.setup_anndata(backed, size_factor_key="row")
+    manager = ZINBAutoencoder._get_most_recent_anndata_manager(backed)
+    store = TensorStore(manager, skip_backed=True)
+    indices = np.random.default_rng(0).permutation(adata.n_obs)[:500]
+    loader = StreamingDataLoader(
+        store, indices, batch_size=64, shuffle=True, block_rows=50, buffer_blocks=3
+    )
+    epochs = []
+    for _ in range(2):
+        batches = list(loader)
+        assert len(batches) == len(loader) == 8
+        rows = torch.cat([b["size_factor"].ravel() for b in batches]).long().numpy() - 1
+        np.testing.assert_array_equal(np.sort(rows), np.sort(indices))
+        # Each row's counts come with it, read from disk.
+        first = batches[0]
+        expected = adata.X[first["size_factor"].ravel().long().numpy() - 1].toarray()
+        np.testing.assert_array_equal(first["X"].numpy(), expected)
+        epochs.append(rows)
+    assert not np.array_equal(epochs[0], epochs[1])  # reshuffled
+
+
+def test_backed_training_learns_like_in_memory(tmp_path):
+    adata = simulate_scrna(n_cells=1500, n_genes=150, seed=2)
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    backed = anndata.read_h5ad(tmp_path / "a.h5ad", backed="r")
+    scores = {}
+    for name, data in (("memory", adata), ("stream", backed)):
+        scvi.settings.seed = 0
+        model = _zinb(data, max_epochs=15, batch_size=128)
+        assert model.trainer.datamodule.resolved_mode == name
+        scores[name] = silhouette_score(model.get_latent_representation(), adata.obs["cell_type"])
+    assert scores["stream"] > 0.2
+    assert scores["stream"] > scores["memory"] - 0.08
+    assert not backed.X.__class__.__name__.startswith("csr")  # still on disk
+
+
+def test_backed_csc_is_refused(adata, tmp_path):
+    adata.X = adata.X.tocsc()
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    backed = anndata.read_h5ad(tmp_path / "a.h5ad", backed="r")
+    with pytest.raises(InputError, match="column by column"):
+        ZINBAutoencoder.setup_anndata(backed)
+
+
+def test_splitter_rejects_unknown_mode(adata):
+    ZINBAutoencoder.setup_anndata(adata)
+    manager = ZINBAutoencoder._get_most_recent_anndata_manager(adata)
+    with pytest.raises(ValueError, match="data_mode"):
+        DataSplitter(manager, data_mode="gpu")

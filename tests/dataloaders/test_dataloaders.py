@@ -167,3 +167,17 @@ def test_splitter_rejects_unknown_mode(adata):
     manager = ZINBAutoencoder._get_most_recent_anndata_manager(adata)
     with pytest.raises(ValueError, match="data_mode"):
         DataSplitter(manager, data_mode="gpu")
+
+
+def test_torch_row_gather_equals_scipy(adata):
+    from scgexp.dataloaders._store import _CSRRows
+
+    matrix = adata.X.astype(np.float64)
+    matrix[7] = 0
+    matrix.eliminate_zeros()
+    rows = torch.tensor([7, 3, 3, 599, 0])
+    on_device = _CSRRows(matrix, np.float32, torch.device("cpu"), on_host=False)
+    on_host = _CSRRows(matrix, np.float32, torch.device("cpu"))
+    expected = torch.as_tensor(matrix[rows.numpy()].toarray().astype(np.float32))
+    assert torch.equal(on_device.rows(rows), expected)
+    assert torch.equal(on_host.rows(rows), expected)

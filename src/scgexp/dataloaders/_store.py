@@ -28,23 +28,31 @@ def is_backed(array) -> bool:
 
 
 class _CSRRows:
-    """A CSR matrix as three tensors; ``rows(index)`` densifies only the rows asked for."""
+    """A CSR matrix whose ``rows(index)`` densifies only the rows asked for.
 
-    def __init__(self, matrix: sparse.spmatrix, dtype: np.dtype, device: torch.device):
+    On the CPU the matrix stays a scipy CSR (its compiled row gather is the fastest there); on
+    an accelerator it becomes three tensors on the device and rows are gathered by torch ops.
+    """
+
+    def __init__(
+        self, matrix: sparse.spmatrix, dtype: np.dtype, device: torch.device, on_host=None
+    ):
         matrix = sparse.csr_matrix(matrix)
         if not matrix.has_canonical_format:
             matrix = matrix.copy()  # never touch the user's matrix
             matrix.sum_duplicates()
         self.shape = matrix.shape
-        self.indptr = torch.as_tensor(matrix.indptr.astype(np.int64, copy=False), device=device)
-        self.indices = torch.as_tensor(matrix.indices.astype(np.int64, copy=False), device=device)
+        self.on_host = device.type == "cpu" if on_host is None else on_host
+        if self.on_host:
+            self.host = matrix.astype(dtype, copy=False)
+            return
+        as_index = lambda a: torch.as_tensor(a.astype(np.int64, copy=False), device=device)  # noqa: E731
+        self.indptr, self.indices = as_index(matrix.indptr), as_index(matrix.indices)
         self.data = torch.as_tensor(matrix.data.astype(dtype, copy=False), device=device)
 
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.indptr, self.indices, self.data))
-
     def rows(self, index: torch.Tensor) -> torch.Tensor:
+        if self.on_host:
+            return torch.from_numpy(self.host[index.cpu().numpy()].toarray())
         start = self.indptr[index]
         counts = self.indptr[index + 1] - start
         n_rows, n_cols = len(index), self.shape[1]

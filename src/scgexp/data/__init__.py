@@ -1,6 +1,6 @@
 """Embedded data, simulators, readers and input checks."""
 
-from scgexp.data._checks import InputError, check_matrix, check_obs_keys
+from scgexp.data._checks import InputError, check_known_categories, check_matrix, check_obs_keys
 from scgexp.data._gct import read_gct, read_gctx
 from scgexp.data._landmarks import mark_landmarks, read_landmark_genes, select_landmarks
 from scgexp.data._pbmc import pbmc68k_counts
@@ -13,6 +13,7 @@ from scgexp.data._simulate import (
 
 __all__ = [
     "InputError",
+    "check_known_categories",
     "check_matrix",
     "check_obs_keys",
     "mark_landmarks",

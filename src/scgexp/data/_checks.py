@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from anndata.abc import CSCDataset, CSRDataset
 from scipy import sparse
+from scvi import REGISTRY_KEYS
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -183,4 +184,42 @@ def check_obs_keys(
         if not np.all(np.isfinite(values.to_numpy(dtype=float))):
             raise InputError(
                 f"{where}obs[{key!r}] has NaN or infinite values; fill or drop those cells first."
+            )
+
+
+def check_known_categories(adata: AnnData, registry: dict) -> None:
+    """Refuse batches or covariate categories a trained model has never seen.
+
+    Parameters
+    ----------
+    adata
+        Query data.
+    registry
+        The trained model's ``registry_`` (its ``batch_key`` and categorical covariates).
+
+    Examples
+    --------
+    >>> check_known_categories(query, model.registry_)
+    """
+    setup_args = registry["setup_args"]
+    fields = registry["field_registries"]
+    checks = []
+    if setup_args.get("batch_key") is not None:
+        state = fields[REGISTRY_KEYS.BATCH_KEY]["state_registry"]
+        checks.append((setup_args["batch_key"], state["categorical_mapping"]))
+    if setup_args.get("categorical_covariate_keys"):
+        mappings = fields[REGISTRY_KEYS.CAT_COVS_KEY]["state_registry"]["mappings"]
+        checks.extend((key, mappings[key]) for key in setup_args["categorical_covariate_keys"])
+    for key, known in checks:
+        if key not in adata.obs:
+            continue  # check_obs_keys names the missing column
+        known = pd.Index(np.asarray(known))
+        values = adata.obs[key]
+        unknown = pd.unique(values[~values.isin(known)])
+        if len(unknown):
+            shown = ", ".join(map(repr, list(unknown)[:10]))
+            raise InputError(
+                f"obs[{key!r}] has categories the model was not trained with: {shown}. The "
+                f"decoder only knows {list(known)}. Assign these cells to one of those "
+                "categories (e.g. the most similar batch), or train a model that includes them."
             )

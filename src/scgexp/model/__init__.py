@@ -1,6 +1,7 @@
 """The scgexp models, as scvi-tools model classes."""
 
 from scgexp.dgex import DGEX
+from scgexp.sailer import SAILER
 from scgexp.zinb import ZINBAutoencoder
 
-__all__ = ["DGEX", "ZINBAutoencoder"]
+__all__ = ["DGEX", "SAILER", "ZINBAutoencoder"]

@@ -2,6 +2,7 @@
 
 from scgexp.train._callbacks import RestoreBestWeights
 from scgexp.train._mixin import TrainingMixin
+from scgexp.train._plans import InvarianceTrainingPlan
 from scgexp.train._trainingplan import TrainingPlan
 
-__all__ = ["RestoreBestWeights", "TrainingMixin", "TrainingPlan"]
+__all__ = ["InvarianceTrainingPlan", "RestoreBestWeights", "TrainingMixin", "TrainingPlan"]

@@ -23,7 +23,7 @@ from scvi.model.base import BaseModelClass, RNASeqMixin
 from scvi.utils import setup_anndata_dsp
 
 from scgexp._io import SafeSaveMixin
-from scgexp.data._checks import InputError, check_matrix, check_obs_keys
+from scgexp.data._checks import InputError, check_known_categories, check_matrix, check_obs_keys
 from scgexp.train import RestoreBestWeights, TrainingMixin
 from scgexp.zinb._module import ZINBAutoencoderModule
 
@@ -33,32 +33,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _CHUNK = 4096
-
-
-def _check_known_categories(adata: AnnData, registry: dict) -> None:
-    """Refuse batches or covariate categories the trained decoder has never seen."""
-    setup_args = registry["setup_args"]
-    fields = registry["field_registries"]
-    checks = []
-    if setup_args.get("batch_key") is not None:
-        state = fields[REGISTRY_KEYS.BATCH_KEY]["state_registry"]
-        checks.append((setup_args["batch_key"], state["categorical_mapping"]))
-    if setup_args.get("categorical_covariate_keys"):
-        mappings = fields[REGISTRY_KEYS.CAT_COVS_KEY]["state_registry"]["mappings"]
-        checks.extend((key, mappings[key]) for key in setup_args["categorical_covariate_keys"])
-    for key, known in checks:
-        if key not in adata.obs:
-            continue  # check_obs_keys names the missing column
-        known = pd.Index(np.asarray(known))
-        values = adata.obs[key]
-        unknown = pd.unique(values[~values.isin(known)])
-        if len(unknown):
-            shown = ", ".join(map(repr, list(unknown)[:10]))
-            raise InputError(
-                f"obs[{key!r}] has categories the model was not trained with: {shown}. The "
-                f"decoder only knows {list(known)}. Assign these cells to one of those "
-                "categories (e.g. the most similar batch), or train a model that includes them."
-            )
 
 
 class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass):
@@ -255,7 +229,7 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         if size_factor_key and np.any(adata.obs[size_factor_key].to_numpy(float) <= 0):
             raise InputError(f"obs[{size_factor_key!r}] must hold positive size factors.")
         if kwargs.get("source_registry") is not None:
-            _check_known_categories(adata, kwargs["source_registry"])
+            check_known_categories(adata, kwargs["source_registry"])
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
@@ -270,7 +244,7 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         if adata is not None and self.get_anndata_manager(adata) is None:
             setup_args = self.registry_["setup_args"]
             check_matrix(adata, setup_args.get("layer"), counts=True)
-            _check_known_categories(adata, self.registry_)
+            check_known_categories(adata, self.registry_)
         return super()._validate_anndata(adata, copy_if_view=copy_if_view)
 
     def train(

@@ -1,0 +1,337 @@
+"""Benchmark SAILER against scvi-tools PEAKVI and LSI on scATAC-seq (real and simulated).
+
+Data: the ``atac`` modality of SNARE-seq mouse cortex (batch = library, labels ``cell_type``);
+a random subset of 400 of its cells (small-data check); and ``scgexp.data.simulate_scatac``
+(2,000 cells, 3,000 peaks, 3 batches, each about twice as deep as the previous: depth and batch
+strongly confounded, cell types independent of both).
+Methods: PEAKVI (same batch key, same epoch budget and KL warm-up, early stopping), LSI (TF-IDF
++ truncated SVD, first component dropped), SAILER with its default invariance (``"both"``) and
+the ablation ``None`` / ``"mi"`` / ``"adversarial"``.
+Metrics: NMI/ARI of Leiden clusters against cell types (best over resolutions, as scib does),
+cell-type silhouette, batch silhouette and iLISI (scib-metrics); mutual information between
+the latent and log depth (mean over dimensions of scikit-learn ``mutual_info_regression``;
+depth = open peaks per cell + uniform(0, 1) noise, then log) and between the latent and batch
+(``mutual_info_classif``); seconds per epoch, seconds to early stop, peak RSS.
+
+Each (dataset, method) runs in its own process (1 CPU thread), so peak memory is per method.
+
+Run from the project root::
+
+    python benchmarks/bench_sailer.py     # writes benchmarks/results/sailer.md, figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "multimodal"
+RESULTS = ROOT / "benchmarks" / "results"
+FIGURES = ROOT / "docs" / "_static"
+SEED = 0
+BATCH_SIZE = 128
+COMMAND = "python benchmarks/bench_sailer.py"
+
+# Epoch budgets (equal for every neural model on a data set; early stopping may end sooner).
+# The invariance ablation runs where it fits the CPU budget (not on the full SNARE-seq).
+ANCHORS = ["SAILER", "PEAKVI", "LSI"]
+ABLATION = ["SAILER (None)", "SAILER (mi)", "SAILER (adversarial)"]
+DATASETS = {
+    "snareseq": {"max_epochs": 20, "methods": ANCHORS},
+    "simulated": {"max_epochs": 100, "methods": ANCHORS + ABLATION},
+    "snareseq_small": {"max_epochs": 150, "methods": ANCHORS + ABLATION},
+}
+METHODS = ANCHORS + ABLATION
+INVARIANCE = {"SAILER": "both", "SAILER (None)": None, "SAILER (mi)": "mi"}
+INVARIANCE["SAILER (adversarial)"] = "adversarial"
+
+
+def _slug(method: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in method).strip("_")
+
+
+def load(name: str):
+    """AnnData with integer peak counts in ``X``, ``obs['batch']`` and ``obs['cell_type']``."""
+    from scipy import sparse
+
+    if name == "simulated":
+        from scgexp.data import simulate_scatac
+
+        adata = simulate_scatac(n_cells=2000, n_peaks=3000, n_batches=3, seed=SEED)
+        del adata.layers["true_open"]
+    else:
+        import mudata
+
+        adata = mudata.read_h5mu(DATA / "snareseq_mouse_cortex_rna_atac_10309.h5mu")["atac"]
+        adata = adata[np.asarray(adata.X.sum(1)).ravel() > 0].copy()
+        if name == "snareseq_small":
+            rng = np.random.default_rng(SEED)
+            adata = adata[np.sort(rng.choice(adata.n_obs, 400, replace=False))].copy()
+            adata = adata[:, np.asarray(adata.X.sum(0)).ravel() > 0].copy()
+    adata.X = sparse.csr_matrix(adata.X, dtype=np.float32)
+    adata.obs["batch"] = adata.obs["batch"].astype(str).astype("category")
+    adata.obs["cell_type"] = adata.obs["cell_type"].astype(str).astype("category")
+    return adata
+
+
+def lsi(adata, n_components: int = 30) -> np.ndarray:
+    """TF-IDF of binarised peaks, truncated SVD, first component (depth) dropped."""
+    from scipy import sparse
+    from sklearn.decomposition import TruncatedSVD
+
+    binary = sparse.csr_matrix((adata.X > 0).astype(np.float64))
+    tf = sparse.diags(1.0 / np.maximum(np.asarray(binary.sum(1)).ravel(), 1)) @ binary
+    idf = np.log1p(adata.n_obs / np.maximum(np.asarray(binary.sum(0)).ravel(), 1))
+    tfidf = (tf @ sparse.diags(idf)).tocsr()
+    tfidf.data = np.log1p(tfidf.data * 1e4)
+    svd = TruncatedSVD(n_components + 1, random_state=SEED)
+    return svd.fit_transform(tfidf)[:, 1:]
+
+
+def latent_metrics(adata, latent: np.ndarray) -> dict:
+    import scanpy as sc
+    import scib_metrics
+    from scib_metrics.nearest_neighbors import NeighborsResults
+    from sklearn.feature_selection import mutual_info_classif, mutual_info_regression
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+    from sklearn.neighbors import NearestNeighbors
+
+    labels = adata.obs["cell_type"].astype(str).to_numpy()
+    batches = adata.obs["batch"].astype(str).to_numpy()
+    emb = np.asarray(latent, dtype=np.float32)
+    view = sc.AnnData(np.zeros((adata.n_obs, 1), dtype=np.float32), obs=adata.obs.copy())
+    view.obsm["X_emb"] = emb
+    sc.pp.neighbors(view, use_rep="X_emb", n_neighbors=15, random_state=SEED)
+    best = {"nmi": -1.0, "ari": -1.0}
+    for resolution in np.arange(0.2, 2.01, 0.2):
+        sc.tl.leiden(
+            view,
+            resolution=resolution,
+            random_state=SEED,
+            key_added="cluster",
+            flavor="igraph",
+            n_iterations=2,
+        )
+        nmi = normalized_mutual_info_score(labels, view.obs["cluster"])
+        if nmi > best["nmi"]:
+            best = {"nmi": nmi, "ari": adjusted_rand_score(labels, view.obs["cluster"])}
+    k = min(90, adata.n_obs - 1)
+    distances, indices = NearestNeighbors(n_neighbors=k).fit(emb).kneighbors(emb)
+    rng = np.random.default_rng(SEED)
+    n_open = np.asarray((adata.X > 0).sum(1)).ravel()
+    log_depth = np.log(n_open + rng.uniform(0, 1, size=adata.n_obs))
+    mi_kwargs = {"n_neighbors": 3, "random_state": SEED}
+    return {
+        "nmi": float(best["nmi"]),
+        "ari": float(best["ari"]),
+        "silhouette_label": float(scib_metrics.silhouette_label(emb, labels)),
+        "silhouette_batch": float(scib_metrics.silhouette_batch(emb, labels, batches)),
+        "ilisi": float(scib_metrics.ilisi_knn(NeighborsResults(indices, distances), batches)),
+        "mi_depth": float(np.mean(mutual_info_regression(emb, log_depth, **mi_kwargs))),
+        "mi_batch": float(np.mean(mutual_info_classif(emb, batches, **mi_kwargs))),
+    }
+
+
+def run_one(name: str, method: str, queue) -> None:
+    """Train one method on one dataset and put its metrics on the queue (in a subprocess)."""
+    import logging
+    import warnings
+
+    import scvi
+    import torch
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
+    scvi.settings.seed = SEED
+    adata = load(name)
+    max_epochs = DATASETS[name]["max_epochs"]
+    kl_warmup = min(50, max_epochs // 3)  # equal KL annealing for both neural models
+    result = {"dataset": name, "method": method, "n_obs": adata.n_obs, "n_vars": adata.n_vars}
+    start = time.perf_counter()
+    if method == "LSI":
+        latent = lsi(adata)
+        result.update(train_s=time.perf_counter() - start, epochs=None, s_per_epoch=None)
+    else:
+        if method == "PEAKVI":
+            scvi.model.PEAKVI.setup_anndata(adata, batch_key="batch")
+            model = scvi.model.PEAKVI(adata)
+            train_kwargs = {"n_epochs_kl_warmup": kl_warmup, "early_stopping_patience": 20}
+        else:
+            from scgexp.sailer import SAILER
+
+            SAILER.setup_anndata(adata, batch_key="batch")
+            model = SAILER(adata, invariance=INVARIANCE[method])
+            train_kwargs = {
+                "n_epochs_kl_warmup": kl_warmup,
+                "n_epochs_warmup": min(10, max_epochs // 10),
+            }
+        model.train(
+            max_epochs=max_epochs,
+            batch_size=BATCH_SIZE,
+            early_stopping=True,
+            enable_progress_bar=False,
+            **train_kwargs,
+        )
+        train_s = time.perf_counter() - start
+        epochs = len(model.history["elbo_train"])
+        result.update(train_s=train_s, epochs=epochs, s_per_epoch=train_s / epochs)
+        latent = model.get_latent_representation()
+    np.save(RESULTS / f"sailer_{name}_{_slug(method)}_latent.npy", latent)
+    result.update(latent_metrics(adata, latent))
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put(result)
+
+
+def run_isolated(name: str, method: str) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    process = ctx.Process(target=run_one, args=(name, method, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def fmt(value, digits=3) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "—"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+COLUMNS = [
+    ("nmi", "NMI", 3),
+    ("ari", "ARI", 3),
+    ("silhouette_label", "cell-type ASW", 3),
+    ("silhouette_batch", "batch ASW", 3),
+    ("ilisi", "iLISI", 3),
+    ("mi_depth", "MI depth (nats)", 4),
+    ("mi_batch", "MI batch (nats)", 4),
+    ("s_per_epoch", "s/epoch", 2),
+    ("epochs", "epochs", 0),
+    ("train_s", "train s", 1),
+    ("peak_rss_mb", "peak RSS MB", 0),
+]
+
+
+def write_table(results: list[dict]) -> str:
+    lines = [
+        "# SAILER benchmark",
+        "",
+        f"Command: `{COMMAND}` (1 CPU thread per run, batch size {BATCH_SIZE}, seed 0; epoch "
+        "budget per data set equal for SAILER and PEAKVI, both with early stopping and the same "
+        "KL warm-up, a third of the budget up to 50 epochs).",
+        "",
+        'SAILER = default invariance `"both"`; `SAILER (x)` = ablation. MI depth: mean over '
+        "latent dimensions of `mutual_info_regression(z, log(open peaks + U(0, 1)))`; MI batch: "
+        "`mutual_info_classif(z, batch)`. Batch ASW and iLISI: 1 = well mixed.",
+        "",
+    ]
+    for name, spec in DATASETS.items():
+        rows = [r for r in results if r["dataset"] == name]
+        if not rows:
+            continue
+        lines += [
+            f"## {name} ({rows[0]['n_obs']} cells × {rows[0]['n_vars']} peaks, "
+            f"up to {spec['max_epochs']} epochs)",
+            "",
+            "| method | " + " | ".join(c[1] for c in COLUMNS) + " |",
+            "|---|" + "---|" * len(COLUMNS),
+        ]
+        for r in rows:
+            cells = [fmt(r.get(k), d) if d else fmt(r.get(k)) for k, _, d in COLUMNS]
+            lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+        peakvi = next((r for r in rows if r["method"] == "PEAKVI"), None)
+        if peakvi is not None:
+            lines += ["", "Ratios vs PEAKVI (method / PEAKVI):", ""]
+            for r in rows:
+                if not r["method"].startswith("SAILER"):
+                    continue
+                parts = []
+                for key in ("nmi", "ari", "ilisi", "mi_depth", "mi_batch", "s_per_epoch"):
+                    a, b = r.get(key), peakvi.get(key)
+                    if a is not None and b:
+                        parts.append(f"{key} {a / b:.2f}")
+                lines.append(f"- {r['method']}: " + ", ".join(parts))
+        lines.append("")
+    text = "\n".join(lines)
+    (RESULTS / "sailer.md").write_text(text)
+    return text
+
+
+def figures() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import scanpy as sc
+
+    for name in ("snareseq", "simulated"):
+        adata = load(name)
+        adata.obs["log_depth"] = np.log(np.asarray((adata.X > 0).sum(1)).ravel())
+        shown = [
+            m
+            for m in ("SAILER", "PEAKVI", "LSI")
+            if (RESULTS / f"sailer_{name}_{_slug(m)}_latent.npy").exists()
+        ]
+        if not shown:
+            continue
+        fig, axes = plt.subplots(3, len(shown), figsize=(4.2 * len(shown), 11), squeeze=False)
+        for j, method in enumerate(shown):
+            view = sc.AnnData(np.zeros((adata.n_obs, 1), dtype=np.float32), obs=adata.obs)
+            view.obsm["X_emb"] = np.load(RESULTS / f"sailer_{name}_{_slug(method)}_latent.npy")
+            sc.pp.neighbors(view, use_rep="X_emb", random_state=SEED)
+            sc.tl.umap(view, random_state=SEED)
+            for i, key in enumerate(["cell_type", "batch", "log_depth"]):
+                sc.pl.umap(
+                    view,
+                    color=key,
+                    ax=axes[i, j],
+                    show=False,
+                    title=f"{method}: {key}",
+                    legend_loc="on data" if key == "cell_type" else "right margin",
+                    legend_fontsize=6,
+                    size=6,
+                )
+        fig.tight_layout()
+        fig.savefig(FIGURES / f"sailer_{name}_umap.png", dpi=90)
+        plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    parser.add_argument("--methods", nargs="+", default=None, help="default: per data set")
+    parser.add_argument("--no-figures", action="store_true")
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        raise SystemExit(f"{DATA} is absent; the benchmark needs ../shared/data.")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    cache = RESULTS / "sailer_raw.json"
+    results = json.loads(cache.read_text()) if cache.exists() else []
+    for name in args.datasets:
+        for method in args.methods or DATASETS[name]["methods"]:
+            results = [r for r in results if (r["dataset"], r["method"]) != (name, method)]
+            start = time.perf_counter()
+            result = run_isolated(name, method)
+            results.append(result)
+            print(f"{name} {method}: {time.perf_counter() - start:.0f} s {result}", flush=True)
+            cache.write_text(json.dumps(results, indent=1))
+    order = {m: i for i, m in enumerate(METHODS)}
+    results.sort(key=lambda r: (list(DATASETS).index(r["dataset"]), order.get(r["method"], 99)))
+    print(write_table(results))
+    if not args.no_figures:
+        figures()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,488 @@
+"""SAILER as an scvi-tools model: a batch- and depth-invariant latent space for scATAC-seq."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from scvi import REGISTRY_KEYS, settings
+from scvi.data import AnnDataManager
+from scvi.data.fields import (
+    CategoricalJointObsField,
+    CategoricalObsField,
+    LayerField,
+    NumericalJointObsField,
+)
+from scvi.model.base import BaseModelClass, VAEMixin
+from scvi.utils import setup_anndata_dsp
+
+from scgexp._io import SafeSaveMixin
+from scgexp.data._checks import InputError, check_known_categories, check_matrix, check_obs_keys
+from scgexp.nn import InvarianceMethod
+from scgexp.sailer._module import SAILERModule
+from scgexp.train import InvarianceTrainingPlan, TrainingMixin
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 4096
+_DEPTH = "log_open_peaks"
+
+
+def _row_sums(matrix, transform) -> np.ndarray:
+    """Row sums of ``transform(block)`` over sparse or dense row blocks."""
+    return np.concatenate(
+        [
+            np.asarray(transform(matrix[start : start + _CHUNK]).sum(1)).ravel()
+            for start in range(0, matrix.shape[0], _CHUNK)
+        ]
+    ).astype(np.float64)
+
+
+class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
+    """SAILER: scATAC-seq latent space invariant to read depth, batch and covariates.
+
+    A conditional VAE :cite:p:`Cao2021` whose decoder is given every confounder: the read depth
+    (log number of open peaks per cell, standardised with the training cells' statistics, always
+    included), the batch, and any categorical and continuous covariates (e.g. TSS enrichment,
+    FRiP). Because the decoder knows them, the latent ``z`` need not encode them, and an
+    invariance penalty (:class:`scgexp.nn.Invariance`) makes sure it does not:
+
+    - ``"mi"`` (SAILER's): the non-adversarial bound on the mutual information between ``z`` and
+      the confounders of :cite:t:`Moyer2018`, i.e. a ``(1 + λ)``-weighted reconstruction plus
+      ``λ`` times the mean pairwise KL between the posteriors of a minibatch;
+    - ``"adversarial"``: discriminators predicting each confounder from ``z`` (classifier or
+      regressor), trained in alternation, the encoder paying for their success;
+    - ``"both"``, or ``None`` (a plain conditional VAE).
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata` (peak counts).
+    n_hidden
+        Units of the outer hidden layers (SAILER: 1000). ``None``: the square root of the number
+        of peaks, between 128 and 1000, which keeps an epoch no slower than PEAKVI's at its
+        default sizes (PEAKVI has three such layers; SAILER two).
+    n_hidden_inner
+        Units of the inner hidden layers (SAILER: 100).
+    n_latent
+        Latent dimensions (SAILER: 10).
+    dropout_rate
+        Dropout on hidden units.
+    likelihood
+        ``"bernoulli"`` on binarised peaks (the paper's) or ``"poisson"`` on fragment counts.
+    invariance
+        ``"mi"``, ``"adversarial"``, ``"both"`` (default) or ``None``. On simulated data with
+        depth confounded with batch, the adversarial heads remove depth from the latent better
+        than the ``"mi"`` bound alone (see the benchmark); ``"both"`` keeps the paper's bound.
+    invariance_weight
+        Weight ``λ`` of the penalty (SAILER: 1).
+    **model_kwargs
+        Passed to :class:`~scgexp.sailer.SAILERModule` (e.g. ``invariance_kwargs``).
+
+    Examples
+    --------
+    >>> adata = scgexp.data.simulate_scatac(n_cells=1000)
+    >>> SAILER.setup_anndata(adata, batch_key="batch")
+    >>> model = SAILER(adata, invariance="both")
+    >>> model.train(max_epochs=100)
+    >>> adata.obsm["X_sailer"] = model.get_latent_representation()
+    >>> model.confounder_information()
+    """
+
+    _module_cls = SAILERModule
+    _training_plan_cls = InvarianceTrainingPlan
+
+    def __init__(
+        self,
+        adata: AnnData | None = None,
+        registry: dict | None = None,
+        n_hidden: int | None = None,
+        n_hidden_inner: int = 100,
+        n_latent: int = 10,
+        dropout_rate: float = 0.0,
+        likelihood: Literal["bernoulli", "poisson"] = "bernoulli",
+        invariance: InvarianceMethod | None = "both",
+        invariance_weight: float = 1.0,
+        **model_kwargs,
+    ):
+        super().__init__(adata, registry)
+        n_peaks = self.summary_stats.n_vars
+        if n_hidden is None:
+            n_hidden = int(np.clip(np.sqrt(n_peaks), 128, 1000))
+        fields = self.registry_["field_registries"]
+        n_cats_per_cov = None
+        if REGISTRY_KEYS.CAT_COVS_KEY in fields and fields[REGISTRY_KEYS.CAT_COVS_KEY].get(
+            "state_registry"
+        ):
+            n_cats_per_cov = list(
+                fields[REGISTRY_KEYS.CAT_COVS_KEY]["state_registry"].get("n_cats_per_key", [])
+            )
+        n_continuous_cov = len(self.registry_["setup_args"].get("continuous_covariate_keys") or [])
+        self.module = self._module_cls(
+            n_input=n_peaks,
+            n_batch=self.summary_stats.n_batch,
+            n_cats_per_cov=n_cats_per_cov,
+            n_continuous_cov=n_continuous_cov,
+            n_hidden=n_hidden,
+            n_hidden_inner=n_hidden_inner,
+            n_latent=n_latent,
+            dropout_rate=dropout_rate,
+            likelihood=likelihood,
+            invariance=invariance,
+            invariance_weight=invariance_weight,
+            **model_kwargs,
+        )
+        if adata is not None:
+            self._fit_confounder_scaling()
+        self._model_summary_string = (
+            f"SAILER: {n_peaks} peaks, {n_hidden}-{n_hidden_inner}-{n_latent} units, likelihood "
+            f"{likelihood}, invariance {invariance} (weight {invariance_weight}), confounders: "
+            f"{', '.join(self.confounder_names)}"
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+    @property
+    def confounder_names(self) -> list[str]:
+        """Names of the confounders, continuous first (read depth), then categorical."""
+        setup_args = self.registry_["setup_args"]
+        names = [_DEPTH, *(setup_args.get("continuous_covariate_keys") or [])]
+        if setup_args.get("batch_key") is not None:
+            names.append(setup_args["batch_key"])
+        return names + list(setup_args.get("categorical_covariate_keys") or [])
+
+    def _raw_continuous(self, adata: AnnData | None = None) -> np.ndarray:
+        """Log open peaks per cell and the continuous covariates, one row per cell."""
+        adata = self._validate_anndata(adata)
+        manager = self.get_anndata_manager(adata, required=True)
+        matrix = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        n_open = _row_sums(matrix, lambda block: block > 0)
+        columns = [np.log(np.maximum(n_open, 1.0))[:, None]]
+        if REGISTRY_KEYS.CONT_COVS_KEY in manager.data_registry:
+            columns.append(np.asarray(manager.get_from_registry(REGISTRY_KEYS.CONT_COVS_KEY)))
+        return np.concatenate(columns, axis=1).astype(np.float64)
+
+    def _fit_confounder_scaling(self) -> None:
+        """Training statistics of the continuous confounders and of the log total count."""
+        values = self._raw_continuous()
+        std = values.std(0)
+        matrix = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        totals = _row_sums(matrix, lambda block: block)
+        as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+        self.module.confounder_mean.copy_(as_tensor(values.mean(0)))
+        self.module.confounder_scale.copy_(as_tensor(np.where(std > 1e-6, std, 1.0)))
+        self.module.mean_log_total.copy_(as_tensor(np.log(np.maximum(totals, 1.0)).mean()))
+        if self.module.likelihood == "bernoulli":
+            input_total = np.exp(values[:, 0]).mean()
+        else:
+            input_total = _row_sums(matrix, lambda block: block.log1p()).mean()
+        self.module.mean_input_total.copy_(as_tensor(input_total))
+
+    @classmethod
+    @setup_anndata_dsp.dedent
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        categorical_covariate_keys: list[str] | None = None,
+        continuous_covariate_keys: list[str] | None = None,
+        **kwargs,
+    ) -> None:
+        """%(summary)s.
+
+        Read depth (log number of open peaks per cell) is always a confounder; it is computed
+        from the data and needs no key.
+
+        Parameters
+        ----------
+        %(param_adata)s
+        %(param_layer)s
+            Must hold peak counts (non-negative integers: fragment counts or binary peaks).
+        %(param_batch_key)s
+            A confounder: given to the decoder, removed from the latent. A batch key with a
+            single category is accepted (with a warning); it then carries no information and
+            only depth and the covariates are confounders.
+        %(param_cat_cov_keys)s
+            Extra categorical confounders.
+        %(param_cont_cov_keys)s
+            Extra continuous confounders (e.g. TSS enrichment, FRiP); finite numbers required.
+            They are standardised with the training cells' mean and standard deviation.
+
+        Examples
+        --------
+        >>> SAILER.setup_anndata(adata, layer="counts", batch_key="batch")
+        """
+        setup_method_args = cls._get_setup_method_args(**locals())
+        check_matrix(adata, layer, counts=True)
+        categorical = [k for k in [batch_key, *(categorical_covariate_keys or [])] if k]
+        check_obs_keys(adata, categorical=categorical, continuous=continuous_covariate_keys)
+        source_registry = kwargs.get("source_registry")
+        if source_registry is not None:
+            check_known_categories(adata, source_registry)
+        else:
+            for key in categorical:
+                if adata.obs[key].nunique() < 2:
+                    warnings.warn(
+                        f"obs[{key!r}] has a single category, so there is nothing to remove "
+                        "for it; SAILER still removes read depth and the other confounders.",
+                        UserWarning,
+                        stacklevel=settings.warnings_stacklevel,
+                    )
+        anndata_fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+            CategoricalJointObsField(REGISTRY_KEYS.CAT_COVS_KEY, categorical_covariate_keys),
+            NumericalJointObsField(REGISTRY_KEYS.CONT_COVS_KEY, continuous_covariate_keys),
+        ]
+        adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(adata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True):
+        if adata is not None and adata is not self.adata:
+            # Before scvi's own registration, which has its own wording for unknown categories.
+            setup_args = self.registry_["setup_args"]
+            check_matrix(adata, setup_args.get("layer"), counts=True)
+            check_obs_keys(adata, continuous=setup_args.get("continuous_covariate_keys"))
+            check_known_categories(adata, self.registry_)
+        return super()._validate_anndata(adata, copy_if_view=copy_if_view)
+
+    def train(
+        self,
+        max_epochs: int | None = None,
+        batch_size: int = 128,
+        early_stopping: bool = True,
+        early_stopping_patience: int = 20,
+        lr: float = 1e-3,
+        weight_decay: float = 5e-4,
+        n_epochs_warmup: int = 10,
+        n_epochs_kl_warmup: int | None = 50,
+        train_size: float = 0.9,
+        plan_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ):
+        """Train with SAILER's schedule and scvi-tools' validation and early stopping.
+
+        ``n_epochs_warmup`` epochs on reconstruction alone, then the KL weight rises linearly
+        over ``n_epochs_kl_warmup`` epochs (``plan_kwargs={"kl_cycle_epochs": 100}`` gives the
+        paper's cyclical annealing) while the invariance penalty applies in full. Adam with
+        weight decay; the learning rate decays by 0.5% per epoch. 10% of the cells are held out;
+        training stops when the validation ELBO has not improved for
+        ``early_stopping_patience`` epochs (counted after the KL warm-up).
+
+        Parameters
+        ----------
+        max_epochs
+            Upper bound on epochs. ``None``: 400 (SAILER's) for up to 5,000 cells, fewer for
+            more cells (``2e6 / n_cells``, at least 50).
+        batch_size
+            Minibatch size (SAILER: 100–400). The ``"mi"`` penalty compares all pairs of cells
+            in a minibatch.
+        early_stopping
+            Stop on the validation ELBO.
+        early_stopping_patience
+            Epochs without improvement before stopping.
+        lr, weight_decay
+            Adam's learning rate and weight decay (SAILER: 1e-3, 5e-4).
+        n_epochs_warmup
+            Epochs of reconstruction-only training (SAILER: 10).
+        n_epochs_kl_warmup
+            Epochs of linear KL annealing after the warm-up.
+        train_size
+            Share of cells used for training; the rest validate.
+        plan_kwargs
+            Other :class:`scgexp.train.InvarianceTrainingPlan` arguments.
+        **trainer_kwargs
+            Passed to :meth:`scgexp.train.TrainingMixin.train` (``data_mode``) and on to
+            Lightning.
+
+        Examples
+        --------
+        >>> model.train(max_epochs=200, early_stopping=True)
+        >>> model.history["elbo_validation"].tail()
+        """
+        if max_epochs is None:
+            max_epochs = int(min(400, max(50, round(2e6 / max(self.summary_stats.n_cells, 1)))))
+        validate = train_size < 1.0
+        plan_kwargs = {
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "n_epochs_warmup": n_epochs_warmup,
+            "n_epochs_kl_warmup": n_epochs_kl_warmup,
+            **(plan_kwargs or {}),
+        }
+        if early_stopping and validate:
+            # Patience counts from the end of the KL warm-up, when the ELBO becomes comparable.
+            early_stopping_patience += n_epochs_warmup + (n_epochs_kl_warmup or 0)
+            early_stopping_patience = min(early_stopping_patience, max_epochs)
+        trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        return super().train(
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            train_size=train_size,
+            early_stopping=early_stopping and validate,
+            early_stopping_monitor="elbo_validation",
+            early_stopping_patience=early_stopping_patience,
+            plan_kwargs=plan_kwargs,
+            **trainer_kwargs,
+        )
+
+    def _batch_code(self, adata: AnnData, transform_batch) -> int | None:
+        if transform_batch is None:
+            return None
+        manager = self.get_anndata_manager(adata, required=True)
+        mapping = list(manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping)
+        if transform_batch not in mapping:
+            raise InputError(
+                f"{transform_batch!r} is not a batch of this model; batches: {mapping}."
+            )
+        return mapping.index(transform_batch)
+
+    @torch.inference_mode()
+    def get_normalized_accessibility(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        transform_batch: str | None = None,
+        depth: float | Literal["median"] | None = None,
+        batch_size: int | None = None,
+        return_numpy: bool = False,
+    ) -> pd.DataFrame | np.ndarray:
+        """Imputed accessibility of every peak, decoded with the confounders held fixed.
+
+        Parameters
+        ----------
+        adata
+            Data organised like the training data; ``None``: the training data.
+        indices
+            Cells to use; ``None``: all.
+        transform_batch
+            Decode every cell as this batch; ``None``: each cell's own.
+        depth
+            Number of open peaks to decode every cell at; ``"median"``: the training cells'
+            median (the geometric mean); ``None``: each cell's own depth.
+        batch_size
+            Cells per forward pass.
+        return_numpy
+            Return an array instead of a DataFrame (cells × peaks, with names).
+
+        Returns
+        -------
+        ``"bernoulli"``: the probability that each peak is open; ``"poisson"``: the expected
+        fragment count at the training cells' mean log total count. Shape
+        ``(n_cells, n_peaks)``.
+
+        Examples
+        --------
+        >>> acc = model.get_normalized_accessibility(transform_batch="batch_0", depth="median")
+        """
+        self._check_if_trained(warn=False)
+        adata = self._validate_anndata(adata)
+        batch_code = self._batch_code(adata, transform_batch)
+        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        module = self.module
+        module.eval()
+        if depth == "median":
+            log_depth = float(module.confounder_mean[0])
+        elif depth is not None:
+            if not depth > 0:
+                raise InputError(f"depth must be a positive number of open peaks, not {depth}.")
+            log_depth = float(np.log(depth))
+        out = []
+        for tensors in loader:
+            inference_outputs = module.inference(**module._get_inference_input(tensors))
+            generative_inputs = module._get_generative_input(tensors, inference_outputs)
+            generative_inputs["z"] = inference_outputs["qz"].loc
+            if batch_code is not None:
+                generative_inputs["batch_index"] = torch.full_like(
+                    generative_inputs["batch_index"], batch_code
+                )
+            if depth is not None:
+                generative_inputs["cont_confounders"][:, 0] = log_depth
+            generative_inputs["log_total"] = torch.full_like(
+                generative_inputs["log_total"], float(module.mean_log_total)
+            )
+            logits = module.generative(**generative_inputs)["px"]
+            values = torch.sigmoid(logits) if module.likelihood == "bernoulli" else logits.exp()
+            out.append(values.cpu().numpy())
+        result = np.concatenate(out)
+        if return_numpy:
+            return result
+        names = adata.obs_names if indices is None else adata.obs_names[np.asarray(indices)]
+        return pd.DataFrame(result, index=names, columns=adata.var_names)
+
+    def confounder_information(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        max_cells: int | None = 10_000,
+        n_neighbors: int = 3,
+        random_state: int = 0,
+    ) -> pd.Series:
+        """Mutual information (nats) between the latent and each confounder.
+
+        The mean over latent dimensions of scikit-learn's ``mutual_info_regression`` (continuous
+        confounders) or ``mutual_info_classif`` (categorical ones), SAILER's invariance metric.
+        Read depth is the log number of open peaks plus uniform(0, 1) noise on the integer
+        count (without it, ties inflate the nearest-neighbour estimate). Close to 0: the latent
+        carries no information about the confounder.
+
+        Parameters
+        ----------
+        adata
+            Data organised like the training data; ``None``: the training data.
+        indices
+            Cells to use; ``None``: all.
+        max_cells
+            Subsample to this many cells (the estimator is quadratic-ish); ``None``: all.
+        n_neighbors
+            Neighbours of the Kraskov estimator.
+        random_state
+            Seed for the subsample, the depth noise and the estimator.
+
+        Returns
+        -------
+        :class:`~pandas.Series` indexed by confounder name (``"log_open_peaks"`` first).
+
+        Examples
+        --------
+        >>> model.confounder_information()
+        log_open_peaks    0.012
+        batch             0.004
+        dtype: float64
+        """
+        from sklearn.feature_selection import mutual_info_classif, mutual_info_regression
+
+        adata = self._validate_anndata(adata)
+        cells = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
+        rng = np.random.default_rng(random_state)
+        if max_cells is not None and len(cells) > max_cells:
+            cells = np.sort(rng.choice(cells, max_cells, replace=False))
+        latent = self.get_latent_representation(adata, indices=cells)
+        continuous = self._raw_continuous(adata)[cells]
+        n_open = np.round(np.exp(continuous[:, 0]))
+        continuous[:, 0] = np.log(n_open + rng.uniform(0, 1, size=len(n_open)))
+        manager = self.get_anndata_manager(adata, required=True)
+        categorical = []
+        if self.registry_["setup_args"].get("batch_key") is not None:
+            categorical.append(np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)))
+        if REGISTRY_KEYS.CAT_COVS_KEY in manager.data_registry:
+            cat_covs = np.asarray(manager.get_from_registry(REGISTRY_KEYS.CAT_COVS_KEY))
+            categorical += list(cat_covs.T)
+        kwargs = {"n_neighbors": n_neighbors, "random_state": random_state}
+        values = []
+        for column in continuous.T:
+            values.append(float(np.mean(mutual_info_regression(latent, column, **kwargs))))
+        for codes in categorical:
+            codes = np.asarray(codes).reshape(-1)[cells]
+            if len(np.unique(codes)) < 2:
+                values.append(0.0)
+                continue
+            values.append(float(np.mean(mutual_info_classif(latent, codes, **kwargs))))
+        return pd.Series(values, index=self.confounder_names, name="mutual_information")

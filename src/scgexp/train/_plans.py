@@ -1,0 +1,249 @@
+"""Training plan for scgexp modules with an invariance component (:mod:`scgexp.nn`)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch.optim.lr_scheduler import ExponentialLR
+
+from scgexp.train._trainingplan import TrainingPlan
+
+if TYPE_CHECKING:
+    from scvi.module.base import BaseModuleClass
+
+logger = logging.getLogger(__name__)
+
+
+class InvarianceTrainingPlan(TrainingPlan):
+    """Train a VAE whose latent space must be invariant to confounders.
+
+    Works with any module that follows the hook contract of :mod:`scgexp.nn` (an
+    ``invariance`` attribute and an ``invariance_inputs(tensors, inference_outputs)`` method);
+    with ``module.invariance = None`` it trains a plain VAE. Optimisation is manual, as in
+    :class:`scvi.train.AdversarialTrainingPlan`: each minibatch first updates the encoder and
+    decoder on ``loss + factor * penalty``, then the discriminator heads (if any) on their own
+    optimiser.
+
+    The schedule follows SAILER :cite:p:`Cao2021`: ``n_epochs_warmup`` epochs on reconstruction
+    alone (KL weight and invariance factor 0), then the KL weight is annealed, either linearly
+    over ``n_epochs_kl_warmup`` epochs or cyclically (``kl_cycle_epochs``), and the penalty
+    applies in full; Adam with weight decay and an exponential learning-rate decay per epoch.
+    From scvi-tools: the validation ELBO (``elbo_validation``, unweighted, so comparable across
+    the annealing) logged every epoch for early stopping.
+
+    Parameters
+    ----------
+    module
+        A module with ``invariance`` and ``invariance_inputs`` (see :mod:`scgexp.nn`), whose
+        ``loss`` takes ``kl_weight``.
+    lr
+        Learning rate of the encoder/decoder optimiser (SAILER: 1e-3).
+    weight_decay
+        Adam weight decay (SAILER: 5e-4).
+    n_epochs_warmup
+        Epochs of reconstruction-only training (SAILER: 10).
+    n_epochs_kl_warmup
+        Epochs over which the KL weight rises linearly from 0 to ``max_kl_weight`` after the
+        warm-up. ``None`` or 0: full weight at once.
+    kl_cycle_epochs
+        Period of cyclical KL annealing (SAILER: 100): in each cycle the weight rises over the
+        first half and stays at its maximum over the second. Overrides ``n_epochs_kl_warmup``.
+    lr_decay
+        Multiply the learning rate by this each epoch (SAILER: 0.995); ``None``: constant.
+    discriminator_lr
+        Learning rate of the discriminator heads' Adam optimiser.
+    gradient_clip_val
+        Clip the encoder/decoder gradients to this norm; ``None``: no clipping.
+    **kwargs
+        Other :class:`scvi.train.TrainingPlan` arguments (``optimizer``, ``eps``,
+        ``max_kl_weight``, ...) and keyword arguments of the module's ``loss``.
+
+    Examples
+    --------
+    >>> model.train(plan_kwargs={"n_epochs_warmup": 5, "kl_cycle_epochs": 100})
+    """
+
+    def __init__(
+        self,
+        module: BaseModuleClass,
+        *,
+        lr: float = 1e-3,
+        weight_decay: float = 5e-4,
+        n_epochs_warmup: int = 10,
+        n_epochs_kl_warmup: int | None = 50,
+        kl_cycle_epochs: int | None = None,
+        lr_decay: float | None = 0.995,
+        discriminator_lr: float = 1e-3,
+        gradient_clip_val: float | None = None,
+        **kwargs,
+    ):
+        kwargs.pop("reduce_lr_on_plateau", None)  # the schedule is lr_decay
+        super().__init__(
+            module,
+            lr=lr,
+            weight_decay=weight_decay,
+            n_epochs_kl_warmup=n_epochs_kl_warmup,
+            reduce_lr_on_plateau=False,
+            **kwargs,
+        )
+        self.n_epochs_warmup = int(n_epochs_warmup)
+        self.kl_cycle_epochs = kl_cycle_epochs
+        self.lr_decay = lr_decay
+        self.discriminator_lr = discriminator_lr
+        self.gradient_clip_val = gradient_clip_val
+        self.automatic_optimization = False
+
+    @property
+    def invariance(self):
+        """The module's invariance component, or ``None``."""
+        return getattr(self.module, "invariance", None)
+
+    def _progress(self) -> float:
+        """Epochs since the reconstruction warm-up ended, counting partial epochs by step."""
+        warmup = getattr(self, "n_epochs_warmup", 0)
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None:  # not attached yet: the start of training
+            return -float(warmup) if warmup else 0.0
+        n_batches = getattr(trainer, "num_training_batches", 1) or 1
+        if not math.isfinite(n_batches) or n_batches < 1:
+            n_batches = 1
+        epoch = self.current_epoch + (self.global_step % n_batches) / n_batches
+        return epoch - warmup
+
+    @property
+    def kl_weight(self) -> float:
+        """KL weight: 0 in the warm-up, then linear or cyclical annealing."""
+        progress = self._progress()
+        low, high = self.min_kl_weight, self.max_kl_weight
+        if progress < 0:
+            return 0.0
+        cycle = getattr(self, "kl_cycle_epochs", None)
+        if cycle:
+            position = (progress % cycle) / cycle
+            return low + (high - low) * min(1.0, 2.0 * position)
+        if self.n_epochs_kl_warmup:
+            return low + (high - low) * min(1.0, progress / self.n_epochs_kl_warmup)
+        return high
+
+    @property
+    def invariance_factor(self) -> float:
+        """0 during the reconstruction warm-up, 1 afterwards."""
+        return 0.0 if self._progress() < 0 else 1.0
+
+    def _invariance_terms(self, batch, inference_outputs, loss_output, mode: str):
+        invariance = self.invariance
+        if invariance is None:
+            return None, None
+        inputs = self.module.invariance_inputs(batch, inference_outputs)
+        reconstruction = loss_output.reconstruction_loss_sum / loss_output.n_obs_minibatch
+        terms = invariance.penalty(inputs, reconstruction)
+        for name, value in terms.items():
+            self.log(f"invariance_{name}_{mode}", value.detach(), on_epoch=True, on_step=False)
+        return inputs, terms["penalty"]
+
+    def training_step(self, batch, batch_idx):
+        """Encoder/decoder step on ``loss + factor * penalty``, then a discriminator step."""
+        if "kl_weight" in self.loss_kwargs:
+            self.loss_kwargs.update({"kl_weight": self.kl_weight})
+        self.log("kl_weight", self.kl_weight, on_step=False, on_epoch=True)
+        optimizers = self.optimizers()
+        if isinstance(optimizers, list):
+            optimizer, discriminator_optimizer = optimizers
+        else:
+            optimizer, discriminator_optimizer = optimizers, None
+
+        inference_outputs, _, loss_output = self.forward(batch, loss_kwargs=self.loss_kwargs)
+        loss = loss_output.loss
+        inputs, penalty = self._invariance_terms(batch, inference_outputs, loss_output, "train")
+        factor = self.invariance_factor
+        if penalty is not None and factor > 0:
+            loss = loss + factor * penalty
+        self.log("train_loss", loss, on_epoch=True, on_step=False, prog_bar=True)
+        self.compute_and_log_metrics(loss_output, self.train_metrics, "train")
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        if self.gradient_clip_val is not None:
+            self.clip_gradients(
+                optimizer,
+                gradient_clip_val=self.gradient_clip_val,
+                gradient_clip_algorithm="norm",
+            )
+        optimizer.step()
+
+        if discriminator_optimizer is not None:
+            discriminator_loss = self.invariance.discriminator_loss(inputs.detach())
+            discriminator_optimizer.zero_grad()
+            self.manual_backward(discriminator_loss)
+            self._average_across_processes(self.invariance.discriminator_parameters())
+            discriminator_optimizer.step()
+            self.log(
+                "discriminator_loss_train",
+                discriminator_loss.detach(),
+                on_epoch=True,
+                on_step=False,
+            )
+        return loss.detach()
+
+    def _average_across_processes(self, parameters) -> None:
+        """Average gradients over the processes of a distributed job.
+
+        DDP averages gradients once per step, in the first backward pass; the discriminator's
+        backward pass comes second, so its gradients are averaged here, keeping the heads
+        identical on every process.
+        """
+        if self.trainer.world_size <= 1:
+            return
+        for parameter in parameters:
+            if parameter.grad is not None:
+                torch.distributed.all_reduce(parameter.grad)
+                parameter.grad /= self.trainer.world_size
+
+    def validation_step(self, batch, batch_idx):
+        """Validation loss and ELBO, plus the invariance terms."""
+        inference_outputs, _, loss_output = self.forward(batch, loss_kwargs=self.loss_kwargs)
+        self._invariance_terms(batch, inference_outputs, loss_output, "validation")
+        self.log(
+            "validation_loss",
+            loss_output.loss,
+            on_epoch=True,
+            sync_dist=self.use_sync_dist,
+        )
+        self.compute_and_log_metrics(loss_output, self.val_metrics, "validation")
+
+    def on_train_epoch_end(self):
+        """Decay the learning rate once per epoch."""
+        schedulers = self.lr_schedulers()
+        if schedulers is None:
+            return
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+            scheduler.step()
+
+    def configure_optimizers(self):
+        """Adam for the encoder/decoder (weight decay, decay schedule) and for the heads."""
+        invariance = self.invariance
+        discriminator_ids = set()
+        if invariance is not None:
+            discriminator_ids = {id(p) for p in invariance.discriminator_parameters()}
+        params = [
+            p
+            for p in self.module.parameters()
+            if p.requires_grad and id(p) not in discriminator_ids
+        ]
+        optimizer = self.get_optimizer_creator()(params)
+        optimizers = [optimizer]
+        if discriminator_ids:
+            optimizers.append(
+                torch.optim.Adam(
+                    [p for p in invariance.discriminator_parameters() if p.requires_grad],
+                    lr=self.discriminator_lr,
+                )
+            )
+        schedulers = []
+        if self.lr_decay is not None:
+            schedulers.append(ExponentialLR(optimizer, gamma=self.lr_decay))
+        if len(optimizers) == 1 and not schedulers:
+            return optimizer
+        return optimizers, schedulers

@@ -64,7 +64,7 @@ _VAR_MIN = 1e-6
 class InvarianceInputs(NamedTuple):
     """What a module hands to :class:`Invariance` for one minibatch (see the module docstring).
 
-    Attributes
+    Parameters
     ----------
     qz
         Posterior of the latent, a :class:`~torch.distributions.Normal` of shape

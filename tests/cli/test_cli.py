@@ -53,6 +53,25 @@ def test_fit_and_predict_dgex(bulk_file, tmp_path):
     np.testing.assert_allclose(predicted.X, fitted.X[:50], rtol=1e-4, atol=1e-4)
 
 
+def test_fit_and_predict_sailer(tmp_path):
+    path = tmp_path / "atac.h5ad"
+    scgexp.data.simulate_scatac(n_cells=200, n_peaks=150, seed=0).write_h5ad(path)
+    out, model_dir = tmp_path / "sailer.h5ad", tmp_path / "sailer_model"
+    args = ("--batch-key", "batch", "--model-dir", model_dir, "--epochs", "2")
+    result = _invoke("fit", "sailer", path, "--out", out, "--data-mode", "standard", *args)
+    assert result.exit_code == 0, result.output
+    fitted = ad.read_h5ad(out)
+    assert fitted.obsm["X_sailer"].shape == (200, 10)
+    assert set(fitted.uns["sailer"]["confounder_information_nats"]) == {
+        "log_open_peaks",
+        "batch",
+    }
+    result = _invoke("predict", model_dir, path, "--out", tmp_path / "again.h5ad")
+    assert result.exit_code == 0, result.output
+    again = ad.read_h5ad(tmp_path / "again.h5ad")
+    np.testing.assert_allclose(again.obsm["X_sailer"], fitted.obsm["X_sailer"], rtol=1e-5)
+
+
 def test_fit_and_predict_zinb(counts_file, tmp_path):
     out = tmp_path / "denoised.h5ad"
     model_dir = tmp_path / "zinb_model"

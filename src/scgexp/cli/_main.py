@@ -32,8 +32,8 @@ def _read(path: Path):
 def _check_output(input_path: Path, output: Path, model_dir: Path | None = None) -> None:
     if input_path.suffix == ".h5mu":
         raise InputError(
-            f"{input_path}: the available models (dgex, zinb) take AnnData (.h5ad); pass one "
-            "modality, e.g. `mdata['rna'].write_h5ad(...)`."
+            f"{input_path}: dgex, zinb and sailer take AnnData (.h5ad); pass one modality, "
+            "e.g. `mdata['rna'].write_h5ad(...)`."
         )
     if input_path.suffix not in FILE_TYPES:
         raise InputError(f"{input_path} is neither .h5ad nor .h5mu; convert it to AnnData first.")
@@ -103,7 +103,7 @@ def demo(out_dir: Path, epochs: int | None, accelerator: str) -> None:
 
 
 @main.command()
-@click.argument("model_name", metavar="MODEL", type=click.Choice(["dgex", "zinb"]))
+@click.argument("model_name", metavar="MODEL", type=click.Choice(["dgex", "zinb", "sailer"]))
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option(
     "--out",
@@ -134,6 +134,19 @@ def demo(out_dir: Path, epochs: int | None, accelerator: str) -> None:
     help="Lightning accelerator: cpu, gpu, auto, ...",
 )
 @click.option("--devices", default="auto", show_default=True, help="Lightning devices.")
+@click.option(
+    "--strategy",
+    default="auto",
+    show_default=True,
+    help="Lightning strategy, e.g. ddp_find_unused_parameters_true for several devices.",
+)
+@click.option(
+    "--data-mode",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "memory", "stream", "standard"]),
+    help="Data path (see the docs' scaling page).",
+)
 def fit(
     model_name,
     input_path,
@@ -145,6 +158,8 @@ def fit(
     epochs,
     accelerator,
     devices,
+    strategy,
+    data_mode,
 ) -> None:
     """Train MODEL on INPUT (.h5ad/.h5mu); write results to --out and save the model."""
     from scgexp.cli._specs import MODELS
@@ -160,6 +175,8 @@ def fit(
         train_kwargs = {
             "accelerator": accelerator,
             "devices": int(devices) if devices.isdigit() else devices,
+            "strategy": strategy,
+            "data_mode": data_mode,
         }
         if epochs is not None:
             train_kwargs["max_epochs"] = epochs

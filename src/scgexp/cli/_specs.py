@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from scgexp.data import InputError
-from scgexp.model import DGEX, ZINBAutoencoder
+from scgexp.model import DGEX, SAILER, ZINBAutoencoder
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -93,9 +93,22 @@ def _zinb_results(model: ZINBAutoencoder, adata: anndata.AnnData, options: dict)
     return adata
 
 
+def _setup_sailer(adata, options: dict) -> None:
+    _require(adata, options, "batch_key")
+    SAILER.setup_anndata(adata, layer=options.get("layer"), batch_key=options.get("batch_key"))
+
+
+def _sailer_results(model: SAILER, adata: anndata.AnnData, options: dict):
+    adata.obsm["X_sailer"] = model.get_latent_representation(adata)
+    information = model.confounder_information(adata)
+    adata.uns["sailer"] = {"confounder_information_nats": information.to_dict()}
+    return adata
+
+
 MODELS: dict[str, ModelSpec] = {
     "dgex": ModelSpec(DGEX, "dgex", _setup_dgex, _dgex_results),
     "zinb": ModelSpec(ZINBAutoencoder, "zinb", _setup_zinb, _zinb_results),
+    "sailer": ModelSpec(SAILER, "sailer", _setup_sailer, _sailer_results),
 }
 """Model names accepted by ``scgexp fit``, with the class each stands for."""
 

@@ -181,3 +181,33 @@ def test_torch_row_gather_equals_scipy(adata):
     expected = torch.as_tensor(matrix[rows.numpy()].toarray().astype(np.float32))
     assert torch.equal(on_device.rows(rows), expected)
     assert torch.equal(on_host.rows(rows), expected)
+
+
+def _multivae(mdata, **train_kwargs):
+    from scgexp.multivae import MultiVAE
+
+    MultiVAE.setup_mudata(mdata, modalities={"rna_layer": "rna", "atac_layer": "atac"})
+    model = MultiVAE(mdata)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(max_epochs=2, enable_progress_bar=False, **train_kwargs)
+    return model
+
+
+def test_multivae_memory_path_equals_standard_and_streams_backed_mudata(tmp_path):
+    import mudata
+
+    from scgexp.data import simulate_multiome
+
+    mdata = simulate_multiome(n_cells=300, seed=0)
+    latents = []
+    for mode in ("standard", "memory"):
+        scvi.settings.seed = 0
+        latents.append(_multivae(mdata, data_mode=mode).get_latent_representation())
+    np.testing.assert_array_equal(latents[0], latents[1])
+
+    mdata.write(tmp_path / "m.h5mu")
+    backed = mudata.read_h5mu(tmp_path / "m.h5mu", backed=True)
+    model = _multivae(backed)
+    assert model.trainer.datamodule.resolved_mode == "stream"
+    assert np.isfinite(model.get_latent_representation()).all()

@@ -1,6 +1,12 @@
 """Embedded data, simulators, readers and input checks."""
 
-from scgexp.data._checks import InputError, check_known_categories, check_matrix, check_obs_keys
+from scgexp.data._checks import (
+    InputError,
+    check_known_categories,
+    check_matrix,
+    check_obs_keys,
+    row_and_column_sums,
+)
 from scgexp.data._gct import read_gct, read_gctx
 from scgexp.data._landmarks import mark_landmarks, read_landmark_genes, select_landmarks
 from scgexp.data._pbmc import pbmc68k_counts
@@ -21,6 +27,7 @@ __all__ = [
     "read_gct",
     "read_gctx",
     "read_landmark_genes",
+    "row_and_column_sums",
     "select_landmarks",
     "simulate_bulk_expression",
     "simulate_multiome",

@@ -45,6 +45,33 @@ def _row_chunks(matrix, chunk_rows: int = _CHUNK_ROWS) -> Iterator[np.ndarray | 
         yield matrix[start : start + chunk_rows]
 
 
+def row_and_column_sums(matrix, binary: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column sums of a matrix, read in row chunks (in memory or backed on disk).
+
+    Parameters
+    ----------
+    matrix
+        A numpy array, scipy sparse matrix, or a backed AnnData's ``X``.
+    binary
+        Sum ``matrix > 0`` instead of the values (e.g. open peaks per cell).
+
+    Returns
+    -------
+    ``(row_sums, column_sums)`` as float64 arrays.
+
+    Examples
+    --------
+    >>> n_open, cells_open = row_and_column_sums(atac.X, binary=True)
+    """
+    rows, columns = [], np.zeros(matrix.shape[1])
+    for chunk in _row_chunks(matrix):
+        if binary:
+            chunk = (chunk > 0).astype(np.float64)
+        rows.append(np.asarray(chunk.sum(axis=1), dtype=np.float64).ravel())
+        columns += np.asarray(chunk.sum(axis=0), dtype=np.float64).ravel()
+    return np.concatenate(rows) if rows else np.zeros(0), columns
+
+
 def _values(chunk) -> np.ndarray:
     if sparse.issparse(chunk):
         return np.asarray(chunk.data)

@@ -1,0 +1,1033 @@
+"""MultiVAE: a multimodal VAE over MuData (RNA, ATAC, protein) with missing modalities."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from mudata import MuData
+from scipy import sparse
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import (
+    MuDataCategoricalJointObsField,
+    MuDataCategoricalObsField,
+    MuDataLayerField,
+    MuDataNumericalJointObsField,
+    MuDataNumericalObsField,
+)
+from scvi.model.base import BaseModelClass
+from scvi.utils import setup_anndata_dsp
+
+from scgexp._io import SafeSaveMixin
+from scgexp.data._checks import (
+    InputError,
+    check_matrix,
+    check_obs_keys,
+    get_matrix,
+    row_and_column_sums,
+)
+from scgexp.multivae._module import DATA_KEYS, MODALITIES, PRESENCE_KEYS, MultiVAEModule
+from scgexp.train import (
+    InvarianceTrainingPlan,
+    RestoreBestWeights,
+    TrainingMixin,
+    TrainingPlan,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+logger = logging.getLogger(__name__)
+
+_LAYER_ARGS = {m: f"{m}_layer" for m in MODALITIES}
+_MODALITY_ARGS = (
+    *_LAYER_ARGS.values(),
+    "batch_key",
+    "size_factor_key",
+    "categorical_covariate_keys",
+    "continuous_covariate_keys",
+)
+_STAT_KEYS = {"rna": "n_vars", "atac": "n_atac", "protein": "n_proteins"}
+
+
+def _obs(mdata: MuData | AnnData, modalities: dict, arg: str) -> MuData | AnnData:
+    """Whose ``obs`` holds the columns of setup argument ``arg``: a modality or the MuData."""
+    if isinstance(mdata, MuData) and modalities.get(arg) is not None:
+        return mdata.mod[modalities[arg]]
+    return mdata
+
+
+def _check_modalities(mdata: MuData, modalities: dict | None) -> dict[str, str]:
+    if not isinstance(mdata, MuData):
+        raise InputError(
+            f"MultiVAE needs a MuData, not a {type(mdata).__name__}. Build one with "
+            "`mudata.MuData({'rna': rna, 'atac': atac})`."
+        )
+    if not modalities:
+        raise InputError(
+            "Pass modalities= naming the MuData modality of each data type, e.g. "
+            "modalities={'rna_layer': 'rna', 'atac_layer': 'atac'}."
+        )
+    unknown = sorted(set(modalities) - set(_MODALITY_ARGS))
+    if unknown:
+        raise InputError(
+            f"modalities has unknown keys {unknown}; allowed: {list(_MODALITY_ARGS)}."
+        )
+    for arg, name in modalities.items():
+        if name is not None and name not in mdata.mod:
+            raise InputError(
+                f"modalities[{arg!r}] = {name!r}, but the MuData has no modality {name!r} "
+                f"(modalities: {list(mdata.mod)})."
+            )
+    used = [m for m in MODALITIES if modalities.get(_LAYER_ARGS[m]) is not None]
+    if not used:
+        raise InputError(
+            "modalities names no data: give at least one of 'rna_layer', 'atac_layer', "
+            "'protein_layer'."
+        )
+    names = [modalities[_LAYER_ARGS[m]] for m in used]
+    if len(set(names)) != len(names):
+        raise InputError(
+            f"Each data type needs its own modality; got {dict(zip(used, names, strict=True))}."
+        )
+    return {m: modalities[_LAYER_ARGS[m]] for m in used}
+
+
+class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
+    """Multimodal VAE: a joint latent space of RNA, ATAC and protein, with mosaic cells.
+
+    Each modality has its own encoder; the experts of the modalities a cell has are combined
+    into one posterior (a product of experts by default, see ``joint``), and one decoder per
+    modality reconstructs what the cell has: RNA with a (zero-inflated) negative binomial,
+    ATAC with a Bernoulli with cell and region factors (:cite:p:`Ashuach2022`), protein with a
+    background/foreground negative binomial mixture (:cite:p:`GayosoSteier2021`) or a negative
+    binomial. Cells missing a modality simply have no expert and no reconstruction term for it
+    (mosaic integration). Cells with several modalities also learn to predict each modality
+    from the others (cross-reconstruction) and pull each expert towards the joint posterior
+    (alignment), so each encoder works alone, for per-modality latents and cross-modal
+    prediction (see :class:`~scgexp.multivae.MultiVAEModule`).
+
+    Parameters
+    ----------
+    adata
+        MuData registered with :meth:`setup_mudata`.
+    n_hidden
+        Units of the hidden layers of every encoder and decoder.
+    n_latent
+        Dimension of the joint latent space.
+    n_layers_encoder, n_layers_decoder
+        Hidden layers of the encoders and decoders.
+    dropout_rate
+        Dropout of the encoders.
+    gene_likelihood
+        ``"zinb"`` or ``"nb"``.
+    protein_likelihood
+        ``"mixture"``: background/foreground negative binomial mixture (background learned per
+        protein and batch); ``"nb"``: negative binomial at the observed protein library size.
+    joint
+        ``"poe"``: product of experts with the prior (precisions add); ``"mixture"``: the
+        Gaussian matching the moments of the mixture of experts. See the docs for measurements.
+    alignment_weight
+        Weight of the term that pulls each modality's expert towards the joint posterior.
+    encode_covariates
+        Also give batch and categorical covariates to the encoders.
+    invariance
+        ``None``; ``"mi"``, ``"adversarial"`` or ``"both"``: keep the batch and each
+        modality's sequencing depth out of the joint latent space with the shared
+        :class:`~scgexp.nn.Invariance` penalties, trained by
+        :class:`~scgexp.train.InvarianceTrainingPlan`.
+    invariance_weight
+        Weight of the invariance penalty (see :class:`~scgexp.nn.Invariance`).
+    **module_kwargs
+        Passed to :class:`~scgexp.multivae.MultiVAEModule` (``alignment``,
+        ``cross_reconstruction_weight``, ``cross_reconstruction_targets``, ...).
+
+    Examples
+    --------
+    >>> mdata = scgexp.data.simulate_multiome(n_cells=500, missing_fraction=0.2)
+    >>> MultiVAE.setup_mudata(
+    ...     mdata,
+    ...     batch_key="batch",
+    ...     presence_keys={"rna": "has_rna", "atac": "has_atac"},
+    ...     modalities={"rna_layer": "rna", "atac_layer": "atac"},
+    ... )
+    >>> model = MultiVAE(mdata)
+    >>> model.train(max_epochs=50)
+    >>> mdata.obsm["X_multivae"] = model.get_latent_representation()
+    >>> rna_from_atac = model.predict(mdata, source="atac", target="rna")
+    """
+
+    _module_cls = MultiVAEModule
+
+    def __init__(
+        self,
+        adata: MuData | None = None,
+        registry: dict | None = None,
+        n_hidden: int = 128,
+        n_latent: int = 20,
+        n_layers_encoder: int = 2,
+        n_layers_decoder: int = 2,
+        dropout_rate: float = 0.1,
+        gene_likelihood: Literal["zinb", "nb"] = "zinb",
+        protein_likelihood: Literal["mixture", "nb"] = "mixture",
+        joint: Literal["poe", "mixture"] = "poe",
+        alignment_weight: float = 1.0,
+        encode_covariates: bool = False,
+        invariance: Literal["mi", "adversarial", "both"] | None = None,
+        invariance_weight: float = 1.0,
+        **module_kwargs,
+    ):
+        super().__init__(adata, registry)
+        if invariance not in (None, "mi", "adversarial", "both"):
+            raise ValueError(
+                f"invariance must be None, 'mi', 'adversarial' or 'both', not {invariance!r}."
+            )
+        fields = self.registry_["field_registries"]
+        n_cats_per_cov = None
+        cat_state = fields.get(REGISTRY_KEYS.CAT_COVS_KEY, {}).get("state_registry")
+        if cat_state:
+            n_cats_per_cov = list(cat_state.get("n_cats_per_key", []))
+        stats = self.summary_stats
+        n_features = {
+            m: int(stats[_STAT_KEYS[m]]) for m in self.data_modalities if _STAT_KEYS[m] in stats
+        }
+        self.module = self._module_cls(
+            n_features=n_features,
+            n_batch=stats.n_batch,
+            n_cats_per_cov=n_cats_per_cov,
+            n_continuous_cov=int(stats.get("n_extra_continuous_covs", 0)),
+            n_hidden=n_hidden,
+            n_latent=n_latent,
+            n_layers_encoder=n_layers_encoder,
+            n_layers_decoder=n_layers_decoder,
+            dropout_rate=dropout_rate,
+            gene_likelihood=gene_likelihood,
+            protein_likelihood=protein_likelihood,
+            joint=joint,
+            alignment_weight=alignment_weight,
+            encode_covariates=encode_covariates,
+            use_size_factor_key=self.registry_["setup_args"].get("size_factor_key") is not None,
+            invariance=invariance,
+            invariance_weight=invariance_weight,
+            **module_kwargs,
+        )
+        if adata is not None:
+            self._init_depth()
+            if "atac" in n_features:
+                self._init_atac()
+            if "protein" in n_features:
+                self._init_protein()
+        sizes = ", ".join(f"{m} {n}" for m, n in n_features.items())
+        self._model_summary_string = (
+            f"MultiVAE: {sizes} features; {n_latent} latent dims, {n_hidden} hidden units; "
+            f"joint posterior {joint}; RNA {gene_likelihood}, protein {protein_likelihood}; "
+            f"{stats.n_batch} batch(es); invariance {invariance}"
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+    @property
+    def data_modalities(self) -> list[str]:
+        """Data types the model uses, in the order ``"rna"``, ``"atac"``, ``"protein"``."""
+        modalities = self.registry_["setup_args"]["modalities"]
+        return [m for m in MODALITIES if modalities.get(_LAYER_ARGS[m]) is not None]
+
+    def _modality_name(self, modality: str) -> str:
+        return self.registry_["setup_args"]["modalities"][_LAYER_ARGS[modality]]
+
+    def _init_depth(self) -> None:
+        """Mean and scale of ``log1p(total counts)`` per modality, over the cells that have it."""
+        for i, m in enumerate(self.module.modalities):
+            matrix = self.adata_manager.get_from_registry(DATA_KEYS[m])
+            log_total = np.log1p(row_and_column_sums(matrix)[0])
+            log_total = log_total[log_total > 0] if (log_total > 0).any() else log_total
+            self.module.depth_mean[i] = float(log_total.mean())
+            self.module.depth_scale[i] = float(max(log_total.std(), 1e-3))
+
+    def _init_atac(self) -> None:
+        """Region factors at the log-odds of each region being open; median open regions."""
+        matrix = self.adata_manager.get_from_registry(REGISTRY_KEYS.ATAC_X_KEY)
+        n_open, cells_open = row_and_column_sums(matrix, binary=True)
+        cells = n_open > 0
+        frequency = cells_open / max(int(cells.sum()), 1)  # over the cells with ATAC
+        frequency = np.clip(frequency, 1e-5, 1 - 1e-5)
+        with torch.no_grad():
+            self.module.region_factor.copy_(
+                torch.as_tensor(np.log(frequency / (1 - frequency)), dtype=torch.float32)
+            )
+            self.module.atac_median_open.fill_(float(np.median(n_open[cells])))
+
+    def _init_protein(self) -> None:
+        """Protein background at a low quantile of each protein's counts; median library size."""
+        counts = self.adata_manager.get_from_registry(REGISTRY_KEYS.PROTEIN_EXP_KEY)
+        counts = counts.toarray() if sparse.issparse(counts) else np.asarray(counts)
+        present = counts.sum(1) > 0
+        counts = counts[present] if present.any() else counts
+        totals = counts.sum(1)
+        self.module.protein_median_total.fill_(float(np.median(totals)) if len(totals) else 1.0)
+        if self.module.protein_likelihood == "mixture":
+            low = np.quantile(counts, 0.2, axis=0) if len(counts) else np.ones(counts.shape[1])
+            with torch.no_grad():
+                log_low = torch.as_tensor(np.log1p(low), dtype=torch.float32)
+                self.module.protein_log_background.copy_(
+                    log_low[:, None].expand_as(self.module.protein_log_background)
+                )
+
+    @classmethod
+    def setup_anndata(cls, adata: AnnData, *args, **kwargs) -> None:
+        """Not available: MultiVAE reads a MuData; use :meth:`setup_mudata`.
+
+        Examples
+        --------
+        >>> MultiVAE.setup_mudata(mdata, modalities={"rna_layer": "rna", "atac_layer": "atac"})
+        """
+        raise InputError(
+            "MultiVAE reads a MuData with one modality per data type; use "
+            "MultiVAE.setup_mudata(mdata, modalities={'rna_layer': 'rna', 'atac_layer': 'atac'})."
+        )
+
+    # -- setup ----------------------------------------------------------------------------------
+    @classmethod
+    @setup_anndata_dsp.dedent
+    def setup_mudata(
+        cls,
+        mdata: MuData,
+        rna_layer: str | None = None,
+        atac_layer: str | None = None,
+        protein_layer: str | None = None,
+        batch_key: str | None = None,
+        size_factor_key: str | None = None,
+        categorical_covariate_keys: list[str] | None = None,
+        continuous_covariate_keys: list[str] | None = None,
+        presence_keys: dict[str, str] | None = None,
+        modalities: dict[str, str] | None = None,
+        **kwargs,
+    ) -> None:
+        """%(summary_mdata)s.
+
+        Which data types the model uses is set by ``modalities``: any one, two or three of
+        RNA, ATAC and protein. The MuData is never reordered or reassigned.
+
+        Cells missing a modality (mosaic data) must still have a row in it, all zeros, so every
+        modality has the cells of the MuData in the same order. Either flag them explicitly
+        with ``presence_keys`` (boolean ``mdata.obs`` columns), or leave ``presence_keys``
+        unset: then a cell whose row of a modality is all zero counts as missing it.
+
+        Parameters
+        ----------
+        %(param_mdata)s
+        rna_layer, atac_layer, protein_layer
+            Layer of the modality with raw counts; ``None``: its ``X``.
+        %(param_batch_key)s
+        size_factor_key
+            Numerical ``obs`` column with each cell's RNA size factor (library size);
+            ``None``: total RNA counts.
+        %(param_cat_cov_keys)s
+        %(param_cont_cov_keys)s
+        presence_keys
+            For each data type, a boolean ``mdata.obs`` column that is ``True`` where the cell
+            has that modality, e.g. ``{"rna": "has_rna", "atac": "has_atac"}``. Data types left
+            out count as missing where their row is all zero.
+        modalities
+            Modality of ``mdata`` for each data type and ``obs`` key, e.g.
+            ``{"rna_layer": "rna", "atac_layer": "atac", "batch_key": "rna"}``. Keys:
+            ``rna_layer``, ``atac_layer``, ``protein_layer`` (the data types to use),
+            ``batch_key``, ``size_factor_key``, ``categorical_covariate_keys``,
+            ``continuous_covariate_keys`` (whose ``obs`` to read; absent: ``mdata.obs``).
+
+        Examples
+        --------
+        >>> MultiVAE.setup_mudata(
+        ...     mdata, batch_key="batch", modalities={"rna_layer": "rna", "atac_layer": "atac"}
+        ... )
+        """
+        setup_method_args = cls._get_setup_method_args(**locals())
+        names = _check_modalities(mdata, modalities)
+        layers = {"rna": rna_layer, "atac": atac_layer, "protein": protein_layer}
+        for data_type, name in names.items():
+            mod = mdata.mod[name]
+            where = f"modality {name!r} ({data_type}): "
+            if mod.n_obs != mdata.n_obs or not mod.obs_names.equals(mdata.obs_names):
+                raise InputError(
+                    f"{where}its cells do not match the MuData's ({mod.n_obs} vs {mdata.n_obs} "
+                    "cells, or another order). MultiVAE needs every modality to hold every cell "
+                    "in the same order: give cells missing a modality an all-zero row and flag "
+                    "them (presence_keys), e.g. by building the MuData with `axis=0` joins and "
+                    "padding, then `mdata.update()`."
+                )
+            if mod.n_vars == 0:
+                raise InputError(f"{where}it has no features; drop it from modalities.")
+            check_matrix(mod, layers[data_type], counts=True, allow_empty_cells=True, where=where)
+        presence_keys = dict(presence_keys or {})
+        unknown = sorted(set(presence_keys) - set(names))
+        if unknown:
+            raise InputError(
+                f"presence_keys names data types the model does not use: {unknown} "
+                f"(used: {list(names)})."
+            )
+        check_obs_keys(mdata, continuous=list(presence_keys.values()), where="MuData: ")
+        cls._check_every_cell_has_data(mdata, names, layers, presence_keys)
+        modalities = dict(modalities)
+        check_obs_keys(
+            _obs(mdata, modalities, "batch_key"), categorical=[batch_key] if batch_key else []
+        )
+        check_obs_keys(
+            _obs(mdata, modalities, "categorical_covariate_keys"),
+            categorical=categorical_covariate_keys,
+        )
+        check_obs_keys(
+            _obs(mdata, modalities, "continuous_covariate_keys"),
+            continuous=continuous_covariate_keys,
+        )
+        if size_factor_key is not None:
+            obs = _obs(mdata, modalities, "size_factor_key").obs
+            check_obs_keys(
+                _obs(mdata, modalities, "size_factor_key"), continuous=[size_factor_key]
+            )
+            if np.any(obs[size_factor_key].to_numpy(float) <= 0):
+                raise InputError(f"obs[{size_factor_key!r}] must hold positive size factors.")
+
+        fields = [
+            MuDataCategoricalObsField(
+                REGISTRY_KEYS.BATCH_KEY, batch_key, mod_key=modalities.get("batch_key")
+            ),
+            MuDataCategoricalJointObsField(
+                REGISTRY_KEYS.CAT_COVS_KEY,
+                categorical_covariate_keys,
+                mod_key=modalities.get("categorical_covariate_keys"),
+            ),
+            MuDataNumericalJointObsField(
+                REGISTRY_KEYS.CONT_COVS_KEY,
+                continuous_covariate_keys,
+                mod_key=modalities.get("continuous_covariate_keys"),
+            ),
+        ]
+        if size_factor_key is not None:
+            fields.append(
+                MuDataNumericalObsField(
+                    REGISTRY_KEYS.SIZE_FACTOR_KEY,
+                    size_factor_key,
+                    mod_key=modalities.get("size_factor_key"),
+                )
+            )
+        for data_type, name in names.items():
+            fields.append(
+                MuDataLayerField(
+                    DATA_KEYS[data_type],
+                    layers[data_type],
+                    mod_key=name,
+                    is_count_data=True,
+                    mod_required=True,
+                )
+            )
+            if data_type in presence_keys:
+                fields.append(
+                    MuDataNumericalObsField(
+                        PRESENCE_KEYS[data_type], presence_keys[data_type], mod_key=None
+                    )
+                )
+        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(mdata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    @staticmethod
+    def _check_every_cell_has_data(mdata, names, layers, presence_keys) -> None:
+        has_any = np.zeros(mdata.n_obs, dtype=bool)
+        for data_type, name in names.items():
+            if data_type in presence_keys:
+                present = mdata.obs[presence_keys[data_type]].to_numpy(dtype=float) > 0.5
+            else:
+                matrix = get_matrix(mdata.mod[name], layers[data_type])
+                present = row_and_column_sums(matrix)[0] > 0
+            n_missing = int((~present).sum())
+            if n_missing:
+                how = (
+                    f"flag {presence_keys[data_type]!r}"
+                    if data_type in presence_keys
+                    else ("all-zero rows")
+                )
+                logger.info(
+                    "%d cells miss %s (%s); they train on their other data.",
+                    n_missing,
+                    data_type,
+                    how,
+                )
+            has_any |= present
+        if not has_any.all():
+            raise InputError(
+                f"{int((~has_any).sum())} cells have none of the modalities {list(names)} "
+                "(all-zero rows or flagged missing everywhere). Remove them first."
+            )
+
+    # -- training -------------------------------------------------------------------------------
+    def train(
+        self,
+        max_epochs: int | None = None,
+        batch_size: int = 128,
+        early_stopping: bool = True,
+        early_stopping_patience: int = 15,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-6,
+        n_epochs_kl_warmup: int | None = 20,
+        train_size: float = 0.9,
+        gradient_clip_val: float | None = 10.0,
+        plan_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ):
+        """Train with Adam on minibatches, stopping on the validation loss.
+
+        Parameters
+        ----------
+        max_epochs
+            Upper bound on epochs. ``None``: ``2e6 / n_cells``, between 50 and 500.
+        batch_size
+            Minibatch size.
+        early_stopping
+            Stop when the validation loss has not improved for ``early_stopping_patience``
+            epochs and restore the weights of the best epoch.
+        early_stopping_patience
+            Epochs without improvement before stopping.
+        lr, weight_decay
+            Learning rate and weight decay of Adam.
+        n_epochs_kl_warmup
+            Epochs over which the weight of the KL term rises linearly from 0 to 1.
+        train_size
+            Share of cells used for training; the rest validate.
+        gradient_clip_val
+            Clip gradients to this norm; ``None`` to turn off.
+        plan_kwargs
+            Other arguments of the training plan: :class:`scgexp.train.TrainingPlan`, or
+            :class:`~scgexp.train.InvarianceTrainingPlan` when the model has ``invariance``
+            (e.g. ``n_epochs_warmup``, ``lr_decay``).
+        **trainer_kwargs
+            Passed to :meth:`scgexp.train.TrainingMixin.train` (``data_mode``) and on to
+            Lightning.
+
+        Examples
+        --------
+        >>> model.train(max_epochs=100)
+        >>> model.history["validation_loss"].tail()
+        """
+        if max_epochs is None:
+            max_epochs = int(min(500, max(50, round(2e6 / max(self.summary_stats.n_cells, 1)))))
+        plan_kwargs = {
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "n_epochs_kl_warmup": n_epochs_kl_warmup,
+            **(plan_kwargs or {}),
+        }
+        validate = train_size < 1.0
+        callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
+        if early_stopping and validate:
+            callbacks.append(RestoreBestWeights(monitor="validation_loss"))
+        trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        self._training_plan_cls = TrainingPlan
+        if self.module.invariance is not None:
+            # Manual optimisation: the plan clips gradients itself.
+            self._training_plan_cls = InvarianceTrainingPlan
+            plan_kwargs.setdefault("gradient_clip_val", gradient_clip_val)
+            plan_kwargs.setdefault("n_epochs_warmup", 0)
+        elif gradient_clip_val is not None:
+            trainer_kwargs.setdefault("gradient_clip_val", gradient_clip_val)
+        return super().train(
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            train_size=train_size,
+            early_stopping=early_stopping and validate,
+            early_stopping_monitor="validation_loss",
+            early_stopping_patience=early_stopping_patience,
+            plan_kwargs=plan_kwargs,
+            callbacks=callbacks,
+            **trainer_kwargs,
+        )
+
+    # -- outputs on registered data -------------------------------------------------------------
+    def _check_modality(self, modality: str | None, allow_none: bool = True) -> None:
+        if modality is None and allow_none:
+            return
+        if modality not in self.data_modalities:
+            raise InputError(
+                f"{modality!r} is not a data type of this model; it uses {self.data_modalities}."
+            )
+
+    def _batch_code(self, transform_batch) -> int | None:
+        if transform_batch is None:
+            return None
+        mapping = list(
+            self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping
+        )
+        if transform_batch not in mapping:
+            raise InputError(
+                f"{transform_batch!r} is not a batch of this model; batches: {mapping}."
+            )
+        return mapping.index(transform_batch)
+
+    def _batches(
+        self,
+        mdata: MuData | None,
+        indices: Sequence[int] | None,
+        batch_size: int | None,
+        use_modalities: Sequence[str] | None = None,
+    ) -> Iterator[tuple[dict, dict]]:
+        self._check_if_trained(warn=False)
+        mdata = self._validate_anndata(mdata)
+        loader = self._make_data_loader(adata=mdata, indices=indices, batch_size=batch_size)
+        self.module.eval()
+        for tensors in loader:
+            inputs = self.module._get_inference_input(tensors)
+            outputs = self.module.inference(**inputs, use_modalities=use_modalities)
+            yield tensors, outputs
+
+    @torch.inference_mode()
+    def get_latent_representation(
+        self,
+        adata: MuData | None = None,
+        indices: Sequence[int] | None = None,
+        modality: Literal["rna", "atac", "protein"] | None = None,
+        give_mean: bool = True,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Joint (or one modality's) latent representation, one row per cell.
+
+        Parameters
+        ----------
+        adata
+            MuData organised like the training data; ``None``: the training data.
+        indices
+            Cells to use; ``None``: all.
+        modality
+            ``None``: the joint posterior of all the modalities each cell has. ``"rna"``,
+            ``"atac"`` or ``"protein"``: the posterior from that modality alone (as for a cell
+            that had only it); cells missing it get rows of NaN.
+        give_mean
+            Posterior mean; ``False``: one draw.
+        batch_size
+            Cells per forward pass.
+
+        Returns
+        -------
+        Array of shape ``(n_cells, n_latent)``.
+
+        Examples
+        --------
+        >>> mdata.obsm["X_multivae"] = model.get_latent_representation()
+        >>> mdata.obsm["X_multivae_atac"] = model.get_latent_representation(modality="atac")
+        """
+        self._check_modality(modality)
+        use = [modality] if modality is not None else None
+        latent = []
+        for _, outputs in self._batches(adata, indices, batch_size, use):
+            z = outputs["qzm"] if give_mean else outputs["z"]
+            z = z.cpu().numpy().astype(np.float32)
+            if modality is not None:
+                z[~outputs["masks"][modality].cpu().numpy()] = np.nan
+            latent.append(z)
+        return np.concatenate(latent)
+
+    @torch.inference_mode()
+    def _decoded(
+        self,
+        target: str,
+        adata: MuData | None,
+        indices: Sequence[int] | None,
+        transform_batch,
+        batch_size: int | None,
+        n_samples: int,
+        use_modalities: Sequence[str] | None = None,
+    ) -> np.ndarray:
+        """Normalised output of ``target`` (see the public methods), averaged over draws."""
+        self._check_modality(target, allow_none=False)
+        code = self._batch_code(transform_batch)
+        out = []
+        for tensors, inference in self._batches(adata, indices, batch_size, use_modalities):
+            generative_input = self.module._get_generative_input(tensors, inference)
+            draws = []
+            for i in range(max(n_samples, 1)):
+                z = inference["qzm"] if n_samples <= 1 else inference["qz"].sample()
+                del i
+                generative_input["z"] = z
+                generative_input["library"] = {}
+                outputs = self.module.generative(
+                    **generative_input, transform_batch=code, modalities=[target]
+                )
+                draws.append(self._normalised(target, outputs[f"p_{target}"]))
+            out.append(torch.stack(draws).mean(0).cpu().numpy())
+        return np.concatenate(out)
+
+    def _normalised(self, target: str, dist, include_background: bool = False) -> torch.Tensor:
+        if target == "rna":
+            return dist.scale
+        if target == "atac":
+            return dist.probs
+        if self.module.protein_likelihood == "nb":
+            return dist.mu
+        background = torch.sigmoid(dist.mixture_logits)
+        foreground = (1.0 - background) * dist.mu2
+        return foreground + background * dist.mu1 if include_background else foreground
+
+    def _frame(self, values, target, feature_list, adata, indices, return_numpy):
+        names = self._var_names(target)
+        if feature_list is not None:
+            missing = [f for f in feature_list if f not in set(names)]
+            if missing:
+                raise InputError(f"Not features of {target}: {missing[:10]}.")
+            position = pd.Index(names).get_indexer(feature_list)
+            values, names = values[:, position], pd.Index(feature_list)
+        if return_numpy:
+            return values
+        adata = adata if adata is not None else self.adata
+        obs_names = adata.obs_names if adata is not None else None
+        if obs_names is not None and indices is not None:
+            obs_names = obs_names[np.asarray(indices)]
+        return pd.DataFrame(values, index=obs_names, columns=names)
+
+    def get_normalized_expression(
+        self,
+        adata: MuData | None = None,
+        indices: Sequence[int] | None = None,
+        transform_batch: str | None = None,
+        gene_list: Sequence[str] | None = None,
+        library_size: float = 1.0,
+        n_samples: int = 1,
+        batch_size: int | None = None,
+        return_numpy: bool = False,
+    ) -> pd.DataFrame | np.ndarray:
+        """Expected RNA expression per cell, decoded from the joint posterior.
+
+        For cells without RNA this is RNA imputed from their other modalities.
+
+        Parameters
+        ----------
+        adata
+            MuData organised like the training data; ``None``: the training data.
+        indices
+            Cells to use; ``None``: all.
+        transform_batch
+            Decode every cell as this batch (batch-corrected values); ``None``: its own.
+        gene_list
+            Return these genes only.
+        library_size
+            Scale the expression proportions to this total (e.g. ``1e4``).
+        n_samples
+            Average over this many posterior draws; 1: decode the posterior mean.
+        batch_size
+            Cells per forward pass.
+        return_numpy
+            Return an array instead of a DataFrame.
+
+        Returns
+        -------
+        Cells × genes :class:`~pandas.DataFrame` (or array).
+
+        Examples
+        --------
+        >>> mdata["rna"].layers["multivae"] = model.get_normalized_expression(
+        ...     library_size=1e4, return_numpy=True
+        ... )
+        """
+        values = self._decoded("rna", adata, indices, transform_batch, batch_size, n_samples)
+        return self._frame(values * library_size, "rna", gene_list, adata, indices, return_numpy)
+
+    def get_normalized_accessibility(
+        self,
+        adata: MuData | None = None,
+        indices: Sequence[int] | None = None,
+        transform_batch: str | None = None,
+        region_list: Sequence[str] | None = None,
+        n_samples: int = 1,
+        batch_size: int | None = None,
+        return_numpy: bool = False,
+    ) -> pd.DataFrame | np.ndarray:
+        """Probability that each region is open, for a cell of typical depth.
+
+        It is the decoder output times the region factor, without the cell factor, so cells
+        are comparable whatever their depth (and cells without ATAC get imputed values).
+
+        Parameters
+        ----------
+        adata, indices, transform_batch, n_samples, batch_size, return_numpy
+            As in :meth:`get_normalized_expression`.
+        region_list
+            Return these regions only.
+
+        Returns
+        -------
+        Cells × regions :class:`~pandas.DataFrame` (or array) of probabilities.
+
+        Examples
+        --------
+        >>> accessibility = model.get_normalized_accessibility(return_numpy=True)
+        """
+        values = self._decoded("atac", adata, indices, transform_batch, batch_size, n_samples)
+        return self._frame(values, "atac", region_list, adata, indices, return_numpy)
+
+    def get_normalized_protein(
+        self,
+        adata: MuData | None = None,
+        indices: Sequence[int] | None = None,
+        transform_batch: str | None = None,
+        protein_list: Sequence[str] | None = None,
+        n_samples: int = 1,
+        batch_size: int | None = None,
+        return_numpy: bool = False,
+    ) -> pd.DataFrame | np.ndarray:
+        """Denoised protein counts per cell.
+
+        With the mixture likelihood: the expected foreground counts (background removed);
+        with ``"nb"``: the expected counts at the median protein library size of training.
+
+        Parameters
+        ----------
+        adata, indices, transform_batch, n_samples, batch_size, return_numpy
+            As in :meth:`get_normalized_expression`.
+        protein_list
+            Return these proteins only.
+
+        Returns
+        -------
+        Cells × proteins :class:`~pandas.DataFrame` (or array).
+
+        Examples
+        --------
+        >>> proteins = model.get_normalized_protein()
+        """
+        values = self._decoded("protein", adata, indices, transform_batch, batch_size, n_samples)
+        return self._frame(values, "protein", protein_list, adata, indices, return_numpy)
+
+    # -- cross-modal prediction on new data -----------------------------------------------------
+    def _var_names(self, data_type: str) -> pd.Index:
+        name = self._modality_name(data_type)
+        if isinstance(self.adata, MuData):
+            return self.adata.mod[name].var_names
+        return pd.Index(self._loaded_var_names[name])
+
+    def _source_data(self, data: MuData | AnnData, source: str) -> tuple[AnnData, object]:
+        """The source modality's AnnData and its count matrix in training feature order."""
+        name = self._modality_name(source)
+        if isinstance(data, MuData):
+            if name not in data.mod:
+                raise InputError(
+                    f"The MuData has no modality {name!r} (the {source} of training); "
+                    f"it has {list(data.mod)}."
+                )
+            adata = data.mod[name]
+        elif isinstance(data, AnnData):
+            adata = data
+        else:
+            raise InputError(f"predict needs a MuData or an AnnData, not {type(data).__name__}.")
+        layer = self.registry_["setup_args"][_LAYER_ARGS[source]]
+        check_matrix(
+            adata, layer, counts=True, allow_empty_cells=True, where=f"{source} ({name!r}): "
+        )
+        matrix = get_matrix(adata, layer)
+        trained = self._var_names(source)
+        if not adata.var_names.equals(trained):
+            position = adata.var_names.get_indexer(trained)
+            if adata.var_names.has_duplicates or (position < 0).any():
+                n_missing = int((position < 0).sum())
+                raise InputError(
+                    f"{source} ({name!r}) lacks {n_missing} of the {len(trained)} features the "
+                    "model was trained on (or has duplicate names). Subset or pad it to the "
+                    "training features (the model's var names) first."
+                )
+            logger.info("Reordering the %s features to the training order.", source)
+            matrix = matrix[:, position]
+        return adata, matrix
+
+    def _codes(self, data, obs: pd.DataFrame, setup_arg: str, registry_key: str, keys) -> list:
+        """Integer codes of categorical ``obs`` columns, in the training mappings."""
+        if not keys:
+            return []
+        fields = self.registry_["field_registries"][registry_key]["state_registry"]
+        mappings = (
+            {keys[0]: fields["categorical_mapping"]}
+            if registry_key == REGISTRY_KEYS.BATCH_KEY
+            else fields["mappings"]
+        )
+        codes = []
+        for key in keys:
+            column = self._column(data, obs, setup_arg, key)
+            known = pd.Index(np.asarray(mappings[key]))
+            position = known.get_indexer(column.astype(str) if known.dtype == object else column)
+            if (position < 0).any():
+                unknown = pd.unique(column[position < 0])[:10]
+                raise InputError(
+                    f"obs[{key!r}] has categories the model was not trained with: "
+                    f"{list(unknown)}; it knows {list(known)}."
+                )
+            codes.append(position)
+        return codes
+
+    def _column(self, data, obs: pd.DataFrame, setup_arg: str, key: str) -> pd.Series:
+        modalities = self.registry_["setup_args"]["modalities"]
+        if isinstance(data, MuData):
+            frame = _obs(data, modalities, setup_arg).obs
+        else:
+            frame = obs
+        if key not in frame:
+            raise InputError(
+                f"obs has no column {key!r}, which the model needs ({setup_arg}). Add it, "
+                "or pass transform_batch= to decode every cell as one batch."
+            )
+        return frame[key].reindex(obs.index) if isinstance(data, MuData) else frame[key]
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        mdata_new: MuData | AnnData,
+        source: Literal["rna", "atac", "protein"],
+        target: Literal["rna", "atac", "protein"],
+        transform_batch: str | None = None,
+        n_samples: int = 25,
+        batch_size: int = 256,
+    ) -> AnnData:
+        """Predict one modality from another (cross-modal prediction), with uncertainty.
+
+        Only the ``source`` modality of the new cells is read: it is encoded alone and the
+        ``target`` decoder turns the posterior into normalised values of the target modality.
+        New cells need not have the target modality, and features of the source may come in
+        another order or with extra features (they are matched by name).
+
+        Parameters
+        ----------
+        mdata_new
+            MuData with the source modality under its training name, or the source AnnData.
+            Its batch (and covariate) columns are read from the same places as in training.
+        source, target
+            Data types, e.g. ``source="atac", target="rna"``.
+        transform_batch
+            Decode every cell as this batch; ``None``: each cell's own batch.
+        n_samples
+            Posterior draws used for the uncertainty (``layers["std"]``); 0 or 1 skips it.
+        batch_size
+            Cells per forward pass.
+
+        Returns
+        -------
+        AnnData (cells of ``mdata_new`` × target features): ``X`` is decoded from the posterior
+        mean — RNA: expression per 10k counts; ATAC: probability open (typical depth); protein:
+        as in :meth:`get_normalized_protein`. ``layers["std"]``: standard deviation over
+        ``n_samples`` posterior draws, the model's uncertainty about each value.
+
+        Examples
+        --------
+        >>> rna = model.predict(mdata_query, source="atac", target="rna")
+        >>> rna.layers["std"]  # uncertainty of each predicted value
+        """
+        self._check_if_trained(warn=False)
+        self._check_modality(source, allow_none=False)
+        self._check_modality(target, allow_none=False)
+        if source == target:
+            raise InputError("source and target are the same data type; use the get_* methods.")
+        adata, matrix = self._source_data(mdata_new, source)
+        obs = mdata_new.obs if isinstance(mdata_new, MuData) else adata.obs
+        setup_args = self.registry_["setup_args"]
+        code = self._batch_code(transform_batch)
+        n_obs = matrix.shape[0]
+        if code is not None or setup_args.get("batch_key") is None:
+            batch = np.full(n_obs, code or 0)
+        else:
+            (batch,) = self._codes(
+                mdata_new, obs, "batch_key", REGISTRY_KEYS.BATCH_KEY, [setup_args["batch_key"]]
+            )
+        cat_keys = setup_args.get("categorical_covariate_keys") or []
+        cats = self._codes(
+            mdata_new, obs, "categorical_covariate_keys", REGISTRY_KEYS.CAT_COVS_KEY, cat_keys
+        )
+        cont = [
+            self._column(mdata_new, obs, "continuous_covariate_keys", key).to_numpy(float)
+            for key in setup_args.get("continuous_covariate_keys") or []
+        ]
+        if setup_args.get("size_factor_key") and source == "rna":
+            warnings.warn(
+                "predict uses total counts as the RNA library size of new cells.",
+                UserWarning,
+                stacklevel=2,
+            )
+        self.module.eval()
+        device = self.device
+        as_tensor = lambda a: torch.as_tensor(np.asarray(a), device=device)  # noqa: E731
+        means, stds = [], []
+        for start in range(0, n_obs, batch_size):
+            block = slice(start, min(start + batch_size, n_obs))
+            x = matrix[block]
+            x = x.toarray() if sparse.issparse(x) else np.asarray(x)
+            batch_index = as_tensor(batch[block]).reshape(-1, 1).long()
+            cat_covs = (
+                torch.stack([as_tensor(c[block]).long() for c in cats], dim=1) if cats else None
+            )
+            cont_covs = (
+                torch.stack([as_tensor(c[block]).float() for c in cont], dim=1) if cont else None
+            )
+            inference = self.module.inference(
+                batch_index=batch_index,
+                cat_covs=cat_covs,
+                **{f"x_{source}": as_tensor(x).float()},
+                **{f"has_{source}": torch.ones(x.shape[0], device=device)},
+            )
+            covariates = (batch_index, cat_covs, cont_covs)
+            scale = 1e4 if target == "rna" else 1.0
+            mean = self._decode(target, inference["qzm"], *covariates) * scale
+            means.append(mean.cpu().numpy())
+            if n_samples > 1:
+                draws = [
+                    self._decode(target, inference["qz"].sample(), *covariates) * scale
+                    for _ in range(n_samples)
+                ]
+                stds.append(torch.stack(draws).std(0).cpu().numpy())
+        var = pd.DataFrame(index=self._var_names(target).copy())
+        result = AnnData(
+            np.concatenate(means).astype(np.float32), obs=pd.DataFrame(index=obs.index.copy())
+        )
+        result.var_names = var.index
+        if stds:
+            result.layers["std"] = np.concatenate(stds).astype(np.float32)
+        result.uns["multivae_prediction"] = {"source": source, "target": target}
+        return result
+
+    def _decode(self, target, z, batch_index, cat_covs, cont_covs) -> torch.Tensor:
+        outputs = self.module.generative(
+            z, {}, batch_index, cat_covs, cont_covs, modalities=[target]
+        )
+        return self._normalised(target, outputs[f"p_{target}"])
+
+    # -- save / load ----------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        dir_path: str,
+        mdata: MuData | None = None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+        adata: MuData | None = None,
+    ):
+        """Load a model saved with :meth:`save`.
+
+        Parameters
+        ----------
+        dir_path
+            Folder written by :meth:`save`.
+        mdata
+            MuData organised like the training data. ``None``: the MuData saved with the model
+            if any, else no data (enough for :meth:`predict`).
+        accelerator, device
+            Where to put the model.
+        adata
+            Alias of ``mdata`` (the scvi-tools name).
+
+        Examples
+        --------
+        >>> model = MultiVAE.load("multivae_model", mdata=mdata)
+        """
+        return super().load(
+            dir_path,
+            adata=mdata if mdata is not None else adata,
+            accelerator=accelerator,
+            device=device,
+        )

@@ -1,0 +1,293 @@
+from __future__ import annotations
+
+import warnings
+
+import anndata as ad
+import mudata as md
+import numpy as np
+import pandas as pd
+import pytest
+import scvi
+import torch
+from scipy import sparse
+from sklearn.metrics import silhouette_score
+from sklearn.model_selection import cross_val_score
+from sklearn.neighbors import KNeighborsClassifier
+
+from scgexp.data import InputError, simulate_multiome
+from scgexp.multivae import MultiVAE
+
+RNA_ATAC = {"rna_layer": "rna", "atac_layer": "atac"}
+RNA_PROT = {"rna_layer": "rna", "protein_layer": "prot"}
+ALL_THREE = {"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"}
+PRESENCE = {"rna": "has_rna", "atac": "has_atac"}
+
+
+def _mdata(n_cells=200, n_proteins=0, missing_fraction=0.0, seed=0, **kwargs):
+    return simulate_multiome(
+        n_cells=n_cells,
+        n_genes=kwargs.pop("n_genes", 80),
+        n_peaks=kwargs.pop("n_peaks", 150),
+        n_proteins=n_proteins,
+        missing_fraction=missing_fraction,
+        seed=seed,
+        **kwargs,
+    )
+
+
+def _train(mdata, modalities=RNA_ATAC, max_epochs=2, setup_kwargs=None, **model_kwargs):
+    MultiVAE.setup_mudata(mdata, batch_key="batch", modalities=modalities, **(setup_kwargs or {}))
+    model = MultiVAE(mdata, n_latent=model_kwargs.pop("n_latent", 8), **model_kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(max_epochs=max_epochs, enable_progress_bar=False)
+    return model
+
+
+def _knn_accuracy(latent: np.ndarray, labels: np.ndarray) -> float:
+    return float(cross_val_score(KNeighborsClassifier(15), latent, labels, cv=5).mean())
+
+
+def test_joint_latent_beats_each_modality():
+    # Few features per modality, so that neither alone pins down the cell state.
+    mdata = _mdata(n_cells=600, n_genes=40, n_peaks=400, n_cell_types=6, seed=0)
+    model = _train(mdata, max_epochs=40, n_latent=10)
+    latents = {m: model.get_latent_representation(modality=m) for m in (None, "rna", "atac")}
+    both = ~np.isnan(latents["rna"]).any(1) & ~np.isnan(latents["atac"]).any(1)
+    labels = mdata.obs["cell_type"].to_numpy()[both]
+    separation = {m: silhouette_score(z[both], labels) for m, z in latents.items()}
+    assert separation[None] > separation["rna"] + 0.01, separation
+    assert separation[None] > separation["atac"] + 0.01, separation
+    assert _knn_accuracy(latents[None][both], labels) > 0.9
+
+
+def test_mosaic_cells_train_on_what_they_have():
+    mdata = _mdata(missing_fraction=0.3)
+    model = _train(mdata, setup_kwargs={"presence_keys": PRESENCE})
+    has_rna = mdata.obs["has_rna"].to_numpy()
+    history = model.history
+    assert history["fraction_with_rna_train"].iloc[-1, 0] < 1.0
+    assert np.isfinite(history["validation_loss"].to_numpy(dtype=float)).all()
+    joint = model.get_latent_representation()
+    assert np.isfinite(joint).all()
+    rna_only = model.get_latent_representation(modality="rna")
+    np.testing.assert_array_equal(np.isnan(rna_only).any(1), ~has_rna)
+    # Flagged-missing rows are ignored: garbage counts there change neither latent nor loss.
+    altered = mdata.copy()
+    rna = altered["rna"].X.toarray()
+    rna[~has_rna] = np.random.default_rng(0).poisson(5.0, size=rna[~has_rna].shape)
+    altered["rna"].X = sparse.csr_matrix(rna)
+    np.testing.assert_allclose(model.get_latent_representation(altered), joint, rtol=1e-5)
+    # RNA is imputed for the cells without it.
+    expression = model.get_normalized_expression(return_numpy=True)
+    assert np.isfinite(expression[~has_rna]).all()
+
+
+def test_all_zero_rows_count_as_missing_without_flags():
+    mdata = _mdata(missing_fraction=0.3)
+    model = _train(mdata)
+    atac_only = model.get_latent_representation(modality="atac")
+    np.testing.assert_array_equal(np.isnan(atac_only).any(1), ~mdata.obs["has_atac"].to_numpy())
+
+
+@pytest.mark.parametrize(
+    ("modalities", "protein_likelihood"),
+    [
+        (RNA_ATAC, "mixture"),
+        (RNA_PROT, "mixture"),
+        (RNA_PROT, "nb"),
+        ({"atac_layer": "atac", "protein_layer": "prot"}, "mixture"),
+        (ALL_THREE, "mixture"),
+        ({"rna_layer": "rna"}, "mixture"),
+    ],
+)
+def test_modality_combinations(modalities, protein_likelihood, capsys):
+    mdata = _mdata(n_proteins=12)
+    model = _train(mdata, modalities=modalities, protein_likelihood=protein_likelihood)
+    print(model)
+    assert "MultiVAE" in capsys.readouterr().out
+    assert model.get_latent_representation().shape == (200, 8)
+    outputs = {
+        "rna_layer": (model.get_normalized_expression, "rna"),
+        "atac_layer": (model.get_normalized_accessibility, "atac"),
+        "protein_layer": (model.get_normalized_protein, "prot"),
+    }
+    for key, (method, name) in outputs.items():
+        if key not in modalities:
+            with pytest.raises(InputError, match="not a data type"):
+                method()
+            continue
+        frame = method()
+        assert isinstance(frame, pd.DataFrame)
+        assert frame.shape == (200, mdata[name].n_vars)
+        assert list(frame.columns) == list(mdata[name].var_names)
+        assert np.isfinite(frame.to_numpy()).all()
+        assert (frame.to_numpy() >= 0).all()
+    if "rna_layer" in modalities:
+        scaled = model.get_normalized_expression(library_size=1e4, return_numpy=True)
+        np.testing.assert_allclose(scaled.sum(1), 1e4, rtol=1e-3)
+    assert list(mdata.mod) == ["rna", "atac", "prot"]  # never reordered
+
+
+def test_modality_order_is_left_alone():
+    sim = _mdata()
+    mdata = md.MuData({"atac": sim["atac"].copy(), "rna": sim["rna"].copy()})
+    mdata.obs["batch"] = sim.obs["batch"].to_numpy()
+    model = _train(mdata)
+    assert list(mdata.mod) == ["atac", "rna"]
+    assert model.get_normalized_expression().shape == (200, sim["rna"].n_vars)
+
+
+@pytest.mark.parametrize(("source", "target"), [("atac", "rna"), ("rna", "atac")])
+def test_predict_both_directions(source, target):
+    full = _mdata(n_cells=260)
+    train, query = full[:200].copy(), full[200:].copy()
+    model = _train(train, max_epochs=20)
+    name = {"rna": "rna", "atac": "atac"}
+    prediction = model.predict(query, source=source, target=target, n_samples=5)
+    assert isinstance(prediction, ad.AnnData)
+    assert prediction.shape == (60, full[name[target]].n_vars)
+    assert list(prediction.var_names) == list(full[name[target]].var_names)
+    assert list(prediction.obs_names) == list(query.obs_names)
+    assert np.isfinite(prediction.X).all()
+    assert (prediction.layers["std"] >= 0).all()
+    if target == "rna":
+        np.testing.assert_allclose(prediction.X.sum(1), 1e4, rtol=1e-3)
+    else:
+        assert ((prediction.X >= 0) & (prediction.X <= 1)).all()
+    # Only the source is read: an AnnData of it alone, features in another order, works.
+    alone = query[name[source]].copy()
+    shuffled = alone[:, np.random.default_rng(0).permutation(alone.n_vars)].copy()
+    again = model.predict(shuffled, source=source, target=target, n_samples=0)
+    np.testing.assert_allclose(again.X, prediction.X, rtol=1e-4)
+    assert "std" not in again.layers
+    # Predictions follow the cell states: correlated with the truth across cells.
+    truth = query[name[target]].X.toarray()
+    truth = truth / np.maximum(truth.sum(1, keepdims=True), 1) if target == "rna" else truth > 0
+    correlation = np.corrcoef(prediction.X.ravel(), np.asarray(truth, dtype=float).ravel())
+    assert correlation[0, 1] > 0.2
+    with pytest.raises(InputError, match="lacks 10 of the"):
+        model.predict(alone[:, 10:].copy(), source=source, target=target)
+
+
+def test_save_load_round_trip(tmp_path):
+    mdata = _mdata(n_proteins=8, missing_fraction=0.2)
+    model = _train(mdata, modalities=ALL_THREE, setup_kwargs={"presence_keys": PRESENCE})
+    latent = model.get_latent_representation()
+    expression = model.get_normalized_expression(return_numpy=True)
+    prediction = model.predict(mdata, source="atac", target="protein", n_samples=0).X
+    model.save(tmp_path / "model", save_anndata=True)
+
+    loaded = MultiVAE.load(tmp_path / "model")
+    np.testing.assert_array_equal(loaded.get_latent_representation(), latent)
+    np.testing.assert_array_equal(loaded.get_normalized_expression(return_numpy=True), expression)
+    again = MultiVAE.load(tmp_path / "model", mdata=mdata)
+    np.testing.assert_array_equal(again.get_latent_representation(), latent)
+    assert list(mdata.mod) == ["rna", "atac", "prot"]
+
+    model.save(tmp_path / "no_data")
+    bare = MultiVAE.load(tmp_path / "no_data")
+    assert bare.adata is None
+    np.testing.assert_array_equal(
+        bare.predict(mdata, source="atac", target="protein", n_samples=0).X, prediction
+    )
+
+
+@pytest.mark.parametrize("invariance", ["mi", "adversarial"])
+def test_invariance_trains(invariance, tmp_path):
+    mdata = _mdata()
+    model = _train(mdata, invariance=invariance, max_epochs=3)
+    history = model.history
+    assert np.isfinite(history["validation_loss"].to_numpy(dtype=float)).all()
+    assert "invariance_penalty_train" in history
+    if invariance == "adversarial":
+        assert "discriminator_loss_train" in history
+    latent = model.get_latent_representation()
+    model.save(tmp_path / "model")
+    loaded = MultiVAE.load(tmp_path / "model", mdata=mdata)
+    np.testing.assert_array_equal(loaded.get_latent_representation(), latent)
+
+
+def test_seeded():
+    results = []
+    for _ in range(2):
+        scvi.settings.seed = 0
+        results.append(_train(_mdata()).get_latent_representation())
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-6)
+
+
+# -- bad inputs ---------------------------------------------------------------------------------
+def test_refuses_mismatched_obs():
+    sim = _mdata()
+    mdata = md.MuData({"rna": sim["rna"][:150].copy(), "atac": sim["atac"].copy()})
+    with pytest.raises(InputError, match="cells do not match"):
+        MultiVAE.setup_mudata(mdata, modalities=RNA_ATAC)
+    shuffled = md.MuData({"rna": sim["rna"][::-1].copy(), "atac": sim["atac"].copy()})
+    with pytest.raises(InputError, match="cells do not match"):
+        MultiVAE.setup_mudata(shuffled, modalities=RNA_ATAC)
+
+
+def test_refuses_bad_modalities():
+    mdata = _mdata()
+    with pytest.raises(InputError, match="no modality 'protein'"):
+        MultiVAE.setup_mudata(mdata, modalities={"rna_layer": "rna", "protein_layer": "protein"})
+    with pytest.raises(InputError, match="unknown keys"):
+        MultiVAE.setup_mudata(mdata, modalities={"rna": "rna"})
+    with pytest.raises(InputError, match="modalities="):
+        MultiVAE.setup_mudata(mdata)
+    with pytest.raises(InputError, match="names no data"):
+        MultiVAE.setup_mudata(mdata, modalities={"batch_key": "rna"})
+    with pytest.raises(InputError, match="MuData"):
+        MultiVAE.setup_mudata(mdata["rna"], modalities=RNA_ATAC)
+    with pytest.raises(InputError, match="setup_mudata"):
+        MultiVAE.setup_anndata(mdata["rna"])
+    with pytest.raises(InputError, match="no column 'plate'"):
+        MultiVAE.setup_mudata(mdata, batch_key="plate", modalities=RNA_ATAC)
+    with pytest.raises(InputError, match="presence_keys"):
+        MultiVAE.setup_mudata(mdata, presence_keys={"protein": "has_rna"}, modalities=RNA_ATAC)
+
+
+def test_refuses_bad_matrices():
+    sim = _mdata(n_proteins=6)
+    empty = md.MuData(
+        {"rna": sim["rna"].copy(), "atac": ad.AnnData(np.zeros((200, 0)), obs=sim.obs.copy())}
+    )
+    with pytest.raises(InputError, match="no features"):
+        MultiVAE.setup_mudata(empty, modalities=RNA_ATAC)
+    prot = sim["prot"].copy()
+    prot.X = np.log1p(prot.X.toarray())
+    lognorm = md.MuData({"rna": sim["rna"].copy(), "prot": prot})
+    with pytest.raises(InputError, match="non-integer"):
+        MultiVAE.setup_mudata(lognorm, modalities=RNA_PROT)
+    rna = sim["rna"].copy()
+    rna.X = rna.X.toarray()
+    rna.X[0, 0] = np.nan
+    with_nan = md.MuData({"rna": rna, "atac": sim["atac"].copy()})
+    with pytest.raises(InputError, match="NaN"):
+        MultiVAE.setup_mudata(with_nan, modalities=RNA_ATAC)
+    nothing = _mdata(missing_fraction=0.2)
+    nothing["atac"].X = sparse.csr_matrix(nothing["atac"].shape, dtype=np.float32)
+    with pytest.raises(InputError, match="none of the modalities"):
+        MultiVAE.setup_mudata(nothing, modalities=RNA_ATAC)
+
+
+def test_refuses_bad_requests():
+    mdata = _mdata()
+    model = _train(mdata, max_epochs=1)
+    with pytest.raises(InputError, match="not a data type"):
+        model.get_latent_representation(modality="protein")
+    with pytest.raises(InputError, match="same data type"):
+        model.predict(mdata, source="rna", target="rna")
+    with pytest.raises(InputError, match="no modality 'atac'"):
+        model.predict(md.MuData({"rna": mdata["rna"].copy()}), source="atac", target="rna")
+    with pytest.raises(InputError, match="not a batch"):
+        model.get_normalized_expression(transform_batch="batch_9")
+    query = mdata["atac"].copy()
+    query.obs["batch"] = "batch_9"
+    with pytest.raises(InputError, match="not trained with"):
+        model.predict(query, source="atac", target="rna")
+    with pytest.raises(ValueError, match="joint"):
+        MultiVAE(mdata, joint="sum")
+    with pytest.raises(ValueError, match="invariance"):
+        MultiVAE(mdata, invariance="gan")
+    assert torch.get_num_threads() == 1

@@ -72,6 +72,45 @@ def test_fit_and_predict_sailer(tmp_path):
     np.testing.assert_allclose(again.obsm["X_sailer"], fitted.obsm["X_sailer"], rtol=1e-5)
 
 
+def test_fit_and_predict_multivae(tmp_path):
+    import mudata
+
+    path = tmp_path / "multiome.h5mu"
+    scgexp.data.simulate_multiome(n_cells=150, n_genes=40, n_peaks=80, seed=0).write(path)
+    out, model_dir = tmp_path / "joint.h5mu", tmp_path / "multivae_model"
+    result = _invoke(
+        "fit", "multivae", path, "--out", out, "--model-dir", model_dir, "--epochs", "2"
+    )
+    assert result.exit_code == 0, result.output
+    fitted = mudata.read_h5mu(out)
+    assert fitted.obsm["X_multivae"].shape == (150, 20)
+    assert fitted.obsm["X_multivae_atac"].shape == (150, 20)
+    assert fitted["rna"].layers["multivae_normalized"].shape == (150, 40)
+    assert fitted["atac"].layers["multivae_accessibility"].shape == (150, 80)
+    result = _invoke("predict", model_dir, path, "--out", tmp_path / "again.h5mu")
+    assert result.exit_code == 0, result.output
+    again = mudata.read_h5mu(tmp_path / "again.h5mu")
+    np.testing.assert_allclose(again.obsm["X_multivae"], fitted.obsm["X_multivae"], rtol=1e-5)
+    # An AnnData is refused for MultiVAE, and a modality that does not exist is named.
+    result = CliRunner().invoke(
+        main,
+        [
+            "fit",
+            "multivae",
+            str(path).replace(".h5mu", ".h5ad"),
+            "--out",
+            str(tmp_path / "x.h5ad"),
+        ],
+    )
+    assert result.exit_code == 1
+    assert "takes MuData" in result.output
+    result = CliRunner().invoke(
+        main, ["fit", "multivae", str(path), "--out", str(out), "--atac-mod", "chromatin"]
+    )
+    assert result.exit_code == 1
+    assert "no modality 'chromatin'" in result.output
+
+
 def test_fit_and_predict_zinb(counts_file, tmp_path):
     out = tmp_path / "denoised.h5ad"
     model_dir = tmp_path / "zinb_model"
@@ -138,3 +177,11 @@ def test_unknown_model_is_refused(counts_file, tmp_path):
     result = CliRunner().invoke(main, ["fit", "scvi", str(counts_file), "--out", "x.h5ad"])
     assert result.exit_code == 2
     assert "'scvi' is not one of" in result.output
+
+
+def test_command_line_knows_every_model():
+    from scgexp.cli._main import MODEL_NAMES
+    from scgexp.cli._specs import MODELS
+
+    assert MODEL_NAMES == list(MODELS)
+    assert {spec.cls.__name__ for spec in MODELS.values()} == set(scgexp.model.__all__)

@@ -13,6 +13,7 @@ from scgexp.data import InputError
 logger = logging.getLogger(__name__)
 
 FILE_TYPES = (".h5ad", ".h5mu")
+MODEL_NAMES = ["dgex", "zinb", "sailer", "multivae"]  # the keys of _specs.MODELS
 
 
 def _read(path: Path):
@@ -29,11 +30,13 @@ def _read(path: Path):
         raise InputError(f"{path} could not be read as {path.suffix}: {error}") from error
 
 
-def _check_output(input_path: Path, output: Path, model_dir: Path | None = None) -> None:
-    if input_path.suffix == ".h5mu":
+def _check_output(
+    input_path: Path, output: Path, model_dir: Path | None = None, model: str | None = None
+) -> None:
+    if model is not None and (input_path.suffix == ".h5mu") != (model == "multivae"):
         raise InputError(
-            f"{input_path}: dgex, zinb and sailer take AnnData (.h5ad); pass one modality, "
-            "e.g. `mdata['rna'].write_h5ad(...)`."
+            f"{input_path}: multivae takes MuData (.h5mu); dgex, zinb and sailer take AnnData "
+            "(.h5ad), e.g. one modality written with `mdata['rna'].write_h5ad(...)`."
         )
     if input_path.suffix not in FILE_TYPES:
         raise InputError(f"{input_path} is neither .h5ad nor .h5mu; convert it to AnnData first.")
@@ -103,7 +106,7 @@ def demo(out_dir: Path, epochs: int | None, accelerator: str) -> None:
 
 
 @main.command()
-@click.argument("model_name", metavar="MODEL", type=click.Choice(["dgex", "zinb", "sailer"]))
+@click.argument("model_name", metavar="MODEL", type=click.Choice(MODEL_NAMES))
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option(
     "--out",
@@ -119,6 +122,11 @@ def demo(out_dir: Path, epochs: int | None, accelerator: str) -> None:
     default="landmark",
     show_default=True,
     help="DGEX: boolean var column marking landmark genes.",
+)
+@click.option("--rna-mod", default=None, help="MultiVAE: modality with RNA (default: by name).")
+@click.option("--atac-mod", default=None, help="MultiVAE: modality with ATAC (default: by name).")
+@click.option(
+    "--protein-mod", default=None, help="MultiVAE: modality with protein (default: by name)."
 )
 @click.option(
     "--model-dir",
@@ -154,6 +162,9 @@ def fit(
     layer,
     batch_key,
     landmark_key,
+    rna_mod,
+    atac_mod,
+    protein_mod,
     model_dir,
     epochs,
     accelerator,
@@ -165,10 +176,17 @@ def fit(
     from scgexp.cli._specs import MODELS
 
     spec = MODELS[model_name]
-    options = {"layer": layer, "batch_key": batch_key, "landmark_key": landmark_key}
+    options = {
+        "layer": layer,
+        "batch_key": batch_key,
+        "landmark_key": landmark_key,
+        "rna_mod": rna_mod,
+        "atac_mod": atac_mod,
+        "protein_mod": protein_mod,
+    }
 
     def action():
-        _check_output(input_path, output, model_dir)
+        _check_output(input_path, output, model_dir, model=model_name)
         data = _read(input_path)
         spec.setup(data, options)
         model = spec.cls(data)
@@ -213,11 +231,11 @@ def predict(model_dir: Path, input_path: Path, output: Path, rank_map: bool) -> 
     from scgexp.cli._specs import spec_for_class
 
     def action():
-        _check_output(input_path, output)
         if not (model_dir / ATTRIBUTES_FILE).exists():
             raise InputError(f"{model_dir} holds no saved scgexp model; use `scgexp fit` first.")
         registry = _saved_registry(model_dir)
         spec = spec_for_class(registry["model_name"])
+        _check_output(input_path, output, model=spec.key)
         data = _read(input_path)
         model = spec.cls.load(str(model_dir), adata=None if spec.key == "dgex" else data)
         result = spec.results(model, data, {"rank_map": rank_map})

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from scgexp.data import InputError
-from scgexp.model import DGEX, SAILER, ZINBAutoencoder
+from scgexp.model import DGEX, SAILER, MultiVAE, ZINBAutoencoder
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -105,10 +105,74 @@ def _sailer_results(model: SAILER, adata: anndata.AnnData, options: dict):
     return adata
 
 
+_MODALITY_NAMES = {
+    "rna_layer": ("rna", "gex", "rna-seq", "expression"),
+    "atac_layer": ("atac", "peaks", "chromatin"),
+    "protein_layer": ("prot", "protein", "adt", "cite"),
+}
+
+
+def multivae_modalities(mdata, options: dict) -> dict[str, str]:
+    """Which modality of ``mdata`` holds RNA, ATAC and protein: from options, else by name."""
+    chosen = {}
+    for arg, names in _MODALITY_NAMES.items():
+        given = options.get(arg.replace("_layer", "_mod"))
+        if given is not None:
+            if given not in mdata.mod:
+                raise InputError(
+                    f"The MuData has no modality {given!r} (it has {', '.join(mdata.mod)})."
+                )
+            chosen[arg] = given
+            continue
+        found = [m for m in mdata.mod if m.lower() in names]
+        if found:
+            chosen[arg] = found[0]
+    if len(chosen) < 2:
+        raise InputError(
+            f"Found modalities {dict(chosen) or 'none'} among {list(mdata.mod)}; MultiVAE "
+            "needs two or three. Name them with --rna-mod, --atac-mod, --protein-mod."
+        )
+    return chosen
+
+
+def _setup_multivae(mdata, options: dict) -> None:
+    if options.get("batch_key") is not None and options["batch_key"] not in mdata.obs:
+        raise InputError(
+            f"mdata.obs has no column {options['batch_key']!r} (--batch-key). "
+            f"Available: {', '.join(mdata.obs.columns) or 'none'}."
+        )
+    MultiVAE.setup_mudata(
+        mdata,
+        batch_key=options.get("batch_key"),
+        modalities=multivae_modalities(mdata, options),
+    )
+
+
+def _multivae_results(model: MultiVAE, mdata, options: dict):
+    mdata.obsm["X_multivae"] = model.get_latent_representation(mdata)
+    modalities = model.registry_["setup_args"]["modalities"]
+    outputs = {
+        "rna_layer": ("rna", "multivae_normalized", model.get_normalized_expression),
+        "atac_layer": ("atac", "multivae_accessibility", model.get_normalized_accessibility),
+        "protein_layer": ("protein", "multivae_denoised", model.get_normalized_protein),
+    }
+    for arg, (data_type, layer, method) in outputs.items():
+        if arg not in modalities:
+            continue
+        mdata.obsm[f"X_multivae_{data_type}"] = model.get_latent_representation(
+            mdata, modality=data_type
+        )
+        mdata.mod[modalities[arg]].layers[layer] = method(mdata, return_numpy=True)
+    mdata.uns["multivae"] = {"modalities": {k: modalities[k] for k in outputs if k in modalities}}
+    mdata.update()
+    return mdata
+
+
 MODELS: dict[str, ModelSpec] = {
     "dgex": ModelSpec(DGEX, "dgex", _setup_dgex, _dgex_results),
     "zinb": ModelSpec(ZINBAutoencoder, "zinb", _setup_zinb, _zinb_results),
     "sailer": ModelSpec(SAILER, "sailer", _setup_sailer, _sailer_results),
+    "multivae": ModelSpec(MultiVAE, "multivae", _setup_multivae, _multivae_results),
 }
 """Model names accepted by ``scgexp fit``, with the class each stands for."""
 

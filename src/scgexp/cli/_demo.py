@@ -275,6 +275,69 @@ over latent dimensions, scikit-learn); lower is more invariant.
 """
 
 
+def _multivae_section(out: Path, epochs: int | None, accelerator: str) -> str:
+    mdata = scgexp.data.simulate_multiome(
+        n_cells=1200, n_genes=300, n_peaks=600, missing_fraction=0.2, seed=0
+    )
+    scgexp.model.MultiVAE.setup_mudata(
+        mdata,
+        batch_key="batch",
+        presence_keys={"rna": "has_rna", "atac": "has_atac"},
+        modalities={"rna_layer": "rna", "atac_layer": "atac"},
+    )
+    model = scgexp.model.MultiVAE(mdata)
+    start = time.perf_counter()
+    model.train(max_epochs=epochs or 100, accelerator=accelerator)
+    seconds = time.perf_counter() - start
+    paired = (mdata.obs["has_rna"] & mdata.obs["has_atac"]).to_numpy()
+    cells = sc.AnnData(obs=mdata.obs[paired].copy())
+    rows = {}
+    for name, modality in (("joint", None), ("RNA encoder", "rna"), ("ATAC encoder", "atac")):
+        rep = f"X_{modality or 'joint'}"
+        cells.obsm[rep] = model.get_latent_representation(modality=modality)[paired]
+        rows[name] = _cluster_scores(cells, rep, "cell_type")
+    scores = pd.DataFrame(rows).T
+    scores.index.name = "latent (paired cells)"
+    joint = sc.AnnData(obs=mdata.obs.copy())
+    joint.obs["modalities"] = np.where(
+        paired, "RNA + ATAC", np.where(mdata.obs["has_rna"], "RNA only", "ATAC only")
+    )
+    joint.obsm["X_multivae"] = model.get_latent_representation()
+    sc.pp.neighbors(joint, use_rep="X_multivae", key_added="X_multivae")
+    _umaps(
+        joint,
+        "X_multivae",
+        ["cell_type", "modalities", "batch"],
+        out / "multivae_umap.png",
+        "MultiVAE joint latent",
+    )
+    # Cross-modal: RNA predicted from ATAC alone, for paired cells, against the RNA observed.
+    predicted = model.predict(mdata[paired], source="atac", target="rna").X
+    observed = mdata["rna"].X[paired]
+    observed = np.asarray(observed.toarray() if hasattr(observed, "toarray") else observed)
+    observed = np.log1p(observed / np.maximum(observed.sum(1, keepdims=True), 1) * 1e4)
+    predicted = np.log1p(np.asarray(predicted) * 1e4)  # predict gives fractions of a cell's total
+    gene_r = np.array(
+        [np.corrcoef(predicted[:, g], observed[:, g])[0, 1] for g in range(observed.shape[1])]
+    )
+    return f"""## MultiVAE: RNA + ATAC with missing modalities
+
+Simulated multiome (`scgexp.data.simulate_multiome`, 1,200 cells, 300 genes, 600 peaks, two
+batches) in which 10% of the cells lack their ATAC and 10% their RNA (mosaic data, flagged in
+`obs`). One model trains on all cells with what each has; {len(model.history["train_loss"])}
+epochs in {seconds:.1f} s. Leiden clusters of each latent against the cell types, on the cells
+that have both modalities:
+
+{_table(scores)}
+
+![MultiVAE latent](multivae_umap.png)
+
+Cross-modal prediction: RNA predicted from ATAC alone for the paired cells; median per-gene
+Pearson correlation with the observed log-normalised counts {np.nanmedian(gene_r):.3f}
+(mean {np.nanmean(gene_r):.3f}).
+"""
+
+
 def run_demo(out_dir: Path, epochs: int | None = None, accelerator: str = "auto") -> Path:
     """Train each model on embedded data and write ``report.md`` with figures into ``out_dir``.
 
@@ -306,6 +369,7 @@ def run_demo(out_dir: Path, epochs: int | None = None, accelerator: str = "auto"
         ("DGEX", _dgex_section),
         ("ZINBAutoencoder", _zinb_section),
         ("SAILER", _sailer_section),
+        ("MultiVAE", _multivae_section),
     ):
         logger.info("Demo: training %s ...", name)
         sections.append(section(out_dir, epochs, accelerator))

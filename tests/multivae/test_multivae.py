@@ -208,6 +208,30 @@ def test_invariance_trains(invariance, tmp_path):
     np.testing.assert_array_equal(loaded.get_latent_representation(), latent)
 
 
+def test_default_invariance_is_adversarial_on_batch_when_batches_differ():
+    mdata = _mdata()
+    MultiVAE.setup_mudata(mdata, batch_key="batch", modalities=RNA_ATAC)
+    module = MultiVAE(mdata).module
+    assert module.invariance is not None
+    assert module.invariance.method == "adversarial"
+    assert module.invariance.n_continuous == 0  # batch only, as MULTIVI
+    assert MultiVAE(mdata, invariance=None).module.invariance is None
+    assert MultiVAE(mdata, invariance="mi").module.invariance.n_continuous == 2  # + depth
+    one_batch = _mdata()
+    MultiVAE.setup_mudata(one_batch, modalities=RNA_ATAC)
+    assert MultiVAE(one_batch).module.invariance is None
+
+
+def test_default_cross_reconstruction_skips_the_widest_modality():
+    mdata = _mdata(n_genes=80, n_peaks=150, n_proteins=10)
+    MultiVAE.setup_mudata(mdata, modalities=ALL_THREE)
+    assert MultiVAE(mdata).module.cross_reconstruction_targets == ["rna", "protein"]
+    MultiVAE.setup_mudata(mdata, modalities=RNA_PROT)
+    assert MultiVAE(mdata).module.cross_reconstruction_targets == ["protein"]
+    module = MultiVAE(mdata, cross_reconstruction_targets=["rna", "protein"]).module
+    assert module.cross_reconstruction_targets == ["rna", "protein"]
+
+
 def test_seeded():
     results = []
     for _ in range(2):

@@ -107,12 +107,12 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
     into one posterior (a product of experts by default, see ``joint``), and one decoder per
     modality reconstructs what the cell has: RNA with a (zero-inflated) negative binomial,
     ATAC with a Bernoulli with cell and region factors (:cite:p:`Ashuach2022`), protein with a
-    background/foreground negative binomial mixture (:cite:p:`GayosoSteier2021`) or a negative
-    binomial. Cells missing a modality simply have no expert and no reconstruction term for it
-    (mosaic integration). Cells with several modalities also learn to predict each modality
-    from the others (cross-reconstruction) and pull each expert towards the joint posterior
-    (alignment), so each encoder works alone, for per-modality latents and cross-modal
-    prediction (see :class:`~scgexp.multivae.MultiVAEModule`).
+    negative binomial (default) or a background/foreground negative binomial mixture
+    (:cite:p:`GayosoSteier2021`). Cells missing a modality simply have no expert and no
+    reconstruction term for it (mosaic integration). Cells with several modalities also learn
+    to predict each modality from the others (cross-reconstruction) and pull each expert
+    towards the joint posterior (alignment), so each encoder works alone, for per-modality
+    latents and cross-modal prediction (see :class:`~scgexp.multivae.MultiVAEModule`).
 
     Parameters
     ----------
@@ -129,8 +129,11 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
     gene_likelihood
         ``"zinb"`` or ``"nb"``.
     protein_likelihood
+        ``"nb"`` (default): negative binomial at the observed protein library size;
         ``"mixture"``: background/foreground negative binomial mixture (background learned per
-        protein and batch); ``"nb"``: negative binomial at the observed protein library size.
+        protein and batch, after totalVI). On CITE-seq the NB predicted held-out proteins from
+        RNA better (mean per-protein Pearson 0.59 vs 0.40) and mixed batches better; see the
+        docs.
     joint
         ``"poe"``: product of experts with the prior (precisions add); ``"mixture"``: the
         Gaussian matching the moments of the mixture of experts. See the docs for measurements.
@@ -139,10 +142,12 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
     encode_covariates
         Also give batch and categorical covariates to the encoders.
     invariance
-        ``None``; ``"mi"``, ``"adversarial"`` or ``"both"``: keep the batch and each
-        modality's sequencing depth out of the joint latent space with the shared
-        :class:`~scgexp.nn.Invariance` penalties, trained by
-        :class:`~scgexp.train.InvarianceTrainingPlan`.
+        ``"auto"`` (default): ``"adversarial"`` on the batch alone when there are two or more
+        batches (as MULTIVI and totalVI do), else ``None``. ``None``; ``"mi"``,
+        ``"adversarial"`` or ``"both"``: keep the batch and each modality's sequencing depth
+        out of the joint latent space with the shared :class:`~scgexp.nn.Invariance`
+        penalties, trained by :class:`~scgexp.train.InvarianceTrainingPlan` (module argument
+        ``invariance_depth=False``: batch only).
     invariance_weight
         Weight of the invariance penalty (see :class:`~scgexp.nn.Invariance`).
     **module_kwargs
@@ -176,19 +181,23 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         n_layers_decoder: int = 2,
         dropout_rate: float = 0.1,
         gene_likelihood: Literal["zinb", "nb"] = "zinb",
-        protein_likelihood: Literal["mixture", "nb"] = "mixture",
+        protein_likelihood: Literal["nb", "mixture"] = "nb",
         joint: Literal["poe", "mixture"] = "poe",
         alignment_weight: float = 1.0,
         encode_covariates: bool = False,
-        invariance: Literal["mi", "adversarial", "both"] | None = None,
+        invariance: Literal["auto", "mi", "adversarial", "both"] | None = "auto",
         invariance_weight: float = 1.0,
         **module_kwargs,
     ):
         super().__init__(adata, registry)
-        if invariance not in (None, "mi", "adversarial", "both"):
+        if invariance not in (None, "auto", "mi", "adversarial", "both"):
             raise ValueError(
-                f"invariance must be None, 'mi', 'adversarial' or 'both', not {invariance!r}."
+                "invariance must be None, 'auto', 'mi', 'adversarial' or 'both', "
+                f"not {invariance!r}."
             )
+        if invariance == "auto":
+            invariance = "adversarial" if self.summary_stats.n_batch > 1 else None
+            module_kwargs.setdefault("invariance_depth", False)
         fields = self.registry_["field_registries"]
         n_cats_per_cov = None
         cat_state = fields.get(REGISTRY_KEYS.CAT_COVS_KEY, {}).get("state_registry")

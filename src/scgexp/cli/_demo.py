@@ -34,25 +34,32 @@ def _table(frame: pd.DataFrame) -> str:
         "| "
         + " | ".join([str(i), *(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r)])
         + " |"
-        for i, r in zip(frame.index, frame.to_numpy(), strict=True)
+        for i, *r in frame.itertuples()
     ]
     return "\n".join([header, rule, *rows])
 
 
 def _cluster_scores(adata, rep: str, label: str) -> dict[str, float]:
+    """NMI/ARI of Leiden clusters (best resolution, as scib does) and label silhouette."""
     sc.pp.neighbors(adata, use_rep=rep, key_added=rep)
-    sc.tl.leiden(
-        adata,
-        neighbors_key=rep,
-        key_added=f"leiden_{rep}",
-        flavor="igraph",
-        n_iterations=2,
-        random_state=0,
-    )
-    clusters = adata.obs[f"leiden_{rep}"]
+    best = (-1.0, 0.0)
+    for resolution in np.arange(0.2, 2.01, 0.2):
+        sc.tl.leiden(
+            adata,
+            resolution=resolution,
+            neighbors_key=rep,
+            key_added=f"leiden_{rep}",
+            flavor="igraph",
+            n_iterations=2,
+            random_state=0,
+        )
+        clusters = adata.obs[f"leiden_{rep}"]
+        nmi = normalized_mutual_info_score(adata.obs[label], clusters)
+        if nmi > best[0]:
+            best = (nmi, adjusted_rand_score(adata.obs[label], clusters))
     return {
-        "NMI": normalized_mutual_info_score(adata.obs[label], clusters),
-        "ARI": adjusted_rand_score(adata.obs[label], clusters),
+        "NMI": best[0],
+        "ARI": best[1],
         "cell-type silhouette": silhouette_score(adata.obsm[rep], adata.obs[label]),
     }
 
@@ -205,7 +212,8 @@ def _zinb_section(out: Path, epochs: int | None, accelerator: str) -> str:
     return f"""## ZINBAutoencoder: denoising counts
 
 Real data: the same 700 PBMCs as raw counts; {len(model.history["train_loss"])} epochs in
-{seconds:.1f} s. Leiden clusters of each representation against the 10 cell types:
+{seconds:.1f} s. Leiden clusters of each representation (best of resolutions 0.2–2) against
+the 10 cell types:
 
 {_table(scores)}
 

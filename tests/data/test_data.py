@@ -125,3 +125,20 @@ def test_attribute_encoding_round_trips():
     pd.testing.assert_frame_equal(back["frame"], value["frame"])
     assert back["empty"].shape == (0, 3)
     assert back["nested"] == {"t": (1, 2), "inf": float("inf"), "none": None}
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_row_and_column_sums_match_numpy(dense):
+    from scgexp.data import row_and_column_sums
+
+    matrix = sparse.random(25_003, 7, density=0.3, format="csr", random_state=0) * 5
+    values = matrix.toarray()
+    given = values if dense else matrix
+    for kwargs, expected in (
+        ({}, values),
+        ({"binary": True}, values > 0),
+        ({"log1p": True}, np.log1p(values)),
+    ):
+        rows, columns = row_and_column_sums(given, **kwargs)
+        np.testing.assert_allclose(rows, expected.sum(1))
+        np.testing.assert_allclose(columns, expected.sum(0))

@@ -150,3 +150,10 @@ def test_single_batch_warns_and_trains(adata):
         warnings.simplefilter("ignore")
         model.train(max_epochs=2, enable_progress_bar=False, n_epochs_warmup=0)
     assert model.confounder_information()["batch"] == 0.0
+
+
+def test_poisson_on_dense_counts(adata):
+    """Dense count matrices work too (set-up statistics are read in chunks of either kind)."""
+    adata.X = adata.X.toarray()
+    model = _train(adata, likelihood="poisson")
+    assert np.isfinite(model.get_latent_representation()).all()

@@ -45,7 +45,9 @@ def _row_chunks(matrix, chunk_rows: int = _CHUNK_ROWS) -> Iterator[np.ndarray | 
         yield matrix[start : start + chunk_rows]
 
 
-def row_and_column_sums(matrix, binary: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def row_and_column_sums(
+    matrix, binary: bool = False, log1p: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Row and column sums of a matrix, read in row chunks (in memory or backed on disk).
 
     Parameters
@@ -54,6 +56,8 @@ def row_and_column_sums(matrix, binary: bool = False) -> tuple[np.ndarray, np.nd
         A numpy array, scipy sparse matrix, or a backed AnnData's ``X``.
     binary
         Sum ``matrix > 0`` instead of the values (e.g. open peaks per cell).
+    log1p
+        Sum ``log1p(matrix)`` instead of the values.
 
     Returns
     -------
@@ -67,6 +71,8 @@ def row_and_column_sums(matrix, binary: bool = False) -> tuple[np.ndarray, np.nd
     for chunk in _row_chunks(matrix):
         if binary:
             chunk = (chunk > 0).astype(np.float64)
+        elif log1p:
+            chunk = chunk.log1p() if sparse.issparse(chunk) else np.log1p(chunk)
         rows.append(np.asarray(chunk.sum(axis=1), dtype=np.float64).ravel())
         columns += np.asarray(chunk.sum(axis=0), dtype=np.float64).ravel()
     return np.concatenate(rows) if rows else np.zeros(0), columns

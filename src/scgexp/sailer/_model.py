@@ -23,25 +23,20 @@ from scvi.model.base import BaseModelClass, VAEMixin
 from scvi.utils import setup_anndata_dsp
 
 from scgexp._io import SafeSaveMixin
-from scgexp.data._checks import InputError, check_known_categories, check_matrix, check_obs_keys
+from scgexp.data._checks import (
+    InputError,
+    check_known_categories,
+    check_matrix,
+    check_obs_keys,
+    row_and_column_sums,
+)
 from scgexp.nn import InvarianceMethod
 from scgexp.sailer._module import SAILERModule
 from scgexp.train import InvarianceTrainingPlan, TrainingMixin
 
 logger = logging.getLogger(__name__)
 
-_CHUNK = 4096
 _DEPTH = "log_open_peaks"
-
-
-def _row_sums(matrix, transform) -> np.ndarray:
-    """Row sums of ``transform(block)`` over sparse or dense row blocks."""
-    return np.concatenate(
-        [
-            np.asarray(transform(matrix[start : start + _CHUNK]).sum(1)).ravel()
-            for start in range(0, matrix.shape[0], _CHUNK)
-        ]
-    ).astype(np.float64)
 
 
 class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
@@ -163,7 +158,7 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         adata = self._validate_anndata(adata)
         manager = self.get_anndata_manager(adata, required=True)
         matrix = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        n_open = _row_sums(matrix, lambda block: block > 0)
+        n_open = row_and_column_sums(matrix, binary=True)[0]
         columns = [np.log(np.maximum(n_open, 1.0))[:, None]]
         if REGISTRY_KEYS.CONT_COVS_KEY in manager.data_registry:
             columns.append(np.asarray(manager.get_from_registry(REGISTRY_KEYS.CONT_COVS_KEY)))
@@ -174,7 +169,7 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         values = self._raw_continuous()
         std = values.std(0)
         matrix = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        totals = _row_sums(matrix, lambda block: block)
+        totals = row_and_column_sums(matrix)[0]
         as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
         self.module.confounder_mean.copy_(as_tensor(values.mean(0)))
         self.module.confounder_scale.copy_(as_tensor(np.where(std > 1e-6, std, 1.0)))
@@ -182,7 +177,7 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         if self.module.likelihood == "bernoulli":
             input_total = np.exp(values[:, 0]).mean()
         else:
-            input_total = _row_sums(matrix, lambda block: block.log1p()).mean()
+            input_total = row_and_column_sums(matrix, log1p=True)[0].mean()
         self.module.mean_input_total.copy_(as_tensor(input_total))
 
     @classmethod

@@ -5,6 +5,7 @@ from scgexp.data._checks import (
     check_known_categories,
     check_matrix,
     check_obs_keys,
+    check_query,
     row_and_column_sums,
 )
 from scgexp.data._gct import read_gct, read_gctx
@@ -22,6 +23,7 @@ __all__ = [
     "check_known_categories",
     "check_matrix",
     "check_obs_keys",
+    "check_query",
     "mark_landmarks",
     "pbmc68k_counts",
     "read_gct",

@@ -256,3 +256,26 @@ def check_known_categories(adata: AnnData, registry: dict) -> None:
                 f"decoder only knows {list(known)}. Assign these cells to one of those "
                 "categories (e.g. the most similar batch), or train a model that includes them."
             )
+
+
+def check_query(adata: AnnData, registry: dict) -> None:
+    """Check new data for a trained count model before scvi-tools validates it.
+
+    Raw counts in the trained layer, finite continuous covariates, and only batch/covariate
+    categories the model was trained with.
+
+    Parameters
+    ----------
+    adata
+        Query data.
+    registry
+        The trained model's ``registry_``.
+
+    Examples
+    --------
+    >>> check_query(query, model.registry_)
+    """
+    setup_args = registry["setup_args"]
+    check_matrix(adata, setup_args.get("layer"), counts=True)
+    check_obs_keys(adata, continuous=setup_args.get("continuous_covariate_keys"))
+    check_known_categories(adata, registry)

@@ -28,6 +28,7 @@ from scgexp.data._checks import (
     check_known_categories,
     check_matrix,
     check_obs_keys,
+    check_query,
     row_and_column_sums,
 )
 from scgexp.nn import InvarianceMethod
@@ -243,11 +244,9 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
 
     def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True):
         if adata is not None and adata is not self.adata:
-            # Before scvi's own registration, which has its own wording for unknown categories.
-            setup_args = self.registry_["setup_args"]
-            check_matrix(adata, setup_args.get("layer"), counts=True)
-            check_obs_keys(adata, continuous=setup_args.get("continuous_covariate_keys"))
-            check_known_categories(adata, self.registry_)
+            # Before scvi's own validation (a copy of registered data may have changed since),
+            # whose wording for unknown categories names no fix.
+            check_query(adata, self.registry_)
         return super()._validate_anndata(adata, copy_if_view=copy_if_view)
 
     def train(

@@ -23,7 +23,13 @@ from scvi.model.base import BaseModelClass, RNASeqMixin
 from scvi.utils import setup_anndata_dsp
 
 from scgexp._io import SafeSaveMixin
-from scgexp.data._checks import InputError, check_known_categories, check_matrix, check_obs_keys
+from scgexp.data._checks import (
+    InputError,
+    check_known_categories,
+    check_matrix,
+    check_obs_keys,
+    check_query,
+)
 from scgexp.train import RestoreBestWeights, TrainingMixin
 from scgexp.zinb._module import ZINBAutoencoderModule
 
@@ -241,10 +247,10 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         cls.register_manager(adata_manager)
 
     def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True):
-        if adata is not None and self.get_anndata_manager(adata) is None:
-            setup_args = self.registry_["setup_args"]
-            check_matrix(adata, setup_args.get("layer"), counts=True)
-            check_known_categories(adata, self.registry_)
+        if adata is not None and adata is not self.adata:
+            # Before scvi's own validation (a copy of registered data may have changed since),
+            # whose wording for unknown categories names no fix.
+            check_query(adata, self.registry_)
         return super()._validate_anndata(adata, copy_if_view=copy_if_view)
 
     def train(

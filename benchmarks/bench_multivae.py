@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import resource
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import fmt, run_isolated
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "multimodal"
@@ -257,24 +257,6 @@ def run_one(name: str, method: str, queue) -> None:
     queue.put(result)
 
 
-def run_isolated(name: str, method: str) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    process = ctx.Process(target=run_one, args=(name, method, queue))
-    process.start()
-    result = queue.get()
-    process.join()
-    return result
-
-
-def fmt(value, digits=3) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
 COLUMNS = [
     ("nmi", "NMI", 3),
     ("ari", "ARI", 3),
@@ -406,7 +388,7 @@ def main() -> None:
                 continue
             results = [r for r in results if (r["dataset"], r["method"]) != (name, method)]
             start = time.perf_counter()
-            result = run_isolated(name, method)
+            result = run_isolated(run_one, name, method)
             results.append(result)
             print(f"{name} {method}: {time.perf_counter() - start:.0f} s {result}", flush=True)
             cache.write_text(json.dumps(results, indent=1))

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import resource
 import time
 from pathlib import Path
-from queue import Empty
 
 import numpy as np
+from _common import fmt, run_isolated, slug
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "multimodal"
@@ -53,10 +52,6 @@ DATASETS = {
 METHODS = ANCHORS + ABLATION
 INVARIANCE = {"SAILER": "both", "SAILER (None)": None, "SAILER (mi)": "mi"}
 INVARIANCE["SAILER (adversarial)"] = "adversarial"
-
-
-def _slug(method: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in method).strip("_")
 
 
 def load(name: str):
@@ -189,33 +184,10 @@ def run_one(name: str, method: str, queue) -> None:
         epochs = len(model.history["elbo_train"])
         result.update(train_s=train_s, epochs=epochs, s_per_epoch=train_s / epochs)
         latent = model.get_latent_representation()
-    np.save(RESULTS / f"sailer_{name}_{_slug(method)}_latent.npy", latent)
+    np.save(RESULTS / f"sailer_{name}_{slug(method)}_latent.npy", latent)
     result.update(latent_metrics(adata, latent))
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     queue.put(result)
-
-
-def run_isolated(name: str, method: str) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    process = ctx.Process(target=run_one, args=(name, method, queue))
-    process.start()
-    while True:  # a child that dies (error, out of memory) must not leave us waiting forever
-        try:
-            result = queue.get(timeout=10)
-            break
-        except Empty as empty:
-            if not process.is_alive():
-                message = f"{name} {method} failed (exit code {process.exitcode})"
-                raise RuntimeError(message) from empty
-    process.join()
-    return result
-
-
-def fmt(value, digits=3) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "—"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 COLUMNS = [
@@ -291,14 +263,14 @@ def figures() -> None:
         shown = [
             m
             for m in ("SAILER", "PEAKVI", "LSI")
-            if (RESULTS / f"sailer_{name}_{_slug(m)}_latent.npy").exists()
+            if (RESULTS / f"sailer_{name}_{slug(m)}_latent.npy").exists()
         ]
         if not shown:
             continue
         fig, axes = plt.subplots(3, len(shown), figsize=(4.2 * len(shown), 11), squeeze=False)
         for j, method in enumerate(shown):
             view = sc.AnnData(np.zeros((adata.n_obs, 1), dtype=np.float32), obs=adata.obs)
-            view.obsm["X_emb"] = np.load(RESULTS / f"sailer_{name}_{_slug(method)}_latent.npy")
+            view.obsm["X_emb"] = np.load(RESULTS / f"sailer_{name}_{slug(method)}_latent.npy")
             sc.pp.neighbors(view, use_rep="X_emb", transformer="sklearn", random_state=SEED)
             sc.tl.umap(view, random_state=SEED)
             for i, key in enumerate(["cell_type", "batch", "log_depth"]):
@@ -333,7 +305,7 @@ def main() -> None:
         for method in args.methods or DATASETS[name]["methods"]:
             results = [r for r in results if (r["dataset"], r["method"]) != (name, method)]
             start = time.perf_counter()
-            result = run_isolated(name, method)
+            result = run_isolated(run_one, name, method)
             results.append(result)
             print(f"{name} {method}: {time.perf_counter() - start:.0f} s {result}", flush=True)
             cache.write_text(json.dumps(results, indent=1))

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import resource
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import fmt, run_isolated, slug
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "scrna"
@@ -49,10 +49,6 @@ DATASETS = {
     },
 }
 METHODS = ["ZINBAutoencoder", "SCVI", "PCA"]
-
-
-def _slug(method: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in method).strip("_")
 
 
 def load_corrupted(name: str):
@@ -198,27 +194,11 @@ def run_one(name: str, method: str, queue) -> None:
 
         predicted = hidden_predictions(predict, rows, cols, adata.n_obs)
         result.update(imputation_metrics(predicted, true_values))
-        np.save(RESULTS / f"zinb_{name}_{_slug(method)}_hidden.npy", predicted[:20000])
-    np.save(RESULTS / f"zinb_{name}_{_slug(method)}_latent.npy", latent)
+        np.save(RESULTS / f"zinb_{name}_{slug(method)}_hidden.npy", predicted[:20000])
+    np.save(RESULTS / f"zinb_{name}_{slug(method)}_latent.npy", latent)
     result.update(latent_metrics(adata, latent, name))
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     queue.put(result)
-
-
-def run_isolated(name: str, method: str) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    process = ctx.Process(target=run_one, args=(name, method, queue))
-    process.start()
-    result = queue.get()
-    process.join()
-    return result
-
-
-def fmt(value, digits=3) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "—"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 def write_table(results: list[dict], command: str) -> str:
@@ -307,7 +287,7 @@ def figures(results: list[dict]) -> None:
     shown = ["ZINBAutoencoder", "SCVI", "PCA"]
     fig, axes = plt.subplots(2, len(shown), figsize=(4 * len(shown), 7))
     for j, method in enumerate(shown):
-        path = RESULTS / f"zinb_cellbench_{_slug(method)}_latent.npy"
+        path = RESULTS / f"zinb_cellbench_{slug(method)}_latent.npy"
         if not path.exists():
             continue
         latent = np.load(path)
@@ -339,7 +319,7 @@ def main() -> None:
         for method in args.methods:
             results = [r for r in results if (r["dataset"], r["method"]) != (name, method)]
             start = time.perf_counter()
-            result = run_isolated(name, method)
+            result = run_isolated(run_one, name, method)
             results.append(result)
             print(f"{name} {method}: {time.perf_counter() - start:.0f} s {result}", flush=True)
             cache.write_text(json.dumps(results, indent=1))

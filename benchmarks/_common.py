@@ -1,0 +1,47 @@
+"""Helpers shared by the benchmark scripts: isolated runs and table formatting."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from queue import Empty
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+def slug(method: str) -> str:
+    """A method name as a file-name part, e.g. ``"SAILER (mi)"`` -> ``"SAILER__mi"``."""
+    return "".join(c if c.isalnum() else "_" for c in method).strip("_")
+
+
+def run_isolated(run_one: Callable, name: str, method: str) -> dict:
+    """``run_one(name, method, queue)`` in a fresh process (its own peak memory); its result.
+
+    A child that dies (error, out of memory) raises instead of leaving the caller waiting.
+    """
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    process = ctx.Process(target=run_one, args=(name, method, queue))
+    process.start()
+    while True:
+        try:
+            result = queue.get(timeout=10)
+            break
+        except Empty as empty:
+            if not process.is_alive():
+                message = f"{name} {method} failed (exit code {process.exitcode})"
+                raise RuntimeError(message) from empty
+    process.join()
+    return result
+
+
+def fmt(value, digits: int = 3) -> str:
+    """A table cell: ``—`` for missing values, yes/no for flags, floats to ``digits``."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)

@@ -39,6 +39,11 @@ def resolve_data_mode(adata_manager, mode: DataMode, device: torch.device) -> st
     ``"stream"`` when the registered matrix lives on disk (a backed AnnData); ``"memory"``
     when the registered arrays take at most half the free memory of ``device``; otherwise
     ``"standard"`` (scvi-tools' :class:`~scvi.dataloaders.AnnDataLoader`).
+
+    Examples
+    --------
+    >>> resolve_data_mode(model.adata_manager, "auto", torch.device("cpu"))
+    'memory'
     """
     if mode not in _MODES:
         raise ValueError(f"data_mode must be one of {_MODES}, not {mode!r}.")
@@ -83,6 +88,14 @@ class DataSplitter(ScviDataSplitter):
         Read size and shuffle buffer of the streaming loader.
     **kwargs
         Passed to :class:`scvi.dataloaders.DataSplitter`.
+
+    Examples
+    --------
+    Models use it through ``train(data_mode=...)``; on its own:
+
+    >>> splitter = DataSplitter(model.adata_manager, data_mode="memory", batch_size=256)
+    >>> splitter.setup()
+    >>> next(iter(splitter.train_dataloader()))["X"].shape
     """
 
     def __init__(

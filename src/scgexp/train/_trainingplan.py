@@ -17,6 +17,15 @@ class TrainingPlan(ScviTrainingPlan):
     scvi-tools 1.4 logs a module's ``extra_metrics`` inside ``torch.inference_mode``, which
     breaks DDP's metric synchronisation (``Inplace update to inference tensor outside
     InferenceMode``). This plan logs the same metrics under ``torch.no_grad``.
+
+    Examples
+    --------
+    Every scgexp model trains with it (``_training_plan_cls``); so can another scvi-tools
+    model class:
+
+    >>> class MyModel(scvi.model.SCVI):
+    ...     _training_plan_cls = scgexp.train.TrainingPlan
+    >>> MyModel(adata).train(accelerator="cpu", devices=2, strategy="ddp")
     """
 
     def compute_and_log_metrics(self, loss_output, metrics, mode: str):

@@ -65,7 +65,9 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
     n_layers
         Hidden layers on each side of the bottleneck (DCA: 1).
     dropout_rate
-        Dropout on hidden units (DCA: 0).
+        Dropout on the hidden units of encoder and decoder (DCA: 0). The default 0.2 was chosen
+        by measurement: it raised imputation correlation and cell-type silhouette on both
+        benchmark data sets (see the docs' ablation).
     likelihood
         ``"zinb"`` (DCA's default until 2021), ``"nb"`` or ``"poisson"``.
     dispersion
@@ -102,7 +104,7 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         n_hidden: int = 64,
         n_latent: int = 32,
         n_layers: int = 1,
-        dropout_rate: float = 0.0,
+        dropout_rate: float = 0.2,
         likelihood: Literal["zinb", "nb", "poisson"] = "zinb",
         dispersion: Literal["gene", "gene-cell"] = "gene",
         encode_covariates: bool = False,

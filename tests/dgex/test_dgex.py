@@ -55,6 +55,13 @@ def test_prediction_names_order_and_std(bulk, trained):
     np.testing.assert_allclose(
         trained.predict(landmarks_only).X, reference.X, rtol=1e-5, atol=1e-5
     )
+    # A view that subsets genes, and a column-major copy, are read as they are.
+    view = test[:, test.var["landmark"]]
+    column_major = landmarks_only.copy()
+    column_major.X = np.asfortranarray(column_major.X)
+    for data in (view, column_major):
+        np.testing.assert_allclose(trained.predict(data).X, reference.X, rtol=1e-5, atol=1e-5)
+    assert column_major.X.flags.f_contiguous  # the user's data is left as it was
     std = reference.layers["std"]
     assert std.shape == reference.shape
     assert np.all(std > 0)

@@ -91,6 +91,7 @@ def check_matrix(
     counts: bool = False,
     allow_empty_cells: bool = False,
     allow_empty_features: bool = True,
+    allow_fortran: bool = False,
     where: str = "",
 ) -> None:
     """Check the matrix a model will train on.
@@ -107,6 +108,9 @@ def check_matrix(
         Accept cells (rows) whose values are all zero.
     allow_empty_features
         Accept features (columns) whose values are all zero.
+    allow_fortran
+        Accept a column-major numpy array (for data that scgexp reads itself, never handed to
+        scvi-tools, which would replace it by a copy).
     where
         Prefix for messages, e.g. ``"modality 'rna': "``.
 
@@ -135,7 +139,7 @@ def check_matrix(
             "a backed AnnData's X. Convert it first (e.g. `adata.X = adata.X.toarray()`) or "
             "pass layer=."
         )
-    if isinstance(matrix, np.ndarray) and not matrix.flags.c_contiguous:
+    if isinstance(matrix, np.ndarray) and not (allow_fortran or matrix.flags.c_contiguous):
         raise InputError(
             f"{where}{name} is a Fortran-ordered (column-major) array, which scvi-tools would "
             f"replace by a copy. Convert it yourself first: `np.ascontiguousarray(...)`."

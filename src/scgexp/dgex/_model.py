@@ -344,7 +344,8 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
             layer = trained_layer
         if not adata.var_names.is_unique:
             raise InputError("var_names are not unique; call `adata.var_names_make_unique()`.")
-        check_matrix(adata, layer, allow_empty_cells=True)
+        # Read here in row blocks, never registered with scvi-tools: any memory order will do.
+        check_matrix(adata, layer, allow_empty_cells=True, allow_fortran=True)
         positions = adata.var_names.get_indexer(self.landmark_names)
         missing = self.landmark_names[positions < 0]
         if len(missing):

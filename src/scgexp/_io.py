@@ -25,9 +25,9 @@ from scgexp._compat import (
     _SETUP_ARGS_KEY,
     _SETUP_METHOD_NAME,
     _initialize_model,
-    _validate_var_names,
     parse_device_args,
 )
+from scgexp.data._checks import InputError, check_feature_names
 
 if TYPE_CHECKING:
     from scvi._types import AnnOrMuData
@@ -207,12 +207,12 @@ class SafeSaveMixin:
                 f"{dir_path} holds a {registry[_MODEL_NAME_KEY]} model, not a {cls.__name__}."
             )
         if adata is not None:
-            _validate_var_names(
-                adata,
-                np.asarray(var_names, dtype=object)
-                if isinstance(var_names, list)
-                else {k: np.asarray(v, dtype=object) for k, v in var_names.items()},
-            )
+            if adata.is_view:
+                raise InputError(
+                    "load registers the model's fields in the data, which a view cannot hold; "
+                    "pass a copy: `adata[...].copy()`."
+                )
+            check_feature_names(adata, registry)
             setup_method = getattr(cls, registry.get(_SETUP_METHOD_NAME, "setup_anndata"))
             setup_method(adata, source_registry=registry, **registry[_SETUP_ARGS_KEY])
         model = _initialize_model(

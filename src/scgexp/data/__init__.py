@@ -2,6 +2,7 @@
 
 from scgexp.data._checks import (
     InputError,
+    check_feature_names,
     check_known_categories,
     check_matrix,
     check_obs_keys,
@@ -20,6 +21,7 @@ from scgexp.data._simulate import (
 
 __all__ = [
     "InputError",
+    "check_feature_names",
     "check_known_categories",
     "check_matrix",
     "check_obs_keys",

@@ -5,6 +5,7 @@ The checks only read: they never modify ``X``, layers or annotations.
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import h5py
@@ -109,8 +110,8 @@ def check_matrix(
     allow_empty_features
         Accept features (columns) whose values are all zero.
     allow_fortran
-        Accept a column-major numpy array (for data that scgexp reads itself, never handed to
-        scvi-tools, which would replace it by a copy).
+        Accept a column-major numpy array silently (for data that scgexp reads itself). Without
+        it a warning says that scvi-tools will put a row-major copy in its place.
     where
         Prefix for messages, e.g. ``"modality 'rna': "``.
 
@@ -140,9 +141,12 @@ def check_matrix(
             "pass layer=."
         )
     if isinstance(matrix, np.ndarray) and not (allow_fortran or matrix.flags.c_contiguous):
-        raise InputError(
-            f"{where}{name} is a Fortran-ordered (column-major) array, which scvi-tools would "
-            f"replace by a copy. Convert it yourself first: `np.ascontiguousarray(...)`."
+        # anndata makes column-major layers when genes are subset (adata[:, genes].copy()).
+        warnings.warn(
+            f"{where}{name} is a column-major array; scvi-tools puts a row-major copy (same "
+            "values) in its place. `np.ascontiguousarray(...)` first avoids this.",
+            UserWarning,
+            stacklevel=3,
         )
     if matrix.shape[0] == 0 or matrix.shape[1] == 0:
         raise InputError(f"{where}{name} has shape {matrix.shape}: there is nothing to train on.")
@@ -262,11 +266,65 @@ def check_known_categories(adata: AnnData, registry: dict) -> None:
             )
 
 
+def check_feature_names(adata, registry: dict) -> None:
+    """Check that new data has the trained model's features, by name and in the same order.
+
+    scvi-tools compares only the number of features, so data with the same genes in another
+    order would be read by position: wrong values under the right names.
+
+    Parameters
+    ----------
+    adata
+        Query data (AnnData, or MuData for a multimodal model).
+    registry
+        The trained model's ``registry_``.
+
+    Raises
+    ------
+    InputError
+        Naming the missing features, or saying how to put them in the model's order.
+
+    Examples
+    --------
+    >>> check_feature_names(query, model.registry_)
+    """
+    for field in registry["field_registries"].values():
+        names = field.get("state_registry", {}).get("column_names")
+        data = field.get("data_registry", {})
+        if names is None or data.get("attr_name") not in ("X", "layers"):
+            continue
+        mod_key = data.get("mod_key")
+        if mod_key is not None and mod_key not in getattr(adata, "mod", {}):
+            raise InputError(
+                f"The data has no modality {mod_key!r}, which the model was trained on."
+            )
+        target = adata.mod[mod_key] if mod_key is not None else adata
+        where = f"modality {mod_key!r}: " if mod_key is not None else ""
+        expected = pd.Index(np.asarray(names, dtype=str))
+        present = pd.Index(np.asarray(target.var_names, dtype=str))
+        if present.equals(expected):
+            continue
+        missing = expected.difference(present, sort=False)
+        if len(missing):
+            raise InputError(
+                f"{where}{len(missing)} of the model's {len(expected)} features are missing from "
+                f"the data: {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}. "
+                "The data needs every feature the model was trained on."
+            )
+        selection = "mdata.mod[...]" if mod_key is not None else "adata"
+        raise InputError(
+            f"{where}the data has the model's features, but in another order or with extra "
+            f"features; they would be read by position. Select them in the model's order: "
+            f"`{selection} = {selection}[:, names].copy()` with `names` the model's features "
+            "(the training data's var_names)."
+        )
+
+
 def check_query(adata: AnnData, registry: dict) -> None:
     """Check new data for a trained count model before scvi-tools validates it.
 
-    Raw counts in the trained layer, finite continuous covariates, and only batch/covariate
-    categories the model was trained with.
+    The trained model's features in its order, raw counts in the trained layer, finite
+    continuous covariates, and only batch/covariate categories the model was trained with.
 
     Parameters
     ----------
@@ -280,6 +338,7 @@ def check_query(adata: AnnData, registry: dict) -> None:
     >>> check_query(query, model.registry_)
     """
     setup_args = registry["setup_args"]
+    check_feature_names(adata, registry)
     check_matrix(adata, setup_args.get("layer"), counts=True)
     check_obs_keys(adata, continuous=setup_args.get("continuous_covariate_keys"))
     check_known_categories(adata, registry)

@@ -28,6 +28,7 @@ from scvi.utils import setup_anndata_dsp
 from scgexp._io import SafeSaveMixin
 from scgexp.data._checks import (
     InputError,
+    check_feature_names,
     check_matrix,
     check_obs_keys,
     get_matrix,
@@ -556,6 +557,12 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             **trainer_kwargs,
         )
 
+    def _validate_anndata(self, adata: MuData | None = None, copy_if_view: bool = True):
+        if adata is not None and adata is not self.adata:
+            # scvi-tools compares only feature counts: check names and order first.
+            check_feature_names(adata, self.registry_)
+        return super()._validate_anndata(adata, copy_if_view=copy_if_view)
+
     # -- outputs on registered data -------------------------------------------------------------
     def _check_modality(self, modality: str | None, allow_none: bool = True) -> None:
         if modality is None and allow_none:
@@ -832,7 +839,12 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             raise InputError(f"predict needs a MuData or an AnnData, not {type(data).__name__}.")
         layer = self.registry_["setup_args"][_LAYER_ARGS[source]]
         check_matrix(
-            adata, layer, counts=True, allow_empty_cells=True, where=f"{source} ({name!r}): "
+            adata,
+            layer,
+            counts=True,
+            allow_empty_cells=True,
+            allow_fortran=True,  # read here in row blocks, never handed to scvi-tools
+            where=f"{source} ({name!r}): ",
         )
         matrix = get_matrix(adata, layer)
         trained = self._var_names(source)

@@ -1,0 +1,110 @@
+"""New data must carry the trained features by name and in order; column-major data works."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from scgexp.data import InputError, simulate_multiome, simulate_scatac, simulate_scrna
+from scgexp.model import SAILER, MultiVAE, ZINBAutoencoder
+
+
+def _quiet_train(model) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(max_epochs=2, enable_progress_bar=False)
+
+
+@pytest.fixture(scope="module")
+def zinb():
+    adata = simulate_scrna(n_cells=240, n_genes=40, seed=0)
+    train, query = adata[:160].copy(), adata[160:].copy()
+    ZINBAutoencoder.setup_anndata(train, layer="counts", batch_key="batch")
+    model = ZINBAutoencoder(train, n_hidden=16, n_latent=4)
+    _quiet_train(model)
+    return model, query
+
+
+def test_reordered_genes_are_refused_not_read_by_position(zinb, tmp_path):
+    model, query = zinb
+    reordered = query[:, query.var_names[::-1]].copy()
+    for call in (model.get_latent_representation, model.get_normalized_expression):
+        with pytest.raises(InputError, match="another order"):
+            call(reordered)
+    # Selecting the model's features in its order is the documented fix.
+    fixed = reordered[:, model.adata.var_names].copy()
+    np.testing.assert_allclose(
+        model.get_latent_representation(fixed), model.get_latent_representation(query)
+    )
+    model.save(tmp_path / "zinb")
+    with pytest.raises(InputError, match="another order"):
+        ZINBAutoencoder.load(tmp_path / "zinb", adata=query[:, query.var_names[::-1]].copy())
+
+
+def test_missing_genes_are_named(zinb, tmp_path):
+    model, query = zinb
+    subset = query[:, query.var_names[3:]].copy()
+    with pytest.raises(InputError, match=r"3 of the model's 40 features are missing.*gene00000"):
+        model.get_latent_representation(subset)
+    model.save(tmp_path / "zinb")
+    with pytest.raises(InputError, match="features are missing"):
+        ZINBAutoencoder.load(tmp_path / "zinb", adata=subset)
+
+
+def test_load_refuses_a_view_with_the_fix(zinb, tmp_path):
+    model, query = zinb
+    model.save(tmp_path / "zinb")
+    with pytest.raises(InputError, match=r"copy\(\)"):
+        ZINBAutoencoder.load(tmp_path / "zinb", adata=query[:50])
+    assert ZINBAutoencoder.load(tmp_path / "zinb", adata=query[:50].copy()).adata.n_obs == 50
+
+
+def test_gene_subset_with_column_major_layer_trains():
+    adata = simulate_scrna(n_cells=150, n_genes=40, seed=1)
+    adata.layers["counts"] = adata.layers["counts"].toarray()
+    subset = adata[:, adata.var_names[:30]].copy()  # anndata makes the layer column-major
+    subset.layers["counts"] = np.asfortranarray(subset.layers["counts"])
+    values = subset.layers["counts"].copy()
+    with pytest.warns(UserWarning, match="column-major"):
+        ZINBAutoencoder.setup_anndata(subset, layer="counts", batch_key="batch")
+    model = ZINBAutoencoder(subset, n_hidden=16, n_latent=4)
+    _quiet_train(model)
+    assert np.isfinite(model.get_latent_representation()).all()
+    np.testing.assert_array_equal(subset.layers["counts"], values)  # same values
+
+
+def test_sailer_reordered_peaks_are_refused():
+    adata = simulate_scatac(n_cells=160, n_peaks=120, seed=0)
+    train, query = adata[:100].copy(), adata[100:].copy()
+    SAILER.setup_anndata(train, batch_key="batch")
+    model = SAILER(train, n_hidden=32, n_latent=4)
+    _quiet_train(model)
+    with pytest.raises(InputError, match="another order"):
+        model.get_latent_representation(query[:, query.var_names[::-1]].copy())
+    assert model.get_latent_representation(query).shape == (60, 4)
+
+
+def test_multivae_reordered_modality_is_refused_and_predict_reads_column_major():
+    mdata = simulate_multiome(n_cells=160, n_genes=30, n_peaks=60, seed=0)
+    MultiVAE.setup_mudata(
+        mdata, batch_key="batch", modalities={"rna_layer": "rna", "atac_layer": "atac"}
+    )
+    model = MultiVAE(mdata, n_latent=4)
+    _quiet_train(model)
+    query = mdata[:40].copy()
+    reference = model.get_latent_representation(query)
+    rna = query.mod["rna"]
+    query.mod["rna"] = rna[:, rna.var_names[::-1]].copy()
+    with pytest.raises(InputError, match=r"modality 'rna'.*another order"):
+        model.get_latent_representation(query)
+    # predict matches features by name and reads any memory order.
+    atac = mdata.mod["atac"][:40].copy()
+    dense = atac.copy()
+    dense.X = np.asfortranarray(np.asarray(dense.X.todense()))
+    expected = model.predict(atac, source="atac", target="rna").X
+    np.testing.assert_allclose(
+        model.predict(dense, source="atac", target="rna").X, expected, rtol=1e-5, atol=1e-6
+    )
+    assert reference.shape == (40, 4)

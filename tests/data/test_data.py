@@ -98,7 +98,7 @@ def test_fortran_ordered_dense_is_accepted_with_a_warning_and_same_values():
     adata = scgexp.data.simulate_bulk_expression(n_samples=20, n_landmarks=5, n_targets=10)
     adata.X = np.asfortranarray(adata.X)
     values = adata.X.copy()
-    with pytest.warns(UserWarning, match="column-major"):
+    with pytest.warns(UserWarning, match="row-major"):
         scgexp.model.DGEX.setup_anndata(adata)
     np.testing.assert_array_equal(adata.X, values)
 

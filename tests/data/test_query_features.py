@@ -67,7 +67,7 @@ def test_gene_subset_with_column_major_layer_trains():
     subset = adata[:, adata.var_names[:30]].copy()  # anndata makes the layer column-major
     subset.layers["counts"] = np.asfortranarray(subset.layers["counts"])
     values = subset.layers["counts"].copy()
-    with pytest.warns(UserWarning, match="column-major"):
+    with pytest.warns(UserWarning, match="row-major"):
         ZINBAutoencoder.setup_anndata(subset, layer="counts", batch_key="batch")
     model = ZINBAutoencoder(subset, n_hidden=16, n_latent=4)
     _quiet_train(model)
@@ -99,6 +99,8 @@ def test_multivae_reordered_modality_is_refused_and_predict_reads_column_major()
     query.mod["rna"] = rna[:, rna.var_names[::-1]].copy()
     with pytest.raises(InputError, match=r"modality 'rna'.*another order"):
         model.get_latent_representation(query)
+    with pytest.raises(InputError, match="needs a MuData"):
+        model.get_latent_representation(rna.copy())
     # predict matches features by name and reads any memory order.
     atac = mdata.mod["atac"][:40].copy()
     dense = atac.copy()

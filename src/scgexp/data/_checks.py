@@ -143,8 +143,9 @@ def check_matrix(
     if isinstance(matrix, np.ndarray) and not (allow_fortran or matrix.flags.c_contiguous):
         # anndata makes column-major layers when genes are subset (adata[:, genes].copy()).
         warnings.warn(
-            f"{where}{name} is a column-major array; scvi-tools puts a row-major copy (same "
-            "values) in its place. `np.ascontiguousarray(...)` first avoids this.",
+            f"{where}{name} is not a row-major (C-contiguous) array; scvi-tools puts a "
+            "row-major copy (same values) in its place. `np.ascontiguousarray(...)` first "
+            "avoids this.",
             UserWarning,
             stacklevel=3,
         )
@@ -294,9 +295,15 @@ def check_feature_names(adata, registry: dict) -> None:
         if names is None or data.get("attr_name") not in ("X", "layers"):
             continue
         mod_key = data.get("mod_key")
-        if mod_key is not None and mod_key not in getattr(adata, "mod", {}):
+        if mod_key is not None and not hasattr(adata, "mod"):
             raise InputError(
-                f"The data has no modality {mod_key!r}, which the model was trained on."
+                f"This model needs a MuData (it was trained on modality {mod_key!r}), not a "
+                f"{type(adata).__name__}."
+            )
+        if mod_key is not None and mod_key not in adata.mod:
+            raise InputError(
+                f"The MuData has no modality {mod_key!r}, which the model was trained on "
+                f"(modalities: {list(adata.mod)})."
             )
         target = adata.mod[mod_key] if mod_key is not None else adata
         where = f"modality {mod_key!r}: " if mod_key is not None else ""
@@ -315,8 +322,8 @@ def check_feature_names(adata, registry: dict) -> None:
         raise InputError(
             f"{where}the data has the model's features, but in another order or with extra "
             f"features; they would be read by position. Select them in the model's order: "
-            f"`{selection} = {selection}[:, names].copy()` with `names` the model's features "
-            "(the training data's var_names)."
+            f"`{selection} = {selection}[:, names].copy()` with `names` the training data's "
+            f"var_names ({', '.join(expected[:3])}, ...)."
         )
 
 

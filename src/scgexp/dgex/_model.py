@@ -22,7 +22,7 @@ from scgexp._io import SafeSaveMixin
 from scgexp.data._checks import InputError, check_matrix, get_matrix
 from scgexp.dgex._fields import LANDMARK_REGISTRY_KEY, LandmarkField
 from scgexp.dgex._module import N_QUANTILES, DGEXModule
-from scgexp.train import RestoreBestWeights, TrainingMixin
+from scgexp.train import TrainingMixin
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -308,9 +308,6 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         callbacks = list(trainer_kwargs.pop("callbacks", []))
         if self.module.skip is not None and self.ridge_alpha_ is None:
             callbacks.append(_RidgeStart(self))
-        if early_stopping:
-            callbacks.append(RestoreBestWeights(monitor="mae_validation"))
-        trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
         return super().train(
             max_epochs=max_epochs,
             batch_size=batch_size,

@@ -37,7 +37,6 @@ from scgexp.data._checks import (
 from scgexp.multivae._module import DATA_KEYS, MODALITIES, PRESENCE_KEYS, MultiVAEModule
 from scgexp.train import (
     InvarianceTrainingPlan,
-    RestoreBestWeights,
     TrainingMixin,
     TrainingPlan,
 )
@@ -533,10 +532,6 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             **(plan_kwargs or {}),
         }
         validate = train_size < 1.0
-        callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
-        if early_stopping and validate:
-            callbacks.append(RestoreBestWeights(monitor="validation_loss"))
-        trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
         self._training_plan_cls = TrainingPlan
         if self.module.invariance is not None:
             # Manual optimisation: the plan clips gradients itself.
@@ -553,7 +548,6 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             early_stopping_monitor="validation_loss",
             early_stopping_patience=early_stopping_patience,
             plan_kwargs=plan_kwargs,
-            callbacks=callbacks,
             **trainer_kwargs,
         )
 

@@ -95,6 +95,8 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
 
     _module_cls = SAILERModule
     _training_plan_cls = InvarianceTrainingPlan
+    # Early stopping keeps the last epoch's weights, as the published benchmark was measured.
+    _restore_best_weights = False
 
     def __init__(
         self,
@@ -317,7 +319,6 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
             # Patience counts from the end of the KL warm-up, when the ELBO becomes comparable.
             early_stopping_patience += n_epochs_warmup + (n_epochs_kl_warmup or 0)
             early_stopping_patience = min(early_stopping_patience, max_epochs)
-        trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
         return super().train(
             max_epochs=max_epochs,
             batch_size=batch_size,

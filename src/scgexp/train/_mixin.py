@@ -5,6 +5,7 @@ from __future__ import annotations
 from scvi.model.base import UnsupervisedTrainingMixin
 
 from scgexp.dataloaders import DataMode, DataSplitter
+from scgexp.train._callbacks import RestoreBestWeights
 from scgexp.train._trainingplan import TrainingPlan
 
 
@@ -15,11 +16,15 @@ class TrainingMixin(UnsupervisedTrainingMixin):
     as tensors on the training device, streams backed AnnData from disk, and falls back to
     scvi-tools' loader otherwise; ``"memory"``, ``"stream"`` and ``"standard"`` force one
     path. See :class:`scgexp.dataloaders.DataSplitter`. Its training plan,
-    :class:`scgexp.train.TrainingPlan`, works under distributed data parallel.
+    :class:`scgexp.train.TrainingPlan`, works under distributed data parallel. With early
+    stopping, validation runs every epoch and the weights of the best epoch (by the early
+    stopping metric) are restored at the end (:class:`scgexp.train.RestoreBestWeights`), unless
+    a model sets ``_restore_best_weights = False``.
     """
 
     _data_splitter_cls = DataSplitter
     _training_plan_cls = TrainingPlan
+    _restore_best_weights = True
 
     def train(
         self,
@@ -46,4 +51,8 @@ class TrainingMixin(UnsupervisedTrainingMixin):
         >>> model.train(max_epochs=50, data_mode="standard")  # scvi-tools' own loader
         """
         datasplitter_kwargs = {"data_mode": data_mode, **(datasplitter_kwargs or {})}
+        kwargs.setdefault("check_val_every_n_epoch", 1)
+        if kwargs.get("early_stopping") and self._restore_best_weights:
+            monitor = kwargs.get("early_stopping_monitor", "elbo_validation")
+            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), RestoreBestWeights(monitor)]
         return super().train(*args, datasplitter_kwargs=datasplitter_kwargs, **kwargs)

@@ -30,7 +30,7 @@ from scgexp.data._checks import (
     check_obs_keys,
     check_query,
 )
-from scgexp.train import RestoreBestWeights, TrainingMixin
+from scgexp.train import TrainingMixin
 from scgexp.zinb._module import ZINBAutoencoderModule
 
 if TYPE_CHECKING:
@@ -331,10 +331,6 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
             "lr_factor": 0.1,
             **plan_kwargs,
         }
-        callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
-        if early_stopping and validate:
-            callbacks.append(RestoreBestWeights(monitor="validation_loss"))
-        trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
         if gradient_clip_val is not None:
             trainer_kwargs.setdefault("gradient_clip_val", gradient_clip_val)
         return super().train(
@@ -345,7 +341,6 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
             early_stopping_monitor="validation_loss",
             early_stopping_patience=early_stopping_patience,
             plan_kwargs=plan_kwargs,
-            callbacks=callbacks,
             **trainer_kwargs,
         )
 

@@ -1,0 +1,46 @@
+"""Early stopping restores the best epoch's weights (shared by the models via TrainingMixin)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from scgexp.data import simulate_scatac, simulate_scrna
+from scgexp.model import SAILER, ZINBAutoencoder
+from scgexp.train import RestoreBestWeights
+
+
+def _callbacks(model) -> list[RestoreBestWeights]:
+    return [c for c in model.trainer.callbacks if isinstance(c, RestoreBestWeights)]
+
+
+def test_best_epoch_weights_are_restored():
+    adata = simulate_scrna(n_cells=200, n_genes=40, seed=0)
+    ZINBAutoencoder.setup_anndata(adata, layer="counts", batch_key="batch")
+    model = ZINBAutoencoder(adata, n_hidden=16, n_latent=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(max_epochs=8, lr=0.05, enable_progress_bar=False, early_stopping=True)
+    (callback,) = _callbacks(model)
+    history = model.history["validation_loss"].to_numpy().ravel()
+    assert len(history) == 8  # validated every epoch
+    assert callback.best_epoch == int(np.argmin(history))
+    for name, value in model.module.state_dict().items():
+        torch.testing.assert_close(value, callback._best_state[name])
+
+
+def test_no_restore_without_early_stopping_or_where_a_model_opts_out():
+    adata = simulate_scrna(n_cells=120, n_genes=30, seed=1)
+    ZINBAutoencoder.setup_anndata(adata, layer="counts")
+    model = ZINBAutoencoder(adata, n_hidden=16, n_latent=4)
+    model.train(max_epochs=2, enable_progress_bar=False, early_stopping=False)
+    assert _callbacks(model) == []
+    atac = simulate_scatac(n_cells=120, n_peaks=300, seed=0)
+    SAILER.setup_anndata(atac, batch_key="batch")
+    sailer = SAILER(atac, n_hidden=32, n_latent=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sailer.train(max_epochs=2, enable_progress_bar=False, n_epochs_warmup=0)
+    assert _callbacks(sailer) == []

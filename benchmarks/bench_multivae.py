@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import fmt, run_isolated
+from _common import best_leiden, fmt, run_isolated
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "multimodal"
@@ -123,7 +123,6 @@ def latent_metrics(mdata, latent: np.ndarray, name: str) -> dict:
     import anndata as ad
     import scanpy as sc
     import scib_metrics
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     spec = DATASETS[name]
     view = ad.AnnData(np.zeros((mdata.n_obs, 1), dtype=np.float32), obs=mdata.obs.copy())
@@ -138,22 +137,10 @@ def latent_metrics(mdata, latent: np.ndarray, name: str) -> dict:
     labels = view.obs[spec["label_key"]].astype(str).to_numpy()
     _patch_scanpy_knn()
     sc.pp.neighbors(view, use_rep="X_emb", n_neighbors=15, random_state=SEED)
-    best = {"nmi": -1.0, "ari": -1.0}
-    for resolution in np.arange(0.2, 2.01, 0.2):
-        sc.tl.leiden(
-            view,
-            resolution=resolution,
-            random_state=SEED,
-            key_added="cluster",
-            flavor="igraph",
-            n_iterations=2,
-        )
-        nmi = normalized_mutual_info_score(labels, view.obs["cluster"])
-        if nmi > best["nmi"]:
-            best = {"nmi": nmi, "ari": adjusted_rand_score(labels, view.obs["cluster"])}
+    best = best_leiden(view, labels, np.arange(0.2, 2.01, 0.2), SEED)
     result.update(
-        nmi=float(best["nmi"]),
-        ari=float(best["ari"]),
+        nmi=best["nmi"],
+        ari=best["ari"],
         silhouette_label=float(scib_metrics.silhouette_label(emb, labels)),
         silhouette_batch=float(scib_metrics.silhouette_batch(emb, labels, batches)),
     )

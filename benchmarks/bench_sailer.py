@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import fmt, run_isolated, slug
+from _common import best_leiden, fmt, run_isolated, slug
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "multimodal"
@@ -101,7 +101,6 @@ def latent_metrics(adata, latent: np.ndarray) -> dict:
     import scib_metrics
     from scib_metrics.nearest_neighbors import NeighborsResults
     from sklearn.feature_selection import mutual_info_classif, mutual_info_regression
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
     from sklearn.neighbors import NearestNeighbors
 
     labels = adata.obs["cell_type"].astype(str).to_numpy()
@@ -113,19 +112,7 @@ def latent_metrics(adata, latent: np.ndarray) -> dict:
     sc.pp.neighbors(
         view, use_rep="X_emb", n_neighbors=15, transformer="sklearn", random_state=SEED
     )
-    best = {"nmi": -1.0, "ari": -1.0}
-    for resolution in np.arange(0.2, 2.01, 0.2):
-        sc.tl.leiden(
-            view,
-            resolution=resolution,
-            random_state=SEED,
-            key_added="cluster",
-            flavor="igraph",
-            n_iterations=2,
-        )
-        nmi = normalized_mutual_info_score(labels, view.obs["cluster"])
-        if nmi > best["nmi"]:
-            best = {"nmi": nmi, "ari": adjusted_rand_score(labels, view.obs["cluster"])}
+    best = best_leiden(view, labels, np.arange(0.2, 2.01, 0.2), SEED)
     k = min(90, adata.n_obs - 1)
     distances, indices = NearestNeighbors(n_neighbors=k).fit(emb).kneighbors(emb)
     rng = np.random.default_rng(SEED)
@@ -133,8 +120,8 @@ def latent_metrics(adata, latent: np.ndarray) -> dict:
     log_depth = np.log(n_open + rng.uniform(0, 1, size=adata.n_obs))
     mi_kwargs = {"n_neighbors": 3, "random_state": SEED}
     return {
-        "nmi": float(best["nmi"]),
-        "ari": float(best["ari"]),
+        "nmi": best["nmi"],
+        "ari": best["ari"],
         "silhouette_label": float(scib_metrics.silhouette_label(emb, labels)),
         "silhouette_batch": float(scib_metrics.silhouette_batch(emb, labels, batches)),
         "ilisi": float(scib_metrics.ilisi_knn(NeighborsResults(indices, distances), batches)),

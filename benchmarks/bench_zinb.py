@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import fmt, run_isolated, slug
+from _common import best_leiden, fmt, run_isolated, slug
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "scrna"
@@ -104,7 +104,6 @@ def imputation_metrics(predicted: np.ndarray, true_values: np.ndarray) -> dict:
 def latent_metrics(adata, latent: np.ndarray, name: str) -> dict:
     import scanpy as sc
     import scib_metrics
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     spec = DATASETS[name]
     sub = adata.copy()
@@ -114,23 +113,11 @@ def latent_metrics(adata, latent: np.ndarray, name: str) -> dict:
         sub = sub[sub.obs[key] == value].copy()
     labels = sub.obs[spec["label_key"]].astype(str).to_numpy()
     sc.pp.neighbors(sub, use_rep="X_emb", n_neighbors=15, random_state=SEED)
-    best = {"nmi": -1.0, "ari": -1.0}
-    for resolution in np.arange(0.1, 2.01, 0.1):
-        sc.tl.leiden(
-            sub,
-            resolution=resolution,
-            random_state=SEED,
-            key_added="cluster",
-            flavor="igraph",
-            n_iterations=2,
-        )
-        nmi = normalized_mutual_info_score(labels, sub.obs["cluster"])
-        if nmi > best["nmi"]:
-            best = {"nmi": nmi, "ari": adjusted_rand_score(labels, sub.obs["cluster"])}
+    best = best_leiden(sub, labels, np.arange(0.1, 2.01, 0.1), SEED)
     emb = np.asarray(sub.obsm["X_emb"], dtype=np.float32)
     result = {
-        "nmi": float(best["nmi"]),
-        "ari": float(best["ari"]),
+        "nmi": best["nmi"],
+        "ari": best["ari"],
         "silhouette_label": float(scib_metrics.silhouette_label(emb, labels)),
     }
     if spec["batch_key"] is not None:

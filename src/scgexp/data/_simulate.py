@@ -17,6 +17,31 @@ def _names(prefix: str, n: int) -> list[str]:
     return [f"{prefix}{i:05d}" for i in range(n)]
 
 
+def _bulk_parameters(rng, n_samples, n_genes, n_programs, n_tissues) -> dict[str, np.ndarray]:
+    """Draw the tissues, program activities and gene responses of :func:`simulate_bulk_expression`.
+
+    Kept apart so that ``benchmarks/dgex_bulk_ceiling.py`` can rebuild the true response
+    functions from the seed (the draws come first, in this order).
+    """
+    tissue = rng.integers(n_tissues, size=n_samples)
+    tissue_means = rng.normal(0.0, 1.0, size=(n_tissues, n_programs))
+    activity = tissue_means[tissue] + 0.5 * rng.normal(size=(n_samples, n_programs))
+    n_regulators = rng.integers(1, 5, size=n_genes)
+    weights = np.zeros((n_genes, n_programs), dtype=np.float32)
+    for g, k in enumerate(n_regulators):
+        programs = rng.choice(n_programs, size=k, replace=False)
+        weights[g, programs] = rng.normal(0.0, 2.0, size=k)
+    return {
+        "tissue": tissue,
+        "tissue_means": tissue_means,
+        "activity": activity,
+        "weights": weights,
+        "slope": rng.uniform(0.5, 2.0, size=(n_genes, n_programs)).astype(np.float32),
+        "threshold": rng.normal(0.0, 1.0, size=(n_genes, n_programs)).astype(np.float32),
+        "baseline": rng.normal(6.0, 2.0, size=n_genes).astype(np.float32),
+    }
+
+
 def simulate_bulk_expression(
     n_samples: int = 2_000,
     n_landmarks: int = 200,
@@ -70,18 +95,10 @@ def simulate_bulk_expression(
     """
     rng = np.random.default_rng(seed)
     n_genes = n_landmarks + n_targets
-    tissue = rng.integers(n_tissues, size=n_samples)
-    tissue_means = rng.normal(0.0, 1.0, size=(n_tissues, n_programs))
-    activity = tissue_means[tissue] + 0.5 * rng.normal(size=(n_samples, n_programs))
-
-    n_regulators = rng.integers(1, 5, size=n_genes)
-    weights = np.zeros((n_genes, n_programs), dtype=np.float32)
-    for g, k in enumerate(n_regulators):
-        programs = rng.choice(n_programs, size=k, replace=False)
-        weights[g, programs] = rng.normal(0.0, 2.0, size=k)
-    slope = rng.uniform(0.5, 2.0, size=(n_genes, n_programs)).astype(np.float32)
-    threshold = rng.normal(0.0, 1.0, size=(n_genes, n_programs)).astype(np.float32)
-    baseline = rng.normal(6.0, 2.0, size=n_genes).astype(np.float32)
+    params = _bulk_parameters(rng, n_samples, n_genes, n_programs, n_tissues)
+    tissue, activity = params["tissue"], params["activity"]
+    weights, slope = params["weights"], params["slope"]
+    threshold, baseline = params["threshold"], params["baseline"]
 
     expression = np.empty((n_samples, n_genes), dtype=np.float32)
     step = max(1, 32_000_000 // (n_genes * n_programs))  # ~128 MB of responses at a time

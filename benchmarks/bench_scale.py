@@ -222,8 +222,8 @@ def run_isolated(*args: str) -> dict:
 def loaders_table(results: list[dict]) -> str:
     rows = [
         "| model | data | cells | s/epoch memory | s/epoch standard | ratio | "
-        "loader s memory | loader s standard | loader ratio |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "loader s memory | loader s standard | loader ratio | loader share of epoch |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     by_key = {(r["model"], r["dataset"], r["mode"]): r for r in results}
     for (model, dataset, mode), fast in by_key.items():
@@ -235,7 +235,8 @@ def loaders_table(results: list[dict]) -> str:
             f"{slow['seconds_per_epoch']:.1f} | "
             f"{fast['seconds_per_epoch'] / slow['seconds_per_epoch']:.2f} | "
             f"{fast['loader_seconds']:.2f} | {slow['loader_seconds']:.2f} | "
-            f"{fast['loader_seconds'] / slow['loader_seconds']:.2f} |"
+            f"{fast['loader_seconds'] / slow['loader_seconds']:.2f} | "
+            f"{slow['loader_seconds'] / slow['seconds_per_epoch']:.1%} |"
         )
     return "\n".join(rows)
 

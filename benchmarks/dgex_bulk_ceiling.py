@@ -32,23 +32,19 @@ from sklearn.linear_model import LinearRegression
 import scgexp
 from scgexp.data._simulate import _bulk_parameters
 
-NOISE_SD = 0.3  # the simulator's default, used by the benchmark
-
 
 def known_model_predictions(
-    spec: dict, landmark: np.ndarray, test_landmarks: np.ndarray, tissue_prior: bool
+    params: dict,
+    landmark: np.ndarray,
+    test_landmarks: np.ndarray,
+    noise_sd: float,
+    tissue_prior: bool,
 ) -> np.ndarray:
     """Targets of the test samples from MAP activities under the true response functions."""
-    torch.manual_seed(0)
-    rng = np.random.default_rng(spec["seed"])
-    n_genes = spec["n_landmarks"] + spec["n_targets"]
-    params = _bulk_parameters(
-        rng, spec["n_samples"], n_genes, spec["n_programs"], spec["n_tissues"]
-    )
     # Each gene has 1-4 regulating programs: keep them as padded (genes, 4) arrays.
     weights = params["weights"]
     programs = np.argsort(weights == 0, axis=1, kind="stable")[:, :4]
-    rows = np.arange(n_genes)[:, None]
+    rows = np.arange(len(weights))[:, None]
     program = torch.as_tensor(programs)
     weight = torch.as_tensor(weights[rows, programs])
     slope = torch.as_tensor(params["slope"][rows, programs])
@@ -60,13 +56,14 @@ def known_model_predictions(
         hill = torch.sigmoid(slope[genes] * (a - threshold[genes]))
         return baseline[genes] + (weight[genes] * hill).sum(-1)
 
-    n_test = test_landmarks.shape[0]
+    # The simulator's activity prior: tissue mean ~ N(0, 1) plus N(0, 0.5^2) per sample.
+    n_test, n_programs = test_landmarks.shape[0], weights.shape[1]
     if tissue_prior:
         test_tissue = params["tissue"][-n_test:]
         prior_mean = torch.as_tensor(params["tissue_means"][test_tissue], dtype=torch.float32)
         prior_var = 0.25
     else:
-        prior_mean, prior_var = torch.zeros(n_test, spec["n_programs"]), 1.25
+        prior_mean, prior_var = torch.zeros(n_test, n_programs), 1.25
     observed = torch.as_tensor(test_landmarks)
     landmarks, targets = np.flatnonzero(landmark), np.flatnonzero(~landmark)
     activity = prior_mean.clone().requires_grad_(True)
@@ -74,7 +71,7 @@ def known_model_predictions(
 
     def objective():
         optimizer.zero_grad()
-        fit = ((observed - response(activity, landmarks)) ** 2).sum() / (2 * NOISE_SD**2)
+        fit = ((observed - response(activity, landmarks)) ** 2).sum() / (2 * noise_sd**2)
         prior = ((activity - prior_mean) ** 2).sum() / (2 * prior_var)
         (fit + prior).backward()
         return fit + prior
@@ -102,6 +99,15 @@ def main() -> None:
     clean = scgexp.data.simulate_bulk_expression(noise_sd=0.0, **spec)
     landmark = noisy.var["landmark"].to_numpy()
     assert (clean.var["landmark"].to_numpy() == landmark).all()
+    # The simulator's parameters, redrawn from the seed (its first draws).
+    params = _bulk_parameters(
+        np.random.default_rng(spec["seed"]),
+        spec["n_samples"],
+        spec["n_landmarks"] + spec["n_targets"],
+        spec["n_programs"],
+        spec["n_tissues"],
+    )
+    assert np.allclose(params["activity"], noisy.obsm["program_activity"])
     train, test = slice(0, args.n_train), slice(args.n_train, None)
     truth = noisy.X[test][:, ~landmark]
 
@@ -118,7 +124,11 @@ def main() -> None:
     }
     for tissue_prior, name in ((False, "overall prior"), (True, "true tissue's prior")):
         predicted = known_model_predictions(
-            spec, landmark, noisy.X[test][:, landmark], tissue_prior
+            params,
+            landmark,
+            noisy.X[test][:, landmark],
+            noisy.uns["simulation"]["noise_sd"],
+            tissue_prior,
         )
         rows[f"true response functions, MAP activities ({name})"] = float(
             np.abs(predicted - truth).mean()

@@ -147,6 +147,14 @@ class SafeSaveMixin:
         state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
         torch.save(state, os.path.join(dir_path, MODEL_FILE))
 
+    def _validate_anndata(self, adata=None, copy_if_view: bool = True):
+        if adata is None and self.adata is None:
+            raise InputError(
+                "This model was loaded without data; pass adata= (data organised like the "
+                f"training data), or load it with data: `{type(self).__name__}.load(dir, adata)`."
+            )
+        return super()._validate_anndata(adata, copy_if_view=copy_if_view)
+
     def _saved_var_names(self) -> list[str] | dict[str, list[str]]:
         if isinstance(self.adata, mudata.MuData):
             return {name: mod.var_names.tolist() for name, mod in self.adata.mod.items()}

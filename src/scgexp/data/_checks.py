@@ -229,7 +229,7 @@ def check_obs_keys(
             )
 
 
-def check_known_categories(adata: AnnData, registry: dict) -> None:
+def check_known_categories(adata: AnnData, registry: dict, sources: dict | None = None) -> None:
     """Refuse batches or covariate categories a trained model has never seen.
 
     Parameters
@@ -238,6 +238,14 @@ def check_known_categories(adata: AnnData, registry: dict) -> None:
         Query data.
     registry
         The trained model's ``registry_`` (its ``batch_key`` and categorical covariates).
+    sources
+        Where to read the columns of each setup argument (``"batch_key"``,
+        ``"categorical_covariate_keys"``): an object with ``obs``. Default: ``adata``.
+
+    Raises
+    ------
+    InputError
+        Naming a missing column, or the unknown categories and the known ones.
 
     Examples
     --------
@@ -245,18 +253,26 @@ def check_known_categories(adata: AnnData, registry: dict) -> None:
     """
     setup_args = registry["setup_args"]
     fields = registry["field_registries"]
+    sources = sources or {}
     checks = []
     if setup_args.get("batch_key") is not None:
         state = fields[REGISTRY_KEYS.BATCH_KEY]["state_registry"]
-        checks.append((setup_args["batch_key"], state["categorical_mapping"]))
+        checks.append(("batch_key", setup_args["batch_key"], state["categorical_mapping"]))
     if setup_args.get("categorical_covariate_keys"):
         mappings = fields[REGISTRY_KEYS.CAT_COVS_KEY]["state_registry"]["mappings"]
-        checks.extend((key, mappings[key]) for key in setup_args["categorical_covariate_keys"])
-    for key, known in checks:
-        if key not in adata.obs:
-            continue  # check_obs_keys names the missing column
+        checks.extend(
+            ("categorical_covariate_keys", key, mappings[key])
+            for key in setup_args["categorical_covariate_keys"]
+        )
+    for setup_arg, key, known in checks:
+        obs = sources.get(setup_arg, adata).obs
+        if key not in obs:
+            raise InputError(
+                f"obs has no column {key!r} ({setup_arg} of the trained model). Add it with "
+                "each cell's category (one the model knows)."
+            )
         known = pd.Index(np.asarray(known))
-        values = adata.obs[key]
+        values = obs[key]
         unknown = pd.unique(values[~values.isin(known)])
         if len(unknown):
             shown = ", ".join(map(repr, list(unknown)[:10]))
@@ -330,8 +346,9 @@ def check_feature_names(adata, registry: dict) -> None:
 def check_query(adata: AnnData, registry: dict) -> None:
     """Check new data for a trained count model before scvi-tools validates it.
 
-    The trained model's features in its order, raw counts in the trained layer, finite
-    continuous covariates, and only batch/covariate categories the model was trained with.
+    The trained model's features in its order, raw counts in the trained layer, only
+    batch/covariate categories the model was trained with, finite continuous covariates and
+    positive size factors.
 
     Parameters
     ----------
@@ -347,5 +364,10 @@ def check_query(adata: AnnData, registry: dict) -> None:
     setup_args = registry["setup_args"]
     check_feature_names(adata, registry)
     check_matrix(adata, setup_args.get("layer"), counts=True)
-    check_obs_keys(adata, continuous=setup_args.get("continuous_covariate_keys"))
     check_known_categories(adata, registry)
+    check_obs_keys(adata, continuous=setup_args.get("continuous_covariate_keys"))
+    size_factor_key = setup_args.get("size_factor_key")
+    if size_factor_key is not None:
+        check_obs_keys(adata, continuous=[size_factor_key])
+        if np.any(adata.obs[size_factor_key].to_numpy(float) <= 0):
+            raise InputError(f"obs[{size_factor_key!r}] must hold positive size factors.")

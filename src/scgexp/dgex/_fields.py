@@ -44,6 +44,11 @@ class LandmarkField(BaseAnnDataField):
         column = adata.var[key]
         if not pd.api.types.is_bool_dtype(column):
             raise InputError(f"var[{key!r}] must be boolean (True for landmark genes).")
+        if column.isna().any():
+            raise InputError(
+                f"var[{key!r}] has {int(column.isna().sum())} missing values; mark each gene "
+                "True (landmark) or False (target)."
+            )
         if not column.any():
             raise InputError(f"No gene is marked as a landmark in var[{key!r}].")
         if column.all():

@@ -341,10 +341,24 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
             layer = trained_layer
         if not adata.var_names.is_unique:
             raise InputError("var_names are not unique; call `adata.var_names_make_unique()`.")
-        # Read here in row blocks, never registered with scvi-tools: any memory order will do.
-        check_matrix(adata, layer, allow_empty_cells=True, allow_fortran=True)
+        if adata.n_obs == 0:
+            raise InputError("The data has no samples (0 rows); there is nothing to predict.")
         positions = adata.var_names.get_indexer(self.landmark_names)
         missing = self.landmark_names[positions < 0]
+        if len(missing) == len(self.landmark_names):
+            raise InputError(
+                f"None of the {len(missing)} landmark genes is in the data (first: "
+                f"{', '.join(missing[:5])}). Are the genes named the same way as in training "
+                "(e.g. symbols vs Ensembl IDs)? Rename var_names to match."
+            )
+        # Only the landmark values are read (other genes may hold NaN, e.g. unmeasured
+        # targets), in row blocks, never registered with scvi-tools: any memory order will do.
+        check_matrix(
+            adata[:, np.sort(positions[positions >= 0])],
+            layer,
+            allow_empty_cells=True,
+            allow_fortran=True,
+        )
         if len(missing):
             if not fill_missing:
                 raise InputError(
@@ -369,6 +383,8 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         rank_map: bool,
         batch_size: int,
     ) -> Iterator[torch.Tensor]:
+        if batch_size < 1:
+            raise InputError(f"batch_size must be a positive number of samples, not {batch_size}.")
         matrix, positions = self._landmark_matrix(adata, layer, fill_missing)
         present = positions >= 0
         landmark_mean = self.module.landmark_mean.cpu().numpy()

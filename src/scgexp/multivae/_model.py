@@ -16,7 +16,6 @@ from scipy import sparse
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import (
-    MuDataCategoricalJointObsField,
     MuDataCategoricalObsField,
     MuDataLayerField,
     MuDataNumericalJointObsField,
@@ -29,11 +28,13 @@ from scgexp._io import SafeSaveMixin
 from scgexp.data._checks import (
     InputError,
     check_feature_names,
+    check_known_categories,
     check_matrix,
     check_obs_keys,
     get_matrix,
     row_and_column_sums,
 )
+from scgexp.data._fields import MuDataCategoricalJointObsField
 from scgexp.multivae._module import DATA_KEYS, MODALITIES, PRESENCE_KEYS, MultiVAEModule
 from scgexp.train import (
     InvarianceTrainingPlan,
@@ -357,51 +358,13 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         ... )
         """
         setup_method_args = cls._get_setup_method_args(**locals())
+        cls._check_data(mdata, setup_method_args["setup_args"])
+        if kwargs.get("source_registry") is not None:
+            cls._check_known_categories(mdata, kwargs["source_registry"])
+        modalities = dict(modalities)
+        presence_keys = dict(presence_keys or {})
         names = _check_modalities(mdata, modalities)
         layers = {"rna": rna_layer, "atac": atac_layer, "protein": protein_layer}
-        for data_type, name in names.items():
-            mod = mdata.mod[name]
-            where = f"modality {name!r} ({data_type}): "
-            if mod.n_obs != mdata.n_obs or not mod.obs_names.equals(mdata.obs_names):
-                raise InputError(
-                    f"{where}its cells do not match the MuData's ({mod.n_obs} vs {mdata.n_obs} "
-                    "cells, or another order). MultiVAE needs every modality to hold every cell "
-                    "in the same order: give cells missing a modality an all-zero row and flag "
-                    "them (presence_keys), e.g. by building the MuData with `axis=0` joins and "
-                    "padding, then `mdata.update()`."
-                )
-            if mod.n_vars == 0:
-                raise InputError(f"{where}it has no features; drop it from modalities.")
-            check_matrix(mod, layers[data_type], counts=True, allow_empty_cells=True, where=where)
-        presence_keys = dict(presence_keys or {})
-        unknown = sorted(set(presence_keys) - set(names))
-        if unknown:
-            raise InputError(
-                f"presence_keys names data types the model does not use: {unknown} "
-                f"(used: {list(names)})."
-            )
-        check_obs_keys(mdata, continuous=list(presence_keys.values()), where="MuData: ")
-        cls._check_every_cell_has_data(mdata, names, layers, presence_keys)
-        modalities = dict(modalities)
-        check_obs_keys(
-            _obs(mdata, modalities, "batch_key"), categorical=[batch_key] if batch_key else []
-        )
-        check_obs_keys(
-            _obs(mdata, modalities, "categorical_covariate_keys"),
-            categorical=categorical_covariate_keys,
-        )
-        check_obs_keys(
-            _obs(mdata, modalities, "continuous_covariate_keys"),
-            continuous=continuous_covariate_keys,
-        )
-        if size_factor_key is not None:
-            obs = _obs(mdata, modalities, "size_factor_key").obs
-            check_obs_keys(
-                _obs(mdata, modalities, "size_factor_key"), continuous=[size_factor_key]
-            )
-            if np.any(obs[size_factor_key].to_numpy(float) <= 0):
-                raise InputError(f"obs[{size_factor_key!r}] must hold positive size factors.")
-
         fields = [
             MuDataCategoricalObsField(
                 REGISTRY_KEYS.BATCH_KEY, batch_key, mod_key=modalities.get("batch_key")
@@ -444,6 +407,72 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(mdata, **kwargs)
         cls.register_manager(adata_manager)
+
+    @classmethod
+    def _check_data(cls, mdata: MuData, setup_args: dict) -> None:
+        """Checks shared by setup and new data: cells aligned, counts, ``obs`` columns."""
+        modalities = setup_args["modalities"]
+        names = _check_modalities(mdata, modalities)
+        layers = {
+            "rna": setup_args.get("rna_layer"),
+            "atac": setup_args.get("atac_layer"),
+            "protein": setup_args.get("protein_layer"),
+        }
+        for data_type, name in names.items():
+            mod = mdata.mod[name]
+            where = f"modality {name!r} ({data_type}): "
+            if mod.n_obs != mdata.n_obs or not mod.obs_names.equals(mdata.obs_names):
+                raise InputError(
+                    f"{where}its cells do not match the MuData's ({mod.n_obs} vs {mdata.n_obs} "
+                    "cells, or another order). MultiVAE needs every modality to hold every cell "
+                    "in the same order: give cells missing a modality an all-zero row and flag "
+                    "them (presence_keys), e.g. by building the MuData with `axis=0` joins and "
+                    "padding, then `mdata.update()`."
+                )
+            if mod.n_vars == 0:
+                raise InputError(f"{where}it has no features; drop it from modalities.")
+            check_matrix(mod, layers[data_type], counts=True, allow_empty_cells=True, where=where)
+        presence_keys = dict(setup_args.get("presence_keys") or {})
+        unknown = sorted(set(presence_keys) - set(names))
+        if unknown:
+            raise InputError(
+                f"presence_keys names data types the model does not use: {unknown} "
+                f"(used: {list(names)})."
+            )
+        for key in presence_keys.values():
+            if key in mdata.obs and not pd.api.types.is_numeric_dtype(mdata.obs[key]):
+                raise InputError(
+                    f"MuData: obs[{key!r}] must be boolean (True where the cell has the modality)."
+                )
+        check_obs_keys(mdata, continuous=list(presence_keys.values()), where="MuData: ")
+        cls._check_every_cell_has_data(mdata, names, layers, presence_keys)
+        batch_key = setup_args.get("batch_key")
+        check_obs_keys(
+            _obs(mdata, modalities, "batch_key"), categorical=[batch_key] if batch_key else []
+        )
+        check_obs_keys(
+            _obs(mdata, modalities, "categorical_covariate_keys"),
+            categorical=setup_args.get("categorical_covariate_keys"),
+        )
+        check_obs_keys(
+            _obs(mdata, modalities, "continuous_covariate_keys"),
+            continuous=setup_args.get("continuous_covariate_keys"),
+        )
+        size_factor_key = setup_args.get("size_factor_key")
+        if size_factor_key is not None:
+            source = _obs(mdata, modalities, "size_factor_key")
+            check_obs_keys(source, continuous=[size_factor_key])
+            if np.any(source.obs[size_factor_key].to_numpy(float) <= 0):
+                raise InputError(f"obs[{size_factor_key!r}] must hold positive size factors.")
+
+    @staticmethod
+    def _check_known_categories(mdata: MuData, registry: dict) -> None:
+        modalities = registry["setup_args"]["modalities"]
+        sources = {
+            arg: _obs(mdata, modalities, arg)
+            for arg in ("batch_key", "categorical_covariate_keys")
+        }
+        check_known_categories(mdata, registry, sources=sources)
 
     @staticmethod
     def _check_every_cell_has_data(mdata, names, layers, presence_keys) -> None:
@@ -553,8 +582,11 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
 
     def _validate_anndata(self, adata: MuData | None = None, copy_if_view: bool = True):
         if adata is not None and adata is not self.adata:
-            # scvi-tools compares only feature counts: check names and order first.
+            # scvi-tools compares only feature counts and reads cells by position: check names,
+            # cell alignment, counts, obs columns and categories first.
             check_feature_names(adata, self.registry_)
+            self._check_data(adata, self.registry_["setup_args"])
+            self._check_known_categories(adata, self.registry_)
         return super()._validate_anndata(adata, copy_if_view=copy_if_view)
 
     # -- outputs on registered data -------------------------------------------------------------
@@ -886,11 +918,23 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         else:
             frame = obs
         if key not in frame:
-            raise InputError(
-                f"obs has no column {key!r}, which the model needs ({setup_arg}). Add it, "
-                "or pass transform_batch= to decode every cell as one batch."
+            fix = (
+                "Add it, or pass transform_batch= to decode every cell as one batch."
+                if setup_arg == "batch_key"
+                else "Add it with each cell's value (pass a MuData if it lives in mdata.obs)."
             )
-        return frame[key].reindex(obs.index) if isinstance(data, MuData) else frame[key]
+            message = f"obs has no column {key!r}, which the model needs ({setup_arg}). "
+            raise InputError(message + fix)
+        if not isinstance(data, MuData):
+            return frame[key]
+        column = frame[key].reindex(obs.index)  # the source cells' values, matched by name
+        if column.isna().any():
+            raise InputError(
+                f"obs[{key!r}] has no value for {int(column.isna().sum())} cells of the source "
+                "modality (missing values, or cells absent from where the column is read). Fill "
+                "them in before predicting."
+            )
+        return column
 
     @torch.inference_mode()
     def predict(
@@ -907,7 +951,9 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         Only the ``source`` modality of the new cells is read: it is encoded alone and the
         ``target`` decoder turns the posterior into normalised values of the target modality.
         New cells need not have the target modality, and features of the source may come in
-        another order or with extra features (they are matched by name).
+        another order or with extra features (they are matched by name). The result has one row
+        per cell of the source modality; batch and covariate values are matched to those cells
+        by name, wherever they are read from.
 
         Parameters
         ----------
@@ -925,9 +971,9 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
 
         Returns
         -------
-        AnnData (cells of ``mdata_new`` × target features): ``X`` is decoded from the posterior
-        mean — RNA: expression per 10k counts; ATAC: probability open (typical depth); protein:
-        as in :meth:`get_normalized_protein`. ``layers["std"]``: standard deviation over
+        AnnData (cells of the source modality × target features): ``X`` is decoded from the
+        posterior mean — RNA: expression per 10k counts; ATAC: probability open (typical depth);
+        protein: as in :meth:`get_normalized_protein`. ``layers["std"]``: standard deviation over
         ``n_samples`` posterior draws, the model's uncertainty about each value.
 
         Examples
@@ -941,7 +987,12 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         if source == target:
             raise InputError("source and target are the same data type; use the get_* methods.")
         adata, matrix = self._source_data(mdata_new, source)
-        obs = mdata_new.obs if isinstance(mdata_new, MuData) else adata.obs
+        obs = adata.obs  # one row per cell of the source modality, matched by name below
+        if isinstance(mdata_new, MuData) and obs.index.has_duplicates:
+            raise InputError(
+                f"The {source} modality has duplicate cell names; covariates are matched to "
+                "cells by name. Run `mdata.obs_names_make_unique()` (or rename them) first."
+            )
         setup_args = self.registry_["setup_args"]
         code = self._batch_code(transform_batch)
         n_obs = matrix.shape[0]

@@ -14,7 +14,6 @@ from anndata import AnnData
 from scvi import REGISTRY_KEYS, settings
 from scvi.data import AnnDataManager
 from scvi.data.fields import (
-    CategoricalJointObsField,
     CategoricalObsField,
     LayerField,
     NumericalJointObsField,
@@ -31,6 +30,7 @@ from scgexp.data._checks import (
     check_query,
     row_and_column_sums,
 )
+from scgexp.data._fields import CategoricalJointObsField
 from scgexp.nn import InvarianceMethod
 from scgexp.sailer._module import SAILERModule
 from scgexp.train import InvarianceTrainingPlan, TrainingMixin
@@ -362,8 +362,9 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         transform_batch
             Decode every cell as this batch; ``None``: each cell's own.
         depth
-            Number of open peaks to decode every cell at; ``"median"``: the training cells'
-            median (the geometric mean); ``None``: each cell's own depth.
+            Number of open peaks to decode every cell at; ``"median"``: a typical training
+            cell's depth (the geometric mean of their open peaks, which is close to the median);
+            ``None``: each cell's own depth.
         batch_size
             Cells per forward pass.
         return_numpy
@@ -388,8 +389,11 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         if depth == "median":
             log_depth = float(module.confounder_mean[0])
         elif depth is not None:
-            if not depth > 0:
-                raise InputError(f"depth must be a positive number of open peaks, not {depth}.")
+            if isinstance(depth, str) or not depth > 0:
+                raise InputError(
+                    f"depth must be a positive number of open peaks, 'median' or None, not "
+                    f"{depth!r}."
+                )
             log_depth = float(np.log(depth))
         out = []
         for tensors in loader:

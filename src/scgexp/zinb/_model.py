@@ -14,7 +14,6 @@ from scipy import sparse
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import (
-    CategoricalJointObsField,
     CategoricalObsField,
     LayerField,
     NumericalObsField,
@@ -30,6 +29,7 @@ from scgexp.data._checks import (
     check_obs_keys,
     check_query,
 )
+from scgexp.data._fields import CategoricalJointObsField
 from scgexp.train import TrainingMixin
 from scgexp.zinb._module import ZINBAutoencoderModule
 
@@ -426,9 +426,11 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         >>> corrected = model.get_normalized_expression(transform_batch="b0", library_size=1e4)
         """
         self._check_if_trained(warn=False)
+        adata = self._validate_anndata(adata)
+        self._check_genes(adata, gene_list)
         self.module.eval()
         return super().get_normalized_expression(
-            adata=self._validate_anndata(adata),
+            adata=adata,
             indices=indices,
             transform_batch=transform_batch,
             gene_list=gene_list,
@@ -472,6 +474,11 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         """
         self._check_if_trained(warn=False)
         adata = self._validate_anndata(adata)
+        if not (transform_batch is None or isinstance(transform_batch, str | int | float)):
+            raise InputError(
+                "get_likelihood_parameters decodes at one batch: pass a single category "
+                f"(or None), not {transform_batch!r}."
+            )
         (batch_code,) = self._batch_codes(adata, transform_batch)
         loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
         self.module.eval()
@@ -489,6 +496,19 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
             if self.module.gene_likelihood == "zinb":
                 out["dropout"].append(px.zi_probs.cpu().numpy())
         return {key: np.concatenate(value) for key, value in out.items() if value}
+
+    @staticmethod
+    def _check_genes(adata: AnnData, gene_list: Sequence[str] | None) -> None:
+        if gene_list is None:
+            return
+        if isinstance(gene_list, str):
+            raise InputError(f"gene_list must be a list of gene names: [{gene_list!r}].")
+        unknown = pd.Index(gene_list).difference(adata.var_names)
+        if len(unknown):
+            raise InputError(
+                f"gene_list names {len(unknown)} genes the model does not have: "
+                f"{', '.join(map(str, unknown[:10]))}."
+            )
 
     def _batch_codes(self, adata: AnnData, transform_batch) -> list[int | None]:
         """Codes of batch categories (``None`` stays ``None``: each cell's own batch)."""
@@ -543,9 +563,11 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         >>> dense = samples.todense()
         """
         self._check_if_trained(warn=False)
+        adata = self._validate_anndata(adata)
+        self._check_genes(adata, gene_list)
         self.module.eval()
         return super().posterior_predictive_sample(
-            adata=self._validate_anndata(adata),
+            adata=adata,
             indices=indices,
             transform_batch=transform_batch,
             n_samples=n_samples,

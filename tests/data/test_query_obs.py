@@ -1,0 +1,222 @@
+"""New data's cells, obs columns and values are checked and matched by value or name."""
+
+from __future__ import annotations
+
+import warnings
+
+import mudata as md
+import numpy as np
+import pandas as pd
+import pytest
+
+from scgexp.data import (
+    InputError,
+    simulate_bulk_expression,
+    simulate_multiome,
+    simulate_scatac,
+    simulate_scrna,
+)
+from scgexp.model import DGEX, SAILER, MultiVAE, ZINBAutoencoder
+
+RNA_ATAC = {"rna_layer": "rna", "atac_layer": "atac"}
+
+
+def _quiet_train(model, max_epochs: int = 3) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(max_epochs=max_epochs, enable_progress_bar=False)
+
+
+def _with_donor(adata):
+    adata.obs["donor"] = pd.Categorical(np.where(np.arange(adata.n_obs) % 3 == 0, "d0", "d1"))
+    return adata
+
+
+def _reordered_donor(adata):
+    query = adata.copy()
+    query.obs["donor"] = query.obs["donor"].cat.reorder_categories(["d1", "d0"])
+    return query
+
+
+@pytest.fixture(scope="module")
+def zinb():
+    adata = _with_donor(simulate_scrna(n_cells=200, n_genes=40, seed=0))
+    adata.obs["size_factor"] = 1.0
+    ZINBAutoencoder.setup_anndata(
+        adata,
+        layer="counts",
+        batch_key="batch",
+        size_factor_key="size_factor",
+        categorical_covariate_keys=["donor"],
+    )
+    model = ZINBAutoencoder(adata, n_hidden=16, n_latent=4)
+    _quiet_train(model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def multivae():
+    mdata = simulate_multiome(n_cells=160, n_genes=30, n_peaks=60, seed=0)
+    _with_donor(mdata)
+    MultiVAE.setup_mudata(
+        mdata, batch_key="batch", categorical_covariate_keys=["donor"], modalities=RNA_ATAC
+    )
+    model = MultiVAE(mdata, n_latent=4)
+    _quiet_train(model)
+    return model
+
+
+def test_covariate_categories_in_another_order_are_matched_by_value(zinb, tmp_path):
+    # scvi-tools 1.4 alone would keep the query's codes and decode d0 cells as d1.
+    query = _reordered_donor(zinb.adata)
+    reference = zinb.get_normalized_expression(zinb.adata.copy(), return_numpy=True)
+    np.testing.assert_allclose(
+        zinb.get_normalized_expression(query, return_numpy=True), reference, rtol=1e-5
+    )
+    zinb.save(tmp_path / "zinb")
+    loaded = ZINBAutoencoder.load(tmp_path / "zinb", adata=_reordered_donor(zinb.adata))
+    np.testing.assert_allclose(
+        loaded.get_normalized_expression(return_numpy=True), reference, rtol=1e-5
+    )
+    assert list(query.obs["donor"].cat.categories) == ["d1", "d0"]  # the user's obs untouched
+
+
+def test_sailer_and_multivae_match_covariate_categories_by_value(multivae):
+    adata = _with_donor(simulate_scatac(n_cells=160, n_peaks=300, seed=0))
+    SAILER.setup_anndata(adata, batch_key="batch", categorical_covariate_keys=["donor"])
+    sailer = SAILER(adata, n_hidden=32, n_latent=4)
+    _quiet_train(sailer)
+    np.testing.assert_allclose(
+        sailer.get_normalized_accessibility(_reordered_donor(adata), return_numpy=True),
+        sailer.get_normalized_accessibility(adata.copy(), return_numpy=True),
+        rtol=1e-5,
+    )
+    mdata = multivae.adata
+    query = mdata.copy()
+    query.obs["donor"] = query.obs["donor"].cat.reorder_categories(["d1", "d0"])
+    np.testing.assert_allclose(
+        multivae.get_normalized_expression(query, return_numpy=True),
+        multivae.get_normalized_expression(mdata.copy(), return_numpy=True),
+        rtol=1e-5,
+    )
+
+
+def test_query_obs_columns_are_checked(zinb):
+    query = zinb.adata.copy()
+    del query.obs["batch"]
+    with pytest.raises(InputError, match="no column 'batch'"):
+        zinb.get_latent_representation(query)
+    query = zinb.adata.copy()
+    query.obs["size_factor"] = 0.0
+    with pytest.raises(InputError, match="positive size factors"):
+        zinb.get_normalized_expression(query)
+    query.obs["size_factor"] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        zinb.get_normalized_expression(query)
+
+
+def test_model_loaded_without_data_asks_for_it(zinb, tmp_path):
+    zinb.save(tmp_path / "zinb")
+    loaded = ZINBAutoencoder.load(tmp_path / "zinb")
+    with pytest.raises(InputError, match="loaded without data"):
+        loaded.get_latent_representation()
+    assert loaded.get_latent_representation(zinb.adata.copy()).shape == (200, 4)
+
+
+def test_bad_requests_are_named(zinb):
+    with pytest.raises(InputError, match="does not have: nope"):
+        zinb.get_normalized_expression(gene_list=["nope"])
+    with pytest.raises(InputError, match="single category"):
+        zinb.get_likelihood_parameters(transform_batch=["batch_0", "batch_1"])
+    adata = simulate_scatac(n_cells=120, n_peaks=300, seed=1)
+    SAILER.setup_anndata(adata, batch_key="batch")
+    sailer = SAILER(adata, n_hidden=16, n_latent=4)
+    _quiet_train(sailer, max_epochs=1)
+    with pytest.raises(InputError, match="'median' or None"):
+        sailer.get_normalized_accessibility(depth="mean")
+
+
+def test_multivae_query_cells_must_line_up(multivae):
+    mdata = multivae.adata
+    permutation = np.random.default_rng(0).permutation(40)
+    query = md.MuData(
+        {"rna": mdata["rna"][:40].copy(), "atac": mdata["atac"][:40][permutation].copy()}
+    )
+    query.obs["batch"] = mdata.obs["batch"][:40].to_numpy()
+    query.obs["donor"] = mdata.obs["donor"][:40].to_numpy()
+    with pytest.raises(InputError, match="cells do not match"):
+        multivae.get_latent_representation(query)
+    # predict reads the source modality's cells and matches obs to them by name.
+    expected = multivae.predict(mdata[:40].copy(), source="atac", target="rna")
+    predicted = multivae.predict(query, source="atac", target="rna")
+    assert list(predicted.obs_names) == list(query["atac"].obs_names)
+    np.testing.assert_allclose(
+        predicted.X, expected[query["atac"].obs_names].X, rtol=1e-5, atol=1e-7
+    )
+
+
+def test_multivae_query_values_are_checked(multivae, tmp_path):
+    mdata = multivae.adata
+
+    def query(change):
+        copy = mdata[:40].copy()
+        change(copy)
+        return copy
+
+    def nan_rna(q):
+        q["rna"].X = q["rna"].X.toarray()
+        q["rna"].X[0, 0] = np.nan
+
+    def log_rna(q):
+        q["rna"].X = np.log1p(q["rna"].X.toarray())
+
+    def unknown_batch(q):
+        q.obs["batch"] = "new_lab"
+
+    def no_batch(q):
+        del q.obs["batch"]
+
+    cases = [
+        (nan_rna, "NaN"),
+        (log_rna, "layer="),
+        (unknown_batch, "not trained with"),
+        (no_batch, "no column 'batch'"),
+    ]
+    for change, message in cases:
+        with pytest.raises(InputError, match=message):
+            multivae.get_latent_representation(query(change))
+    multivae.save(tmp_path / "mv")
+    with pytest.raises(InputError, match="not trained with"):
+        MultiVAE.load(tmp_path / "mv", mdata=query(unknown_batch))
+
+
+def test_dgex_reads_only_landmarks_and_names_empty_requests():
+    adata = simulate_bulk_expression(
+        n_samples=300, n_landmarks=20, n_targets=40, n_programs=5, seed=0
+    )
+    train, test = adata[:250].copy(), adata[250:].copy()
+    DGEX.setup_anndata(train)
+    model = DGEX(train, n_hidden=32)
+    _quiet_train(model)
+    reference = model.predict(test).X
+    test.X[:, np.flatnonzero(~test.var["landmark"].to_numpy())[0]] = np.nan  # unmeasured target
+    np.testing.assert_allclose(model.predict(test).X, reference)
+    targets_only = test[:, ~test.var["landmark"].to_numpy()].copy()
+    with pytest.raises(InputError, match="None of the 20 landmark genes"):
+        model.predict(targets_only, fill_missing=True)
+    with pytest.raises(InputError, match="no samples"):
+        model.predict(test[:0].copy())
+    with pytest.raises(InputError, match="batch_size"):
+        model.predict(test, batch_size=0)
+
+
+def test_setup_names_bad_flags():
+    adata = simulate_bulk_expression(n_samples=50, n_landmarks=10, n_targets=20, seed=0)
+    adata.var["landmark"] = adata.var["landmark"].astype("boolean")
+    adata.var.loc[adata.var_names[0], "landmark"] = pd.NA
+    with pytest.raises(InputError, match="1 missing values"):
+        DGEX.setup_anndata(adata)
+    mdata = simulate_multiome(n_cells=60, n_genes=20, n_peaks=40, seed=0)
+    mdata.obs["has_rna"] = "yes"
+    with pytest.raises(InputError, match="must be boolean"):
+        MultiVAE.setup_mudata(mdata, presence_keys={"rna": "has_rna"}, modalities=RNA_ATAC)

@@ -220,3 +220,14 @@ def test_setup_names_bad_flags():
     mdata.obs["has_rna"] = "yes"
     with pytest.raises(InputError, match="must be boolean"):
         MultiVAE.setup_mudata(mdata, presence_keys={"rna": "has_rna"}, modalities=RNA_ATAC)
+
+
+def test_presence_flags_that_contradict_the_data_are_reported():
+    mdata = simulate_multiome(n_cells=80, n_genes=20, n_peaks=200, seed=0)
+    mdata.obs["has_rna"] = True
+    mdata.obs["has_atac"] = True
+    mdata.obs.loc[mdata.obs_names[:3], "has_atac"] = False  # these cells do hold ATAC counts
+    with pytest.warns(UserWarning, match="3 cells flagged missing hold counts"):
+        MultiVAE.setup_mudata(
+            mdata, presence_keys={"rna": "has_rna", "atac": "has_atac"}, modalities=RNA_ATAC
+        )

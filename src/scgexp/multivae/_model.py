@@ -478,11 +478,21 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
     def _check_every_cell_has_data(mdata, names, layers, presence_keys) -> None:
         has_any = np.zeros(mdata.n_obs, dtype=bool)
         for data_type, name in names.items():
+            has_counts = row_and_column_sums(get_matrix(mdata.mod[name], layers[data_type]))[0] > 0
+            present = has_counts
             if data_type in presence_keys:
-                present = mdata.obs[presence_keys[data_type]].to_numpy(dtype=float) > 0.5
-            else:
-                matrix = get_matrix(mdata.mod[name], layers[data_type])
-                present = row_and_column_sums(matrix)[0] > 0
+                key = presence_keys[data_type]
+                present = mdata.obs[key].to_numpy(dtype=float) > 0.5
+                for n, what in (
+                    (int((present & ~has_counts).sum()), "flagged present have an all-zero row"),
+                    (int((~present & has_counts).sum()), "flagged missing hold counts (ignored)"),
+                ):
+                    if n:
+                        warnings.warn(
+                            f"{n} cells {what} in {data_type} ({name!r}); check obs[{key!r}].",
+                            UserWarning,
+                            stacklevel=3,
+                        )
             n_missing = int((~present).sum())
             if n_missing:
                 how = (

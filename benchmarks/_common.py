@@ -17,14 +17,14 @@ def slug(method: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in method).strip("_")
 
 
-def run_isolated(run_one: Callable, name: str, method: str) -> dict:
-    """``run_one(name, method, queue)`` in a fresh process (its own peak memory); its result.
+def run_isolated(run_one: Callable, name: str, method: str, *extra) -> dict:
+    """``run_one(name, method, queue, *extra)`` in a fresh process (own peak memory); its result.
 
     A child that dies (error, out of memory) raises instead of leaving the caller waiting.
     """
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    process = ctx.Process(target=run_one, args=(name, method, queue))
+    process = ctx.Process(target=run_one, args=(name, method, queue, *extra))
     process.start()
     while True:
         try:

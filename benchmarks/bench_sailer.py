@@ -132,8 +132,16 @@ def latent_metrics(adata, latent: np.ndarray) -> dict:
     }
 
 
-def run_one(name: str, method: str, queue) -> None:
-    """Train one method on one dataset and put its metrics on the queue (in a subprocess)."""
+def latent_path(name: str, method: str, train_seed: int = SEED) -> Path:
+    suffix = "" if train_seed == SEED else f"_seed{train_seed}"
+    return RESULTS / f"sailer_{name}_{slug(method)}{suffix}_latent.npy"
+
+
+def run_one(name: str, method: str, queue, train_seed: int = SEED) -> None:
+    """Train one method on one dataset and put its metrics on the queue (in a subprocess).
+
+    ``train_seed`` seeds the training only (initial weights, minibatches); the data stay the same.
+    """
     import logging
     import warnings
 
@@ -143,7 +151,7 @@ def run_one(name: str, method: str, queue) -> None:
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
-    scvi.settings.seed = SEED
+    scvi.settings.seed = train_seed
     adata = load(name)
     max_epochs = DATASETS[name]["max_epochs"]
     kl_warmup = min(50, max_epochs // 3)  # equal KL annealing for both neural models
@@ -177,7 +185,7 @@ def run_one(name: str, method: str, queue) -> None:
         epochs = len(model.history["elbo_train"])
         result.update(train_s=train_s, epochs=epochs, s_per_epoch=train_s / epochs)
         latent = model.get_latent_representation()
-    np.save(RESULTS / f"sailer_{name}_{slug(method)}_latent.npy", latent)
+    np.save(latent_path(name, method, train_seed), latent)
     result.update(latent_metrics(adata, latent))
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     queue.put(result)

@@ -76,9 +76,10 @@ def write_table(results: list[dict], name: str, command: str) -> str:
         if set(METHODS) <= set(pair):
             s, p = pair["SAILER"], pair["PEAKVI"]
             ratios.append(s["mi_depth"] / p["mi_depth"])
-            above.append(
-                (s["mi_depth"] - s["mi_depth_floor"]) / (p["mi_depth"] - p["mi_depth_floor"])
-            )
+            s_above = s["mi_depth"] - s["mi_depth_floor"]
+            p_above = p["mi_depth"] - p["mi_depth_floor"]
+            # A ratio means nothing where PEAKVI is on or below its floor.
+            above.append(max(s_above, 0.0) / p_above if p_above > 0 else None)
     lines.append("")
     for method in METHODS:
         rows = [r for r in results if r["method"] == method]
@@ -97,8 +98,8 @@ def write_table(results: list[dict], name: str, command: str) -> str:
             "- MI depth, SAILER / PEAKVI per seed: "
             + ", ".join(f"{x:.2f}" for x in ratios)
             + f" (median {np.median(ratios):.2f}); above the floor: "
-            + ", ".join(f"{x:.2f}" for x in above)
-            + f" (median {np.median(above):.2f})"
+            + ", ".join("—" if x is None else f"{x:.2f}" for x in above)
+            + " (— where PEAKVI is not above its floor; SAILER below its floor counts as 0)"
         )
     text = "\n".join(lines) + "\n"
     (RESULTS / "sailer_seeds.md").write_text(text)

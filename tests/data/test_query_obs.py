@@ -153,6 +153,12 @@ def test_multivae_query_cells_must_line_up(multivae):
     np.testing.assert_allclose(
         predicted.X, expected[query["atac"].obs_names].X, rtol=1e-5, atol=1e-7
     )
+    # A MuData whose source modality holds only some of its cells (not padded).
+    partial = md.MuData({"rna": mdata["rna"][:40].copy(), "atac": mdata["atac"][10:40].copy()})
+    partial.obs["batch"] = mdata.obs["batch"][:40].to_numpy()
+    partial.obs["donor"] = mdata.obs["donor"][:40].to_numpy()
+    predicted = multivae.predict(partial, source="atac", target="rna")
+    np.testing.assert_allclose(predicted.X, expected[10:40].X, rtol=1e-5, atol=1e-7)
 
 
 def test_multivae_query_values_are_checked(multivae, tmp_path):
@@ -231,3 +237,24 @@ def test_presence_flags_that_contradict_the_data_are_reported():
         MultiVAE.setup_mudata(
             mdata, presence_keys={"rna": "has_rna", "atac": "has_atac"}, modalities=RNA_ATAC
         )
+
+
+def test_multivae_predict_checks_continuous_covariates_and_encodes_empty_query_cells():
+    mdata = simulate_multiome(n_cells=120, n_genes=20, n_peaks=200, seed=1)
+    mdata.obs["qc"] = np.random.default_rng(0).normal(size=mdata.n_obs)
+    MultiVAE.setup_mudata(mdata, continuous_covariate_keys=["qc"], modalities=RNA_ATAC)
+    model = MultiVAE(mdata, n_latent=4)
+    _quiet_train(model, max_epochs=1)
+    atac = mdata["atac"][:30].copy()
+    atac.obs["qc"] = mdata.obs["qc"][:30].to_numpy()
+    assert np.isfinite(model.predict(atac, source="atac", target="rna").X).all()
+    atac.obs.loc[atac.obs_names[0], "qc"] = np.inf
+    with pytest.raises(InputError, match="NaN or infinite"):
+        model.predict(atac, source="atac", target="rna")
+    # A query cell without any data is encoded (from nothing), not refused as in training.
+    query = mdata[:30].copy()
+    for name in ("rna", "atac"):
+        matrix = query[name].X.toarray()
+        matrix[0] = 0
+        query[name].X = matrix
+    assert np.isfinite(model.get_latent_representation(query)).all()

@@ -93,6 +93,7 @@ def check_matrix(
     allow_empty_cells: bool = False,
     allow_empty_features: bool = True,
     allow_fortran: bool = False,
+    columns: np.ndarray | None = None,
     where: str = "",
 ) -> None:
     """Check the matrix a model will train on.
@@ -112,6 +113,8 @@ def check_matrix(
     allow_fortran
         Accept a column-major numpy array silently (for data that scgexp reads itself). Without
         it a warning says that scvi-tools will put a row-major copy in its place.
+    columns
+        Check only these column positions (e.g. the features a model reads); ``None``: all.
     where
         Prefix for messages, e.g. ``"modality 'rna': "``.
 
@@ -158,9 +161,11 @@ def check_matrix(
             f"{where}{name} has dtype {matrix.dtype}; a real numeric matrix is needed."
         )
     row_sums = np.zeros(matrix.shape[0])
-    col_sums = np.zeros(matrix.shape[1])
+    col_sums = np.zeros(matrix.shape[1] if columns is None else len(columns))
     offset = 0
     for chunk in _row_chunks(matrix):
+        if columns is not None:
+            chunk = chunk[:, columns]
         values = _values(chunk)
         if not np.all(np.isfinite(values)):
             raise InputError(

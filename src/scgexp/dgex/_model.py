@@ -354,10 +354,11 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         # Only the landmark values are read (other genes may hold NaN, e.g. unmeasured
         # targets), in row blocks, never registered with scvi-tools: any memory order will do.
         check_matrix(
-            adata[:, np.sort(positions[positions >= 0])],
+            adata,
             layer,
             allow_empty_cells=True,
             allow_fortran=True,
+            columns=np.sort(positions[positions >= 0]),
         )
         if len(missing):
             if not fill_missing:

@@ -409,8 +409,12 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         cls.register_manager(adata_manager)
 
     @classmethod
-    def _check_data(cls, mdata: MuData, setup_args: dict) -> None:
-        """Checks shared by setup and new data: cells aligned, counts, ``obs`` columns."""
+    def _check_data(cls, mdata: MuData, setup_args: dict, query: bool = False) -> None:
+        """Checks shared by setup and new data: cells aligned, counts, ``obs`` columns.
+
+        Only training data must give every cell some data: a query cell without any is encoded
+        from nothing, as in scvi-tools.
+        """
         modalities = setup_args["modalities"]
         names = _check_modalities(mdata, modalities)
         layers = {
@@ -445,7 +449,8 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
                     f"MuData: obs[{key!r}] must be boolean (True where the cell has the modality)."
                 )
         check_obs_keys(mdata, continuous=list(presence_keys.values()), where="MuData: ")
-        cls._check_every_cell_has_data(mdata, names, layers, presence_keys)
+        if not query:
+            cls._check_every_cell_has_data(mdata, names, layers, presence_keys)
         batch_key = setup_args.get("batch_key")
         check_obs_keys(
             _obs(mdata, modalities, "batch_key"), categorical=[batch_key] if batch_key else []
@@ -595,7 +600,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             # scvi-tools compares only feature counts and reads cells by position: check names,
             # cell alignment, counts, obs columns and categories first.
             check_feature_names(adata, self.registry_)
-            self._check_data(adata, self.registry_["setup_args"])
+            self._check_data(adata, self.registry_["setup_args"], query=True)
             self._check_known_categories(adata, self.registry_)
         return super()._validate_anndata(adata, copy_if_view=copy_if_view)
 
@@ -924,6 +929,12 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
     def _column(self, data, obs: pd.DataFrame, setup_arg: str, key: str) -> pd.Series:
         modalities = self.registry_["setup_args"]["modalities"]
         if isinstance(data, MuData):
+            if modalities.get(setup_arg) not in (None, *data.mod):
+                raise InputError(
+                    f"The model reads {setup_arg} from modality {modalities[setup_arg]!r}, which "
+                    f"this MuData lacks (it has {list(data.mod)}). Add that modality, or pass "
+                    f"the source AnnData with obs[{key!r}]."
+                )
             frame = _obs(data, modalities, setup_arg).obs
         else:
             frame = obs
@@ -935,8 +946,13 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             )
             message = f"obs has no column {key!r}, which the model needs ({setup_arg}). "
             raise InputError(message + fix)
-        if not isinstance(data, MuData):
+        if not isinstance(data, MuData) or frame.index.equals(obs.index):
             return frame[key]
+        if obs.index.has_duplicates or frame.index.has_duplicates:
+            raise InputError(
+                f"obs[{key!r}] is matched to the source cells by name, but the cell names are "
+                "not unique. Run `mdata.obs_names_make_unique()` (or rename the cells) first."
+            )
         column = frame[key].reindex(obs.index)  # the source cells' values, matched by name
         if column.isna().any():
             raise InputError(
@@ -998,11 +1014,6 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             raise InputError("source and target are the same data type; use the get_* methods.")
         adata, matrix = self._source_data(mdata_new, source)
         obs = adata.obs  # one row per cell of the source modality, matched by name below
-        if isinstance(mdata_new, MuData) and obs.index.has_duplicates:
-            raise InputError(
-                f"The {source} modality has duplicate cell names; covariates are matched to "
-                "cells by name. Run `mdata.obs_names_make_unique()` (or rename them) first."
-            )
         setup_args = self.registry_["setup_args"]
         code = self._batch_code(transform_batch)
         n_obs = matrix.shape[0]
@@ -1016,10 +1027,16 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         cats = self._codes(
             mdata_new, obs, "categorical_covariate_keys", REGISTRY_KEYS.CAT_COVS_KEY, cat_keys
         )
+        cont_keys = setup_args.get("continuous_covariate_keys") or []
         cont = [
             self._column(mdata_new, obs, "continuous_covariate_keys", key).to_numpy(float)
-            for key in setup_args.get("continuous_covariate_keys") or []
+            for key in cont_keys
         ]
+        for key, values in zip(cont_keys, cont, strict=True):
+            if not np.all(np.isfinite(values)):
+                raise InputError(
+                    f"obs[{key!r}] has NaN or infinite values; fill or drop those cells first."
+                )
         if setup_args.get("size_factor_key") and source == "rna":
             warnings.warn(
                 "predict uses total counts as the RNA library size of new cells.",

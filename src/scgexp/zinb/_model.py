@@ -474,7 +474,8 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         """
         self._check_if_trained(warn=False)
         adata = self._validate_anndata(adata)
-        if not (transform_batch is None or isinstance(transform_batch, str | int | float)):
+        single = isinstance(transform_batch, str | int | float | np.generic)
+        if not (transform_batch is None or single):
             raise InputError(
                 "get_likelihood_parameters decodes at one batch: pass a single category "
                 f"(or None), not {transform_batch!r}."
@@ -512,7 +513,7 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
 
     def _batch_codes(self, adata: AnnData, transform_batch) -> list[int | None]:
         """Codes of batch categories (``None`` stays ``None``: each cell's own batch)."""
-        if transform_batch is None or isinstance(transform_batch, str | int | float):
+        if transform_batch is None or isinstance(transform_batch, str | int | float | np.generic):
             transform_batch = [transform_batch]
         manager = self.get_anndata_manager(adata, required=True)
         mapping = list(manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping)

@@ -9,6 +9,7 @@ estimator returns when depth is shuffled (mean of 5 permutations).
 Run from the project root (2-3 minutes per seed and method on one CPU thread)::
 
     python benchmarks/sailer_seeds.py --seeds 0 1 2 3 4   # writes results/sailer_seeds.md
+    python benchmarks/sailer_seeds.py --dataset simulated_small   # 400 cells
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ def write_table(results: list[dict], name: str, command: str) -> str:
             + " (— where PEAKVI is not above its floor; SAILER below its floor counts as 0)"
         )
     text = "\n".join(lines) + "\n"
-    (RESULTS / "sailer_seeds.md").write_text(text)
+    suffix = "" if name == "simulated" else f"_{name}"
+    (RESULTS / f"sailer_seeds{suffix}.md").write_text(text)
     return text
 
 
@@ -112,6 +114,8 @@ def main() -> None:
     parser.add_argument("--dataset", default="simulated")
     args = parser.parse_args()
     command = "python benchmarks/sailer_seeds.py --seeds " + " ".join(map(str, args.seeds))
+    if args.dataset != "simulated":
+        command += f" --dataset {args.dataset}"
     cache = RESULTS / "sailer_seeds_raw.json"
     results = json.loads(cache.read_text()) if cache.exists() else []
     for seed in args.seeds:

@@ -152,6 +152,11 @@ def test_fit_and_predict_zinb(counts_file, tmp_path):
         (["predict", "{tmp}", "{counts}", "--out", "{out}"], "holds no saved scgexp model"),
         (["fit", "zinb", "{mudata}", "--out", "{out_mu}"], "take AnnData (.h5ad)"),
         (["fit", "zinb", "{counts}", "--out", "{txt}/out.h5ad"], "cannot be written to"),
+        (["fit", "zinb", "{counts}", "--out", "{link}"], "never overwrites its input"),
+        (
+            ["fit", "zinb", "{counts}", "--out", "{out}", "--batch-key", "library"],
+            "holds continuous values",
+        ),
     ],
 )
 def test_errors_are_one_line_and_leave_input_untouched(counts_file, tmp_path, args, message):
@@ -165,6 +170,11 @@ def test_errors_are_one_line_and_leave_input_untouched(counts_file, tmp_path, ar
         "mudata": tmp_path / "x.h5mu",
         "out_mu": tmp_path / "out.h5mu",
     }
+    names["link"] = tmp_path / "hard_link.h5ad"
+    names["link"].hardlink_to(counts_file)  # another name for the input file
+    adata = ad.read_h5ad(counts_file)
+    adata.obs["library"] = np.asarray(adata.X.sum(1)).ravel() / 7.0
+    adata.write_h5ad(counts_file)
     before = counts_file.read_bytes()
     result = CliRunner().invoke(main, [a.format(**names) for a in args])
     assert result.exit_code != 0
@@ -185,3 +195,19 @@ def test_command_line_knows_every_model():
 
     assert MODEL_NAMES == list(MODELS)
     assert {spec.cls.__name__ for spec in MODELS.values()} == set(scgexp.model.__all__)
+
+
+def test_multivae_layer_option_names_every_modalitys_counts(tmp_path):
+    import mudata
+
+    mdata = scgexp.data.simulate_multiome(n_cells=120, n_genes=30, n_peaks=80, seed=0)
+    for name in ("rna", "atac"):
+        mdata[name].layers["counts"] = mdata[name].X.copy()
+        mdata[name].X = np.log1p(mdata[name].X.toarray())
+    path = tmp_path / "lognorm.h5mu"
+    mdata.write(path)
+    out = tmp_path / "joint.h5mu"
+    result = _invoke("fit", "multivae", path, "--out", out, "--layer", "counts", "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    assert mudata.read_h5mu(out).obsm["X_multivae"].shape[0] == 120
+    assert not list(tmp_path.glob(".*partial*"))  # written through a temporary file, renamed

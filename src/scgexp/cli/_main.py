@@ -42,7 +42,9 @@ def _check_output(
         raise InputError(f"{input_path} is neither .h5ad nor .h5mu; convert it to AnnData first.")
     if output.suffix != input_path.suffix:
         raise InputError(f"--out must be a {input_path.suffix} file, like the input.")
-    if output.resolve() == input_path.resolve():
+    if output.resolve() == input_path.resolve() or (
+        output.exists() and input_path.exists() and os.path.samefile(output, input_path)
+    ):
         raise InputError("--out must differ from the input: scgexp never overwrites its input.")
     for folder in (output.resolve().parent, model_dir):
         if folder is None:
@@ -50,6 +52,20 @@ def _check_output(
         existing = next(p for p in (Path(folder), *Path(folder).resolve().parents) if p.exists())
         if not (existing.is_dir() and os.access(existing, os.W_OK)):
             raise InputError(f"{folder} cannot be written to; choose another --out/--model-dir.")
+
+
+def _write(data, output: Path) -> None:
+    """Write to a temporary file beside ``output``, then rename it into place.
+
+    A failed write (full disk, quota) leaves no truncated file that looks like a result.
+    """
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(f".{output.stem}.partial{output.suffix}")
+    try:
+        data.write(partial)
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _run(action):
@@ -113,7 +129,10 @@ def demo(out_dir: Path, epochs: int | None, accelerator: str) -> None:
     "output",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Output file (same type as INPUT) with the results added.",
+    help=(
+        "Output file (same type as INPUT): the input with the results added (dgex: a new "
+        "file with the predicted transcriptome)."
+    ),
 )
 @click.option("--layer", default=None, help="Layer to train on (default: X).")
 @click.option("--batch-key", default=None, help="obs column with batches.")
@@ -202,8 +221,7 @@ def fit(
         folder = model_dir or output.with_name(output.stem + f"_{spec.key}_model")
         model.save(str(folder), overwrite=True)
         result = spec.results(model, data, options)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        result.write(output)
+        _write(result, output)
         return folder
 
     folder = _run(action)
@@ -218,7 +236,10 @@ def fit(
     "output",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Output file (same type as INPUT) with the results added.",
+    help=(
+        "Output file (same type as INPUT): the input with the results added (dgex: a new "
+        "file with the predicted transcriptome)."
+    ),
 )
 @click.option(
     "--rank-map",
@@ -239,8 +260,7 @@ def predict(model_dir: Path, input_path: Path, output: Path, rank_map: bool) -> 
         data = _read(input_path)
         model = spec.cls.load(str(model_dir), adata=None if spec.key == "dgex" else data)
         result = spec.results(model, data, {"rank_map": rank_map})
-        output.parent.mkdir(parents=True, exist_ok=True)
-        result.write(output)
+        _write(result, output)
 
     _run(action)
     click.echo(f"Wrote {output}")

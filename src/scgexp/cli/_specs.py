@@ -141,10 +141,13 @@ def _setup_multivae(mdata, options: dict) -> None:
             f"mdata.obs has no column {options['batch_key']!r} (--batch-key). "
             f"Available: {', '.join(mdata.obs.columns) or 'none'}."
         )
+    modalities = multivae_modalities(mdata, options)
+    layer = options.get("layer")  # --layer names the counts layer of every used modality
     MultiVAE.setup_mudata(
         mdata,
         batch_key=options.get("batch_key"),
-        modalities=multivae_modalities(mdata, options),
+        modalities=modalities,
+        **{arg: layer for arg in modalities if arg.endswith("_layer")},
     )
 
 

@@ -220,9 +220,16 @@ def check_obs_keys(
                 f"{where}obs has no column {key!r}. Available: {', '.join(adata.obs.columns)}."
             )
     for key in categorical or []:
-        if adata.obs[key].isna().any():
+        values = adata.obs[key]
+        if values.isna().any():
             raise InputError(
                 f"{where}obs[{key!r}] has missing values; fill them (e.g. with 'unknown') first."
+            )
+        if pd.api.types.is_float_dtype(values) and np.any(values != np.round(values)):
+            raise InputError(
+                f"{where}obs[{key!r}] holds continuous values, but a batch or categorical "
+                "covariate needs categories (e.g. sample or plate names). Pass a continuous "
+                "value as a continuous covariate where the model has one."
             )
     for key in continuous or []:
         values = adata.obs[key]

@@ -48,6 +48,11 @@ def mark_landmarks(
     --------
     >>> n = scgexp.data.mark_landmarks(adata, ["GAPDH", "ACTB"], gene_column="symbol")
     """
+    if gene_column is not None and gene_column not in adata.var:
+        raise InputError(
+            f"var has no column {gene_column!r}; columns: "
+            f"{', '.join(adata.var.columns) or 'none'}."
+        )
     names = adata.var_names if gene_column is None else adata.var[gene_column].astype(str)
     wanted = pd.Index(pd.unique(pd.Series(list(genes), dtype=str)))
     is_landmark = np.asarray(pd.Index(names).isin(wanted))

@@ -358,6 +358,11 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         ... )
         """
         setup_method_args = cls._get_setup_method_args(**locals())
+        if set(kwargs) - {"source_registry", "extend_categories"}:
+            raise InputError(
+                f"setup_mudata got unknown arguments {sorted(kwargs)}; the counts layer of each "
+                "modality is given with rna_layer=, atac_layer= and protein_layer=."
+            )
         cls._check_data(mdata, setup_method_args["setup_args"])
         if kwargs.get("source_registry") is not None:
             cls._check_known_categories(mdata, kwargs["source_registry"])

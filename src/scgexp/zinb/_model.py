@@ -423,7 +423,9 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         Examples
         --------
         >>> adata.layers["denoised"] = model.get_normalized_expression(return_numpy=True)
-        >>> corrected = model.get_normalized_expression(transform_batch="b0", library_size=1e4)
+        >>> corrected = model.get_normalized_expression(
+        ...     transform_batch="batch_0", library_size=1e4
+        ... )
         """
         self._check_if_trained(warn=False)
         adata = self._validate_anndata(adata)

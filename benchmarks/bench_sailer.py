@@ -98,6 +98,13 @@ def lsi(adata, n_components: int = 30) -> np.ndarray:
     return svd.fit_transform(tfidf)[:, 1:]
 
 
+def noisy_log_depth(adata) -> np.ndarray:
+    """log(open peaks + uniform(0, 1)): without the noise, ties inflate the kNN MI estimate."""
+    rng = np.random.default_rng(SEED)
+    n_open = np.asarray((adata.X > 0).sum(1)).ravel()
+    return np.log(n_open + rng.uniform(0, 1, size=adata.n_obs))
+
+
 def latent_metrics(adata, latent: np.ndarray) -> dict:
     import scanpy as sc
     import scib_metrics
@@ -117,9 +124,7 @@ def latent_metrics(adata, latent: np.ndarray) -> dict:
     best = best_leiden(view, labels, np.arange(0.2, 2.01, 0.2), SEED)
     k = min(90, adata.n_obs - 1)
     distances, indices = NearestNeighbors(n_neighbors=k).fit(emb).kneighbors(emb)
-    rng = np.random.default_rng(SEED)
-    n_open = np.asarray((adata.X > 0).sum(1)).ravel()
-    log_depth = np.log(n_open + rng.uniform(0, 1, size=adata.n_obs))
+    log_depth = noisy_log_depth(adata)
     mi_kwargs = {"n_neighbors": 3, "random_state": SEED}
     return {
         "nmi": best["nmi"],

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 from _common import run_isolated
-from bench_sailer import RESULTS, SEED, latent_path, load, run_one
+from bench_sailer import RESULTS, SEED, latent_path, load, noisy_log_depth, run_one
 
 METHODS = ["SAILER", "PEAKVI"]
 
@@ -29,10 +29,7 @@ def depth_floor(name: str, latent: np.ndarray, n_permutations: int = 5) -> float
     """Mean MI between the latent and log depth shuffled across cells (true MI is 0)."""
     from sklearn.feature_selection import mutual_info_regression
 
-    adata = load(name)
-    rng = np.random.default_rng(SEED)  # the same depth noise as bench_sailer.latent_metrics
-    n_open = np.asarray((adata.X > 0).sum(1)).ravel()
-    log_depth = np.log(n_open + rng.uniform(0, 1, size=adata.n_obs))
+    log_depth = noisy_log_depth(load(name))  # as in bench_sailer.latent_metrics
     values = [
         np.mean(
             mutual_info_regression(

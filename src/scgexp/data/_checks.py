@@ -95,7 +95,7 @@ def check_matrix(
     allow_fortran: bool = False,
     columns: np.ndarray | None = None,
     where: str = "",
-) -> None:
+) -> np.ndarray:
     """Check the matrix a model will train on.
 
     Parameters
@@ -118,6 +118,11 @@ def check_matrix(
     where
         Prefix for messages, e.g. ``"modality 'rna': "``.
 
+    Returns
+    -------
+    Each row's sum of absolute values (over ``columns``), read on the way, so callers need not
+    read the matrix again.
+
     Raises
     ------
     InputError
@@ -127,7 +132,7 @@ def check_matrix(
     --------
     >>> import scgexp
     >>> adata = scgexp.data.pbmc68k_counts()
-    >>> scgexp.data.check_matrix(adata, counts=True)
+    >>> totals = scgexp.data.check_matrix(adata, counts=True)
     """
     matrix = get_matrix(adata, layer, where)
     name = "X" if layer is None else f"layer {layer!r}"
@@ -200,6 +205,7 @@ def check_matrix(
             f"{where}{name} has {n} features that are zero in every cell. Remove them first, e.g. "
             "`sc.pp.filter_genes(adata, min_counts=1)`."
         )
+    return row_sums
 
 
 def check_obs_keys(
@@ -239,6 +245,15 @@ def check_obs_keys(
             raise InputError(
                 f"{where}obs[{key!r}] has NaN or infinite values; fill or drop those cells first."
             )
+
+
+def check_size_factors(adata: AnnData, key: str | None) -> None:
+    """Check that ``obs[key]`` (if given) holds a finite, positive size factor for every cell."""
+    if key is None:
+        return
+    check_obs_keys(adata, continuous=[key])
+    if np.any(adata.obs[key].to_numpy(float) <= 0):
+        raise InputError(f"obs[{key!r}] must hold positive size factors.")
 
 
 def check_known_categories(adata: AnnData, registry: dict, sources: dict | None = None) -> None:
@@ -378,8 +393,4 @@ def check_query(adata: AnnData, registry: dict) -> None:
     check_matrix(adata, setup_args.get("layer"), counts=True)
     check_known_categories(adata, registry)
     check_obs_keys(adata, continuous=setup_args.get("continuous_covariate_keys"))
-    size_factor_key = setup_args.get("size_factor_key")
-    if size_factor_key is not None:
-        check_obs_keys(adata, continuous=[size_factor_key])
-        if np.any(adata.obs[size_factor_key].to_numpy(float) <= 0):
-            raise InputError(f"obs[{size_factor_key!r}] must hold positive size factors.")
+    check_size_factors(adata, setup_args.get("size_factor_key"))

@@ -31,6 +31,7 @@ from scgexp.data._checks import (
     check_known_categories,
     check_matrix,
     check_obs_keys,
+    check_size_factors,
     get_matrix,
     row_and_column_sums,
 )
@@ -427,6 +428,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             "atac": setup_args.get("atac_layer"),
             "protein": setup_args.get("protein_layer"),
         }
+        row_sums = {}
         for data_type, name in names.items():
             mod = mdata.mod[name]
             where = f"modality {name!r} ({data_type}): "
@@ -440,7 +442,9 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
                 )
             if mod.n_vars == 0:
                 raise InputError(f"{where}it has no features; drop it from modalities.")
-            check_matrix(mod, layers[data_type], counts=True, allow_empty_cells=True, where=where)
+            row_sums[data_type] = check_matrix(
+                mod, layers[data_type], counts=True, allow_empty_cells=True, where=where
+            )
         presence_keys = dict(setup_args.get("presence_keys") or {})
         unknown = sorted(set(presence_keys) - set(names))
         if unknown:
@@ -455,7 +459,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
                 )
         check_obs_keys(mdata, continuous=list(presence_keys.values()), where="MuData: ")
         if not query:
-            cls._check_every_cell_has_data(mdata, names, layers, presence_keys)
+            cls._check_every_cell_has_data(mdata, names, row_sums, presence_keys)
         batch_key = setup_args.get("batch_key")
         check_obs_keys(
             _obs(mdata, modalities, "batch_key"), categorical=[batch_key] if batch_key else []
@@ -468,12 +472,9 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             _obs(mdata, modalities, "continuous_covariate_keys"),
             continuous=setup_args.get("continuous_covariate_keys"),
         )
-        size_factor_key = setup_args.get("size_factor_key")
-        if size_factor_key is not None:
-            source = _obs(mdata, modalities, "size_factor_key")
-            check_obs_keys(source, continuous=[size_factor_key])
-            if np.any(source.obs[size_factor_key].to_numpy(float) <= 0):
-                raise InputError(f"obs[{size_factor_key!r}] must hold positive size factors.")
+        check_size_factors(
+            _obs(mdata, modalities, "size_factor_key"), setup_args.get("size_factor_key")
+        )
 
     @staticmethod
     def _check_known_categories(mdata: MuData, registry: dict) -> None:
@@ -485,10 +486,10 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         check_known_categories(mdata, registry, sources=sources)
 
     @staticmethod
-    def _check_every_cell_has_data(mdata, names, layers, presence_keys) -> None:
+    def _check_every_cell_has_data(mdata, names, row_sums, presence_keys) -> None:
         has_any = np.zeros(mdata.n_obs, dtype=bool)
         for data_type, name in names.items():
-            has_counts = row_and_column_sums(get_matrix(mdata.mod[name], layers[data_type]))[0] > 0
+            has_counts = row_sums[data_type] > 0
             present = has_counts
             if data_type in presence_keys:
                 key = presence_keys[data_type]

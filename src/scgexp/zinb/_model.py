@@ -28,6 +28,7 @@ from scgexp.data._checks import (
     check_matrix,
     check_obs_keys,
     check_query,
+    check_size_factors,
 )
 from scgexp.data._fields import CategoricalJointObsField
 from scgexp.train import TrainingMixin
@@ -232,10 +233,8 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         setup_method_args = cls._get_setup_method_args(**locals())
         check_matrix(adata, layer, counts=True)
         categorical = [k for k in [batch_key, *(categorical_covariate_keys or [])] if k]
-        continuous = [size_factor_key] if size_factor_key else []
-        check_obs_keys(adata, categorical=categorical, continuous=continuous)
-        if size_factor_key and np.any(adata.obs[size_factor_key].to_numpy(float) <= 0):
-            raise InputError(f"obs[{size_factor_key!r}] must hold positive size factors.")
+        check_obs_keys(adata, categorical=categorical)
+        check_size_factors(adata, size_factor_key)
         if kwargs.get("source_registry") is not None:
             check_known_categories(adata, kwargs["source_registry"])
         anndata_fields = [
@@ -428,10 +427,9 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         ... )
         """
         self._check_if_trained(warn=False)
-        adata = self._validate_anndata(adata)
-        self._check_genes(adata, gene_list)
+        self._check_genes(gene_list)
         self.module.eval()
-        return super().get_normalized_expression(
+        return super().get_normalized_expression(  # validates adata (check_query) once
             adata=adata,
             indices=indices,
             transform_batch=transform_batch,
@@ -500,13 +498,14 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
                 out["dropout"].append(px.zi_probs.cpu().numpy())
         return {key: np.concatenate(value) for key, value in out.items() if value}
 
-    @staticmethod
-    def _check_genes(adata: AnnData, gene_list: Sequence[str] | None) -> None:
+    def _check_genes(self, gene_list: Sequence[str] | None) -> None:
+        """Refuse gene names the model was not trained on (query data has the same genes)."""
         if gene_list is None:
             return
         if isinstance(gene_list, str):
             raise InputError(f"gene_list must be a list of gene names: [{gene_list!r}].")
-        unknown = pd.Index(gene_list).difference(adata.var_names)
+        trained = self.registry_["field_registries"][REGISTRY_KEYS.X_KEY]["state_registry"]
+        unknown = pd.Index(gene_list).difference(pd.Index(trained["column_names"]))
         if len(unknown):
             raise InputError(
                 f"gene_list names {len(unknown)} genes the model does not have: "
@@ -566,10 +565,9 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         >>> dense = samples.todense()
         """
         self._check_if_trained(warn=False)
-        adata = self._validate_anndata(adata)
-        self._check_genes(adata, gene_list)
+        self._check_genes(gene_list)
         self.module.eval()
-        return super().posterior_predictive_sample(
+        return super().posterior_predictive_sample(  # validates adata (check_query) once
             adata=adata,
             indices=indices,
             transform_batch=transform_batch,

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -211,3 +213,19 @@ def test_multivae_layer_option_names_every_modalitys_counts(tmp_path):
     assert result.exit_code == 0, result.output
     assert mudata.read_h5mu(out).obsm["X_multivae"].shape[0] == 120
     assert not list(tmp_path.glob(".*partial*"))  # written through a temporary file, renamed
+
+
+def test_failed_write_leaves_no_output(counts_file, tmp_path, monkeypatch):
+    def write_then_fail(self, filename, *args, **kwargs):
+        Path(filename).write_bytes(b"truncated")  # a disk that fills up half-way
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ad.AnnData, "write", write_then_fail)
+    out = tmp_path / "out.h5ad"
+    result = CliRunner().invoke(
+        main, ["fit", "zinb", str(counts_file), "--out", str(out), "--epochs", "1"]
+    )
+    assert result.exit_code != 0
+    assert "No space left" in result.output
+    assert not out.exists()
+    assert not list(tmp_path.glob(".*partial*"))

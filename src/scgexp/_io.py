@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 from typing import TYPE_CHECKING, Any
 
 import anndata
@@ -95,6 +96,9 @@ def _decode(value: Any) -> Any:
 class SafeSaveMixin:
     """``save``/``load`` that never unpickle: tensors load with ``weights_only=True``."""
 
+    #: Appended to load()'s error when ``adata`` lacks training features.
+    _load_hint = ""
+
     def save(
         self,
         dir_path: str,
@@ -109,9 +113,12 @@ class SafeSaveMixin:
         dir_path
             Folder to write into (created if needed).
         overwrite
-            Replace an existing folder's model files.
+            Replace an existing folder's model files. A data file that an earlier model left
+            there is refused (``load`` would pair it with this model) unless ``save_anndata``
+            replaces it.
         save_anndata
             Also write the registered AnnData/MuData, so that ``load(dir_path)`` needs no data.
+            Refused if that data changed since setup (features reordered or dropped).
         **anndata_write_kwargs
             Passed to :meth:`anndata.AnnData.write_h5ad` / :meth:`mudata.MuData.write`.
 
@@ -129,12 +136,27 @@ class SafeSaveMixin:
             raise ValueError(
                 f"{dir_path} already holds a saved model. Pass overwrite=True or another folder."
             )
-        os.makedirs(dir_path, exist_ok=True)
+        data_file = None
         if save_anndata:
             if self.adata is None:
                 raise ValueError("This model has no AnnData to save; use save_anndata=False.")
-            name = MDATA_FILE if isinstance(self.adata, mudata.MuData) else ADATA_FILE
-            self.adata.write(os.path.join(dir_path, name), **anndata_write_kwargs)
+            self._validate_anndata()  # registered data changed since setup cannot be saved
+            data_file = MDATA_FILE if isinstance(self.adata, mudata.MuData) else ADATA_FILE
+        # load() reads any data file in the folder: one left by an earlier model would be paired
+        # with this one. Refuse before writing anything rather than delete the user's file.
+        stale = [
+            name
+            for name in (ADATA_FILE, MDATA_FILE)
+            if name != data_file and os.path.exists(os.path.join(dir_path, name))
+        ]
+        if stale:
+            raise ValueError(
+                f"{dir_path} holds {', '.join(stale)} saved with an earlier model, which load() "
+                "would pair with this one. Save to another folder, or move that file away."
+            )
+        os.makedirs(dir_path, exist_ok=True)
+        if data_file is not None:
+            self.adata.write(os.path.join(dir_path, data_file), **anndata_write_kwargs)
 
         attributes = {
             name: value
@@ -153,14 +175,27 @@ class SafeSaveMixin:
                 "This model was loaded without data; pass adata= (data organised like the "
                 f"training data), or load it with data: `{type(self).__name__}.load(dir, adata)`."
             )
+        if adata is None or adata is self.adata:
+            # scvi-tools trusts registered data; features reordered or dropped in place since
+            # setup would be read by position.
+            try:
+                check_feature_names(self.adata, self.registry_)
+            except InputError as error:
+                raise InputError(
+                    f"The data registered with this model changed after setup: {error} Or set "
+                    f"up and train a new model on the changed data."
+                ) from None
         return super()._validate_anndata(adata, copy_if_view=copy_if_view)
 
     def _saved_var_names(self) -> list[str] | dict[str, list[str]]:
-        if isinstance(self.adata, mudata.MuData):
-            return {name: mod.var_names.tolist() for name, mod in self.adata.mod.items()}
-        if self.adata is not None:
-            return self.adata.var_names.tolist()
-        return list(getattr(self, "_loaded_var_names", []))
+        """The training features (per modality for MuData), as the registry holds them."""
+        names = {}
+        for field in self.registry_["field_registries"].values():
+            columns = field.get("state_registry", {}).get("column_names")
+            data = field.get("data_registry", {})
+            if columns is not None and data.get("attr_name") in ("X", "layers"):
+                names[data.get("mod_key")] = [str(name) for name in columns]
+        return names[None] if None in names else names
 
     @classmethod
     def load(
@@ -198,17 +233,43 @@ class SafeSaveMixin:
             raise FileNotFoundError(
                 f"No saved scgexp model in {dir_path!r} ({ATTRIBUTES_FILE} is missing)."
             )
-        with open(attributes_path) as handle:
-            saved = _decode(json.load(handle))
-        attr_dict, var_names = saved["attr_dict"], saved["var_names"]
-        state = torch.load(
-            os.path.join(dir_path, MODEL_FILE), map_location="cpu", weights_only=True
+        damaged = (
+            f"{dir_path!r} holds a damaged scgexp model (an interrupted save or copy?); save the "
+            "model again."
         )
+        try:
+            with open(attributes_path) as handle:
+                attr_dict = _decode(json.load(handle))["attr_dict"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise InputError(f"{damaged} {ATTRIBUTES_FILE}: {error}") from None
+        model_path = os.path.join(dir_path, MODEL_FILE)
+        if not os.path.exists(model_path):
+            raise FileNotFoundError(f"{damaged} {MODEL_FILE} is missing.")
+        try:
+            state = torch.load(model_path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            # torch's message suggests weights_only=False, which would run code from the file.
+            raise InputError(
+                f"{model_path} holds more than tensors and is not loaded (it could run code). "
+                "scgexp's save() writes tensors only; re-save the model with scgexp."
+            ) from None
+        except (EOFError, OSError, RuntimeError) as error:
+            raise InputError(f"{damaged} {MODEL_FILE}: {str(error) or 'empty file'}") from None
 
         if adata is None:
-            for name, reader in ((ADATA_FILE, anndata.read_h5ad), (MDATA_FILE, mudata.read_h5mu)):
-                if os.path.exists(os.path.join(dir_path, name)):
-                    adata = reader(os.path.join(dir_path, name))
+            found = [
+                name
+                for name in (ADATA_FILE, MDATA_FILE)
+                if os.path.exists(os.path.join(dir_path, name))
+            ]
+            if len(found) > 1:
+                raise InputError(
+                    f"{dir_path} holds both {ADATA_FILE} and {MDATA_FILE}; which one was saved "
+                    "with this model is unclear. Pass adata= or remove the other file."
+                )
+            if found:
+                reader = anndata.read_h5ad if found[0] == ADATA_FILE else mudata.read_h5mu
+                adata = reader(os.path.join(dir_path, found[0]))
         registry = attr_dict.pop("registry_")
         if registry.get(_MODEL_NAME_KEY, cls.__name__) != cls.__name__:
             raise ValueError(
@@ -220,13 +281,15 @@ class SafeSaveMixin:
                     "load registers the model's fields in the data, which a view cannot hold; "
                     "pass a copy: `adata[...].copy()`."
                 )
-            check_feature_names(adata, registry)
+            try:
+                check_feature_names(adata, registry)
+            except InputError as error:
+                raise InputError(f"{error}{cls._load_hint}") from None
             setup_method = getattr(cls, registry.get(_SETUP_METHOD_NAME, "setup_anndata"))
             setup_method(adata, source_registry=registry, **registry[_SETUP_ARGS_KEY])
         model = _initialize_model(
             cls, adata if adata is not None else False, registry, attr_dict, None
         )
-        model._loaded_var_names = var_names
         model.module.load_state_dict(state)
         model.to_device(torch_device)
         model.module.eval()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import anndata
 import h5py
 import numpy as np
 import pytest
@@ -124,6 +125,9 @@ def test_save_load_round_trip(bulk, trained, tmp_path, capsys):
     )
     print(with_data)
     assert "60 landmarks -> 240 targets" in capsys.readouterr().out
+    landmarks_only = test[:, test.var["landmark"]].copy()
+    with pytest.raises(InputError, match="load the model without data"):
+        DGEX.load(tmp_path / "model", adata=landmarks_only)
 
 
 def test_missing_landmarks(bulk, trained):
@@ -152,6 +156,16 @@ def test_rank_map_recovers_shifted_platform(bulk, trained):
     naive = trained.predict(shifted).X
     mapped = trained.predict(shifted, rank_map=True).X
     assert np.abs(mapped - reference).mean() < 0.5 * np.abs(naive - reference).mean()
+
+
+def test_rank_map_reads_backed_data_in_any_gene_order(bulk, trained, tmp_path):
+    _, test = bulk
+    expected = trained.predict(test, rank_map=True).X
+    reversed_genes = test[:, test.var_names[::-1]].copy()
+    reversed_genes.X = np.asarray(reversed_genes.X)  # dense: read through h5py when backed
+    reversed_genes.write_h5ad(tmp_path / "test.h5ad")
+    backed = anndata.read_h5ad(tmp_path / "test.h5ad", backed="r")
+    np.testing.assert_allclose(trained.predict(backed, rank_map=True).X, expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize(

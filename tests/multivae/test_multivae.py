@@ -315,3 +315,71 @@ def test_refuses_bad_requests():
     with pytest.raises(ValueError, match="invariance"):
         MultiVAE(mdata, invariance="gan")
     assert torch.get_num_threads() == 1
+
+
+def test_predict_gives_nan_for_cells_without_the_source():
+    mdata = _mdata(missing_fraction=0.3)
+    model = _train(mdata, setup_kwargs={"presence_keys": PRESENCE})
+    has_atac = mdata.obs["has_atac"].to_numpy()
+    with pytest.warns(UserWarning, match=f"{int((~has_atac).sum())} cells have no atac data"):
+        prediction = model.predict(mdata, source="atac", target="rna", n_samples=3)
+    np.testing.assert_array_equal(np.isnan(prediction.X).all(1), ~has_atac)
+    np.testing.assert_array_equal(np.isnan(prediction.layers["std"]).all(1), ~has_atac)
+    assert np.isfinite(prediction.X[has_atac]).all()
+    # Without flags (an AnnData of the source alone), cells without counts are the ones missing.
+    with pytest.warns(UserWarning, match="cells have no atac data"):
+        alone = model.predict(mdata["atac"].copy(), source="atac", target="rna", n_samples=0)
+    np.testing.assert_array_equal(np.isnan(alone.X).all(1), ~has_atac)
+
+
+def test_model_loaded_without_data_predicts_resaves_and_transforms_batch(tmp_path):
+    mdata = _mdata(n_cells=160)
+    model = _train(mdata)
+    query = _mdata(n_cells=40, seed=1)
+    expected = model.predict(
+        query, source="atac", target="rna", n_samples=0, transform_batch="batch_1"
+    )
+    model.save(tmp_path / "bare")
+    bare = MultiVAE.load(tmp_path / "bare")
+    bare.save(tmp_path / "again")  # a model without data saves its training features too
+    again = MultiVAE.load(tmp_path / "again")
+    for loaded in (bare, again):
+        prediction = loaded.predict(
+            query, source="atac", target="rna", n_samples=0, transform_batch="batch_1"
+        )
+        np.testing.assert_array_equal(prediction.X, expected.X)
+        assert list(prediction.var_names) == list(expected.var_names)
+        expression = loaded.get_normalized_expression(
+            query, transform_batch="batch_1", return_numpy=True
+        )
+        assert np.isfinite(expression).all()
+
+
+def test_features_are_named_as_in_training_after_the_registered_data_changes(tmp_path):
+    mdata = _mdata(n_cells=160)
+    model = _train(mdata)
+    query = _mdata(n_cells=40, seed=1)["atac"].copy()
+    expected = model.predict(query, source="atac", target="rna", n_samples=0).to_df()
+    # The user reorders the genes and peaks of the registered MuData after training.
+    for name in ("rna", "atac"):
+        mdata.mod[name] = mdata[name][:, mdata[name].var_names[::-1]].copy()
+    prediction = model.predict(query, source="atac", target="rna", n_samples=0).to_df()
+    pd.testing.assert_frame_equal(prediction, expected)
+    model.save(tmp_path / "model")
+    loaded = MultiVAE.load(tmp_path / "model").predict(query, "atac", "rna", n_samples=0)
+    pd.testing.assert_frame_equal(loaded.to_df(), expected)
+    with pytest.raises(InputError, match="changed after setup"):
+        model.get_latent_representation()
+
+
+def test_predict_reads_a_backed_dense_source_in_any_feature_order(tmp_path):
+    mdata = _mdata(n_cells=160)
+    model = _train(mdata)
+    atac = _mdata(n_cells=40, seed=1)["atac"].copy()
+    expected = model.predict(atac, source="atac", target="rna", n_samples=0).X
+    reversed_peaks = atac[:, atac.var_names[::-1]].copy()
+    reversed_peaks.X = np.asarray(reversed_peaks.X.toarray())
+    reversed_peaks.write_h5ad(tmp_path / "atac.h5ad")
+    backed = ad.read_h5ad(tmp_path / "atac.h5ad", backed="r")
+    prediction = model.predict(backed, source="atac", target="rna", n_samples=0).X
+    np.testing.assert_allclose(prediction, expected, rtol=1e-5)

@@ -41,6 +41,14 @@ def get_matrix(adata: AnnData, layer: str | None, where: str = "") -> object:
     return adata.layers[layer]
 
 
+def take_columns(matrix, positions: np.ndarray):
+    """``matrix[:, positions]``, also for a backed dense matrix (h5py needs increasing indices)."""
+    if isinstance(matrix, h5py.Dataset):
+        unique, inverse = np.unique(positions, return_inverse=True)
+        return matrix[:, unique][:, inverse]
+    return matrix[:, positions]
+
+
 def _row_chunks(matrix, chunk_rows: int = _CHUNK_ROWS) -> Iterator[np.ndarray | sparse.spmatrix]:
     for start in range(0, matrix.shape[0], chunk_rows):
         yield matrix[start : start + chunk_rows]

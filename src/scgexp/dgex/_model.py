@@ -19,7 +19,7 @@ from scvi.model.base import BaseModelClass
 from scvi.utils import setup_anndata_dsp
 
 from scgexp._io import SafeSaveMixin
-from scgexp.data._checks import InputError, check_matrix, get_matrix
+from scgexp.data._checks import InputError, check_matrix, get_matrix, take_columns
 from scgexp.dgex._fields import LANDMARK_REGISTRY_KEY, LandmarkField
 from scgexp.dgex._module import N_QUANTILES, DGEXModule
 from scgexp.train import TrainingMixin
@@ -91,6 +91,10 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
     """
 
     _module_cls = DGEXModule
+    _load_hint = (
+        " To predict from the landmark genes alone, load the model without data "
+        "(`DGEX.load(dir)`) and call `model.predict(adata)`."
+    )
 
     def __init__(
         self,
@@ -397,7 +401,8 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
                 f"samples (got {matrix.shape[0]}); predict without rank mapping instead."
             )
         if rank_map:  # ranks are taken over all cells, so map the whole landmark matrix once
-            values = self._rank_map(_dense(matrix[:, positions[present]]), quantiles[present])
+            landmarks = _dense(take_columns(matrix, positions[present]))
+            values = self._rank_map(landmarks, quantiles[present])
         for start in range(0, matrix.shape[0], batch_size):
             block = np.tile(landmark_mean, (min(batch_size, matrix.shape[0] - start), 1))
             if values is not None:

@@ -34,6 +34,7 @@ from scgexp.data._checks import (
     check_size_factors,
     get_matrix,
     row_and_column_sums,
+    take_columns,
 )
 from scgexp.data._fields import MuDataCategoricalJointObsField
 from scgexp.multivae._module import DATA_KEYS, MODALITIES, PRESENCE_KEYS, MultiVAEModule
@@ -622,9 +623,8 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
     def _batch_code(self, transform_batch) -> int | None:
         if transform_batch is None:
             return None
-        mapping = list(
-            self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping
-        )
+        batch_field = self.registry_["field_registries"][REGISTRY_KEYS.BATCH_KEY]
+        mapping = list(batch_field["state_registry"]["categorical_mapping"])
         if transform_batch not in mapping:
             raise InputError(
                 f"{transform_batch!r} is not a batch of this model; batches: {mapping}."
@@ -865,10 +865,8 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
 
     # -- cross-modal prediction on new data -----------------------------------------------------
     def _var_names(self, data_type: str) -> pd.Index:
-        name = self._modality_name(data_type)
-        if isinstance(self.adata, MuData):
-            return self.adata.mod[name].var_names
-        return pd.Index(self._loaded_var_names[name])
+        # The registry's training features: the registered data may have changed since setup.
+        return pd.Index(self._saved_var_names()[self._modality_name(data_type)])
 
     def _source_data(self, data: MuData | AnnData, source: str) -> tuple[AnnData, object]:
         """The source modality's AnnData and its count matrix in training feature order."""
@@ -905,7 +903,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
                     "training features (the model's var names) first."
                 )
             logger.info("Reordering the %s features to the training order.", source)
-            matrix = matrix[:, position]
+            matrix = take_columns(matrix, position)
         return adata, matrix
 
     def _codes(self, data, obs: pd.DataFrame, setup_arg: str, registry_key: str, keys) -> list:
@@ -1006,7 +1004,9 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         AnnData (cells of the source modality × target features): ``X`` is decoded from the
         posterior mean — RNA: expression per 10k counts; ATAC: probability open (typical depth);
         protein: as in :meth:`get_normalized_protein`. ``layers["std"]``: standard deviation over
-        ``n_samples`` posterior draws, the model's uncertainty about each value.
+        ``n_samples`` posterior draws, the model's uncertainty about each value. Cells without
+        source data (no counts, or flagged absent by the presence key) get NaN rows, with a
+        warning.
 
         Examples
         --------
@@ -1047,8 +1047,13 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             warnings.warn(
                 "predict uses total counts as the RNA library size of new cells.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
+        # Cells without source data (flagged absent, or no counts) have nothing to predict from.
+        absent = np.zeros(n_obs, dtype=bool)
+        presence_key = (setup_args.get("presence_keys") or {}).get(source)
+        if isinstance(mdata_new, MuData) and presence_key in mdata_new.obs:
+            absent |= (mdata_new.obs[presence_key].reindex(obs.index) == False).to_numpy()  # noqa: E712
         self.module.eval()
         device = self.device
         as_tensor = lambda a: torch.as_tensor(np.asarray(a), device=device)  # noqa: E731
@@ -1057,6 +1062,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             block = slice(start, min(start + batch_size, n_obs))
             x = matrix[block]
             x = x.toarray() if sparse.issparse(x) else np.asarray(x)
+            absent[block] |= ~np.any(x != 0, axis=1)
             batch_index = as_tensor(batch[block]).reshape(-1, 1).long()
             cat_covs = (
                 torch.stack([as_tensor(c[block]).long() for c in cats], dim=1) if cats else None
@@ -1087,6 +1093,16 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         result.var_names = var.index
         if stds:
             result.layers["std"] = np.concatenate(stds).astype(np.float32)
+        if absent.any():
+            warnings.warn(
+                f"{int(absent.sum())} cells have no {source} data (no counts, or flagged absent); "
+                "their predictions are NaN.",
+                UserWarning,
+                stacklevel=3,
+            )
+            result.X[absent] = np.nan
+            if stds:
+                result.layers["std"][absent] = np.nan
         result.uns["multivae_prediction"] = {"source": source, "target": target}
         return result
 

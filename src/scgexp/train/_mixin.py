@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from scvi.model.base import UnsupervisedTrainingMixin
 
+from scgexp.data._checks import InputError
 from scgexp.dataloaders import DataMode, DataSplitter
 from scgexp.train._callbacks import RestoreBestWeights
 from scgexp.train._trainingplan import TrainingPlan
@@ -50,6 +51,11 @@ class TrainingMixin(UnsupervisedTrainingMixin):
         --------
         >>> model.train(max_epochs=50, data_mode="standard")  # scvi-tools' own loader
         """
+        if self.adata is None:
+            raise InputError(
+                "This model was loaded without data and cannot train; load it with its data: "
+                f"`{type(self).__name__}.load(dir, adata=...)`."
+            )
         datasplitter_kwargs = {"data_mode": data_mode, **(datasplitter_kwargs or {})}
         kwargs.setdefault("check_val_every_n_epoch", 1)
         if kwargs.get("early_stopping") and self._restore_best_weights:

@@ -1,0 +1,111 @@
+"""Saving and loading (scgexp._io), shared by every model; checked here with ZINBAutoencoder."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from scgexp.data import InputError, simulate_scrna
+from scgexp.zinb import ZINBAutoencoder
+
+
+def _model(seed=0, n_cells=120):
+    adata = simulate_scrna(n_cells=n_cells, n_genes=40, n_batches=2, seed=seed)
+    ZINBAutoencoder.setup_anndata(adata, layer="counts", batch_key="batch")
+    model = ZINBAutoencoder(adata, n_hidden=16, n_latent=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(max_epochs=1, enable_progress_bar=False)
+    return model, adata
+
+
+class _RunsCode:
+    """Unpickling this would create a file: a stand-in for a malicious payload."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_overwrite_refuses_a_data_file_of_an_earlier_model(tmp_path):
+    first, _ = _model(seed=0)
+    first.save(tmp_path, save_anndata=True)
+    second, _ = _model(seed=1, n_cells=90)
+    before = sorted(os.listdir(tmp_path))
+    # load() would pair the earlier model's 120 cells with this model: refused, nothing written.
+    with pytest.raises(ValueError, match=r"adata.h5ad saved with an earlier model"):
+        second.save(tmp_path, overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == before
+    assert ZINBAutoencoder.load(tmp_path).adata.n_obs == 120
+    second.save(tmp_path, overwrite=True, save_anndata=True)  # replaces the data file
+    assert ZINBAutoencoder.load(tmp_path).adata.n_obs == 90
+
+
+def test_damaged_folders_give_clear_errors(tmp_path):
+    model, adata = _model()
+    model.save(tmp_path)
+    model_file, attributes_file = tmp_path / "model.pt", tmp_path / "attributes.json"
+    weights, attributes = model_file.read_bytes(), attributes_file.read_text()
+
+    attributes_file.write_text(attributes[: len(attributes) // 2])
+    with pytest.raises(InputError, match=r"damaged scgexp model.*attributes.json"):
+        ZINBAutoencoder.load(tmp_path)
+    attributes_file.write_text(attributes)
+
+    model_file.write_bytes(b"")
+    with pytest.raises(InputError, match=r"damaged scgexp model.*model.pt: empty file"):
+        ZINBAutoencoder.load(tmp_path)
+    model_file.write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(InputError, match=r"damaged scgexp model.*model.pt"):
+        ZINBAutoencoder.load(tmp_path)
+    model_file.unlink()
+    with pytest.raises(FileNotFoundError, match=r"model.pt is missing"):
+        ZINBAutoencoder.load(tmp_path)
+
+    # A pickled object is refused without running it, and the message names no unsafe way round.
+    marker = tmp_path / "payload_ran"
+    torch.save({"weights": _RunsCode(str(marker))}, model_file)
+    with pytest.raises(InputError, match="more than tensors") as error:
+        ZINBAutoencoder.load(tmp_path)
+    assert not marker.exists()
+    assert "weights_only=False" not in str(error.value)
+
+    model_file.write_bytes(weights)
+    (tmp_path / "mdata.h5mu").write_bytes(b"")
+    adata.write(tmp_path / "adata.h5ad")
+    with pytest.raises(InputError, match=r"both adata.h5ad and mdata.h5mu"):
+        ZINBAutoencoder.load(tmp_path)
+    loaded = ZINBAutoencoder.load(tmp_path, adata=adata)
+    np.testing.assert_array_equal(
+        loaded.get_latent_representation(), model.get_latent_representation()
+    )
+
+
+def test_model_loaded_without_data_cannot_train(tmp_path):
+    model, _ = _model()
+    model.save(tmp_path)
+    with pytest.raises(InputError, match="loaded without data and cannot train"):
+        ZINBAutoencoder.load(tmp_path).train(max_epochs=1)
+
+
+def test_registered_data_changed_after_setup_is_refused(tmp_path):
+    model, adata = _model()
+    expected = model.get_normalized_expression(return_numpy=True)
+    # Genes reordered in place: scvi-tools would read them by position under the new names.
+    adata._inplace_subset_var(adata.var_names[::-1])
+    with pytest.raises(InputError, match="registered with this model changed after setup"):
+        model.get_normalized_expression()
+    with pytest.raises(InputError, match="changed after setup"):
+        model.save(tmp_path, save_anndata=True)
+    assert not (tmp_path / "adata.h5ad").exists()
+    # The same genes passed as a query in the model's order give the original values.
+    query = adata[:, adata.var_names[::-1]].copy()
+    np.testing.assert_allclose(
+        model.get_normalized_expression(query, return_numpy=True), expected, rtol=1e-5
+    )

@@ -115,6 +115,22 @@ def test_query_obs_columns_are_checked(zinb):
         zinb.get_normalized_expression(query)
 
 
+def test_categories_stored_as_another_type_are_named():
+    adata = simulate_scrna(n_cells=120, n_genes=30, seed=0)
+    adata.obs["plate"] = np.arange(adata.n_obs) % 2  # integer batch labels
+    ZINBAutoencoder.setup_anndata(adata, layer="counts", batch_key="plate")
+    model = ZINBAutoencoder(adata, n_hidden=8, n_latent=2)
+    _quiet_train(model, max_epochs=1)
+    query = adata.copy()
+    query.obs["plate"] = query.obs["plate"].astype(str)
+    with pytest.raises(InputError, match=r"Only the type differs.*astype\('int64'\)"):
+        model.get_latent_representation(query)
+    query.obs["plate"] = query.obs["plate"].astype("int64")
+    np.testing.assert_allclose(
+        model.get_latent_representation(query), model.get_latent_representation(), rtol=1e-6
+    )
+
+
 def test_model_loaded_without_data_asks_for_it(zinb, tmp_path):
     zinb.save(tmp_path / "zinb")
     loaded = ZINBAutoencoder.load(tmp_path / "zinb")

@@ -311,10 +311,19 @@ def check_known_categories(adata: AnnData, registry: dict, sources: dict | None 
         unknown = pd.unique(values[~values.isin(known)])
         if len(unknown):
             shown = ", ".join(map(repr, list(unknown)[:10]))
+            fix = (
+                "Assign these cells to one of those categories (e.g. the most similar batch), "
+                "or train a model that includes them."
+            )
+            if pd.Index(map(str, unknown)).isin(known.map(str)).all():
+                dtype = "str" if known.dtype == object else known.dtype.name
+                fix = (
+                    "Only the type differs (text against numbers): convert the column to the "
+                    f"training type, `obs[{key!r}] = obs[{key!r}].astype({dtype!r})`."
+                )
             raise InputError(
                 f"obs[{key!r}] has categories the model was not trained with: {shown}. The "
-                f"decoder only knows {list(known)}. Assign these cells to one of those "
-                "categories (e.g. the most similar batch), or train a model that includes them."
+                f"decoder only knows {list(known)}. {fix}"
             )
 
 

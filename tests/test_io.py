@@ -39,7 +39,7 @@ def test_overwrite_refuses_a_data_file_of_an_earlier_model(tmp_path):
     second, _ = _model(seed=1, n_cells=90)
     before = sorted(os.listdir(tmp_path))
     # load() would pair the earlier model's 120 cells with this model: refused, nothing written.
-    with pytest.raises(ValueError, match=r"adata.h5ad saved with an earlier model"):
+    with pytest.raises(ValueError, match=r"adata.h5ad from an earlier save"):
         second.save(tmp_path, overwrite=True)
     assert sorted(os.listdir(tmp_path)) == before
     assert ZINBAutoencoder.load(tmp_path).adata.n_obs == 120
@@ -63,6 +63,9 @@ def test_damaged_folders_give_clear_errors(tmp_path):
         ZINBAutoencoder.load(tmp_path)
     model_file.write_bytes(weights[: len(weights) // 2])
     with pytest.raises(InputError, match=r"damaged scgexp model.*model.pt"):
+        ZINBAutoencoder.load(tmp_path)
+    model_file.write_text("version https://git-lfs.github.com/spec/v1\n")  # an LFS pointer
+    with pytest.raises(InputError, match=r"model.pt is not a saved torch file"):
         ZINBAutoencoder.load(tmp_path)
     model_file.unlink()
     with pytest.raises(FileNotFoundError, match=r"model.pt is missing"):
@@ -103,6 +106,8 @@ def test_registered_data_changed_after_setup_is_refused(tmp_path):
         model.get_normalized_expression()
     with pytest.raises(InputError, match="changed after setup"):
         model.save(tmp_path, save_anndata=True)
+    with pytest.raises(InputError, match="changed after setup"):
+        model.train(max_epochs=1)
     assert not (tmp_path / "adata.h5ad").exists()
     # The same genes passed as a query in the model's order give the original values.
     query = adata[:, adata.var_names[::-1]].copy()

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import pickle
+import zipfile
 from typing import TYPE_CHECKING, Any
 
 import anndata
@@ -28,7 +29,7 @@ from scgexp._compat import (
     _initialize_model,
     parse_device_args,
 )
-from scgexp.data._checks import InputError, check_feature_names
+from scgexp.data._checks import InputError, check_feature_names, registered_features
 
 if TYPE_CHECKING:
     from scvi._types import AnnOrMuData
@@ -151,8 +152,9 @@ class SafeSaveMixin:
         ]
         if stale:
             raise ValueError(
-                f"{dir_path} holds {', '.join(stale)} saved with an earlier model, which load() "
-                "would pair with this one. Save to another folder, or move that file away."
+                f"{dir_path} holds {', '.join(stale)} from an earlier save, which load() would "
+                "pair with these weights. Pass save_anndata=True to write the current data, save "
+                "to another folder, or move that file away."
             )
         os.makedirs(dir_path, exist_ok=True)
         if data_file is not None:
@@ -189,12 +191,10 @@ class SafeSaveMixin:
 
     def _saved_var_names(self) -> list[str] | dict[str, list[str]]:
         """The training features (per modality for MuData), as the registry holds them."""
-        names = {}
-        for field in self.registry_["field_registries"].values():
-            columns = field.get("state_registry", {}).get("column_names")
-            data = field.get("data_registry", {})
-            if columns is not None and data.get("attr_name") in ("X", "layers"):
-                names[data.get("mod_key")] = [str(name) for name in columns]
+        names = {
+            key: [str(name) for name in value]
+            for key, value in registered_features(self.registry_).items()
+        }
         return names[None] if None in names else names
 
     @classmethod
@@ -248,6 +248,8 @@ class SafeSaveMixin:
         try:
             state = torch.load(model_path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
+            if not zipfile.is_zipfile(model_path):  # not a torch file at all (e.g. an LFS pointer)
+                raise InputError(f"{damaged} {MODEL_FILE} is not a saved torch file.") from None
             # torch's message suggests weights_only=False, which would run code from the file.
             raise InputError(
                 f"{model_path} holds more than tensors and is not loaded (it could run code). "

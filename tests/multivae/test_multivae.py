@@ -327,9 +327,23 @@ def test_predict_gives_nan_for_cells_without_the_source():
     np.testing.assert_array_equal(np.isnan(prediction.layers["std"]).all(1), ~has_atac)
     assert np.isfinite(prediction.X[has_atac]).all()
     # Without flags (an AnnData of the source alone), cells without counts are the ones missing.
+    alone = mdata["atac"].copy()
     with pytest.warns(UserWarning, match="cells have no atac data"):
-        alone = model.predict(mdata["atac"].copy(), source="atac", target="rna", n_samples=0)
-    np.testing.assert_array_equal(np.isnan(alone.X).all(1), ~has_atac)
+        without_flags = model.predict(alone, source="atac", target="rna", n_samples=0)
+    np.testing.assert_array_equal(np.isnan(without_flags.X).all(1), ~has_atac)
+    # Flags win over counts, read as in training (present above 0.5), from the MuData's obs or
+    # from the source AnnData's own obs.
+    flagged = mdata.copy()
+    atac = flagged["atac"].X.toarray()
+    atac[~has_atac] = 1.0
+    flagged["atac"].X = sparse.csr_matrix(atac)
+    flagged.obs["has_atac"] = np.where(has_atac, 1.0, 0.2)
+    alone = flagged["atac"].copy()
+    alone.obs["has_atac"] = flagged.obs["has_atac"].to_numpy()
+    for data in (flagged, alone):
+        with pytest.warns(UserWarning, match=f"{int((~has_atac).sum())} cells have no atac"):
+            result = model.predict(data, source="atac", target="rna", n_samples=0)
+        np.testing.assert_array_equal(np.isnan(result.X).all(1), ~has_atac)
 
 
 def test_model_loaded_without_data_predicts_resaves_and_transforms_batch(tmp_path):

@@ -317,14 +317,28 @@ def check_known_categories(adata: AnnData, registry: dict, sources: dict | None 
             )
             if pd.Index(map(str, unknown)).isin(known.map(str)).all():
                 dtype = "str" if known.dtype == object else known.dtype.name
+                convert = f"astype({dtype!r})"
+                if dtype == "bool":  # astype(bool) would turn the text "False" into True
+                    convert = "map({'True': True, 'False': False})"
                 fix = (
                     "Only the type differs (text against numbers): convert the column to the "
-                    f"training type, `obs[{key!r}] = obs[{key!r}].astype({dtype!r})`."
+                    f"training type, `obs[{key!r}] = obs[{key!r}].{convert}`."
                 )
             raise InputError(
                 f"obs[{key!r}] has categories the model was not trained with: {shown}. The "
                 f"decoder only knows {list(known)}. {fix}"
             )
+
+
+def registered_features(registry: dict) -> dict[str | None, list]:
+    """The features a model was trained on, by modality (``None`` for an AnnData model)."""
+    features = {}
+    for field in registry["field_registries"].values():
+        names = field.get("state_registry", {}).get("column_names")
+        data = field.get("data_registry", {})
+        if names is not None and data.get("attr_name") in ("X", "layers"):
+            features[data.get("mod_key")] = list(names)
+    return features
 
 
 def check_feature_names(adata, registry: dict) -> None:
@@ -349,12 +363,7 @@ def check_feature_names(adata, registry: dict) -> None:
     --------
     >>> check_feature_names(query, model.registry_)
     """
-    for field in registry["field_registries"].values():
-        names = field.get("state_registry", {}).get("column_names")
-        data = field.get("data_registry", {})
-        if names is None or data.get("attr_name") not in ("X", "layers"):
-            continue
-        mod_key = data.get("mod_key")
+    for mod_key, names in registered_features(registry).items():
         if mod_key is not None and not hasattr(adata, "mod"):
             raise InputError(
                 f"This model needs a MuData (it was trained on modality {mod_key!r}), not a "
@@ -366,6 +375,8 @@ def check_feature_names(adata, registry: dict) -> None:
                 f"(modalities: {list(adata.mod)})."
             )
         target = adata.mod[mod_key] if mod_key is not None else adata
+        if target.var_names.equals(pd.Index(names)):  # the usual case, without conversions
+            continue
         where = f"modality {mod_key!r}: " if mod_key is not None else ""
         expected = pd.Index(np.asarray(names, dtype=str))
         present = pd.Index(np.asarray(target.var_names, dtype=str))

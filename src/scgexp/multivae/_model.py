@@ -1052,8 +1052,10 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         # Cells without source data (flagged absent, or no counts) have nothing to predict from.
         absent = np.zeros(n_obs, dtype=bool)
         presence_key = (setup_args.get("presence_keys") or {}).get(source)
-        if isinstance(mdata_new, MuData) and presence_key in mdata_new.obs:
-            absent |= (mdata_new.obs[presence_key].reindex(obs.index) == False).to_numpy()  # noqa: E712
+        flags = mdata_new.obs if isinstance(mdata_new, MuData) else obs
+        if presence_key in flags:  # as in training: present if the flag is above 0.5
+            flag = pd.to_numeric(flags[presence_key].reindex(obs.index), errors="coerce")
+            absent |= (flag.astype(float) <= 0.5).to_numpy()
         self.module.eval()
         device = self.device
         as_tensor = lambda a: torch.as_tensor(np.asarray(a), device=device)  # noqa: E731

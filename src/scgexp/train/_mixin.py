@@ -56,6 +56,7 @@ class TrainingMixin(UnsupervisedTrainingMixin):
                 "This model was loaded without data and cannot train; load it with its data: "
                 f"`{type(self).__name__}.load(dir, adata=...)`."
             )
+        self._validate_anndata()  # registered data changed since setup would train on moved genes
         datasplitter_kwargs = {"data_mode": data_mode, **(datasplitter_kwargs or {})}
         kwargs.setdefault("check_val_every_n_epoch", 1)
         if kwargs.get("early_stopping") and self._restore_best_weights:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import anndata as ad
@@ -9,6 +10,7 @@ from click.testing import CliRunner
 
 import scgexp
 from scgexp.cli import main
+from scgexp.cli._specs import MODELS
 
 
 @pytest.fixture
@@ -53,6 +55,20 @@ def test_fit_and_predict_dgex(bulk_file, tmp_path):
     predicted = ad.read_h5ad(predicted_path)
     assert predicted.shape == (50, 80)
     np.testing.assert_allclose(predicted.X, fitted.X[:50], rtol=1e-4, atol=1e-4)
+
+    # A landmark missing: refused by name, or filled with its training mean on request.
+    missing = new.var_names[0]
+    new[:, 1:].copy().write_h5ad(new_path)
+    result = _invoke("predict", model_dir, new_path, "--out", predicted_path)
+    assert result.exit_code != 0
+    assert missing in result.output
+    result = _invoke("predict", model_dir, new_path, "--out", predicted_path, "--fill-missing")
+    assert result.exit_code == 0, result.output
+    filled = ad.read_h5ad(predicted_path)
+    assert filled.var_names[filled.var["filled"]].tolist() == [missing]
+    assert list(filled.uns["dgex"]["filled_landmarks"]) == [missing]
+    assert np.isfinite(filled.X).all()
+    assert np.ptp(filled[:, missing].X) == 0
 
 
 def test_fit_and_predict_sailer(tmp_path):
@@ -229,3 +245,27 @@ def test_failed_write_leaves_no_output(counts_file, tmp_path, monkeypatch):
     assert "No space left" in result.output
     assert not out.exists()
     assert not list(tmp_path.glob(".*partial*"))
+
+
+@pytest.mark.parametrize("model_name", ["sailer", "zinb"])
+def test_stream_mode_leaves_the_input_on_disk(model_name, counts_file, tmp_path, monkeypatch):
+    path = counts_file
+    if model_name == "sailer":
+        path = tmp_path / "atac.h5ad"
+        scgexp.data.simulate_scatac(n_cells=200, n_peaks=150, seed=0).write_h5ad(path)
+    spec, backed = MODELS[model_name], []
+
+    def results(model, data, options):
+        backed.append(data.isbacked)
+        return spec.results(model, data, options)
+
+    monkeypatch.setitem(MODELS, model_name, dataclasses.replace(spec, results=results))
+    out = tmp_path / "streamed.h5ad"
+    result = _invoke(
+        "fit", model_name, path, "--out", out, "--epochs", "1", "--data-mode", "stream"
+    )
+    assert result.exit_code == 0, result.output
+    assert backed == [True]
+    streamed, original = ad.read_h5ad(out), ad.read_h5ad(path)
+    assert f"X_{model_name}" in streamed.obsm
+    np.testing.assert_array_equal(streamed.X.toarray(), original.X.toarray())

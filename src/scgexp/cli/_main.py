@@ -16,7 +16,8 @@ FILE_TYPES = (".h5ad", ".h5mu")
 MODEL_NAMES = ["dgex", "zinb", "sailer", "multivae"]  # the keys of _specs.MODELS
 
 
-def _read(path: Path):
+def _read(path: Path, backed: bool = False):
+    """Read INPUT; ``backed`` leaves its matrices on disk (``--data-mode stream``)."""
     import anndata
     import mudata
 
@@ -25,7 +26,9 @@ def _read(path: Path):
     if not path.exists():
         raise InputError(f"{path} does not exist.")
     try:
-        return anndata.read_h5ad(path) if path.suffix == ".h5ad" else mudata.read_h5mu(path)
+        if path.suffix == ".h5ad":
+            return anndata.read_h5ad(path, backed="r" if backed else None)
+        return mudata.read_h5mu(path, backed=backed)
     except Exception as error:  # h5py/anndata raise many kinds for broken files
         raise InputError(f"{path} could not be read as {path.suffix}: {error}") from error
 
@@ -172,7 +175,7 @@ def demo(out_dir: Path, epochs: int | None, accelerator: str) -> None:
     default="auto",
     show_default=True,
     type=click.Choice(["auto", "memory", "stream", "standard"]),
-    help="Data path (see the docs' scaling page).",
+    help="Data path (see the docs' scaling page); stream leaves INPUT's matrices on disk.",
 )
 def fit(
     model_name,
@@ -206,7 +209,7 @@ def fit(
 
     def action():
         _check_output(input_path, output, model_dir, model=model_name)
-        data = _read(input_path)
+        data = _read(input_path, backed=data_mode == "stream")
         spec.setup(data, options)
         model = spec.cls(data)
         train_kwargs = {
@@ -246,7 +249,14 @@ def fit(
     is_flag=True,
     help="DGEX: map landmarks onto the training distribution by rank (cross-platform).",
 )
-def predict(model_dir: Path, input_path: Path, output: Path, rank_map: bool) -> None:
+@click.option(
+    "--fill-missing",
+    is_flag=True,
+    help="DGEX: fill landmarks absent from INPUT with their training mean (with a warning).",
+)
+def predict(
+    model_dir: Path, input_path: Path, output: Path, rank_map: bool, fill_missing: bool
+) -> None:
     """Apply the model saved in MODEL_DIR to INPUT and write results to --out."""
     from scgexp._io import ATTRIBUTES_FILE
     from scgexp.cli._specs import spec_for_class
@@ -257,9 +267,11 @@ def predict(model_dir: Path, input_path: Path, output: Path, rank_map: bool) -> 
         registry = _saved_registry(model_dir)
         spec = spec_for_class(registry["model_name"])
         _check_output(input_path, output, model=spec.key)
+        if spec.key != "dgex" and (rank_map or fill_missing):
+            raise InputError("--rank-map and --fill-missing apply to DGEX models only.")
         data = _read(input_path)
         model = spec.cls.load(str(model_dir), adata=None if spec.key == "dgex" else data)
-        result = spec.results(model, data, {"rank_map": rank_map})
+        result = spec.results(model, data, {"rank_map": rank_map, "fill_missing": fill_missing})
         _write(result, output)
 
     _run(action)

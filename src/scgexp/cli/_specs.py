@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from scgexp.data import InputError
+from scgexp.data._checks import dense, take_columns
 from scgexp.model import DGEX, SAILER, MultiVAE, ZINBAutoencoder
 
 if TYPE_CHECKING:
@@ -54,19 +55,29 @@ def _setup_dgex(adata, options: dict) -> None:
 
 
 def _dgex_results(model: DGEX, adata: anndata.AnnData, options: dict) -> anndata.AnnData:
-    """Observed landmarks + predicted targets: the whole transcriptome, per sample."""
+    """Observed landmarks + predicted targets: the whole transcriptome, per sample.
+
+    With ``fill_missing``, landmarks absent from ``adata`` hold the training mean the model
+    used for them, flagged in ``var["filled"]`` and listed in ``uns["dgex"]``.
+    """
     flags = {"rank_map": options.get("rank_map", False)}
+    flags["fill_missing"] = options.get("fill_missing", False)
     predicted = model.predict(adata, return_std=True, **flags)
     layer = model.registry_["setup_args"].get("layer")
     source = adata.layers[layer] if layer in adata.layers else adata.X
     positions = adata.var_names.get_indexer(model.landmark_names)
-    landmarks = source[:, positions]
-    landmarks = landmarks.toarray() if hasattr(landmarks, "toarray") else np.asarray(landmarks)
+    present = positions >= 0
+    landmarks = np.tile(model.module.landmark_mean.cpu().numpy(), (adata.n_obs, 1))
+    landmarks[:, present] = dense(take_columns(source, positions[present]))
+    n_targets = predicted.n_vars
     out = anndata.AnnData(
         X=np.hstack([landmarks, predicted.X]).astype(np.float32),
         obs=adata.obs.copy(),
         var=pd.DataFrame(
-            {"landmark": [True] * len(model.landmark_names) + [False] * predicted.n_vars},
+            {
+                "landmark": [True] * len(present) + [False] * n_targets,
+                "filled": np.concatenate([~present, np.zeros(n_targets, dtype=bool)]),
+            },
             index=list(model.landmark_names) + list(predicted.var_names),
         ),
         obsm=dict(adata.obsm),
@@ -76,7 +87,10 @@ def _dgex_results(model: DGEX, adata: anndata.AnnData, options: dict) -> anndata
         [np.zeros_like(landmarks, dtype=np.float32), predicted.layers["std"]]
     )
     out.obsm["X_dgex"] = model.get_latent_representation(adata, **flags)
-    out.uns["dgex"] = {"landmarks_observed": True, "targets": "predicted"}
+    out.uns["dgex"] = {
+        "targets": "predicted",
+        "filled_landmarks": list(np.asarray(model.landmark_names)[~present]),
+    }
     return out
 
 

@@ -49,6 +49,17 @@ def take_columns(matrix, positions: np.ndarray):
     return matrix[:, positions]
 
 
+def dense(block) -> np.ndarray:
+    """A block of rows as a numpy array (densifies a sparse block)."""
+    return block.toarray() if sparse.issparse(block) else np.asarray(block)
+
+
+def read_dense(matrix) -> np.ndarray:
+    """A whole (small) matrix as a numpy array, read in row chunks, also when backed on disk."""
+    chunks = [dense(chunk) for chunk in _row_chunks(matrix)]
+    return np.vstack(chunks) if chunks else np.zeros(matrix.shape)
+
+
 def _row_chunks(matrix, chunk_rows: int = _CHUNK_ROWS) -> Iterator[np.ndarray | sparse.spmatrix]:
     for start in range(0, matrix.shape[0], chunk_rows):
         yield matrix[start : start + chunk_rows]

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import torch
 from anndata import AnnData
-from scipy import sparse
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import LayerField
@@ -19,7 +18,7 @@ from scvi.model.base import BaseModelClass
 from scvi.utils import setup_anndata_dsp
 
 from scgexp._io import SafeSaveMixin
-from scgexp.data._checks import InputError, check_matrix, get_matrix, take_columns
+from scgexp.data._checks import InputError, check_matrix, dense, get_matrix, take_columns
 from scgexp.dgex._fields import LANDMARK_REGISTRY_KEY, LandmarkField
 from scgexp.dgex._module import N_QUANTILES, DGEXModule
 from scgexp.train import TrainingMixin
@@ -31,10 +30,6 @@ logger = logging.getLogger(__name__)
 
 _CHUNK = 4096
 _MAX_QUANTILE_ROWS = 50_000
-
-
-def _dense(block) -> np.ndarray:
-    return block.toarray() if sparse.issparse(block) else np.asarray(block)
 
 
 class _RidgeStart(pl.Callback):
@@ -147,7 +142,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         total = np.zeros(matrix.shape[1])
         total_sq = np.zeros(matrix.shape[1])
         for start in range(0, n_obs, _CHUNK):
-            block = _dense(matrix[start : start + _CHUNK]).astype(np.float64)
+            block = dense(matrix[start : start + _CHUNK]).astype(np.float64)
             total += block.sum(0)
             total_sq += (block**2).sum(0)
         mean = total / n_obs
@@ -156,7 +151,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         rows = np.arange(n_obs)
         if n_obs > _MAX_QUANTILE_ROWS:
             rows = np.sort(np.random.default_rng(0).choice(n_obs, _MAX_QUANTILE_ROWS, False))
-        landmarks = _dense(matrix[rows][:, landmark_index])
+        landmarks = dense(matrix[rows][:, landmark_index])
         quantiles = np.quantile(landmarks, np.linspace(0, 1, N_QUANTILES), axis=0).T
         as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
         buffers = {
@@ -191,7 +186,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         yty = np.zeros(len(target_index))
         rows = np.sort(rows)
         for start in range(0, len(rows), _CHUNK):
-            block = _dense(matrix[rows[start : start + _CHUNK]]).astype(np.float64)
+            block = dense(matrix[rows[start : start + _CHUNK]]).astype(np.float64)
             x, y = (
                 centre(block[:, landmark_index], "landmark"),
                 centre(block[:, target_index], "target"),
@@ -401,14 +396,14 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
                 f"samples (got {matrix.shape[0]}); predict without rank mapping instead."
             )
         if rank_map:  # ranks are taken over all cells, so map the whole landmark matrix once
-            landmarks = _dense(take_columns(matrix, positions[present]))
+            landmarks = dense(take_columns(matrix, positions[present]))
             values = self._rank_map(landmarks, quantiles[present])
         for start in range(0, matrix.shape[0], batch_size):
             block = np.tile(landmark_mean, (min(batch_size, matrix.shape[0] - start), 1))
             if values is not None:
                 block[:, present] = values[start : start + batch_size]
             else:
-                block[:, present] = _dense(
+                block[:, present] = dense(
                     matrix[start : start + batch_size][:, positions[present]]
                 )
             yield torch.as_tensor(block, dtype=torch.float32, device=self.device)

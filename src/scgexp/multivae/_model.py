@@ -12,7 +12,6 @@ import pandas as pd
 import torch
 from anndata import AnnData
 from mudata import MuData
-from scipy import sparse
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import (
@@ -32,7 +31,9 @@ from scgexp.data._checks import (
     check_matrix,
     check_obs_keys,
     check_size_factors,
+    dense,
     get_matrix,
+    read_dense,
     row_and_column_sums,
     take_columns,
 )
@@ -278,7 +279,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
     def _init_protein(self) -> None:
         """Protein background at a low quantile of each protein's counts; median library size."""
         counts = self.adata_manager.get_from_registry(REGISTRY_KEYS.PROTEIN_EXP_KEY)
-        counts = counts.toarray() if sparse.issparse(counts) else np.asarray(counts)
+        counts = read_dense(counts)
         present = counts.sum(1) > 0
         counts = counts[present] if present.any() else counts
         totals = counts.sum(1)
@@ -1063,7 +1064,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         for start in range(0, n_obs, batch_size):
             block = slice(start, min(start + batch_size, n_obs))
             x = matrix[block]
-            x = x.toarray() if sparse.issparse(x) else np.asarray(x)
+            x = dense(x)
             absent[block] |= ~np.any(x != 0, axis=1)
             batch_index = as_tensor(batch[block]).reshape(-1, 1).long()
             cat_covs = (

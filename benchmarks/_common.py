@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import multiprocessing as mp
+import os
 from queue import Empty
 from typing import TYPE_CHECKING
 
@@ -10,6 +13,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
 
 def slug(method: str) -> str:
@@ -36,6 +40,23 @@ def run_isolated(run_one: Callable, name: str, method: str, *extra) -> dict:
                 raise RuntimeError(message) from empty
     process.join()
     return result
+
+
+def store_result(cache: Path, result: dict, keys: tuple[str, ...]) -> list[dict]:
+    """Add ``result`` to the JSON list in ``cache``, replacing the row with the same ``keys``.
+
+    The file is re-read under a lock and replaced atomically, so several benchmark processes
+    can share one cache. Returns all rows.
+    """
+    with open(cache.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = json.loads(cache.read_text()) if cache.exists() else []
+        same = lambda row: all(row.get(k) == result.get(k) for k in keys)  # noqa: E731
+        rows = [row for row in rows if not same(row)] + [result]
+        partial = cache.with_suffix(".partial")
+        partial.write_text(json.dumps(rows, indent=1))
+        os.replace(partial, cache)
+    return rows
 
 
 def fmt(value, digits: int = 3) -> str:

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import best_leiden, fmt, run_isolated, slug
+from _common import best_leiden, fmt, run_isolated, slug, store_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "multimodal"
@@ -308,12 +308,10 @@ def main() -> None:
     results = json.loads(cache.read_text()) if cache.exists() else []
     for name in args.datasets:
         for method in args.methods or DATASETS[name]["methods"]:
-            results = [r for r in results if (r["dataset"], r["method"]) != (name, method)]
             start = time.perf_counter()
             result = run_isolated(run_one, name, method)
-            results.append(result)
+            results = store_result(cache, result, ("dataset", "method"))
             print(f"{name} {method}: {time.perf_counter() - start:.0f} s {result}", flush=True)
-            cache.write_text(json.dumps(results, indent=1))
     order = {m: i for i, m in enumerate(METHODS)}
     results.sort(key=lambda r: (list(DATASETS).index(r["dataset"]), order.get(r["method"], 99)))
     print(write_table(results))

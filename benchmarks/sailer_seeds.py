@@ -19,7 +19,7 @@ import json
 import time
 
 import numpy as np
-from _common import run_isolated
+from _common import run_isolated, store_result
 from bench_sailer import RESULTS, SEED, latent_path, load, noisy_log_depth, run_one
 
 METHODS = ["SAILER", "PEAKVI"]
@@ -109,6 +109,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--dataset", default="simulated")
+    parser.add_argument(
+        "--methods", nargs="+", default=METHODS, choices=METHODS, help="rerun only these"
+    )
     args = parser.parse_args()
     command = "python benchmarks/sailer_seeds.py --seeds " + " ".join(map(str, args.seeds))
     if args.dataset != "simulated":
@@ -116,21 +119,15 @@ def main() -> None:
     cache = RESULTS / "sailer_seeds_raw.json"
     results = json.loads(cache.read_text()) if cache.exists() else []
     for seed in args.seeds:
-        for method in METHODS:
-            results = [
-                r
-                for r in results
-                if (r["dataset"], r["method"], r["train_seed"]) != (args.dataset, method, seed)
-            ]
+        for method in args.methods:
             start = time.perf_counter()
             result = run_isolated(run_one, args.dataset, method, seed)
             result["train_seed"] = seed
             latent = np.load(latent_path(args.dataset, method, seed))
             result["mi_depth_floor"] = depth_floor(args.dataset, latent)
-            results.append(result)
+            results = store_result(cache, result, ("dataset", "method", "train_seed"))
             seconds = time.perf_counter() - start
             print(f"seed {seed} {method}: {seconds:.0f} s {result}", flush=True)
-            cache.write_text(json.dumps(results, indent=1))
     rows = [r for r in results if r["dataset"] == args.dataset]
     print(write_table(rows, args.dataset, command))
 

@@ -78,6 +78,19 @@ def test_likelihoods(adata, likelihood):
     assert "SAILER" in model._model_summary_string
 
 
+@pytest.mark.parametrize("likelihood", ["bernoulli", "poisson"])
+def test_output_starts_at_each_peaks_marginal_rate(adata, likelihood):
+    SAILER.setup_anndata(adata, batch_key="batch")
+    bias = SAILER(adata, likelihood=likelihood).module.output.bias.detach().numpy()
+    counts = adata.X.toarray()
+    if likelihood == "bernoulli":
+        np.testing.assert_allclose(1 / (1 + np.exp(-bias)), (counts > 0).mean(0), atol=1e-5)
+    else:  # expected counts at each cell's total, summed over cells
+        totals = counts.sum(1)
+        exposure = (totals / np.exp(np.log(totals).mean())).sum()
+        np.testing.assert_allclose(np.exp(bias) * exposure, counts.sum(0), rtol=1e-4)
+
+
 @pytest.mark.parametrize("invariance", [None, "mi", "adversarial"])
 def test_categorical_and_continuous_confounders(adata, invariance):
     adata.obs["tss"] = np.random.default_rng(0).normal(5, 1, N_CELLS)

@@ -168,15 +168,30 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         return np.concatenate(columns, axis=1).astype(np.float64)
 
     def _fit_confounder_scaling(self) -> None:
-        """Training statistics of the continuous confounders and of the log total count."""
+        """Training statistics of the confounders and the log total count; output biases.
+
+        The output biases start at each peak's marginal log-odds of being open (Poisson: its
+        log rate at the reference total), so the decoder need not first learn how rare most
+        peaks are, which on small data sets took the whole training budget.
+        """
         values = self._raw_continuous()
         std = values.std(0)
         matrix = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        totals = row_and_column_sums(matrix)[0]
+        totals, peak_totals = row_and_column_sums(matrix)
+        log_reference = np.log(np.maximum(totals, 1.0)).mean()
+        if self.module.likelihood == "bernoulli":
+            frequency = row_and_column_sums(matrix, binary=True)[1] / max(len(totals), 1)
+            frequency = np.clip(frequency, 1e-5, 1 - 1e-5)
+            bias = np.log(frequency / (1 - frequency))
+        else:  # rate_ij = exp(bias_j) * total_i / reference total
+            exposure = np.sum(np.maximum(totals, 1.0) / np.exp(log_reference))
+            bias = np.log(np.maximum(peak_totals / exposure, 1e-5))
         as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
         self.module.confounder_mean.copy_(as_tensor(values.mean(0)))
         self.module.confounder_scale.copy_(as_tensor(np.where(std > 1e-6, std, 1.0)))
-        self.module.mean_log_total.copy_(as_tensor(np.log(np.maximum(totals, 1.0)).mean()))
+        self.module.mean_log_total.copy_(as_tensor(log_reference))
+        with torch.no_grad():
+            self.module.output.bias.copy_(as_tensor(bias))
         if self.module.likelihood == "bernoulli":
             input_total = np.exp(values[:, 0]).mean()
         else:

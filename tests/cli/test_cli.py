@@ -88,6 +88,12 @@ def test_fit_and_predict_sailer(tmp_path):
     assert result.exit_code == 0, result.output
     again = ad.read_h5ad(tmp_path / "again.h5ad")
     np.testing.assert_allclose(again.obsm["X_sailer"], fitted.obsm["X_sailer"], rtol=1e-5)
+    for flag in ("--rank-map", "--fill-missing"):  # DGEX-only options are refused, not ignored
+        result = CliRunner().invoke(
+            main, ["predict", str(model_dir), str(path), "--out", "x.h5ad", flag]
+        )
+        assert result.exit_code != 0
+        assert "apply to DGEX models only" in result.output
 
 
 def test_fit_and_predict_multivae(tmp_path):

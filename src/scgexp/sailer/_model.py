@@ -156,12 +156,16 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
             names.append(setup_args["batch_key"])
         return names + list(setup_args.get("categorical_covariate_keys") or [])
 
-    def _raw_continuous(self, adata: AnnData | None = None) -> np.ndarray:
+    def _raw_continuous(
+        self, adata: AnnData | None = None, n_open: np.ndarray | None = None
+    ) -> np.ndarray:
         """Log open peaks per cell and the continuous covariates, one row per cell."""
         adata = self._validate_anndata(adata)
         manager = self.get_anndata_manager(adata, required=True)
-        matrix = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        n_open = row_and_column_sums(matrix, binary=True)[0]
+        if n_open is None:
+            n_open = row_and_column_sums(
+                manager.get_from_registry(REGISTRY_KEYS.X_KEY), binary=True
+            )[0]
         columns = [np.log(np.maximum(n_open, 1.0))[:, None]]
         if REGISTRY_KEYS.CONT_COVS_KEY in manager.data_registry:
             columns.append(np.asarray(manager.get_from_registry(REGISTRY_KEYS.CONT_COVS_KEY)))
@@ -174,13 +178,14 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         log rate at the reference total), so the decoder need not first learn how rare most
         peaks are, which on small data sets took the whole training budget.
         """
-        values = self._raw_continuous()
-        std = values.std(0)
         matrix = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        n_open, cells_open = row_and_column_sums(matrix, binary=True)
+        values = self._raw_continuous(n_open=n_open)
+        std = values.std(0)
         totals, peak_totals = row_and_column_sums(matrix)
         log_reference = np.log(np.maximum(totals, 1.0)).mean()
         if self.module.likelihood == "bernoulli":
-            frequency = row_and_column_sums(matrix, binary=True)[1] / max(len(totals), 1)
+            frequency = cells_open / max(len(totals), 1)
             frequency = np.clip(frequency, 1e-5, 1 - 1e-5)
             bias = np.log(frequency / (1 - frequency))
         else:  # rate_ij = exp(bias_j) * total_i / reference total

@@ -89,11 +89,13 @@ def test_fit_and_predict_sailer(tmp_path):
     again = ad.read_h5ad(tmp_path / "again.h5ad")
     np.testing.assert_allclose(again.obsm["X_sailer"], fitted.obsm["X_sailer"], rtol=1e-5)
     for flag in ("--rank-map", "--fill-missing"):  # DGEX-only options are refused, not ignored
+        refused = tmp_path / "refused.h5ad"
         result = CliRunner().invoke(
-            main, ["predict", str(model_dir), str(path), "--out", "x.h5ad", flag]
+            main, ["predict", str(model_dir), str(path), "--out", str(refused), flag]
         )
         assert result.exit_code != 0
         assert "apply to DGEX models only" in result.output
+        assert not refused.exists()
 
 
 def test_fit_and_predict_multivae(tmp_path):

@@ -83,6 +83,34 @@ def test_mosaic_cells_train_on_what_they_have():
     assert np.isfinite(expression[~has_rna]).all()
 
 
+def test_rows_flagged_missing_do_not_change_the_initial_model():
+    """Counts in rows flagged missing leave the data-driven initial state untouched."""
+    mdata = _mdata(n_proteins=10, missing_fraction=0.3)
+    mdata.obs["has_protein"] = mdata.obs["has_rna"].to_numpy()  # measured with the RNA
+    presence = {**PRESENCE, "protein": "has_protein"}
+    altered = mdata.copy()
+    rng = np.random.default_rng(0)
+    for name, key in (("rna", "has_rna"), ("atac", "has_atac"), ("prot", "has_protein")):
+        missing = ~mdata.obs[key].to_numpy()
+        for data in (mdata, altered):
+            values = data[name].X.toarray()
+            values[missing] = (
+                0 if data is mdata else rng.poisson(20.0, (missing.sum(), values.shape[1]))
+            )
+            data[name].X = sparse.csr_matrix(values)
+    states = []
+    for data in (mdata, altered):
+        MultiVAE.setup_mudata(
+            data, batch_key="batch", modalities=ALL_THREE, presence_keys=presence
+        )
+        scvi.settings.seed = 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            states.append(MultiVAE(data, protein_likelihood="mixture").module.state_dict())
+    for name, value in states[0].items():
+        torch.testing.assert_close(states[1][name], value, msg=name)
+
+
 def test_all_zero_rows_count_as_missing_without_flags():
     mdata = _mdata(missing_fraction=0.3)
     model = _train(mdata)

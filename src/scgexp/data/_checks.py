@@ -66,7 +66,7 @@ def _row_chunks(matrix, chunk_rows: int = _CHUNK_ROWS) -> Iterator[np.ndarray | 
 
 
 def row_and_column_sums(
-    matrix, binary: bool = False, log1p: bool = False
+    matrix, binary: bool = False, log1p: bool = False, column_rows: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Row and column sums of a matrix, read in row chunks (in memory or backed on disk).
 
@@ -78,6 +78,9 @@ def row_and_column_sums(
         Sum ``matrix > 0`` instead of the values (e.g. open peaks per cell).
     log1p
         Sum ``log1p(matrix)`` instead of the values.
+    column_rows
+        Boolean mask of the rows that the column sums count (default: all rows). Row sums are
+        returned for every row.
 
     Returns
     -------
@@ -87,13 +90,16 @@ def row_and_column_sums(
     --------
     >>> n_open, cells_open = row_and_column_sums(atac.X, binary=True)
     """
-    rows, columns = [], np.zeros(matrix.shape[1])
+    rows, columns, start = [], np.zeros(matrix.shape[1]), 0
     for chunk in _row_chunks(matrix):
         if binary:
             chunk = (chunk > 0).astype(np.float64)
         elif log1p:
             chunk = chunk.log1p() if sparse.issparse(chunk) else np.log1p(chunk)
         rows.append(np.asarray(chunk.sum(axis=1), dtype=np.float64).ravel())
+        if column_rows is not None:
+            chunk = chunk[np.asarray(column_rows[start : start + chunk.shape[0]], dtype=bool)]
+        start += rows[-1].shape[0]
         columns += np.asarray(chunk.sum(axis=0), dtype=np.float64).ravel()
     return np.concatenate(rows) if rows else np.zeros(0), columns
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import Literal
 
 import torch
+from scvi import settings
 from scvi.dataloaders import DataSplitter as ScviDataSplitter
 
 from scgexp.dataloaders._loaders import InMemoryDataLoader, StreamingDataLoader
@@ -106,7 +108,14 @@ class DataSplitter(ScviDataSplitter):
         buffer_blocks: int = 8,
         **kwargs,
     ):
-        super().__init__(adata_manager, **kwargs)
+        with warnings.catch_warnings():  # a one-cell last minibatch is dropped below instead
+            warnings.filterwarnings("ignore", message="Last batch will have a small size of 1 ")
+            super().__init__(adata_manager, **kwargs)
+        batch_size = self.data_loader_kwargs.get("batch_size") or settings.batch_size
+        if not self.drop_last and self.n_train > batch_size and self.n_train % batch_size == 1:
+            # Batch normalisation cannot train on one cell: leave that minibatch out (another
+            # cell each epoch, as the training cells are reshuffled).
+            self.drop_last = True
         if data_mode not in _MODES:
             raise ValueError(f"data_mode must be one of {_MODES}, not {data_mode!r}.")
         self.data_mode = data_mode

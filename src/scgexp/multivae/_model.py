@@ -254,20 +254,35 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
     def _modality_name(self, modality: str) -> str:
         return self.registry_["setup_args"]["modalities"][_LAYER_ARGS[modality]]
 
+    def _flagged_present(self, modality: str) -> np.ndarray | None:
+        """The registered presence flag of ``modality`` as in training (> 0.5), or ``None``."""
+        key = PRESENCE_KEYS[modality]
+        if key not in self.adata_manager.data_registry:
+            return None
+        flag = np.asarray(self.adata_manager.get_from_registry(key), dtype=np.float64)
+        return flag.reshape(-1) > 0.5
+
+    def _has_counts(self, modality: str, row_sums: np.ndarray) -> np.ndarray:
+        """Cells that have ``modality`` and counts in it: rows flagged missing are never read."""
+        flag = self._flagged_present(modality)
+        return row_sums > 0 if flag is None else (row_sums > 0) & flag
+
     def _init_depth(self) -> None:
         """Mean and scale of ``log1p(total counts)`` per modality, over the cells that have it."""
         for i, m in enumerate(self.module.modalities):
             matrix = self.adata_manager.get_from_registry(DATA_KEYS[m])
-            log_total = np.log1p(row_and_column_sums(matrix)[0])
-            log_total = log_total[log_total > 0] if (log_total > 0).any() else log_total
+            totals = row_and_column_sums(matrix)[0]
+            cells = self._has_counts(m, totals)
+            log_total = np.log1p(totals[cells] if cells.any() else totals)
             self.module.depth_mean[i] = float(log_total.mean())
             self.module.depth_scale[i] = float(max(log_total.std(), 1e-3))
 
     def _init_atac(self) -> None:
         """Region factors at the log-odds of each region being open; median open regions."""
         matrix = self.adata_manager.get_from_registry(REGISTRY_KEYS.ATAC_X_KEY)
-        n_open, cells_open = row_and_column_sums(matrix, binary=True)
-        cells = n_open > 0
+        flag = self._flagged_present("atac")
+        n_open, cells_open = row_and_column_sums(matrix, binary=True, column_rows=flag)
+        cells = self._has_counts("atac", n_open)
         frequency = cells_open / max(int(cells.sum()), 1)  # over the cells with ATAC
         frequency = np.clip(frequency, 1e-5, 1 - 1e-5)
         with torch.no_grad():
@@ -280,7 +295,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         """Protein background at a low quantile of each protein's counts; median library size."""
         counts = self.adata_manager.get_from_registry(REGISTRY_KEYS.PROTEIN_EXP_KEY)
         counts = read_dense(counts)
-        present = counts.sum(1) > 0
+        present = self._has_counts("protein", counts.sum(1))
         counts = counts[present] if present.any() else counts
         totals = counts.sum(1)
         self.module.protein_median_total.fill_(float(np.median(totals)) if len(totals) else 1.0)

@@ -99,6 +99,7 @@ class InvarianceTrainingPlan(TrainingPlan):
         self.discriminator_lr = 10.0 * lr if discriminator_lr is None else discriminator_lr
         self.gradient_clip_val = gradient_clip_val
         self.automatic_optimization = False
+        self._batch_in_epoch = 0
 
     @property
     def invariance(self):
@@ -114,7 +115,9 @@ class InvarianceTrainingPlan(TrainingPlan):
         n_batches = getattr(trainer, "num_training_batches", 1) or 1
         if not math.isfinite(n_batches) or n_batches < 1:
             n_batches = 1
-        epoch = self.current_epoch + (self.global_step % n_batches) / n_batches
+        # The minibatch index, not global_step: manual optimisation counts one step per
+        # optimiser, i.e. two per minibatch when a discriminator is trained.
+        epoch = self.current_epoch + min(self._batch_in_epoch, n_batches) / n_batches
         return epoch - warmup
 
     @property
@@ -150,6 +153,7 @@ class InvarianceTrainingPlan(TrainingPlan):
 
     def training_step(self, batch, batch_idx):
         """Encoder/decoder step on ``loss + factor * penalty``, then a discriminator step."""
+        self._batch_in_epoch = batch_idx
         if "kl_weight" in self.loss_kwargs:
             self.loss_kwargs.update({"kl_weight": self.kl_weight})
         self.log("kl_weight", self.kl_weight, on_step=False, on_epoch=True)

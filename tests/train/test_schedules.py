@@ -1,0 +1,63 @@
+"""Training schedules and minibatches shared by the models (training plan, data splitter)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from lightning.pytorch.callbacks import Callback
+
+from scgexp.data import simulate_multiome, simulate_scatac
+from scgexp.model import SAILER, MultiVAE
+
+
+class _RecordKLWeight(Callback):
+    def __init__(self):
+        self.weights: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.weights.append(pl_module.loss_kwargs["kl_weight"])  # what this minibatch used
+
+
+@pytest.mark.parametrize("invariance", ["mi", "both"])
+def test_kl_weight_ramps_by_minibatch_with_or_without_a_discriminator(invariance):
+    """200 cells, 180 for training in 4 minibatches of 50: KL weight 0 in the warm-up epoch,
+    then a straight ramp over two epochs, whatever the number of optimisers."""
+    adata = simulate_scatac(n_cells=200, n_peaks=200, seed=0)
+    SAILER.setup_anndata(adata, batch_key="batch")
+    model = SAILER(adata, n_hidden=32, n_latent=4, invariance=invariance)
+    recorder = _RecordKLWeight()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(
+            max_epochs=4,
+            batch_size=50,
+            n_epochs_warmup=1,
+            n_epochs_kl_warmup=2,
+            early_stopping=False,
+            enable_progress_bar=False,
+            callbacks=[recorder],
+        )
+    expected = np.minimum(np.maximum((np.arange(16) / 4 - 1) / 2, 0), 1)
+    np.testing.assert_allclose(recorder.weights, expected)
+
+
+def test_a_one_cell_last_minibatch_is_dropped_not_trained():
+    """Batch normalisation cannot train on one cell; 143 cells give 129 training cells."""
+    atac = simulate_scatac(n_cells=143, n_peaks=200, seed=1)
+    SAILER.setup_anndata(atac, batch_key="batch")
+    sailer = SAILER(atac, n_hidden=32, n_latent=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # nor a warning that asks the user to act
+        warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
+        sailer.train(max_epochs=2, enable_progress_bar=False, n_epochs_warmup=0)
+    assert np.isfinite(sailer.get_latent_representation()).all()
+
+    mdata = simulate_multiome(n_cells=143, n_genes=40, n_peaks=80, seed=1)
+    MultiVAE.setup_mudata(mdata, modalities={"rna_layer": "rna", "atac_layer": "atac"})
+    multivae = MultiVAE(mdata, n_hidden=16, n_latent=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        multivae.train(max_epochs=2, enable_progress_bar=False, data_mode="standard")
+    assert np.isfinite(multivae.get_latent_representation()).all()

@@ -277,3 +277,20 @@ def test_stream_mode_leaves_the_input_on_disk(model_name, counts_file, tmp_path,
     streamed, original = ad.read_h5ad(out), ad.read_h5ad(path)
     assert f"X_{model_name}" in streamed.obsm
     np.testing.assert_array_equal(streamed.X.toarray(), original.X.toarray())
+
+
+@pytest.mark.slow
+def test_fit_on_two_processes_writes_once(counts_file, tmp_path):
+    """With --devices 2 Lightning runs the command in two processes; only the first writes."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out.h5ad"
+    command = [str(Path(sys.executable).with_name("scgexp")), "fit", "zinb", str(counts_file)]
+    command += ["--out", str(out), "--layer", "counts", "--epochs", "1", "--accelerator", "cpu"]
+    command += ["--devices", "2", "--strategy", "ddp_find_unused_parameters_true"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ad.read_h5ad(out).obsm["X_zinb"].shape[0] == ad.read_h5ad(counts_file).n_obs
+    assert result.stdout.count("Wrote") == 1
+    assert not list(tmp_path.glob(".*partial*"))

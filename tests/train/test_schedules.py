@@ -61,3 +61,39 @@ def test_a_one_cell_last_minibatch_is_dropped_not_trained():
         warnings.simplefilter("ignore")
         multivae.train(max_epochs=2, enable_progress_bar=False, data_mode="standard")
     assert np.isfinite(multivae.get_latent_representation()).all()
+
+
+def _models():
+    from scgexp.data import simulate_bulk_expression, simulate_scrna
+    from scgexp.model import DGEX, ZINBAutoencoder
+
+    counts = simulate_scrna(n_cells=150, n_genes=40, seed=0)
+    ZINBAutoencoder.setup_anndata(counts, layer="counts", batch_key="batch")
+    bulk = simulate_bulk_expression(n_samples=150, n_landmarks=10, n_targets=20, seed=0)
+    DGEX.setup_anndata(bulk)
+    atac = simulate_scatac(n_cells=150, n_peaks=100, seed=0)
+    SAILER.setup_anndata(atac, batch_key="batch")
+    mdata = simulate_multiome(n_cells=150, n_genes=40, n_peaks=80, seed=0)
+    MultiVAE.setup_mudata(mdata, modalities={"rna_layer": "rna", "atac_layer": "atac"})
+    return {
+        "zinb": lambda: ZINBAutoencoder(counts, n_hidden=16, n_latent=4),
+        "dgex": lambda: DGEX(bulk, n_hidden=16),
+        "sailer": lambda: SAILER(atac, n_hidden=16, n_latent=4),
+        "multivae": lambda: MultiVAE(mdata, n_hidden=16, n_latent=4),
+    }
+
+
+@pytest.mark.parametrize("name", ["zinb", "dgex", "sailer", "multivae"])
+def test_train_size_one_trains_without_validation_and_none_means_the_default(name):
+    build = _models()[name]
+    model = build()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(max_epochs=2, train_size=1.0, enable_progress_bar=False)  # early stopping on
+    assert len(model.history["train_loss"]) == 2
+    assert not any("validation" in key for key in model.history)
+    model = build()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(max_epochs=2, train_size=None, enable_progress_bar=False)
+    assert any("validation" in key for key in model.history)

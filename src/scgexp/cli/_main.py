@@ -221,6 +221,8 @@ def fit(
         if epochs is not None:
             train_kwargs["max_epochs"] = epochs
         model.train(**train_kwargs)
+        if getattr(model.trainer, "global_rank", 0) != 0:
+            return None  # several processes (--devices N): only the first one writes
         folder = model_dir or output.with_name(output.stem + f"_{spec.key}_model")
         model.save(str(folder), overwrite=True)
         result = spec.results(model, data, options)
@@ -228,7 +230,8 @@ def fit(
         return folder
 
     folder = _run(action)
-    click.echo(f"Wrote {output}; model saved in {folder}")
+    if folder is not None:
+        click.echo(f"Wrote {output}; model saved in {folder}")
 
 
 @main.command()

@@ -551,7 +551,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         lr: float = 1e-3,
         weight_decay: float = 1e-6,
         n_epochs_kl_warmup: int | None = 20,
-        train_size: float = 0.9,
+        train_size: float | None = 0.9,
         gradient_clip_val: float | None = 10.0,
         plan_kwargs: dict | None = None,
         **trainer_kwargs,
@@ -574,7 +574,8 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         n_epochs_kl_warmup
             Epochs over which the weight of the KL term rises linearly from 0 to 1.
         train_size
-            Share of cells used for training; the rest validate.
+            Share of cells used for training; the rest validate (1.0: no validation, no early
+            stopping).
         gradient_clip_val
             Clip gradients to this norm; ``None`` to turn off.
         plan_kwargs
@@ -598,7 +599,6 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             "n_epochs_kl_warmup": n_epochs_kl_warmup,
             **(plan_kwargs or {}),
         }
-        validate = train_size < 1.0
         self._training_plan_cls = TrainingPlan
         if self.module.invariance is not None:
             # Manual optimisation: the plan clips gradients itself.
@@ -611,7 +611,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             max_epochs=max_epochs,
             batch_size=batch_size,
             train_size=train_size,
-            early_stopping=early_stopping and validate,
+            early_stopping=early_stopping,
             early_stopping_monitor="validation_loss",
             early_stopping_patience=early_stopping_patience,
             plan_kwargs=plan_kwargs,

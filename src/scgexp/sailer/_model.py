@@ -281,7 +281,7 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         weight_decay: float = 5e-4,
         n_epochs_warmup: int = 10,
         n_epochs_kl_warmup: int | None = 50,
-        train_size: float = 0.9,
+        train_size: float | None = 0.9,
         plan_kwargs: dict | None = None,
         **trainer_kwargs,
     ):
@@ -313,7 +313,8 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         n_epochs_kl_warmup
             Epochs of linear KL annealing after the warm-up.
         train_size
-            Share of cells used for training; the rest validate.
+            Share of cells used for training; the rest validate (1.0: no validation, no early
+            stopping).
         plan_kwargs
             Other :class:`scgexp.train.InvarianceTrainingPlan` arguments.
         **trainer_kwargs
@@ -327,7 +328,6 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         """
         if max_epochs is None:
             max_epochs = int(min(400, max(50, round(2e6 / max(self.summary_stats.n_cells, 1)))))
-        validate = train_size < 1.0
         plan_kwargs = {
             "lr": lr,
             "weight_decay": weight_decay,
@@ -335,7 +335,7 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
             "n_epochs_kl_warmup": n_epochs_kl_warmup,
             **(plan_kwargs or {}),
         }
-        if early_stopping and validate:
+        if early_stopping:
             # Patience counts from the end of the KL warm-up, when the ELBO becomes comparable.
             early_stopping_patience += n_epochs_warmup + (n_epochs_kl_warmup or 0)
             early_stopping_patience = min(early_stopping_patience, max_epochs)
@@ -343,7 +343,7 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
             max_epochs=max_epochs,
             batch_size=batch_size,
             train_size=train_size,
-            early_stopping=early_stopping and validate,
+            early_stopping=early_stopping,
             early_stopping_monitor="elbo_validation",
             early_stopping_patience=early_stopping_patience,
             plan_kwargs=plan_kwargs,

@@ -47,6 +47,9 @@ class TrainingMixin(UnsupervisedTrainingMixin):
         datasplitter_kwargs
             Other arguments of the data splitter (e.g. ``block_rows`` for streaming).
 
+        ``train_size=1.0`` trains on every cell, without validation, and so without early
+        stopping or a learning-rate schedule on the validation loss.
+
         Examples
         --------
         >>> model.train(max_epochs=50, data_mode="standard")  # scvi-tools' own loader
@@ -58,7 +61,16 @@ class TrainingMixin(UnsupervisedTrainingMixin):
             )
         self._validate_anndata()  # registered data changed since setup would train on moved genes
         datasplitter_kwargs = {"data_mode": data_mode, **(datasplitter_kwargs or {})}
-        kwargs.setdefault("check_val_every_n_epoch", 1)
+        train_size, validation_size = kwargs.get("train_size"), kwargs.get("validation_size")
+        if train_size is not None and train_size >= 1.0 and not validation_size:
+            # No validation cells: nothing to stop early on or to schedule the learning rate by.
+            kwargs["early_stopping"] = False
+            kwargs["plan_kwargs"] = {
+                **(kwargs.get("plan_kwargs") or {}),
+                "reduce_lr_on_plateau": False,
+            }
+        else:
+            kwargs.setdefault("check_val_every_n_epoch", 1)
         if kwargs.get("early_stopping") and self._restore_best_weights:
             monitor = kwargs.get("early_stopping_monitor", "elbo_validation")
             kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), RestoreBestWeights(monitor)]

@@ -265,7 +265,7 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         optimizer: Literal["Adam", "RMSprop"] = "Adam",
         lr_patience: int = 10,
         gradient_clip_val: float | None = 5.0,
-        train_size: float = 0.9,
+        train_size: float | None = 0.9,
         plan_kwargs: dict | None = None,
         **trainer_kwargs,
     ):
@@ -297,7 +297,8 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         gradient_clip_val
             Clip gradients to this norm (DCA: 5); ``None`` to turn off.
         train_size
-            Share of cells used for training; the rest validate.
+            Share of cells used for training; the rest validate (1.0: no validation, no early
+            stopping).
         plan_kwargs
             Other :class:`scvi.train.TrainingPlan` arguments.
         **trainer_kwargs
@@ -320,11 +321,10 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
             )
         elif optimizer != "Adam":
             raise ValueError(f"optimizer must be 'Adam' or 'RMSprop', not {optimizer!r}.")
-        validate = train_size < 1.0
         plan_kwargs = {
             "lr": lr,
             "weight_decay": weight_decay,
-            "reduce_lr_on_plateau": validate,
+            "reduce_lr_on_plateau": True,
             "lr_scheduler_metric": "validation_loss",
             "lr_patience": lr_patience,
             "lr_factor": 0.1,
@@ -336,7 +336,7 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
             max_epochs=max_epochs,
             batch_size=batch_size,
             train_size=train_size,
-            early_stopping=early_stopping and validate,
+            early_stopping=early_stopping,
             early_stopping_monitor="validation_loss",
             early_stopping_patience=early_stopping_patience,
             plan_kwargs=plan_kwargs,

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.utilities import rank_zero_only
+from scvi.data._utils import _assign_adata_uuid
 
 from scgexp._compat import (
     _MODEL_NAME_KEY,
@@ -29,7 +30,13 @@ from scgexp._compat import (
     _initialize_model,
     parse_device_args,
 )
-from scgexp.data._checks import InputError, check_feature_names, registered_features
+from scgexp.data._checks import (
+    InputError,
+    check_feature_names,
+    registered_features,
+    relabelled_obs_keys,
+    still_counts,
+)
 
 if TYPE_CHECKING:
     from scvi._types import AnnOrMuData
@@ -187,7 +194,35 @@ class SafeSaveMixin:
                     f"The data registered with this model changed after setup: {error} Or set "
                     f"up and train a new model on the changed data."
                 ) from None
-        return super()._validate_anndata(adata, copy_if_view=copy_if_view)
+            self._check_registered_counts()
+        validated = super()._validate_anndata(adata, copy_if_view=copy_if_view)
+        changed = relabelled_obs_keys(self.get_anndata_manager(validated, required=True))
+        if changed and validated is self.adata:
+            columns = ", ".join(f"obs[{key!r}]" for key in changed)
+            raise InputError(
+                f"{columns} of the data registered with this model changed after setup, and "
+                "scvi-tools would go on reading the old labels. Pass a copy to use the new "
+                "labels (`adata=adata.copy()`), or set up and train a new model."
+            )
+        if changed:  # query data relabelled in place: encode it again, as scvi does for copies
+            _assign_adata_uuid(validated, overwrite=True)
+            validated = super()._validate_anndata(validated, copy_if_view=copy_if_view)
+        return validated
+
+    def _check_registered_counts(self) -> None:
+        """scvi-tools checks counts once, at setup; refuse data normalised in place since."""
+        for field in self.adata_manager.fields:
+            if not getattr(field, "is_count_data", False):
+                continue
+            if not still_counts(self.adata_manager.get_from_registry(field.registry_key)):
+                place = "X" if field.attr_key is None else f"layer {field.attr_key!r}"
+                if getattr(field, "mod_key", None) is not None:
+                    place = f"modality {field.mod_key!r} {place}"
+                raise InputError(
+                    f"{place} of the data registered with this model no longer holds raw "
+                    "counts (normalised in place after setup?). Keep the counts in a layer and "
+                    "pass data that hold them, or set up and train a new model."
+                )
 
     def _saved_var_names(self) -> list[str] | dict[str, list[str]]:
         """The training features (per modality for MuData), as the registry holds them."""

@@ -101,6 +101,43 @@ def test_sailer_and_multivae_match_covariate_categories_by_value(multivae):
     )
 
 
+def test_labels_changed_in_place_are_read_again_or_refused(multivae):
+    """scvi-tools encodes batch and covariate labels once, when data are registered."""
+    mdata = multivae.adata
+    query = mdata.copy()
+    multivae.get_normalized_expression(query, return_numpy=True)  # registers the query
+    query.obs["batch"] = mdata.obs["batch"].iloc[0]  # every cell in the first cell's batch
+    query.obs["donor"] = query.obs["donor"].map({"d0": "d1", "d1": "d0"}).astype("category")
+    fresh = md.MuData({name: mod.copy() for name, mod in query.mod.items()})
+    fresh.obs = query.obs.copy()
+    np.testing.assert_allclose(
+        multivae.get_normalized_expression(query, return_numpy=True),
+        multivae.get_normalized_expression(fresh, return_numpy=True),
+        rtol=1e-5,
+    )
+    training = mdata.obs["donor"].copy()
+    mdata.obs["donor"] = query.obs["donor"].to_numpy()
+    try:
+        with pytest.raises(InputError, match=r"obs\['donor'\] of the data registered"):
+            multivae.get_latent_representation()
+    finally:
+        mdata.obs["donor"] = training
+    multivae.get_latent_representation()  # labels restored: accepted again
+
+
+def test_registered_counts_normalised_in_place_are_refused():
+    adata = simulate_scrna(n_cells=120, n_genes=30, seed=0)
+    ZINBAutoencoder.setup_anndata(adata, layer="counts")
+    model = ZINBAutoencoder(adata, n_hidden=16, n_latent=4)
+    _quiet_train(model, max_epochs=1)
+    counts = adata.layers["counts"]
+    counts.data = np.log1p(counts.data / 2.0)  # as sc.pp.log1p(adata, layer="counts") would
+    with pytest.raises(InputError, match="no longer holds raw counts"):
+        model.train(max_epochs=1)
+    with pytest.raises(InputError, match="no longer holds raw counts"):
+        model.get_latent_representation()
+
+
 def test_query_obs_columns_are_checked(zinb):
     query = zinb.adata.copy()
     del query.obs["batch"]

@@ -81,6 +81,10 @@ def test_mosaic_cells_train_on_what_they_have():
     # RNA is imputed for the cells without it.
     expression = model.get_normalized_expression(return_numpy=True)
     assert np.isfinite(expression[~has_rna]).all()
+    unflagged = mdata.copy()
+    del unflagged.obs["has_rna"]
+    with pytest.raises(InputError, match=r"presence_keys\['rna'\]\). Add it: True for cells"):
+        model.get_latent_representation(unflagged)
 
 
 def test_rows_flagged_missing_do_not_change_the_initial_model():

@@ -190,6 +190,10 @@ def test_refuses_log_normalised_and_negative(adata):
     nan.X[0, 0] = np.nan
     with pytest.raises(InputError, match="NaN"):
         ZINBAutoencoder.setup_anndata(nan)
+    array = adata.copy()
+    array.X = sparse.csr_array(array.X)  # scvi-tools' count check fails on sparse arrays
+    with pytest.raises(InputError, match=r"adata.X = scipy.sparse.csr_matrix\(adata.X\)"):
+        ZINBAutoencoder.setup_anndata(array)
 
 
 def test_refuses_empty_cells_and_missing_keys(adata):
@@ -218,6 +222,13 @@ def test_refuses_unknown_batch_in_query(adata, tmp_path):
     bad_counts.layers["counts"].data += 0.5
     with pytest.raises(InputError, match="layer="):
         model.get_normalized_expression(adata=bad_counts)
+    with pytest.raises(InputError, match=r"not a batch of this model; batches: \['batch_0'"):
+        model.get_normalized_expression(transform_batch="batch_9")
+    with pytest.raises(InputError, match="not a batch of this model"):
+        model.posterior_predictive_sample(transform_batch="batch_9")
+    for library_size in (0, -1.0, float("inf"), "total"):
+        with pytest.raises(InputError, match="library_size must be 'latent' or a positive"):
+            model.get_normalized_expression(library_size=library_size)
 
 
 def test_bad_options(adata):

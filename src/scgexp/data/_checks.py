@@ -173,6 +173,14 @@ def check_matrix(
             "a backed AnnData's X. Convert it first (e.g. `adata.X = adata.X.toarray()`) or "
             "pass layer=."
         )
+    if counts and isinstance(matrix, sparse.sparray):
+        # scvi-tools' count check (the models with count likelihoods) fails on sparse arrays.
+        target = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        raise InputError(
+            f"{where}{name} is a scipy sparse array ({type(matrix).__name__}); scvi-tools reads "
+            f"sparse matrices. Store it as one (same values): `{target} = "
+            f"scipy.sparse.csr_matrix({target})`."
+        )
     if isinstance(matrix, np.ndarray) and not (allow_fortran or matrix.flags.c_contiguous):
         # anndata makes column-major layers when genes are subset (adata[:, genes].copy()).
         warnings.warn(
@@ -265,7 +273,7 @@ def check_obs_keys(
     for key in continuous or []:
         values = adata.obs[key]
         if not pd.api.types.is_numeric_dtype(values):
-            raise InputError(f"{where}obs[{key!r}] must be numeric for a continuous covariate.")
+            raise InputError(f"{where}obs[{key!r}] must hold numbers, not {values.dtype} values.")
         if not np.all(np.isfinite(values.to_numpy(dtype=float))):
             raise InputError(
                 f"{where}obs[{key!r}] has NaN or infinite values; fill or drop those cells first."
@@ -345,6 +353,68 @@ def check_known_categories(adata: AnnData, registry: dict, sources: dict | None 
                 f"obs[{key!r}] has categories the model was not trained with: {shown}. The "
                 f"decoder only knows {list(known)}. {fix}"
             )
+
+
+def still_counts(matrix) -> bool:
+    """Whether the first rows of a registered count matrix still hold raw counts.
+
+    Normalising in place after setup (``sc.pp.normalize_total``, ``sc.pp.log1p``) changes every
+    row, so one chunk of rows tells, at a cost that does not grow with the data.
+
+    Examples
+    --------
+    >>> still_counts(adata.layers["counts"])
+    True
+    """
+    values = _values(next(_row_chunks(matrix), np.zeros(0)))
+    if values.size == 0:
+        return True
+    return bool(
+        np.all(np.isfinite(values)) and values.min() >= 0 and np.all(values == np.round(values))
+    )
+
+
+def relabelled_obs_keys(adata_manager) -> list[str]:
+    """The obs columns whose labels no longer match scvi-tools' encoded copy of them.
+
+    scvi-tools encodes the batch and categorical covariates once, when data are registered, and
+    reads only the codes afterwards: labels changed in place since then would be ignored.
+
+    Parameters
+    ----------
+    adata_manager
+        The manager of registered data.
+
+    Returns
+    -------
+    The obs keys of the batch and categorical covariates that changed, in registry order.
+
+    Examples
+    --------
+    >>> relabelled_obs_keys(model.get_anndata_manager(adata))
+    []
+    """
+    data, registry = adata_manager.adata, adata_manager.data_registry
+    encoded = []  # (obs key, categories, codes)
+    setup_args = adata_manager.registry["setup_args"]
+    if setup_args.get("batch_key") is not None and REGISTRY_KEYS.BATCH_KEY in registry:
+        state = adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
+        codes = np.asarray(adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY))
+        encoded.append((state["original_key"], state["categorical_mapping"], codes.ravel()))
+    if setup_args.get("categorical_covariate_keys") and REGISTRY_KEYS.CAT_COVS_KEY in registry:
+        state = adata_manager.get_state_registry(REGISTRY_KEYS.CAT_COVS_KEY)
+        codes = np.asarray(adata_manager.get_from_registry(REGISTRY_KEYS.CAT_COVS_KEY))
+        for column, key in enumerate(state["field_keys"]):
+            encoded.append((key, state["mappings"][key], codes[:, column]))
+    changed = []
+    for key, categories, codes in encoded:
+        if key not in data.obs:
+            changed.append(key)
+            continue
+        expected = pd.Categorical(data.obs[key], categories=np.asarray(categories)).codes
+        if not np.array_equal(expected, codes.astype(expected.dtype, copy=False)):
+            changed.append(key)
+    return changed
 
 
 def registered_features(registry: dict) -> dict[str | None, list]:

@@ -469,8 +469,13 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
                 f"presence_keys names data types the model does not use: {unknown} "
                 f"(used: {list(names)})."
             )
-        for key in presence_keys.values():
-            if key in mdata.obs and not pd.api.types.is_numeric_dtype(mdata.obs[key]):
+        for data_type, key in presence_keys.items():
+            if key not in mdata.obs:
+                raise InputError(
+                    f"MuData: obs has no column {key!r} (presence_keys[{data_type!r}]). Add it: "
+                    f"True for cells with {data_type} data, False for the others."
+                )
+            if not pd.api.types.is_numeric_dtype(mdata.obs[key]):
                 raise InputError(
                     f"MuData: obs[{key!r}] must be boolean (True where the cell has the modality)."
                 )
@@ -640,7 +645,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         if transform_batch is None:
             return None
         batch_field = self.registry_["field_registries"][REGISTRY_KEYS.BATCH_KEY]
-        mapping = list(batch_field["state_registry"]["categorical_mapping"])
+        mapping = np.asarray(batch_field["state_registry"]["categorical_mapping"]).tolist()
         if transform_batch not in mapping:
             raise InputError(
                 f"{transform_batch!r} is not a batch of this model; batches: {mapping}."
@@ -1059,12 +1064,6 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
                 raise InputError(
                     f"obs[{key!r}] has NaN or infinite values; fill or drop those cells first."
                 )
-        if setup_args.get("size_factor_key") and source == "rna":
-            warnings.warn(
-                "predict uses total counts as the RNA library size of new cells.",
-                UserWarning,
-                stacklevel=3,
-            )
         # Cells without source data (flagged absent, or no counts) have nothing to predict from.
         absent = np.zeros(n_obs, dtype=bool)
         presence_key = (setup_args.get("presence_keys") or {}).get(source)

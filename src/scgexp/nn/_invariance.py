@@ -177,7 +177,10 @@ class Invariance(nn.Module):
     ):
         super().__init__()
         if method not in _METHODS:
-            raise ValueError(f"method must be one of {_METHODS} or None, not {method!r}.")
+            raise ValueError(
+                f"method must be one of {_METHODS}, not {method!r}. For no invariance, use no "
+                "Invariance component (models take invariance=None)."
+            )
         if weight < 0 or (adversarial_weight is not None and adversarial_weight < 0):
             raise ValueError("Invariance weights must be non-negative.")
         self.n_latent = n_latent

@@ -354,7 +354,9 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         if transform_batch is None:
             return None
         manager = self.get_anndata_manager(adata, required=True)
-        mapping = list(manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping)
+        mapping = np.asarray(
+            manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping
+        ).tolist()
         if transform_batch not in mapping:
             raise InputError(
                 f"{transform_batch!r} is not a batch of this model; batches: {mapping}."
@@ -409,7 +411,7 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         if depth == "median":
             log_depth = float(module.confounder_mean[0])
         elif depth is not None:
-            if isinstance(depth, str) or not depth > 0:
+            if isinstance(depth, str) or not (np.isfinite(depth) and depth > 0):
                 raise InputError(
                     f"depth must be a positive number of open peaks, 'median' or None, not "
                     f"{depth!r}."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from numbers import Real
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -428,6 +429,8 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         """
         self._check_if_trained(warn=False)
         self._check_genes(gene_list)
+        self._check_library_size(library_size)
+        self._batch_codes(transform_batch)  # scvi-tools' message does not list the batches
         self.module.eval()
         return super().get_normalized_expression(  # validates adata (check_query) once
             adata=adata,
@@ -480,7 +483,7 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
                 "get_likelihood_parameters decodes at one batch: pass a single category "
                 f"(or None), not {transform_batch!r}."
             )
-        (batch_code,) = self._batch_codes(adata, transform_batch)
+        (batch_code,) = self._batch_codes(transform_batch)
         loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
         self.module.eval()
         out: dict[str, list[np.ndarray]] = {"mean": [], "dispersions": [], "dropout": []}
@@ -512,18 +515,29 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
                 f"{', '.join(map(str, unknown[:10]))}."
             )
 
-    def _batch_codes(self, adata: AnnData, transform_batch) -> list[int | None]:
+    def _batch_codes(self, transform_batch) -> list[int | None]:
         """Codes of batch categories (``None`` stays ``None``: each cell's own batch)."""
         if transform_batch is None or isinstance(transform_batch, str | int | float | np.generic):
             transform_batch = [transform_batch]
-        manager = self.get_anndata_manager(adata, required=True)
-        mapping = list(manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping)
+        state = self.registry_["field_registries"][REGISTRY_KEYS.BATCH_KEY]["state_registry"]
+        mapping = np.asarray(state["categorical_mapping"]).tolist()
         codes = []
         for category in transform_batch:
             if category is not None and category not in mapping:
                 raise InputError(f"{category!r} is not a batch of this model; batches: {mapping}.")
             codes.append(None if category is None else mapping.index(category))
         return codes
+
+    @staticmethod
+    def _check_library_size(library_size) -> None:
+        if isinstance(library_size, str) and library_size == "latent":
+            return
+        number = isinstance(library_size, Real) and not isinstance(library_size, bool)
+        if not (number and np.isfinite(library_size) and library_size > 0):
+            raise InputError(
+                f"library_size must be 'latent' or a positive number (e.g. 1e4), not "
+                f"{library_size!r}."
+            )
 
     def posterior_predictive_sample(
         self,
@@ -566,6 +580,7 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         """
         self._check_if_trained(warn=False)
         self._check_genes(gene_list)
+        self._batch_codes(transform_batch)
         self.module.eval()
         return super().posterior_predictive_sample(  # validates adata (check_query) once
             adata=adata,

@@ -90,11 +90,24 @@ def test_damaged_folders_give_clear_errors(tmp_path):
     )
 
 
-def test_model_loaded_without_data_cannot_train(tmp_path):
+def test_model_loaded_without_data_cannot_train_nor_adopts_new_data(tmp_path):
     model, _ = _model()
     model.save(tmp_path)
     with pytest.raises(InputError, match="loaded without data and cannot train"):
         ZINBAutoencoder.load(tmp_path).train(max_epochs=1)
+    # ... nor after it was given new data once (scvi-tools alone adopts them as its own)
+    bare = ZINBAutoencoder.load(tmp_path)
+    query = simulate_scrna(n_cells=30, n_genes=40, n_batches=2, seed=5)
+    np.testing.assert_array_equal(
+        bare.get_latent_representation(query), model.get_latent_representation(query.copy())
+    )
+    assert bare.adata is None
+    with pytest.raises(InputError, match="loaded without data and cannot train"):
+        bare.train(max_epochs=1)
+    with pytest.raises(InputError, match="loaded without data; pass adata="):
+        bare.get_latent_representation()
+    other = simulate_scrna(n_cells=20, n_genes=40, n_batches=2, seed=6)
+    assert bare.get_latent_representation(other).shape == (20, 4)
 
 
 def test_registered_data_changed_after_setup_is_refused(tmp_path):

@@ -195,19 +195,24 @@ class SafeSaveMixin:
                     f"up and train a new model on the changed data."
                 ) from None
             self._check_registered_counts()
-        validated = super()._validate_anndata(adata, copy_if_view=copy_if_view)
-        changed = relabelled_obs_keys(self.get_anndata_manager(validated, required=True))
-        if changed and validated is self.adata:
-            columns = ", ".join(f"obs[{key!r}]" for key in changed)
-            raise InputError(
-                f"{columns} of the data registered with this model changed after setup, and "
-                "scvi-tools would go on reading the old labels. Pass a copy to use the new "
-                "labels (`adata=adata.copy()`), or set up and train a new model."
-            )
-        if changed:  # query data relabelled in place: encode it again, as scvi does for copies
-            _assign_adata_uuid(validated, overwrite=True)
-            validated = super()._validate_anndata(validated, copy_if_view=copy_if_view)
-        return validated
+        without_data = self.adata is None
+        try:
+            validated = super()._validate_anndata(adata, copy_if_view=copy_if_view)
+            changed = relabelled_obs_keys(self.get_anndata_manager(validated, required=True))
+            if changed and validated is self.adata:
+                columns = ", ".join(f"obs[{key!r}]" for key in changed)
+                raise InputError(
+                    f"{columns} of the data registered with this model changed after setup, "
+                    "and scvi-tools would go on reading the old labels. Pass a copy to use the "
+                    "new labels (`adata=adata.copy()`), or set up and train a new model."
+                )
+            if changed:  # query relabelled in place: encode it again, as scvi does for copies
+                _assign_adata_uuid(validated, overwrite=True)
+                validated = super()._validate_anndata(validated, copy_if_view=copy_if_view)
+            return validated
+        finally:
+            if without_data:  # scvi-tools would adopt the first data given as the model's own
+                self._adata, self._adata_manager = None, None
 
     def _check_registered_counts(self) -> None:
         """scvi-tools checks counts once, at setup; refuse data normalised in place since."""

@@ -106,6 +106,9 @@ def test_model_loaded_without_data_cannot_train_nor_adopts_new_data(tmp_path):
         bare.train(max_epochs=1)
     with pytest.raises(InputError, match="loaded without data; pass adata="):
         bare.get_latent_representation()
+    np.testing.assert_array_equal(  # a copy of data given before is set up afresh
+        bare.get_latent_representation(query.copy()), model.get_latent_representation(query)
+    )
     other = simulate_scrna(n_cells=20, n_genes=40, n_batches=2, seed=6)
     assert bare.get_latent_representation(other).shape == (20, 4)
 

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.utilities import rank_zero_only
+from scvi.data._constants import _SCVI_UUID_KEY
 from scvi.data._utils import _assign_adata_uuid
 
 from scgexp._compat import (
@@ -196,6 +197,13 @@ class SafeSaveMixin:
                 ) from None
             self._check_registered_counts()
         without_data = self.adata is None
+        if without_data and adata is not None:
+            seen = self._per_instance_manager_store.get(self.id, {})
+            manager = seen.get(adata.uns.get(_SCVI_UUID_KEY))
+            if manager is not None and manager.adata is not adata:
+                # A copy of data given before: scvi-tools would transfer the setup from the
+                # model's own data, which it has none of; set the copy up afresh instead.
+                _assign_adata_uuid(adata, overwrite=True)
         try:
             validated = super()._validate_anndata(adata, copy_if_view=copy_if_view)
             changed = relabelled_obs_keys(self.get_anndata_manager(validated, required=True))
@@ -217,10 +225,11 @@ class SafeSaveMixin:
     def _check_registered_counts(self) -> None:
         """scvi-tools checks counts once, at setup; refuse data normalised in place since."""
         for field in self.adata_manager.fields:
-            if not getattr(field, "is_count_data", False):
+            layer_field = getattr(field, "adata_field", field)  # MuData fields wrap one
+            if not getattr(layer_field, "is_count_data", False):
                 continue
             if not still_counts(self.adata_manager.get_from_registry(field.registry_key)):
-                place = "X" if field.attr_key is None else f"layer {field.attr_key!r}"
+                place = "X" if layer_field.attr_key is None else f"layer {layer_field.attr_key!r}"
                 if getattr(field, "mod_key", None) is not None:
                     place = f"modality {field.mod_key!r} {place}"
                 raise InputError(

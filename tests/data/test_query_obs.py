@@ -125,6 +125,24 @@ def test_labels_changed_in_place_are_read_again_or_refused(multivae):
     multivae.get_latent_representation()  # labels restored: accepted again
 
 
+def test_multivae_reads_labels_and_counts_where_it_was_set_up():
+    """Batch labels from one modality's obs; counts checked in each modality."""
+    mdata = simulate_multiome(n_cells=120, n_genes=30, n_peaks=40, seed=0)
+    mdata["rna"].obs["plate"] = np.where(np.arange(mdata.n_obs) % 2, "p1", "p2")
+    modalities = {**RNA_ATAC, "batch_key": "rna"}
+    MultiVAE.setup_mudata(mdata, batch_key="plate", modalities=modalities)
+    model = MultiVAE(mdata, n_hidden=16, n_latent=4)
+    _quiet_train(model, max_epochs=1)  # labels unchanged: accepted
+    mdata["rna"].obs["plate"] = np.where(np.arange(mdata.n_obs) % 2, "p2", "p1")
+    with pytest.raises(InputError, match=r"obs\['plate'\] of the data registered"):
+        model.get_latent_representation()
+    mdata["rna"].obs["plate"] = np.where(np.arange(mdata.n_obs) % 2, "p1", "p2")
+    rna = mdata["rna"].X
+    rna.data = np.log1p(rna.data / 2.0)
+    with pytest.raises(InputError, match="modality 'rna' X of the data registered"):
+        model.get_latent_representation()
+
+
 def test_registered_counts_normalised_in_place_are_refused():
     adata = simulate_scrna(n_cells=120, n_genes=30, seed=0)
     ZINBAutoencoder.setup_anndata(adata, layer="counts")

@@ -139,7 +139,7 @@ def test_save_load_and_query(adata, tmp_path):
     unknown.obs["batch"] = "batch_9"
     with pytest.raises(InputError, match="batch_9"):
         model.get_latent_representation(unknown)
-    for depth in (0, -5, float("inf"), float("nan"), "mean"):
+    for depth in (0, -5, float("inf"), float("nan"), "mean", True):
         with pytest.raises(InputError, match="depth must be a positive number"):
             model.get_normalized_accessibility(indices=[0], depth=depth)
 

@@ -97,3 +97,25 @@ def test_train_size_one_trains_without_validation_and_none_means_the_default(nam
         warnings.simplefilter("ignore")
         model.train(max_epochs=2, train_size=None, enable_progress_bar=False)
     assert any("validation" in key for key in model.history)
+
+
+@pytest.mark.parametrize(
+    ("n_cells", "world_size", "dropped"),
+    [(143, 1, True), (143, 2, False), (286, 2, True), (286, 1, False)],
+)
+def test_one_cell_minibatch_is_counted_per_process(n_cells, world_size, dropped):
+    """129 training cells: one process keeps 128 + 1, two processes 65 each; 258 on two: 129."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from scgexp.dataloaders import DataSplitter
+
+    atac = simulate_scatac(n_cells=n_cells, n_peaks=300, seed=1)
+    SAILER.setup_anndata(atac)
+    model = SAILER(atac, n_hidden=16, n_latent=4)
+    splitter = DataSplitter(model.adata_manager, train_size=0.9, batch_size=128)
+    cpu = SimpleNamespace(root_device=torch.device("cpu"))
+    splitter.trainer = SimpleNamespace(world_size=world_size, strategy=cpu)
+    splitter.setup()
+    assert splitter.drop_last is dropped

@@ -355,18 +355,23 @@ def check_known_categories(adata: AnnData, registry: dict, sources: dict | None 
             )
 
 
-def still_counts(matrix) -> bool:
-    """Whether the first rows of a registered count matrix still hold raw counts.
+def still_counts(matrix, n_rows: int = 200) -> bool:
+    """Whether rows sampled across a registered count matrix still hold raw counts.
 
     Normalising in place after setup (``sc.pp.normalize_total``, ``sc.pp.log1p``) changes every
-    row, so one chunk of rows tells, at a cost that does not grow with the data.
+    row, so a few rows spread over the matrix tell, at a cost that does not grow with the data
+    (at most ``n_rows`` rows and about 10⁵ values of a dense matrix).
 
     Examples
     --------
     >>> still_counts(adata.layers["counts"])
     True
     """
-    values = _values(next(_row_chunks(matrix), np.zeros(0)))
+    n_obs, n_vars = matrix.shape
+    if not sparse.issparse(matrix) and not isinstance(matrix, CSRDataset | CSCDataset):
+        n_rows = min(n_rows, max(1, 100_000 // max(n_vars, 1)))
+    rows = np.unique(np.linspace(0, n_obs - 1, min(n_rows, n_obs)).astype(int))
+    values = _values(matrix[rows]) if len(rows) else np.zeros(0)
     if values.size == 0:
         return True
     return bool(
@@ -395,23 +400,33 @@ def relabelled_obs_keys(adata_manager) -> list[str]:
     []
     """
     data, registry = adata_manager.adata, adata_manager.data_registry
-    encoded = []  # (obs key, categories, codes)
+    fields = {field.registry_key: field for field in adata_manager.fields}
+
+    def obs_of(registry_key):  # a MuData's fields may read one modality's obs
+        mod_key = getattr(fields[registry_key], "mod_key", None)
+        return data.obs if mod_key is None else data.mod[mod_key].obs
+
+    encoded = []  # (obs, key, categories, codes)
     setup_args = adata_manager.registry["setup_args"]
     if setup_args.get("batch_key") is not None and REGISTRY_KEYS.BATCH_KEY in registry:
         state = adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
-        codes = np.asarray(adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY))
-        encoded.append((state["original_key"], state["categorical_mapping"], codes.ravel()))
+        codes = np.asarray(adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()
+        obs = obs_of(REGISTRY_KEYS.BATCH_KEY)
+        encoded.append((obs, state["original_key"], state["categorical_mapping"], codes))
     if setup_args.get("categorical_covariate_keys") and REGISTRY_KEYS.CAT_COVS_KEY in registry:
         state = adata_manager.get_state_registry(REGISTRY_KEYS.CAT_COVS_KEY)
         codes = np.asarray(adata_manager.get_from_registry(REGISTRY_KEYS.CAT_COVS_KEY))
+        obs = obs_of(REGISTRY_KEYS.CAT_COVS_KEY)
         for column, key in enumerate(state["field_keys"]):
-            encoded.append((key, state["mappings"][key], codes[:, column]))
+            encoded.append((obs, key, state["mappings"][key], codes[:, column]))
     changed = []
-    for key, categories, codes in encoded:
-        if key not in data.obs:
-            changed.append(key)
-            continue
-        expected = pd.Categorical(data.obs[key], categories=np.asarray(categories)).codes
+    for obs, key, categories, codes in encoded:
+        if key not in obs:
+            raise InputError(
+                f"obs has no column {key!r} any more, which the model reads (set up with it). "
+                "Add it back with each cell's category."
+            )
+        expected = pd.Categorical(obs[key], categories=np.asarray(categories)).codes
         if not np.array_equal(expected, codes.astype(expected.dtype, copy=False)):
             changed.append(key)
     return changed

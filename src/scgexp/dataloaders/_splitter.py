@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from typing import Literal
@@ -111,11 +112,7 @@ class DataSplitter(ScviDataSplitter):
         with warnings.catch_warnings():  # a one-cell last minibatch is dropped below instead
             warnings.filterwarnings("ignore", message="Last batch will have a small size of 1 ")
             super().__init__(adata_manager, **kwargs)
-        batch_size = self.data_loader_kwargs.get("batch_size") or settings.batch_size
-        if not self.drop_last and self.n_train > batch_size and self.n_train % batch_size == 1:
-            # Batch normalisation cannot train on one cell: leave that minibatch out (another
-            # cell each epoch, as the training cells are reshuffled).
-            self.drop_last = True
+        self.drop_last_requested = self.drop_last
         if data_mode not in _MODES:
             raise ValueError(f"data_mode must be one of {_MODES}, not {data_mode!r}.")
         self.data_mode = data_mode
@@ -129,6 +126,14 @@ class DataSplitter(ScviDataSplitter):
     def setup(self, stage: str | None = None):
         """Split the cells, then load the data once for the chosen path."""
         super().setup(stage)
+        # Batch normalisation cannot train on one cell: leave a one-cell last minibatch out
+        # (another cell each epoch, as the cells are reshuffled), counted per process.
+        trainer = getattr(self, "trainer", None)
+        world = max(1, int(getattr(trainer, "world_size", 1) or 1))
+        per_process = math.ceil(len(self.train_idx) / world)
+        batch_size = self.data_loader_kwargs.get("batch_size") or settings.batch_size
+        one_cell_left = per_process > batch_size and per_process % batch_size == 1
+        self.drop_last = self.drop_last_requested or one_cell_left
         device = self._device()
         self.resolved_mode = resolve_data_mode(self.adata_manager, self.data_mode, device)
         logger.info("Data path: %s (device %s).", self.resolved_mode, device)

@@ -411,7 +411,7 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         if depth == "median":
             log_depth = float(module.confounder_mean[0])
         elif depth is not None:
-            if isinstance(depth, str) or not (np.isfinite(depth) and depth > 0):
+            if isinstance(depth, str | bool | np.bool_) or not (np.isfinite(depth) and depth > 0):
                 raise InputError(
                     f"depth must be a positive number of open peaks, 'median' or None, not "
                     f"{depth!r}."

@@ -136,9 +136,10 @@ def test_missing_landmarks(bulk, trained):
     partial = test[:, ~test.var_names.isin(landmark)].copy()
     with pytest.raises(InputError, match="3 of 60 landmark genes are missing"):
         trained.predict(partial)
-    with pytest.warns(UserWarning, match="filled with their training mean"):
+    with pytest.warns(UserWarning, match="filled with their training mean") as caught:
         filled = trained.predict(partial, fill_missing=True)
     assert np.isfinite(filled.X).all()
+    assert caught[0].filename == __file__  # the warning points at the caller's line
 
 
 def test_rank_map_needs_several_samples(bulk, trained):

@@ -5,7 +5,6 @@ The checks only read: they never modify ``X``, layers or annotations.
 
 from __future__ import annotations
 
-import warnings
 from typing import TYPE_CHECKING
 
 import h5py
@@ -14,6 +13,8 @@ import pandas as pd
 from anndata.abc import CSCDataset, CSRDataset
 from scipy import sparse
 from scvi import REGISTRY_KEYS
+
+from scgexp._warn import warn_user
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -183,12 +184,10 @@ def check_matrix(
         )
     if isinstance(matrix, np.ndarray) and not (allow_fortran or matrix.flags.c_contiguous):
         # anndata makes column-major layers when genes are subset (adata[:, genes].copy()).
-        warnings.warn(
+        warn_user(
             f"{where}{name} is not a row-major (C-contiguous) array; scvi-tools puts a "
             "row-major copy (same values) in its place. `np.ascontiguousarray(...)` first "
             "avoids this.",
-            UserWarning,
-            stacklevel=3,
         )
     if matrix.shape[0] == 0 or matrix.shape[1] == 0:
         raise InputError(f"{where}{name} has shape {matrix.shape}: there is nothing to train on.")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from scipy import linalg, sparse
 
+from scgexp._warn import warn_user
 from scgexp.data._checks import InputError, get_matrix
 
 if TYPE_CHECKING:
@@ -65,11 +65,9 @@ def mark_landmarks(
         )
     missing = wanted.difference(pd.Index(names))
     if len(missing):
-        warnings.warn(
+        warn_user(
             f"{len(missing)} of {len(wanted)} landmark genes are not in the data "
             f"(e.g. {list(missing[:5])}); {n_found} marked.",
-            UserWarning,
-            stacklevel=2,
         )
     adata.var[key] = is_landmark
     return n_found

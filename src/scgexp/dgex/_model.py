@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import TYPE_CHECKING, Literal
 
 import lightning.pytorch as pl
@@ -18,6 +17,7 @@ from scvi.model.base import BaseModelClass
 from scvi.utils import setup_anndata_dsp
 
 from scgexp._io import SafeSaveMixin
+from scgexp._warn import warn_user
 from scgexp.data._checks import InputError, check_matrix, dense, get_matrix, take_columns
 from scgexp.dgex._fields import LANDMARK_REGISTRY_KEY, LandmarkField
 from scgexp.dgex._module import N_QUANTILES, DGEXModule
@@ -330,11 +330,9 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         elif layer is None:
             trained_layer = self.registry_["setup_args"].get("layer")
             if trained_layer is not None and trained_layer not in adata.layers:
-                warnings.warn(
+                warn_user(
                     f"The model was trained on layer {trained_layer!r}, which this data lacks; "
                     "X is used. Pass layer= to choose another layer.",
-                    UserWarning,
-                    stacklevel=4,
                 )
                 trained_layer = None
             layer = trained_layer
@@ -367,11 +365,9 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
                     f"{' ...' if len(missing) > 20 else ''}"
                     ". Add them, or pass fill_missing=True to use their training mean."
                 )
-            warnings.warn(
+            warn_user(
                 f"{len(missing)} of {len(self.landmark_names)} landmark genes are missing; "
                 "they are filled with their training mean.",
-                UserWarning,
-                stacklevel=3,
             )
         return get_matrix(adata, layer), positions
 

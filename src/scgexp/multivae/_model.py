@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
@@ -24,6 +23,7 @@ from scvi.model.base import BaseModelClass
 from scvi.utils import setup_anndata_dsp
 
 from scgexp._io import SafeSaveMixin
+from scgexp._warn import warn_user
 from scgexp.data._checks import (
     InputError,
     check_feature_names,
@@ -521,10 +521,8 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
                     (int((~present & has_counts).sum()), "flagged missing hold counts (ignored)"),
                 ):
                     if n:
-                        warnings.warn(
+                        warn_user(
                             f"{n} cells {what} in {data_type} ({name!r}); check obs[{key!r}].",
-                            UserWarning,
-                            stacklevel=3,
                         )
             n_missing = int((~present).sum())
             if n_missing:
@@ -1111,11 +1109,9 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         if stds:
             result.layers["std"] = np.concatenate(stds).astype(np.float32)
         if absent.any():
-            warnings.warn(
+            warn_user(
                 f"{int(absent.sum())} cells have no {source} data (no counts, or flagged absent); "
                 "their predictions are NaN.",
-                UserWarning,
-                stacklevel=3,
             )
             result.X[absent] = np.nan
             if stds:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -11,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 from anndata import AnnData
-from scvi import REGISTRY_KEYS, settings
+from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import (
     CategoricalObsField,
@@ -22,6 +21,7 @@ from scvi.model.base import BaseModelClass, VAEMixin
 from scvi.utils import setup_anndata_dsp
 
 from scgexp._io import SafeSaveMixin
+from scgexp._warn import warn_user
 from scgexp.data._checks import (
     InputError,
     check_known_categories,
@@ -248,11 +248,9 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         else:
             for key in categorical:
                 if adata.obs[key].nunique() < 2:
-                    warnings.warn(
+                    warn_user(
                         f"obs[{key!r}] has a single category, so there is nothing to remove "
                         "for it; SAILER still removes read depth and the other confounders.",
-                        UserWarning,
-                        stacklevel=settings.warnings_stacklevel,
                     )
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+
+from scvi.dataloaders._data_splitting import validate_data_split
 from scvi.model.base import UnsupervisedTrainingMixin
 
 from scgexp.data._checks import InputError
@@ -47,8 +50,8 @@ class TrainingMixin(UnsupervisedTrainingMixin):
         datasplitter_kwargs
             Other arguments of the data splitter (e.g. ``block_rows`` for streaming).
 
-        ``train_size=1.0`` trains on every cell, without validation, and so without early
-        stopping or a learning-rate schedule on the validation loss.
+        A ``train_size`` that leaves no validation cells (e.g. 1.0) trains on every cell,
+        without early stopping or a learning-rate schedule on the validation loss.
 
         Examples
         --------
@@ -61,8 +64,17 @@ class TrainingMixin(UnsupervisedTrainingMixin):
             )
         self._validate_anndata()  # registered data changed since setup would train on moved genes
         datasplitter_kwargs = {"data_mode": data_mode, **(datasplitter_kwargs or {})}
-        train_size, validation_size = kwargs.get("train_size"), kwargs.get("validation_size")
-        if train_size is not None and train_size >= 1.0 and not validation_size:
+        train_size = kwargs.get("train_size")
+        with warnings.catch_warnings():  # scvi-tools warns again when it splits
+            warnings.simplefilter("ignore")
+            n_validation = validate_data_split(
+                self.adata.n_obs,
+                0.9 if train_size is None else train_size,
+                kwargs.get("validation_size"),
+                kwargs.get("batch_size"),
+                train_size_is_none=train_size is None,
+            )[1]
+        if n_validation == 0:
             # No validation cells: nothing to stop early on or to schedule the learning rate by.
             kwargs["early_stopping"] = False
             kwargs["plan_kwargs"] = {

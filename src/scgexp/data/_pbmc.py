@@ -18,9 +18,8 @@ def pbmc68k_counts() -> AnnData:
     Returns
     -------
     AnnData with integer counts (float32 CSR) in ``X`` and in ``layers["counts"]``,
-    ``obs["cell_type"]`` (the 10 ``bulk_labels``), ``obs["batch"]`` (the two sequencing
-    ``phase`` groups are not batches, so a single ``"pbmc68k"`` value) and the original
-    annotations. Genes with no counts are removed.
+    ``obs["cell_type"]`` (the 10 ``bulk_labels``) and the original annotations (no batch
+    column: the sample is one batch). Genes with no counts are removed.
 
     Examples
     --------

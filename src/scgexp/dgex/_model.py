@@ -288,8 +288,9 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         plan_kwargs
             Other :class:`scvi.train.TrainingPlan` arguments.
         **trainer_kwargs
-            Passed to :meth:`scgexp.train.TrainingMixin.train` (``data_mode``) and on to
-            Lightning (``accelerator``, ``devices``, ``strategy``, ``train_size``, ...).
+            Passed to :meth:`scgexp.train.TrainingMixin.train` (``data_mode``, ``train_size``:
+            share of samples for training, 0.9 by default; 1.0 trains without validation or
+            early stopping) and on to Lightning (``accelerator``, ``devices``, ``strategy``, ...).
 
         Examples
         --------

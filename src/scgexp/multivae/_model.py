@@ -136,7 +136,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         ``"nb"`` (default): negative binomial at the observed protein library size;
         ``"mixture"``: background/foreground negative binomial mixture (background learned per
         protein and batch, after totalVI). On CITE-seq the NB predicted held-out proteins from
-        RNA better (mean per-protein Pearson 0.59 vs 0.40) and mixed batches better; see the
+        RNA better (mean per-protein Pearson 0.59 vs 0.38) and mixed batches better; see the
         docs.
     joint
         ``"poe"``: product of experts with the prior (precisions add); ``"mixture"``: the

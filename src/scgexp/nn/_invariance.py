@@ -20,7 +20,8 @@ One component, :class:`Invariance`, shared by every scgexp model. It offers:
     the minibatch's category frequencies minus the classifier's cross-entropy, and the
     regressor's R², both clipped at 0, so that a latent that carries nothing about ``c`` costs
     nothing and the encoder gains nothing from fooling the discriminator beyond chance.
-``"both"`` and ``None``.
+``"both"``
+    Both penalties. For none, a model uses no :class:`Invariance` at all (``invariance=None``).
 
 Hook contract
 -------------

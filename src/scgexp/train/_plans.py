@@ -107,7 +107,7 @@ class InvarianceTrainingPlan(TrainingPlan):
         return getattr(self.module, "invariance", None)
 
     def _progress(self) -> float:
-        """Epochs since the reconstruction warm-up ended, counting partial epochs by step."""
+        """Epochs since the reconstruction warm-up ended, counting partial epochs by minibatch."""
         warmup = getattr(self, "n_epochs_warmup", 0)
         trainer = getattr(self, "_trainer", None)
         if trainer is None:  # not attached yet: the start of training

@@ -74,10 +74,10 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         ``"bernoulli"`` on binarised peaks (the paper's) or ``"poisson"`` on fragment counts.
     invariance
         ``"mi"``, ``"adversarial"``, ``"both"`` (default) or ``None``. On simulated data with
-        depth confounded with batch, each penalty alone removes a fifth (``"mi"``) to a third
-        (``"adversarial"``) of the latent's information about depth, and the two together three
-        quarters (see the benchmark): the bound compresses the posteriors, the heads catch what
-        the compressed latent still carries.
+        depth confounded with batch, each penalty alone removes a fifth (``"adversarial"``) to a
+        quarter (``"mi"``) of the latent's information about depth, and the two together over
+        four fifths (see the benchmark): the bound compresses the posteriors, the heads catch
+        what the compressed latent still carries.
     invariance_weight
         Weight ``λ`` of the penalty (SAILER: 1).
     **model_kwargs

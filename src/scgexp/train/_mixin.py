@@ -39,6 +39,9 @@ class TrainingMixin(UnsupervisedTrainingMixin):
     ):
         """Train the model; ``data_mode`` picks the data path, the rest is scvi-tools'.
 
+        A ``train_size`` that leaves no validation cells (e.g. 1.0) trains on every cell,
+        without early stopping or a learning-rate schedule on the validation loss.
+
         Parameters
         ----------
         *args, **kwargs
@@ -49,9 +52,6 @@ class TrainingMixin(UnsupervisedTrainingMixin):
             (see :class:`scgexp.dataloaders.DataSplitter`).
         datasplitter_kwargs
             Other arguments of the data splitter (e.g. ``block_rows`` for streaming).
-
-        A ``train_size`` that leaves no validation cells (e.g. 1.0) trains on every cell,
-        without early stopping or a learning-rate schedule on the validation loss.
 
         Examples
         --------

@@ -134,7 +134,7 @@ def imputation_metrics(predicted: np.ndarray, true_values: np.ndarray) -> dict:
     }
 
 
-def latent_metrics(adata, latent: np.ndarray, name: str) -> dict:
+def latent_metrics(adata, latent: np.ndarray, name: str, seed: int = SEED) -> dict:
     import scanpy as sc
     import scib_metrics
 
@@ -146,8 +146,8 @@ def latent_metrics(adata, latent: np.ndarray, name: str) -> dict:
         sub = sub[sub.obs[key] == value].copy()
     labels = sub.obs[spec["label_key"]].astype(str).to_numpy()
     # Exact neighbours (scanpy's approximate path fails on scipy sparse arrays above 8,192 cells).
-    sc.pp.neighbors(sub, use_rep="X_emb", n_neighbors=15, transformer="sklearn", random_state=SEED)
-    best = best_leiden(sub, labels, np.arange(0.1, 2.01, 0.1), SEED)
+    sc.pp.neighbors(sub, use_rep="X_emb", n_neighbors=15, transformer="sklearn", random_state=seed)
+    best = best_leiden(sub, labels, np.arange(0.1, 2.01, 0.1), seed)
     emb = np.asarray(sub.obsm["X_emb"], dtype=np.float32)
     result = {
         "nmi": best["nmi"],
@@ -160,8 +160,16 @@ def latent_metrics(adata, latent: np.ndarray, name: str) -> dict:
     return result
 
 
-def run_one(name: str, method: str, queue) -> None:
-    """Train one method on one dataset and put its metrics on the queue (in a subprocess)."""
+def output_path(name: str, method: str, kind: str, train_seed: int = SEED) -> Path:
+    suffix = "" if train_seed == SEED else f"_seed{train_seed}"
+    return RESULTS / f"zinb_{name}_{slug(method)}{suffix}_{kind}.npy"
+
+
+def run_one(name: str, method: str, queue, train_seed: int = SEED) -> None:
+    """Train one method on one dataset and put its metrics on the queue (in a subprocess).
+
+    ``train_seed`` seeds training, PCA and the Leiden clustering; the hidden entries stay the same.
+    """
     import logging
     import warnings
 
@@ -172,7 +180,7 @@ def run_one(name: str, method: str, queue) -> None:
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
-    scvi.settings.seed = SEED
+    scvi.settings.seed = train_seed
     spec = DATASETS[name]
     adata, (rows, cols, true_values) = load_corrupted(name)
     result = {"dataset": name, "method": method, "n_obs": adata.n_obs, "n_vars": adata.n_vars}
@@ -181,7 +189,7 @@ def run_one(name: str, method: str, queue) -> None:
         norm = adata.copy()
         sc.pp.normalize_total(norm, target_sum=1e4)
         sc.pp.log1p(norm)
-        sc.pp.pca(norm, n_comps=50, random_state=SEED)
+        sc.pp.pca(norm, n_comps=50, random_state=train_seed)
         latent = norm.obsm["X_pca"]
         result.update(train_s=time.perf_counter() - start, epochs=None, s_per_epoch=None)
     else:
@@ -215,9 +223,9 @@ def run_one(name: str, method: str, queue) -> None:
 
         predicted = hidden_predictions(predict, rows, cols, adata.n_obs)
         result.update(imputation_metrics(predicted, true_values))
-        np.save(RESULTS / f"zinb_{name}_{slug(method)}_hidden.npy", predicted[:20000])
-    np.save(RESULTS / f"zinb_{name}_{slug(method)}_latent.npy", latent)
-    result.update(latent_metrics(adata, latent, name))
+        np.save(output_path(name, method, "hidden", train_seed), predicted[:20000])
+    np.save(output_path(name, method, "latent", train_seed), latent)
+    result.update(latent_metrics(adata, latent, name, train_seed))
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     queue.put(result)
 
@@ -307,7 +315,7 @@ def figures(results: list[dict]) -> None:
     shown = ["ZINBAutoencoder", "SCVI", "PCA"]
     fig, axes = plt.subplots(2, len(shown), figsize=(4 * len(shown), 7))
     for j, method in enumerate(shown):
-        path = RESULTS / f"zinb_cellbench_{slug(method)}_latent.npy"
+        path = output_path("cellbench", method, "latent")
         if not path.exists():
             continue
         latent = np.load(path)

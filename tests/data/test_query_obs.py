@@ -340,3 +340,34 @@ def test_setup_refuses_misnamed_arguments_and_missing_columns():
 
     with pytest.raises(InputError, match="no column 'symbol'"):
         mark_landmarks(adata, ["g1"], gene_column="symbol")
+
+
+def _with_unused_donor(data):
+    data.obs["donor"] = data.obs["donor"].cat.add_categories(["d9"])
+    return data
+
+
+def test_training_categories_without_cells_are_refused_queries_accept_them(
+    zinb, multivae, tmp_path
+):
+    # scvi-tools registers a category without cells; the model would decode it untrained.
+    message = r"obs\['donor'\] has categories without cells: \['d9'\]"
+    adata = _with_unused_donor(_with_donor(simulate_scrna(n_cells=60, n_genes=40, seed=1)))
+    with pytest.raises(InputError, match=message):
+        ZINBAutoencoder.setup_anndata(adata, layer="counts", categorical_covariate_keys=["donor"])
+    peaks = _with_unused_donor(_with_donor(simulate_scatac(n_cells=60, n_peaks=100, seed=1)))
+    with pytest.raises(InputError, match=message):
+        SAILER.setup_anndata(peaks, batch_key="batch", categorical_covariate_keys=["donor"])
+    mdata = _with_unused_donor(_with_donor(simulate_multiome(n_cells=60, n_genes=30, seed=1)))
+    with pytest.raises(InputError, match=message):
+        MultiVAE.setup_mudata(mdata, categorical_covariate_keys=["donor"], modalities=RNA_ATAC)
+    assert list(adata.obs["donor"].cat.categories) == ["d0", "d1", "d9"]  # left as it was
+    # A query holding only some of the trained categories is fine.
+    for model in (zinb, multivae):
+        query = model.adata[model.adata.obs["donor"] == "d1"].copy()
+        query.obs["donor"] = pd.Categorical(query.obs["donor"], categories=["d0", "d1"])
+        assert model.get_latent_representation(query).shape[0] == query.n_obs
+    zinb.save(tmp_path / "zinb")
+    query = zinb.adata[zinb.adata.obs["donor"] == "d1"].copy()
+    query.obs["donor"] = pd.Categorical(query.obs["donor"], categories=["d0", "d1"])
+    assert ZINBAutoencoder.load(tmp_path / "zinb", adata=query).adata.n_obs == query.n_obs

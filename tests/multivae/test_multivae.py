@@ -327,6 +327,16 @@ def test_refuses_bad_matrices():
         MultiVAE.setup_mudata(nothing, modalities=RNA_ATAC)
 
 
+def test_query_cells_without_data_are_encoded_by_get_and_load(tmp_path):
+    model = _train(_mdata(), max_epochs=1)
+    model.save(tmp_path / "model")
+    query = _mdata(missing_fraction=0.2, seed=1)
+    query["atac"].X = sparse.csr_matrix(query["atac"].shape, dtype=np.float32)
+    expected = model.get_latent_representation(query.copy())
+    loaded = MultiVAE.load(tmp_path / "model", adata=query)
+    np.testing.assert_allclose(loaded.get_latent_representation(), expected, rtol=1e-5)
+
+
 def test_refuses_bad_requests():
     mdata = _mdata()
     model = _train(mdata, max_epochs=1)

@@ -245,8 +245,12 @@ def check_obs_keys(
     categorical: Sequence[str] | None = None,
     continuous: Sequence[str] | None = None,
     where: str = "",
+    allow_unused_categories: bool = True,
 ) -> None:
     """Check that ``obs`` columns exist, and that continuous ones are finite numbers.
+
+    ``allow_unused_categories=False`` (training data) also refuses categories without cells,
+    which a model would register but never learn.
 
     Examples
     --------
@@ -269,6 +273,14 @@ def check_obs_keys(
                 "covariate needs categories (e.g. sample or plate names). Pass a continuous "
                 "value as a continuous covariate where the model has one."
             )
+        if not allow_unused_categories and isinstance(values.dtype, pd.CategoricalDtype):
+            unused = sorted(map(str, set(values.cat.categories) - set(values.unique())))
+            if unused:
+                raise InputError(
+                    f"{where}obs[{key!r}] has categories without cells: {unused} (e.g. listed "
+                    "for a larger study). A model would decode them from untrained weights; drop "
+                    f"them with obs[{key!r}] = obs[{key!r}].cat.remove_unused_categories()."
+                )
     for key in continuous or []:
         values = adata.obs[key]
         if not pd.api.types.is_numeric_dtype(values):

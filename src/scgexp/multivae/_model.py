@@ -381,8 +381,9 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
                 f"setup_mudata got unknown arguments {sorted(kwargs)}; the counts layer of each "
                 "modality is given with rna_layer=, atac_layer= and protein_layer=."
             )
-        cls._check_data(mdata, setup_method_args["setup_args"])
-        if kwargs.get("source_registry") is not None:
+        query = kwargs.get("source_registry") is not None
+        cls._check_data(mdata, setup_method_args["setup_args"], query=query)
+        if query:
             cls._check_known_categories(mdata, kwargs["source_registry"])
         modalities = dict(modalities)
         presence_keys = dict(presence_keys or {})
@@ -484,11 +485,14 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             cls._check_every_cell_has_data(mdata, names, row_sums, presence_keys)
         batch_key = setup_args.get("batch_key")
         check_obs_keys(
-            _obs(mdata, modalities, "batch_key"), categorical=[batch_key] if batch_key else []
+            _obs(mdata, modalities, "batch_key"),
+            categorical=[batch_key] if batch_key else [],
+            allow_unused_categories=query,
         )
         check_obs_keys(
             _obs(mdata, modalities, "categorical_covariate_keys"),
             categorical=setup_args.get("categorical_covariate_keys"),
+            allow_unused_categories=query,
         )
         check_obs_keys(
             _obs(mdata, modalities, "continuous_covariate_keys"),

@@ -241,8 +241,13 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         setup_method_args = cls._get_setup_method_args(**locals())
         check_matrix(adata, layer, counts=True)
         categorical = [k for k in [batch_key, *(categorical_covariate_keys or [])] if k]
-        check_obs_keys(adata, categorical=categorical, continuous=continuous_covariate_keys)
         source_registry = kwargs.get("source_registry")
+        check_obs_keys(
+            adata,
+            categorical=categorical,
+            continuous=continuous_covariate_keys,
+            allow_unused_categories=source_registry is not None,
+        )
         if source_registry is not None:
             check_known_categories(adata, source_registry)
         else:

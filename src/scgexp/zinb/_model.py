@@ -234,7 +234,11 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         setup_method_args = cls._get_setup_method_args(**locals())
         check_matrix(adata, layer, counts=True)
         categorical = [k for k in [batch_key, *(categorical_covariate_keys or [])] if k]
-        check_obs_keys(adata, categorical=categorical)
+        check_obs_keys(
+            adata,
+            categorical=categorical,
+            allow_unused_categories=kwargs.get("source_registry") is not None,
+        )
         check_size_factors(adata, size_factor_key)
         if kwargs.get("source_registry") is not None:
             check_known_categories(adata, kwargs["source_registry"])

@@ -403,7 +403,28 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
                 block[:, present] = dense(
                     matrix[start : start + batch_size][:, positions[present]]
                 )
+                if start == 0:
+                    self._check_units(block[:, present], present)
             yield torch.as_tensor(block, dtype=torch.float32, device=self.device)
+
+    def _check_units(self, landmarks: np.ndarray, present: np.ndarray) -> None:
+        """Warn when new landmark values sit far from the training data's (other units?).
+
+        Same-unit data (other cells, plates or single samples) put the median landmark's mean
+        within about one training standard deviation of its training mean; other normalisations
+        or platforms several (CellBench: log1p of counts per 10k 0.1-0.9, per million 8.6,
+        unlogged 18.6; L1000 profiles 25.5).
+        """
+        mean = self.module.landmark_mean.cpu().numpy()[present]
+        scale = self.module.landmark_scale.cpu().numpy()[present]
+        shift = float(np.median(np.abs(landmarks.mean(0) - mean) / scale))
+        if shift > 2:
+            warn_user(
+                f"These landmark values are far from the training data's: the median landmark "
+                f"lies {shift:.1f} training standard deviations from its training mean. Transform "
+                "them as the training data were (same normalisation and log), or pass "
+                "rank_map=True for data from another platform."
+            )
 
     @staticmethod
     def _rank_map(values: np.ndarray, quantiles: np.ndarray) -> np.ndarray:

@@ -10,8 +10,7 @@ import torch
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_threads():
+def _seeded_single_thread():
     """Seed everything; train on one thread (small networks run faster so, on a busy CPU too)."""
     scvi.settings.seed = 0
     previous = torch.get_num_threads()
@@ -19,6 +18,12 @@ def _seed_and_threads():
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     yield
     torch.set_num_threads(previous)
+
+
+# Module-scoped fixtures (models trained once per file) are set up before any function-scoped
+# fixture, so the same seeding runs per module too: without it they trained unseeded.
+_seed_module = pytest.fixture(autouse=True, scope="module")(_seeded_single_thread)
+_seed_and_threads = pytest.fixture(autouse=True)(_seeded_single_thread)
 
 
 @pytest.fixture

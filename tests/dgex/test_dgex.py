@@ -25,7 +25,6 @@ def bulk():
 @pytest.fixture(scope="module")
 def trained(bulk):
     train, _ = bulk
-    scvi.settings.seed = 0
     DGEX.setup_anndata(train)
     model = DGEX(train, n_hidden=256, n_layers=2)
     model.train(max_epochs=40, enable_progress_bar=False)

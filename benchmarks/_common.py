@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import importlib.metadata
 import json
 import multiprocessing as mp
 import os
@@ -21,10 +22,41 @@ def slug(method: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in method).strip("_")
 
 
+# Package versions recorded with each row: single runs have differed between environments by
+# as much as between seeds.
+PACKAGES = (
+    "torch",
+    "scvi-tools",
+    "scanpy",
+    "anndata",
+    "numpy",
+    "scikit-learn",
+    "igraph",
+    "leidenalg",
+)
+
+
+def versions() -> str:
+    """The versions of :data:`PACKAGES` in this environment, e.g. ``"torch 2.13.0, ..."``."""
+    return ", ".join(f"{name} {importlib.metadata.version(name)}" for name in PACKAGES)
+
+
+def environment_line(rows: list[dict]) -> str:
+    """A Markdown line naming the environment(s) the rows ran in (``versions`` of each row)."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        key = row.get("versions", "not recorded")
+        counts[key] = counts.get(key, 0) + 1
+    if len(counts) == 1:
+        return f"Environment: {next(iter(counts))}."
+    return "Environments: " + "; ".join(f"{n} rows: {env}" for env, n in counts.items()) + "."
+
+
 def run_isolated(run_one: Callable, name: str, method: str, *extra) -> dict:
     """``run_one(name, method, queue, *extra)`` in a fresh process (own peak memory); its result.
 
-    A child that dies (error, out of memory) raises instead of leaving the caller waiting.
+    The result records the package versions (``"versions"``). A child that dies (error, out of
+    memory) raises instead of leaving the caller waiting.
     """
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -39,7 +71,7 @@ def run_isolated(run_one: Callable, name: str, method: str, *extra) -> dict:
                 message = f"{name} {method} failed (exit code {process.exitcode})"
                 raise RuntimeError(message) from empty
     process.join()
-    return result
+    return {**result, "versions": versions()}
 
 
 def store_result(cache: Path, result: dict, keys: tuple[str, ...]) -> list[dict]:

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import best_leiden, fmt, run_isolated
+from _common import best_leiden, environment_line, fmt, run_isolated
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "multimodal"
@@ -266,6 +266,8 @@ def write_table(results: list[dict], command: str) -> str:
         f"Command: `{command}` (1 CPU thread per run, batch size {BATCH_SIZE}, seed {SEED}, "
         "each method in its own process, default settings of every model; rows named "
         '"MultiVAE (...)" are variants run with `--methods "<name>"`).',
+        "",
+        environment_line(results),
         "",
     ]
     for name, spec in DATASETS.items():

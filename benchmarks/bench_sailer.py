@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import best_leiden, fmt, run_isolated, slug, store_result
+from _common import best_leiden, environment_line, fmt, run_isolated, slug, store_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "multimodal"
@@ -217,6 +217,8 @@ def write_table(results: list[dict]) -> str:
         f"Command: `{COMMAND}` (1 CPU thread per run, batch size {BATCH_SIZE}, seed 0; epoch "
         "budget per data set equal for SAILER and PEAKVI, both with early stopping and the same "
         "KL warm-up, a third of the budget up to 50 epochs).",
+        "",
+        environment_line(results),
         "",
         'SAILER = default invariance `"both"`; `SAILER (x)` = ablation. MI depth: mean over '
         "latent dimensions of `mutual_info_regression(z, log(open peaks + U(0, 1)))`; MI batch: "

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import best_leiden, fmt, run_isolated, slug
+from _common import best_leiden, environment_line, fmt, run_isolated, slug
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -249,6 +249,8 @@ def write_table(results: list[dict], command: str) -> str:
         "",
         f"Command: `{command}` (1 CPU thread per run, batch size {BATCH_SIZE}, "
         f"up to {MAX_EPOCHS} epochs with early stopping, seed {SEED}).",
+        "",
+        environment_line(results),
         "",
         "Imputation: 10% of non-zero counts hidden; metrics on log1p(count) of hidden entries.",
         "Latent metrics on the model trained on the corrupted matrix (CellBench: singlets only).",

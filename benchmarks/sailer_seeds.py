@@ -19,7 +19,7 @@ import json
 import time
 
 import numpy as np
-from _common import run_isolated, store_result
+from _common import environment_line, run_isolated, store_result
 from bench_sailer import RESULTS, SEED, latent_path, load, noisy_log_depth, run_one
 
 METHODS = ["SAILER", "PEAKVI"]
@@ -53,6 +53,8 @@ def write_table(results: list[dict], name: str, command: str) -> str:
         "",
         f"Command: `{command}`. Data, budget and metrics as in `bench_sailer.py`; only the "
         "training seed changes. Floor: MI with depth shuffled (mean of 5 permutations).",
+        "",
+        environment_line(results),
         "",
         "| seed | method | MI depth | floor | above floor | NMI | ARI | batch ASW | iLISI "
         "| epochs |",

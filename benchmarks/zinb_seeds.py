@@ -17,7 +17,7 @@ import json
 import time
 
 import numpy as np
-from _common import run_isolated, store_result
+from _common import environment_line, run_isolated, store_result
 from bench_zinb import METHODS, RESULTS, run_one
 
 KEYS = [("pearson", 3), ("spearman", 3), ("nmi", 3), ("ari", 3), ("silhouette_label", 3)]
@@ -31,6 +31,8 @@ def write_table(rows: list[dict], name: str, command: str) -> str:
         "",
         f"Command: `{command}`. Data, budget and metrics as in `bench_zinb.py`; the seed drives "
         "training, PCA, the neighbour graph and Leiden (the hidden entries stay the same).",
+        "",
+        environment_line(rows),
         "",
         "| seed | method | " + " | ".join(k for k, _ in keys) + " |",
         "|---|---|" + "---|" * len(keys),

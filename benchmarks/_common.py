@@ -49,7 +49,8 @@ def environment_line(rows: list[dict]) -> str:
         counts[key] = counts.get(key, 0) + 1
     if len(counts) == 1:
         return f"Environment: {next(iter(counts))}."
-    return "Environments: " + "; ".join(f"{n} rows: {env}" for env, n in counts.items()) + "."
+    parts = [f"{n} row{'s' * (n > 1)}: {env}" for env, n in counts.items()]
+    return "Environments: " + "; ".join(parts) + "."
 
 
 def run_isolated(run_one: Callable, name: str, method: str, *extra) -> dict:

@@ -412,8 +412,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
 
         Same-unit data (other cells, plates or single samples) put the median landmark's mean
         within about one training standard deviation of its training mean; other normalisations
-        or platforms several (CellBench: log1p of counts per 10k 0.1-0.9, per million 8.6,
-        unlogged 18.6; L1000 profiles 25.5).
+        or platforms several (``benchmarks/dgex_units_check.py``).
         """
         mean = self.module.landmark_mean.cpu().numpy()[present]
         scale = self.module.landmark_scale.cpu().numpy()[present]

@@ -155,13 +155,23 @@ def test_rank_map_recovers_shifted_platform(bulk, trained):
     # A different platform: a monotone distortion of every landmark (here 2**x).
     shifted = test[:, test.var["landmark"]].copy()
     shifted.X = np.exp2(shifted.X / 2)
-    with pytest.warns(UserWarning, match="far from the training data's"):
+    with pytest.warns(UserWarning, match="do not look like the training data's"):
         naive = trained.predict(shifted).X
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # neither same-unit data nor rank-mapped data warn
         mapped = trained.predict(shifted, rank_map=True).X
         trained.predict(test[:1])
     assert np.abs(mapped - reference).mean() < 0.5 * np.abs(naive - reference).mean()
+
+
+def test_values_outside_the_training_range_warn(bulk, trained):
+    # As raw counts for a model trained on log values: a small mean shift, many outliers.
+    _, test = bulk
+    spiked = test[:, test.var["landmark"]].copy()
+    spikes = np.random.default_rng(0).random(spiked.shape) < 0.1
+    spiked.X = np.where(spikes, spiked.X.max(0) + 5 * spiked.X.std(0), spiked.X)
+    with pytest.warns(UserWarning, match=r"1\d% of the values lie outside the training range"):
+        trained.get_latent_representation(spiked)
 
 
 def test_rank_map_reads_backed_data_in_any_gene_order(bulk, trained, tmp_path):

@@ -408,21 +408,28 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
             yield torch.as_tensor(block, dtype=torch.float32, device=self.device)
 
     def _check_units(self, landmarks: np.ndarray, present: np.ndarray) -> None:
-        """Warn when new landmark values sit far from the training data's (other units?).
+        """Warn when new landmark values are clearly not in the training units.
 
-        Same-unit data (other cells, plates or single samples) put the median landmark's mean
-        within about one training standard deviation of its training mean; other normalisations
-        or platforms several (``benchmarks/dgex_units_check.py``).
+        Two signs: the median landmark's mean lies more than 2 training standard deviations
+        from its training mean (other normalisations or platforms), or more than 5% of the
+        values lie over a standard deviation outside the training range (e.g. raw counts for
+        a model trained on their log). Data in the training units score far below both
+        (``benchmarks/dgex_units_check.py``).
         """
         mean = self.module.landmark_mean.cpu().numpy()[present]
         scale = self.module.landmark_scale.cpu().numpy()[present]
+        quantiles = self.module.landmark_quantiles.cpu().numpy()[present]
         shift = float(np.median(np.abs(landmarks.mean(0) - mean) / scale))
-        if shift > 2:
+        outside = float(
+            np.mean((landmarks > quantiles[:, -1] + scale) | (landmarks < quantiles[:, 0] - scale))
+        )
+        if shift > 2 or outside > 0.05:
             warn_user(
-                f"These landmark values are far from the training data's: the median landmark "
-                f"lies {shift:.1f} training standard deviations from its training mean. Transform "
-                "them as the training data were (same normalisation and log), or pass "
-                "rank_map=True for data from another platform."
+                "These landmark values do not look like the training data's: the median "
+                f"landmark lies {shift:.1f} training standard deviations from its training mean, "
+                f"and {outside:.0%} of the values lie outside the training range. Transform them "
+                "as the training data were (same normalisation and log), or pass rank_map=True "
+                "for data from another platform."
             )
 
     @staticmethod

@@ -12,7 +12,7 @@ from scvi.data import AnnDataManager, AnnTorchDataset
 from scvi.data.fields import LayerField
 from sklearn.metrics import silhouette_score
 
-from scgexp.data import InputError, simulate_scrna
+from scgexp.data import InputError, simulate_scatac, simulate_scrna
 from scgexp.dataloaders import (
     DataSplitter,
     InMemoryDataLoader,
@@ -22,6 +22,7 @@ from scgexp.dataloaders import (
 )
 from scgexp.dataloaders import _splitter as splitter_module
 from scgexp.dgex import DGEX
+from scgexp.sailer import SAILER
 from scgexp.zinb import ZINBAutoencoder
 
 
@@ -152,6 +153,37 @@ def test_backed_training_learns_like_in_memory(tmp_path):
     assert scores["stream"] > 0.2
     assert scores["stream"] > scores["memory"] - 0.08
     assert not backed.X.__class__.__name__.startswith("csr")  # still on disk
+
+
+def test_backed_rows_come_in_the_order_of_indices(adata, tmp_path):
+    # scvi-tools sorts each minibatch's indices for backed data (h5py), so rows came back sorted
+    # while their labels followed the request.
+    model = _zinb(adata, max_epochs=1)
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    backed = anndata.read_h5ad(tmp_path / "a.h5ad", backed="r")
+    indices = np.array([5, 2, 9, 0, 2])
+    expected = model.get_normalized_expression(adata.copy(), indices=indices)
+    got = model.get_normalized_expression(backed, indices=indices)
+    assert list(got.index) == list(adata.obs_names[indices])
+    np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        model.get_latent_representation(backed, indices=indices, batch_size=2),
+        model.get_latent_representation(adata.copy(), indices=indices),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    peaks = simulate_scatac(n_cells=100, n_peaks=80, seed=0)
+    SAILER.setup_anndata(peaks, batch_key="batch")
+    sailer = SAILER(peaks, n_latent=4)
+    sailer.is_trained_ = True  # the order matters, not the weights
+    peaks.write_h5ad(tmp_path / "p.h5ad")
+    backed_peaks = anndata.read_h5ad(tmp_path / "p.h5ad", backed="r")
+    np.testing.assert_allclose(
+        sailer.get_latent_representation(backed_peaks, indices=indices),
+        sailer.get_latent_representation(peaks.copy(), indices=indices),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_backed_csc_is_refused(adata, tmp_path):

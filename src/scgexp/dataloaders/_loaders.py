@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from scipy import sparse
+from scvi.data import AnnTorchDataset
 from torch.utils.data import (
     BatchSampler,
     DataLoader,
@@ -265,3 +266,22 @@ class StreamingDataLoader(DataLoader):
             distributed_sampler,
         )
         super().__init__(stream, batch_size=None, num_workers=0)
+
+
+class RequestedOrderDataset(AnnTorchDataset):
+    """scvi-tools' dataset, with backed rows returned in the order they were asked for.
+
+    For backed data scvi-tools sorts each minibatch's indices (h5py reads increasing indices
+    only) and returns the rows sorted, so outputs for unsorted ``indices`` came back in another
+    order than their labels. Here rows are read sorted and once each, then put back in the
+    requested order (repeats included).
+    """
+
+    def __getitem__(self, indexes):
+        if isinstance(indexes, int | slice) or not self.adata_manager.adata.isbacked:
+            return super().__getitem__(indexes)
+        indexes = np.asarray(indexes)
+        if np.all(np.diff(indexes) > 0):
+            return super().__getitem__(indexes)
+        unique, inverse = np.unique(indexes, return_inverse=True)
+        return {key: value[inverse] for key, value in super().__getitem__(unique).items()}

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import warnings
 
+from scvi.data import AnnTorchDataset
 from scvi.dataloaders._data_splitting import validate_data_split
 from scvi.model.base import UnsupervisedTrainingMixin
 
 from scgexp.data._checks import InputError
 from scgexp.dataloaders import DataMode, DataSplitter
+from scgexp.dataloaders._loaders import RequestedOrderDataset
 from scgexp.train._callbacks import RestoreBestWeights
 from scgexp.train._trainingplan import TrainingPlan
 
@@ -29,6 +31,18 @@ class TrainingMixin(UnsupervisedTrainingMixin):
     _data_splitter_cls = DataSplitter
     _training_plan_cls = TrainingPlan
     _restore_best_weights = True
+
+    def _make_data_loader(self, adata, indices=None, batch_size=None, shuffle=False, **kwargs):
+        """scvi-tools' inference loader; backed rows come in the order of ``indices``."""
+        loader = super()._make_data_loader(
+            adata, indices=indices, batch_size=batch_size, shuffle=shuffle, **kwargs
+        )
+        dataset = loader.dataset
+        while not isinstance(dataset, AnnTorchDataset) and hasattr(dataset, "dataset"):
+            dataset = dataset.dataset  # torch's Subset over the indices
+        if type(dataset) is AnnTorchDataset:
+            dataset.__class__ = RequestedOrderDataset
+        return loader
 
     def train(
         self,

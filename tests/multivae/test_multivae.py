@@ -340,6 +340,9 @@ def test_query_cells_without_data_are_encoded_by_get_and_load(tmp_path):
 def test_refuses_bad_requests():
     mdata = _mdata()
     model = _train(mdata, max_epochs=1)
+    for library_size in ("latent", 0, -1.0, float("nan")):
+        with pytest.raises(InputError, match="library_size must be a positive number"):
+            model.get_normalized_expression(library_size=library_size)
     with pytest.raises(InputError, match="not a data type"):
         model.get_latent_representation(modality="protein")
     with pytest.raises(InputError, match="same data type"):

@@ -110,6 +110,10 @@ def test_categorical_and_continuous_confounders(adata, invariance):
     info = model.confounder_information(max_cells=200)
     assert list(info.index) == model.confounder_names
     assert (info >= 0).all()
+    mask = np.arange(adata.n_obs) % 2 == 0  # a boolean mask, subsampled
+    assert list(model.confounder_information(indices=mask, max_cells=100).index) == list(
+        info.index
+    )
 
 
 def test_save_load_and_query(adata, tmp_path):

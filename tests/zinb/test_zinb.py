@@ -103,6 +103,22 @@ def test_transform_batch(adata):
         model.get_likelihood_parameters(transform_batch="batch_7")
 
 
+def test_gene_list_order_and_single_batch_samples(adata):
+    model = _train(adata, max_epochs=1)
+    full = model.get_normalized_expression()
+    genes = [adata.var_names[30], adata.var_names[2], adata.var_names[30]]
+    frame = model.get_normalized_expression(gene_list=genes)
+    assert list(frame.columns) == genes
+    np.testing.assert_allclose(frame.to_numpy(), full[genes].to_numpy(), rtol=1e-5)
+    array = model.get_normalized_expression(gene_list=genes, return_numpy=True)
+    np.testing.assert_allclose(array, full[genes].to_numpy(), rtol=1e-5)
+    samples = model.posterior_predictive_sample(gene_list=genes, n_samples=2)
+    assert samples.shape == (adata.n_obs, 3, 2)
+    np.testing.assert_array_equal(samples[:, 0].todense(), samples[:, 2].todense())
+    with pytest.raises(InputError, match="single transform_batch"):
+        model.posterior_predictive_sample(transform_batch=["batch_0", "batch_1"])
+
+
 def test_no_batch_key_ignores_transform_batch(adata):
     model = _train(adata, batch_key=None, max_epochs=1)
     (only,) = model.adata_manager.get_state_registry("batch").categorical_mapping

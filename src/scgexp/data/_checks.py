@@ -5,6 +5,7 @@ The checks only read: they never modify ``X``, layers or annotations.
 
 from __future__ import annotations
 
+from numbers import Real
 from typing import TYPE_CHECKING
 
 import h5py
@@ -289,6 +290,16 @@ def check_obs_keys(
             raise InputError(
                 f"{where}obs[{key!r}] has NaN or infinite values; fill or drop those cells first."
             )
+
+
+def check_library_size(library_size, allow_latent: bool = False) -> None:
+    """Refuse a ``library_size`` that is not a positive number (or ``"latent"`` if allowed)."""
+    if allow_latent and isinstance(library_size, str) and library_size == "latent":
+        return
+    number = isinstance(library_size, Real) and not isinstance(library_size, bool)
+    if not (number and np.isfinite(library_size) and library_size > 0):
+        allowed = "'latent' or a positive number" if allow_latent else "a positive number"
+        raise InputError(f"library_size must be {allowed} (e.g. 1e4), not {library_size!r}.")
 
 
 def check_size_factors(adata: AnnData, key: str | None) -> None:

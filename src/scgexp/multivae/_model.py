@@ -28,6 +28,7 @@ from scgexp.data._checks import (
     InputError,
     check_feature_names,
     check_known_categories,
+    check_library_size,
     check_matrix,
     check_obs_keys,
     check_size_factors,
@@ -817,6 +818,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         ...     library_size=1e4, return_numpy=True
         ... )
         """
+        check_library_size(library_size)
         values = self._decoded("rna", adata, indices, transform_batch, batch_size, n_samples)
         return self._frame(values * library_size, "rna", gene_list, adata, indices, return_numpy)
 

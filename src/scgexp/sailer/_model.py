@@ -487,6 +487,8 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
 
         adata = self._validate_anndata(adata)
         cells = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
+        if cells.dtype == bool:  # a mask, as the other methods accept
+            cells = np.flatnonzero(cells)
         rng = np.random.default_rng(random_state)
         if max_cells is not None and len(cells) > max_cells:
             cells = np.sort(rng.choice(cells, max_cells, replace=False))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from numbers import Real
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -26,6 +25,7 @@ from scgexp._io import SafeSaveMixin
 from scgexp.data._checks import (
     InputError,
     check_known_categories,
+    check_library_size,
     check_matrix,
     check_obs_keys,
     check_query,
@@ -409,7 +409,7 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
             Batch(es) to decode every cell as: ``None`` uses each cell's own batch; a category
             (or several, whose outputs are averaged) gives batch-corrected values.
         gene_list
-            Return these genes only.
+            Return these genes only, in this order.
         library_size
             ``"latent"``: the mean μ at each cell's own size factor (DCA's denoised counts).
             A number: expression proportions scaled to this total per cell (e.g. ``1e4``).
@@ -432,11 +432,11 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         ... )
         """
         self._check_if_trained(warn=False)
-        self._check_genes(gene_list)
-        self._check_library_size(library_size)
+        order = self._gene_order(gene_list)
+        check_library_size(library_size, allow_latent=True)
         self._batch_codes(transform_batch)  # scvi-tools' message does not list the batches
         self.module.eval()
-        return super().get_normalized_expression(  # validates adata (check_query) once
+        expression = super().get_normalized_expression(  # validates adata (check_query) once
             adata=adata,
             indices=indices,
             transform_batch=transform_batch,
@@ -446,6 +446,9 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
             return_numpy=return_numpy,
             silent=silent,
         )
+        if order is None:
+            return expression
+        return expression[:, order] if return_numpy else expression.iloc[:, order]
 
     @torch.inference_mode()
     def get_likelihood_parameters(
@@ -505,19 +508,26 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
                 out["dropout"].append(px.zi_probs.cpu().numpy())
         return {key: np.concatenate(value) for key, value in out.items() if value}
 
-    def _check_genes(self, gene_list: Sequence[str] | None) -> None:
-        """Refuse gene names the model was not trained on (query data has the same genes)."""
+    def _gene_order(self, gene_list: Sequence[str] | None) -> np.ndarray | None:
+        """Check ``gene_list``; the columns that put scvi-tools' output in its order.
+
+        scvi-tools returns the listed genes once each, in the data's order; ``None`` when that
+        is already the order asked for.
+        """
         if gene_list is None:
-            return
+            return None
         if isinstance(gene_list, str):
             raise InputError(f"gene_list must be a list of gene names: [{gene_list!r}].")
         trained = self.registry_["field_registries"][REGISTRY_KEYS.X_KEY]["state_registry"]
-        unknown = pd.Index(gene_list).difference(pd.Index(trained["column_names"]))
+        names = pd.Index(trained["column_names"])
+        unknown = pd.Index(gene_list).difference(names)
         if len(unknown):
             raise InputError(
                 f"gene_list names {len(unknown)} genes the model does not have: "
                 f"{', '.join(map(str, unknown[:10]))}."
             )
+        order = names[names.isin(gene_list)].get_indexer(gene_list)
+        return None if np.array_equal(order, np.arange(len(order))) else order
 
     def _batch_codes(self, transform_batch) -> list[int | None]:
         """Codes of batch categories (``None`` stays ``None``: each cell's own batch)."""
@@ -531,17 +541,6 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
                 raise InputError(f"{category!r} is not a batch of this model; batches: {mapping}.")
             codes.append(None if category is None else mapping.index(category))
         return codes
-
-    @staticmethod
-    def _check_library_size(library_size) -> None:
-        if isinstance(library_size, str) and library_size == "latent":
-            return
-        number = isinstance(library_size, Real) and not isinstance(library_size, bool)
-        if not (number and np.isfinite(library_size) and library_size > 0):
-            raise InputError(
-                f"library_size must be 'latent' or a positive number (e.g. 1e4), not "
-                f"{library_size!r}."
-            )
 
     def posterior_predictive_sample(
         self,
@@ -568,7 +567,7 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         n_samples
             Draws per cell.
         gene_list
-            Return these genes only.
+            Return these genes only, in this order.
         batch_size
             Cells per forward pass.
 
@@ -583,10 +582,14 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         >>> dense = samples.todense()
         """
         self._check_if_trained(warn=False)
-        self._check_genes(gene_list)
-        self._batch_codes(transform_batch)
+        order = self._gene_order(gene_list)
+        if len(self._batch_codes(transform_batch)) > 1:
+            raise InputError(
+                "posterior_predictive_sample draws counts as one batch; pass a single "
+                f"transform_batch, not {transform_batch!r}."
+            )
         self.module.eval()
-        return super().posterior_predictive_sample(  # validates adata (check_query) once
+        samples = super().posterior_predictive_sample(  # validates adata (check_query) once
             adata=adata,
             indices=indices,
             transform_batch=transform_batch,
@@ -594,3 +597,4 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
             gene_list=gene_list,
             batch_size=batch_size,
         )
+        return samples if order is None else samples[:, order]

@@ -33,9 +33,9 @@ from scgexp._compat import (
 )
 from scgexp.data._checks import (
     InputError,
+    changed_obs_keys,
     check_feature_names,
     registered_features,
-    relabelled_obs_keys,
     still_counts,
 )
 
@@ -206,13 +206,13 @@ class SafeSaveMixin:
                 _assign_adata_uuid(adata, overwrite=True)
         try:
             validated = super()._validate_anndata(adata, copy_if_view=copy_if_view)
-            changed = relabelled_obs_keys(self.get_anndata_manager(validated, required=True))
+            changed = changed_obs_keys(self.get_anndata_manager(validated, required=True))
             if changed and validated is self.adata:
                 columns = ", ".join(f"obs[{key!r}]" for key in changed)
                 raise InputError(
                     f"{columns} of the data registered with this model changed after setup, "
-                    "and scvi-tools would go on reading the old labels. Pass a copy to use the "
-                    "new labels (`adata=adata.copy()`), or set up and train a new model."
+                    "and scvi-tools would go on reading the old values. Pass a copy to use the "
+                    "new values (`adata=adata.copy()`), or set up and train a new model."
                 )
             if changed:  # query relabelled in place: encode it again, as scvi does for copies
                 _assign_adata_uuid(validated, overwrite=True)

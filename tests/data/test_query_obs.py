@@ -371,3 +371,23 @@ def test_training_categories_without_cells_are_refused_queries_accept_them(
     query = zinb.adata[zinb.adata.obs["donor"] == "d1"].copy()
     query.obs["donor"] = pd.Categorical(query.obs["donor"], categories=["d0", "d1"])
     assert ZINBAutoencoder.load(tmp_path / "zinb", adata=query).adata.n_obs == query.n_obs
+
+
+def test_continuous_covariates_changed_in_place_are_read_again_or_refused():
+    """scvi-tools copies continuous covariates once, when data are registered."""
+    adata = simulate_scatac(n_cells=160, n_peaks=300, seed=0)
+    adata.obs["tss"] = np.random.default_rng(0).normal(5, 1, adata.n_obs)
+    SAILER.setup_anndata(adata, batch_key="batch", continuous_covariate_keys=["tss"])
+    model = SAILER(adata, n_hidden=32, n_latent=4)
+    _quiet_train(model, max_epochs=1)
+    query = adata.copy()
+    model.get_normalized_accessibility(query, return_numpy=True)  # registers the query
+    query.obs["tss"] *= 2
+    np.testing.assert_allclose(
+        model.get_normalized_accessibility(query, return_numpy=True),
+        model.get_normalized_accessibility(query.copy(), return_numpy=True),
+        rtol=1e-5,
+    )
+    adata.obs["tss"] += 1
+    with pytest.raises(InputError, match=r"obs\['tss'\] of the data registered"):
+        model.get_latent_representation()

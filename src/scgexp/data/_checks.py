@@ -401,11 +401,12 @@ def still_counts(matrix, n_rows: int = 200) -> bool:
     )
 
 
-def relabelled_obs_keys(adata_manager) -> list[str]:
-    """The obs columns whose labels no longer match scvi-tools' encoded copy of them.
+def changed_obs_keys(adata_manager) -> list[str]:
+    """The obs columns that no longer match scvi-tools' registered copy of them.
 
-    scvi-tools encodes the batch and categorical covariates once, when data are registered, and
-    reads only the codes afterwards: labels changed in place since then would be ignored.
+    scvi-tools encodes the batch and categorical covariates, and copies the continuous
+    covariates, once, when data are registered, and reads only that copy afterwards: labels or
+    values changed in place since then would be ignored.
 
     Parameters
     ----------
@@ -414,11 +415,12 @@ def relabelled_obs_keys(adata_manager) -> list[str]:
 
     Returns
     -------
-    The obs keys of the batch and categorical covariates that changed, in registry order.
+    The obs keys of the batch, categorical and continuous covariates that changed, in registry
+    order.
 
     Examples
     --------
-    >>> relabelled_obs_keys(model.get_anndata_manager(adata))
+    >>> changed_obs_keys(model.get_anndata_manager(adata))
     []
     """
     data, registry = adata_manager.adata, adata_manager.data_registry
@@ -443,15 +445,27 @@ def relabelled_obs_keys(adata_manager) -> list[str]:
             encoded.append((obs, key, state["mappings"][key], codes[:, column]))
     changed = []
     for obs, key, categories, codes in encoded:
-        if key not in obs:
-            raise InputError(
-                f"obs has no column {key!r} any more, which the model reads (set up with it). "
-                "Add it back with each cell's category."
-            )
+        _require_column(obs, key)
         expected = pd.Categorical(obs[key], categories=np.asarray(categories)).codes
         if not np.array_equal(expected, codes.astype(expected.dtype, copy=False)):
             changed.append(key)
+    if setup_args.get("continuous_covariate_keys") and REGISTRY_KEYS.CONT_COVS_KEY in registry:
+        copied = adata_manager.get_from_registry(REGISTRY_KEYS.CONT_COVS_KEY)
+        obs = obs_of(REGISTRY_KEYS.CONT_COVS_KEY)
+        for key in copied.columns:
+            _require_column(obs, key)
+            current = pd.to_numeric(obs[key], errors="coerce").to_numpy(dtype=float)
+            if not np.allclose(current, copied[key].to_numpy(dtype=float), equal_nan=True):
+                changed.append(key)
     return changed
+
+
+def _require_column(obs: pd.DataFrame, key: str) -> None:
+    if key not in obs:
+        raise InputError(
+            f"obs has no column {key!r} any more, which the model reads (set up with it). "
+            "Add it back with each cell's value."
+        )
 
 
 def registered_features(registry: dict) -> dict[str | None, list]:

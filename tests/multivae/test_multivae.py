@@ -77,7 +77,12 @@ def test_mosaic_cells_train_on_what_they_have():
     rna = altered["rna"].X.toarray()
     rna[~has_rna] = np.random.default_rng(0).poisson(5.0, size=rna[~has_rna].shape)
     altered["rna"].X = sparse.csr_matrix(rna)
-    np.testing.assert_allclose(model.get_latent_representation(altered), joint, rtol=1e-5)
+    with pytest.warns(UserWarning, match="flagged missing hold counts"):  # queries warn too
+        np.testing.assert_allclose(model.get_latent_representation(altered), joint, rtol=1e-5)
+    altered.obs["has_rna"] = True
+    altered["rna"].X = sparse.csr_matrix(mdata["rna"].X.shape, dtype=np.float32)
+    with pytest.warns(UserWarning, match="flagged present have an all-zero row"):
+        model.get_latent_representation(altered)
     # RNA is imputed for the cells without it.
     expression = model.get_normalized_expression(return_numpy=True)
     assert np.isfinite(expression[~has_rna]).all()

@@ -482,8 +482,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
                     f"MuData: obs[{key!r}] must be boolean (True where the cell has the modality)."
                 )
         check_obs_keys(mdata, continuous=list(presence_keys.values()), where="MuData: ")
-        if not query:
-            cls._check_every_cell_has_data(mdata, names, row_sums, presence_keys)
+        cls._check_presence(mdata, names, row_sums, presence_keys, query)
         batch_key = setup_args.get("batch_key")
         check_obs_keys(
             _obs(mdata, modalities, "batch_key"),
@@ -513,7 +512,8 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         check_known_categories(mdata, registry, sources=sources)
 
     @staticmethod
-    def _check_every_cell_has_data(mdata, names, row_sums, presence_keys) -> None:
+    def _check_presence(mdata, names, row_sums, presence_keys, query: bool) -> None:
+        """Warn where presence flags contradict the counts; training cells need some data."""
         has_any = np.zeros(mdata.n_obs, dtype=bool)
         for data_type, name in names.items():
             has_counts = row_sums[data_type] > 0
@@ -530,7 +530,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
                             f"{n} cells {what} in {data_type} ({name!r}); check obs[{key!r}].",
                         )
             n_missing = int((~present).sum())
-            if n_missing:
+            if n_missing and not query:
                 how = (
                     f"flag {presence_keys[data_type]!r}"
                     if data_type in presence_keys
@@ -543,7 +543,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
                     how,
                 )
             has_any |= present
-        if not has_any.all():
+        if not query and not has_any.all():
             raise InputError(
                 f"{int((~has_any).sum())} cells have none of the modalities {list(names)} "
                 "(all-zero rows or flagged missing everywhere). Remove them first."

@@ -342,6 +342,18 @@ def test_query_cells_without_data_are_encoded_by_get_and_load(tmp_path):
     np.testing.assert_allclose(loaded.get_latent_representation(), expected, rtol=1e-5)
 
 
+def test_size_factor_is_a_library_size_and_relative_factors_warn():
+    mdata = _mdata()
+    totals = np.asarray(mdata["rna"].X.sum(1)).ravel()
+    mdata.obs["library"] = totals
+    mdata.obs["relative"] = totals / np.median(totals)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MultiVAE.setup_mudata(mdata, size_factor_key="library", modalities=RNA_ATAC)
+    with pytest.warns(UserWarning, match="size factor is the library size in counts"):
+        MultiVAE.setup_mudata(mdata, size_factor_key="relative", modalities=RNA_ATAC)
+
+
 def test_refuses_bad_requests():
     mdata = _mdata()
     model = _train(mdata, max_epochs=1)

@@ -355,8 +355,9 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             Layer of the modality with raw counts; ``None``: its ``X``.
         %(param_batch_key)s
         size_factor_key
-            Numerical ``obs`` column with each cell's RNA size factor (library size);
-            ``None``: total RNA counts.
+            Numerical ``obs`` column with each cell's RNA size factor: its library size in
+            counts, as in scvi-tools (a warning says so when the values look relative, e.g.
+            about 1); ``None``: total RNA counts.
         %(param_cat_cov_keys)s
         %(param_cont_cov_keys)s
         presence_keys
@@ -498,9 +499,20 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             _obs(mdata, modalities, "continuous_covariate_keys"),
             continuous=setup_args.get("continuous_covariate_keys"),
         )
-        check_size_factors(
-            _obs(mdata, modalities, "size_factor_key"), setup_args.get("size_factor_key")
-        )
+        size_factor_key = setup_args.get("size_factor_key")
+        source = _obs(mdata, modalities, "size_factor_key")
+        check_size_factors(source, size_factor_key)
+        totals = row_sums.get("rna")
+        if size_factor_key is not None and totals is not None and (totals > 0).any():
+            factor = float(np.median(source.obs[size_factor_key]))
+            total = float(np.median(totals[totals > 0]))
+            if not 0.1 < factor / total < 10:
+                warn_user(
+                    f"obs[{size_factor_key!r}] has median {factor:.3g}, but cells hold a median "
+                    f"of {total:.3g} RNA counts. MultiVAE's size factor is the library size in "
+                    "counts, as in scvi-tools; multiply relative size factors (about 1) by the "
+                    "median total count."
+                )
 
     @staticmethod
     def _check_known_categories(mdata: MuData, registry: dict) -> None:

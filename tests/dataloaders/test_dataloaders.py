@@ -186,6 +186,18 @@ def test_backed_rows_come_in_the_order_of_indices(adata, tmp_path):
     )
 
 
+def test_indices_as_a_list_of_bools_or_empty(adata):
+    model = _zinb(adata, max_epochs=1)
+    mask = np.zeros(adata.n_obs, dtype=bool)
+    mask[[3, 50, 120]] = True
+    expected = model.get_normalized_expression(indices=np.flatnonzero(mask))
+    frame = model.get_normalized_expression(indices=mask.tolist())
+    assert list(frame.index) == list(expected.index)
+    np.testing.assert_allclose(frame.to_numpy(), expected.to_numpy(), rtol=1e-5)
+    with pytest.raises(InputError, match="indices selects no cells"):
+        model.get_latent_representation(indices=[])
+
+
 def test_backed_csc_is_refused(adata, tmp_path):
     adata.X = adata.X.tocsc()
     adata.write_h5ad(tmp_path / "a.h5ad")

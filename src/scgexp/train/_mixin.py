@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 from scvi.data import AnnTorchDataset
 from scvi.dataloaders._data_splitting import validate_data_split
 from scvi.model.base import UnsupervisedTrainingMixin
@@ -34,6 +35,12 @@ class TrainingMixin(UnsupervisedTrainingMixin):
 
     def _make_data_loader(self, adata, indices=None, batch_size=None, shuffle=False, **kwargs):
         """scvi-tools' inference loader; backed rows come in the order of ``indices``."""
+        if indices is not None:
+            indices = np.asarray(indices)
+            if indices.dtype == bool:  # scvi-tools reads numpy masks only
+                indices = np.flatnonzero(indices)
+            if indices.size == 0:
+                raise InputError("indices selects no cells; pass at least one cell.")
         loader = super()._make_data_loader(
             adata, indices=indices, batch_size=batch_size, shuffle=shuffle, **kwargs
         )

@@ -70,6 +70,19 @@ def test_fit_and_predict_dgex(bulk_file, tmp_path):
     assert np.isfinite(filled.X).all()
     assert np.ptp(filled[:, missing].X) == 0
 
+    # Another platform (a monotone distortion): with --rank-map every column of X, landmarks
+    # included, is in the training units, as the targets are.
+    shifted = new.copy()
+    shifted.X = shifted.X * 3 + 10
+    shifted.write_h5ad(new_path)
+    result = _invoke("predict", model_dir, new_path, "--out", predicted_path, "--rank-map")
+    assert result.exit_code == 0, result.output
+    mapped = ad.read_h5ad(predicted_path)
+    assert mapped.uns["dgex"]["rank_map"]
+    landmarks = mapped.var["landmark"].to_numpy()
+    training = fitted[:, landmarks].X
+    assert abs(mapped[:, landmarks].X.mean() - training.mean()) < 0.2 * training.std()
+
 
 def test_fit_and_predict_sailer(tmp_path):
     path = tmp_path / "atac.h5ad"

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 
 from scgexp.data import InputError
-from scgexp.data._checks import dense, take_columns
 from scgexp.model import DGEX, SAILER, MultiVAE, ZINBAutoencoder
 
 if TYPE_CHECKING:
@@ -39,6 +38,9 @@ class ModelSpec:
     results: Callable[[Any, Any, dict], Any]
 
 
+_BATCH_SIZE = 1024  # samples per forward pass, as DGEX.predict
+
+
 def _require(adata, options: dict, name: str) -> None:
     key = options.get(name)
     if key is not None and key not in adata.obs:
@@ -55,20 +57,20 @@ def _setup_dgex(adata, options: dict) -> None:
 
 
 def _dgex_results(model: DGEX, adata: anndata.AnnData, options: dict) -> anndata.AnnData:
-    """Observed landmarks + predicted targets: the whole transcriptome, per sample.
+    """The landmarks the model used + predicted targets: the whole transcriptome, per sample.
 
-    With ``fill_missing``, landmarks absent from ``adata`` hold the training mean the model
-    used for them, flagged in ``var["filled"]`` and listed in ``uns["dgex"]``.
+    The landmark columns hold the values the targets were predicted from, so ``X`` is in the
+    training units throughout: observed values, rank-mapped onto the training distribution with
+    ``rank_map`` (the observed ones stay in the input file), and with ``fill_missing`` the
+    training mean for landmarks absent from ``adata``, flagged in ``var["filled"]`` and listed
+    in ``uns["dgex"]``.
     """
     flags = {"rank_map": options.get("rank_map", False)}
     flags["fill_missing"] = options.get("fill_missing", False)
     predicted = model.predict(adata, return_std=True, **flags)
-    layer = model.registry_["setup_args"].get("layer")
-    source = adata.layers[layer] if layer in adata.layers else adata.X
-    positions = adata.var_names.get_indexer(model.landmark_names)
-    present = positions >= 0
-    landmarks = np.tile(model.module.landmark_mean.cpu().numpy(), (adata.n_obs, 1))
-    landmarks[:, present] = dense(take_columns(source, positions[present]))
+    used = model._landmark_batches(adata, None, batch_size=_BATCH_SIZE, **flags)
+    landmarks = np.concatenate([batch.cpu().numpy() for batch in used])
+    present = adata.var_names.get_indexer(model.landmark_names) >= 0
     n_targets = predicted.n_vars
     out = anndata.AnnData(
         X=np.hstack([landmarks, predicted.X]).astype(np.float32),
@@ -89,7 +91,8 @@ def _dgex_results(model: DGEX, adata: anndata.AnnData, options: dict) -> anndata
     out.obsm["X_dgex"] = model.get_latent_representation(adata, **flags)
     out.uns["dgex"] = {
         "targets": "predicted",
-        "filled_landmarks": list(np.asarray(model.landmark_names)[~present]),
+        "rank_map": flags["rank_map"],
+        "filled_landmarks": np.asarray(model.landmark_names[~present], dtype=str),
     }
     return out
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import warnings
 
 import numpy as np
@@ -51,6 +53,26 @@ class TrainingMixin(UnsupervisedTrainingMixin):
             dataset.__class__ = RequestedOrderDataset
         return loader
 
+    def _check_plan_kwargs(self, plan_kwargs: dict | None) -> None:
+        """Refuse unknown ``plan_kwargs``: scvi-tools would pass them to the loss, unread."""
+        known = set()
+        callables = [
+            c.__dict__["__init__"]
+            for c in self._training_plan_cls.__mro__
+            if "__init__" in c.__dict__
+        ]
+        for function in [*callables, self.module.loss]:
+            parameters = inspect.signature(function).parameters.values()
+            known |= {
+                p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+            }
+        known -= {"self", "module", "tensors", "inference_outputs", "generative_outputs"}
+        for key in plan_kwargs or {}:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise InputError(f"plan_kwargs has an unknown argument {key!r}.{hint}")
+
     def train(
         self,
         *args,
@@ -61,7 +83,11 @@ class TrainingMixin(UnsupervisedTrainingMixin):
         """Train the model; ``data_mode`` picks the data path, the rest is scvi-tools'.
 
         A ``train_size`` that leaves no validation cells (e.g. 1.0) trains on every cell,
-        without early stopping or a learning-rate schedule on the validation loss.
+        without early stopping or a learning-rate schedule on the validation loss. Each call is
+        a new run, as in scvi-tools: the weights carry over and ``history`` is appended to, but
+        the optimiser and the schedules (warm-up, KL annealing, learning rate) start again.
+        Unknown ``plan_kwargs``, ``max_epochs < 1``, ``batch_size < 2`` and splits with fewer
+        than 2 training cells are refused.
 
         Parameters
         ----------
@@ -84,17 +110,30 @@ class TrainingMixin(UnsupervisedTrainingMixin):
                 f"`{type(self).__name__}.load(dir, adata=...)`."
             )
         self._validate_anndata()  # registered data changed since setup would train on moved genes
+        self._check_plan_kwargs(kwargs.get("plan_kwargs"))
+        max_epochs, batch_size = kwargs.get("max_epochs"), kwargs.get("batch_size")
+        if max_epochs is not None and max_epochs < 1:
+            raise InputError(f"max_epochs must be at least 1, not {max_epochs}.")
+        if batch_size is not None and batch_size < 2:
+            raise InputError(
+                f"batch_size must be at least 2 cells (batch norm), not {batch_size}."
+            )
         datasplitter_kwargs = {"data_mode": data_mode, **(datasplitter_kwargs or {})}
         train_size = kwargs.get("train_size")
         with warnings.catch_warnings():  # scvi-tools warns again when it splits
             warnings.simplefilter("ignore")
-            n_validation = validate_data_split(
+            n_train, n_validation = validate_data_split(
                 self.adata.n_obs,
                 0.9 if train_size is None else train_size,
                 kwargs.get("validation_size"),
-                kwargs.get("batch_size"),
+                batch_size,
                 train_size_is_none=train_size is None,
-            )[1]
+            )
+        if n_train < 2:
+            raise InputError(
+                f"The split leaves {n_train} training cell(s) of {self.adata.n_obs}; training "
+                "needs at least 2. Raise train_size or use more cells."
+            )
         if n_validation == 0:
             # No validation cells: nothing to stop early on or to schedule the learning rate by.
             kwargs["early_stopping"] = False

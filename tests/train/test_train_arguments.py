@@ -1,0 +1,40 @@
+"""Training arguments that would crash late or be ignored are refused up front."""
+
+from __future__ import annotations
+
+import pytest
+
+from scgexp.data import InputError, simulate_scatac, simulate_scrna
+from scgexp.model import SAILER, ZINBAutoencoder
+
+
+@pytest.fixture
+def zinb():
+    adata = simulate_scrna(n_cells=100, n_genes=30, seed=0)
+    ZINBAutoencoder.setup_anndata(adata, layer="counts")
+    return ZINBAutoencoder(adata)
+
+
+def test_unknown_plan_kwargs_are_refused(zinb):
+    # scvi-tools passes unknown plan arguments to the loss, which dropped them (or crashed).
+    with pytest.raises(InputError, match=r"unknown argument 'lrr'\. Did you mean 'lr'"):
+        zinb.train(max_epochs=1, plan_kwargs={"lrr": 1e-4})
+    adata = simulate_scatac(n_cells=100, n_peaks=300, seed=0)
+    SAILER.setup_anndata(adata, batch_key="batch")
+    with pytest.raises(InputError, match="Did you mean 'n_epochs_warmup'"):
+        SAILER(adata).train(max_epochs=1, plan_kwargs={"n_epochs_warmupp": 2})
+    assert not zinb.is_trained
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_epochs": 0}, "max_epochs must be at least 1"),
+        ({"max_epochs": 1, "batch_size": 1}, "batch_size must be at least 2"),
+        ({"max_epochs": 1, "train_size": 0.01}, "leaves 1 training cell"),
+    ],
+)
+def test_degenerate_training_is_refused(zinb, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        zinb.train(**kwargs)
+    assert not zinb.is_trained

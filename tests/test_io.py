@@ -47,6 +47,25 @@ def test_overwrite_refuses_a_data_file_of_an_earlier_model(tmp_path):
     assert ZINBAutoencoder.load(tmp_path).adata.n_obs == 90
 
 
+def test_a_failed_overwrite_leaves_the_earlier_model_whole(tmp_path, monkeypatch):
+    first, _ = _model(seed=0)
+    first.save(tmp_path, save_anndata=True)
+    expected = first.get_latent_representation()
+    second, _ = _model(seed=1, n_cells=90)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)  # the weights fail after the attributes
+    with pytest.raises(OSError, match="No space left"):
+        second.save(tmp_path, overwrite=True, save_anndata=True)
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["adata.h5ad", "attributes.json", "model.pt"]
+    loaded = ZINBAutoencoder.load(tmp_path)
+    assert loaded.adata.n_obs == 120
+    np.testing.assert_allclose(loaded.get_latent_representation(), expected, rtol=1e-5)
+
+
 def test_damaged_folders_give_clear_errors(tmp_path):
     model, adata = _model()
     model.save(tmp_path)

@@ -13,6 +13,7 @@ import logging
 import os
 import pickle
 import zipfile
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anndata
@@ -165,19 +166,33 @@ class SafeSaveMixin:
                 "to another folder, or move that file away."
             )
         os.makedirs(dir_path, exist_ok=True)
-        if data_file is not None:
-            self.adata.write(os.path.join(dir_path, data_file), **anndata_write_kwargs)
-
         attributes = {
             name: value
             for name, value in self._get_user_attributes()
             if name.endswith("_") and not name.startswith("_")
         }
         attributes = {"attr_dict": attributes, "var_names": self._saved_var_names()}
-        with open(os.path.join(dir_path, ATTRIBUTES_FILE), "w") as handle:
-            json.dump(_encode(attributes), handle)
         state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
-        torch.save(state, os.path.join(dir_path, MODEL_FILE))
+
+        def write_attributes(path):
+            with open(path, "w") as handle:
+                json.dump(_encode(attributes), handle)
+
+        # Every file is written in full beside its place first, then all are moved in: a save
+        # that fails (full disk) leaves an earlier model in the folder whole, not mixed.
+        writers = {ATTRIBUTES_FILE: write_attributes, MODEL_FILE: partial(torch.save, state)}
+        if data_file is not None:
+            writers[data_file] = partial(self.adata.write, **anndata_write_kwargs)
+        partials = {name: os.path.join(dir_path, f".partial.{name}") for name in writers}
+        try:
+            for name, write in writers.items():
+                write(partials[name])
+            for name in writers:
+                os.replace(partials[name], os.path.join(dir_path, name))
+        finally:
+            for path in partials.values():
+                if os.path.exists(path):
+                    os.remove(path)
 
     def _validate_anndata(self, adata=None, copy_if_view: bool = True):
         if adata is None and self.adata is None:

@@ -222,6 +222,43 @@ def test_errors_are_one_line_and_leave_input_untouched(counts_file, tmp_path, ar
     assert counts_file.read_bytes() == before
 
 
+def test_model_dir_is_checked_before_training(counts_file, bulk_file, tmp_path, monkeypatch):
+    folder = tmp_path / "models"
+    result = _invoke(
+        "fit",
+        "dgex",
+        bulk_file,
+        "--out",
+        tmp_path / "d.h5ad",
+        "--epochs",
+        "1",
+        "--model-dir",
+        folder,
+    )
+    assert result.exit_code == 0, result.output
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before the model folder was checked")
+
+    monkeypatch.setattr(MODELS["zinb"].cls, "train", no_training)
+    out = tmp_path / "z.h5ad"
+    cases = [
+        (folder, "holds a saved DGEX model, which fit would replace"),
+        (out, "--model-dir must differ from --out"),
+    ]
+    for model_dir, message in cases:
+        result = CliRunner().invoke(
+            main,
+            ["fit", "zinb", str(counts_file), "--out", str(out), "--model-dir", str(model_dir)],
+        )
+        assert result.exit_code != 0
+        assert message in result.output, result.output
+    (folder / "attributes.json").write_text("{not json")
+    result = CliRunner().invoke(main, ["predict", str(folder), str(bulk_file), "--out", str(out)])
+    assert "holds a damaged scgexp model" in result.output
+    assert result.output.strip().count("\n") == 0
+
+
 def test_unknown_model_is_refused(counts_file, tmp_path):
     result = CliRunner().invoke(main, ["fit", "scvi", str(counts_file), "--out", "x.h5ad"])
     assert result.exit_code == 2

@@ -207,8 +207,11 @@ def fit(
         "protein_mod": protein_mod,
     }
 
+    folder = model_dir or output.with_name(output.stem + f"_{spec.key}_model")
+
     def action():
-        _check_output(input_path, output, model_dir, model=model_name)
+        _check_output(input_path, output, folder, model=model_name)
+        _check_model_dir(folder, output, spec.cls.__name__)
         data = _read(input_path, backed=data_mode == "stream")
         spec.setup(data, options)
         model = spec.cls(data)
@@ -223,7 +226,6 @@ def fit(
         model.train(**train_kwargs)
         if getattr(model.trainer, "global_rank", 0) != 0:
             return None  # several processes (--devices N): only the first one writes
-        folder = model_dir or output.with_name(output.stem + f"_{spec.key}_model")
         model.save(str(folder), overwrite=True)
         result = spec.results(model, data, options)
         _write(result, output)
@@ -286,5 +288,32 @@ def _saved_registry(model_dir: Path) -> dict:
 
     from scgexp._io import ATTRIBUTES_FILE, _decode
 
-    with open(os.path.join(model_dir, ATTRIBUTES_FILE)) as handle:
-        return _decode(json.load(handle))["attr_dict"]["registry_"]
+    try:
+        with open(os.path.join(model_dir, ATTRIBUTES_FILE)) as handle:
+            return _decode(json.load(handle))["attr_dict"]["registry_"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise InputError(
+            f"{model_dir} holds a damaged scgexp model ({ATTRIBUTES_FILE}: {error}); save or "
+            "fit the model again."
+        ) from None
+
+
+def _check_model_dir(folder: Path, output: Path, model_name: str) -> None:
+    """Before training: ``fit`` may replace a saved model of its own kind there, nothing else."""
+    from scgexp._io import ADATA_FILE, ATTRIBUTES_FILE, MDATA_FILE
+
+    if folder.resolve() == output.resolve():  # click refuses an existing file (INPUT)
+        raise InputError("--model-dir must differ from --out.")
+    if (folder / ATTRIBUTES_FILE).exists():
+        saved = _saved_registry(folder)["model_name"]
+        if saved != model_name:
+            raise InputError(
+                f"{folder} holds a saved {saved} model, which fit would replace; choose another "
+                "--model-dir (a saved model of the same kind is replaced)."
+            )
+    for name in (ADATA_FILE, MDATA_FILE):
+        if (folder / name).exists():
+            raise InputError(
+                f"{folder} holds {name} (a model saved with its data), which would not match the "
+                "new model; choose another --model-dir or move that file away."
+            )

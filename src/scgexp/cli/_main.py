@@ -141,9 +141,8 @@ def demo(out_dir: Path, epochs: int | None, accelerator: str) -> None:
 @click.option("--batch-key", default=None, help="obs column with batches.")
 @click.option(
     "--landmark-key",
-    default="landmark",
-    show_default=True,
-    help="DGEX: boolean var column marking landmark genes.",
+    default=None,
+    help="DGEX: boolean var column marking landmark genes [default: landmark].",
 )
 @click.option("--rna-mod", default=None, help="MultiVAE: modality with RNA (default: by name).")
 @click.option("--atac-mod", default=None, help="MultiVAE: modality with ATAC (default: by name).")
@@ -210,6 +209,11 @@ def fit(
     folder = model_dir or output.with_name(output.stem + f"_{spec.key}_model")
 
     def action():
+        unused = [name for name, value in options.items() if value and name not in spec.options]
+        if unused:
+            flags = ", ".join("--" + name.replace("_", "-") for name in unused)
+            verb, pronoun = ("does", "it") if len(unused) == 1 else ("do", "them")
+            raise InputError(f"{flags} {verb} not apply to {model_name}; leave {pronoun} out.")
         _check_output(input_path, output, folder, model=model_name)
         _check_model_dir(folder, output, spec.cls.__name__)
         data = _read(input_path, backed=data_mode == "stream")

@@ -30,12 +30,15 @@ class ModelSpec:
         ``setup(data, options)`` registers the data with the model's setup method.
     results
         ``results(model, data, options)`` returns the data with the model's outputs added.
+    options
+        The ``fit`` options the model reads; ``fit`` refuses the others.
     """
 
     cls: type
     key: str
     setup: Callable[[Any, dict], None]
     results: Callable[[Any, Any, dict], Any]
+    options: tuple[str, ...]
 
 
 _BATCH_SIZE = 1024  # samples per forward pass, as DGEX.predict
@@ -52,7 +55,7 @@ def _require(adata, options: dict, name: str) -> None:
 
 def _setup_dgex(adata, options: dict) -> None:
     DGEX.setup_anndata(
-        adata, layer=options.get("layer"), landmark_key=options.get("landmark_key", "landmark")
+        adata, layer=options.get("layer"), landmark_key=options.get("landmark_key") or "landmark"
     )
 
 
@@ -189,10 +192,16 @@ def _multivae_results(model: MultiVAE, mdata, options: dict):
 
 
 MODELS: dict[str, ModelSpec] = {
-    "dgex": ModelSpec(DGEX, "dgex", _setup_dgex, _dgex_results),
-    "zinb": ModelSpec(ZINBAutoencoder, "zinb", _setup_zinb, _zinb_results),
-    "sailer": ModelSpec(SAILER, "sailer", _setup_sailer, _sailer_results),
-    "multivae": ModelSpec(MultiVAE, "multivae", _setup_multivae, _multivae_results),
+    "dgex": ModelSpec(DGEX, "dgex", _setup_dgex, _dgex_results, ("layer", "landmark_key")),
+    "zinb": ModelSpec(ZINBAutoencoder, "zinb", _setup_zinb, _zinb_results, ("layer", "batch_key")),
+    "sailer": ModelSpec(SAILER, "sailer", _setup_sailer, _sailer_results, ("layer", "batch_key")),
+    "multivae": ModelSpec(
+        MultiVAE,
+        "multivae",
+        _setup_multivae,
+        _multivae_results,
+        ("layer", "batch_key", "rna_mod", "atac_mod", "protein_mod"),
+    ),
 }
 """Model names accepted by ``scgexp fit``, with the class each stands for."""
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gzip
 import warnings
 
 import anndata
@@ -287,6 +288,19 @@ def test_read_gctx_and_gct(tmp_path):
     assert from_text.obs["pert_iname"].tolist() == ["DMSO", "drug"]
     with pytest.raises(InputError, match="not a GCTX"):
         scgexp.data.read_gctx(gct)
+    with pytest.raises(InputError, match="read it with read_gctx"):
+        scgexp.data.read_gct(path)
+
+    # Version 1.2, gzipped as GEO ships it: identifiers stay text, NA is missing.
+    v12 = "#1.2\n2\t2\nName\tDescription\ts1\ts2\n00123\tx\t1.5\tNA\nNA\ty\t2\t3\n"
+    gz = tmp_path / "v12.gct.gz"
+    gz.write_bytes(gzip.compress(v12.encode()))
+    table = scgexp.data.read_gct(gz)
+    assert list(table.var_names) == ["00123", "NA"]
+    np.testing.assert_array_equal(table.X, [[1.5, 2.0], [np.nan, 3.0]])
+    gct.write_text(v12.replace("2\t2\n", "3\t2\n", 1))
+    with pytest.raises(InputError, match="declares 3 genes × 2 samples"):
+        scgexp.data.read_gct(gct)
 
 
 def test_mark_and_read_landmarks(tmp_path):
@@ -298,6 +312,19 @@ def test_mark_and_read_landmarks(tmp_path):
     )
     genes = scgexp.data.read_landmark_genes(table)
     assert genes == ["gene00000", "gene00001", "NOTTHERE"]
+    # LINCS 2020 (geneinfo_beta.txt) marks landmarks in feature_space; pandas may rewrite 1 as 1.0.
+    beta = tmp_path / "geneinfo_beta.txt"
+    beta.write_text(
+        "gene_id\tgene_symbol\tensembl_id\tfeature_space\n1\tgene00000\tE1\tlandmark\n"
+        "2\tgene00002\tE2\tinferred\n3\tgene00001\tE3\tlandmark\n"
+    )
+    assert scgexp.data.read_landmark_genes(beta) == ["gene00000", "gene00001"]
+    assert scgexp.data.read_landmark_genes(beta, id_column="ensembl_id") == ["E1", "E3"]
+    table.write_text(table.read_text().replace("\t1\n", "\t1.0\n"))
+    assert scgexp.data.read_landmark_genes(table) == genes
+    table.write_text(table.read_text().replace("\t1.0\n", "\t0\n"))
+    with pytest.raises(InputError, match="no row is marked as a landmark"):
+        scgexp.data.read_landmark_genes(table)
     with pytest.warns(UserWarning, match="1 of 3 landmark genes are not in the data"):
         assert scgexp.data.mark_landmarks(adata, genes, key="lm") == 2
     assert adata.var["lm"].sum() == 2

@@ -6,6 +6,9 @@ metadata. The readers return AnnData oriented samples × genes, as scverse expec
 
 from __future__ import annotations
 
+import gzip
+from functools import partial
+
 import h5py
 import numpy as np
 import pandas as pd
@@ -21,26 +24,49 @@ def _decode(values) -> np.ndarray:
     return values
 
 
+_MISSING = ["", "NA", "NaN", "nan", "N/A", "null"]
+
+
 def read_gct(path: str) -> AnnData:
-    """Read a GCT file (version 1.2 or 1.3) as samples × genes.
+    """Read a GCT file (version 1.2 or 1.3, plain or gzipped) as samples × genes.
+
+    Identifiers are read as text (``00123`` stays ``00123``); the matrix must match the size
+    on the file's second line, so a truncated file is refused.
 
     Examples
     --------
-    >>> adata = scgexp.data.read_gct("profiles.gct")
+    >>> adata = scgexp.data.read_gct("profiles.gct.gz")
     """
-    with open(path) as handle:
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic.startswith(b"\x89HDF"):
+        raise InputError(f"{path} is a GCTX (HDF5) file; read it with read_gctx.")
+    compression = "gzip" if magic.startswith(b"\x1f\x8b") else None
+    opener = gzip.open if compression else open
+    with opener(path, "rt") as handle:
         version = handle.readline().strip()
         dims = handle.readline().strip().split("\t")
     if version not in ("#1.2", "#1.3"):
         raise InputError(f"{path} is not a GCT file (first line {version!r}, not '#1.2'/'#1.3').")
+    # All text first: identifiers stay as written; only the matrix becomes numbers.
+    read = partial(
+        pd.read_csv,
+        path,
+        sep="\t",
+        skiprows=2,
+        compression=compression,
+        dtype=str,
+        keep_default_na=False,
+    )
     if version == "#1.2":
-        table = pd.read_csv(path, sep="\t", skiprows=2, index_col=0)
+        table = read()
+        table = table.set_index(table.columns[0])
         var = table.iloc[:, :1].rename(columns=lambda c: c.lower())
         matrix = table.iloc[:, 1:]
         obs = pd.DataFrame(index=matrix.columns.astype(str))
     else:
         n_row_meta, n_col_meta = int(dims[2]), int(dims[3])
-        raw = pd.read_csv(path, sep="\t", skiprows=2, header=None, dtype=str)
+        raw = read(header=None)
         header = raw.iloc[0].tolist()
         sample_ids = header[1 + n_row_meta :]
         col_meta = raw.iloc[1 : 1 + n_col_meta]
@@ -54,10 +80,19 @@ def read_gct(path: str) -> AnnData:
             index=body.iloc[:, 0].astype(str).to_numpy(),
             columns=header[1 : 1 + n_row_meta],
         )
-        matrix = body.iloc[:, 1 + n_row_meta :].astype(np.float32)
+        matrix = body.iloc[:, 1 + n_row_meta :]
         matrix.index = var.index
+    try:
+        values = matrix.replace(_MISSING, np.nan).to_numpy(dtype=np.float32).T
+    except ValueError as error:
+        raise InputError(f"{path} holds a value that is not a number: {error}") from None
+    if [str(n) for n in values.shape[::-1]] != dims[:2]:
+        raise InputError(
+            f"{path} declares {dims[0]} genes × {dims[1]} samples on its second line but holds "
+            f"{values.shape[1]} × {values.shape[0]} (truncated?)."
+        )
     var.index = var.index.astype(str)
-    return AnnData(X=matrix.to_numpy(dtype=np.float32).T, obs=obs, var=var)
+    return AnnData(X=values, obs=obs, var=var)
 
 
 def read_gctx(path: str) -> AnnData:
@@ -65,6 +100,8 @@ def read_gctx(path: str) -> AnnData:
 
     The layout is ``/0/DATA/0/matrix`` (samples × genes, as stored by cmapPy) with row metadata
     in ``/0/META/ROW`` and column metadata in ``/0/META/COL`` (each holding an ``id`` dataset).
+    The whole matrix is read into memory (float32): the full GSE92742 Level 5 file needs about
+    23 GB, Level 3 about 60 GB; subset such files first (e.g. cmapPy's ``parse(rid=, cid=)``).
 
     Examples
     --------
@@ -80,6 +117,8 @@ def read_gctx(path: str) -> AnnData:
         matrix = np.asarray(handle["0/DATA/0/matrix"], dtype=np.float32)
         tables = {}
         for side in ("ROW", "COL"):
+            if f"0/META/{side}/id" not in handle:
+                raise InputError(f"{path} has no /0/META/{side}/id dataset; is it a GCTX file?")
             group = handle[f"0/META/{side}"]
             ids = _decode(group["id"][()])
             columns = {k: _decode(group[k][()]) for k in group if k != "id"}

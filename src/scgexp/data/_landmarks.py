@@ -76,28 +76,33 @@ def mark_landmarks(
 def read_landmark_genes(path: str, id_column: str | None = None) -> list[str]:
     """Read landmark genes from a LINCS ``gene_info`` table (tab-separated).
 
-    Rows with ``pr_is_lm == 1`` (or ``pr_is_lmark == "Y"``) are kept; without such a column every
-    row is a landmark.
+    Rows marked as landmarks are kept: ``pr_is_lm`` 1 (GSE92742/GSE70138), ``pr_is_lmark``
+    "Y", or ``feature_space`` "landmark" (LINCS 2020 ``geneinfo_beta.txt``). A table without
+    such a column is a list of landmarks: every row is kept.
 
     Parameters
     ----------
     path
         The table, e.g. ``GSE92742_Broad_LINCS_gene_info.txt``.
     id_column
-        Column with the identifiers to return. Default: ``pr_gene_symbol`` or ``symbol``, the
-        first that exists.
+        Column with the identifiers to return. Default: ``pr_gene_symbol``, ``gene_symbol`` or
+        ``symbol``, the first that exists.
 
     Examples
     --------
     >>> genes = scgexp.data.read_landmark_genes("GSE92742_Broad_LINCS_gene_info.txt")
     """
     table = pd.read_csv(path, sep="\t", dtype=str)
-    if "pr_is_lm" in table:
-        table = table[table["pr_is_lm"].str.strip() == "1"]
-    elif "pr_is_lmark" in table:
-        table = table[table["pr_is_lmark"].str.strip().str.upper().isin(["Y", "1", "TRUE"])]
+    flags = {"pr_is_lm": {"1", "1.0", "TRUE", "Y"}, "pr_is_lmark": {"Y", "1", "TRUE"}}
+    flags["feature_space"] = {"LANDMARK"}
+    column = next((c for c in flags if c in table), None)
+    if column is not None:
+        table = table[table[column].str.strip().str.upper().isin(flags[column])]
+        if table.empty:
+            raise InputError(f"{path}: no row is marked as a landmark in column {column!r}.")
     if id_column is None:
-        candidates = [c for c in ("pr_gene_symbol", "symbol", "pr_gene_id") if c in table]
+        names = ("pr_gene_symbol", "gene_symbol", "symbol", "pr_gene_id", "gene_id")
+        candidates = [c for c in names if c in table]
         if not candidates:
             raise InputError(f"{path} has no gene column; pass id_column= (one of {list(table)}).")
         id_column = candidates[0]

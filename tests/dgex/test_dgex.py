@@ -258,6 +258,29 @@ def test_select_landmarks_beats_random_panels():
     assert panel_error(chosen) < np.median(random_errors)
 
 
+def test_select_landmarks_beyond_the_rank_takes_the_most_variable_genes():
+    rng = np.random.default_rng(1)
+    programs = rng.normal(size=(200, 3))
+    scale = np.repeat([1.0, 0.3, 2.0, 0.1], 10)  # ten genes per program, then ten noise genes
+    values = (
+        np.concatenate(
+            [programs[:, [k % 3]] + 0.3 * rng.normal(size=(200, 10)) for k in range(3)]
+            + [rng.normal(size=(200, 10))],
+            axis=1,
+        )
+        * scale
+    )
+    adata = anndata.AnnData(values.astype(np.float32))
+    panel = scgexp.data.select_landmarks(adata, 8, n_components=3, key=None)
+    positions = [adata.var_names.get_loc(g) for g in panel]
+    assert sorted(p // 10 for p in positions[:3]) == [0, 1, 2]  # one gene per program first
+    assert all(
+        p // 10 == 2 for p in positions[3:]
+    )  # then the most variable genes, not index order
+    with pytest.raises(InputError, match="whole number"):
+        scgexp.data.select_landmarks(adata, 2.5)
+
+
 def test_read_gctx_and_gct(tmp_path):
     rng = np.random.default_rng(0)
     genes, samples = ["g1", "g2", "g3"], ["s1", "s2"]

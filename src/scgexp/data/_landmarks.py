@@ -125,6 +125,8 @@ def select_landmarks(
     the gene whose loading vector adds most that the already chosen genes do not already span.
     This is a standard column-subset selection: the chosen genes predict the principal
     components, and through them the other genes, nearly as well as the components themselves.
+    QR can rank only as many genes as there are independent axes (at most ``n_components`` and
+    the number of samples); a larger panel is filled with the most variable other genes.
 
     Parameters
     ----------
@@ -148,19 +150,26 @@ def select_landmarks(
     >>> panel = scgexp.data.select_landmarks(adata, n_landmarks=100)
     """
     matrix = get_matrix(adata, layer)
-    if not 0 < n_landmarks < adata.n_vars:
-        raise InputError(f"n_landmarks must be between 1 and {adata.n_vars - 1}.")
+    if not (isinstance(n_landmarks, int | np.integer) and 0 < n_landmarks < adata.n_vars):
+        raise InputError(f"n_landmarks must be a whole number from 1 to {adata.n_vars - 1}.")
     dense = matrix.toarray() if sparse.issparse(matrix) else np.asarray(matrix, dtype=np.float64)
+    if not np.isfinite(dense).all():
+        raise InputError("The data hold NaN or infinite values; fill or drop them first.")
     std = dense.std(axis=0)
     scaled = (dense - dense.mean(axis=0)) / np.where(std > 0, std, 1.0)
     n_components = min(n_components or n_landmarks, *scaled.shape)
     _, singular_values, vt = linalg.svd(scaled, full_matrices=False)
     loadings = vt[:n_components] * singular_values[:n_components, None]
-    _, _, pivots = linalg.qr(loadings, mode="economic", pivoting=True)
-    chosen = list(pivots[:n_landmarks])
-    if n_landmarks > n_components:  # QR ranks only n_components columns meaningfully
-        rest = np.setdiff1d(np.argsort(-std), chosen, assume_unique=False)
-        chosen += [g for g in np.argsort(-std) if g in set(rest)][: n_landmarks - len(chosen)]
+    _, r, pivots = linalg.qr(loadings, mode="economic", pivoting=True)
+    # QR ranks only as many genes as the loadings have independent directions; after those its
+    # pivots follow column order, so the rest of the panel is the most variable other genes.
+    diagonal = np.abs(np.diag(r))
+    rank = int(np.sum(diagonal > diagonal[0] * 1e-10)) if diagonal.size else 0
+    chosen = list(pivots[: min(n_landmarks, rank)])
+    taken = set(chosen)
+    chosen += [g for g in np.argsort(-std, kind="stable") if g not in taken][
+        : n_landmarks - len(chosen)
+    ]
     names = adata.var_names[chosen].tolist()
     if key is not None:
         adata.var[key] = adata.var_names.isin(names)

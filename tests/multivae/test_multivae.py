@@ -459,6 +459,17 @@ def test_predict_reads_a_backed_dense_source_in_any_feature_order(tmp_path):
     backed = ad.read_h5ad(tmp_path / "atac.h5ad", backed="r")
     prediction = model.predict(backed, source="atac", target="rna", n_samples=0).X
     np.testing.assert_allclose(prediction, expected, rtol=1e-5)
+    # Extra features may repeat a name (unmade-unique symbols); trained ones may not.
+    extra = ad.AnnData(sparse.csr_matrix((atac.n_obs, 2)), obs=atac.obs)
+    extra.var_names = ["extra", "extra"]
+    with_extra = ad.concat([atac, extra], axis=1, merge="first")
+    with_extra.obs = atac.obs
+    prediction = model.predict(with_extra, source="atac", target="rna", n_samples=0).X
+    np.testing.assert_allclose(prediction, expected, rtol=1e-5)
+    twice = ad.concat([atac, atac[:, :1]], axis=1, merge="first")
+    twice.obs = atac.obs
+    with pytest.raises(InputError, match="holds trained features more than once"):
+        model.predict(twice, source="atac", target="rna")
 
 
 def test_backed_sparse_mudata_with_protein_matches_in_memory(tmp_path):

@@ -931,13 +931,21 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         matrix = get_matrix(adata, layer)
         trained = self._var_names(source)
         if not adata.var_names.equals(trained):
-            position = adata.var_names.get_indexer(trained)
-            if adata.var_names.has_duplicates or (position < 0).any():
-                n_missing = int((position < 0).sum())
+            repeated = adata.var_names.duplicated(keep=False)  # only extra features may repeat
+            clash = trained[trained.isin(adata.var_names[repeated])]
+            if len(clash):
                 raise InputError(
-                    f"{source} ({name!r}) lacks {n_missing} of the {len(trained)} features the "
-                    "model was trained on (or has duplicate names). Subset or pad it to the "
-                    "training features (the model's var names) first."
+                    f"{source} ({name!r}) holds trained features more than once: "
+                    f"{', '.join(map(str, clash[:10]))}. Make var names unique first."
+                )
+            unique = np.flatnonzero(~repeated)
+            position = adata.var_names[unique].get_indexer(trained)
+            position = np.where(position >= 0, unique[position], -1)
+            if (position < 0).any():
+                raise InputError(
+                    f"{source} ({name!r}) lacks {int((position < 0).sum())} of the "
+                    f"{len(trained)} features the model was trained on. Subset or pad it to "
+                    "the training features (the model's var names) first."
                 )
             logger.info("Reordering the %s features to the training order.", source)
             matrix = take_columns(matrix, position)

@@ -17,6 +17,9 @@ def test_pbmc68k_counts_are_real_counts():
     assert np.all(values == np.round(values))
     assert values.min() > 0
     assert adata.obs["cell_type"].nunique() == 10
+    # scanpy's totals cover the whole transcriptome, not these genes: renamed, not kept as is.
+    assert "n_counts" not in adata.obs
+    assert (adata.obs["n_counts_all_genes"] > np.asarray(adata.X.sum(1)).ravel()).all()
     # Before rounding, the rebuilt values are already within 0.1 of integers: real counts.
     import scanpy as sc
 

@@ -146,3 +146,24 @@ def test_row_and_column_sums_match_numpy(dense):
         rows, columns = row_and_column_sums(given, **kwargs)
         np.testing.assert_allclose(rows, expected.sum(1))
         np.testing.assert_allclose(columns, expected.sum(0))
+
+
+@pytest.mark.parametrize(
+    ("simulate", "kwargs", "message"),
+    [
+        (scgexp.data.simulate_scrna, {"n_cells": 0}, "n_cells must be a positive whole number"),
+        (scgexp.data.simulate_bulk_expression, {"n_targets": -3}, "n_targets must be"),
+        (scgexp.data.simulate_scatac, {"depth_range": (0, 0.3)}, "0 < low <= high"),
+        (scgexp.data.simulate_multiome, {"missing_fraction": 1.5}, "between 0 and 1"),
+    ],
+)
+def test_simulators_refuse_bad_arguments(simulate, kwargs, message):
+    with pytest.raises(scgexp.data.InputError, match=message):
+        simulate(**kwargs)
+
+
+def test_bulk_simulator_takes_few_programs():
+    adata = scgexp.data.simulate_bulk_expression(
+        n_samples=30, n_landmarks=5, n_targets=10, n_programs=2
+    )
+    assert adata.shape == (30, 15)

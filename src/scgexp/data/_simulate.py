@@ -12,9 +12,21 @@ from anndata import AnnData
 from mudata import MuData
 from scipy import sparse
 
+from scgexp.data._checks import InputError
+
 
 def _names(prefix: str, n: int) -> list[str]:
     return [f"{prefix}{i:05d}" for i in range(n)]
+
+
+def _check_arguments(sizes: dict, fractions: dict | None = None) -> None:
+    """Refuse sizes that are not positive whole numbers and fractions outside [0, 1]."""
+    for name, value in sizes.items():
+        if not (isinstance(value, int | np.integer) and value > 0):
+            raise InputError(f"{name} must be a positive whole number, not {value!r}.")
+    for name, value in (fractions or {}).items():
+        if not 0 <= value <= 1:
+            raise InputError(f"{name} must lie between 0 and 1, not {value!r}.")
 
 
 def _bulk_parameters(rng, n_samples, n_genes, n_programs, n_tissues) -> dict[str, np.ndarray]:
@@ -26,7 +38,7 @@ def _bulk_parameters(rng, n_samples, n_genes, n_programs, n_tissues) -> dict[str
     tissue = rng.integers(n_tissues, size=n_samples)
     tissue_means = rng.normal(0.0, 1.0, size=(n_tissues, n_programs))
     activity = tissue_means[tissue] + 0.5 * rng.normal(size=(n_samples, n_programs))
-    n_regulators = rng.integers(1, 5, size=n_genes)
+    n_regulators = rng.integers(1, min(4, n_programs) + 1, size=n_genes)  # 1-4 programs
     weights = np.zeros((n_genes, n_programs), dtype=np.float32)
     for g, k in enumerate(n_regulators):
         programs = rng.choice(n_programs, size=k, replace=False)
@@ -62,7 +74,7 @@ def simulate_bulk_expression(
       ``h_gk ~ U(0.5, 2)`` and threshold ``c_gk ~ N(0, 1)``;
     * each gene is regulated by 1–4 programs with signed weights ``w_gk ~ N(0, 2²)``;
       ``log2 expression = b_g + sum_k w_gk f_gk(a_sk) + noise_sd * N(0, 1)``, with baseline
-      ``b_g ~ N(6, 2)`` as in microarray data.
+      ``b_g ~ N(6, 2²)`` as in microarray data.
 
     Landmarks are a random subset of the genes, as in an assay designed before the programs are
     known. Linear models capture the near-linear part of each response; the saturation is what
@@ -93,6 +105,17 @@ def simulate_bulk_expression(
     >>> adata.var["landmark"].sum()
     200
     """
+    _check_arguments(
+        {
+            "n_samples": n_samples,
+            "n_landmarks": n_landmarks,
+            "n_targets": n_targets,
+            "n_programs": n_programs,
+            "n_tissues": n_tissues,
+        }
+    )
+    if noise_sd < 0:
+        raise InputError(f"noise_sd must not be negative, not {noise_sd!r}.")
     rng = np.random.default_rng(seed)
     n_genes = n_landmarks + n_targets
     params = _bulk_parameters(rng, n_samples, n_genes, n_programs, n_tissues)
@@ -123,7 +146,10 @@ def simulate_bulk_expression(
     adata.obsm["program_activity"] = activity.astype(np.float32)
     adata.uns["simulation"] = {
         "model": "simulate_bulk_expression",
+        "n_landmarks": n_landmarks,
+        "n_targets": n_targets,
         "n_programs": n_programs,
+        "n_tissues": n_tissues,
         "noise_sd": noise_sd,
         "seed": seed,
     }
@@ -186,6 +212,16 @@ def simulate_scrna(
     >>> sorted(adata.obs["batch"].cat.categories)
     ['batch_0', 'batch_1']
     """
+    _check_arguments(
+        {
+            "n_cells": n_cells,
+            "n_genes": n_genes,
+            "n_cell_types": n_cell_types,
+            "n_batches": n_batches,
+            "n_latent": n_latent,
+        },
+        {"dropout": dropout},
+    )
     rng = np.random.default_rng(seed)
     cell_type, state = _cell_states(rng, n_cells, n_cell_types, n_latent)
     batch = rng.integers(n_batches, size=n_cells)
@@ -255,6 +291,19 @@ def simulate_scatac(
     >>> adata.n_vars
     2000
     """
+    _check_arguments(
+        {
+            "n_cells": n_cells,
+            "n_peaks": n_peaks,
+            "n_cell_types": n_cell_types,
+            "n_batches": n_batches,
+            "n_latent": n_latent,
+        }
+    )
+    if not 0 < depth_range[0] <= depth_range[1]:
+        raise InputError(
+            f"depth_range must be (low, high) with 0 < low <= high, not {depth_range}."
+        )
     rng = np.random.default_rng(seed)
     cell_type, state = _cell_states(rng, n_cells, n_cell_types, n_latent)
     batch = rng.integers(n_batches, size=n_cells)
@@ -313,6 +362,18 @@ def simulate_multiome(
     >>> list(mdata.mod)
     ['rna', 'atac']
     """
+    _check_arguments(
+        {
+            "n_cells": n_cells,
+            "n_genes": n_genes,
+            "n_peaks": n_peaks,
+            "n_cell_types": n_cell_types,
+            "n_batches": n_batches,
+        },
+        {"missing_fraction": missing_fraction},
+    )
+    if n_proteins < 0:
+        raise InputError(f"n_proteins must not be negative, not {n_proteins!r}.")
     rng = np.random.default_rng(seed)
     cell_type, state = _cell_states(rng, n_cells, n_cell_types, n_latent=5)
     batch = rng.integers(n_batches, size=n_cells)

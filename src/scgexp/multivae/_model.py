@@ -846,8 +846,9 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
     ) -> pd.DataFrame | np.ndarray:
         """Probability that each region is open, for a cell of typical depth.
 
-        It is the decoder output times the region factor, without the cell factor, so cells
-        are comparable whatever their depth (and cells without ATAC get imputed values).
+        It is the decoder output with the region factor added on the logit scale, without the
+        cell factor, so cells are comparable whatever their depth (and cells without ATAC get
+        imputed values).
 
         Parameters
         ----------

@@ -353,3 +353,5 @@ def test_mark_and_read_landmarks(tmp_path):
     assert adata.var["lm"].sum() == 2
     with pytest.raises(InputError, match="None of the"):
         scgexp.data.mark_landmarks(adata, ["X1", "X2"])
+    with pytest.raises(InputError, match="a list of identifiers"):
+        scgexp.data.mark_landmarks(adata, "gene00000")

@@ -41,8 +41,9 @@ def mark_landmarks(
 
     Returns
     -------
-    The number of landmarks found in ``adata``. Landmarks that are absent are reported in a
-    warning; an error is raised when none is present.
+    The number of ``var`` rows marked (a landmark listed twice in ``var`` counts twice).
+    Landmarks that are absent are reported in a warning; an error is raised when none is
+    present.
 
     Examples
     --------
@@ -53,6 +54,8 @@ def mark_landmarks(
             f"var has no column {gene_column!r}; columns: "
             f"{', '.join(adata.var.columns) or 'none'}."
         )
+    if isinstance(genes, str):
+        raise InputError(f"genes must be a list of identifiers: [{genes!r}].")
     names = adata.var_names if gene_column is None else adata.var[gene_column].astype(str)
     wanted = pd.Index(pd.unique(pd.Series(list(genes), dtype=str)))
     is_landmark = np.asarray(pd.Index(names).isin(wanted))
@@ -61,7 +64,9 @@ def mark_landmarks(
         where = "var_names" if gene_column is None else f"var[{gene_column!r}]"
         raise InputError(
             f"None of the {len(wanted)} landmark genes is in {where} (e.g. {list(wanted[:3])} "
-            f"vs {list(names[:3])}). Pass gene_column= naming the column with matching IDs."
+            f"vs {list(names[:3])}). Pass gene_column= naming the column with matching IDs, or "
+            "read other IDs from the landmark table (read_landmark_genes(id_column=...), e.g. "
+            "pr_gene_id for Entrez IDs); check letter case and Ensembl version suffixes."
         )
     missing = wanted.difference(pd.Index(names))
     if len(missing):

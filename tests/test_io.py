@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 
+import anndata
 import numpy as np
 import pytest
 import torch
@@ -64,6 +65,23 @@ def test_a_failed_overwrite_leaves_the_earlier_model_whole(tmp_path, monkeypatch
     loaded = ZINBAutoencoder.load(tmp_path)
     assert loaded.adata.n_obs == 120
     np.testing.assert_allclose(loaded.get_latent_representation(), expected, rtol=1e-5)
+
+
+def test_saving_backed_data_keeps_its_file(tmp_path):
+    adata = simulate_scrna(n_cells=100, n_genes=40, seed=0)
+    adata.X = adata.layers["counts"].copy()
+    adata.write_h5ad(tmp_path / "cells.h5ad")
+    backed = anndata.read_h5ad(tmp_path / "cells.h5ad", backed="r")
+    ZINBAutoencoder.setup_anndata(backed)
+    model = ZINBAutoencoder(backed, n_hidden=16, n_latent=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(max_epochs=1, enable_progress_bar=False)
+    model.save(tmp_path / "model", save_anndata=True)
+    assert backed.filename == tmp_path / "cells.h5ad"  # not the save's temporary file
+    backed.file.close()
+    backed.file.open()
+    assert ZINBAutoencoder.load(tmp_path / "model").adata.n_obs == 100
 
 
 def test_damaged_folders_give_clear_errors(tmp_path):

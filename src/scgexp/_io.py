@@ -184,12 +184,17 @@ class SafeSaveMixin:
         if data_file is not None:
             writers[data_file] = partial(self.adata.write, **anndata_write_kwargs)
         partials = {name: os.path.join(dir_path, f".partial.{name}") for name in writers}
+        # Writing backed data points its file name at the file written: keep the user's.
+        backed = data_file is not None and getattr(self.adata, "isbacked", False)
+        original = self.adata.filename if backed else None
         try:
             for name, write in writers.items():
                 write(partials[name])
             for name in writers:
                 os.replace(partials[name], os.path.join(dir_path, name))
         finally:
+            if backed:
+                self.adata.file.filename = original
             for path in partials.values():
                 if os.path.exists(path):
                     os.remove(path)

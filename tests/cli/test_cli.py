@@ -274,6 +274,8 @@ def test_model_dir_is_checked_before_training(counts_file, bulk_file, tmp_path, 
     (folder / "attributes.json").write_text("{not json")
     result = CliRunner().invoke(main, ["predict", str(folder), str(bulk_file), "--out", str(out)])
     assert "holds a damaged scgexp model" in result.output
+    args = ["fit", "zinb", str(counts_file), "--out", str(out), "--model-dir", str(folder)]
+    assert "remove it or choose another --model-dir" in CliRunner().invoke(main, args).output
     assert result.output.strip().count("\n") == 0
 
 

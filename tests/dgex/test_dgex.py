@@ -274,9 +274,10 @@ def test_select_landmarks_beyond_the_rank_takes_the_most_variable_genes():
     panel = scgexp.data.select_landmarks(adata, 8, n_components=3, key=None)
     positions = [adata.var_names.get_loc(g) for g in panel]
     assert sorted(p // 10 for p in positions[:3]) == [0, 1, 2]  # one gene per program first
-    assert all(
-        p // 10 == 2 for p in positions[3:]
-    )  # then the most variable genes, not index order
+    # Then the most variable genes, not index order.
+    assert all(p // 10 == 2 for p in positions[3:])
+    as_sparse = anndata.AnnData(sparse.csr_matrix(adata.X))  # read in float64, as dense
+    assert scgexp.data.select_landmarks(as_sparse, 8, n_components=3, key=None) == panel
     with pytest.raises(InputError, match="whole number"):
         scgexp.data.select_landmarks(adata, 2.5)
 
@@ -321,6 +322,10 @@ def test_read_gctx_and_gct(tmp_path):
     table = scgexp.data.read_gct(gz)
     assert list(table.var_names) == ["00123", "NA"]
     np.testing.assert_array_equal(table.X, [[1.5, 2.0], [np.nan, 3.0]])
+    # Excel's #N/A, a tab at the end of every line, spaces in the size line: read as before.
+    excel = v12.replace("\tNA\n", "\t#N/A\n").replace("\n", "\t\n").replace("2\t2", "2 \t 2")
+    gct.write_text(excel.replace("#1.2\t", "#1.2"))
+    np.testing.assert_array_equal(scgexp.data.read_gct(gct).X, table.X)
     gct.write_text(v12.replace("2\t2\n", "3\t2\n", 1))
     with pytest.raises(InputError, match="declares 3 genes × 2 samples"):
         scgexp.data.read_gct(gct)

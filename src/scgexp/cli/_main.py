@@ -294,7 +294,10 @@ def _saved_registry(model_dir: Path) -> dict:
 
     try:
         with open(os.path.join(model_dir, ATTRIBUTES_FILE)) as handle:
-            return _decode(json.load(handle))["attr_dict"]["registry_"]
+            registry = _decode(json.load(handle))["attr_dict"]["registry_"]
+        if "model_name" not in registry:
+            raise KeyError("model_name")
+        return registry
     except (ValueError, KeyError, TypeError) as error:
         raise InputError(
             f"{model_dir} holds a damaged scgexp model ({ATTRIBUTES_FILE}: {error}); save or "
@@ -309,7 +312,12 @@ def _check_model_dir(folder: Path, output: Path, model_name: str) -> None:
     if folder.resolve() == output.resolve():  # click refuses an existing file (INPUT)
         raise InputError("--model-dir must differ from --out.")
     if (folder / ATTRIBUTES_FILE).exists():
-        saved = _saved_registry(folder)["model_name"]
+        try:
+            saved = _saved_registry(folder)["model_name"]
+        except InputError:
+            raise InputError(
+                f"{folder} holds a damaged model; remove it or choose another --model-dir."
+            ) from None
         if saved != model_name:
             raise InputError(
                 f"{folder} holds a saved {saved} model, which fit would replace; choose another "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -71,8 +72,11 @@ def _dgex_results(model: DGEX, adata: anndata.AnnData, options: dict) -> anndata
     flags = {"rank_map": options.get("rank_map", False)}
     flags["fill_missing"] = options.get("fill_missing", False)
     predicted = model.predict(adata, return_std=True, **flags)
-    used = model._landmark_batches(adata, None, batch_size=_BATCH_SIZE, **flags)
-    landmarks = np.concatenate([batch.cpu().numpy() for batch in used])
+    with warnings.catch_warnings():  # predict has given the warnings about these landmarks
+        warnings.simplefilter("ignore")
+        used = model._landmark_batches(adata, None, batch_size=_BATCH_SIZE, **flags)
+        landmarks = np.concatenate([batch.cpu().numpy() for batch in used])
+        latent = model.get_latent_representation(adata, **flags)
     present = adata.var_names.get_indexer(model.landmark_names) >= 0
     n_targets = predicted.n_vars
     out = anndata.AnnData(
@@ -91,7 +95,7 @@ def _dgex_results(model: DGEX, adata: anndata.AnnData, options: dict) -> anndata
     out.layers["dgex_std"] = np.hstack(
         [np.zeros_like(landmarks, dtype=np.float32), predicted.layers["std"]]
     )
-    out.obsm["X_dgex"] = model.get_latent_representation(adata, **flags)
+    out.obsm["X_dgex"] = latent
     out.uns["dgex"] = {
         "targets": "predicted",
         "rank_map": flags["rank_map"],

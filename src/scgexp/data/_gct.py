@@ -24,7 +24,18 @@ def _decode(values) -> np.ndarray:
     return values
 
 
-_MISSING = ["", "NA", "NaN", "nan", "N/A", "null"]
+# pandas' default missing-value markers, applied to the matrix only (identifiers stay text).
+_MISSING = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND"]
+_MISSING += ["1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
+
+
+def _without_trailing_tab(table: pd.DataFrame) -> pd.DataFrame:
+    """Drop the unnamed, empty last column that a tab at the end of every line adds."""
+    last = table.columns[-1]
+    unnamed = not isinstance(last, str) or last.startswith("Unnamed:")
+    if unnamed and (table[last].str.strip() == "").all():
+        return table.iloc[:, :-1]
+    return table
 
 
 def read_gct(path: str) -> AnnData:
@@ -59,14 +70,14 @@ def read_gct(path: str) -> AnnData:
         keep_default_na=False,
     )
     if version == "#1.2":
-        table = read()
+        table = _without_trailing_tab(read())
         table = table.set_index(table.columns[0])
         var = table.iloc[:, :1].rename(columns=lambda c: c.lower())
         matrix = table.iloc[:, 1:]
         obs = pd.DataFrame(index=matrix.columns.astype(str))
     else:
         n_row_meta, n_col_meta = int(dims[2]), int(dims[3])
-        raw = read(header=None)
+        raw = _without_trailing_tab(read(header=None))
         header = raw.iloc[0].tolist()
         sample_ids = header[1 + n_row_meta :]
         col_meta = raw.iloc[1 : 1 + n_col_meta]
@@ -83,10 +94,11 @@ def read_gct(path: str) -> AnnData:
         matrix = body.iloc[:, 1 + n_row_meta :]
         matrix.index = var.index
     try:
-        values = matrix.replace(_MISSING, np.nan).to_numpy(dtype=np.float32).T
+        values = matrix.mask(matrix.isin(_MISSING)).to_numpy(dtype=np.float32).T
+        declared = [int(n) for n in dims[:2]]
     except ValueError as error:
         raise InputError(f"{path} holds a value that is not a number: {error}") from None
-    if [str(n) for n in values.shape[::-1]] != dims[:2]:
+    if declared != list(values.shape[::-1]):
         raise InputError(
             f"{path} declares {dims[0]} genes × {dims[1]} samples on its second line but holds "
             f"{values.shape[1]} × {values.shape[0]} (truncated?)."

@@ -157,7 +157,9 @@ def select_landmarks(
     matrix = get_matrix(adata, layer)
     if not (isinstance(n_landmarks, int | np.integer) and 0 < n_landmarks < adata.n_vars):
         raise InputError(f"n_landmarks must be a whole number from 1 to {adata.n_vars - 1}.")
-    dense = matrix.toarray() if sparse.issparse(matrix) else np.asarray(matrix, dtype=np.float64)
+    dense = (matrix.toarray() if sparse.issparse(matrix) else np.asarray(matrix)).astype(
+        np.float64
+    )
     if not np.isfinite(dense).all():
         raise InputError("The data hold NaN or infinite values; fill or drop them first.")
     std = dense.std(axis=0)
@@ -169,7 +171,8 @@ def select_landmarks(
     # QR ranks only as many genes as the loadings have independent directions; after those its
     # pivots follow column order, so the rest of the panel is the most variable other genes.
     diagonal = np.abs(np.diag(r))
-    rank = int(np.sum(diagonal > diagonal[0] * 1e-10)) if diagonal.size else 0
+    tolerance = max(r.shape) * np.finfo(r.dtype).eps
+    rank = int(np.sum(diagonal > diagonal[0] * tolerance)) if diagonal.size else 0
     chosen = list(pivots[: min(n_landmarks, rank)])
     taken = set(chosen)
     chosen += [g for g in np.argsort(-std, kind="stable") if g not in taken][

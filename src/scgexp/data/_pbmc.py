@@ -12,8 +12,9 @@ def pbmc68k_counts() -> AnnData:
     """Return 700 real 10x PBMCs × 765 genes as raw counts, with cell types.
 
     scanpy ships ``pbmc68k_reduced`` with log-normalised values in ``raw.X`` (normalised to 1e4
-    per cell) and each cell's total count in ``obs["n_counts"]``. The counts are rebuilt as
-    ``round(expm1(raw.X) / 1e4 * n_counts)`` (largest rounding error about 0.08).
+    per cell) and each cell's whole-transcriptome total count in its ``obs["n_counts"]``. The
+    counts are rebuilt as ``round(expm1(raw.X) / 1e4 * n_counts)`` (largest rounding error
+    about 0.08).
 
     Returns
     -------

@@ -537,10 +537,13 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
                     (int((present & ~has_counts).sum()), "flagged present have an all-zero row"),
                     (int((~present & has_counts).sum()), "flagged missing hold counts (ignored)"),
                 ):
-                    if n:
-                        warn_user(
-                            f"{n} cells {what} in {data_type} ({name!r}); check obs[{key!r}].",
-                        )
+                    message = f"{n} cells {what} in {data_type} ({name!r}); check obs[{key!r}]."
+                    # Shallow query cells may have no reads in the peaks: only counts ignored
+                    # on a query's flag warn (on every call that reads it).
+                    if n and (not query or what.endswith("(ignored)")):
+                        warn_user(message)
+                    elif n:
+                        logger.info(message)
             n_missing = int((~present).sum())
             if n_missing and not query:
                 how = (

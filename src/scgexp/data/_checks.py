@@ -292,6 +292,22 @@ def check_obs_keys(
             )
 
 
+def cell_positions(indices) -> np.ndarray:
+    """``indices`` (positions, or a boolean mask as an array or list) as positions.
+
+    Examples
+    --------
+    >>> cell_positions([True, False, True])
+    array([0, 2])
+    """
+    positions = np.asarray(indices)
+    if positions.dtype == bool:  # scvi-tools reads numpy masks only
+        positions = np.flatnonzero(positions)
+    if positions.size == 0:
+        raise InputError("indices selects no cells; pass at least one cell.")
+    return positions
+
+
 def check_library_size(library_size, allow_latent: bool = False) -> None:
     """Refuse a ``library_size`` that is not a positive number (or ``"latent"`` if allowed)."""
     if allow_latent and isinstance(library_size, str) and library_size == "latent":

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from scipy import linalg, sparse
+from scipy import linalg
 
 from scgexp._warn import warn_user
-from scgexp.data._checks import InputError, get_matrix
+from scgexp.data._checks import InputError, get_matrix, read_dense
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -157,13 +157,11 @@ def select_landmarks(
     matrix = get_matrix(adata, layer)
     if not (isinstance(n_landmarks, int | np.integer) and 0 < n_landmarks < adata.n_vars):
         raise InputError(f"n_landmarks must be a whole number from 1 to {adata.n_vars - 1}.")
-    dense = (matrix.toarray() if sparse.issparse(matrix) else np.asarray(matrix)).astype(
-        np.float64
-    )
-    if not np.isfinite(dense).all():
+    values = read_dense(matrix).astype(np.float64)  # float64 also for sparse float32 data
+    if not np.isfinite(values).all():
         raise InputError("The data hold NaN or infinite values; fill or drop them first.")
-    std = dense.std(axis=0)
-    scaled = (dense - dense.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    std = values.std(axis=0)
+    scaled = (values - values.mean(axis=0)) / np.where(std > 0, std, 1.0)
     n_components = min(n_components or n_landmarks, *scaled.shape)
     _, singular_values, vt = linalg.svd(scaled, full_matrices=False)
     loadings = vt[:n_components] * singular_values[:n_components, None]

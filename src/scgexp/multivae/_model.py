@@ -533,17 +533,28 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             if data_type in presence_keys:
                 key = presence_keys[data_type]
                 present = mdata.obs[key].to_numpy(dtype=float) > 0.5
-                for n, what in (
-                    (int((present & ~has_counts).sum()), "flagged present have an all-zero row"),
-                    (int((~present & has_counts).sum()), "flagged missing hold counts (ignored)"),
+                # Shallow query cells may have no reads in the peaks: for queries only counts
+                # that a flag makes the model ignore warn (on every call that reads them).
+                for n, what, warn in (
+                    (
+                        int((present & ~has_counts).sum()),
+                        "flagged present have an all-zero row",
+                        not query,
+                    ),
+                    (
+                        int((~present & has_counts).sum()),
+                        "flagged missing hold counts (ignored)",
+                        True,
+                    ),
                 ):
-                    message = f"{n} cells {what} in {data_type} ({name!r}); check obs[{key!r}]."
-                    # Shallow query cells may have no reads in the peaks: only counts ignored
-                    # on a query's flag warn (on every call that reads it).
-                    if n and (not query or what.endswith("(ignored)")):
-                        warn_user(message)
-                    elif n:
-                        logger.info(message)
+                    if n:
+                        message = (
+                            f"{n} cells {what} in {data_type} ({name!r}); check obs[{key!r}]."
+                        )
+                        if warn:
+                            warn_user(message)
+                        else:
+                            logger.info(message)
             n_missing = int((~present).sum())
             if n_missing and not query:
                 how = (

@@ -24,6 +24,7 @@ from scgexp._io import SafeSaveMixin
 from scgexp._warn import warn_user
 from scgexp.data._checks import (
     InputError,
+    cell_positions,
     check_known_categories,
     check_matrix,
     check_obs_keys,
@@ -486,9 +487,7 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         from sklearn.feature_selection import mutual_info_classif, mutual_info_regression
 
         adata = self._validate_anndata(adata)
-        cells = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
-        if cells.dtype == bool:  # a mask, as the other methods accept
-            cells = np.flatnonzero(cells)
+        cells = np.arange(adata.n_obs) if indices is None else cell_positions(indices)
         rng = np.random.default_rng(random_state)
         if max_cells is not None and len(cells) > max_cells:
             cells = np.sort(rng.choice(cells, max_cells, replace=False))

@@ -6,12 +6,11 @@ import difflib
 import inspect
 import warnings
 
-import numpy as np
 from scvi.data import AnnTorchDataset
 from scvi.dataloaders._data_splitting import validate_data_split
 from scvi.model.base import UnsupervisedTrainingMixin
 
-from scgexp.data._checks import InputError
+from scgexp.data._checks import InputError, cell_positions
 from scgexp.dataloaders import DataMode, DataSplitter
 from scgexp.dataloaders._loaders import RequestedOrderDataset
 from scgexp.train._callbacks import RestoreBestWeights
@@ -38,11 +37,7 @@ class TrainingMixin(UnsupervisedTrainingMixin):
     def _make_data_loader(self, adata, indices=None, batch_size=None, shuffle=False, **kwargs):
         """scvi-tools' inference loader; backed rows come in the order of ``indices``."""
         if indices is not None:
-            indices = np.asarray(indices)
-            if indices.dtype == bool:  # scvi-tools reads numpy masks only
-                indices = np.flatnonzero(indices)
-            if indices.size == 0:
-                raise InputError("indices selects no cells; pass at least one cell.")
+            indices = cell_positions(indices)
         loader = super()._make_data_loader(
             adata, indices=indices, batch_size=batch_size, shuffle=shuffle, **kwargs
         )

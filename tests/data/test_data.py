@@ -148,6 +148,15 @@ def test_row_and_column_sums_match_numpy(dense):
         np.testing.assert_allclose(columns, expected.sum(0))
 
 
+def test_row_and_column_sums_of_float16_counts_do_not_overflow():
+    from scgexp.data import row_and_column_sums
+
+    values = np.full((3, 40), 2000.0, dtype=np.float16)  # rows of 80,000 > float16's 65,504
+    rows, columns = row_and_column_sums(values)  # (scipy has no float16 sparse matrices)
+    np.testing.assert_array_equal(rows, 80_000.0)
+    np.testing.assert_array_equal(columns, 6000.0)
+
+
 @pytest.mark.parametrize(
     ("simulate", "kwargs", "message"),
     [

@@ -162,6 +162,20 @@ def test_standardisation_stats_sparse_equals_dense(adata):
     assert sparse.issparse(adata.layers["counts"])  # the data is left as it was
 
 
+def test_standardisation_stats_of_deep_float16_counts(adata):
+    # Per-cell totals above 65,504 overflow a float16 sum; statistics must match float32's.
+    counts = np.minimum(adata.layers["counts"].toarray() * 200, 2000).astype(np.float16)
+    assert (counts.astype(np.float64).sum(1) > 65_504).any()
+    stats = []
+    for dtype in (np.float16, np.float32):
+        adata.layers["counts"] = counts.astype(dtype)
+        ZINBAutoencoder.setup_anndata(adata, layer="counts")
+        module = ZINBAutoencoder(adata).module
+        stats.append([module.input_mean, module.input_scale, module.median_total])
+    for half, single in zip(*stats, strict=True):
+        torch.testing.assert_close(half, single)
+
+
 def test_save_load_and_query(tmp_path, capsys):
     full = simulate_scrna(n_cells=N_CELLS + 150, n_genes=N_GENES, seed=0)
     adata, query = full[:N_CELLS].copy(), full[N_CELLS:].copy()

@@ -295,7 +295,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
     def _init_protein(self) -> None:
         """Protein background at a low quantile of each protein's counts; median library size."""
         counts = self.adata_manager.get_from_registry(REGISTRY_KEYS.PROTEIN_EXP_KEY)
-        counts = read_dense(counts)
+        counts = read_dense(counts).astype(np.float64)  # float16 sums would overflow
         present = self._has_counts("protein", counts.sum(1))
         counts = counts[present] if present.any() else counts
         totals = counts.sum(1)

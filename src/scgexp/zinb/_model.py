@@ -30,6 +30,7 @@ from scgexp.data._checks import (
     check_obs_keys,
     check_query,
     check_size_factors,
+    row_and_column_sums,
 )
 from scgexp.data._fields import CategoricalJointObsField
 from scgexp.train import TrainingMixin
@@ -158,11 +159,7 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         """
         matrix = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         n_obs, n_vars = matrix.shape
-        totals = np.zeros(n_obs)
-        for start in range(0, n_obs, _CHUNK):
-            totals[start : start + _CHUNK] = np.asarray(
-                matrix[start : start + _CHUNK].sum(1)
-            ).ravel()
+        totals = row_and_column_sums(matrix)[0]
         median_total = float(np.median(totals))
         if use_size_factor_key:
             size_factor = np.asarray(

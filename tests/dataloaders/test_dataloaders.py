@@ -186,6 +186,17 @@ def test_backed_rows_come_in_the_order_of_indices(adata, tmp_path):
     )
 
 
+def test_standard_loader_trains_backed_data_as_in_memory(adata, tmp_path):
+    # Backed minibatches came sorted, so dropout masks fell on other cells than in memory.
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    latents = []
+    for data in (adata, anndata.read_h5ad(tmp_path / "a.h5ad", backed="r")):
+        scvi.settings.seed = 0
+        model = _zinb(data, max_epochs=2, data_mode="standard", train_size=0.8)
+        latents.append(model.get_latent_representation())
+    np.testing.assert_allclose(latents[0], latents[1], rtol=1e-4, atol=1e-4)
+
+
 def test_indices_as_a_list_of_bools_or_empty(adata):
     model = _zinb(adata, max_epochs=1)
     mask = np.zeros(adata.n_obs, dtype=bool)

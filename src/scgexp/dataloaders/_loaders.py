@@ -285,3 +285,13 @@ class RequestedOrderDataset(AnnTorchDataset):
             return super().__getitem__(indexes)
         unique, inverse = np.unique(indexes, return_inverse=True)
         return {key: value[inverse] for key, value in super().__getitem__(unique).items()}
+
+
+def in_requested_order(loader):
+    """``loader``, its scvi-tools dataset made a :class:`RequestedOrderDataset`."""
+    dataset = getattr(loader, "dataset", None)  # scvi-tools gives no loader for an empty split
+    while not isinstance(dataset, AnnTorchDataset) and hasattr(dataset, "dataset"):
+        dataset = dataset.dataset  # torch's Subset over the indices
+    if type(dataset) is AnnTorchDataset:
+        dataset.__class__ = RequestedOrderDataset
+    return loader

@@ -12,7 +12,11 @@ import torch
 from scvi import settings
 from scvi.dataloaders import DataSplitter as ScviDataSplitter
 
-from scgexp.dataloaders._loaders import InMemoryDataLoader, StreamingDataLoader
+from scgexp.dataloaders._loaders import (
+    InMemoryDataLoader,
+    StreamingDataLoader,
+    in_requested_order,
+)
 from scgexp.dataloaders._store import (
     TensorStore,
     estimate_nbytes,
@@ -154,17 +158,17 @@ class DataSplitter(ScviDataSplitter):
     def train_dataloader(self):
         """Training minibatches, reshuffled each epoch."""
         if self.resolved_mode == "standard":
-            return super().train_dataloader()
+            return in_requested_order(super().train_dataloader())
         return self._loader(self.train_idx, shuffle=True, drop_last=self.drop_last)
 
     def val_dataloader(self):
         """Validation minibatches, in a fixed order."""
         if self.resolved_mode == "standard" or len(self.val_idx) == 0:
-            return super().val_dataloader()
+            return in_requested_order(super().val_dataloader())
         return self._loader(self.val_idx, shuffle=False, drop_last=False)
 
     def test_dataloader(self):
         """Test minibatches, in a fixed order."""
         if self.resolved_mode == "standard" or len(self.test_idx) == 0:
-            return super().test_dataloader()
+            return in_requested_order(super().test_dataloader())
         return self._loader(self.test_idx, shuffle=False, drop_last=False)

@@ -6,13 +6,12 @@ import difflib
 import inspect
 import warnings
 
-from scvi.data import AnnTorchDataset
 from scvi.dataloaders._data_splitting import validate_data_split
 from scvi.model.base import UnsupervisedTrainingMixin
 
 from scgexp.data._checks import InputError, cell_positions
 from scgexp.dataloaders import DataMode, DataSplitter
-from scgexp.dataloaders._loaders import RequestedOrderDataset
+from scgexp.dataloaders._loaders import in_requested_order
 from scgexp.train._callbacks import RestoreBestWeights
 from scgexp.train._trainingplan import TrainingPlan
 
@@ -38,15 +37,11 @@ class TrainingMixin(UnsupervisedTrainingMixin):
         """scvi-tools' inference loader; backed rows come in the order of ``indices``."""
         if indices is not None:
             indices = cell_positions(indices)
-        loader = super()._make_data_loader(
-            adata, indices=indices, batch_size=batch_size, shuffle=shuffle, **kwargs
+        return in_requested_order(
+            super()._make_data_loader(
+                adata, indices=indices, batch_size=batch_size, shuffle=shuffle, **kwargs
+            )
         )
-        dataset = loader.dataset
-        while not isinstance(dataset, AnnTorchDataset) and hasattr(dataset, "dataset"):
-            dataset = dataset.dataset  # torch's Subset over the indices
-        if type(dataset) is AnnTorchDataset:
-            dataset.__class__ = RequestedOrderDataset
-        return loader
 
     def _check_plan_kwargs(self, plan_kwargs: dict | None) -> None:
         """Refuse unknown ``plan_kwargs``: scvi-tools would pass them to the loss, unread."""

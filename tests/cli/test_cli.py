@@ -186,7 +186,11 @@ def test_fit_and_predict_zinb(counts_file, tmp_path):
             ["fit", "zinb", "{counts}", "--out", "{out}", "--batch-key", "plate"],
             "no column 'plate'",
         ),
-        (["fit", "zinb", "{counts}", "--out", "{out}", "--layer", "raw"], "layer 'raw' does not"),
+        (
+            ["fit", "zinb", "{counts}", "--out", "{out}", "--layer", "raw"],
+            "Pass layer= naming an existing layer; for new data given to a trained model, "
+            "store the data as layers['raw']",
+        ),
         (["fit", "dgex", "{counts}", "--out", "{out}"], "var has no column 'landmark'"),
         (
             [

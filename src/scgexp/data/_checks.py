@@ -39,7 +39,11 @@ def get_matrix(adata: AnnData, layer: str | None, where: str = "") -> object:
         return adata.X
     if layer not in adata.layers:
         available = ", ".join(map(repr, adata.layers.keys())) or "none"
-        raise InputError(f"{where}layer {layer!r} does not exist (layers: {available}).")
+        raise InputError(
+            f"{where}layer {layer!r} does not exist (layers: {available}). Pass layer= naming "
+            f"an existing layer; for new data given to a trained model, store the data as "
+            f"layers[{layer!r}], the layer the model was set up with."
+        )
     return adata.layers[layer]
 
 

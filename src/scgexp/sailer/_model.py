@@ -482,7 +482,7 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         >>> model.confounder_information()
         log_open_peaks    0.012
         batch             0.004
-        dtype: float64
+        Name: mutual_information, dtype: float64
         """
         from sklearn.feature_selection import mutual_info_classif, mutual_info_regression
 

@@ -176,6 +176,21 @@ def test_standardisation_stats_of_deep_float16_counts(adata):
         torch.testing.assert_close(half, single)
 
 
+def test_deep_libraries_are_not_capped(adata):
+    # DCA's mean bound (1e6 per cell of median depth) capped a gene with 30% of 3e6-8e6 counts.
+    rng = np.random.default_rng(0)
+    counts = adata.layers["counts"].toarray()
+    totals = rng.uniform(3e6, 8e6, size=(adata.n_obs, 1))
+    counts = np.round(counts / counts.sum(1, keepdims=True) * totals * 0.7)
+    counts[:, 0] = np.round(totals[:, 0] * 0.3)
+    adata.layers["counts"] = sparse.csr_matrix(counts.astype(np.float32))
+    model = _train(adata, batch_key=None, max_epochs=5, likelihood="nb")
+    mean = model.get_likelihood_parameters()["mean"][:, 0]
+    assert mean.mean() == pytest.approx(counts[:, 0].mean(), rel=0.1)
+    share = model.get_normalized_expression(library_size=1e4, return_numpy=True)[:, 0] / 1e4
+    assert share.mean() == pytest.approx(0.3, abs=0.05)  # capped: 0.21
+
+
 def test_save_load_and_query(tmp_path, capsys):
     full = simulate_scrna(n_cells=N_CELLS + 150, n_genes=N_GENES, seed=0)
     adata, query = full[:N_CELLS].copy(), full[N_CELLS:].copy()

@@ -204,7 +204,10 @@ class ZINBAutoencoderModule(BaseModuleClass):
         if transform_batch is not None:
             batch_index = torch.full_like(batch_index, int(transform_batch))
         hidden = self.decoder(z, *self._cat_list(batch_index, cat_covs))
-        log_mean = self.mean_head(hidden).clamp(_LOG_MEAN_MIN, _LOG_MEAN_MAX)
+        # DCA's bound 1e6 caps one gene's count in a cell of median depth: raised for deeper
+        # libraries, so that it stays a guard against overflow and never binds on a real gene.
+        log_mean_max = torch.log(10 * self.median_total).clamp_min(_LOG_MEAN_MAX)
+        log_mean = self.mean_head(hidden).clamp_min(_LOG_MEAN_MIN).clamp_max(log_mean_max)
         scale = torch.softmax(log_mean, dim=-1)
         mu = log_mean.exp() * library
         if self.gene_likelihood == "poisson":

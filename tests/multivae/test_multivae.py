@@ -116,6 +116,16 @@ def test_rows_flagged_missing_do_not_change_the_initial_model():
         torch.testing.assert_close(states[1][name], value, msg=name)
 
 
+def test_refuses_a_modality_no_training_cell_has():
+    mdata = _mdata()
+    mdata.obs["has_atac"] = False
+    MultiVAE.setup_mudata(
+        mdata, batch_key="batch", modalities=RNA_ATAC, presence_keys={"atac": "has_atac"}
+    )
+    with pytest.raises(InputError, match="No training cell has 'atac' data"):
+        MultiVAE(mdata).train(max_epochs=1)
+
+
 def test_all_zero_rows_count_as_missing_without_flags():
     mdata = _mdata(missing_fraction=0.3)
     model = _train(mdata)
@@ -249,10 +259,34 @@ def test_default_invariance_is_adversarial_on_batch_when_batches_differ():
     assert module.invariance.method == "adversarial"
     assert module.invariance.n_continuous == 0  # batch only, as MULTIVI
     assert MultiVAE(mdata, invariance=None).module.invariance is None
-    assert MultiVAE(mdata, invariance="mi").module.invariance.n_continuous == 2  # + depth
+    module = MultiVAE(mdata, invariance="mi").module
+    assert module.invariance.n_continuous == 2  # + depth
+    # ATAC depth as its decoder sees it: open regions, not fragments (counts go up to 4 here).
+    n_open = np.asarray((mdata["atac"].X > 0).sum(1)).ravel()
+    assert float(module.depth_mean[1]) == pytest.approx(np.log1p(n_open[n_open > 0]).mean())
     one_batch = _mdata()
     MultiVAE.setup_mudata(one_batch, modalities=RNA_ATAC)
     assert MultiVAE(one_batch).module.invariance is None
+    # The mixture's protein decoder is not given the protein depth: not a confounder then.
+    with_protein = _mdata(n_proteins=10)
+    MultiVAE.setup_mudata(with_protein, batch_key="batch", modalities=RNA_PROT)
+    for likelihood, n_continuous in (("mixture", 1), ("nb", 2)):
+        model = MultiVAE(with_protein, invariance="mi", protein_likelihood=likelihood)
+        assert model.module.invariance.n_continuous == n_continuous
+    model = _train(with_protein, RNA_PROT, invariance="both", protein_likelihood="mixture")
+    assert np.isfinite(model.history["validation_loss"].to_numpy(dtype=float)).all()
+
+
+def test_continuous_covariates_are_standardised():
+    # In raw units (e.g. percent mitochondrial reads) a covariate drowned the latent input.
+    latents = []
+    for scale, shift in ((1.0, 0.0), (1000.0, 50.0)):
+        mdata = _mdata()
+        mdata.obs["mito"] = np.random.default_rng(0).normal(size=mdata.n_obs) * scale + shift
+        scvi.settings.seed = 0
+        model = _train(mdata, setup_kwargs={"continuous_covariate_keys": ["mito"]})
+        latents.append(model.get_latent_representation())
+    np.testing.assert_allclose(latents[0], latents[1], rtol=1e-4, atol=1e-5)
 
 
 def test_default_cross_reconstruction_skips_the_widest_modality():

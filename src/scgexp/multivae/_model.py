@@ -148,9 +148,10 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         Also give batch and categorical covariates to the encoders.
     invariance
         ``"auto"`` (default): ``"adversarial"`` on the batch alone when there are two or more
-        batches (as MULTIVI and totalVI do), else ``None``. ``None``; ``"mi"``,
-        ``"adversarial"`` or ``"both"``: keep the batch and each modality's sequencing depth
-        out of the joint latent space with the shared :class:`~scgexp.nn.Invariance`
+        batches (MULTIVI and totalVI have an adversary too, switched off after their KL
+        warm-up; this one stays on), else ``None``. ``None``; ``"mi"``, ``"adversarial"`` or
+        ``"both"``: keep the batch and each modality's sequencing depth (where its decoder is
+        given it) out of the joint latent space with the shared :class:`~scgexp.nn.Invariance`
         penalties, trained by :class:`~scgexp.train.InvarianceTrainingPlan` (module argument
         ``invariance_depth=False``: batch only).
     invariance_weight
@@ -232,8 +233,10 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             invariance_weight=invariance_weight,
             **module_kwargs,
         )
+        self._modalities_without_cells: list[str] = []
         if adata is not None:
             self._init_depth()
+            self._init_continuous_covariates()
             if "atac" in n_features:
                 self._init_atac()
             if "protein" in n_features:
@@ -269,14 +272,29 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         return row_sums > 0 if flag is None else (row_sums > 0) & flag
 
     def _init_depth(self) -> None:
-        """Mean and scale of ``log1p(total counts)`` per modality, over the cells that have it."""
+        """Mean and scale of ``log1p(total counts)`` per modality (ATAC: of open regions)."""
         for i, m in enumerate(self.module.modalities):
             matrix = self.adata_manager.get_from_registry(DATA_KEYS[m])
-            totals = row_and_column_sums(matrix)[0]
+            totals = row_and_column_sums(matrix, binary=m == "atac")[0]
             cells = self._has_counts(m, totals)
+            if not cells.any():  # refused by train(); a query given to load() may lack it
+                self._modalities_without_cells.append(self._modality_name(m))
             log_total = np.log1p(totals[cells] if cells.any() else totals)
             self.module.depth_mean[i] = float(log_total.mean())
             self.module.depth_scale[i] = float(max(log_total.std(), 1e-3))
+
+    def _init_continuous_covariates(self) -> None:
+        """Training mean and scale of each continuous covariate (the decoders standardise)."""
+        if not self.module.n_continuous_cov:
+            return
+        values = np.asarray(
+            self.adata_manager.get_from_registry(REGISTRY_KEYS.CONT_COVS_KEY), dtype=np.float64
+        )
+        std = values.std(0)
+        self.module.cont_cov_mean.copy_(torch.as_tensor(values.mean(0), dtype=torch.float32))
+        self.module.cont_cov_scale.copy_(
+            torch.as_tensor(np.where(std > 1e-6, std, 1.0), dtype=torch.float32)
+        )
 
     def _init_atac(self) -> None:
         """Region factors at the log-odds of each region being open; median open regions."""
@@ -625,6 +643,12 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         >>> model.train(max_epochs=100)
         >>> model.history["validation_loss"].tail()
         """
+        if self._modalities_without_cells and not self.is_trained_:
+            names = ", ".join(map(repr, self._modalities_without_cells))
+            raise InputError(
+                f"No training cell has {names} data (all rows are empty or flagged absent); set "
+                "the model up without that modality."
+            )
         if max_epochs is None:
             max_epochs = int(min(500, max(50, round(2e6 / max(self.summary_stats.n_cells, 1)))))
         plan_kwargs = {

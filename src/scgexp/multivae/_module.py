@@ -88,15 +88,16 @@ class MultiVAEModule(BaseModuleClass):
       ``-E log p(x_t | z) + KL(q(z | x_{-t}) ‖ p(z))``. It keeps the experts calibrated, so that
       a weak modality does not swamp a strong one in the product;
     - alignment: ``KL(q(z | x) ‖ q(z | x_m))`` with the joint posterior held fixed
-      (``alignment="joint"``), or MultiVI's symmetric KL between pairs of experts
-      (``"pairwise"``).
+      (``alignment="joint"``), or a symmetric KL between pairs of experts (``"pairwise"``;
+      the mean of both directions averaged over pairs: half MultiVI's sum for two modalities).
 
     Likelihoods: RNA negative binomial or ZINB at the observed library size; ATAC Bernoulli on
     binarised counts, ``logit p = decoder(z) + region factor + cell factor``, the cell
-    factor being the log of the cell's open regions over the training median
-    (:cite:p:`Ashuach2022`); protein a negative binomial at the observed protein library size
-    (default) or a background/foreground negative binomial mixture (with a learned background
-    per protein and batch, after totalVI).
+    factor being the log of the cell's open regions over the training median (MultiVI
+    :cite:p:`Ashuach2022` multiplies probabilities by learned factors instead); protein a
+    negative binomial at the observed protein library size (default) or a
+    background/foreground negative binomial mixture (with a learned background per protein and
+    batch, after totalVI).
 
     Parameters
     ----------
@@ -107,7 +108,8 @@ class MultiVAEModule(BaseModuleClass):
     n_cats_per_cov
         Number of categories of each extra categorical covariate.
     n_continuous_cov
-        Number of continuous covariates (concatenated to the decoders' input).
+        Number of continuous covariates (standardised with the ``cont_cov_mean``/
+        ``cont_cov_scale`` buffers, then concatenated to the decoders' input).
     n_hidden
         Units of the hidden layers.
     n_latent
@@ -140,13 +142,16 @@ class MultiVAEModule(BaseModuleClass):
     invariance
         ``None``, ``"mi"``, ``"adversarial"`` or ``"both"``: an :class:`~scgexp.nn.Invariance`
         on the joint posterior against the batch and each modality's sequencing depth
-        (``log1p`` of its total counts, standardised with the ``depth_mean``/``depth_scale``
-        buffers), trained by :class:`~scgexp.train.InvarianceTrainingPlan`.
+        (``log1p`` of its total counts, for ATAC of its open regions, standardised with the
+        ``depth_mean``/``depth_scale`` buffers), trained by
+        :class:`~scgexp.train.InvarianceTrainingPlan`.
     invariance_weight
         Weight of the invariance penalty.
     invariance_depth
-        Also make the joint posterior invariant to each modality's sequencing depth (the
-        decoders already receive it as a library size); ``False``: batch only.
+        Also make the joint posterior invariant to the sequencing depth of each modality whose
+        decoder receives it as a library size (not protein with ``protein_likelihood=
+        "mixture"``, whose background and foreground do not scale with depth); ``False``:
+        batch only.
     """
 
     def __init__(
@@ -205,6 +210,10 @@ class MultiVAEModule(BaseModuleClass):
             cross_reconstruction_targets = [m for m in self.modalities if m != widest]
         self.cross_reconstruction_targets = list(cross_reconstruction_targets)
         self.invariance_depth = invariance_depth
+        # Depth is a confounder only where the decoder is given it, or "mi" is no bound.
+        self.depth_modalities = [
+            m for m in self.modalities if not (m == "protein" and protein_likelihood == "mixture")
+        ]
         self.encode_covariates = encode_covariates
         self.use_size_factor_key = use_size_factor_key
 
@@ -262,11 +271,14 @@ class MultiVAEModule(BaseModuleClass):
         # Mean and scale of log1p(total counts) of each modality (filled by the model).
         self.register_buffer("depth_mean", torch.zeros(len(self.modalities)))
         self.register_buffer("depth_scale", torch.ones(len(self.modalities)))
+        # Mean and scale of each continuous covariate in training (filled by the model).
+        self.register_buffer("cont_cov_mean", torch.zeros(n_continuous_cov))
+        self.register_buffer("cont_cov_scale", torch.ones(n_continuous_cov))
         self.invariance = (
             Invariance(
                 n_latent=n_latent,
                 n_cats_per_key=[n_batch],
-                n_continuous=len(self.modalities) if invariance_depth else 0,
+                n_continuous=len(self.depth_modalities) if invariance_depth else 0,
                 method=invariance,
                 weight=invariance_weight,
             )
@@ -277,11 +289,14 @@ class MultiVAEModule(BaseModuleClass):
     def invariance_inputs(self, tensors: dict, inference_outputs: dict) -> InvarianceInputs:
         """Joint posterior, batch and standardised depth of each modality (0 where missing)."""
         batch = [tensors[REGISTRY_KEYS.BATCH_KEY]]
-        if not self.invariance_depth:
+        if not self.invariance_depth or not self.depth_modalities:
             return InvarianceInputs(inference_outputs["qz"], batch, None)
         depth = []
         for i, m in enumerate(self.modalities):
-            log_total = torch.log1p(tensors[DATA_KEYS[m]].sum(-1))
+            if m not in self.depth_modalities:
+                continue
+            x = tensors[DATA_KEYS[m]]
+            log_total = torch.log1p((x > 0).float().sum(-1) if m == "atac" else x.sum(-1))
             value = (log_total - self.depth_mean[i]) / self.depth_scale[i]
             depth.append(torch.where(inference_outputs["masks"][m], value, 0.0))
         return InvarianceInputs(inference_outputs["qz"], batch, torch.stack(depth, 1))
@@ -426,6 +441,7 @@ class MultiVAEModule(BaseModuleClass):
         cats = self._cat_list(batch_index, cat_covs)
         decoder_input = z
         if cont_covs is not None and self.n_continuous_cov:
+            cont_covs = (cont_covs - self.cont_cov_mean) / self.cont_cov_scale
             if z.dim() == 3:
                 cont_covs = cont_covs.unsqueeze(0).expand(z.shape[0], -1, -1)
             decoder_input = torch.cat([z, cont_covs], dim=-1)
@@ -554,8 +570,9 @@ class MultiVAEModule(BaseModuleClass):
 
         ``"joint"``: ``KL(q(z | x) ‖ q(z | x_m))`` with the joint posterior held fixed (no
         gradient), so each encoder learns to reach the joint posterior alone without pulling the
-        joint towards its own, noisier view. ``"pairwise"``: MultiVI's symmetric KL between the
-        experts of each pair of modalities.
+        joint towards its own, noisier view. ``"pairwise"``: ½ (KL(a‖b) + KL(b‖a)) between the
+        experts of each pair of modalities, averaged over pairs (MultiVI sums both directions
+        over pairs).
         """
         means, variances = inference_outputs["means"], inference_outputs["variances"]
         masks = inference_outputs["masks"]

@@ -72,10 +72,11 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         by measurement: it raised imputation correlation and cell-type silhouette on both
         benchmark data sets (see the docs' ablation).
     likelihood
-        ``"zinb"`` (DCA's default until 2021), ``"nb"`` or ``"poisson"``.
+        ``"zinb"`` (DCA's default until 2021, with ``dispersion="gene-cell"``), ``"nb"`` or
+        ``"poisson"``.
     dispersion
         ``"gene"``: one inverse dispersion θ per gene; ``"gene-cell"``: θ predicted from the
-        bottleneck for every cell and gene (DCA's "conditional" dispersion).
+        bottleneck for every cell and gene (DCA's "conditional" dispersion, its default).
     encode_covariates
         Also give the batch and covariates to the encoder (by default only the decoder sees
         them).
@@ -297,7 +298,10 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         lr_patience
             Epochs without improvement before the learning rate is divided by 10 (DCA: 10).
         gradient_clip_val
-            Clip gradients to this norm (DCA: 5); ``None`` to turn off.
+            Clip the gradients' total norm to this value; ``None`` to turn off. Not DCA's
+            clipping (each gradient element at 5, on a loss averaged over every count, which
+            hardly ever binds): here the loss is summed over genes and the bound is active on
+            most steps (see the docs).
         train_size
             Share of cells used for training; the rest validate (1.0: no validation, no early
             stopping).

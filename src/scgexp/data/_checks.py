@@ -98,16 +98,16 @@ def row_and_column_sums(
     """
     rows, columns, start = [], np.zeros(matrix.shape[1]), 0
     for chunk in _row_chunks(matrix):
-        # In float64: float16 counts would round, and overflow to inf past 65,504.
-        chunk = (chunk > 0) if binary else chunk
-        chunk = chunk.astype(np.float64) if sparse.issparse(chunk) else np.asarray(chunk, float)
-        if log1p:
+        if binary:
+            chunk = chunk > 0
+        elif log1p:
             chunk = chunk.log1p() if sparse.issparse(chunk) else np.log1p(chunk)
-        rows.append(np.asarray(chunk.sum(axis=1), dtype=np.float64).ravel())
+        # Sums in float64: float16 counts would round, and overflow to inf past 65,504.
+        rows.append(np.asarray(chunk.sum(axis=1, dtype=np.float64)).ravel())
         if column_rows is not None:
             chunk = chunk[np.asarray(column_rows[start : start + chunk.shape[0]], dtype=bool)]
         start += rows[-1].shape[0]
-        columns += np.asarray(chunk.sum(axis=0), dtype=np.float64).ravel()
+        columns += np.asarray(chunk.sum(axis=0, dtype=np.float64)).ravel()
     return np.concatenate(rows) if rows else np.zeros(0), columns
 
 

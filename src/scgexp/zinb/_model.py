@@ -11,15 +11,17 @@ import pandas as pd
 import torch
 from anndata import AnnData
 from scipy import sparse
-from scvi import REGISTRY_KEYS
+from scvi import REGISTRY_KEYS, settings
 from scvi.data import AnnDataManager
 from scvi.data.fields import (
     CategoricalObsField,
     LayerField,
     NumericalObsField,
 )
+from scvi.model._utils import scrna_raw_counts_properties
 from scvi.model.base import BaseModelClass, RNASeqMixin
-from scvi.utils import setup_anndata_dsp
+from scvi.model.base._de_core import _de_core
+from scvi.utils import de_dsp, setup_anndata_dsp
 
 from scgexp._io import SafeSaveMixin
 from scgexp.data._checks import (
@@ -450,6 +452,130 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         if order is None:
             return expression
         return expression[:, order] if return_numpy else expression.iloc[:, order]
+
+    @de_dsp.dedent
+    def differential_expression(
+        self,
+        adata: AnnData | None = None,
+        groupby: str | None = None,
+        group1: list[str] | None = None,
+        group2: str | None = None,
+        idx1: list[int] | list[bool] | str | None = None,
+        idx2: list[int] | list[bool] | str | None = None,
+        mode: Literal["vanilla", "change"] = "vanilla",
+        delta: float = 0.25,
+        batch_size: int | None = None,
+        all_stats: bool = True,
+        batch_correction: bool = False,
+        batchid1: list[str] | None = None,
+        batchid2: list[str] | None = None,
+        fdr_target: float = 0.05,
+        silent: bool = False,
+        filter_outlier_cells: bool = False,
+        **kwargs,
+    ) -> pd.DataFrame:
+        r"""scvi-tools' differential expression, on the denoised expression proportions.
+
+        As :meth:`scvi.model.SCVI.differential_expression`, with each cell's denoised
+        proportions (``get_normalized_expression(library_size=1)``) in place of posterior
+        samples: the autoencoder is deterministic, so the spread comes from the cells alone.
+
+        Parameters
+        ----------
+        %(de_adata)s
+        %(de_groupby)s
+        %(de_group1)s
+        %(de_group2)s
+        %(de_idx1)s
+        %(de_idx2)s
+        %(de_mode)s
+        %(de_delta)s
+        %(de_batch_size)s
+        %(de_all_stats)s
+        %(de_batch_correction)s
+        %(de_batchid1)s
+        %(de_batchid2)s
+        %(de_fdr_target)s
+        %(de_silent)s
+        filter_outlier_cells
+            Filter outlier cells in the latent space first
+            (:meth:`~scvi.model.base.DifferentialComputation.filter_outlier_cells`).
+        **kwargs
+            Passed to :meth:`scvi.model.base.DifferentialComputation.get_bayes_factors`.
+
+        Returns
+        -------
+        Differential expression :class:`~pandas.DataFrame`, as scvi-tools'.
+
+        Examples
+        --------
+        >>> markers = model.differential_expression(groupby="cell_type", group1="B cells")
+        >>> markers.sort_values("lfc_mean", ascending=False).head()
+        """
+        adata = self._validate_anndata(adata)
+        rng = np.random.default_rng(settings.seed)
+
+        def proportions(adata, indices, transform_batch, n_samples_overall=None):
+            values = self.get_normalized_expression(
+                adata,
+                indices=indices,
+                transform_batch=transform_batch,
+                library_size=1.0,
+                batch_size=batch_size,
+                return_numpy=True,
+            )
+            if n_samples_overall is not None:  # cells drawn with replacement, as scvi-tools
+                values = values[rng.choice(len(values), n_samples_overall)]
+            return values
+
+        return _de_core(
+            self.get_anndata_manager(adata, required=True),
+            proportions,
+            self.get_latent_representation if filter_outlier_cells else None,
+            groupby,
+            group1,
+            group2,
+            idx1,
+            idx2,
+            all_stats,
+            scrna_raw_counts_properties,
+            adata.var_names,
+            mode,
+            batchid1,
+            batchid2,
+            delta,
+            batch_correction,
+            fdr_target,
+            silent,
+            **kwargs,
+        )
+
+    def get_feature_correlation_matrix(self, *args, **kwargs):
+        """Not available: scvi-tools correlates posterior samples, which need a VAE.
+
+        Correlate denoised values instead, e.g.
+        ``np.corrcoef(model.get_normalized_expression(library_size=1e4, return_numpy=True).T)``.
+        """
+        raise NotImplementedError(
+            "get_feature_correlation_matrix needs posterior samples (a VAE); for the "
+            "autoencoder, correlate denoised values: np.corrcoef(model.get_normalized_"
+            "expression(library_size=1e4, return_numpy=True).T)."
+        )
+
+    def get_latent_library_size(self, *args, **kwargs):
+        """Not available: the autoencoder has no latent library size.
+
+        Its size factors are each cell's total counts over the median (or the registered
+        ``size_factor_key``); :meth:`get_likelihood_parameters` gives the fitted means.
+        """
+        raise NotImplementedError(
+            "The autoencoder has no latent library size: it uses each cell's size factor "
+            "(total counts / median total, or the registered size_factor_key)."
+        )
+
+    def get_importance_weights(self, *args, **kwargs):
+        """Not available: importance weights need a VAE's posterior."""
+        raise NotImplementedError("Importance weights need a VAE's posterior.")
 
     @torch.inference_mode()
     def get_likelihood_parameters(

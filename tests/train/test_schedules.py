@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from lightning.pytorch.callbacks import Callback
 
-from scgexp.data import simulate_multiome, simulate_scatac
+from scgexp.data import InputError, simulate_multiome, simulate_scatac
 from scgexp.model import SAILER, MultiVAE
 
 
@@ -98,6 +98,35 @@ def test_train_size_one_trains_without_validation_and_none_means_the_default(nam
         warnings.simplefilter("ignore")
         model.train(max_epochs=2, train_size=None, enable_progress_bar=False)
     assert any("validation" in key for key in model.history)
+
+
+@pytest.mark.parametrize("name", ["zinb", "dgex", "sailer", "multivae"])
+def test_scvi_tools_trainer_arguments_work(name):
+    # Each used to fail: the monitor was passed twice; ZINB's and DGEX's validation plateau
+    # stopped training after epoch 1 when validation ran every 2nd epoch; SAILER's manual
+    # optimisation refused Lightning's gradient clipping.
+    model = _models()[name]()
+    monitor = {"dgex": "mae_train"}.get(name, "train_loss")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(
+            max_epochs=4,
+            check_val_every_n_epoch=2,
+            early_stopping=True,
+            early_stopping_monitor=monitor,
+            gradient_clip_val=1.0,
+            enable_progress_bar=False,
+        )
+    assert len(model.history["train_loss"]) == 4
+    assert len(model.history[monitor]) == 4
+
+
+def test_plateau_arguments_are_refused_where_the_schedule_is_lr_decay():
+    model = _models()["sailer"]()
+    with pytest.raises(InputError, match="lr_decay"):
+        model.train(max_epochs=1, plan_kwargs={"reduce_lr_on_plateau": True})
+    with pytest.raises(InputError, match="remove lr_patience"):
+        model.train(max_epochs=1, plan_kwargs={"lr_patience": 3})
 
 
 @pytest.mark.parametrize(

@@ -308,11 +308,11 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         callbacks = list(trainer_kwargs.pop("callbacks", []))
         if self.module.skip is not None and self.ridge_alpha_ is None:
             callbacks.append(_RidgeStart(self))
+        trainer_kwargs.setdefault("early_stopping_monitor", "mae_validation")
         return super().train(
             max_epochs=max_epochs,
             batch_size=batch_size,
             early_stopping=early_stopping,
-            early_stopping_monitor="mae_validation",
             early_stopping_patience=early_stopping_patience,
             plan_kwargs=plan_kwargs,
             callbacks=callbacks,

@@ -665,12 +665,12 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             plan_kwargs.setdefault("n_epochs_warmup", 0)
         elif gradient_clip_val is not None:
             trainer_kwargs.setdefault("gradient_clip_val", gradient_clip_val)
+        trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
         return super().train(
             max_epochs=max_epochs,
             batch_size=batch_size,
             train_size=train_size,
             early_stopping=early_stopping,
-            early_stopping_monitor="validation_loss",
             early_stopping_patience=early_stopping_patience,
             plan_kwargs=plan_kwargs,
             **trainer_kwargs,

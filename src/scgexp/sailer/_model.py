@@ -323,7 +323,7 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
             Other :class:`scgexp.train.InvarianceTrainingPlan` arguments.
         **trainer_kwargs
             Passed to :meth:`scgexp.train.TrainingMixin.train` (``data_mode``) and on to
-            Lightning.
+            Lightning; ``gradient_clip_val`` (a norm) goes to the plan, which clips itself.
 
         Examples
         --------
@@ -343,12 +343,12 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
             # Patience counts from the end of the KL warm-up, when the ELBO becomes comparable.
             early_stopping_patience += n_epochs_warmup + (n_epochs_kl_warmup or 0)
             early_stopping_patience = min(early_stopping_patience, max_epochs)
+        trainer_kwargs.setdefault("early_stopping_monitor", "elbo_validation")
         return super().train(
             max_epochs=max_epochs,
             batch_size=batch_size,
             train_size=train_size,
             early_stopping=early_stopping,
-            early_stopping_monitor="elbo_validation",
             early_stopping_patience=early_stopping_patience,
             plan_kwargs=plan_kwargs,
             **trainer_kwargs,

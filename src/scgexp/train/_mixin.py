@@ -13,6 +13,7 @@ from scgexp.data._checks import InputError, cell_positions
 from scgexp.dataloaders import DataMode, DataSplitter
 from scgexp.dataloaders._loaders import in_requested_order
 from scgexp.train._callbacks import RestoreBestWeights
+from scgexp.train._plans import InvarianceTrainingPlan
 from scgexp.train._trainingplan import TrainingPlan
 
 
@@ -133,6 +134,13 @@ class TrainingMixin(UnsupervisedTrainingMixin):
             }
         else:
             kwargs.setdefault("check_val_every_n_epoch", 1)
+        if issubclass(self._training_plan_cls, InvarianceTrainingPlan) and (
+            kwargs.get("gradient_clip_val") is not None
+        ):  # Lightning cannot clip under manual optimisation: the plan clips itself
+            kwargs["plan_kwargs"] = {
+                "gradient_clip_val": kwargs.pop("gradient_clip_val"),
+                **(kwargs.get("plan_kwargs") or {}),
+            }
         if kwargs.get("early_stopping") and self._restore_best_weights:
             monitor = kwargs.get("early_stopping_monitor", "elbo_validation")
             kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), RestoreBestWeights(monitor)]

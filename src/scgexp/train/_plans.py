@@ -9,12 +9,23 @@ from typing import TYPE_CHECKING
 import torch
 from torch.optim.lr_scheduler import ExponentialLR
 
+from scgexp.data._checks import InputError
 from scgexp.train._trainingplan import TrainingPlan
 
 if TYPE_CHECKING:
     from scvi.module.base import BaseModuleClass
 
 logger = logging.getLogger(__name__)
+
+
+_PLATEAU_ARGS = (
+    "reduce_lr_on_plateau",
+    "lr_patience",
+    "lr_factor",
+    "lr_threshold",
+    "lr_min",
+    "lr_scheduler_metric",
+)
 
 
 class InvarianceTrainingPlan(TrainingPlan):
@@ -84,7 +95,13 @@ class InvarianceTrainingPlan(TrainingPlan):
         gradient_clip_val: float | None = None,
         **kwargs,
     ):
-        kwargs.pop("reduce_lr_on_plateau", None)  # the schedule is lr_decay
+        plateau = [k for k in _PLATEAU_ARGS if k in kwargs and k != "reduce_lr_on_plateau"]
+        if kwargs.pop("reduce_lr_on_plateau", False) or plateau:
+            raise InputError(
+                "This model schedules its learning rate with lr_decay (× lr_decay per epoch; "
+                "None: constant), not on a plateau; remove "
+                f"{', '.join(plateau) or 'reduce_lr_on_plateau'} from plan_kwargs."
+            )
         super().__init__(
             module,
             lr=lr,

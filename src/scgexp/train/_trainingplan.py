@@ -16,7 +16,9 @@ class TrainingPlan(ScviTrainingPlan):
 
     scvi-tools 1.4 logs a module's ``extra_metrics`` inside ``torch.inference_mode``, which
     breaks DDP's metric synchronisation (``Inplace update to inference tensor outside
-    InferenceMode``). This plan logs the same metrics under ``torch.no_grad``.
+    InferenceMode``). This plan logs the same metrics under ``torch.no_grad``. A learning-rate
+    plateau on a validation metric steps after each validation, so it also works with
+    ``check_val_every_n_epoch`` above 1 (scvi-tools' stopped training after the first epoch).
 
     Examples
     --------
@@ -32,3 +34,11 @@ class TrainingPlan(ScviTrainingPlan):
         """Log the ELBO and the module's extra metrics (see the class note)."""
         with torch.no_grad():
             _log_metrics(self, loss_output, metrics, mode)
+
+    def configure_optimizers(self):
+        """scvi-tools' optimiser and scheduler; a validation plateau steps when validation runs."""
+        config = super().configure_optimizers()
+        scheduler = config.get("lr_scheduler")
+        if scheduler is not None and "validation" in scheduler["monitor"]:
+            scheduler["frequency"] = getattr(self.trainer, "check_val_every_n_epoch", None) or 1
+        return config

@@ -78,6 +78,10 @@ def test_latent(bulk, trained):
     z = trained.get_latent_representation()
     assert z.shape == (train.n_obs, 256)
     assert np.isfinite(z).all()
+    np.testing.assert_allclose(trained.get_latent_representation(batch_size=None), z, rtol=1e-5)
+    # Indices in scvi-tools' second place would have been taken as a layer name.
+    with pytest.raises(InputError, match=r"pass them as adata, e.g. model.predict\(adata"):
+        trained.get_latent_representation(train, [0, 1])
 
 
 def test_sparse_input_matches_dense(bulk):

@@ -398,6 +398,10 @@ def test_refuses_bad_requests():
         model.predict(md.MuData({"rna": mdata["rna"].copy()}), source="atac", target="rna")
     with pytest.raises(InputError, match="not a batch"):
         model.get_normalized_expression(transform_batch="batch_9")
+    with pytest.raises(InputError, match="takes one batch, not list"):
+        model.get_normalized_expression(transform_batch=["batch_0", "batch_1"])
+    with pytest.raises(InputError, match=r"lists of names: \['gene_0'\]"):
+        model.get_normalized_expression(gene_list="gene_0")
     query = mdata["atac"].copy()
     query.obs["batch"] = "batch_9"
     with pytest.raises(InputError, match="not trained with"):

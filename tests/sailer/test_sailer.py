@@ -71,6 +71,8 @@ def test_likelihoods(adata, likelihood):
         assert accessibility.max() <= 1
     frame = model.get_normalized_accessibility(indices=[0, 1], transform_batch="batch_0")
     assert list(frame.index) == list(adata.obs_names[:2])
+    with pytest.raises(InputError, match="takes one batch, not list"):
+        model.get_normalized_accessibility(transform_batch=["batch_0", "batch_1"])
     deep = model.get_normalized_accessibility(indices=[0, 1], depth=2000, return_numpy=True)
     shallow = model.get_normalized_accessibility(indices=[0, 1], depth=5, return_numpy=True)
     assert not np.allclose(deep, shallow)

@@ -581,3 +581,16 @@ def check_query(adata: AnnData, registry: dict) -> None:
     check_known_categories(adata, registry)
     check_obs_keys(adata, continuous=setup_args.get("continuous_covariate_keys"))
     check_size_factors(adata, setup_args.get("size_factor_key"))
+
+
+def batch_position(transform_batch, batches: list) -> int:
+    """Position of one ``transform_batch`` among a model's ``batches``, with clear errors."""
+    if isinstance(transform_batch, list | tuple | np.ndarray | pd.Index):
+        raise InputError(
+            f"transform_batch takes one batch, not {type(transform_batch).__name__} "
+            f"{list(transform_batch)!r}; call once per batch (and average the results for an "
+            "average over batches)."
+        )
+    if transform_batch not in batches:
+        raise InputError(f"{transform_batch!r} is not a batch of this model; batches: {batches}.")
+    return batches.index(transform_batch)

@@ -378,8 +378,14 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         layer: str | None,
         fill_missing: bool,
         rank_map: bool,
-        batch_size: int,
+        batch_size: int | None,
     ) -> Iterator[torch.Tensor]:
+        if layer is not None and not isinstance(layer, str):
+            raise InputError(
+                f"layer must be a layer name or None, not {type(layer).__name__}. For some "
+                "samples only, pass them as adata, e.g. model.predict(adata[indices])."
+            )
+        batch_size = 1024 if batch_size is None else batch_size
         if batch_size < 1:
             raise InputError(f"batch_size must be a positive number of samples, not {batch_size}.")
         matrix, positions = self._landmark_matrix(adata, layer, fill_missing)
@@ -473,7 +479,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
             cross-platform step, e.g. RNA-seq input to a microarray-trained model). Needs
             several samples, since ranks are taken across them.
         batch_size
-            Samples per forward pass.
+            Samples per forward pass (``None``: 1024).
 
         Returns
         -------
@@ -513,7 +519,8 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
     ) -> np.ndarray:
         """Last hidden layer's activations, one row per sample (for ``obsm["X_dgex"]``).
 
-        Parameters are those of :meth:`predict`.
+        Parameters are those of :meth:`predict`. For some samples only, pass
+        ``adata[indices]``.
 
         Examples
         --------

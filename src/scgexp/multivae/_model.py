@@ -26,6 +26,7 @@ from scgexp._io import SafeSaveMixin
 from scgexp._warn import warn_user
 from scgexp.data._checks import (
     InputError,
+    batch_position,
     check_feature_names,
     check_known_categories,
     check_library_size,
@@ -699,11 +700,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             return None
         batch_field = self.registry_["field_registries"][REGISTRY_KEYS.BATCH_KEY]
         mapping = np.asarray(batch_field["state_registry"]["categorical_mapping"]).tolist()
-        if transform_batch not in mapping:
-            raise InputError(
-                f"{transform_batch!r} is not a batch of this model; batches: {mapping}."
-            )
-        return mapping.index(transform_batch)
+        return batch_position(transform_batch, mapping)
 
     def _batches(
         self,
@@ -810,6 +807,8 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
 
     def _frame(self, values, target, feature_list, adata, indices, return_numpy):
         names = self._var_names(target)
+        if isinstance(feature_list, str):
+            raise InputError(f"Feature lists must be lists of names: [{feature_list!r}].")
         if feature_list is not None:
             missing = [f for f in feature_list if f not in set(names)]
             if missing:

@@ -24,6 +24,7 @@ from scgexp._io import SafeSaveMixin
 from scgexp._warn import warn_user
 from scgexp.data._checks import (
     InputError,
+    batch_position,
     cell_positions,
     check_known_categories,
     check_matrix,
@@ -361,11 +362,7 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         mapping = np.asarray(
             manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping
         ).tolist()
-        if transform_batch not in mapping:
-            raise InputError(
-                f"{transform_batch!r} is not a batch of this model; batches: {mapping}."
-            )
-        return mapping.index(transform_batch)
+        return batch_position(transform_batch, mapping)
 
     @torch.inference_mode()
     def get_normalized_accessibility(

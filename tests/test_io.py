@@ -34,6 +34,34 @@ class _RunsCode:
         return (open, (self.path, "w"))
 
 
+def test_prefix_lets_models_share_a_folder_and_registry_reads_the_safe_files(tmp_path, capsys):
+    first, adata = _model(seed=0)
+    second, second_adata = _model(seed=1)
+    first.save(tmp_path, prefix="first_", save_anndata=True)
+    second.save(tmp_path, prefix="second_")
+    assert sorted(os.listdir(tmp_path)) == [
+        "first_adata.h5ad",
+        "first_attributes.json",
+        "first_model.pt",
+        "second_attributes.json",
+        "second_model.pt",
+    ]
+    for model, data, prefix in ((first, adata, "first_"), (second, second_adata, "second_")):
+        loaded = ZINBAutoencoder.load(tmp_path, adata=data.copy(), prefix=prefix)
+        np.testing.assert_array_equal(
+            loaded.get_latent_representation(), model.get_latent_representation()
+        )
+    assert ZINBAutoencoder.load(tmp_path, prefix="first_").adata.n_obs == adata.n_obs
+    registry = ZINBAutoencoder.load_registry(tmp_path, prefix="second_")
+    assert registry["setup_args"]["batch_key"] == "batch"
+    ZINBAutoencoder.view_setup_args(tmp_path, prefix="first_")
+    assert "batch_key='batch'" in capsys.readouterr().out
+    with pytest.raises(InputError, match="does not take save_kwargs"):
+        first.save(tmp_path / "other", save_kwargs={"pickle_protocol": 4})
+    with pytest.raises(InputError, match="only runs with save_anndata=True"):
+        first.save(tmp_path / "other", compression="gzip")
+
+
 def test_overwrite_refuses_a_data_file_of_an_earlier_model(tmp_path):
     first, _ = _model(seed=0)
     first.save(tmp_path, save_anndata=True)

@@ -103,6 +103,31 @@ def _decode(value: Any) -> Any:
     raise ValueError(f"Unknown tagged value in {ATTRIBUTES_FILE}: {sorted(value)}")
 
 
+def _file_names(prefix: str | None) -> dict[str, str]:
+    """Each saved file's name, with ``prefix`` in front."""
+    return {
+        name: f"{prefix or ''}{name}"
+        for name in (MODEL_FILE, ATTRIBUTES_FILE, ADATA_FILE, MDATA_FILE)
+    }
+
+
+def _read_attributes(dir_path: str, files: dict[str, str]) -> dict:
+    """The ``attr_dict`` of a saved model, with clear errors for a missing or damaged file."""
+    path = os.path.join(dir_path, files[ATTRIBUTES_FILE])
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"No saved scgexp model in {dir_path!r} ({files[ATTRIBUTES_FILE]} is missing)."
+        )
+    try:
+        with open(path) as handle:
+            return _decode(json.load(handle))["attr_dict"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise InputError(
+            f"{dir_path!r} holds a damaged scgexp model (an interrupted save or copy?); save the "
+            f"model again. {files[ATTRIBUTES_FILE]}: {error}"
+        ) from None
+
+
 class SafeSaveMixin:
     """``save``/``load`` that never unpickle: tensors load with ``weights_only=True``."""
 
@@ -112,6 +137,7 @@ class SafeSaveMixin:
     def save(
         self,
         dir_path: str,
+        prefix: str | None = None,
         overwrite: bool = False,
         save_anndata: bool = False,
         **anndata_write_kwargs,
@@ -122,6 +148,9 @@ class SafeSaveMixin:
         ----------
         dir_path
             Folder to write into (created if needed).
+        prefix
+            Put this before every file name, so that several models can share a folder
+            (``load`` takes the same ``prefix``).
         overwrite
             Replace an existing folder's model files. A data file that an earlier model left
             there is refused (``load`` would pair it with this model) unless ``save_anndata``
@@ -142,7 +171,21 @@ class SafeSaveMixin:
         if rank_zero_only.rank != 0:
             logger.debug("Rank %d skips saving; rank 0 writes the model.", rank_zero_only.rank)
             return
-        if os.path.exists(os.path.join(dir_path, MODEL_FILE)) and not overwrite:
+        unsupported = {"save_kwargs", "legacy_mudata_format", "datamodule"} & set(
+            anndata_write_kwargs
+        )
+        if unsupported:
+            raise InputError(
+                f"scgexp's save does not take {', '.join(sorted(unsupported))}: it writes the "
+                "weights as tensors only (weights_only-safe) and AnnData/MuData in their format."
+            )
+        if anndata_write_kwargs and not save_anndata:
+            raise InputError(
+                f"{', '.join(anndata_write_kwargs)} would go to the data writer, which only "
+                "runs with save_anndata=True."
+            )
+        files = _file_names(prefix)
+        if os.path.exists(os.path.join(dir_path, files[MODEL_FILE])) and not overwrite:
             raise ValueError(
                 f"{dir_path} already holds a saved model. Pass overwrite=True or another folder."
             )
@@ -152,11 +195,12 @@ class SafeSaveMixin:
                 raise ValueError("This model has no AnnData to save; use save_anndata=False.")
             self._validate_anndata()  # registered data changed since setup cannot be saved
             data_file = MDATA_FILE if isinstance(self.adata, mudata.MuData) else ADATA_FILE
+            data_file = files[data_file]
         # load() reads any data file in the folder: one left by an earlier model would be paired
         # with this one. Refuse before writing anything rather than delete the user's file.
         stale = [
             name
-            for name in (ADATA_FILE, MDATA_FILE)
+            for name in (files[ADATA_FILE], files[MDATA_FILE])
             if name != data_file and os.path.exists(os.path.join(dir_path, name))
         ]
         if stale:
@@ -180,7 +224,10 @@ class SafeSaveMixin:
 
         # Every file is written in full beside its place first, then all are moved in: a save
         # that fails (full disk) leaves an earlier model in the folder whole, not mixed.
-        writers = {ATTRIBUTES_FILE: write_attributes, MODEL_FILE: partial(torch.save, state)}
+        writers = {
+            files[ATTRIBUTES_FILE]: write_attributes,
+            files[MODEL_FILE]: partial(torch.save, state),
+        }
         if data_file is not None:
             writers[data_file] = partial(self.adata.write, **anndata_write_kwargs)
         partials = {name: os.path.join(dir_path, f".partial.{name}") for name in writers}
@@ -258,6 +305,30 @@ class SafeSaveMixin:
                     "pass data that hold them, or set up and train a new model."
                 )
 
+    @staticmethod
+    def load_registry(dir_path: str, prefix: str | None = None) -> dict:
+        """The registry (setup arguments, fields) of a model saved with :meth:`save`.
+
+        Examples
+        --------
+        >>> Model.load_registry("my_model")["setup_args"]
+        """
+        return _read_attributes(dir_path, _file_names(prefix))["registry_"]
+
+    @staticmethod
+    def view_setup_args(dir_path: str, prefix: str | None = None) -> None:
+        """Print the ``setup_anndata`` / ``setup_mudata`` arguments of a saved model.
+
+        Examples
+        --------
+        >>> Model.view_setup_args("my_model")
+        """
+        registry = SafeSaveMixin.load_registry(dir_path, prefix)
+        print(f"{registry.get(_SETUP_METHOD_NAME, 'setup_anndata')}(")
+        for key, value in registry[_SETUP_ARGS_KEY].items():
+            print(f"    {key}={value!r},")
+        print(")")
+
     def _saved_var_names(self) -> list[str] | dict[str, list[str]]:
         """The training features (per modality for MuData), as the registry holds them."""
         names = {
@@ -273,6 +344,7 @@ class SafeSaveMixin:
         adata: AnnOrMuData | None = None,
         accelerator: str = "auto",
         device: int | str = "auto",
+        prefix: str | None = None,
     ):
         """Load a model saved with :meth:`save`.
 
@@ -286,6 +358,8 @@ class SafeSaveMixin:
             data (enough for methods that take new data as an argument).
         accelerator, device
             Where to put the model, as in :meth:`scvi.model.base.BaseModelClass.load`.
+        prefix
+            The ``prefix`` the model was saved with.
 
         Examples
         --------
@@ -297,49 +371,45 @@ class SafeSaveMixin:
             return_device="torch",
             validate_single_device=True,
         )
-        attributes_path = os.path.join(dir_path, ATTRIBUTES_FILE)
-        if not os.path.exists(attributes_path):
-            raise FileNotFoundError(
-                f"No saved scgexp model in {dir_path!r} ({ATTRIBUTES_FILE} is missing)."
-            )
+        files = _file_names(prefix)
+        attr_dict = _read_attributes(dir_path, files)
         damaged = (
             f"{dir_path!r} holds a damaged scgexp model (an interrupted save or copy?); save the "
             "model again."
         )
-        try:
-            with open(attributes_path) as handle:
-                attr_dict = _decode(json.load(handle))["attr_dict"]
-        except (ValueError, KeyError, TypeError) as error:
-            raise InputError(f"{damaged} {ATTRIBUTES_FILE}: {error}") from None
-        model_path = os.path.join(dir_path, MODEL_FILE)
+        model_path = os.path.join(dir_path, files[MODEL_FILE])
         if not os.path.exists(model_path):
-            raise FileNotFoundError(f"{damaged} {MODEL_FILE} is missing.")
+            raise FileNotFoundError(f"{damaged} {files[MODEL_FILE]} is missing.")
         try:
             state = torch.load(model_path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
             if not zipfile.is_zipfile(model_path):  # not a torch file at all (e.g. an LFS pointer)
-                raise InputError(f"{damaged} {MODEL_FILE} is not a saved torch file.") from None
+                raise InputError(
+                    f"{damaged} {files[MODEL_FILE]} is not a saved torch file."
+                ) from None
             # torch's message suggests weights_only=False, which would run code from the file.
             raise InputError(
                 f"{model_path} holds more than tensors and is not loaded (it could run code). "
                 "scgexp's save() writes tensors only; re-save the model with scgexp."
             ) from None
         except (EOFError, OSError, RuntimeError) as error:
-            raise InputError(f"{damaged} {MODEL_FILE}: {str(error) or 'empty file'}") from None
+            raise InputError(
+                f"{damaged} {files[MODEL_FILE]}: {str(error) or 'empty file'}"
+            ) from None
 
         if adata is None:
             found = [
                 name
-                for name in (ADATA_FILE, MDATA_FILE)
+                for name in (files[ADATA_FILE], files[MDATA_FILE])
                 if os.path.exists(os.path.join(dir_path, name))
             ]
             if len(found) > 1:
                 raise InputError(
-                    f"{dir_path} holds both {ADATA_FILE} and {MDATA_FILE}; which one was saved "
+                    f"{dir_path} holds both {found[0]} and {found[1]}; which one was saved "
                     "with this model is unclear. Pass adata= or remove the other file."
                 )
             if found:
-                reader = anndata.read_h5ad if found[0] == ADATA_FILE else mudata.read_h5mu
+                reader = anndata.read_h5ad if found[0] == files[ADATA_FILE] else mudata.read_h5mu
                 adata = reader(os.path.join(dir_path, found[0]))
         registry = attr_dict.pop("registry_")
         if registry.get(_MODEL_NAME_KEY, cls.__name__) != cls.__name__:

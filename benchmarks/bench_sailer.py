@@ -141,10 +141,13 @@ def latent_path(name: str, method: str, train_seed: int = SEED) -> Path:
     return RESULTS / f"sailer_{name}_{slug(method)}{suffix}_latent.npy"
 
 
-def run_one(name: str, method: str, queue, train_seed: int = SEED) -> None:
+def run_one(
+    name: str, method: str, queue, train_seed: int = SEED, sailer_kwargs: dict | None = None
+) -> None:
     """Train one method on one dataset and put its metrics on the queue (in a subprocess).
 
     ``train_seed`` seeds the training only (initial weights, minibatches); the data stay the same.
+    ``sailer_kwargs`` (SAILER only) replace the method's model arguments.
     """
     import logging
     import warnings
@@ -173,7 +176,7 @@ def run_one(name: str, method: str, queue, train_seed: int = SEED) -> None:
             from scgexp.sailer import SAILER
 
             SAILER.setup_anndata(adata, batch_key="batch")
-            model = SAILER(adata, invariance=INVARIANCE[method])
+            model = SAILER(adata, **(sailer_kwargs or {"invariance": INVARIANCE[method]}))
             train_kwargs = {
                 "n_epochs_kl_warmup": kl_warmup,
                 "n_epochs_warmup": min(10, max_epochs // 10),

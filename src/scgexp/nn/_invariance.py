@@ -147,7 +147,8 @@ class Invariance(nn.Module):
     method
         ``"mi"``, ``"adversarial"`` or ``"both"``.
     weight
-        Weight ``λ`` of the ``"mi"`` bound (SAILER: 1).
+        Weight ``λ`` of the ``"mi"`` bound, added to a per-cell loss (SAILER's code sums the
+        ELBO over the minibatch, so its λ = 1 is about 1 / batch size here).
     adversarial_weight
         Weight of the adversarial penalty. ``None``: ``weight`` times ``n_latent``. The
         adversarial penalty is measured in nats (or R²) for the whole latent, a much smaller

@@ -81,7 +81,9 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         four fifths (see the benchmark): the bound compresses the posteriors, the heads catch
         what the compressed latent still carries.
     invariance_weight
-        Weight ``λ`` of the penalty (SAILER: 1).
+        Weight ``λ`` of the penalty, with the loss written per cell (SAILER's 1 sums the
+        ELBO over the minibatch but averages the pairwise term: about 1 / batch size here;
+        at λ = 1 the simulator keeps least depth information, see the docs).
     **model_kwargs
         Passed to :class:`~scgexp.sailer.SAILERModule` (e.g. ``invariance_kwargs``).
 

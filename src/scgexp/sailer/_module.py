@@ -56,7 +56,8 @@ class SAILERModule(BaseModuleClass):
     invariance
         ``"mi"``, ``"adversarial"``, ``"both"`` or ``None`` (see :class:`scgexp.nn.Invariance`).
     invariance_weight
-        Weight ``λ`` of the invariance penalty (SAILER: 1).
+        Weight ``λ`` of the invariance penalty, per cell (SAILER's λ = 1 is about
+        1 / batch size here; see :class:`~scgexp.model.SAILER`).
     invariance_kwargs
         Other :class:`scgexp.nn.Invariance` arguments.
     normalize_input

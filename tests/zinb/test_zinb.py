@@ -247,7 +247,11 @@ def test_refuses_log_normalised_and_negative(adata):
     lognorm = adata.copy()
     lognorm.X = lognorm.X.copy()
     lognorm.X.data = np.log1p(lognorm.X.data / 3.0)
-    with pytest.raises(InputError, match="layer="):
+    with pytest.raises(InputError, match="layer=") as refused:
+        ZINBAutoencoder.setup_anndata(lognorm)
+    assert "adata.raw" not in str(refused.value)
+    lognorm.raw = adata  # scanpy's usual place for the counts
+    with pytest.raises(InputError, match=r"adata.layers\['counts'\] = adata.raw\[:, adata"):
         ZINBAutoencoder.setup_anndata(lognorm)
     negative = adata.copy()
     negative.X = negative.X.toarray()

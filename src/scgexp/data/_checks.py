@@ -203,6 +203,12 @@ def check_matrix(
         raise InputError(
             f"{where}{name} has dtype {matrix.dtype}; a real numeric matrix is needed."
         )
+    raw_hint = (
+        " If the counts are in adata.raw, copy them into a layer first: "
+        "adata.layers['counts'] = adata.raw[:, adata.var_names].X"
+        if counts and getattr(adata, "raw", None) is not None
+        else ""
+    )
     row_sums = np.zeros(matrix.shape[0])
     col_sums = np.zeros(matrix.shape[1] if columns is None else len(columns))
     offset = 0
@@ -218,14 +224,14 @@ def check_matrix(
         if counts:
             if values.size and values.min() < 0:
                 raise InputError(
-                    f"{where}{name} has negative values, but raw counts are required. "
-                    "Pass layer= naming the layer with raw counts (e.g. layer='counts')."
+                    f"{where}{name} has negative values, but raw counts are required. Pass "
+                    f"layer= naming the layer with raw counts (e.g. layer='counts').{raw_hint}"
                 )
             if values.size and np.any(values != np.round(values)):
                 raise InputError(
                     f"{where}{name} holds non-integer values (log-normalised data?), but raw "
                     "counts are required. Pass layer= naming the layer with raw counts "
-                    "(e.g. layer='counts')."
+                    f"(e.g. layer='counts').{raw_hint}"
                 )
         abs_chunk = abs(chunk)
         row_sums[offset : offset + chunk.shape[0]] = np.asarray(abs_chunk.sum(axis=1)).ravel()

@@ -39,6 +39,15 @@ def _table(frame: pd.DataFrame) -> str:
     return "\n".join([header, rule, *rows])
 
 
+def _compare(name: str, value: float, other_name: str, other: float, lower_is_better=False) -> str:
+    """A sentence part saying how ``value`` compares with ``other`` (within 1%: on par)."""
+    gain = (other - value) if lower_is_better else (value - other)
+    if abs(gain) <= 0.01 * max(abs(other), 1e-12):
+        return f"{name} is on par with {other_name} ({value:.3f} vs {other:.3f})"
+    word = "better" if gain > 0 else "worse"
+    return f"{name} is {word} than {other_name} ({value:.3f} vs {other:.3f})"
+
+
 def _cluster_scores(adata, rep: str, label: str) -> dict[str, float]:
     """NMI/ARI of Leiden clusters (best resolution, as scib does) and label silhouette."""
     sc.pp.neighbors(adata, use_rep=rep, key_added=rep)
@@ -138,21 +147,36 @@ def _dgex_section(out: Path, epochs: int | None, accelerator: str) -> str:
     test.obsm["X_dgex"] = model.get_latent_representation(test[:, panel])
     latent = _cluster_scores(test, "X_dgex", "cell_type")
     _umaps(test, "X_dgex", ["cell_type"], out / "dgex_umap.png", "DGEX latent (test cells)")
-    return f"""## DGEX: the transcriptome from {len(panel)} landmark genes
+    versus_ridge = _compare(
+        "DGEX's MAE",
+        scores.loc["DGEX", "MAE"],
+        "cross-validated ridge regression's",
+        scores.loc["Ridge (CV)", "MAE"],
+        lower_is_better=True,
+    )
+    weak = ": here it holds little cell-type structure" if latent["ARI"] < 0.2 else ""
+    return f"""## DGEX: {int(targets.sum())} genes from {len(panel)} landmark genes
 
-Data: 700 real PBMCs (`scgexp.data.pbmc68k_counts()`), log1p of counts normalised to 1e4.
-{len(panel)} landmark genes chosen by `scgexp.data.select_landmarks` on the training cells;
-the other {int(targets.sum())} genes are predicted for {int(is_test.sum())} held-out cells.
-Training: {len(model.history["mae_validation"])} epochs in {seconds:.1f} s.
+Data: 700 real PBMCs (`scgexp.data.pbmc68k_counts()`, the 765 genes scanpy keeps), log1p of
+counts normalised to 1e4. {len(panel)} landmark genes chosen by
+`scgexp.data.select_landmarks` on the training cells; the other {int(targets.sum())} genes are
+predicted for {int(is_test.sum())} held-out cells. Training: at most
+{len(model.history["mae_validation"])} epochs in {seconds:.1f} s (best epoch kept).
 
 {_table(scores)}
+
+{versus_ridge}. Both beat the training mean. With {int((~is_test).sum())} training cells a deep
+network has little to add to its linear path (which starts at the ridge solution), and sparse
+single-cell counts are predicted only weakly gene by gene (mean r above). D-GEX's gain over
+linear regression needs larger training sets: see the DGEX benchmark in the documentation.
 
 Held-out cells, four most variable target genes (error bars: predicted standard deviation):
 
 ![DGEX predictions](dgex_predicted_vs_observed.png)
 
 The last hidden layer as a latent space (held-out cells; Leiden NMI
-{latent["NMI"]:.2f}, ARI {latent["ARI"]:.2f} against cell types):
+{latent["NMI"]:.2f}, ARI {latent["ARI"]:.2f} against cell types). It is trained to predict genes,
+not to separate cell types{weak}:
 
 ![DGEX latent](dgex_umap.png)
 """
@@ -209,13 +233,34 @@ def _zinb_section(out: Path, epochs: int | None, accelerator: str) -> str:
     fig.tight_layout()
     fig.savefig(out / "zinb_denoised_vs_truth.png", dpi=110)
     plt.close(fig)
+    versus_pca = ", ".join(
+        _compare(
+            f"the latent's {metric}",
+            scores.loc["ZINBAutoencoder latent", metric],
+            "PCA's",
+            scores.loc["PCA of log-normalised", metric],
+        )
+        for metric in ("NMI", "ARI")
+    )
+    kept = all(
+        scores.loc["ZINBAutoencoder latent", m] >= 0.99 * scores.loc["PCA of log-normalised", m]
+        for m in ("NMI", "ARI")
+    )
+    keeps = (
+        ": the 32-unit bottleneck keeps the cell-type structure that PCA finds, and the same "
+        "model also gives denoised counts (below)"
+        if kept
+        else ""
+    )
     return f"""## ZINBAutoencoder: denoising counts
 
-Real data: the same 700 PBMCs as raw counts; {len(model.history["train_loss"])} epochs in
-{seconds:.1f} s. Leiden clusters of each representation (best of resolutions 0.2–2) against
-the 10 cell types:
+Real data: the same 700 PBMCs as raw counts; at most {len(model.history["train_loss"])} epochs
+in {seconds:.1f} s (best epoch kept). Leiden clusters of each representation against the 10
+cell types (`bulk_labels` of scanpy's `pbmc68k_reduced`, coarse labels of the original study):
 
 {_table(scores)}
+
+On these cells {versus_pca}{keeps}.
 
 ![ZINB latent](zinb_umap.png)
 
@@ -231,7 +276,7 @@ denoised {cell_r(denoised):.3f}.
 
 def _sailer_section(out: Path, epochs: int | None, accelerator: str) -> str:
     adata = scgexp.data.simulate_scatac(n_cells=1500, n_peaks=2000, seed=0)
-    adata.obs["log depth"] = np.log(np.asarray((adata.X > 0).sum(1)).ravel())  # open peaks
+    adata.obs["log open peaks"] = np.log(np.asarray((adata.X > 0).sum(1)).ravel())  # depth
     rows, informations = {}, {}
     for name, kwargs in (
         ("SAILER", {}),
@@ -247,35 +292,53 @@ def _sailer_section(out: Path, epochs: int | None, accelerator: str) -> str:
         informations[name] = model.confounder_information()
         rows[name] = {
             **_cluster_scores(adata, rep, "cell_type"),
-            **{f"MI with {k} (nats)": v for k, v in informations[name].items()},
+            **{
+                f"MI with {k.replace('log_open_peaks', 'log open peaks')} (nats)": v
+                for k, v in informations[name].items()
+            },
             "epochs": len(model.history["elbo_train"]),
-            "seconds": seconds,
+            "seconds": f"{seconds:.1f}",
         }
     scores = pd.DataFrame(rows).T.astype({"epochs": int})
     scores.index.name = "model"
     _umaps(
         adata,
         "X_sailer",
-        ["cell_type", "batch", "log depth"],
+        ["cell_type", "batch", "log open peaks"],
         out / "sailer_umap.png",
         "SAILER latent",
     )
     _umaps(
         adata,
         "X_cvae",
-        ["cell_type", "batch", "log depth"],
+        ["cell_type", "batch", "log open peaks"],
         out / "sailer_cvae_umap.png",
         "no invariance",
     )
+    sailer, plain = (informations[n] for n in ("SAILER", "conditional VAE, no invariance"))
+    silhouettes, nmi = scores["cell-type silhouette"], scores["NMI"]
+    found = (
+        "both find the cell types (NMI above)"
+        if nmi.min() > 0.9
+        else f"SAILER's cell-type NMI is {nmi.iloc[0]:.2f} against {nmi.iloc[1]:.2f}"
+    )
     return f"""## SAILER: scATAC-seq latent space without depth and batch
 
-Simulated scATAC-seq (`scgexp.data.simulate_scatac`, 1,500 cells, 2,000 peaks) in which read
-depth differs strongly between the two batches, so a latent space easily encodes depth
-instead of cell type. SAILER (invariance penalties, depth and batch given to the decoder)
-against the same conditional VAE without them. Mutual information is SAILER's metric (mean
-over latent dimensions, scikit-learn); lower is more invariant.
+Simulated scATAC-seq (`scgexp.data.simulate_scatac`, 1,500 cells, 2,000 peaks) in which
+sequencing depth (measured as the log number of open peaks per cell, the depth SAILER uses)
+differs between the two batches and between cells. SAILER (invariance penalties, depth and
+batch given to the decoder) against the same conditional VAE without them. Mutual
+information (MI) with each confounder is SAILER's metric (mean over latent dimensions,
+scikit-learn's estimator, which returns small positive values even for unrelated variables);
+lower is more invariant.
 
 {_table(scores)}
+
+SAILER's latent space holds {plain["log_open_peaks"] / max(sailer["log_open_peaks"], 1e-12):.1f}×
+less information about depth and {plain["batch"] / max(sailer["batch"], 1e-12):.1f}× less about
+the batch than the plain VAE's; {found}, and SAILER's separates them
+{"more" if silhouettes.iloc[0] > silhouettes.iloc[1] else "less"} tightly (cell-type
+silhouette {silhouettes.iloc[0]:.2f} vs {silhouettes.iloc[1]:.2f}).
 
 ![SAILER latent](sailer_umap.png)
 
@@ -340,9 +403,10 @@ that have both modalities:
 
 ![MultiVAE latent](multivae_umap.png)
 
-Cross-modal prediction: RNA predicted from ATAC alone for the paired cells; median per-gene
-Pearson correlation with the observed log-normalised counts {np.nanmedian(gene_r):.3f}
-(mean {np.nanmean(gene_r):.3f}).
+Cross-modal prediction: RNA predicted from ATAC alone for the paired cells (cells the model
+trained on, with their RNA; the MultiVAE benchmark in the documentation predicts for held-out
+cells); median per-gene Pearson correlation with the observed log-normalised counts
+{np.nanmedian(gene_r):.3f} (mean {np.nanmean(gene_r):.3f}).
 """
 
 
@@ -383,9 +447,19 @@ def run_demo(out_dir: Path, epochs: int | None = None, accelerator: str = "auto"
         sections.append(section(out_dir, epochs, accelerator))
     minutes = (time.perf_counter() - start) / 60
     report = out_dir / "report.md"
+    import importlib.metadata
+
+    versions = ", ".join(
+        f"{name} {importlib.metadata.version(name)}"
+        for name in ("scvi-tools", "torch", "scanpy", "anndata")
+    )
+    command = "scgexp demo --out DIR" + ("" if epochs is None else f" --epochs {epochs}")
     report.write_text(
         f"# scgexp {scgexp.__version__} demo report\n\n"
-        f"Every model trained on data that ships with the package ({minutes:.1f} min).\n\n"
-        + "\n".join(sections)
+        f"Every model trained on data that ships with the package ({minutes:.1f} min). "
+        f"Reproduce: `{command}` (seed 0; {versions}). Cell-type scores: Leiden clusters at "
+        "the resolution (0.2–2) that matches the labels best, as scib does, so NMI and ARI are "
+        "upper bounds; silhouettes on the latent itself. The report and its figures are the "
+        "only files written.\n\n" + "\n".join(sections)
     )
     return report

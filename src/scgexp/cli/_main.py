@@ -113,7 +113,7 @@ def main(verbose: bool) -> None:
     "--epochs",
     default=None,
     type=click.IntRange(1),
-    help="Epochs per model (default: each model's demo setting).",
+    help="Maximum epochs per model (default: each model's demo setting; early stopping).",
 )
 @click.option("--accelerator", default="auto", show_default=True, help="Lightning accelerator.")
 def demo(out_dir: Path, epochs: int | None, accelerator: str) -> None:

@@ -51,6 +51,7 @@ DATASETS = {
     "simulated": {"max_epochs": 400, "methods": ANCHORS + ABLATION},
     "simulated_small": {"max_epochs": 400, "methods": ANCHORS + ABLATION},
     "snareseq_small": {"max_epochs": 100, "methods": ANCHORS + ABLATION},
+    "snareseq_1500": {"max_epochs": 100, "methods": ANCHORS},
     "snareseq": {"max_epochs": 60, "methods": ANCHORS + ABLATION},
 }
 METHODS = ANCHORS + ABLATION
@@ -73,9 +74,10 @@ def load(name: str):
 
         adata = mudata.read_h5mu(DATA / "snareseq_mouse_cortex_rna_atac_10309.h5mu")["atac"]
         adata = adata[np.asarray(adata.X.sum(1)).ravel() > 0].copy()
-        if name == "snareseq_small":
+        if name in ("snareseq_small", "snareseq_1500"):
+            n_cells = 400 if name == "snareseq_small" else 1500
             rng = np.random.default_rng(SEED)
-            adata = adata[np.sort(rng.choice(adata.n_obs, 400, replace=False))].copy()
+            adata = adata[np.sort(rng.choice(adata.n_obs, n_cells, replace=False))].copy()
             adata = adata[:, np.asarray(adata.X.sum(0)).ravel() > 0].copy()
     adata.X = sparse.csr_matrix(adata.X, dtype=np.float32)
     adata.obs["batch"] = adata.obs["batch"].astype(str).astype("category")

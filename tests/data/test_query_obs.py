@@ -255,7 +255,7 @@ def test_multivae_query_values_are_checked(multivae, tmp_path):
 
     cases = [
         (nan_rna, "NaN"),
-        (log_rna, "layer="),
+        (log_rna, "The model reads X: store the raw counts there"),
         (unknown_batch, "not trained with"),
         (no_batch, "no column 'batch'"),
     ]

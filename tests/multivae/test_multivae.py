@@ -348,8 +348,9 @@ def test_refuses_bad_matrices():
     prot = sim["prot"].copy()
     prot.X = np.log1p(prot.X.toarray())
     lognorm = md.MuData({"rna": sim["rna"].copy(), "prot": prot})
-    with pytest.raises(InputError, match="non-integer"):
+    with pytest.raises(InputError, match="non-integer") as refused:
         MultiVAE.setup_mudata(lognorm, modalities=RNA_PROT)
+    assert "Pass protein_layer= naming the layer with raw counts" in str(refused.value)
     rna = sim["rna"].copy()
     rna.X = rna.X.toarray()
     rna.X[0, 0] = np.nan

@@ -250,6 +250,11 @@ def test_refuses_log_normalised_and_negative(adata):
     with pytest.raises(InputError, match="layer=") as refused:
         ZINBAutoencoder.setup_anndata(lognorm)
     assert "adata.raw" not in str(refused.value)
+    model = _train(adata.copy(), batch_key=None, max_epochs=1)
+    query = lognorm.copy()
+    query.layers["counts"] = query.X
+    with pytest.raises(InputError, match="The model reads layer 'counts': store the raw counts"):
+        model.get_latent_representation(query)  # the layer is the model's: no layer= to pass
     lognorm.raw = adata  # scanpy's usual place for the counts
     with pytest.raises(InputError, match=r"adata.layers\['counts'\] = adata.raw\[:, adata"):
         ZINBAutoencoder.setup_anndata(lognorm)

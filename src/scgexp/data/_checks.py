@@ -127,6 +127,7 @@ def check_matrix(
     allow_fortran: bool = False,
     columns: np.ndarray | None = None,
     where: str = "",
+    layer_argument: str | None = "layer",
 ) -> np.ndarray:
     """Check the matrix a model will train on.
 
@@ -149,6 +150,9 @@ def check_matrix(
         Check only these column positions (e.g. the features a model reads); ``None``: all.
     where
         Prefix for messages, e.g. ``"modality 'rna': "``.
+    layer_argument
+        The argument that names the layer, for messages (e.g. ``"rna_layer"``); ``None`` where
+        the layer is fixed (new data for a trained model).
 
     Returns
     -------
@@ -203,12 +207,18 @@ def check_matrix(
         raise InputError(
             f"{where}{name} has dtype {matrix.dtype}; a real numeric matrix is needed."
         )
-    raw_hint = (
-        " If the counts are in adata.raw, copy them into a layer first: "
-        "adata.layers['counts'] = adata.raw[:, adata.var_names].X"
-        if counts and getattr(adata, "raw", None) is not None
-        else ""
-    )
+    if layer_argument is None:
+        counts_fix = f"The model reads {name}: store the raw counts there."
+    else:
+        counts_fix = (
+            f"Pass {layer_argument}= naming the layer with raw counts (e.g. "
+            f"{layer_argument}='counts')."
+        )
+    if counts and getattr(adata, "raw", None) is not None:
+        counts_fix += (
+            " If the counts are in adata.raw, copy them into a layer first: "
+            "adata.layers['counts'] = adata.raw[:, adata.var_names].X"
+        )
     row_sums = np.zeros(matrix.shape[0])
     col_sums = np.zeros(matrix.shape[1] if columns is None else len(columns))
     offset = 0
@@ -224,14 +234,12 @@ def check_matrix(
         if counts:
             if values.size and values.min() < 0:
                 raise InputError(
-                    f"{where}{name} has negative values, but raw counts are required. Pass "
-                    f"layer= naming the layer with raw counts (e.g. layer='counts').{raw_hint}"
+                    f"{where}{name} has negative values, but raw counts are required. {counts_fix}"
                 )
             if values.size and np.any(values != np.round(values)):
                 raise InputError(
                     f"{where}{name} holds non-integer values (log-normalised data?), but raw "
-                    "counts are required. Pass layer= naming the layer with raw counts "
-                    f"(e.g. layer='counts').{raw_hint}"
+                    f"counts are required. {counts_fix}"
                 )
         abs_chunk = abs(chunk)
         row_sums[offset : offset + chunk.shape[0]] = np.asarray(abs_chunk.sum(axis=1)).ravel()
@@ -583,7 +591,7 @@ def check_query(adata: AnnData, registry: dict) -> None:
     """
     setup_args = registry["setup_args"]
     check_feature_names(adata, registry)
-    check_matrix(adata, setup_args.get("layer"), counts=True)
+    check_matrix(adata, setup_args.get("layer"), counts=True, layer_argument=None)
     check_known_categories(adata, registry)
     check_obs_keys(adata, continuous=setup_args.get("continuous_covariate_keys"))
     check_size_factors(adata, setup_args.get("size_factor_key"))

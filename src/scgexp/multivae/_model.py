@@ -482,7 +482,12 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             if mod.n_vars == 0:
                 raise InputError(f"{where}it has no features; drop it from modalities.")
             row_sums[data_type] = check_matrix(
-                mod, layers[data_type], counts=True, allow_empty_cells=True, where=where
+                mod,
+                layers[data_type],
+                counts=True,
+                allow_empty_cells=True,
+                where=where,
+                layer_argument=None if query else _LAYER_ARGS[data_type],
             )
         presence_keys = dict(setup_args.get("presence_keys") or {})
         unknown = sorted(set(presence_keys) - set(names))
@@ -965,6 +970,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             allow_empty_cells=True,
             allow_fortran=True,  # read here in row blocks, never handed to scvi-tools
             where=f"{source} ({name!r}): ",
+            layer_argument=None,  # the model's own layer
         )
         matrix = get_matrix(adata, layer)
         trained = self._var_names(source)

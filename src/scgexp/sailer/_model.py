@@ -243,7 +243,8 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         >>> SAILER.setup_anndata(adata, layer="counts", batch_key="batch")
         """
         setup_method_args = cls._get_setup_method_args(**locals())
-        check_matrix(adata, layer, counts=True)
+        query = kwargs.get("source_registry") is not None  # load(dir, adata=...)
+        check_matrix(adata, layer, counts=True, layer_argument=None if query else "layer")
         categorical = [k for k in [batch_key, *(categorical_covariate_keys or [])] if k]
         source_registry = kwargs.get("source_registry")
         check_obs_keys(

@@ -232,7 +232,8 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         >>> ZINBAutoencoder.setup_anndata(adata, layer="counts", batch_key="batch")
         """
         setup_method_args = cls._get_setup_method_args(**locals())
-        check_matrix(adata, layer, counts=True)
+        query = kwargs.get("source_registry") is not None  # load(dir, adata=...)
+        check_matrix(adata, layer, counts=True, layer_argument=None if query else "layer")
         categorical = [k for k in [batch_key, *(categorical_covariate_keys or [])] if k]
         check_obs_keys(
             adata,

@@ -329,6 +329,20 @@ class SafeSaveMixin:
             print(f"    {key}={value!r},")
         print(")")
 
+    @property
+    def training_var_names(self) -> list[str] | dict[str, list[str]]:
+        """The features the model was trained on, in order (per modality for MuData).
+
+        New data must hold them (in any order for MultiVAE's and DGEX's ``predict``; in this
+        order elsewhere). Also available for a model loaded without data.
+
+        Examples
+        --------
+        >>> names = ZINBAutoencoder.load("zinb_model").training_var_names
+        >>> query = query[:, names].copy()
+        """
+        return self._saved_var_names()
+
     def _saved_var_names(self) -> list[str] | dict[str, list[str]]:
         """The training features (per modality for MuData), as the registry holds them."""
         names = {

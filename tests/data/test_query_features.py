@@ -39,8 +39,15 @@ def test_reordered_genes_are_refused_not_read_by_position(zinb, tmp_path):
         model.get_latent_representation(fixed), model.get_latent_representation(query)
     )
     model.save(tmp_path / "zinb")
-    with pytest.raises(InputError, match="another order"):
+    with pytest.raises(InputError, match=r"another order.*Model.load\(dir\).training_var_names"):
         ZINBAutoencoder.load(tmp_path / "zinb", adata=query[:, query.var_names[::-1]].copy())
+    # The message's recipe, for a saved model and a query with extra genes in another order.
+    names = ZINBAutoencoder.load(tmp_path / "zinb").training_var_names
+    assert names == list(model.adata.var_names)
+    loaded = ZINBAutoencoder.load(tmp_path / "zinb", adata=reordered[:, names].copy())
+    np.testing.assert_allclose(
+        loaded.get_latent_representation(), model.get_latent_representation(query)
+    )
 
 
 def test_missing_genes_are_named(zinb, tmp_path):

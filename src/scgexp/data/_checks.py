@@ -567,7 +567,9 @@ def check_feature_names(adata, registry: dict) -> None:
             f"{where}the data has the model's features, but in another order or with extra "
             f"features; they would be read by position. Select them in the model's order: "
             f"`{selection} = {selection}[:, names].copy()` with `names` the training data's "
-            f"var_names ({', '.join(expected[:3])}, ...)."
+            f"var_names ({', '.join(expected[:3])}, ...): `model.training_var_names`"
+            f"{'[modality]' if mod_key is not None else ''}, for a saved model "
+            "`Model.load(dir).training_var_names`."
         )
 
 

@@ -121,6 +121,17 @@ def test_scvi_tools_trainer_arguments_work(name):
     assert len(model.history[monitor]) == 4
 
 
+@pytest.mark.parametrize("name", ["sailer", "multivae"])
+def test_a_run_shorter_than_the_kl_annealing_warns(name):
+    model = _models()[name]()
+    with pytest.warns(UserWarning, match="ends before the KL weight is full"):
+        model.train(max_epochs=2, enable_progress_bar=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*KL weight is full.*")
+        warmup = {"plan_kwargs": {"n_epochs_warmup": 0}} if name == "sailer" else {}
+        model.train(max_epochs=2, n_epochs_kl_warmup=1, enable_progress_bar=False, **warmup)
+
+
 def test_plateau_arguments_are_refused_where_the_schedule_is_lr_decay():
     model = _models()["sailer"]()
     with pytest.raises(InputError, match="lr_decay"):

@@ -46,6 +46,7 @@ from scgexp.train import (
     TrainingMixin,
     TrainingPlan,
 )
+from scgexp.train._plans import warn_if_annealing_unfinished
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -671,6 +672,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             plan_kwargs.setdefault("n_epochs_warmup", 0)
         elif gradient_clip_val is not None:
             trainer_kwargs.setdefault("gradient_clip_val", gradient_clip_val)
+        warn_if_annealing_unfinished(max_epochs, plan_kwargs)
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
         return super().train(
             max_epochs=max_epochs,

@@ -36,6 +36,7 @@ from scgexp.data._fields import CategoricalJointObsField
 from scgexp.nn import InvarianceMethod
 from scgexp.sailer._module import SAILERModule
 from scgexp.train import InvarianceTrainingPlan, TrainingMixin
+from scgexp.train._plans import warn_if_annealing_unfinished
 
 logger = logging.getLogger(__name__)
 
@@ -347,6 +348,7 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
             # Patience counts from the end of the KL warm-up, when the ELBO becomes comparable.
             early_stopping_patience += n_epochs_warmup + (n_epochs_kl_warmup or 0)
             early_stopping_patience = min(early_stopping_patience, max_epochs)
+        warn_if_annealing_unfinished(max_epochs, plan_kwargs)
         trainer_kwargs.setdefault("early_stopping_monitor", "elbo_validation")
         return super().train(
             max_epochs=max_epochs,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch.optim.lr_scheduler import ExponentialLR
 
+from scgexp._warn import warn_user
 from scgexp.data._checks import InputError
 from scgexp.train._trainingplan import TrainingPlan
 
@@ -26,6 +27,20 @@ _PLATEAU_ARGS = (
     "lr_min",
     "lr_scheduler_metric",
 )
+
+
+def warn_if_annealing_unfinished(max_epochs: int, plan_kwargs: dict) -> None:
+    """Warn when training ends before the KL weight reaches its full value."""
+    if plan_kwargs.get("kl_cycle_epochs") is not None:
+        return
+    warmup = plan_kwargs.get("n_epochs_warmup") or 0
+    annealing = plan_kwargs.get("n_epochs_kl_warmup") or 0
+    if max_epochs < warmup + annealing:
+        warn_user(
+            f"max_epochs={max_epochs} ends before the KL weight is full (after {warmup} "
+            f"warm-up and {annealing} annealing epochs), so the model ends partly annealed and "
+            "early stopping has not begun. Train longer or pass a smaller n_epochs_kl_warmup."
+        )
 
 
 class InvarianceTrainingPlan(TrainingPlan):

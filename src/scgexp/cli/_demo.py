@@ -118,7 +118,7 @@ def _dgex_section(out: Path, epochs: int | None, accelerator: str) -> str:
     scores = pd.DataFrame(
         {
             "MAE": [np.abs(p - observed).mean() for p in (predicted.X, ridge_pred, mean_pred)],
-            "mean per-gene Pearson r": [gene_r(predicted.X), gene_r(ridge_pred), np.nan],
+            "mean per-gene Pearson r": [gene_r(predicted.X), gene_r(ridge_pred), "—"],
         },
         index=pd.Index(["DGEX", "Ridge (CV)", "training mean"], name="method"),
     )
@@ -146,7 +146,7 @@ def _dgex_section(out: Path, epochs: int | None, accelerator: str) -> str:
     plt.close(fig)
     test.obsm["X_dgex"] = model.get_latent_representation(test[:, panel])
     latent = _cluster_scores(test, "X_dgex", "cell_type")
-    _umaps(test, "X_dgex", ["cell_type"], out / "dgex_umap.png", "DGEX latent (test cells)")
+    _umaps(test, "X_dgex", ["cell_type"], out / "dgex_umap.png", "DGEX latent")
     versus_ridge = _compare(
         "DGEX's MAE",
         scores.loc["DGEX", "MAE"],
@@ -170,7 +170,8 @@ network has little to add to its linear path (which starts at the ridge solution
 single-cell counts are predicted only weakly gene by gene (mean r above). D-GEX's gain over
 linear regression needs larger training sets: see the DGEX benchmark in the documentation.
 
-Held-out cells, four most variable target genes (error bars: predicted standard deviation):
+Held-out cells, four most variable target genes (predicted Gaussian means, not clipped at 0;
+error bars: predicted standard deviation):
 
 ![DGEX predictions](dgex_predicted_vs_observed.png)
 
@@ -264,9 +265,10 @@ On these cells {versus_pca}{keeps}.
 
 ![ZINB latent](zinb_umap.png)
 
-Simulated data with known truth (`scgexp.data.simulate_scrna`, 1,500 cells, 2 batches): mean
-per-cell correlation with the true expression, log scale: raw counts {cell_r(raw):.3f},
-denoised {cell_r(denoised):.3f}.
+Simulated data with known truth (`scgexp.data.simulate_scrna`, 1,500 cells, 2 batches given
+to the model as `batch_key`): mean per-cell correlation with the true expression, log scale:
+raw counts {cell_r(raw):.3f}, denoised {cell_r(denoised):.3f}. The figure shows one simulated
+cell; the UMAP, the simulated latent space by cell type and batch.
 
 ![Denoised vs truth](zinb_denoised_vs_truth.png)
 
@@ -327,7 +329,8 @@ def _sailer_section(out: Path, epochs: int | None, accelerator: str) -> str:
 Simulated scATAC-seq (`scgexp.data.simulate_scatac`, 1,500 cells, 2,000 peaks) in which
 sequencing depth (measured as the log number of open peaks per cell, the depth SAILER uses)
 differs between the two batches and between cells. SAILER (invariance penalties, depth and
-batch given to the decoder) against the same conditional VAE without them. Mutual
+batch given to the decoder, depth-normalised encoder input) against the same conditional VAE
+without penalties, reading the raw binarised peaks (`normalize_input=False`). Mutual
 information (MI) with each confounder is SAILER's metric (mean over latent dimensions,
 scikit-learn's estimator, which returns small positive values even for unrelated variables);
 lower is more invariant.

@@ -51,7 +51,9 @@ def test_a_one_cell_last_minibatch_is_dropped_not_trained():
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # nor a warning that asks the user to act
         warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
-        sailer.train(max_epochs=2, enable_progress_bar=False, n_epochs_warmup=0)
+        sailer.train(
+            max_epochs=2, enable_progress_bar=False, n_epochs_warmup=0, n_epochs_kl_warmup=1
+        )
     assert np.isfinite(sailer.get_latent_representation()).all()
 
     mdata = simulate_multiome(n_cells=143, n_genes=40, n_peaks=80, seed=1)

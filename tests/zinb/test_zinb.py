@@ -298,7 +298,7 @@ def test_refuses_unknown_batch_in_query(adata, tmp_path):
         model.get_latent_representation(adata=query)
     bad_counts = simulate_scrna(n_cells=50, n_genes=N_GENES, seed=3)
     bad_counts.layers["counts"].data += 0.5
-    with pytest.raises(InputError, match="layer="):
+    with pytest.raises(InputError, match="The model reads layer 'counts': store the raw"):
         model.get_normalized_expression(adata=bad_counts)
     with pytest.raises(InputError, match=r"not a batch of this model; batches: \['batch_0'"):
         model.get_normalized_expression(transform_batch="batch_9")

@@ -58,6 +58,13 @@ def test_prefix_lets_models_share_a_folder_and_registry_reads_the_safe_files(tmp
     assert "batch_key='batch'" in capsys.readouterr().out
     with pytest.raises(InputError, match="does not take save_kwargs"):
         first.save(tmp_path / "other", save_kwargs={"pickle_protocol": 4})
+    first.save(tmp_path / "defaults", save_kwargs=None, legacy_mudata_format=False)  # scvi's
+    # A model whose parameters differ (saved by another scgexp version) is named as such.
+    state = torch.load(tmp_path / "second_model.pt", weights_only=True)
+    state["old_buffer"] = torch.zeros(2)
+    torch.save(state, tmp_path / "second_model.pt")
+    with pytest.raises(InputError, match=r"saved by another version of scgexp.*old_buffer"):
+        ZINBAutoencoder.load(tmp_path, prefix="second_")
     with pytest.raises(InputError, match="only runs with save_anndata=True"):
         first.save(tmp_path / "other", compression="gzip")
 

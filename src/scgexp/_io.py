@@ -171,9 +171,11 @@ class SafeSaveMixin:
         if rank_zero_only.rank != 0:
             logger.debug("Rank %d skips saving; rank 0 writes the model.", rank_zero_only.rank)
             return
-        unsupported = {"save_kwargs", "legacy_mudata_format", "datamodule"} & set(
-            anndata_write_kwargs
-        )
+        unsupported = [
+            key
+            for key in ("save_kwargs", "legacy_mudata_format", "datamodule")
+            if anndata_write_kwargs.pop(key, None)  # scvi-tools' defaults (None, False) pass
+        ]
         if unsupported:
             raise InputError(
                 f"scgexp's save does not take {', '.join(sorted(unsupported))}: it writes the "
@@ -445,7 +447,15 @@ class SafeSaveMixin:
         model = _initialize_model(
             cls, adata if adata is not None else False, registry, attr_dict, None
         )
-        model.module.load_state_dict(state)
+        try:
+            model.module.load_state_dict(state)
+        except RuntimeError as error:  # saved by an scgexp whose module had other parameters
+            detail = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+            raise InputError(
+                f"{dir_path!r} holds a {cls.__name__} saved by another version of scgexp, whose "
+                f"parameters differ from this version's ({detail}). Train and save it again "
+                "with this version."
+            ) from None
         model.to_device(torch_device)
         model.module.eval()
         return model

@@ -188,8 +188,8 @@ def test_fit_and_predict_zinb(counts_file, tmp_path):
         ),
         (
             ["fit", "zinb", "{counts}", "--out", "{out}", "--layer", "raw"],
-            "Pass layer= naming an existing layer; for new data given to a trained model, "
-            "store the data as layers['raw']",
+            "layer 'raw' does not exist (layers: 'counts', 'true_mean'). Pass layer= naming an "
+            "existing layer.",
         ),
         (["fit", "dgex", "{counts}", "--out", "{out}"], "var has no column 'landmark'"),
         (

@@ -246,8 +246,8 @@ def test_invariance_trains(invariance, tmp_path):
     if invariance == "adversarial":
         assert "discriminator_loss_train" in history
     latent = model.get_latent_representation()
-    model.save(tmp_path / "model")
-    loaded = MultiVAE.load(tmp_path / "model", mdata=mdata)
+    model.save(tmp_path / "model", prefix="mv_")
+    loaded = MultiVAE.load(tmp_path / "model", mdata=mdata, prefix="mv_")
     np.testing.assert_array_equal(loaded.get_latent_representation(), latent)
 
 

@@ -255,6 +255,9 @@ def test_refuses_log_normalised_and_negative(adata):
     query.layers["counts"] = query.X
     with pytest.raises(InputError, match="The model reads layer 'counts': store the raw counts"):
         model.get_latent_representation(query)  # the layer is the model's: no layer= to pass
+    query.raw = adata
+    with pytest.raises(InputError, match=r"copy them first: adata.layers\['counts'\] = adata"):
+        model.get_latent_representation(query)
     lognorm.raw = adata  # scanpy's usual place for the counts
     with pytest.raises(InputError, match=r"adata.layers\['counts'\] = adata.raw\[:, adata"):
         ZINBAutoencoder.setup_anndata(lognorm)

@@ -29,21 +29,31 @@ class InputError(ValueError):
     """Raised when data given to scgexp cannot be used as it is; the message says what to do."""
 
 
-def get_matrix(adata: AnnData, layer: str | None, where: str = "") -> object:
-    """Return ``adata.X`` or ``adata.layers[layer]``, with a clear error when it does not exist."""
+def get_matrix(
+    adata: AnnData, layer: str | None, where: str = "", layer_argument: str | None = "layer"
+) -> object:
+    """Return ``adata.X`` or ``adata.layers[layer]``, with a clear error when it does not exist.
+
+    ``layer_argument`` names the argument that chose the layer, for messages; ``None`` where
+    the layer is a trained model's (new data must store theirs there).
+    """
     if layer is None:
         if adata.X is None:
-            raise InputError(
-                f"{where}X is empty; pass layer= naming the layer that holds the data."
+            fix = (
+                "the model reads X: store the data there."
+                if layer_argument is None
+                else f"pass {layer_argument}= naming the layer that holds the data."
             )
+            raise InputError(f"{where}X is empty; {fix}")
         return adata.X
     if layer not in adata.layers:
         available = ", ".join(map(repr, adata.layers.keys())) or "none"
-        raise InputError(
-            f"{where}layer {layer!r} does not exist (layers: {available}). Pass layer= naming "
-            f"an existing layer; for new data given to a trained model, store the data as "
-            f"layers[{layer!r}], the layer the model was set up with."
+        fix = (
+            f"The model was set up with that layer: store the data as layers[{layer!r}]."
+            if layer_argument is None
+            else f"Pass {layer_argument}= naming an existing layer."
         )
+        raise InputError(f"{where}layer {layer!r} does not exist (layers: {available}). {fix}")
     return adata.layers[layer]
 
 
@@ -170,7 +180,7 @@ def check_matrix(
     >>> adata = scgexp.data.pbmc68k_counts()
     >>> totals = scgexp.data.check_matrix(adata, counts=True)
     """
-    matrix = get_matrix(adata, layer, where)
+    matrix = get_matrix(adata, layer, where, layer_argument)
     name = "X" if layer is None else f"layer {layer!r}"
     if isinstance(matrix, CSCDataset):
         raise InputError(
@@ -215,9 +225,12 @@ def check_matrix(
             f"{layer_argument}='counts')."
         )
     if counts and getattr(adata, "raw", None) is not None:
+        target = "adata.layers['counts']"
+        if layer_argument is None:  # the model's own place
+            target = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
         counts_fix += (
-            " If the counts are in adata.raw, copy them into a layer first: "
-            "adata.layers['counts'] = adata.raw[:, adata.var_names].X"
+            f" If the counts are in adata.raw, copy them first: {target} = "
+            "adata.raw[:, adata.var_names].X"
         )
     row_sums = np.zeros(matrix.shape[0])
     col_sums = np.zeros(matrix.shape[1] if columns is None else len(columns))
@@ -563,13 +576,13 @@ def check_feature_names(adata, registry: dict) -> None:
                 "The data needs every feature the model was trained on."
             )
         selection = "mdata.mod[...]" if mod_key is not None else "adata"
+        key = f"[{mod_key!r}]" if mod_key is not None else ""
         raise InputError(
             f"{where}the data has the model's features, but in another order or with extra "
             f"features; they would be read by position. Select them in the model's order: "
             f"`{selection} = {selection}[:, names].copy()` with `names` the training data's "
-            f"var_names ({', '.join(expected[:3])}, ...): `model.training_var_names`"
-            f"{'[modality]' if mod_key is not None else ''}, for a saved model "
-            "`Model.load(dir).training_var_names`."
+            f"var_names ({', '.join(expected[:3])}, ...): `model.training_var_names{key}`, "
+            f"for a saved model `Model.load(dir).training_var_names{key}`."
         )
 
 

@@ -1206,6 +1206,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         accelerator: str = "auto",
         device: int | str = "auto",
         adata: MuData | None = None,
+        prefix: str | None = None,
     ):
         """Load a model saved with :meth:`save`.
 
@@ -1220,6 +1221,8 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             Where to put the model.
         adata
             Alias of ``mdata`` (the scvi-tools name).
+        prefix
+            The ``prefix`` the model was saved with.
 
         Examples
         --------
@@ -1230,4 +1233,5 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             adata=mdata if mdata is not None else adata,
             accelerator=accelerator,
             device=device,
+            prefix=prefix,
         )

@@ -271,9 +271,9 @@ class MultiVAEModule(BaseModuleClass):
         # Mean and scale of log1p(total counts) of each modality (filled by the model).
         self.register_buffer("depth_mean", torch.zeros(len(self.modalities)))
         self.register_buffer("depth_scale", torch.ones(len(self.modalities)))
-        # Mean and scale of each continuous covariate in training (filled by the model).
-        self.register_buffer("cont_cov_mean", torch.zeros(n_continuous_cov))
-        self.register_buffer("cont_cov_scale", torch.ones(n_continuous_cov))
+        if n_continuous_cov:  # training mean and scale of each (filled by the model)
+            self.register_buffer("cont_cov_mean", torch.zeros(n_continuous_cov))
+            self.register_buffer("cont_cov_scale", torch.ones(n_continuous_cov))
         self.invariance = (
             Invariance(
                 n_latent=n_latent,

@@ -38,8 +38,8 @@ def warn_if_annealing_unfinished(max_epochs: int, plan_kwargs: dict) -> None:
     if max_epochs < warmup + annealing:
         warn_user(
             f"max_epochs={max_epochs} ends before the KL weight is full (after {warmup} "
-            f"warm-up and {annealing} annealing epochs), so the model ends partly annealed and "
-            "early stopping has not begun. Train longer or pass a smaller n_epochs_kl_warmup."
+            f"warm-up and {annealing} annealing epochs), so the model ends partly annealed. "
+            "Train longer or pass a smaller n_epochs_kl_warmup."
         )
 
 

@@ -510,7 +510,9 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
 
         Examples
         --------
-        >>> markers = model.differential_expression(groupby="cell_type", group1="B cells")
+        >>> markers = model.differential_expression(
+        ...     groupby="cell_type", group1="B cells", mode="change"
+        ... )
         >>> markers.sort_values("lfc_mean", ascending=False).head()
         """
         adata = self._validate_anndata(adata)

@@ -134,6 +134,14 @@ def test_a_run_shorter_than_the_kl_annealing_warns(name):
         model.train(max_epochs=2, n_epochs_kl_warmup=1, enable_progress_bar=False, **warmup)
 
 
+def test_small_data_trains_without_lightnings_logging_interval_warning():
+    model = _models()["zinb"]()  # 150 cells: 2 training steps per epoch at batch size 128
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.train(max_epochs=1, enable_progress_bar=False)
+    assert not [w for w in caught if "logging interval" in str(w.message)]
+
+
 def test_plateau_arguments_are_refused_where_the_schedule_is_lr_decay():
     model = _models()["sailer"]()
     with pytest.raises(InputError, match="lr_decay"):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 import warnings
 
+from scvi import settings
 from scvi.dataloaders._data_splitting import validate_data_split
 from scvi.model.base import UnsupervisedTrainingMixin
 
@@ -125,6 +127,9 @@ class TrainingMixin(UnsupervisedTrainingMixin):
                 f"The split leaves {n_train} training cell(s) of {self.adata.n_obs}; training "
                 "needs at least 2. Raise train_size or use more cells."
             )
+        # Lightning warns on every small data set whose epoch has fewer steps than its interval.
+        steps = math.ceil(n_train / (batch_size or settings.batch_size))
+        kwargs.setdefault("log_every_n_steps", max(1, min(10, steps)))
         if n_validation == 0:
             # No validation cells: nothing to stop early on or to schedule the learning rate by.
             kwargs["early_stopping"] = False

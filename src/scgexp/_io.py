@@ -122,10 +122,14 @@ def _read_attributes(dir_path: str, files: dict[str, str]) -> dict:
         with open(path) as handle:
             return _decode(json.load(handle))["attr_dict"]
     except (ValueError, KeyError, TypeError) as error:
-        raise InputError(
-            f"{dir_path!r} holds a damaged scgexp model (an interrupted save or copy?); save the "
-            f"model again. {files[ATTRIBUTES_FILE]}: {error}"
-        ) from None
+        raise InputError(f"{_damaged(dir_path)} {files[ATTRIBUTES_FILE]}: {error}") from None
+
+
+def _damaged(dir_path: str) -> str:
+    return (
+        f"{dir_path!r} holds a damaged scgexp model (an interrupted save or copy?); save the "
+        "model again."
+    )
 
 
 class SafeSaveMixin:
@@ -389,10 +393,7 @@ class SafeSaveMixin:
         )
         files = _file_names(prefix)
         attr_dict = _read_attributes(dir_path, files)
-        damaged = (
-            f"{dir_path!r} holds a damaged scgexp model (an interrupted save or copy?); save the "
-            "model again."
-        )
+        damaged = _damaged(dir_path)
         model_path = os.path.join(dir_path, files[MODEL_FILE])
         if not os.path.exists(model_path):
             raise FileNotFoundError(f"{damaged} {files[MODEL_FILE]} is missing.")

@@ -209,10 +209,20 @@ def test_differential_expression_finds_the_true_fold_changes(adata):
     assert (true_lfc[found].abs() > 0.5).mean() > 0.8
     vanilla = model.differential_expression(groupby="cell_type", group1=first, silent=True)
     assert set(vanilla["comparison"]) == {f"{first} vs Rest"}
-    # Inherited methods that need a VAE say so instead of failing inside scvi-tools.
-    for method in ("get_feature_correlation_matrix", "get_latent_library_size"):
-        with pytest.raises(NotImplementedError, match="autoencoder"):
-            getattr(model, method)()
+    # scvi-tools' other RNA methods work on the autoencoder too (they crashed or misled).
+    totals = np.asarray(adata.layers["counts"].sum(1)).ravel()
+    np.testing.assert_allclose(model.get_latent_library_size().ravel(), totals, rtol=1e-5)
+    correlation = model.get_feature_correlation_matrix(correlation_type="pearson")
+    assert list(correlation.index) == list(adata.var_names)
+    np.testing.assert_allclose(np.diag(correlation), 1.0, rtol=1e-5)
+    true_correlation = np.corrcoef(np.log1p(adata.layers["true_mean"]), rowvar=False)
+    upper = np.triu_indices(adata.n_vars, 1)
+    spearman = model.get_feature_correlation_matrix().to_numpy()
+    assert np.corrcoef(spearman[upper], true_correlation[upper])[0, 1] > 0.5
+    with pytest.raises(InputError, match="correlation_type"):
+        model.get_feature_correlation_matrix(correlation_type="kendall")
+    with pytest.raises(NotImplementedError, match="VAE"):
+        model.get_importance_weights()
 
 
 def test_save_load_and_query(tmp_path, capsys):

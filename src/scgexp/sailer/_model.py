@@ -244,15 +244,15 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         >>> SAILER.setup_anndata(adata, layer="counts", batch_key="batch")
         """
         setup_method_args = cls._get_setup_method_args(**locals())
-        query = kwargs.get("source_registry") is not None  # load(dir, adata=...)
+        source_registry = kwargs.get("source_registry")  # load(dir, adata=...): a query
+        query = source_registry is not None
         check_matrix(adata, layer, counts=True, layer_argument=None if query else "layer")
         categorical = [k for k in [batch_key, *(categorical_covariate_keys or [])] if k]
-        source_registry = kwargs.get("source_registry")
         check_obs_keys(
             adata,
             categorical=categorical,
             continuous=continuous_covariate_keys,
-            allow_unused_categories=source_registry is not None,
+            allow_unused_categories=query,
         )
         if source_registry is not None:
             check_known_categories(adata, source_registry)

@@ -26,6 +26,7 @@ from scvi.utils import de_dsp, setup_anndata_dsp
 from scgexp._io import SafeSaveMixin
 from scgexp.data._checks import (
     InputError,
+    batch_position,
     check_known_categories,
     check_library_size,
     check_matrix,
@@ -235,11 +236,7 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         query = kwargs.get("source_registry") is not None  # load(dir, adata=...)
         check_matrix(adata, layer, counts=True, layer_argument=None if query else "layer")
         categorical = [k for k in [batch_key, *(categorical_covariate_keys or [])] if k]
-        check_obs_keys(
-            adata,
-            categorical=categorical,
-            allow_unused_categories=kwargs.get("source_registry") is not None,
-        )
+        check_obs_keys(adata, categorical=categorical, allow_unused_categories=query)
         check_size_factors(adata, size_factor_key)
         if kwargs.get("source_registry") is not None:
             check_known_categories(adata, kwargs["source_registry"])
@@ -380,15 +377,20 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         >>> sc.pp.neighbors(adata, use_rep="X_zinb")
         >>> sc.tl.leiden(adata)
         """
+        return self._encoded("z", adata, indices, batch_size)
+
+    @torch.inference_mode()
+    def _encoded(self, key: str, adata, indices, batch_size) -> np.ndarray:
+        """One output of the encoder pass (``"z"`` or ``"library"``), for every cell asked."""
         self._check_if_trained(warn=False)
         adata = self._validate_anndata(adata)
         loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
         self.module.eval()
-        latent = []
-        for tensors in loader:
-            outputs = self.module.inference(**self.module._get_inference_input(tensors))
-            latent.append(outputs["z"].cpu().numpy())
-        return np.concatenate(latent)
+        outputs = [
+            self.module.inference(**self.module._get_inference_input(tensors))[key].cpu().numpy()
+            for tensors in loader
+        ]
+        return np.concatenate(outputs)
 
     def get_normalized_expression(
         self,
@@ -553,28 +555,82 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
             **kwargs,
         )
 
-    def get_feature_correlation_matrix(self, *args, **kwargs):
-        """Not available: scvi-tools correlates posterior samples, which need a VAE.
+    def get_feature_correlation_matrix(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        rna_size_factor: float = 1000,
+        transform_batch: Sequence[Number | str] | Number | str | None = None,
+        correlation_type: Literal["spearman", "pearson"] = "spearman",
+    ) -> pd.DataFrame:
+        """Gene-gene correlation of the denoised expression across cells.
 
-        Correlate denoised values instead, e.g.
-        ``np.corrcoef(model.get_normalized_expression(library_size=1e4, return_numpy=True).T)``.
+        As :meth:`scvi.model.SCVI.get_feature_correlation_matrix`, on each cell's denoised
+        values scaled to ``rna_size_factor`` counts (the autoencoder has no posterior to
+        sample; several ``transform_batch`` values are averaged, not pooled).
+
+        Parameters
+        ----------
+        adata, indices, batch_size, transform_batch
+            As in :meth:`get_normalized_expression`.
+        rna_size_factor
+            Counts per cell of the denoised values.
+        correlation_type
+            ``"spearman"`` (ranks) or ``"pearson"``.
+
+        Returns
+        -------
+        :class:`~pandas.DataFrame` of shape ``(n_genes, n_genes)``, genes as index and columns.
+
+        Examples
+        --------
+        >>> correlation = model.get_feature_correlation_matrix()
+        >>> correlation["CD3E"].sort_values().tail()
         """
-        raise NotImplementedError(
-            "get_feature_correlation_matrix needs posterior samples (a VAE); for the "
-            "autoencoder, correlate denoised values: np.corrcoef(model.get_normalized_"
-            "expression(library_size=1e4, return_numpy=True).T)."
+        if correlation_type not in ("spearman", "pearson"):
+            raise InputError(
+                f"correlation_type must be 'spearman' or 'pearson', not {correlation_type!r}."
+            )
+        values = self.get_normalized_expression(
+            adata,
+            indices=indices,
+            transform_batch=transform_batch,
+            library_size=rna_size_factor,
+            batch_size=batch_size,
         )
+        return values.corr(method=correlation_type)
 
-    def get_latent_library_size(self, *args, **kwargs):
-        """Not available: the autoencoder has no latent library size.
+    def get_latent_library_size(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        give_mean: bool = True,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Each cell's library size as the model uses it: its size factor × the median total.
 
-        Its size factors are each cell's total counts over the median (or the registered
-        ``size_factor_key``); :meth:`get_likelihood_parameters` gives the fitted means.
+        That is the cell's total count (or its registered ``size_factor_key``, scaled by the
+        median training total), as scvi-tools' models with an observed library size return;
+        the autoencoder infers none.
+
+        Parameters
+        ----------
+        adata, indices, batch_size
+            As in :meth:`get_latent_representation`.
+        give_mean
+            Accepted for scvi-tools compatibility; the library size is not sampled.
+
+        Returns
+        -------
+        Array of shape ``(n_cells, 1)``.
+
+        Examples
+        --------
+        >>> adata.obs["library"] = model.get_latent_library_size().ravel()
         """
-        raise NotImplementedError(
-            "The autoencoder has no latent library size: it uses each cell's size factor "
-            "(total counts / median total, or the registered size_factor_key)."
-        )
+        size_factors = self._encoded("library", adata, indices, batch_size)
+        return size_factors * float(self.module.median_total)
 
     def get_importance_weights(self, *args, **kwargs):
         """Not available: importance weights need a VAE's posterior."""
@@ -667,9 +723,7 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         mapping = np.asarray(state["categorical_mapping"]).tolist()
         codes = []
         for category in transform_batch:
-            if category is not None and category not in mapping:
-                raise InputError(f"{category!r} is not a batch of this model; batches: {mapping}.")
-            codes.append(None if category is None else mapping.index(category))
+            codes.append(None if category is None else batch_position(category, mapping))
         return codes
 
     def posterior_predictive_sample(

@@ -324,6 +324,19 @@ def check_obs_keys(
             )
 
 
+def mean_and_scale(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and standard deviations of ``values`` (scale 1 where a column is constant).
+
+    Examples
+    --------
+    >>> mean_and_scale(np.array([[1.0, 5.0], [3.0, 5.0]]))
+    (array([2., 5.]), array([1., 1.]))
+    """
+    values = np.asarray(values, dtype=np.float64)
+    std = values.std(0)
+    return values.mean(0), np.where(std > 1e-6, std, 1.0)
+
+
 def cell_positions(indices) -> np.ndarray:
     """``indices`` (positions, or a boolean mask as an array or list) as positions.
 

@@ -35,6 +35,7 @@ from scgexp.data._checks import (
     check_size_factors,
     dense,
     get_matrix,
+    mean_and_scale,
     read_dense,
     row_and_column_sums,
     take_columns,
@@ -289,14 +290,11 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         """Training mean and scale of each continuous covariate (the decoders standardise)."""
         if not self.module.n_continuous_cov:
             return
-        values = np.asarray(
-            self.adata_manager.get_from_registry(REGISTRY_KEYS.CONT_COVS_KEY), dtype=np.float64
+        mean, scale = mean_and_scale(
+            self.adata_manager.get_from_registry(REGISTRY_KEYS.CONT_COVS_KEY)
         )
-        std = values.std(0)
-        self.module.cont_cov_mean.copy_(torch.as_tensor(values.mean(0), dtype=torch.float32))
-        self.module.cont_cov_scale.copy_(
-            torch.as_tensor(np.where(std > 1e-6, std, 1.0), dtype=torch.float32)
-        )
+        self.module.cont_cov_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.module.cont_cov_scale.copy_(torch.as_tensor(scale, dtype=torch.float32))
 
     def _init_atac(self) -> None:
         """Region factors at the log-odds of each region being open; median open regions."""

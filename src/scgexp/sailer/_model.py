@@ -30,6 +30,7 @@ from scgexp.data._checks import (
     check_matrix,
     check_obs_keys,
     check_query,
+    mean_and_scale,
     row_and_column_sums,
 )
 from scgexp.data._fields import CategoricalJointObsField
@@ -186,7 +187,7 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         matrix = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         n_open, cells_open = row_and_column_sums(matrix, binary=True)
         values = self._raw_continuous(n_open=n_open)
-        std = values.std(0)
+        mean, scale = mean_and_scale(values)
         totals, peak_totals = row_and_column_sums(matrix)
         log_reference = np.log(np.maximum(totals, 1.0)).mean()
         if self.module.likelihood == "bernoulli":
@@ -197,8 +198,8 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
             exposure = np.sum(np.maximum(totals, 1.0) / np.exp(log_reference))
             bias = np.log(np.maximum(peak_totals / exposure, 1e-5))
         as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
-        self.module.confounder_mean.copy_(as_tensor(values.mean(0)))
-        self.module.confounder_scale.copy_(as_tensor(np.where(std > 1e-6, std, 1.0)))
+        self.module.confounder_mean.copy_(as_tensor(mean))
+        self.module.confounder_scale.copy_(as_tensor(scale))
         self.module.mean_log_total.copy_(as_tensor(log_reference))
         with torch.no_grad():
             self.module.output.bias.copy_(as_tensor(bias))

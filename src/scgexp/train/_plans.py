@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+# scvi-tools' plateau-scheduler arguments, which this plan's lr_decay schedule would ignore.
 _PLATEAU_ARGS = (
-    "reduce_lr_on_plateau",
     "lr_patience",
     "lr_factor",
     "lr_threshold",
@@ -110,7 +110,7 @@ class InvarianceTrainingPlan(TrainingPlan):
         gradient_clip_val: float | None = None,
         **kwargs,
     ):
-        plateau = [k for k in _PLATEAU_ARGS if k in kwargs and k != "reduce_lr_on_plateau"]
+        plateau = [k for k in _PLATEAU_ARGS if k in kwargs]
         if kwargs.pop("reduce_lr_on_plateau", False) or plateau:
             raise InputError(
                 "This model schedules its learning rate with lr_decay (× lr_decay per epoch; "

@@ -319,7 +319,11 @@ class SafeSaveMixin:
         --------
         >>> Model.load_registry("my_model")["setup_args"]
         """
-        return _read_attributes(dir_path, _file_names(prefix))["registry_"]
+        files = _file_names(prefix)
+        registry = _read_attributes(dir_path, files).get("registry_")
+        if registry is None:
+            raise InputError(f"{_damaged(dir_path)} {files[ATTRIBUTES_FILE]}: no registry.")
+        return registry
 
     @staticmethod
     def view_setup_args(dir_path: str, prefix: str | None = None) -> None:

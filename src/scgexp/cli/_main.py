@@ -288,21 +288,15 @@ def predict(
 
 
 def _saved_registry(model_dir: Path) -> dict:
-    import json
+    from scgexp._io import ATTRIBUTES_FILE, SafeSaveMixin
 
-    from scgexp._io import ATTRIBUTES_FILE, _decode
-
-    try:
-        with open(os.path.join(model_dir, ATTRIBUTES_FILE)) as handle:
-            registry = _decode(json.load(handle))["attr_dict"]["registry_"]
-        if "model_name" not in registry:
-            raise KeyError("model_name")
-        return registry
-    except (ValueError, KeyError, TypeError) as error:
+    registry = SafeSaveMixin.load_registry(model_dir)  # refuses an unreadable file
+    if not isinstance(registry, dict) or "model_name" not in registry:
         raise InputError(
-            f"{model_dir} holds a damaged scgexp model ({ATTRIBUTES_FILE}: {error}); save or "
-            "fit the model again."
-        ) from None
+            f"{model_dir!r} holds a damaged scgexp model ({ATTRIBUTES_FILE} names no model); "
+            "save or fit the model again."
+        )
+    return registry
 
 
 def _check_model_dir(folder: Path, output: Path, model_name: str) -> None:

@@ -540,6 +540,12 @@ def registered_features(registry: dict) -> dict[str | None, list]:
     return features
 
 
+def registered_n_cats_per_cov(registry: dict) -> list[int] | None:
+    """Number of categories of each registered categorical covariate (``None`` without any)."""
+    state = registry["field_registries"].get(REGISTRY_KEYS.CAT_COVS_KEY, {}).get("state_registry")
+    return list(state.get("n_cats_per_key", [])) if state else None
+
+
 def check_feature_names(adata, registry: dict) -> None:
     """Check that new data has the trained model's features, by name and in the same order.
 
@@ -625,8 +631,15 @@ def check_query(adata: AnnData, registry: dict) -> None:
     check_size_factors(adata, setup_args.get("size_factor_key"))
 
 
-def batch_position(transform_batch, batches: list) -> int:
-    """Position of one ``transform_batch`` among a model's ``batches``, with clear errors."""
+def batch_code(transform_batch, registry: dict) -> int | None:
+    """Code of one ``transform_batch`` category in a model's ``registry``, with clear errors.
+
+    ``None`` stays ``None`` (each cell's own batch).
+    """
+    if transform_batch is None:
+        return None
+    state = registry["field_registries"][REGISTRY_KEYS.BATCH_KEY]["state_registry"]
+    batches = np.asarray(state["categorical_mapping"]).tolist()
     if isinstance(transform_batch, list | tuple | np.ndarray | pd.Index):
         raise InputError(
             f"transform_batch takes one batch, not {type(transform_batch).__name__} "

@@ -26,7 +26,7 @@ from scgexp._io import SafeSaveMixin
 from scgexp._warn import warn_user
 from scgexp.data._checks import (
     InputError,
-    batch_position,
+    batch_code,
     check_feature_names,
     check_known_categories,
     check_library_size,
@@ -37,6 +37,7 @@ from scgexp.data._checks import (
     get_matrix,
     mean_and_scale,
     read_dense,
+    registered_n_cats_per_cov,
     row_and_column_sums,
     take_columns,
 )
@@ -207,11 +208,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         if invariance == "auto":
             invariance = "adversarial" if self.summary_stats.n_batch > 1 else None
             module_kwargs.setdefault("invariance_depth", False)
-        fields = self.registry_["field_registries"]
-        n_cats_per_cov = None
-        cat_state = fields.get(REGISTRY_KEYS.CAT_COVS_KEY, {}).get("state_registry")
-        if cat_state:
-            n_cats_per_cov = list(cat_state.get("n_cats_per_key", []))
+        n_cats_per_cov = registered_n_cats_per_cov(self.registry_)
         stats = self.summary_stats
         n_features = {
             m: int(stats[_STAT_KEYS[m]]) for m in self.data_modalities if _STAT_KEYS[m] in stats
@@ -700,13 +697,6 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
                 f"{modality!r} is not a data type of this model; it uses {self.data_modalities}."
             )
 
-    def _batch_code(self, transform_batch) -> int | None:
-        if transform_batch is None:
-            return None
-        batch_field = self.registry_["field_registries"][REGISTRY_KEYS.BATCH_KEY]
-        mapping = np.asarray(batch_field["state_registry"]["categorical_mapping"]).tolist()
-        return batch_position(transform_batch, mapping)
-
     def _batches(
         self,
         mdata: MuData | None,
@@ -782,7 +772,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
     ) -> np.ndarray:
         """Normalised output of ``target`` (see the public methods), averaged over draws."""
         self._check_modality(target, allow_none=False)
-        code = self._batch_code(transform_batch)
+        code = batch_code(transform_batch, self.registry_)
         out = []
         for tensors, inference in self._batches(adata, indices, batch_size, use_modalities):
             generative_input = self.module._get_generative_input(tensors, inference)
@@ -1110,7 +1100,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         adata, matrix = self._source_data(mdata_new, source)
         obs = adata.obs  # one row per cell of the source modality, matched by name below
         setup_args = self.registry_["setup_args"]
-        code = self._batch_code(transform_batch)
+        code = batch_code(transform_batch, self.registry_)
         n_obs = matrix.shape[0]
         if code is not None or setup_args.get("batch_key") is None:
             batch = np.full(n_obs, code or 0)

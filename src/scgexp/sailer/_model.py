@@ -24,13 +24,14 @@ from scgexp._io import SafeSaveMixin
 from scgexp._warn import warn_user
 from scgexp.data._checks import (
     InputError,
-    batch_position,
+    batch_code,
     cell_positions,
     check_known_categories,
     check_matrix,
     check_obs_keys,
     check_query,
     mean_and_scale,
+    registered_n_cats_per_cov,
     row_and_column_sums,
 )
 from scgexp.data._fields import CategoricalJointObsField
@@ -121,14 +122,7 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         n_peaks = self.summary_stats.n_vars
         if n_hidden is None:
             n_hidden = int(np.clip(np.sqrt(n_peaks), 128, 1000))
-        fields = self.registry_["field_registries"]
-        n_cats_per_cov = None
-        if REGISTRY_KEYS.CAT_COVS_KEY in fields and fields[REGISTRY_KEYS.CAT_COVS_KEY].get(
-            "state_registry"
-        ):
-            n_cats_per_cov = list(
-                fields[REGISTRY_KEYS.CAT_COVS_KEY]["state_registry"].get("n_cats_per_key", [])
-            )
+        n_cats_per_cov = registered_n_cats_per_cov(self.registry_)
         n_continuous_cov = len(self.registry_["setup_args"].get("continuous_covariate_keys") or [])
         self.module = self._module_cls(
             n_input=n_peaks,
@@ -361,15 +355,6 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
             **trainer_kwargs,
         )
 
-    def _batch_code(self, adata: AnnData, transform_batch) -> int | None:
-        if transform_batch is None:
-            return None
-        manager = self.get_anndata_manager(adata, required=True)
-        mapping = np.asarray(
-            manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping
-        ).tolist()
-        return batch_position(transform_batch, mapping)
-
     @torch.inference_mode()
     def get_normalized_accessibility(
         self,
@@ -411,7 +396,7 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         """
         self._check_if_trained(warn=False)
         adata = self._validate_anndata(adata)
-        batch_code = self._batch_code(adata, transform_batch)
+        code = batch_code(transform_batch, self.registry_)
         loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
         module = self.module
         module.eval()
@@ -429,9 +414,9 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
             inference_outputs = module.inference(**module._get_inference_input(tensors))
             generative_inputs = module._get_generative_input(tensors, inference_outputs)
             generative_inputs["z"] = inference_outputs["qz"].loc
-            if batch_code is not None:
+            if code is not None:
                 generative_inputs["batch_index"] = torch.full_like(
-                    generative_inputs["batch_index"], batch_code
+                    generative_inputs["batch_index"], code
                 )
             if depth is not None:
                 generative_inputs["cont_confounders"][:, 0] = log_depth

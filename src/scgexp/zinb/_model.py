@@ -26,13 +26,14 @@ from scvi.utils import de_dsp, setup_anndata_dsp
 from scgexp._io import SafeSaveMixin
 from scgexp.data._checks import (
     InputError,
-    batch_position,
+    batch_code,
     check_known_categories,
     check_library_size,
     check_matrix,
     check_obs_keys,
     check_query,
     check_size_factors,
+    registered_n_cats_per_cov,
     row_and_column_sums,
 )
 from scgexp.data._fields import CategoricalJointObsField
@@ -120,14 +121,7 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         **model_kwargs,
     ):
         super().__init__(adata, registry)
-        fields = self.registry_["field_registries"]
-        n_cats_per_cov = None
-        if REGISTRY_KEYS.CAT_COVS_KEY in fields and fields[REGISTRY_KEYS.CAT_COVS_KEY].get(
-            "state_registry"
-        ):
-            n_cats_per_cov = list(
-                fields[REGISTRY_KEYS.CAT_COVS_KEY]["state_registry"].get("n_cats_per_key", [])
-            )
+        n_cats_per_cov = registered_n_cats_per_cov(self.registry_)
         use_size_factor_key = self.registry_["setup_args"].get("size_factor_key") is not None
         self.module = self._module_cls(
             n_input=self.summary_stats.n_vars,
@@ -676,13 +670,13 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
                 "get_likelihood_parameters decodes at one batch: pass a single category "
                 f"(or None), not {transform_batch!r}."
             )
-        (batch_code,) = self._batch_codes(transform_batch)
+        (code,) = self._batch_codes(transform_batch)
         loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
         self.module.eval()
         out: dict[str, list[np.ndarray]] = {"mean": [], "dispersions": [], "dropout": []}
         for tensors in loader:
             _, generative_outputs = self.module.forward(
-                tensors, generative_kwargs={"transform_batch": batch_code}, compute_loss=False
+                tensors, generative_kwargs={"transform_batch": code}, compute_loss=False
             )
             px = generative_outputs["px"]
             if self.module.gene_likelihood == "poisson":
@@ -719,12 +713,7 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         """Codes of batch categories (``None`` stays ``None``: each cell's own batch)."""
         if transform_batch is None or isinstance(transform_batch, str | int | float | np.generic):
             transform_batch = [transform_batch]
-        state = self.registry_["field_registries"][REGISTRY_KEYS.BATCH_KEY]["state_registry"]
-        mapping = np.asarray(state["categorical_mapping"]).tolist()
-        codes = []
-        for category in transform_batch:
-            codes.append(None if category is None else batch_position(category, mapping))
-        return codes
+        return [batch_code(category, self.registry_) for category in transform_batch]
 
     def posterior_predictive_sample(
         self,

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
-from scvi.data._constants import _MODEL_NAME_KEY, _SETUP_ARGS_KEY, _SETUP_METHOD_NAME
-from scvi.data._utils import registry_key_to_default_dtype
-from scvi.model._utils import parse_device_args
+from scvi.data._constants import (
+    _MODEL_NAME_KEY,
+    _SCVI_UUID_KEY,
+    _SETUP_ARGS_KEY,
+    _SETUP_METHOD_NAME,
+)
+from scvi.data._utils import _assign_adata_uuid, registry_key_to_default_dtype
+from scvi.dataloaders._data_splitting import validate_data_split
+from scvi.model._utils import parse_device_args, scrna_raw_counts_properties
+from scvi.model.base._de_core import _de_core
 from scvi.model.base._save_load import _initialize_model
+from scvi.module._constants import MODULE_KEYS
 
 __all__ = [
+    "MODULE_KEYS",
     "_MODEL_NAME_KEY",
+    "_SCVI_UUID_KEY",
     "_SETUP_ARGS_KEY",
     "_SETUP_METHOD_NAME",
+    "_assign_adata_uuid",
+    "_de_core",
     "_initialize_model",
     "parse_device_args",
     "registry_key_to_default_dtype",
+    "scrna_raw_counts_properties",
+    "validate_data_split",
 ]

@@ -22,13 +22,13 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.utilities import rank_zero_only
-from scvi.data._constants import _SCVI_UUID_KEY
-from scvi.data._utils import _assign_adata_uuid
 
 from scgexp._compat import (
     _MODEL_NAME_KEY,
+    _SCVI_UUID_KEY,
     _SETUP_ARGS_KEY,
     _SETUP_METHOD_NAME,
+    _assign_adata_uuid,
     _initialize_model,
     parse_device_args,
 )
@@ -221,7 +221,7 @@ class SafeSaveMixin:
             for name, value in self._get_user_attributes()
             if name.endswith("_") and not name.startswith("_")
         }
-        attributes = {"attr_dict": attributes, "var_names": self._saved_var_names()}
+        attributes = {"attr_dict": attributes, "var_names": self.training_var_names}
         state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
 
         def write_attributes(path):
@@ -252,7 +252,12 @@ class SafeSaveMixin:
                 if os.path.exists(path):
                     os.remove(path)
 
+    def _check_new_data(self, adata) -> None:
+        """Model-specific checks of data other than the model's own, before scvi-tools' own."""
+
     def _validate_anndata(self, adata=None, copy_if_view: bool = True):
+        if adata is not None and adata is not self.adata:
+            self._check_new_data(adata)
         if adata is None and self.adata is None:
             raise InputError(
                 "This model was loaded without data; pass adata= (data organised like the "
@@ -351,10 +356,6 @@ class SafeSaveMixin:
         >>> names = ZINBAutoencoder.load("zinb_model").training_var_names
         >>> query = query[:, names].copy()
         """
-        return self._saved_var_names()
-
-    def _saved_var_names(self) -> list[str] | dict[str, list[str]]:
-        """The training features (per modality for MuData), as the registry holds them."""
         names = {
             key: [str(name) for name in value]
             for key, value in registered_features(self.registry_).items()

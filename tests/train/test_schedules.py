@@ -123,6 +123,28 @@ def test_scvi_tools_trainer_arguments_work(name):
     assert len(model.history[monitor]) == 4
 
 
+@pytest.mark.parametrize("invariance", [None, "adversarial"])
+def test_multivae_clips_gradients_where_its_plan_optimises(invariance):
+    # Lightning clips under automatic optimisation, the invariance plan under manual.
+    from scgexp.model import MultiVAE
+
+    mdata = simulate_multiome(n_cells=60, n_genes=20, n_peaks=30, seed=0)
+    MultiVAE.setup_mudata(mdata, modalities={"rna_layer": "rna", "atac_layer": "atac"})
+    for kwargs, expected in (({}, 10.0), ({"plan_kwargs": {"gradient_clip_val": 2.0}}, 2.0)):
+        if invariance is None and kwargs:
+            continue  # the automatic plan takes no clipping argument
+        model = MultiVAE(mdata, n_hidden=8, n_latent=2, invariance=invariance)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.train(max_epochs=1, enable_progress_bar=False, **kwargs)
+        trainer = model.trainer
+        if invariance is None:
+            assert trainer.gradient_clip_val == expected
+        else:
+            assert trainer.gradient_clip_val is None
+            assert trainer.lightning_module.gradient_clip_val == expected
+
+
 @pytest.mark.parametrize("name", ["sailer", "multivae"])
 def test_a_run_shorter_than_the_kl_annealing_warns(name):
     model = _models()[name]()

@@ -21,8 +21,6 @@ def _read(path: Path, backed: bool = False):
     import anndata
     import mudata
 
-    if path.suffix not in FILE_TYPES:
-        raise InputError(f"{path} is neither .h5ad nor .h5mu; convert it to AnnData first.")
     if not path.exists():
         raise InputError(f"{path} does not exist.")
     try:

@@ -247,7 +247,7 @@ def simulate_scrna(
     return adata
 
 
-def _atac_counts(rng, state, batch, n_peaks, n_batches, depth, likelihood_counts=True):
+def _atac_counts(rng, state, batch, n_peaks, n_batches, depth):
     n_latent = state.shape[1]
     loadings = rng.normal(0.0, 1.0, size=(n_latent, n_peaks))
     peak_base = rng.normal(-2.0, 1.0, size=n_peaks)

@@ -101,10 +101,11 @@ def estimate_nbytes(adata_manager: AnnDataManager) -> int:
 class TensorStore:
     """All registered arrays of an AnnData/MuData, loaded once as tensors on one device.
 
-    Sparse matrices stay sparse (CSR tensors); :meth:`batch` densifies only the rows of one
-    minibatch, with the same dtypes and values scvi-tools' :class:`~scvi.data.AnnTorchDataset`
-    would return. Arrays on disk (a backed AnnData's ``X``) are left out: pass them to
-    :class:`~scgexp.dataloaders.StreamingDataLoader` instead.
+    Sparse matrices stay sparse (scipy CSR on the CPU, CSR tensors on an accelerator);
+    :meth:`batch` densifies only the rows of one minibatch, with the same dtypes and values
+    scvi-tools' :class:`~scvi.data.AnnTorchDataset` would return. Arrays on disk (a backed
+    AnnData's ``X``) are left out: pass them to :class:`~scgexp.dataloaders.StreamingDataLoader`
+    instead.
 
     Parameters
     ----------

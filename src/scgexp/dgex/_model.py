@@ -21,6 +21,7 @@ from scgexp._warn import warn_user
 from scgexp.data._checks import InputError, check_matrix, dense, get_matrix, take_columns
 from scgexp.dgex._fields import LANDMARK_REGISTRY_KEY, LandmarkField
 from scgexp.dgex._module import N_QUANTILES, DGEXModule
+from scgexp.nn._tensors import copy_into
 from scgexp.train import TrainingMixin
 
 if TYPE_CHECKING:
@@ -153,16 +154,16 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
             rows = np.sort(np.random.default_rng(0).choice(n_obs, _MAX_QUANTILE_ROWS, False))
         landmarks = dense(matrix[rows][:, landmark_index])
         quantiles = np.quantile(landmarks, np.linspace(0, 1, N_QUANTILES), axis=0).T
-        as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
-        buffers = {
-            "landmark_mean": mean[landmark_index],
-            "landmark_scale": scale[landmark_index],
-            "target_mean": mean[target_index],
-            "target_scale": scale[target_index],
-            "landmark_quantiles": quantiles,
-        }
-        for name, value in buffers.items():
-            getattr(self.module, name).copy_(as_tensor(value))
+        copy_into(
+            self.module,
+            {
+                "landmark_mean": mean[landmark_index],
+                "landmark_scale": scale[landmark_index],
+                "target_mean": mean[target_index],
+                "target_scale": scale[target_index],
+                "landmark_quantiles": quantiles,
+            },
+        )
 
     def _initialise_linear_skip(self, rows: np.ndarray) -> None:
         """Start the linear path at the ridge regression fitted on ``rows``.
@@ -176,7 +177,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         matrix = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         landmark_index = module.landmark_index.cpu().numpy()
         target_index = module.target_index.cpu().numpy()
-        centre = lambda block, name: (  # noqa: E731
+        standardise = lambda block, name: (  # noqa: E731
             (block - getattr(module, f"{name}_mean").cpu().numpy())
             / getattr(module, f"{name}_scale").cpu().numpy()
         )
@@ -188,8 +189,8 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         for start in range(0, len(rows), _CHUNK):
             block = dense(matrix[rows[start : start + _CHUNK]]).astype(np.float64)
             x, y = (
-                centre(block[:, landmark_index], "landmark"),
-                centre(block[:, target_index], "target"),
+                standardise(block[:, landmark_index], "landmark"),
+                standardise(block[:, target_index], "target"),
             )
             xtx += x.T @ x
             xty += x.T @ y
@@ -322,7 +323,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
     def _landmark_matrix(
         self, adata: AnnData | None, layer: str | None, fill_missing: bool
     ) -> tuple[object, np.ndarray]:
-        """Landmark values of ``adata`` in the model's order (as a matrix or a column view)."""
+        """The data matrix and the column of each landmark in the model's order (-1: missing)."""
         if adata is None:
             if self.adata is None:
                 raise InputError("This model was loaded without data; pass adata=.")

@@ -43,6 +43,7 @@ from scgexp.data._checks import (
 )
 from scgexp.data._fields import MuDataCategoricalJointObsField
 from scgexp.multivae._module import DATA_KEYS, MODALITIES, PRESENCE_KEYS, MultiVAEModule
+from scgexp.nn._tensors import copy_into
 from scgexp.train import (
     InvarianceTrainingPlan,
     TrainingMixin,
@@ -290,8 +291,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         mean, scale = mean_and_scale(
             self.adata_manager.get_from_registry(REGISTRY_KEYS.CONT_COVS_KEY)
         )
-        self.module.cont_cov_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
-        self.module.cont_cov_scale.copy_(torch.as_tensor(scale, dtype=torch.float32))
+        copy_into(self.module, {"cont_cov_mean": mean, "cont_cov_scale": scale})
 
     def _init_atac(self) -> None:
         """Region factors at the log-odds of each region being open; median open regions."""
@@ -301,11 +301,13 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         cells = self._has_counts("atac", n_open)
         frequency = cells_open / max(int(cells.sum()), 1)  # over the cells with ATAC
         frequency = np.clip(frequency, 1e-5, 1 - 1e-5)
-        with torch.no_grad():
-            self.module.region_factor.copy_(
-                torch.as_tensor(np.log(frequency / (1 - frequency)), dtype=torch.float32)
-            )
-            self.module.atac_median_open.fill_(float(np.median(n_open[cells])))
+        copy_into(
+            self.module,
+            {
+                "region_factor": np.log(frequency / (1 - frequency)),
+                "atac_median_open": np.median(n_open[cells]),
+            },
+        )
 
     def _init_protein(self) -> None:
         """Protein background at a low quantile of each protein's counts; median library size."""
@@ -317,11 +319,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         self.module.protein_median_total.fill_(float(np.median(totals)) if len(totals) else 1.0)
         if self.module.protein_likelihood == "mixture":
             low = np.quantile(counts, 0.2, axis=0) if len(counts) else np.ones(counts.shape[1])
-            with torch.no_grad():
-                log_low = torch.as_tensor(np.log1p(low), dtype=torch.float32)
-                self.module.protein_log_background.copy_(
-                    log_low[:, None].expand_as(self.module.protein_log_background)
-                )
+            copy_into(self.module, {"protein_log_background": np.log1p(low)[:, None]})
 
     @classmethod
     def setup_anndata(cls, adata: AnnData, *args, **kwargs) -> None:
@@ -661,11 +659,9 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         }
         self._training_plan_cls = TrainingPlan
         if self.module.invariance is not None:
-            # Manual optimisation: the plan clips gradients itself.
             self._training_plan_cls = InvarianceTrainingPlan
-            plan_kwargs.setdefault("gradient_clip_val", gradient_clip_val)
             plan_kwargs.setdefault("n_epochs_warmup", 0)
-        elif gradient_clip_val is not None:
+        if gradient_clip_val is not None:  # TrainingMixin routes it to an invariance plan
             trainer_kwargs.setdefault("gradient_clip_val", gradient_clip_val)
         warn_if_annealing_unfinished(max_epochs, plan_kwargs)
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
@@ -679,14 +675,12 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             **trainer_kwargs,
         )
 
-    def _validate_anndata(self, adata: MuData | None = None, copy_if_view: bool = True):
-        if adata is not None and adata is not self.adata:
-            # scvi-tools compares only feature counts and reads cells by position: check names,
-            # cell alignment, counts, obs columns and categories first.
-            check_feature_names(adata, self.registry_)
-            self._check_data(adata, self.registry_["setup_args"], query=True)
-            self._check_known_categories(adata, self.registry_)
-        return super()._validate_anndata(adata, copy_if_view=copy_if_view)
+    def _check_new_data(self, adata: MuData) -> None:
+        # scvi-tools compares only feature counts and reads cells by position: check names,
+        # cell alignment, counts, obs columns and categories first.
+        check_feature_names(adata, self.registry_)
+        self._check_data(adata, self.registry_["setup_args"], query=True)
+        self._check_known_categories(adata, self.registry_)
 
     # -- outputs on registered data -------------------------------------------------------------
     def _check_modality(self, modality: str | None, allow_none: bool = True) -> None:
@@ -776,12 +770,11 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         out = []
         for tensors, inference in self._batches(adata, indices, batch_size, use_modalities):
             generative_input = self.module._get_generative_input(tensors, inference)
+            generative_input["library"] = {}
             draws = []
-            for i in range(max(n_samples, 1)):
+            for _ in range(max(n_samples, 1)):
                 z = inference["qzm"] if n_samples <= 1 else inference["qz"].sample()
-                del i
                 generative_input["z"] = z
-                generative_input["library"] = {}
                 outputs = self.module.generative(
                     **generative_input, transform_batch=code, modalities=[target]
                 )
@@ -789,16 +782,14 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             out.append(torch.stack(draws).mean(0).cpu().numpy())
         return np.concatenate(out)
 
-    def _normalised(self, target: str, dist, include_background: bool = False) -> torch.Tensor:
+    def _normalised(self, target: str, dist) -> torch.Tensor:
         if target == "rna":
             return dist.scale
         if target == "atac":
             return dist.probs
         if self.module.protein_likelihood == "nb":
             return dist.mu
-        background = torch.sigmoid(dist.mixture_logits)
-        foreground = (1.0 - background) * dist.mu2
-        return foreground + background * dist.mu1 if include_background else foreground
+        return (1.0 - torch.sigmoid(dist.mixture_logits)) * dist.mu2  # foreground only
 
     def _frame(self, values, target, feature_list, adata, indices, return_numpy):
         names = self._var_names(target)
@@ -812,9 +803,8 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             values, names = values[:, position], pd.Index(feature_list)
         if return_numpy:
             return values
-        adata = adata if adata is not None else self.adata
-        obs_names = adata.obs_names if adata is not None else None
-        if obs_names is not None and indices is not None:
+        obs_names = (adata if adata is not None else self.adata).obs_names
+        if indices is not None:
             obs_names = obs_names[np.asarray(indices)]
         return pd.DataFrame(values, index=obs_names, columns=names)
 
@@ -936,7 +926,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
     # -- cross-modal prediction on new data -----------------------------------------------------
     def _var_names(self, data_type: str) -> pd.Index:
         # The registry's training features: the registered data may have changed since setup.
-        return pd.Index(self._saved_var_names()[self._modality_name(data_type)])
+        return pd.Index(self.training_var_names[self._modality_name(data_type)])
 
     def _source_data(self, data: MuData | AnnData, source: str) -> tuple[AnnData, object]:
         """The source modality's AnnData and its count matrix in training feature order."""

@@ -36,6 +36,7 @@ from scgexp.data._checks import (
 )
 from scgexp.data._fields import CategoricalJointObsField
 from scgexp.nn import InvarianceMethod
+from scgexp.nn._tensors import copy_into
 from scgexp.sailer._module import SAILERModule
 from scgexp.train import InvarianceTrainingPlan, TrainingMixin
 from scgexp.train._plans import warn_if_annealing_unfinished
@@ -191,17 +192,20 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         else:  # rate_ij = exp(bias_j) * total_i / reference total
             exposure = np.sum(np.maximum(totals, 1.0) / np.exp(log_reference))
             bias = np.log(np.maximum(peak_totals / exposure, 1e-5))
-        as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
-        self.module.confounder_mean.copy_(as_tensor(mean))
-        self.module.confounder_scale.copy_(as_tensor(scale))
-        self.module.mean_log_total.copy_(as_tensor(log_reference))
-        with torch.no_grad():
-            self.module.output.bias.copy_(as_tensor(bias))
         if self.module.likelihood == "bernoulli":
             input_total = np.exp(values[:, 0]).mean()
         else:
             input_total = row_and_column_sums(matrix, log1p=True)[0].mean()
-        self.module.mean_input_total.copy_(as_tensor(input_total))
+        copy_into(
+            self.module,
+            {
+                "confounder_mean": mean,
+                "confounder_scale": scale,
+                "mean_log_total": log_reference,
+                "output.bias": bias,
+                "mean_input_total": input_total,
+            },
+        )
 
     @classmethod
     @setup_anndata_dsp.dedent
@@ -268,12 +272,9 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
 
-    def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True):
-        if adata is not None and adata is not self.adata:
-            # Before scvi's own validation (a copy of registered data may have changed since),
-            # whose wording for unknown categories names no fix.
-            check_query(adata, self.registry_)
-        return super()._validate_anndata(adata, copy_if_view=copy_if_view)
+    def _check_new_data(self, adata: AnnData) -> None:
+        # scvi-tools' wording for unknown categories names no fix.
+        check_query(adata, self.registry_)
 
     def train(
         self,

@@ -8,9 +8,9 @@ import math
 import warnings
 
 from scvi import settings
-from scvi.dataloaders._data_splitting import validate_data_split
 from scvi.model.base import UnsupervisedTrainingMixin
 
+from scgexp._compat import validate_data_split
 from scgexp.data._checks import InputError, cell_positions
 from scgexp.dataloaders import DataMode, DataSplitter
 from scgexp.dataloaders._loaders import in_requested_order

@@ -18,11 +18,10 @@ from scvi.data.fields import (
     LayerField,
     NumericalObsField,
 )
-from scvi.model._utils import scrna_raw_counts_properties
 from scvi.model.base import BaseModelClass, RNASeqMixin
-from scvi.model.base._de_core import _de_core
 from scvi.utils import de_dsp, setup_anndata_dsp
 
+from scgexp._compat import _de_core, scrna_raw_counts_properties
 from scgexp._io import SafeSaveMixin
 from scgexp.data._checks import (
     InputError,
@@ -37,6 +36,7 @@ from scgexp.data._checks import (
     row_and_column_sums,
 )
 from scgexp.data._fields import CategoricalJointObsField
+from scgexp.nn._tensors import copy_into
 from scgexp.train import TrainingMixin
 from scgexp.zinb._module import ZINBAutoencoderModule
 
@@ -186,15 +186,16 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         mean = total / n_obs
         std = np.sqrt(np.maximum(total_sq / n_obs - mean**2, 0.0))
         scale = np.where(std > 1e-6, std, 1.0)  # constant genes are left unscaled, as in scanpy
-        as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
-        self.module.input_mean.copy_(as_tensor(mean))
-        self.module.input_scale.copy_(as_tensor(scale))
-        self.module.median_total.copy_(as_tensor(median_total))
-        # Start the mean head at each gene's average normalised count (faster convergence).
-        with torch.no_grad():
-            self.module.mean_head.bias.copy_(
-                as_tensor(np.log(np.maximum(total_norm / n_obs, 1e-5)))
-            )
+        copy_into(
+            self.module,
+            {
+                "input_mean": mean,
+                "input_scale": scale,
+                "median_total": median_total,
+                # The mean head starts at each gene's average normalised count (faster).
+                "mean_head.bias": np.log(np.maximum(total_norm / n_obs, 1e-5)),
+            },
+        )
 
     @classmethod
     @setup_anndata_dsp.dedent
@@ -232,7 +233,7 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         categorical = [k for k in [batch_key, *(categorical_covariate_keys or [])] if k]
         check_obs_keys(adata, categorical=categorical, allow_unused_categories=query)
         check_size_factors(adata, size_factor_key)
-        if kwargs.get("source_registry") is not None:
+        if query:
             check_known_categories(adata, kwargs["source_registry"])
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
@@ -244,12 +245,9 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
 
-    def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True):
-        if adata is not None and adata is not self.adata:
-            # Before scvi's own validation (a copy of registered data may have changed since),
-            # whose wording for unknown categories names no fix.
-            check_query(adata, self.registry_)
-        return super()._validate_anndata(adata, copy_if_view=copy_if_view)
+    def _check_new_data(self, adata: AnnData) -> None:
+        # scvi-tools' wording for unknown categories names no fix.
+        check_query(adata, self.registry_)
 
     def train(
         self,
@@ -343,7 +341,6 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
             **trainer_kwargs,
         )
 
-    @torch.inference_mode()
     def get_latent_representation(
         self,
         adata: AnnData | None = None,

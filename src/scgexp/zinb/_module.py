@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
 from scvi import REGISTRY_KEYS
@@ -14,21 +14,10 @@ from scvi.nn import FCLayers
 from torch import nn
 from torch.nn.functional import softplus
 
+from scgexp._compat import MODULE_KEYS
+
 logger = logging.getLogger(__name__)
 
-
-class _ModuleKeys(NamedTuple):
-    # The values of scvi's (private) ``scvi.module._constants.MODULE_KEYS``.
-    X_KEY: str = "x"
-    Z_KEY: str = "z"
-    LIBRARY_KEY: str = "library"
-    BATCH_INDEX_KEY: str = "batch_index"
-    CAT_COVS_KEY: str = "cat_covs"
-    SIZE_FACTOR_KEY: str = "size_factor"
-    PX_KEY: str = "px"
-
-
-MODULE_KEYS = _ModuleKeys()
 
 MEAN_MIN, MEAN_MAX = 1e-5, 1e6
 DISP_MIN, DISP_MAX = 1e-4, 1e4

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
 from scgexp.data import simulate_scatac, simulate_scrna
@@ -44,3 +46,23 @@ def test_no_restore_without_early_stopping_or_where_a_model_opts_out():
         warnings.simplefilter("ignore")
         sailer.train(max_epochs=2, enable_progress_bar=False, n_epochs_warmup=0)
     assert _callbacks(sailer) == []
+
+
+def test_restoring_the_first_epoch_after_several_warns():
+    module = torch.nn.Linear(2, 1)
+    pl_module = SimpleNamespace(module=module)
+    callback = RestoreBestWeights("validation_loss")
+    for epoch, loss in enumerate([1.0, 2.0, 3.0, 4.0]):
+        trainer = SimpleNamespace(
+            sanity_checking=False,
+            callback_metrics={"validation_loss": torch.tensor(loss)},
+            current_epoch=epoch,
+        )
+        callback.on_validation_epoch_end(trainer, pl_module)
+    trainer.current_epoch = 4  # four epochs done
+    with pytest.warns(UserWarning, match="learning rate may be too high"):
+        callback.on_train_end(trainer, pl_module)
+    callback.best_epoch = 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        callback.on_train_end(trainer, pl_module)

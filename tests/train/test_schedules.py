@@ -6,10 +6,12 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from scgexp.data import InputError, simulate_multiome, simulate_scatac
 from scgexp.model import SAILER, MultiVAE
+from scgexp.train import TrainingDivergedError
 
 
 class _RecordKLWeight(Callback):
@@ -90,11 +92,15 @@ def test_train_size_one_trains_without_validation_and_none_means_the_default(nam
     build = _models()[name]
     for train_size in (1.0, 0.999):  # 0.999 of 150 cells leaves no validation cell either
         model = build()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with pytest.warns(UserWarning, match="no validation cells"):
             model.train(max_epochs=2, train_size=train_size, enable_progress_bar=False)
         assert len(model.history["train_loss"]) == 2
         assert not any("validation" in key for key in model.history)
+    with warnings.catch_warnings():  # early stopping off: nothing to warn about
+        warnings.filterwarnings("error", message=".*no validation cells.*")
+        build().train(
+            max_epochs=1, train_size=1.0, early_stopping=False, enable_progress_bar=False
+        )
     model = build()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -121,6 +127,34 @@ def test_scvi_tools_trainer_arguments_work(name):
         )
     assert len(model.history["train_loss"]) == 4
     assert len(model.history[monitor]) == 4
+
+
+class _PoisonWeights(Callback):
+    """Fills one weight matrix with NaN after the first step, as a diverging update would."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == 0 and batch_idx == 0:
+            weight = next(p for p in pl_module.module.parameters() if p.dim() == 2)
+            with torch.no_grad():
+                weight.fill_(float("nan"))
+
+
+@pytest.mark.parametrize("name", ["zinb", "dgex", "sailer", "multivae"])
+def test_a_diverging_run_stops_with_advice(name):
+    # ZINB and DGEX used to train on through NaN weights and return NaN outputs silently;
+    # SAILER and MultiVAE failed with torch's "found invalid values".
+    model = _models()[name]()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(TrainingDivergedError, match="Lower the learning rate"):
+            model.train(
+                max_epochs=3,
+                early_stopping=False,
+                callbacks=[_PoisonWeights()],
+                batch_size=32,
+                enable_progress_bar=False,
+            )
+    assert not model.is_trained_
 
 
 @pytest.mark.parametrize("invariance", [None, "adversarial"])
@@ -161,6 +195,8 @@ def test_small_data_trains_without_lightnings_logging_interval_warning():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model.train(max_epochs=1, enable_progress_bar=False)
+        # 135 training cells in minibatches of 134: the one-cell rest is left out, 1 step
+        model.train(max_epochs=1, batch_size=134, enable_progress_bar=False)
     assert not [w for w in caught if "logging interval" in str(w.message)]
 
 

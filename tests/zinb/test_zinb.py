@@ -344,6 +344,16 @@ def test_rmsprop_and_seeded(adata):
     model = ZINBAutoencoder(adata)
     model.train(max_epochs=2, optimizer="RMSprop", enable_progress_bar=False)
     assert np.isfinite(model.history["validation_loss"].to_numpy(dtype=float)).all()
+    # plan_kwargs' learning rate and weight decay reach RMSprop (they were ignored)
+    model = ZINBAutoencoder(adata)
+    plan_kwargs = {"lr": 0.02, "weight_decay": 0.5}
+    model.train(
+        max_epochs=1, optimizer="RMSprop", plan_kwargs=plan_kwargs, enable_progress_bar=False
+    )
+    (group,) = model.trainer.optimizers[0].param_groups
+    assert isinstance(model.trainer.optimizers[0], torch.optim.RMSprop)
+    assert group["lr"] == 0.02
+    assert group["weight_decay"] == 0.5
 
 
 @pytest.mark.parametrize("linear_bottleneck", [True, False])

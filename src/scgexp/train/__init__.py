@@ -3,6 +3,12 @@
 from scgexp.train._callbacks import RestoreBestWeights
 from scgexp.train._mixin import TrainingMixin
 from scgexp.train._plans import InvarianceTrainingPlan
-from scgexp.train._trainingplan import TrainingPlan
+from scgexp.train._trainingplan import TrainingDivergedError, TrainingPlan
 
-__all__ = ["InvarianceTrainingPlan", "RestoreBestWeights", "TrainingMixin", "TrainingPlan"]
+__all__ = [
+    "InvarianceTrainingPlan",
+    "RestoreBestWeights",
+    "TrainingDivergedError",
+    "TrainingMixin",
+    "TrainingPlan",
+]

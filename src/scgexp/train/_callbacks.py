@@ -8,6 +8,8 @@ import logging
 import lightning.pytorch as pl
 import torch
 
+from scgexp._warn import warn_user
+
 logger = logging.getLogger(__name__)
 
 
@@ -49,3 +51,10 @@ class RestoreBestWeights(pl.Callback):
                 self.monitor,
                 self.best_score,
             )
+            if self.best_epoch == 0 and trainer.current_epoch >= 3:
+                warn_user(
+                    f"{self.monitor} was best after the first epoch and got worse in the "
+                    f"{trainer.current_epoch - 1} after it, so the model restored has had one "
+                    "epoch of training. The learning rate may be too high: try a lower one "
+                    "(plan_kwargs={'lr': ...})."
+                )

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import math
 import warnings
 
 from scvi import settings
 from scvi.model.base import UnsupervisedTrainingMixin
 
 from scgexp._compat import validate_data_split
+from scgexp._warn import warn_user
 from scgexp.data._checks import InputError, cell_positions
 from scgexp.dataloaders import DataMode, DataSplitter
 from scgexp.dataloaders._loaders import in_requested_order
@@ -128,10 +128,19 @@ class TrainingMixin(UnsupervisedTrainingMixin):
                 "needs at least 2. Raise train_size or use more cells."
             )
         # Lightning warns on every small data set whose epoch has fewer steps than its interval.
-        steps = math.ceil(n_train / (batch_size or settings.batch_size))
+        # (A one-cell last minibatch is left out by the splitter.)
+        steps = n_train // (batch_size or settings.batch_size)
+        steps += n_train % (batch_size or settings.batch_size) > 1
         kwargs.setdefault("log_every_n_steps", max(1, min(10, steps)))
         if n_validation == 0:
             # No validation cells: nothing to stop early on or to schedule the learning rate by.
+            if kwargs.get("early_stopping"):
+                warn_user(
+                    f"The split leaves no validation cells (train_size={train_size}, "
+                    f"{self.adata.n_obs} cells): training runs all epochs without early "
+                    "stopping or learning-rate plateau. Pass early_stopping=False to say so, or "
+                    "a train_size below 1 for early stopping."
+                )
             kwargs["early_stopping"] = False
             kwargs["plan_kwargs"] = {
                 **(kwargs.get("plan_kwargs") or {}),

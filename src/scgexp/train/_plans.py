@@ -201,6 +201,7 @@ class InvarianceTrainingPlan(TrainingPlan):
         factor = self.invariance_factor
         if penalty is not None and factor > 0:
             loss = loss + factor * penalty
+            self._check_finite(loss)
         self.log("train_loss", loss, on_epoch=True, on_step=False, prog_bar=True)
         self.compute_and_log_metrics(loss_output, self.train_metrics, "train")
         optimizer.zero_grad()
@@ -215,6 +216,7 @@ class InvarianceTrainingPlan(TrainingPlan):
 
         if discriminator_optimizer is not None:
             discriminator_loss = self.invariance.discriminator_loss(inputs.detach())
+            self._check_finite(discriminator_loss)
             discriminator_optimizer.zero_grad()
             self.manual_backward(discriminator_loss)
             self._average_across_processes(self.invariance.discriminator_parameters())

@@ -11,6 +11,10 @@ from scvi.train import TrainingPlan as ScviTrainingPlan
 _log_metrics = ScviTrainingPlan.compute_and_log_metrics.__wrapped__
 
 
+class TrainingDivergedError(RuntimeError):
+    """Raised when the training loss stops being finite; the message says what to change."""
+
+
 class TrainingPlan(ScviTrainingPlan):
     """:class:`scvi.train.TrainingPlan` that also works under distributed data parallel.
 
@@ -29,6 +33,34 @@ class TrainingPlan(ScviTrainingPlan):
     ...     _training_plan_cls = scgexp.train.TrainingPlan
     >>> MyModel(adata).train(accelerator="cpu", devices=2, strategy="ddp")
     """
+
+    def forward(self, *args, **kwargs):
+        """The module's forward pass; in training, a loss that is not finite stops training.
+
+        Without this check a deterministic model (ZINB, DGEX) would train on through NaN
+        weights and return NaN outputs; a VAE would fail in torch with no hint of the cause.
+        """
+        try:
+            outputs = super().forward(*args, **kwargs)
+        except ValueError as error:  # torch.distributions refusing NaN parameters
+            if self.training and "invalid values" in str(error):
+                raise TrainingDivergedError(self._divergence_message("NaN")) from error
+            raise
+        if self.training:
+            self._check_finite(outputs[2].loss)
+        return outputs
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(self._divergence_message(loss.item()))
+
+    def _divergence_message(self, loss) -> str:
+        return (
+            f"Training diverged in epoch {self.current_epoch + 1}: the training loss became "
+            f"{loss}. Lower the learning rate (plan_kwargs={{'lr': ...}}; it is {self.lr}), "
+            "keep gradient clipping on (gradient_clip_val), or look for extreme values in the "
+            "input; then train a new model."
+        )
 
     def compute_and_log_metrics(self, loss_output, metrics, mode: str):
         """Log the ELBO and the module's extra metrics (see the class note)."""

@@ -310,14 +310,7 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         """
         if max_epochs is None:
             max_epochs = int(min(300, max(20, round(3e6 / max(self.summary_stats.n_cells, 1)))))
-        plan_kwargs = dict(plan_kwargs or {})
-        if optimizer == "RMSprop":
-            plan_kwargs.setdefault("optimizer", "Custom")
-            plan_kwargs.setdefault(
-                "optimizer_creator",
-                lambda params: torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay),
-            )
-        elif optimizer != "Adam":
+        if optimizer not in ("Adam", "RMSprop"):
             raise ValueError(f"optimizer must be 'Adam' or 'RMSprop', not {optimizer!r}.")
         plan_kwargs = {
             "lr": lr,
@@ -326,8 +319,15 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
             "lr_scheduler_metric": "validation_loss",
             "lr_patience": lr_patience,
             "lr_factor": 0.1,
-            **plan_kwargs,
+            **(plan_kwargs or {}),
         }
+        if optimizer == "RMSprop":  # with the final lr and weight decay, plan_kwargs' included
+            final_lr, final_decay = plan_kwargs["lr"], plan_kwargs["weight_decay"]
+            plan_kwargs.setdefault("optimizer", "Custom")
+            plan_kwargs.setdefault(
+                "optimizer_creator",
+                lambda params: torch.optim.RMSprop(params, lr=final_lr, weight_decay=final_decay),
+            )
         if gradient_clip_val is not None:
             trainer_kwargs.setdefault("gradient_clip_val", gradient_clip_val)
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")

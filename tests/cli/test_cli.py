@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -174,6 +175,18 @@ def test_fit_and_predict_zinb(counts_file, tmp_path):
     assert result.exit_code == 0, result.output
     again = ad.read_h5ad(tmp_path / "again.h5ad")
     np.testing.assert_allclose(again.obsm["X_zinb"], fitted.obsm["X_zinb"], rtol=1e-5)
+
+
+def test_fit_is_seeded(counts_file, tmp_path):
+    # Unseeded, two identical runs trained from different random starts.
+    latents = []
+    for run, seed in enumerate([0, 0, 1]):
+        out = tmp_path / f"run{run}.h5ad"
+        result = _invoke("fit", "zinb", counts_file, "--out", out, "--epochs", "1", "--seed", seed)
+        assert result.exit_code == 0, result.output
+        latents.append(ad.read_h5ad(out).obsm["X_zinb"])
+    np.testing.assert_array_equal(latents[0], latents[1])
+    assert not np.allclose(latents[0], latents[2])
 
 
 @pytest.mark.parametrize(
@@ -368,3 +381,38 @@ def test_fit_on_two_processes_writes_once(counts_file, tmp_path):
     assert ad.read_h5ad(out).obsm["X_zinb"].shape[0] == ad.read_h5ad(counts_file).n_obs
     assert result.stdout.count("Wrote") == 1
     assert not list(tmp_path.glob(".*partial*"))
+
+
+@pytest.mark.parametrize("model_name", ["dgex", "zinb", "sailer", "multivae"])
+def test_results_that_replace_input_entries_are_named(
+    model_name, bulk_file, counts_file, tmp_path
+):
+    data = {
+        "dgex": lambda: ad.read_h5ad(bulk_file),
+        "zinb": lambda: ad.read_h5ad(counts_file),
+        "sailer": lambda: scgexp.data.simulate_scatac(n_cells=150, n_peaks=100, seed=0),
+        "multivae": lambda: scgexp.data.simulate_multiome(
+            n_cells=150, n_genes=40, n_peaks=80, seed=0
+        ),
+    }[model_name]()
+    suffix = ".h5mu" if model_name == "multivae" else ".h5ad"
+    data.obsm["X_user"] = np.zeros((data.n_obs, 2))
+    data.uns["user"] = {"note": 1}
+    for adata in getattr(data, "mod", {None: data}).values():
+        adata.layers["user"] = adata.X.copy()
+
+    def fit(run: str) -> list[str]:
+        path = tmp_path / f"{run}{suffix}"
+        data.write(path) if model_name == "multivae" else data.write_h5ad(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = tmp_path / f"{run}_out{suffix}"
+            result = _invoke("fit", model_name, path, "--out", out, "--epochs", "1")
+        assert result.exit_code == 0, result.output
+        return [str(w.message) for w in caught if "already has" in str(w.message)]
+
+    assert fit("unrelated") == []  # the user's other entries stay and are not mentioned
+    data.obsm[f"X_{model_name}"] = np.zeros((data.n_obs, 2))
+    (message,) = fit("same_name")
+    assert f"obsm['X_{model_name}']" in message
+    assert "user" not in message

@@ -27,10 +27,11 @@ def test_rna_prediction_r_reads_predictions_per_10k_counts():
 
 @pytest.mark.slow
 def test_demo_writes_a_report_whose_figures_exist(tmp_path):
-    report = run_demo(tmp_path, epochs=2).read_text()
+    report = run_demo(tmp_path, epochs=2, accelerator="cpu").read_text()
     for section in ("## DGEX", "## ZINBAutoencoder", "## SAILER", "## MultiVAE"):
         assert section in report
-    assert "Reproduce: `scgexp demo --out DIR --epochs 2`" in report
+    command = "scgexp demo --out DIR --epochs 2 --accelerator cpu"
+    assert f"Reproduce: `{command}` (seed 0; CPU;" in report
     figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert len(figures) == 8
     for figure in figures:

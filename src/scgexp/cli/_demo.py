@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 import scvi
+import torch
 from sklearn.linear_model import RidgeCV
 from sklearn.metrics import (
     adjusted_rand_score,
@@ -423,6 +424,15 @@ def _rna_prediction_r(predicted, counts) -> np.ndarray:
     )
 
 
+def _device(accelerator: str) -> str:
+    """The device Lightning's ``accelerator`` resolves to here, in words."""
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return f"GPU {torch.cuda.get_device_name(0)}"
+    if accelerator in ("auto", "gpu", "mps") and torch.backends.mps.is_available():
+        return "Apple MPS"
+    return "CPU"
+
+
 def run_demo(out_dir: Path, epochs: int | None = None, accelerator: str = "auto") -> Path:
     """Train each model on embedded data and write ``report.md`` with figures into ``out_dir``.
 
@@ -467,12 +477,13 @@ def run_demo(out_dir: Path, epochs: int | None = None, accelerator: str = "auto"
         for name in ("scvi-tools", "torch", "scanpy", "anndata")
     )
     command = "scgexp demo --out DIR" + ("" if epochs is None else f" --epochs {epochs}")
+    command += "" if accelerator == "auto" else f" --accelerator {accelerator}"
     report.write_text(
         f"# scgexp {scgexp.__version__} demo report\n\n"
         f"Every model trained on data that ships with the package ({minutes:.1f} min). "
-        f"Reproduce: `{command}` (seed 0; {versions}). Cell-type scores: Leiden clusters at "
-        "the resolution (0.2–2) that matches the labels best, as scib does, so NMI and ARI are "
-        "upper bounds; silhouettes on the latent itself. The report and its figures are the "
-        "only files written.\n\n" + "\n".join(sections)
+        f"Reproduce: `{command}` (seed 0; {_device(accelerator)}; {versions}). Cell-type "
+        "scores: Leiden clusters at the resolution (0.2–2) that matches the labels best, as scib "
+        "does, so NMI and ARI are upper bounds; silhouettes on the latent itself. The report "
+        "and its figures are the only files written.\n\n" + "\n".join(sections)
     )
     return report

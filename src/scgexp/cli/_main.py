@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from scgexp._warn import warn_user
 from scgexp.data import InputError
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,29 @@ def _write(data, output: Path) -> None:
         os.replace(partial, output)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def _entries(data) -> dict[str, object]:
+    """The obsm, uns and layer entries of an AnnData or MuData (its modalities' layers too)."""
+    entries = {f"obsm[{k!r}]": v for k, v in data.obsm.items()}
+    entries |= {f"uns[{k!r}]": v for k, v in data.uns.items()}
+    for name, adata in getattr(data, "mod", {None: data}).items():
+        where = "" if name is None else f"mod[{name!r}]."
+        entries |= {f"{where}layers[{k!r}]": v for k, v in adata.layers.items()}
+    return entries
+
+
+def _results(spec, model, data, options: dict):
+    """The model's results for the output file; warns about entries of INPUT they replace."""
+    before = _entries(data)
+    result = spec.results(model, data, options)
+    replaced = [k for k, v in _entries(result).items() if k in before and v is not before[k]]
+    if replaced:
+        warn_user(
+            f"The input already has {', '.join(replaced)}; the output holds this run's results "
+            "there instead (the input file is unchanged)."
+        )
+    return result
 
 
 def _run(action):
@@ -174,6 +198,14 @@ def demo(out_dir: Path, epochs: int | None, accelerator: str) -> None:
     type=click.Choice(["auto", "memory", "stream", "standard"]),
     help="Data path (see the docs' scaling page); stream leaves INPUT's matrices on disk.",
 )
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Random seed (scvi.settings.seed): a rerun with the same seed, data, device and "
+    "package versions trains the same model.",
+)
 def fit(
     model_name,
     input_path,
@@ -190,8 +222,11 @@ def fit(
     devices,
     strategy,
     data_mode,
+    seed,
 ) -> None:
     """Train MODEL on INPUT (.h5ad/.h5mu); write results to --out and save the model."""
+    import scvi
+
     from scgexp.cli._specs import MODELS
 
     spec = MODELS[model_name]
@@ -216,6 +251,7 @@ def fit(
         _check_model_dir(folder, output, spec.cls.__name__)
         data = _read(input_path, backed=data_mode == "stream")
         spec.setup(data, options)
+        scvi.settings.seed = seed
         model = spec.cls(data)
         train_kwargs = {
             "accelerator": accelerator,
@@ -229,7 +265,7 @@ def fit(
         if getattr(model.trainer, "global_rank", 0) != 0:
             return None  # several processes (--devices N): only the first one writes
         model.save(str(folder), overwrite=True)
-        result = spec.results(model, data, options)
+        result = _results(spec, model, data, options)
         _write(result, output)
         return folder
 
@@ -278,7 +314,7 @@ def predict(
             raise InputError("--rank-map and --fill-missing apply to DGEX models only.")
         data = _read(input_path)
         model = spec.cls.load(str(model_dir), adata=None if spec.key == "dgex" else data)
-        result = spec.results(model, data, {"rank_map": rank_map, "fill_missing": fill_missing})
+        result = _results(spec, model, data, {"rank_map": rank_map, "fill_missing": fill_missing})
         _write(result, output)
 
     _run(action)

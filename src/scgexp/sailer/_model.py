@@ -460,7 +460,9 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         n_neighbors
             Neighbours of the Kraskov estimator.
         random_state
-            Seed for the subsample, the depth noise and the estimator.
+            Seed for the subsample, the depth noise and the estimator. The noise is drawn in
+            row order, so the same cells in another order (or another seed) give values a few
+            thousandths of a nat apart: compare latents on the same data and seed.
 
         Returns
         -------

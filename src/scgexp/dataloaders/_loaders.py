@@ -18,6 +18,7 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
+from scgexp.data._checks import dense
 from scgexp.dataloaders._store import TensorStore
 
 if TYPE_CHECKING:
@@ -155,8 +156,7 @@ class _BlockStream(IterableDataset):
         batch = self.store.batch(torch.as_tensor(rows, dtype=torch.long))
         for key, value in parts.items():
             dtype = self.store.backed[key][1]
-            dense = value.toarray() if sparse.issparse(value) else np.asarray(value)
-            batch[key] = torch.as_tensor(dense.astype(dtype, copy=False))
+            batch[key] = torch.as_tensor(dense(value).astype(dtype, copy=False))
         return batch
 
     def _reads(self, blocks: list, cycle: bool) -> Iterator[tuple[np.ndarray, dict]]:

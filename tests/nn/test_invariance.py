@@ -83,3 +83,13 @@ def test_bad_arguments():
     invariance = Invariance(4, n_cats_per_key=[3], n_continuous=2, method="both")
     with pytest.raises(ValueError, match="continuous"):
         invariance.penalty(_inputs()._replace(categorical=[torch.zeros(8, dtype=torch.long)]))
+
+
+def test_pairwise_kl_stays_float32_under_float16_autocast():
+    # Sharp posteriors overflowed float16 matrix products (inf - inf = NaN) under "16-mixed".
+    mean = 2 * torch.randn(64, 10, generator=torch.Generator().manual_seed(0))
+    var = torch.full((64, 10), 1e-3)
+    expected = pairwise_gaussian_kl(mean.double(), var.double())
+    with torch.autocast("cpu", dtype=torch.float16):
+        kl = pairwise_gaussian_kl(mean, var)
+    torch.testing.assert_close(kl.double(), expected, rtol=1e-5, atol=0)

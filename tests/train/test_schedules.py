@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
 import pytest
+import scvi
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.precision import MixedPrecision
 
 from scgexp.data import InputError, simulate_multiome, simulate_scatac
 from scgexp.model import SAILER, MultiVAE
@@ -67,6 +70,12 @@ def test_a_one_cell_last_minibatch_is_dropped_not_trained():
     assert np.isfinite(multivae.get_latent_representation()).all()
 
 
+def _train_quietly(model, **kwargs) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(enable_progress_bar=False, **kwargs)
+
+
 def _models():
     from scgexp.data import simulate_bulk_expression, simulate_scrna
     from scgexp.model import DGEX, ZINBAutoencoder
@@ -102,9 +111,7 @@ def test_train_size_one_trains_without_validation_and_none_means_the_default(nam
             max_epochs=1, train_size=1.0, early_stopping=False, enable_progress_bar=False
         )
     model = build()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.train(max_epochs=2, train_size=None, enable_progress_bar=False)
+    _train_quietly(model, max_epochs=2, train_size=None)
     assert any("validation" in key for key in model.history)
 
 
@@ -115,16 +122,14 @@ def test_scvi_tools_trainer_arguments_work(name):
     # optimisation refused Lightning's gradient clipping.
     model = _models()[name]()
     monitor = {"dgex": "mae_train"}.get(name, "train_loss")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.train(
-            max_epochs=4,
-            check_val_every_n_epoch=2,
-            early_stopping=True,
-            early_stopping_monitor=monitor,
-            gradient_clip_val=1.0,
-            enable_progress_bar=False,
-        )
+    _train_quietly(
+        model,
+        max_epochs=4,
+        check_val_every_n_epoch=2,
+        early_stopping=True,
+        early_stopping_monitor=monitor,
+        gradient_clip_val=1.0,
+    )
     assert len(model.history["train_loss"]) == 4
     assert len(model.history[monitor]) == 4
 
@@ -139,8 +144,9 @@ class _PoisonWeights(Callback):
                 weight.fill_(float("nan"))
 
 
+@pytest.mark.parametrize("early_stopping", [False, True])
 @pytest.mark.parametrize("name", ["zinb", "dgex", "sailer", "multivae"])
-def test_a_diverging_run_stops_with_advice(name):
+def test_a_diverging_run_stops_with_advice(name, early_stopping):
     # ZINB and DGEX used to train on through NaN weights and return NaN outputs silently;
     # SAILER and MultiVAE failed with torch's "found invalid values".
     model = _models()[name]()
@@ -149,7 +155,7 @@ def test_a_diverging_run_stops_with_advice(name):
         with pytest.raises(TrainingDivergedError, match="Lower the learning rate"):
             model.train(
                 max_epochs=3,
-                early_stopping=False,
+                early_stopping=early_stopping,
                 callbacks=[_PoisonWeights()],
                 batch_size=32,
                 enable_progress_bar=False,
@@ -168,9 +174,7 @@ def test_multivae_clips_gradients_where_its_plan_optimises(invariance):
         if invariance is None and kwargs:
             continue  # the automatic plan takes no clipping argument
         model = MultiVAE(mdata, n_hidden=8, n_latent=2, invariance=invariance)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model.train(max_epochs=1, enable_progress_bar=False, **kwargs)
+        _train_quietly(model, max_epochs=1, **kwargs)
         trainer = model.trainer
         if invariance is None:
             assert trainer.gradient_clip_val == expected
@@ -228,3 +232,35 @@ def test_one_cell_minibatch_is_counted_per_process(n_cells, world_size, dropped)
     splitter.trainer = SimpleNamespace(world_size=world_size, strategy=cpu)
     splitter.setup()
     assert splitter.drop_last is dropped
+
+
+def test_precisions_that_change_the_weights_format_are_refused():
+    model = _models()["zinb"]()
+    with pytest.raises(InputError, match="bf16-mixed"):
+        model.train(max_epochs=1, precision="bf16-true")
+
+
+class _GradScalerOnly(MixedPrecision):
+    """CUDA "16-mixed" without the float16 casts: its gradient scaler, on the CPU."""
+
+    def autocast_context_manager(self):
+        return contextlib.nullcontext()
+
+
+def test_invariance_plan_clips_unscaled_gradients_under_16_mixed():
+    # Gradients are still scaled when the plan clips them; clipping them at the plain bound
+    # shrank every step by the scale (65536) and the model did not train.
+    losses = {}
+    for scaled in (False, True):
+        scvi.settings.seed = 0
+        mdata = simulate_multiome(n_cells=200, n_genes=40, n_peaks=60, seed=0)
+        MultiVAE.setup_mudata(
+            mdata, batch_key="batch", modalities={"rna_layer": "rna", "atac_layer": "atac"}
+        )
+        model = MultiVAE(mdata, n_hidden=32, n_latent=4, invariance="adversarial")
+        plugins = [_GradScalerOnly("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]
+        extra = {"plugins": plugins} if scaled else {}
+        _train_quietly(model, max_epochs=4, gradient_clip_val=1.0, early_stopping=False, **extra)
+        losses[scaled] = model.history["train_loss"].to_numpy(dtype=float).ravel()
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)
+    assert losses[True][-1] < losses[True][0] - 5

@@ -607,5 +607,6 @@ class MultiVAEModule(BaseModuleClass):
         draws = {}
         for m in self.modalities:
             dist = generative_outputs[f"p_{m}"]
-            draws[m] = dist.sample() if n_samples == 1 else dist.sample((n_samples,))
+            draw = dist.sample() if n_samples == 1 else dist.sample((n_samples,))
+            draws[m] = draw.cpu()  # as ZINB's and SAILER's samples
         return draws

@@ -18,6 +18,9 @@ from scgexp.train._callbacks import RestoreBestWeights
 from scgexp.train._plans import InvarianceTrainingPlan
 from scgexp.train._trainingplan import TrainingPlan
 
+# Lightning precisions that keep the weights in float32 ("-true" and 64 cast them).
+_PRECISIONS = {"32", "32-true", "16", "16-mixed", "bf16", "bf16-mixed"}
+
 
 class TrainingMixin(UnsupervisedTrainingMixin):
     """:class:`scvi.model.base.UnsupervisedTrainingMixin` with scgexp's fast data paths.
@@ -105,6 +108,13 @@ class TrainingMixin(UnsupervisedTrainingMixin):
         self._validate_anndata()  # registered data changed since setup would train on moved genes
         self._check_plan_kwargs(kwargs.get("plan_kwargs"))
         max_epochs, batch_size = kwargs.get("max_epochs"), kwargs.get("batch_size")
+        precision = kwargs.get("precision")
+        if precision is not None and str(precision) not in _PRECISIONS:
+            raise InputError(
+                f"precision={precision!r} would leave the model's weights and statistics in "
+                "another number format after training, which its outputs cannot use. Use mixed "
+                "precision (precision='bf16-mixed', or '16-mixed' on a GPU) or the default 32."
+            )
         if max_epochs is not None and max_epochs < 1:
             raise InputError(f"max_epochs must be at least 1, not {max_epochs}.")
         if batch_size is not None and batch_size < 2:

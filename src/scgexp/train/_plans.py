@@ -207,9 +207,13 @@ class InvarianceTrainingPlan(TrainingPlan):
         optimizer.zero_grad()
         self.manual_backward(loss)
         if self.gradient_clip_val is not None:
+            # Under "16-mixed" the gradients are still scaled here (Lightning unscales inside
+            # optimizer.step()): scale the bound with them, or every step shrinks to nothing.
+            scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+            scale = 1.0 if scaler is None else scaler.get_scale()
             self.clip_gradients(
                 optimizer,
-                gradient_clip_val=self.gradient_clip_val,
+                gradient_clip_val=self.gradient_clip_val * scale,
                 gradient_clip_algorithm="norm",
             )
         optimizer.step()
@@ -256,7 +260,8 @@ class InvarianceTrainingPlan(TrainingPlan):
         self.compute_and_log_metrics(loss_output, self.val_metrics, "validation")
 
     def on_train_epoch_end(self):
-        """Decay the learning rate once per epoch."""
+        """Check the epoch's losses; decay the learning rate once per epoch."""
+        super().on_train_epoch_end()
         schedulers = self.lr_schedulers()
         if schedulers is None:
             return

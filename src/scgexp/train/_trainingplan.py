@@ -35,29 +35,36 @@ class TrainingPlan(ScviTrainingPlan):
     """
 
     def forward(self, *args, **kwargs):
-        """The module's forward pass; in training, a loss that is not finite stops training.
+        """The module's forward pass; a training loss that is not finite stops training.
 
         Without this check a deterministic model (ZINB, DGEX) would train on through NaN
         weights and return NaN outputs; a VAE would fail in torch with no hint of the cause.
+        The check is read at the end of each epoch, so steps need no host-device sync.
         """
         try:
             outputs = super().forward(*args, **kwargs)
         except ValueError as error:  # torch.distributions refusing NaN parameters
             if self.training and "invalid values" in str(error):
-                raise TrainingDivergedError(self._divergence_message("NaN")) from error
+                raise TrainingDivergedError(self._divergence_message()) from error
             raise
         if self.training:
             self._check_finite(outputs[2].loss)
         return outputs
 
     def _check_finite(self, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss):
-            raise TrainingDivergedError(self._divergence_message(loss.item()))
+        finite = torch.isfinite(loss.detach())
+        self._finite = finite if getattr(self, "_finite", None) is None else self._finite & finite
 
-    def _divergence_message(self, loss) -> str:
+    def on_train_epoch_end(self):
+        """Stop with advice if a training loss of this epoch was not finite."""
+        finite, self._finite = getattr(self, "_finite", None), None
+        if finite is not None and not finite:
+            raise TrainingDivergedError(self._divergence_message())
+
+    def _divergence_message(self) -> str:
         return (
-            f"Training diverged in epoch {self.current_epoch + 1}: the training loss became "
-            f"{loss}. Lower the learning rate (plan_kwargs={{'lr': ...}}; it is {self.lr}), "
+            f"Training diverged in epoch {self.current_epoch + 1}: the training loss became NaN "
+            "or infinite. Lower the learning rate (plan_kwargs={{'lr': ...}}; it is {self.lr}), "
             "keep gradient clipping on (gradient_clip_val), or look for extreme values in the "
             "input; then train a new model."
         )

@@ -364,3 +364,16 @@ def test_mark_and_read_landmarks(tmp_path):
         scgexp.data.mark_landmarks(adata, ["X1", "X2"])
     with pytest.raises(InputError, match="a list of identifiers"):
         scgexp.data.mark_landmarks(adata, "gene00000")
+
+
+@pytest.mark.parametrize(
+    "option", [{"loss": "MSE"}, {"variance": "sample"}, {"activation": "sigmoid"}]
+)
+def test_unknown_options_are_refused(bulk, option):
+    # "MSE" trained with the Gaussian loss, "sample" with one variance per gene, "sigmoid"
+    # failed with a bare KeyError.
+    adata = bulk[0][:50].copy()
+    DGEX.setup_anndata(adata)
+    (name,) = option
+    with pytest.raises(InputError, match=f"^{name} must be "):
+        DGEX(adata, **option)

@@ -336,6 +336,10 @@ def test_refuses_bad_modalities():
         MultiVAE.setup_mudata(mdata, batch_key="plate", modalities=RNA_ATAC)
     with pytest.raises(InputError, match="presence_keys"):
         MultiVAE.setup_mudata(mdata, presence_keys={"protein": "has_rna"}, modalities=RNA_ATAC)
+    MultiVAE.setup_mudata(mdata, modalities=RNA_ATAC)
+    for targets in ("rna", ["RNA"]):  # were read as ['r', 'n', 'a'] / silently ignored
+        with pytest.raises(InputError, match="cross_reconstruction_targets must list some of"):
+            MultiVAE(mdata, cross_reconstruction_targets=targets)
 
 
 def test_refuses_bad_matrices():

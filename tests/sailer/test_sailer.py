@@ -159,8 +159,13 @@ def test_bad_inputs(adata):
     adata.obs.loc[adata.obs_names[3], "frip"] = np.nan
     with pytest.raises(InputError, match="NaN"):
         SAILER.setup_anndata(adata, continuous_covariate_keys=["frip"])
-    with pytest.raises(ValueError, match="likelihood"):
+    with pytest.raises(InputError, match="likelihood must be 'bernoulli' or 'poisson'"):
         SAILER.setup_anndata(adata) or SAILER(adata, likelihood="nb")
+    # Named as the model's arguments (the shared component's "method" read as another name).
+    with pytest.raises(InputError, match=r"^invariance must be None, 'mi', 'adversarial' or"):
+        SAILER(adata, invariance="MI")
+    with pytest.raises(InputError, match="invariance_weight must be 0 or more"):
+        SAILER(adata, invariance_weight=-1.0)
 
 
 def test_single_batch_warns_and_trains(adata):

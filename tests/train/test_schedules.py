@@ -152,7 +152,8 @@ def test_a_diverging_run_stops_with_advice(name, early_stopping):
     model = _models()[name]()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(TrainingDivergedError, match="Lower the learning rate"):
+        advice = r"Lower the learning rate \(train\(lr=\.\.\.\); it is 0\.00\d\)"
+        with pytest.raises(TrainingDivergedError, match=advice):
             model.train(
                 max_epochs=3,
                 early_stopping=early_stopping,

@@ -221,6 +221,9 @@ def test_differential_expression_finds_the_true_fold_changes(adata):
     assert np.corrcoef(spearman[upper], true_correlation[upper])[0, 1] > 0.5
     with pytest.raises(InputError, match="correlation_type"):
         model.get_feature_correlation_matrix(correlation_type="kendall")
+    for size in (0, "latent"):  # "latent" gave each cell's own scale; 0 named library_size
+        with pytest.raises(InputError, match=r"^rna_size_factor must be a positive number"):
+            model.get_feature_correlation_matrix(rna_size_factor=size)
     with pytest.raises(NotImplementedError, match="VAE"):
         model.get_importance_weights()
 
@@ -324,8 +327,8 @@ def test_refuses_unknown_batch_in_query(adata, tmp_path):
 
 def test_bad_options(adata):
     ZINBAutoencoder.setup_anndata(adata)
-    with pytest.raises(ValueError, match="gene_likelihood"):
-        ZINBAutoencoder(adata, likelihood="gaussian")
+    with pytest.raises(InputError, match=r"^likelihood must be 'zinb', 'nb' or 'poisson'"):
+        ZINBAutoencoder(adata, likelihood="gaussian")  # the argument's name, not the module's
     with pytest.raises(ValueError, match="dispersion"):
         ZINBAutoencoder(adata, dispersion="gene-batch")
     model = ZINBAutoencoder(adata)

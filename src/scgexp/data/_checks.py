@@ -65,6 +65,23 @@ def take_columns(matrix, positions: np.ndarray):
     return matrix[:, positions]
 
 
+def check_option(name: str, value, choices: tuple) -> None:
+    """Refuse an option outside ``choices``, naming the argument as the user passes it.
+
+    Examples
+    --------
+    >>> check_option("loss", "MSE", ("mse", "gaussian"))
+    Traceback (most recent call last):
+    ...
+    scgexp.data._checks.InputError: loss must be 'mse' or 'gaussian', not 'MSE'.
+    """
+    if isinstance(value, str | None) and value in choices:
+        return
+    names = [repr(c) for c in choices]
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+    raise InputError(f"{name} must be {listed}, not {value!r}.")
+
+
 def dense(block) -> np.ndarray:
     """A block of rows as a numpy array (densifies a sparse block)."""
     return block.toarray() if sparse.issparse(block) else np.asarray(block)
@@ -353,14 +370,19 @@ def cell_positions(indices) -> np.ndarray:
     return positions
 
 
-def check_library_size(library_size, allow_latent: bool = False) -> None:
-    """Refuse a ``library_size`` that is not a positive number (or ``"latent"`` if allowed)."""
+def check_library_size(
+    library_size, allow_latent: bool = False, name: str = "library_size"
+) -> None:
+    """Refuse a ``library_size`` that is not a positive number (or ``"latent"`` if allowed).
+
+    ``name`` is the argument as the caller's user passes it.
+    """
     if allow_latent and isinstance(library_size, str) and library_size == "latent":
         return
     number = isinstance(library_size, Real) and not isinstance(library_size, bool)
     if not (number and np.isfinite(library_size) and library_size > 0):
         allowed = "'latent' or a positive number" if allow_latent else "a positive number"
-        raise InputError(f"library_size must be {allowed} (e.g. 1e4), not {library_size!r}.")
+        raise InputError(f"{name} must be {allowed} (e.g. 1e4), not {library_size!r}.")
 
 
 def check_size_factors(adata: AnnData, key: str | None) -> None:

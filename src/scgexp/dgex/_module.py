@@ -10,6 +10,8 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from scvi.nn import FCLayers
 from torch import nn
 
+from scgexp.data._checks import check_option
+
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU}
 N_QUANTILES = 101
 
@@ -56,6 +58,9 @@ class DGEXModule(BaseModuleClass):
         linear_skip: bool = True,
     ):
         super().__init__()
+        check_option("activation", activation, tuple(ACTIVATIONS))
+        check_option("loss", loss, ("mse", "gaussian"))
+        check_option("variance", variance, ("gene", "value"))
         self.loss_type = loss
         self.variance = variance
         n_landmarks, n_targets = len(landmark_index), len(target_index)

@@ -19,6 +19,7 @@ from torch import nn
 from torch.distributions import Bernoulli, Normal, kl_divergence
 from torch.nn.functional import softplus
 
+from scgexp.data._checks import InputError, check_option
 from scgexp.nn import Invariance, InvarianceInputs
 
 logger = logging.getLogger(__name__)
@@ -184,14 +185,10 @@ class MultiVAEModule(BaseModuleClass):
             raise ValueError(
                 f"n_features must name some of {MODALITIES}, not {sorted(n_features)}."
             )
-        if gene_likelihood not in ("zinb", "nb"):
-            raise ValueError(f"gene_likelihood must be 'zinb' or 'nb', not {gene_likelihood!r}.")
-        if protein_likelihood not in ("mixture", "nb"):
-            raise ValueError(
-                f"protein_likelihood must be 'mixture' or 'nb', not {protein_likelihood!r}."
-            )
-        if joint not in ("poe", "mixture"):
-            raise ValueError(f"joint must be 'poe' or 'mixture', not {joint!r}.")
+        check_option("gene_likelihood", gene_likelihood, ("zinb", "nb"))
+        check_option("protein_likelihood", protein_likelihood, ("mixture", "nb"))
+        check_option("joint", joint, ("poe", "mixture"))
+        check_option("alignment", alignment, ("joint", "pairwise"))
         self.modalities = [m for m in MODALITIES if m in n_features]
         self.n_features = {m: int(n_features[m]) for m in self.modalities}
         self.n_batch = n_batch
@@ -200,14 +197,19 @@ class MultiVAEModule(BaseModuleClass):
         self.gene_likelihood = gene_likelihood
         self.protein_likelihood = protein_likelihood
         self.joint = joint
-        if alignment not in ("joint", "pairwise"):
-            raise ValueError(f"alignment must be 'joint' or 'pairwise', not {alignment!r}.")
         self.alignment = alignment
         self.alignment_weight = alignment_weight
         self.cross_reconstruction_weight = cross_reconstruction_weight
         if cross_reconstruction_targets is None:
             widest = max(self.modalities, key=lambda m: self.n_features[m])
             cross_reconstruction_targets = [m for m in self.modalities if m != widest]
+        if isinstance(cross_reconstruction_targets, str) or not set(
+            cross_reconstruction_targets
+        ) <= set(self.modalities):
+            raise InputError(
+                f"cross_reconstruction_targets must list some of {self.modalities}, not "
+                f"{cross_reconstruction_targets!r}."
+            )
         self.cross_reconstruction_targets = list(cross_reconstruction_targets)
         self.invariance_depth = invariance_depth
         # Depth is a confounder only where the decoder is given it, or "mi" is no bound.

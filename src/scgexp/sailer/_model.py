@@ -29,6 +29,7 @@ from scgexp.data._checks import (
     check_known_categories,
     check_matrix,
     check_obs_keys,
+    check_option,
     check_query,
     mean_and_scale,
     registered_n_cats_per_cov,
@@ -119,6 +120,10 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         invariance_weight: float = 1.0,
         **model_kwargs,
     ):
+        check_option("likelihood", likelihood, ("bernoulli", "poisson"))
+        check_option("invariance", invariance, (None, "mi", "adversarial", "both"))
+        if not invariance_weight >= 0:
+            raise InputError(f"invariance_weight must be 0 or more, not {invariance_weight!r}.")
         super().__init__(adata, registry)
         n_peaks = self.summary_stats.n_vars
         if n_hidden is None:

@@ -54,7 +54,7 @@ class RestoreBestWeights(pl.Callback):
             if self.best_epoch == 0 and trainer.current_epoch >= 3:
                 warn_user(
                     f"{self.monitor} was best after the first epoch and got worse in the "
-                    f"{trainer.current_epoch - 1} after it, so the model restored has had one "
-                    "epoch of training. The learning rate may be too high: try a lower one "
-                    "(plan_kwargs={'lr': ...})."
+                    f"{trainer.current_epoch - 1} epochs after it, so the model restored has had "
+                    "one epoch of training. The learning rate may be too high: try a lower one "
+                    "(train(lr=...))."
                 )

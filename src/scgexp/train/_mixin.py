@@ -145,11 +145,16 @@ class TrainingMixin(UnsupervisedTrainingMixin):
         if n_validation == 0:
             # No validation cells: nothing to stop early on or to schedule the learning rate by.
             if kwargs.get("early_stopping"):
+                fix = (
+                    "a train_size below 1"
+                    if train_size is not None and train_size >= 1
+                    else "a smaller train_size (e.g. 0.7) or more cells"
+                )
                 warn_user(
-                    f"The split leaves no validation cells (train_size={train_size}, "
-                    f"{self.adata.n_obs} cells): training runs all epochs without early "
-                    "stopping or learning-rate plateau. Pass early_stopping=False to say so, or "
-                    "a train_size below 1 for early stopping."
+                    f"The split leaves no validation cells ({n_train} of {self.adata.n_obs} "
+                    "cells train): training runs all epochs without early stopping or "
+                    "learning-rate plateau. Pass early_stopping=False to say so, or "
+                    f"{fix} for early stopping."
                 )
             kwargs["early_stopping"] = False
             kwargs["plan_kwargs"] = {

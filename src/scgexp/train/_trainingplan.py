@@ -64,9 +64,9 @@ class TrainingPlan(ScviTrainingPlan):
     def _divergence_message(self) -> str:
         return (
             f"Training diverged in epoch {self.current_epoch + 1}: the training loss became NaN "
-            "or infinite. Lower the learning rate (plan_kwargs={{'lr': ...}}; it is {self.lr}), "
-            "keep gradient clipping on (gradient_clip_val), or look for extreme values in the "
-            "input; then train a new model."
+            f"or infinite. Lower the learning rate (train(lr=...); it is {self.lr:g}), keep "
+            "gradient clipping on (train(gradient_clip_val=...)), or look for extreme values in "
+            "the input; then train a new model."
         )
 
     def compute_and_log_metrics(self, loss_output, metrics, mode: str):

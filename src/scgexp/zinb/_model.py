@@ -30,6 +30,7 @@ from scgexp.data._checks import (
     check_library_size,
     check_matrix,
     check_obs_keys,
+    check_option,
     check_query,
     check_size_factors,
     registered_n_cats_per_cov,
@@ -120,6 +121,8 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         linear_bottleneck: bool = True,
         **model_kwargs,
     ):
+        check_option("likelihood", likelihood, ("zinb", "nb", "poisson"))
+        check_option("dispersion", dispersion, ("gene", "gene-cell"))
         super().__init__(adata, registry)
         n_cats_per_cov = registered_n_cats_per_cov(self.registry_)
         use_size_factor_key = self.registry_["setup_args"].get("size_factor_key") is not None
@@ -579,10 +582,8 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         >>> correlation = model.get_feature_correlation_matrix()
         >>> correlation["CD3E"].sort_values().tail()
         """
-        if correlation_type not in ("spearman", "pearson"):
-            raise InputError(
-                f"correlation_type must be 'spearman' or 'pearson', not {correlation_type!r}."
-            )
+        check_option("correlation_type", correlation_type, ("spearman", "pearson"))
+        check_library_size(rna_size_factor, name="rna_size_factor")
         values = self.get_normalized_expression(
             adata,
             indices=indices,

@@ -202,7 +202,7 @@ def test_fit_is_seeded(counts_file, tmp_path):
         (
             ["fit", "zinb", "{counts}", "--out", "{out}", "--layer", "raw"],
             "layer 'raw' does not exist (layers: 'counts', 'true_mean'). Pass layer= naming an "
-            "existing layer.",
+            "existing layer. (On the command line, layer= is --layer.)",
         ),
         (["fit", "dgex", "{counts}", "--out", "{out}"], "var has no column 'landmark'"),
         (
@@ -324,6 +324,15 @@ def test_multivae_layer_option_names_every_modalitys_counts(tmp_path):
     assert result.exit_code == 0, result.output
     assert mudata.read_h5mu(out).obsm["X_multivae"].shape[0] == 120
     assert not list(tmp_path.glob(".*partial*"))  # written through a temporary file, renamed
+    # Counts in a layer of one modality and in X of the other: --layer applies where it exists
+    # (it was required of every modality, an error a command-line user could not fix).
+    mdata["atac"].X = mdata["atac"].layers.pop("counts")
+    mdata.write(path)
+    result = _invoke("fit", "multivae", path, "--out", out, "--layer", "counts", "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    result = _invoke("fit", "multivae", path, "--out", out, "--layer", "raw", "--epochs", "1")
+    assert result.exit_code == 1
+    assert "No modality has a layer 'raw' (--layer)" in result.output
 
 
 def test_failed_write_leaves_no_output(counts_file, tmp_path, monkeypatch):

@@ -39,7 +39,9 @@ def test_reordered_genes_are_refused_not_read_by_position(zinb, tmp_path):
         model.get_latent_representation(fixed), model.get_latent_representation(query)
     )
     model.save(tmp_path / "zinb")
-    with pytest.raises(InputError, match=r"another order.*Model.load\(dir\).training_var_names"):
+    with pytest.raises(
+        InputError, match=r"another order.*ZINBAutoencoder.load\(dir\).training_var_names"
+    ):
         ZINBAutoencoder.load(tmp_path / "zinb", adata=query[:, query.var_names[::-1]].copy())
     # The message's recipe, for a saved model and a query with extra genes in another order.
     names = ZINBAutoencoder.load(tmp_path / "zinb").training_var_names
@@ -104,8 +106,17 @@ def test_multivae_reordered_modality_is_refused_and_predict_reads_column_major()
     reference = model.get_latent_representation(query)
     rna = query.mod["rna"]
     query.mod["rna"] = rna[:, rna.var_names[::-1]].copy()
-    with pytest.raises(InputError, match=r"modality 'rna'.*another order"):
+    with pytest.raises(InputError, match=r"modality 'rna'.*another order") as refusal:
         model.get_latent_representation(query)
+    # The message's recipe, with the real modality and class (it printed `mdata.mod[...]`).
+    recipe = "`mdata.mod['rna'] = mdata.mod['rna'][:, names].copy(); mdata.update()`"
+    assert recipe in str(refusal.value)
+    assert "MultiVAE.load(dir).training_var_names['rna']" in str(refusal.value)
+    fixed = query.copy()
+    names = model.training_var_names["rna"]
+    fixed.mod["rna"] = fixed.mod["rna"][:, names].copy()
+    fixed.update()
+    np.testing.assert_allclose(model.get_latent_representation(fixed), reference, rtol=1e-5)
     with pytest.raises(InputError, match="needs a MuData"):
         model.get_latent_representation(rna.copy())
     # predict matches features by name and reads any memory order.

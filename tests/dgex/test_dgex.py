@@ -377,3 +377,14 @@ def test_unknown_options_are_refused(bulk, option):
     (name,) = option
     with pytest.raises(InputError, match=f"^{name} must be "):
         DGEX(adata, **option)
+
+
+def test_loading_with_unmarked_data_says_how_to_mark_it(bulk, trained, tmp_path):
+    trained.save(tmp_path / "dgex")
+    query = bulk[1][:30].copy()
+    del query.var["landmark"]
+    with pytest.raises(InputError, match=r"isin\(model.landmark_names\)"):
+        DGEX.load(tmp_path / "dgex", adata=query)
+    query.var["landmark"] = query.var_names.isin(trained.landmark_names)  # the recipe
+    loaded = DGEX.load(tmp_path / "dgex", adata=query)
+    np.testing.assert_allclose(loaded.predict().X, trained.predict(query).X, rtol=1e-5)

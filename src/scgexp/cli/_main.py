@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import click
@@ -93,6 +94,26 @@ def _results(spec, model, data, options: dict):
     return result
 
 
+# Python arguments that messages name, and the flags that set them here.
+_FLAGS = {
+    "layer": "--layer",
+    "rna_layer": "--layer",
+    "atac_layer": "--layer",
+    "protein_layer": "--layer",
+    "batch_key": "--batch-key",
+    "landmark_key": "--landmark-key",
+    "fill_missing": "--fill-missing",
+    "rank_map": "--rank-map",
+}
+
+
+def _with_flags(message: str) -> str:
+    """``message`` with the command-line flag for each Python argument it names (``layer=``)."""
+    named = dict.fromkeys(re.findall(r"\b([a-z_]+)=", message))
+    flags = [f"{name}= is {_FLAGS[name]}" for name in named if name in _FLAGS]
+    return f"{message} (On the command line, {'; '.join(flags)}.)" if flags else message
+
+
 def _run(action):
     """Run an action; turn any failure into a one-line error and a non-zero exit.
 
@@ -108,7 +129,7 @@ def _run(action):
         if isinstance(error, OSError) and error.strerror:
             message = f"{error.filename or ''}: {error.strerror}".lstrip(": ")
         elif isinstance(error, InputError):
-            message = str(error)
+            message = _with_flags(str(error))
         else:
             message = f"{type(error).__name__}: {error}"
         raise click.ClickException(message.splitlines()[0] if message else repr(error)) from error

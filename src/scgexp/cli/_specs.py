@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -12,6 +13,8 @@ import pandas as pd
 
 from scgexp.data import InputError
 from scgexp.model import DGEX, SAILER, MultiVAE, ZINBAutoencoder
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -166,12 +169,19 @@ def _setup_multivae(mdata, options: dict) -> None:
             f"Available: {', '.join(mdata.obs.columns) or 'none'}."
         )
     modalities = multivae_modalities(mdata, options)
-    layer = options.get("layer")  # --layer names the counts layer of every used modality
+    layer = options.get("layer")  # the counts layer of each used modality that has it
+    with_layer = [arg for arg, mod in modalities.items() if layer in mdata.mod[mod].layers]
+    if layer is not None:
+        if not with_layer:
+            names = list(modalities.values())
+            raise InputError(f"No modality has a layer {layer!r} (--layer); modalities: {names}.")
+        for arg in sorted(set(modalities) - set(with_layer)):
+            logger.info("Modality %r has no layer %r: its X is used.", modalities[arg], layer)
     MultiVAE.setup_mudata(
         mdata,
         batch_key=options.get("batch_key"),
         modalities=modalities,
-        **{arg: layer for arg in modalities if arg.endswith("_layer")},
+        **dict.fromkeys(with_layer, layer),
     )
 
 

@@ -204,16 +204,16 @@ def check_matrix(
             f"{where}{name} is stored on disk column by column (CSC), so every minibatch would "
             "read the whole file. Rewrite it as CSR, or load it with `adata.to_memory()`."
         )
+    target = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     if not (sparse.issparse(matrix) or isinstance(matrix, np.ndarray | CSRDataset | h5py.Dataset)):
         kind = type(matrix).__name__
         raise InputError(
             f"{where}{name} is a {kind}; scgexp needs a numpy array, a scipy sparse matrix or "
-            "a backed AnnData's X. Convert it first (e.g. `adata.X = adata.X.toarray()`) or "
-            "pass layer=."
+            f"a backed AnnData's X. Store it as one in {target} first (e.g. "
+            f"`{target} = scipy.sparse.csr_matrix(...)` or `numpy.asarray(...)`)."
         )
     if counts and isinstance(matrix, sparse.sparray):
         # scvi-tools' count check (the models with count likelihoods) fails on sparse arrays.
-        target = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
         raise InputError(
             f"{where}{name} is a scipy sparse array ({type(matrix).__name__}); scvi-tools reads "
             f"sparse matrices. Store it as one (same values): `{target} = "
@@ -616,14 +616,17 @@ def check_feature_names(adata, registry: dict) -> None:
                 f"the data: {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}. "
                 "The data needs every feature the model was trained on."
             )
-        selection = "mdata.mod[...]" if mod_key is not None else "adata"
         key = f"[{mod_key!r}]" if mod_key is not None else ""
+        selection = f"mdata.mod{key}" if mod_key is not None else "adata"
+        update = "; mdata.update()" if mod_key is not None else ""
+        model = registry.get("model_name", "Model")
         raise InputError(
             f"{where}the data has the model's features, but in another order or with extra "
             f"features; they would be read by position. Select them in the model's order: "
-            f"`{selection} = {selection}[:, names].copy()` with `names` the training data's "
-            f"var_names ({', '.join(expected[:3])}, ...): `model.training_var_names{key}`, "
-            f"for a saved model `Model.load(dir).training_var_names{key}`."
+            f"`{selection} = {selection}[:, names].copy(){update}` with `names` the training "
+            f"data's var_names ({', '.join(expected[:3])}, ...): "
+            f"`model.training_var_names{key}`, for a saved model "
+            f"`{model}.load(dir).training_var_names{key}`."
         )
 
 

@@ -391,9 +391,10 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         ... )
         """
         setup_method_args = cls._get_setup_method_args(**locals())
-        if set(kwargs) - {"source_registry", "extend_categories"}:
+        unknown = sorted(set(kwargs) - {"source_registry", "extend_categories"})
+        if unknown:
             raise InputError(
-                f"setup_mudata got unknown arguments {sorted(kwargs)}; the counts layer of each "
+                f"setup_mudata got unknown arguments {unknown}; the counts layer of each "
                 "modality is given with rna_layer=, atac_layer= and protein_layer=."
             )
         query = kwargs.get("source_registry") is not None
@@ -794,11 +795,15 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
     def _frame(self, values, target, feature_list, adata, indices, return_numpy):
         names = self._var_names(target)
         if isinstance(feature_list, str):
-            raise InputError(f"Feature lists must be lists of names: [{feature_list!r}].")
+            argument = {"rna": "gene_list", "atac": "region_list"}.get(target, "protein_list")
+            raise InputError(f"{argument} must be a list of names: [{feature_list!r}].")
         if feature_list is not None:
             missing = [f for f in feature_list if f not in set(names)]
             if missing:
-                raise InputError(f"Not features of {target}: {missing[:10]}.")
+                raise InputError(
+                    f"Not features of {target}: {missing[:10]}; the model's are "
+                    f"model.training_var_names[{self._modality_name(target)!r}]."
+                )
             position = pd.Index(names).get_indexer(feature_list)
             values, names = values[:, position], pd.Index(feature_list)
         if return_numpy:
@@ -966,10 +971,11 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             position = adata.var_names[unique].get_indexer(trained)
             position = np.where(position >= 0, unique[position], -1)
             if (position < 0).any():
+                absent = ", ".join(map(str, trained[position < 0][:5]))
                 raise InputError(
                     f"{source} ({name!r}) lacks {int((position < 0).sum())} of the "
-                    f"{len(trained)} features the model was trained on. Subset or pad it to "
-                    "the training features (the model's var names) first."
+                    f"{len(trained)} features the model was trained on (first: {absent}). Add "
+                    f"them; the list is model.training_var_names[{source!r}]."
                 )
             logger.info("Reordering the %s features to the training order.", source)
             matrix = take_columns(matrix, position)
@@ -994,7 +1000,8 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
                 unknown = pd.unique(column[position < 0])[:10]
                 raise InputError(
                     f"obs[{key!r}] has categories the model was not trained with: "
-                    f"{list(unknown)}; it knows {list(known)}."
+                    f"{list(unknown)}; it knows {list(known)}. Relabel those cells to known "
+                    "categories, or train a model that includes them."
                 )
             codes.append(position)
         return codes

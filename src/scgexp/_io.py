@@ -436,7 +436,8 @@ class SafeSaveMixin:
         registry = attr_dict.pop("registry_")
         if registry.get(_MODEL_NAME_KEY, cls.__name__) != cls.__name__:
             raise ValueError(
-                f"{dir_path} holds a {registry[_MODEL_NAME_KEY]} model, not a {cls.__name__}."
+                f"{dir_path} holds a {registry[_MODEL_NAME_KEY]} model, not a {cls.__name__}; "
+                f"load it with {registry[_MODEL_NAME_KEY]}.load(...)."
             )
         if adata is not None:
             if adata.is_view:

@@ -156,8 +156,9 @@ def multivae_modalities(mdata, options: dict) -> dict[str, str]:
             chosen[arg] = found[0]
     if len(chosen) < 2:
         raise InputError(
-            f"Found modalities {dict(chosen) or 'none'} among {list(mdata.mod)}; MultiVAE "
-            "needs two or three. Name them with --rna-mod, --atac-mod, --protein-mod."
+            f"Found modalities {dict(chosen) or 'none'} among {list(mdata.mod)}; the command "
+            "line trains MultiVAE on two or three. Name them with --rna-mod, --atac-mod, "
+            "--protein-mod."
         )
     return chosen
 

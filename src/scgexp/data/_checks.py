@@ -321,7 +321,8 @@ def check_obs_keys(
             raise InputError(
                 f"{where}obs[{key!r}] holds continuous values, but a batch or categorical "
                 "covariate needs categories (e.g. sample or plate names). Pass a continuous "
-                "value as a continuous covariate where the model has one."
+                "value in continuous_covariate_keys= (SAILER, MultiVAE), or convert it to "
+                "categories (`.astype(str)`) if it labels groups."
             )
         if not allow_unused_categories and isinstance(values.dtype, pd.CategoricalDtype):
             unused = sorted(map(str, set(values.cat.categories) - set(values.unique())))
@@ -391,7 +392,11 @@ def check_size_factors(adata: AnnData, key: str | None) -> None:
         return
     check_obs_keys(adata, continuous=[key])
     if np.any(adata.obs[key].to_numpy(float) <= 0):
-        raise InputError(f"obs[{key!r}] must hold positive size factors.")
+        n_bad = int(np.sum(adata.obs[key].to_numpy(float) <= 0))
+        raise InputError(
+            f"obs[{key!r}] must hold positive size factors; {n_bad} cells have 0 or less "
+            "(e.g. cells without counts: remove them first)."
+        )
 
 
 def check_known_categories(adata: AnnData, registry: dict, sources: dict | None = None) -> None:

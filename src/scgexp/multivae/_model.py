@@ -684,12 +684,15 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         self._check_known_categories(adata, self.registry_)
 
     # -- outputs on registered data -------------------------------------------------------------
-    def _check_modality(self, modality: str | None, allow_none: bool = True) -> None:
+    def _check_modality(
+        self, modality: str | None, allow_none: bool = True, argument: str = "modality"
+    ) -> None:
         if modality is None and allow_none:
             return
         if modality not in self.data_modalities:
             raise InputError(
-                f"{modality!r} is not a data type of this model; it uses {self.data_modalities}."
+                f"{argument}={modality!r} is not a data type of this model; it uses "
+                f"{self.data_modalities}."
             )
 
     def _batches(
@@ -1090,10 +1093,13 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         >>> rna.layers["std"]  # uncertainty of each predicted value
         """
         self._check_if_trained(warn=False)
-        self._check_modality(source, allow_none=False)
-        self._check_modality(target, allow_none=False)
+        self._check_modality(source, allow_none=False, argument="source")
+        self._check_modality(target, allow_none=False, argument="target")
         if source == target:
-            raise InputError("source and target are the same data type; use the get_* methods.")
+            raise InputError(
+                "source and target are the same data type; for denoised values of one data type "
+                "use get_normalized_expression / _accessibility / _protein."
+            )
         adata, matrix = self._source_data(mdata_new, source)
         obs = adata.obs  # one row per cell of the source modality, matched by name below
         setup_args = self.registry_["setup_args"]

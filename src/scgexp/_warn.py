@@ -7,16 +7,17 @@ import os
 import sys
 import warnings
 
+import click
 import lightning
 import scvi
 import torch
 
-_LIBRARIES = (sys.modules["scgexp"], scvi, torch, lightning)
+_LIBRARIES = (sys.modules["scgexp"], scvi, torch, lightning, click)
 _INTERNAL = (*(os.path.dirname(module.__file__) for module in _LIBRARIES), contextlib.__file__)
 
 
 def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
-    """:func:`warnings.warn` at the first caller outside scgexp, scvi-tools, Lightning and torch.
+    """:func:`warnings.warn` at the first caller outside scgexp and its libraries (and click).
 
     Examples
     --------

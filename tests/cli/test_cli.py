@@ -425,3 +425,24 @@ def test_results_that_replace_input_entries_are_named(
     (message,) = fit("same_name")
     assert f"obsm['X_{model_name}']" in message
     assert "user" not in message
+
+
+def test_fit_passes_the_learning_rate_and_errors_name_it(counts_file, tmp_path, monkeypatch):
+    from scgexp.cli._main import _with_flags
+    from scgexp.model import ZINBAutoencoder
+
+    seen = {}
+    original = ZINBAutoencoder.train
+
+    def train(self, **kwargs):
+        seen.update(kwargs)
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(ZINBAutoencoder, "train", train)
+    out = tmp_path / "o.h5ad"
+    result = _invoke("fit", "zinb", counts_file, "--out", out, "--epochs", "1", "--lr", "0.01")
+    assert result.exit_code == 0, result.output
+    assert seen["lr"] == 0.01
+    # The divergence advice names train(lr=...); on the command line that is --lr.
+    message = "Lower the learning rate (train(lr=...); it is 0.01 now)."
+    assert _with_flags(message).endswith("(On the command line, lr= is --lr.)")

@@ -48,17 +48,22 @@ def test_no_restore_without_early_stopping_or_where_a_model_opts_out():
     assert _callbacks(sailer) == []
 
 
-def test_restoring_the_first_epoch_after_several_warns():
-    module = torch.nn.Linear(2, 1)
-    pl_module = SimpleNamespace(module=module)
-    callback = RestoreBestWeights("validation_loss")
-    for epoch, loss in enumerate([1.0, 2.0, 3.0, 4.0]):
+def _validate(callback, pl_module, losses) -> SimpleNamespace:
+    """Feed ``losses`` to the callback as the validation losses of epochs 0, 1, ..."""
+    for epoch, loss in enumerate(losses):
         trainer = SimpleNamespace(
             sanity_checking=False,
             callback_metrics={"validation_loss": torch.tensor(loss)},
             current_epoch=epoch,
         )
         callback.on_validation_epoch_end(trainer, pl_module)
+    return trainer
+
+
+def test_restoring_the_first_epoch_after_several_warns():
+    pl_module = SimpleNamespace(module=torch.nn.Linear(2, 1))
+    callback = RestoreBestWeights("validation_loss")
+    trainer = _validate(callback, pl_module, [1.0, 2.0, 3.0, 4.0])
     trainer.current_epoch = 4  # four epochs done
     with pytest.warns(UserWarning, match="learning rate may be too high"):
         callback.on_train_end(trainer, pl_module)
@@ -66,3 +71,12 @@ def test_restoring_the_first_epoch_after_several_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         callback.on_train_end(trainer, pl_module)
+
+
+def test_a_non_finite_score_is_never_the_best():
+    pl_module = SimpleNamespace(module=torch.nn.Linear(2, 1))
+    callback = RestoreBestWeights("validation_loss")
+    _validate(callback, pl_module, [float("nan"), 2.0, float("inf")])
+    assert callback.best_epoch == 1
+    _validate(callback, pl_module, [float("nan")])  # epoch 0 again: not better
+    assert callback.best_epoch == 1

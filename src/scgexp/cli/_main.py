@@ -104,6 +104,7 @@ _FLAGS = {
     "landmark_key": "--landmark-key",
     "fill_missing": "--fill-missing",
     "rank_map": "--rank-map",
+    "lr": "--lr",
 }
 
 
@@ -131,7 +132,7 @@ def _run(action):
         elif isinstance(error, InputError):
             message = _with_flags(str(error))
         else:
-            message = f"{type(error).__name__}: {error}"
+            message = _with_flags(f"{type(error).__name__}: {error}")
         raise click.ClickException(message.splitlines()[0] if message else repr(error)) from error
 
 
@@ -200,6 +201,12 @@ def demo(out_dir: Path, epochs: int | None, accelerator: str) -> None:
 )
 @click.option("--epochs", default=None, type=click.IntRange(1), help="Maximum epochs.")
 @click.option(
+    "--lr",
+    default=None,
+    type=click.FloatRange(0, min_open=True),
+    help="Learning rate (default: the model's).",
+)
+@click.option(
     "--accelerator",
     default="auto",
     show_default=True,
@@ -239,6 +246,7 @@ def fit(
     protein_mod,
     model_dir,
     epochs,
+    lr,
     accelerator,
     devices,
     strategy,
@@ -282,6 +290,8 @@ def fit(
         }
         if epochs is not None:
             train_kwargs["max_epochs"] = epochs
+        if lr is not None:
+            train_kwargs["lr"] = lr
         model.train(**train_kwargs)
         if getattr(model.trainer, "global_rank", 0) != 0:
             return None  # several processes (--devices N): only the first one writes

@@ -15,6 +15,7 @@ from anndata.abc import CSCDataset, CSRDataset
 from scipy import sparse
 from scvi import REGISTRY_KEYS
 
+from scgexp._compat import _MODEL_NAME_KEY
 from scgexp._warn import warn_user
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ def take_columns(matrix, positions: np.ndarray):
 
 
 def check_option(name: str, value, choices: tuple) -> None:
-    """Refuse an option outside ``choices``, naming the argument as the user passes it.
+    """Refuse an option outside ``choices`` (strings or ``None``), named as the user passes it.
 
     Examples
     --------
@@ -624,7 +625,7 @@ def check_feature_names(adata, registry: dict) -> None:
         key = f"[{mod_key!r}]" if mod_key is not None else ""
         selection = f"mdata.mod{key}" if mod_key is not None else "adata"
         update = "; mdata.update()" if mod_key is not None else ""
-        model = registry.get("model_name", "Model")
+        model = registry.get(_MODEL_NAME_KEY, "Model")
         raise InputError(
             f"{where}the data has the model's features, but in another order or with extra "
             f"features; they would be read by position. Select them in the model's order: "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 
 import lightning.pytorch as pl
 import torch
@@ -38,9 +39,17 @@ class RestoreBestWeights(pl.Callback):
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
             return
         score = float(trainer.callback_metrics[self.monitor])
+        if not math.isfinite(score):
+            return  # a diverged epoch is never the best one
         if self.best_score is None or self.sign * score < self.sign * self.best_score:
             self.best_score, self.best_epoch = score, trainer.current_epoch
             self._best_state = copy.deepcopy(pl_module.module.state_dict())
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """Keep the best weights when training stops with an error (e.g. it diverged)."""
+        if self._best_state is not None:
+            pl_module.module.load_state_dict(self._best_state)
+            logger.info("Restored weights of epoch %d after: %s", self.best_epoch, exception)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._best_state is not None:

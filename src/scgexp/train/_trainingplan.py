@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from scvi.train import TrainingPlan as ScviTrainingPlan
 
+from scgexp.train._callbacks import RestoreBestWeights
+
 # scvi-tools logs metrics under ``torch.inference_mode``; with ``sync_dist`` (DDP) Lightning
 # later averages those tensors in place outside inference mode and crashes. Running the same
 # code under ``no_grad`` instead keeps every metric and works with any strategy.
@@ -35,19 +37,21 @@ class TrainingPlan(ScviTrainingPlan):
     """
 
     def forward(self, *args, **kwargs):
-        """The module's forward pass; a training loss that is not finite stops training.
+        """The module's forward pass; in fitting, a loss that is not finite stops training.
 
         Without this check a deterministic model (ZINB, DGEX) would train on through NaN
         weights and return NaN outputs; a VAE would fail in torch with no hint of the cause.
+        Training and validation losses count (weights can turn NaN in an epoch's last step).
         The check is read at the end of each epoch, so steps need no host-device sync.
         """
+        fitting = self._trainer is not None and self._trainer.state.fn == "fit"
         try:
             outputs = super().forward(*args, **kwargs)
         except ValueError as error:  # torch.distributions refusing NaN parameters
-            if self.training and "invalid values" in str(error):
+            if fitting and "invalid values" in str(error):
                 raise TrainingDivergedError(self._divergence_message()) from error
             raise
-        if self.training:
+        if fitting:
             self._check_finite(outputs[2].loss)
         return outputs
 
@@ -56,17 +60,29 @@ class TrainingPlan(ScviTrainingPlan):
         self._finite = finite if getattr(self, "_finite", None) is None else self._finite & finite
 
     def on_train_epoch_end(self):
-        """Stop with advice if a training loss of this epoch was not finite."""
+        """Stop with advice if a loss of this epoch was not finite.
+
+        Under DDP every process decides alone, with no collective here (Lightning syncs its
+        metrics lazily, in an order a collective would break): a non-finite gradient reaches
+        every process's weights through DDP's averaging, so all see a non-finite training or
+        validation loss in the same epoch.
+        """
         finite, self._finite = getattr(self, "_finite", None), None
-        if finite is not None and not finite:
+        if finite is not None and not bool(finite):
             raise TrainingDivergedError(self._divergence_message())
 
     def _divergence_message(self) -> str:
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else 0
+        kept = any(
+            isinstance(c, RestoreBestWeights) and c.best_epoch is not None
+            for c in self.trainer.callbacks
+        )
         return (
-            f"Training diverged in epoch {self.current_epoch + 1}: the training loss became NaN "
-            f"or infinite. Lower the learning rate (train(lr=...); it is {self.lr:g}), keep "
+            f"Training diverged in epoch {self.current_epoch + 1}: the loss became NaN or "
+            f"infinite. Lower the learning rate (train(lr=...); it is {lr:g} now), keep "
             "gradient clipping on (train(gradient_clip_val=...)), or look for extreme values in "
             "the input; then train a new model."
+            + (" The model keeps the weights of its best epoch so far." if kept else "")
         )
 
     def compute_and_log_metrics(self, loss_output, metrics, mode: str):

@@ -273,7 +273,7 @@ class SafeSaveMixin:
                     f"The data registered with this model changed after setup: {error} Or set "
                     f"up and train a new model on the changed data."
                 ) from None
-            self._check_registered_counts()
+            self._check_registered_data()
         without_data = self.adata is None
         if without_data and adata is not None:
             seen = self._per_instance_manager_store.get(self.id, {})
@@ -300,8 +300,8 @@ class SafeSaveMixin:
             if without_data:  # scvi-tools would adopt the first data given as the model's own
                 self._adata, self._adata_manager = None, None
 
-    def _check_registered_counts(self) -> None:
-        """scvi-tools checks counts once, at setup; refuse data normalised in place since."""
+    def _check_registered_data(self) -> None:
+        """scvi-tools checks data once, at setup; refuse counts normalised in place since."""
         for field in self.adata_manager.fields:
             layer_field = getattr(field, "adata_field", field)  # MuData fields wrap one
             if not getattr(layer_field, "is_count_data", False):

@@ -6,6 +6,7 @@ import warnings
 import anndata
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import scvi
 from scipy import sparse
@@ -388,3 +389,25 @@ def test_loading_with_unmarked_data_says_how_to_mark_it(bulk, trained, tmp_path)
     query.var["landmark"] = query.var_names.isin(trained.landmark_names)  # the recipe
     loaded = DGEX.load(tmp_path / "dgex", adata=query)
     np.testing.assert_allclose(loaded.predict().X, trained.predict(query).X, rtol=1e-5)
+
+
+def test_integer_gene_ids_match_their_text_after_a_file_round_trip(bulk, tmp_path):
+    # Entrez-style integer var_names come back from .h5ad as strings; they were never matched
+    # (and the refusal crashed building its message).
+    adata = bulk[0][:200].copy()
+    adata.var_names = pd.Index(np.arange(adata.n_vars) + 1000)
+    DGEX.setup_anndata(adata)
+    model = DGEX(adata, n_hidden=16)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    adata.write_h5ad(tmp_path / "ids.h5ad")
+    reread = anndata.read_h5ad(tmp_path / "ids.h5ad")
+    np.testing.assert_allclose(model.predict(reread).X, model.predict(adata).X, rtol=1e-5)
+    with pytest.raises(InputError, match="landmark genes are missing"):
+        model.predict(reread[:, reread.var_names != str(model.landmark_names[0])].copy())
+
+
+def test_categorical_landmark_marks_work(bulk):
+    adata = bulk[0][:50].copy()
+    adata.var["landmark"] = adata.var["landmark"].astype("category")  # crashed inside pandas
+    DGEX.setup_anndata(adata)
+    assert len(DGEX(adata, n_hidden=8).landmark_names) == 60

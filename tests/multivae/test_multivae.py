@@ -86,6 +86,15 @@ def test_mosaic_cells_train_on_what_they_have():
     del unflagged.obs["has_rna"]
     with pytest.raises(InputError, match=r"presence_keys\['rna'\]\). Add it: True for cells"):
         model.get_latent_representation(unflagged)
+    # predict reads the flags as training does: unreadable ones are refused, not read as present.
+    for flags, message in (
+        (altered.obs["has_rna"].astype(str), "must be boolean"),
+        (altered.obs["has_rna"].astype(float).where(has_rna, np.nan), "missing values"),
+    ):
+        query = altered.copy()
+        query.obs["has_rna"] = flags
+        with pytest.raises(InputError, match=message):
+            model.predict(query, source="rna", target="atac", n_samples=0)
 
 
 def test_rows_flagged_missing_do_not_change_the_initial_model():
@@ -308,6 +317,31 @@ def test_seeded():
 
 
 # -- bad inputs ---------------------------------------------------------------------------------
+def test_a_modality_reordered_after_setup_is_refused():
+    # Registered data is read by position: ATAC rows reordered in place paired each cell's RNA
+    # with another cell's ATAC, silently (a cut modality crashed inside scipy).
+    mdata = _mdata()
+    model = _train(mdata)
+    order = np.random.default_rng(1).permutation(mdata.n_obs)
+    for changed in (mdata["atac"][order].copy(), mdata["atac"][10:].copy()):
+        mdata.mod["atac"] = changed
+        with pytest.raises(InputError, match=r"changed after setup.*cells do not match"):
+            model.get_latent_representation()
+
+
+def test_a_key_only_in_a_modality_says_how_to_read_it():
+    import mudata as md
+
+    mdata = _mdata()
+    rna, atac = mdata["rna"].copy(), mdata["atac"].copy()
+    rna.obs["plate"] = mdata.obs["batch"].to_numpy()
+    joined = md.MuData({"rna": rna, "atac": atac})  # mudata names it 'rna:plate' globally
+    with pytest.raises(InputError, match=r"modalities=\{\.\.\., 'batch_key': 'rna'\}"):
+        MultiVAE.setup_mudata(joined, batch_key="plate", modalities=RNA_ATAC)
+    joined.obs["plate"] = joined["rna"].obs["plate"]  # the message's other fix
+    MultiVAE.setup_mudata(joined, batch_key="plate", modalities=RNA_ATAC)
+
+
 def test_refuses_mismatched_obs():
     sim = _mdata()
     mdata = md.MuData({"rna": sim["rna"][:150].copy(), "atac": sim["atac"].copy()})

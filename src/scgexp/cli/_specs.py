@@ -80,7 +80,7 @@ def _dgex_results(model: DGEX, adata: anndata.AnnData, options: dict) -> anndata
         used = model._landmark_batches(adata, None, batch_size=_BATCH_SIZE, **flags)
         landmarks = np.concatenate([batch.cpu().numpy() for batch in used])
         latent = model.get_latent_representation(adata, **flags)
-    present = adata.var_names.get_indexer(model.landmark_names) >= 0
+    present = model._landmark_positions(adata) >= 0
     n_targets = predicted.n_vars
     out = anndata.AnnData(
         X=np.hstack([landmarks, predicted.X]).astype(np.float32),

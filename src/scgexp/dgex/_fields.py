@@ -49,6 +49,7 @@ class LandmarkField(BaseAnnDataField):
                 f"var[{key!r}] has {int(column.isna().sum())} missing values; mark each gene "
                 "True (landmark) or False (target)."
             )
+        column = column.astype(bool)  # also categorical or nullable booleans
         if not column.any():
             raise InputError(f"No gene is marked as a landmark in var[{key!r}].")
         if column.all():

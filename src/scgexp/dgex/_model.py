@@ -320,6 +320,13 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
             **trainer_kwargs,
         )
 
+    def _landmark_positions(self, adata: AnnData) -> np.ndarray:
+        """Column of each landmark in ``adata`` (-1: absent), names compared as text.
+
+        (Integer gene IDs come back from an .h5ad file as strings.)
+        """
+        return adata.var_names.astype(str).get_indexer(self.landmark_names.astype(str))
+
     def _landmark_matrix(
         self, adata: AnnData | None, layer: str | None, fill_missing: bool
     ) -> tuple[object, np.ndarray]:
@@ -342,8 +349,8 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
             raise InputError("var_names are not unique; call `adata.var_names_make_unique()`.")
         if adata.n_obs == 0:
             raise InputError("The data has no samples (0 rows); there is nothing to predict.")
-        positions = adata.var_names.get_indexer(self.landmark_names)
-        missing = self.landmark_names[positions < 0]
+        positions = self._landmark_positions(adata)
+        missing = self.landmark_names[positions < 0].astype(str)
         if len(missing) == len(self.landmark_names):
             raise InputError(
                 f"None of the {len(missing)} landmark genes is in the data (first: "

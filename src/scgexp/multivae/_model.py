@@ -74,6 +74,38 @@ def _obs(mdata: MuData | AnnData, modalities: dict, arg: str) -> MuData | AnnDat
     return mdata
 
 
+def _check_keys_in_modalities(mdata, modalities: dict, setup_args: dict) -> None:
+    """Refuse a key read from ``mdata.obs`` that only a modality's obs has, naming the fix."""
+    if not isinstance(mdata, MuData):
+        return
+    for arg in ("batch_key", "categorical_covariate_keys", "continuous_covariate_keys"):
+        keys = setup_args.get(arg) or []
+        if modalities.get(arg) is not None:
+            continue
+        for key in [keys] if isinstance(keys, str) else keys:
+            owners = [m for m in mdata.mod if key not in mdata.obs and key in mdata.mod[m].obs]
+            if owners:
+                raise InputError(
+                    f"mdata.obs has no column {key!r}, but modality {owners[0]!r} has: pass "
+                    f"modalities={{..., {arg!r}: {owners[0]!r}}} to read it there, or copy it: "
+                    f"`mdata.obs[{key!r}] = mdata[{owners[0]!r}].obs[{key!r}]`."
+                )
+
+
+def _check_cells_aligned(mdata: MuData, names: dict[str, str]) -> None:
+    """Every used modality holds the MuData's cells in its order (cells are read by position)."""
+    for data_type, name in names.items():
+        mod = mdata.mod[name]
+        if mod.n_obs != mdata.n_obs or not mod.obs_names.equals(mdata.obs_names):
+            raise InputError(
+                f"modality {name!r} ({data_type}): its cells do not match the MuData's "
+                f"({mod.n_obs} vs {mdata.n_obs} cells, or another order). MultiVAE needs every "
+                "modality to hold every cell in the same order: give cells missing a modality "
+                "an all-zero row and flag them (presence_keys), e.g. by building the MuData "
+                "with `axis=0` joins and padding, then `mdata.update()`."
+            )
+
+
 def _check_modalities(mdata: MuData, modalities: dict | None) -> dict[str, str]:
     if not isinstance(mdata, MuData):
         raise InputError(
@@ -462,18 +494,11 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             "atac": setup_args.get("atac_layer"),
             "protein": setup_args.get("protein_layer"),
         }
+        _check_cells_aligned(mdata, names)
         row_sums = {}
         for data_type, name in names.items():
             mod = mdata.mod[name]
             where = f"modality {name!r} ({data_type}): "
-            if mod.n_obs != mdata.n_obs or not mod.obs_names.equals(mdata.obs_names):
-                raise InputError(
-                    f"{where}its cells do not match the MuData's ({mod.n_obs} vs {mdata.n_obs} "
-                    "cells, or another order). MultiVAE needs every modality to hold every cell "
-                    "in the same order: give cells missing a modality an all-zero row and flag "
-                    "them (presence_keys), e.g. by building the MuData with `axis=0` joins and "
-                    "padding, then `mdata.update()`."
-                )
             if mod.n_vars == 0:
                 raise InputError(f"{where}it has no features; drop it from modalities.")
             row_sums[data_type] = check_matrix(
@@ -504,6 +529,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         check_obs_keys(mdata, continuous=list(presence_keys.values()), where="MuData: ")
         cls._check_presence(mdata, names, row_sums, presence_keys, query)
         batch_key = setup_args.get("batch_key")
+        _check_keys_in_modalities(mdata, modalities, setup_args)
         check_obs_keys(
             _obs(mdata, modalities, "batch_key"),
             categorical=[batch_key] if batch_key else [],
@@ -675,6 +701,18 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             plan_kwargs=plan_kwargs,
             **trainer_kwargs,
         )
+
+    def _check_registered_data(self) -> None:
+        # Cells are read by position: a modality reordered or cut in place since setup would
+        # pair one cell's RNA with another's ATAC.
+        names = {data_type: self._modality_name(data_type) for data_type in self.data_modalities}
+        try:
+            _check_cells_aligned(self.adata, names)
+        except InputError as error:
+            raise InputError(
+                f"The data registered with this model changed after setup: {error}"
+            ) from None
+        super()._check_registered_data()
 
     def _check_new_data(self, adata: MuData) -> None:
         # scvi-tools compares only feature counts and reads cells by position: check names,
@@ -1130,8 +1168,19 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         presence_key = (setup_args.get("presence_keys") or {}).get(source)
         flags = mdata_new.obs if isinstance(mdata_new, MuData) else obs
         if presence_key in flags:  # as in training: present if the flag is above 0.5
-            flag = pd.to_numeric(flags[presence_key].reindex(obs.index), errors="coerce")
-            absent |= (flag.astype(float) <= 0.5).to_numpy()
+            flag = flags[presence_key].reindex(obs.index)
+            if not pd.api.types.is_numeric_dtype(flag) and not pd.api.types.is_bool_dtype(flag):
+                raise InputError(
+                    f"obs[{presence_key!r}] must be boolean (True where the cell has {source} "
+                    f"data), not {flag.dtype}."
+                )
+            values = flag.astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+            if np.isnan(values).any():
+                raise InputError(
+                    f"obs[{presence_key!r}] has missing values; set each cell's flag to True or "
+                    "False first."
+                )
+            absent |= values <= 0.5
         self.module.eval()
         device = self.device
         as_tensor = lambda a: torch.as_tensor(np.asarray(a), device=device)  # noqa: E731

@@ -524,7 +524,10 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
                 )
             if not pd.api.types.is_numeric_dtype(mdata.obs[key]):
                 raise InputError(
-                    f"MuData: obs[{key!r}] must be boolean (True where the cell has the modality)."
+                    f"MuData: obs[{key!r}] must be boolean (True where the cell has the "
+                    f"modality), not {mdata.obs[key].dtype}. If it holds True/False values, "
+                    f"convert them with `mdata.obs[{key!r}] = mdata.obs[{key!r}].astype(bool)` "
+                    "(text such as 'False' would become True: map it first)."
                 )
         check_obs_keys(mdata, continuous=list(presence_keys.values()), where="MuData: ")
         cls._check_presence(mdata, names, row_sums, presence_keys, query)

@@ -915,7 +915,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         batch_size: int | None = None,
         return_numpy: bool = False,
     ) -> pd.DataFrame | np.ndarray:
-        """Probability that each region is open, for a cell of typical depth.
+        """Probability that each region is detected as open, for a cell of median depth.
 
         It is the decoder output with the region factor added on the logit scale, without the
         cell factor, so cells are comparable whatever their depth (and cells without ATAC get

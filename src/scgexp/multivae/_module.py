@@ -434,9 +434,9 @@ class MultiVAEModule(BaseModuleClass):
     ) -> dict:
         """Output distributions ``p_rna``, ``p_atac``, ``p_protein`` (those in ``modalities``).
 
-        Missing library sizes (e.g. decoding RNA for a cell that has only ATAC) are set to one:
-        RNA and NB protein means are then proportions, ATAC probabilities are for a cell of median
-        depth.
+        Missing library sizes (e.g. decoding RNA for a cell that has only ATAC): RNA means are
+        then proportions, NB protein means are at the median protein total, and ATAC
+        probabilities are for a cell of median depth.
         """
         if transform_batch is not None:
             batch_index = torch.full_like(batch_index, int(transform_batch))

@@ -392,9 +392,10 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
 
         Returns
         -------
-        ``"bernoulli"``: the probability that each peak is open; ``"poisson"``: the expected
-        fragment count at the training cells' mean log total count. Shape
-        ``(n_cells, n_peaks)``.
+        ``"bernoulli"``: the probability that each peak is detected as open in a cell of that
+        depth (not the chromatin's own openness, which binarised reads cannot tell apart from
+        capture: a deeper cell detects more); ``"poisson"``: the expected fragment count at the
+        training cells' mean log total count. Shape ``(n_cells, n_peaks)``.
 
         Examples
         --------

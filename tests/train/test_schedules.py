@@ -149,14 +149,15 @@ class _PoisonWeights(Callback):
 
 
 @pytest.mark.parametrize(
-    ("early_stopping", "epoch", "last_step"),
-    [(False, 0, False), (True, 0, True), (True, 1, True)],
+    ("early_stopping", "epoch", "last_step", "train_size"),
+    [(False, 0, False, None), (True, 0, True, None), (True, 1, True, None), (False, 2, True, 1.0)],
 )
 @pytest.mark.parametrize("name", ["zinb", "dgex", "sailer", "multivae"])
-def test_a_diverging_run_stops_with_advice(name, early_stopping, epoch, last_step):
+def test_a_diverging_run_stops_with_advice(name, early_stopping, epoch, last_step, train_size):
     # ZINB and DGEX used to train on through NaN weights and return NaN outputs silently;
     # SAILER and MultiVAE failed with torch's "found invalid values". NaN weights from an
-    # epoch's last step show first in validation (early stopping restored them as the best).
+    # epoch's last step show first in validation (early stopping restored them as the best),
+    # or, without validation, in no loss at all (the last case).
     model = _models()[name]()
     advice = r"Lower the learning rate \(train\(lr=\.\.\.\); it is 0\.00\d+ now\)"
     with pytest.raises(TrainingDivergedError, match=advice) as error:
@@ -166,12 +167,15 @@ def test_a_diverging_run_stops_with_advice(name, early_stopping, epoch, last_ste
             early_stopping=early_stopping,
             callbacks=[_PoisonWeights(epoch, last_step)],
             batch_size=32,
+            train_size=train_size,
         )
-    assert not model.is_trained_
     kept = early_stopping and epoch > 0 and name != "sailer"  # SAILER keeps its last weights
     finite = all(torch.isfinite(p).all() for p in model.module.parameters())
     assert finite == kept
     assert ("keeps the weights of its best epoch" in str(error.value)) == kept
+    assert model.is_trained_ == kept  # then usable as trained
+    if kept:
+        assert np.isfinite(model.get_latent_representation()).all()
 
 
 @pytest.mark.parametrize("invariance", [None, "adversarial"])

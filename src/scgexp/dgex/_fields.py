@@ -72,14 +72,16 @@ class LandmarkField(BaseAnnDataField):
     def transfer_field(self, state_registry: dict, adata_target: AnnData, **kwargs) -> dict:
         key = self.attr_key
         fix = (
-            f"Mark the model's landmarks (`adata.var[{key!r}] = "
-            "adata.var_names.isin(model.landmark_names)`), or load the model without data and "
+            f"Mark the model's landmarks (`adata.var[{key!r}] = adata.var_names.astype(str)"
+            ".isin(model.landmark_names.astype(str))`), or load the model without data and "
             "call `model.predict(adata)`, which needs only the landmark genes."
         )
         if key not in adata_target.var:
             raise InputError(f"var has no column {key!r}. {fix}")
         new_state = self.register_field(adata_target)
-        if new_state["landmark_names"] != state_registry["landmark_names"]:
+        if list(map(str, new_state["landmark_names"])) != list(
+            map(str, state_registry["landmark_names"])
+        ):  # as text: integer gene IDs come back from .h5ad as strings
             raise InputError(
                 f"var[{key!r}] marks other landmarks than the model was trained with. {fix}"
             )

@@ -201,11 +201,13 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         n = len(rows)
         alphas = np.logspace(-3, 5, 33) * n / n_landmarks
         gcv = np.empty((len(alphas), len(target_index)))
+        dofs = np.empty(len(alphas))
         for i, alpha in enumerate(alphas):
             shrink = 1.0 / (eigenvalues + alpha)
             # RSS = Y'Y - 2 B'X'Y + B'X'X B with B = (X'X + a)^-1 X'Y, in the eigenbasis.
             rss = yty - ((2 * shrink - eigenvalues * shrink**2)[:, None] * projected**2).sum(0)
             dof = float((eigenvalues * shrink).sum())
+            dofs[i] = dof
             gcv[i] = rss / max(n - dof, 1e-8) ** 2
         best = gcv.argmin(0)  # one penalty per target gene, as RidgeCV(alpha_per_target=True)
         coefficients = np.empty_like(projected)
@@ -218,7 +220,13 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         # The variance starts at the ridge fit's prediction error per gene (GCV's estimate, n ×
         # score), not at the gene's whole variance: its gradients are small (averaged over the
         # targets) and early stopping on the mean ends training long before it would get there.
-        log_error = np.log(np.maximum(n * gcv[best, np.arange(len(best))], 1e-4))
+        # GCV runs low for fits that nearly interpolate (dof close to n, as with about as many
+        # samples as landmarks): no fit with dof ≤ n / 2 may do better than the estimate.
+        error = gcv[best, np.arange(len(best))]
+        stable = dofs <= n / 2
+        if stable.any():
+            error = np.maximum(error, gcv[stable].min(0))
+        log_error = np.log(np.maximum(n * error, 1e-4))
         with torch.no_grad():
             module.skip.weight.copy_(torch.as_tensor(coefficients.T, dtype=torch.float32))
             module.mean_head.weight.mul_(0.1)  # small: start near the ridge fit, yet learn
@@ -489,7 +497,8 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
             else ``X``.
         return_std
             Add ``layers["std"]``: the predictive standard deviation of each value (about 95%
-            of held-out values lie within ± 1.96 std on the simulator; see the docs).
+            of held-out values lie within ± 1.96 std on the simulator with the default
+            ``linear_skip=True`` and samples well beyond the landmarks; see the docs).
         fill_missing
             Fill absent landmarks with their training mean (with a warning) instead of raising.
         rank_map

@@ -74,7 +74,7 @@ def _obs(mdata: MuData | AnnData, modalities: dict, arg: str) -> MuData | AnnDat
     return mdata
 
 
-def _check_keys_in_modalities(mdata, modalities: dict, setup_args: dict) -> None:
+def _check_keys_in_modalities(mdata, modalities: dict, setup_args: dict, query: bool) -> None:
     """Refuse a key read from ``mdata.obs`` that only a modality's obs has, naming the fix."""
     if not isinstance(mdata, MuData):
         return
@@ -85,10 +85,15 @@ def _check_keys_in_modalities(mdata, modalities: dict, setup_args: dict) -> None
         for key in [keys] if isinstance(keys, str) else keys:
             owners = [m for m in mdata.mod if key not in mdata.obs and key in mdata.mod[m].obs]
             if owners:
+                copy = f"`mdata.obs[{key!r}] = mdata[{owners[0]!r}].obs[{key!r}]`"
+                fix = (
+                    f"copy it: {copy}"  # the model reads mdata.obs, as set up
+                    if query
+                    else f"pass modalities={{..., {arg!r}: {owners[0]!r}}} to read it there, or "
+                    f"copy it: {copy}"
+                )
                 raise InputError(
-                    f"mdata.obs has no column {key!r}, but modality {owners[0]!r} has: pass "
-                    f"modalities={{..., {arg!r}: {owners[0]!r}}} to read it there, or copy it: "
-                    f"`mdata.obs[{key!r}] = mdata[{owners[0]!r}].obs[{key!r}]`."
+                    f"mdata.obs has no column {key!r}, but modality {owners[0]!r} has: {fix}."
                 )
 
 
@@ -532,7 +537,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         check_obs_keys(mdata, continuous=list(presence_keys.values()), where="MuData: ")
         cls._check_presence(mdata, names, row_sums, presence_keys, query)
         batch_key = setup_args.get("batch_key")
-        _check_keys_in_modalities(mdata, modalities, setup_args)
+        _check_keys_in_modalities(mdata, modalities, setup_args, query)
         check_obs_keys(
             _obs(mdata, modalities, "batch_key"),
             categorical=[batch_key] if batch_key else [],

@@ -49,7 +49,8 @@ class RestoreBestWeights(pl.Callback):
         """Keep the best weights when training stops with an error (e.g. it diverged)."""
         if self._best_state is not None:
             pl_module.module.load_state_dict(self._best_state)
-            logger.info("Restored weights of epoch %d after: %s", self.best_epoch, exception)
+            error = type(exception).__name__
+            logger.info("Restored weights of epoch %d after %s.", self.best_epoch + 1, error)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._best_state is not None:

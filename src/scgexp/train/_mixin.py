@@ -16,7 +16,7 @@ from scgexp.dataloaders import DataMode, DataSplitter
 from scgexp.dataloaders._loaders import in_requested_order
 from scgexp.train._callbacks import RestoreBestWeights
 from scgexp.train._plans import InvarianceTrainingPlan
-from scgexp.train._trainingplan import TrainingPlan
+from scgexp.train._trainingplan import TrainingDivergedError, TrainingPlan
 
 # Lightning precisions that keep the weights in float32 ("-true" and 64 cast them).
 _PRECISIONS = {"32", "32-true", "16", "16-mixed", "bf16", "bf16-mixed"}
@@ -170,7 +170,15 @@ class TrainingMixin(UnsupervisedTrainingMixin):
                 "gradient_clip_val": kwargs.pop("gradient_clip_val"),
                 **(kwargs.get("plan_kwargs") or {}),
             }
+        restore = None
         if kwargs.get("early_stopping") and self._restore_best_weights:
-            monitor = kwargs.get("early_stopping_monitor", "elbo_validation")
-            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), RestoreBestWeights(monitor)]
-        return super().train(*args, datasplitter_kwargs=datasplitter_kwargs, **kwargs)
+            restore = RestoreBestWeights(kwargs.get("early_stopping_monitor", "elbo_validation"))
+            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), restore]
+        try:
+            return super().train(*args, datasplitter_kwargs=datasplitter_kwargs, **kwargs)
+        except TrainingDivergedError:
+            if restore is not None and restore.best_epoch is not None:
+                # The best epoch's weights are back (and the history kept): usable as trained.
+                self.module.eval()
+                self.is_trained_ = True
+            raise

@@ -59,13 +59,19 @@ class TrainingPlan(ScviTrainingPlan):
         finite = torch.isfinite(loss.detach())
         self._finite = finite if getattr(self, "_finite", None) is None else self._finite & finite
 
+    def on_train_end(self):
+        """Refuse weights that are not finite at the end (no loss reads the last step's)."""
+        if not all(torch.isfinite(p).all() for p in self.module.parameters()):
+            raise TrainingDivergedError(self._divergence_message())
+
     def on_train_epoch_end(self):
         """Stop with advice if a loss of this epoch was not finite.
 
         Under DDP every process decides alone, with no collective here (Lightning syncs its
         metrics lazily, in an order a collective would break): a non-finite gradient reaches
-        every process's weights through DDP's averaging, so all see a non-finite training or
-        validation loss in the same epoch.
+        every process's weights through DDP's averaging, so all see a non-finite loss in the same
+        epoch. (A validation loss made non-finite by one process's data alone would stop that
+        process only; setup refuses NaN and infinite values, so it takes extreme finite ones.)
         """
         finite, self._finite = getattr(self, "_finite", None), None
         if finite is not None and not bool(finite):
@@ -81,8 +87,12 @@ class TrainingPlan(ScviTrainingPlan):
             f"Training diverged in epoch {self.current_epoch + 1}: the loss became NaN or "
             f"infinite. Lower the learning rate (train(lr=...); it is {lr:g} now), keep "
             "gradient clipping on (train(gradient_clip_val=...)), or look for extreme values in "
-            "the input; then train a new model."
-            + (" The model keeps the weights of its best epoch so far." if kept else "")
+            "the input. "
+            + (
+                "The model keeps the weights of its best epoch so far and can be used as trained."
+                if kept
+                else "Then train a new model."
+            )
         )
 
     def compute_and_log_metrics(self, loss_output, metrics, mode: str):

@@ -97,6 +97,25 @@ def _check_keys_in_modalities(mdata, modalities: dict, setup_args: dict, query: 
                 )
 
 
+def _presence_flag(obs: pd.DataFrame, key: str, data_type: str) -> np.ndarray:
+    """A ``presence_keys`` column as booleans (above 0.5, as in training); unreadable: refused."""
+    column = obs[key]
+    if not pd.api.types.is_numeric_dtype(column):  # bool and nullable boolean are numeric
+        raise InputError(
+            f"obs[{key!r}] must be boolean (True where the cell has {data_type} data), not "
+            f"{column.dtype}. If it holds True/False values, convert them with "
+            f"`obs[{key!r}] = obs[{key!r}].astype(bool)` (text such as 'False' would become "
+            "True: map it first)."
+        )
+    values = column.astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+    if not np.isfinite(values).all():
+        raise InputError(
+            f"obs[{key!r}] has missing values (or infinite ones); set each cell's flag to True or "
+            "False first."
+        )
+    return values > 0.5
+
+
 def _check_cells_aligned(mdata: MuData, names: dict[str, str]) -> None:
     """Every used modality holds the MuData's cells in its order (cells are read by position)."""
     for data_type, name in names.items():
@@ -527,14 +546,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
                     f"MuData: obs has no column {key!r} (presence_keys[{data_type!r}]). Add it: "
                     f"True for cells with {data_type} data, False for the others."
                 )
-            if not pd.api.types.is_numeric_dtype(mdata.obs[key]):
-                raise InputError(
-                    f"MuData: obs[{key!r}] must be boolean (True where the cell has the "
-                    f"modality), not {mdata.obs[key].dtype}. If it holds True/False values, "
-                    f"convert them with `mdata.obs[{key!r}] = mdata.obs[{key!r}].astype(bool)` "
-                    "(text such as 'False' would become True: map it first)."
-                )
-        check_obs_keys(mdata, continuous=list(presence_keys.values()), where="MuData: ")
+            _presence_flag(mdata.obs, key, data_type)  # refuses flags it cannot read
         cls._check_presence(mdata, names, row_sums, presence_keys, query)
         batch_key = setup_args.get("batch_key")
         _check_keys_in_modalities(mdata, modalities, setup_args, query)
@@ -585,7 +597,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
             present = has_counts
             if data_type in presence_keys:
                 key = presence_keys[data_type]
-                present = mdata.obs[key].to_numpy(dtype=float) > 0.5
+                present = _presence_flag(mdata.obs, key, data_type)
                 # Shallow query cells may have no reads in the peaks: for queries only counts
                 # that a flag makes the model ignore warn (on every call that reads them).
                 for n, what, warn in (
@@ -1176,19 +1188,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         presence_key = (setup_args.get("presence_keys") or {}).get(source)
         flags = mdata_new.obs if isinstance(mdata_new, MuData) else obs
         if presence_key in flags:  # as in training: present if the flag is above 0.5
-            flag = flags[presence_key].reindex(obs.index)
-            if not pd.api.types.is_numeric_dtype(flag) and not pd.api.types.is_bool_dtype(flag):
-                raise InputError(
-                    f"obs[{presence_key!r}] must be boolean (True where the cell has {source} "
-                    f"data), not {flag.dtype}."
-                )
-            values = flag.astype("Float64").to_numpy(dtype=float, na_value=np.nan)
-            if np.isnan(values).any():
-                raise InputError(
-                    f"obs[{presence_key!r}] has missing values; set each cell's flag to True or "
-                    "False first."
-                )
-            absent |= values <= 0.5
+            absent |= ~_presence_flag(flags.reindex(obs.index), presence_key, source)
         self.module.eval()
         device = self.device
         as_tensor = lambda a: torch.as_tensor(np.asarray(a), device=device)  # noqa: E731

@@ -13,6 +13,7 @@ import logging
 import os
 import pickle
 import zipfile
+from copy import deepcopy
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -282,6 +283,12 @@ class SafeSaveMixin:
                 # A copy of data given before: scvi-tools would transfer the setup from the
                 # model's own data, which it has none of; set the copy up afresh instead.
                 _assign_adata_uuid(adata, overwrite=True)
+        manager = self.get_anndata_manager(self.adata if adata is None else adata)
+        if manager is not None and manager._source_registry is None:
+            # Once another setup has run on the data, scvi-tools registers them again from
+            # scratch, encoding batches (and DGEX landmarks) as that data now say and writing
+            # the result into this model's registry; transfer this model's own setup instead.
+            manager._source_registry = deepcopy(manager.registry)
         try:
             validated = super()._validate_anndata(adata, copy_if_view=copy_if_view)
             changed = changed_obs_keys(self.get_anndata_manager(validated, required=True))

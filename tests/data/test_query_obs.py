@@ -11,6 +11,7 @@ import pytest
 
 from scgexp.data import (
     InputError,
+    mark_landmarks,
     simulate_bulk_expression,
     simulate_multiome,
     simulate_scatac,
@@ -123,6 +124,36 @@ def test_labels_changed_in_place_are_read_again_or_refused(multivae):
     finally:
         mdata.obs["donor"] = training
     multivae.get_latent_representation()  # labels restored: accepted again
+
+
+def test_another_setup_on_the_same_data_keeps_each_model_s_encoding(tmp_path):
+    """scvi-tools re-registers data set up again since from scratch (batch order, landmarks)."""
+    adata = simulate_scrna(n_cells=120, n_genes=30, seed=0)
+    ZINBAutoencoder.setup_anndata(adata, layer="counts", batch_key="batch")
+    model = ZINBAutoencoder(adata, n_hidden=16, n_latent=4)
+    _quiet_train(model, max_epochs=2)
+    before = model.get_normalized_expression(transform_batch="batch_0", return_numpy=True)
+    adata.obs["batch"] = adata.obs["batch"].cat.reorder_categories(["batch_1", "batch_0"])
+    ZINBAutoencoder.setup_anndata(adata, layer="counts")  # e.g. for a second model
+    after = model.get_normalized_expression(transform_batch="batch_0", return_numpy=True)
+    np.testing.assert_allclose(after, before, rtol=1e-5)
+    assert list(
+        model.registry_["field_registries"]["batch"]["state_registry"]["categorical_mapping"]
+    ) == ["batch_0", "batch_1"]
+
+    bulk = simulate_bulk_expression(n_samples=120, n_landmarks=10, n_targets=20, seed=0)
+    DGEX.setup_anndata(bulk)
+    dgex = DGEX(bulk, n_hidden=16)
+    _quiet_train(dgex, max_epochs=1)
+    landmarks = list(dgex.landmark_names)
+    mark_landmarks(bulk, list(bulk.var_names[-10:]))  # another landmark set, for a second model
+    DGEX.setup_anndata(bulk)
+    dgex.save(tmp_path / "dgex")
+    loaded = DGEX.load(tmp_path / "dgex")
+    assert list(loaded.landmark_names) == landmarks
+    assert list(loaded.target_names) == list(dgex.target_names)
+    with pytest.raises(InputError, match="marks other landmarks"):
+        dgex.train(max_epochs=1)
 
 
 def test_multivae_reads_labels_and_counts_where_it_was_set_up():

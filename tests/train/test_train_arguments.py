@@ -38,3 +38,15 @@ def test_degenerate_training_is_refused(zinb, kwargs, message):
     with pytest.raises(InputError, match=message):
         zinb.train(**kwargs)
     assert not zinb.is_trained
+
+
+def test_every_training_run_trains_in_training_mode(zinb):
+    """Outputs put the module in eval mode, which Lightning keeps: dropout and batch norm off."""
+    modes = []
+    zinb.module.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    zinb.train(max_epochs=1, train_size=1.0, enable_progress_bar=False)
+    zinb.get_latent_representation()
+    modes.clear()
+    zinb.train(max_epochs=1, train_size=1.0, enable_progress_bar=False)
+    assert modes
+    assert all(modes)

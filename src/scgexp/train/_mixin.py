@@ -174,6 +174,7 @@ class TrainingMixin(UnsupervisedTrainingMixin):
         if kwargs.get("early_stopping") and self._restore_best_weights:
             restore = RestoreBestWeights(kwargs.get("early_stopping_monitor", "elbo_validation"))
             kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), restore]
+        self.module.train()  # outputs and load() leave eval mode, which Lightning would keep
         try:
             return super().train(*args, datasplitter_kwargs=datasplitter_kwargs, **kwargs)
         except TrainingDivergedError:

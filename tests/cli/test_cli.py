@@ -12,6 +12,7 @@ from click.testing import CliRunner
 import scgexp
 from scgexp.cli import main
 from scgexp.cli._specs import MODELS
+from scgexp.model import DGEX, MultiVAE, ZINBAutoencoder
 
 
 @pytest.fixture
@@ -42,7 +43,12 @@ def test_fit_and_predict_dgex(bulk_file, tmp_path):
     fitted = ad.read_h5ad(out)
     assert fitted.obsm["X_dgex"].shape[0] == 200
     assert fitted.var["landmark"].sum() == 20
-    assert "dgex_std" in fitted.layers
+    # The saved model's own predictions and their std: the targets' columns.
+    model_dir = tmp_path / "fitted_dgex_model"
+    targets = ~fitted.var["landmark"].to_numpy()
+    own = DGEX.load(model_dir).predict(ad.read_h5ad(bulk_file), return_std=True)
+    np.testing.assert_allclose(fitted.X[:, targets], own.X, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(fitted.layers["dgex_std"][:, targets], own.layers["std"], rtol=1e-4)
 
     # New data with only the landmark genes, in another order: the whole transcriptome comes back.
     new = ad.read_h5ad(bulk_file)
@@ -50,7 +56,6 @@ def test_fit_and_predict_dgex(bulk_file, tmp_path):
     new_path = tmp_path / "landmarks_only.h5ad"
     new.write_h5ad(new_path)
     predicted_path = tmp_path / "predicted.h5ad"
-    model_dir = tmp_path / "fitted_dgex_model"
     result = _invoke("predict", model_dir, new_path, "--out", predicted_path)
     assert result.exit_code == 0, result.output
     predicted = ad.read_h5ad(predicted_path)
@@ -127,6 +132,21 @@ def test_fit_and_predict_multivae(tmp_path):
     assert fitted.obsm["X_multivae_atac"].shape == (150, 20)
     assert fitted["rna"].layers["multivae_normalized"].shape == (150, 40)
     assert fitted["atac"].layers["multivae_accessibility"].shape == (150, 80)
+    # The saved model's own outputs: each modality's latent from its expert alone.
+    model = MultiVAE.load(model_dir, mdata=mudata.read_h5mu(path))
+    for key, modality in (
+        ("X_multivae", None),
+        ("X_multivae_rna", "rna"),
+        ("X_multivae_atac", "atac"),
+    ):
+        own = model.get_latent_representation(modality=modality)
+        np.testing.assert_allclose(fitted.obsm[key], own, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(fitted.obsm["X_multivae_atac"], fitted.obsm["X_multivae"])
+    np.testing.assert_allclose(
+        fitted["rna"].layers["multivae_normalized"],
+        model.get_normalized_expression(return_numpy=True),
+        rtol=1e-5,
+    )
     result = _invoke("predict", model_dir, path, "--out", tmp_path / "again.h5mu")
     assert result.exit_code == 0, result.output
     again = mudata.read_h5mu(tmp_path / "again.h5mu")
@@ -170,7 +190,13 @@ def test_fit_and_predict_zinb(counts_file, tmp_path):
     assert result.exit_code == 0, result.output
     fitted = ad.read_h5ad(out)
     assert fitted.obsm["X_zinb"].shape == (150, 32)
-    assert fitted.layers["zinb_denoised"].shape == (150, 60)
+    # The saved model's own denoised counts (at each cell's library size).
+    model = ZINBAutoencoder.load(model_dir, adata=ad.read_h5ad(counts_file))
+    np.testing.assert_allclose(
+        fitted.layers["zinb_denoised"],
+        model.get_normalized_expression(return_numpy=True),
+        rtol=1e-5,
+    )
     result = _invoke("predict", model_dir, counts_file, "--out", tmp_path / "again.h5ad")
     assert result.exit_code == 0, result.output
     again = ad.read_h5ad(tmp_path / "again.h5ad")
@@ -429,7 +455,6 @@ def test_results_that_replace_input_entries_are_named(
 
 def test_fit_passes_the_learning_rate_and_errors_name_it(counts_file, tmp_path, monkeypatch):
     from scgexp.cli._main import _with_flags
-    from scgexp.model import ZINBAutoencoder
 
     seen = {}
     original = ZINBAutoencoder.train

@@ -193,6 +193,10 @@ def test_query_obs_columns_are_checked(zinb):
     with pytest.raises(InputError, match="no column 'batch'"):
         zinb.get_latent_representation(query)
     query = zinb.adata.copy()
+    query.obs["donor"] = "d9"  # a covariate category the decoder has no input for
+    with pytest.raises(InputError, match="not trained with: 'd9'"):
+        zinb.get_latent_representation(query)
+    query = zinb.adata.copy()
     query.obs["size_factor"] = 0.0
     with pytest.raises(InputError, match="positive size factors"):
         zinb.get_normalized_expression(query)

@@ -9,10 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import scvi
+import torch
 from scipy import sparse
 
 import scgexp
 from scgexp.data import InputError
+from scgexp.dgex import DGEXModule
 from scgexp.model import DGEX
 
 
@@ -246,6 +248,37 @@ def test_gaussian_loss_and_gene_variance(bulk):
         if variance == "gene":
             assert np.allclose(out.layers["std"], out.layers["std"][0])
         _assert_calibrated(out, test)
+
+
+def test_mse_variance_head_does_not_train_the_mean():
+    """With loss="mse" the mean is fitted by squared error alone: the variance head's NLL
+    must send no gradient into the hidden layers or the mean (else it biases the fit)."""
+    torch.manual_seed(0)
+    module = DGEXModule(
+        n_input=30,
+        landmark_index=list(range(10)),
+        target_index=list(range(10, 30)),
+        n_hidden=16,
+        dropout_rate=0.0,
+        loss="mse",
+        variance="value",
+    )
+    tensors = {"X": torch.randn(64, 30)}
+    mean_parameters = [
+        *module.hidden.parameters(),
+        *module.mean_head.parameters(),
+        *module.skip.parameters(),
+    ]
+
+    def gradients(full_loss: bool) -> list[torch.Tensor]:
+        module.zero_grad()
+        _, _, loss_output = module.forward(tensors)
+        squared_error = loss_output.reconstruction_loss["reconstruction_loss"].mean()
+        (loss_output.loss if full_loss else squared_error).backward()
+        return [p.grad.clone() for p in mean_parameters]
+
+    for full, squared_error_only in zip(gradients(True), gradients(False), strict=True):
+        torch.testing.assert_close(full, squared_error_only)
 
 
 def test_select_landmarks_beats_random_panels():

@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import silhouette_score
 
 from scgexp.data import InputError, simulate_scatac
@@ -59,8 +60,21 @@ def test_invariance_removes_depth():
 @pytest.mark.parametrize("likelihood", ["bernoulli", "poisson"])
 def test_likelihoods(adata, likelihood):
     model = _train(adata, likelihood=likelihood)
-    assert np.isfinite(model.history["elbo_train"].to_numpy(dtype=float)).all()
-    assert model.history["kl_weight"].iloc[0, 0] == 0  # reconstruction warm-up
+    history = {key: frame.to_numpy(dtype=float).ravel() for key, frame in model.history.items()}
+    assert np.isfinite(history["elbo_train"]).all()
+    assert history["kl_weight"][0] == 0  # reconstruction warm-up
+    # The loss trained on is the ELBO with the KL weighted (0 in the warm-up, 1 at the end),
+    # plus the invariance penalty after the warm-up; else kl_weight or the penalty is ignored.
+    np.testing.assert_allclose(
+        history["train_loss"][0], history["reconstruction_loss_train"][0], rtol=1e-5
+    )
+    assert history["kl_weight"][-1] == 1
+    assert history["invariance_penalty_train"][-1] > 1
+    np.testing.assert_allclose(
+        history["train_loss"][-1],
+        history["elbo_train"][-1] + history["invariance_penalty_train"][-1],
+        rtol=1e-5,
+    )
     latent = model.get_latent_representation()
     assert latent.shape == (N_CELLS, 10)
     accessibility = model.get_normalized_accessibility(return_numpy=True)
@@ -71,6 +85,12 @@ def test_likelihoods(adata, likelihood):
         assert accessibility.max() <= 1
     frame = model.get_normalized_accessibility(indices=[0, 1], transform_batch="batch_0")
     assert list(frame.index) == list(adata.obs_names[:2])
+    # transform_batch decodes every cell as the named batch: as their own for its cells.
+    in_batch_0 = (adata.obs["batch"] == "batch_0").to_numpy()
+    as_0 = model.get_normalized_accessibility(transform_batch="batch_0", return_numpy=True)
+    as_1 = model.get_normalized_accessibility(transform_batch="batch_1", return_numpy=True)
+    np.testing.assert_allclose(as_0[in_batch_0], accessibility[in_batch_0], rtol=1e-5)
+    assert not np.allclose(as_0, as_1, rtol=1e-3)
     with pytest.raises(InputError, match="takes one batch, not list"):
         model.get_normalized_accessibility(transform_batch=["batch_0", "batch_1"])
     deep = model.get_normalized_accessibility(indices=[0, 1], depth=2000, return_numpy=True)
@@ -91,6 +111,22 @@ def test_output_starts_at_each_peaks_marginal_rate(adata, likelihood):
         totals = counts.sum(1)
         exposure = (totals / np.exp(np.log(totals).mean())).sum()
         np.testing.assert_allclose(np.exp(bias) * exposure, counts.sum(0), rtol=1e-4)
+
+
+def test_poisson_rate_is_proportional_to_the_cells_total_count(adata):
+    """The cell's total count enters the Poisson rate as an offset: twice the total, twice
+    the rate of every peak (else depth is left for the latent to explain)."""
+    SAILER.setup_anndata(adata, batch_key="batch")
+    model = SAILER(adata, n_hidden=16, n_latent=4, likelihood="poisson")
+    module = model.module.eval()
+    tensors = next(iter(model._make_data_loader(adata, batch_size=64)))
+    inference_outputs = module.inference(**module._get_inference_input(tensors))
+    generative_inputs = module._get_generative_input(tensors, inference_outputs)
+    generative_inputs["z"] = inference_outputs["qz"].loc
+    log_rate = module.generative(**generative_inputs)["px"]
+    generative_inputs["log_total"] = generative_inputs["log_total"] + np.log(2.0)
+    doubled = module.generative(**generative_inputs)["px"]
+    torch.testing.assert_close(doubled - log_rate, torch.full_like(log_rate, np.log(2.0)))
 
 
 @pytest.mark.parametrize("invariance", [None, "mi", "adversarial"])

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from scgexp.data import simulate_scatac, simulate_scrna
 from scgexp.model import SAILER, ZINBAutoencoder
@@ -18,19 +20,42 @@ def _callbacks(model) -> list[RestoreBestWeights]:
     return [c for c in model.trainer.callbacks if isinstance(c, RestoreBestWeights)]
 
 
+class _RecordWeights(Callback):
+    """A copy of the module's weights after each epoch's validation."""
+
+    def __init__(self):
+        self.states: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            state = pl_module.module.state_dict()
+            self.states[trainer.current_epoch] = copy.deepcopy(state)
+
+
 def test_best_epoch_weights_are_restored():
     adata = simulate_scrna(n_cells=200, n_genes=40, seed=0)
     ZINBAutoencoder.setup_anndata(adata, layer="counts", batch_key="batch")
     model = ZINBAutoencoder(adata, n_hidden=16, n_latent=4)
+    recorder = _RecordWeights()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model.train(max_epochs=8, lr=0.05, enable_progress_bar=False, early_stopping=True)
+        model.train(
+            max_epochs=8,
+            lr=0.05,
+            enable_progress_bar=False,
+            early_stopping=True,
+            callbacks=[recorder],
+        )
     (callback,) = _callbacks(model)
     history = model.history["validation_loss"].to_numpy().ravel()
     assert len(history) == 8  # validated every epoch
     assert callback.best_epoch == int(np.argmin(history))
+    assert callback.best_epoch < 7  # else restoring would change nothing
+    # The weights of that epoch as they were then, not as the training left them (a kept
+    # state_dict without a copy follows the weights to the last epoch).
+    best = recorder.states[callback.best_epoch]
     for name, value in model.module.state_dict().items():
-        torch.testing.assert_close(value, callback._best_state[name])
+        torch.testing.assert_close(value, best[name])
 
 
 def test_no_restore_without_early_stopping_or_where_a_model_opts_out():

@@ -20,15 +20,25 @@ from scgexp.train import TrainingDivergedError
 class _RecordKLWeight(Callback):
     def __init__(self):
         self.weights: list[float] = []
+        self.learning_rates: list[float] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.weights.append(pl_module.loss_kwargs["kl_weight"])  # what this minibatch used
 
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.learning_rates.append(trainer.optimizers[0].param_groups[0]["lr"])
 
-@pytest.mark.parametrize("invariance", ["mi", "both"])
-def test_kl_weight_ramps_by_minibatch_with_or_without_a_discriminator(invariance):
+
+@pytest.mark.parametrize(
+    ("invariance", "kl_cycle_epochs"), [("mi", None), ("both", None), ("mi", 2)]
+)
+def test_kl_weight_ramps_or_cycles_by_minibatch_and_the_learning_rate_decays(
+    invariance, kl_cycle_epochs
+):
     """200 cells, 180 for training in 4 minibatches of 50: KL weight 0 in the warm-up epoch,
-    then a straight ramp over two epochs, whatever the number of optimisers."""
+    then a straight ramp over two epochs, whatever the number of optimisers; cyclical: a ramp
+    over the first half of every 2-epoch cycle, then full. The learning rate decays by
+    lr_decay once per epoch."""
     adata = simulate_scatac(n_cells=200, n_peaks=200, seed=0)
     SAILER.setup_anndata(adata, batch_key="batch")
     model = SAILER(adata, n_hidden=32, n_latent=4, invariance=invariance)
@@ -43,9 +53,15 @@ def test_kl_weight_ramps_by_minibatch_with_or_without_a_discriminator(invariance
             early_stopping=False,
             enable_progress_bar=False,
             callbacks=[recorder],
+            plan_kwargs={"kl_cycle_epochs": kl_cycle_epochs, "lr": 1e-3, "lr_decay": 0.5},
         )
-    expected = np.minimum(np.maximum((np.arange(16) / 4 - 1) / 2, 0), 1)
+    progress = np.arange(16) / 4 - 1  # epochs after the warm-up, by minibatch
+    if kl_cycle_epochs is None:
+        expected = np.minimum(np.maximum(progress / 2, 0), 1)
+    else:
+        expected = np.where(progress < 0, 0, np.minimum(progress % 2, 1))
     np.testing.assert_allclose(recorder.weights, expected)
+    np.testing.assert_allclose(recorder.learning_rates, 1e-3 * 0.5 ** np.arange(4))
 
 
 def test_a_one_cell_last_minibatch_is_dropped_not_trained():

@@ -336,6 +336,19 @@ def test_bad_options(adata):
         model.train(max_epochs=1, optimizer="SGD")
 
 
+def test_ridge_penalises_the_dropout_probability(adata):
+    """DCA's ridge ``λ π²`` is in the loss (else ridge_lambda would not lower the dropout)."""
+    ZINBAutoencoder.setup_anndata(adata, layer="counts")
+    model = ZINBAutoencoder(adata, n_hidden=16, n_latent=4, ridge_lambda=10.0)
+    tensors = next(iter(model._make_data_loader(adata, batch_size=64)))
+    _, generative_outputs, loss_output = model.module.eval().forward(tensors)
+    dropout = generative_outputs["px"].zi_probs
+    torch.testing.assert_close(
+        loss_output.loss - loss_output.reconstruction_loss["reconstruction_loss"].mean(),
+        10.0 * dropout.pow(2).sum(-1).mean(),
+    )
+
+
 def test_rmsprop_and_seeded(adata):
     results = []
     for _ in range(2):

@@ -5,9 +5,11 @@ Tasks (choose with --tasks):
   bulk       simulated bulk data from scgexp.data (>= 50k training samples, 943 -> 9,000 genes)
   l1000      the cellbench model applied to real L1000 landmark profiles with rank mapping
 
-    python benchmarks/bench_dgex.py --tasks cellbench bulk l1000
+    python benchmarks/bench_dgex.py --tasks cellbench l1000 --threads 1
+    python benchmarks/bench_dgex.py --tasks bulk --bulk-hidden 1000 --bulk-epochs 12
 
-Writes benchmarks/results/dgex.md, dgex.json and figures into docs/_static/.
+Writes benchmarks/results/dgex_<tasks>.md (e.g. ``dgex_cellbench_l1000.md``) and figures into
+docs/_static/.
 """
 
 from __future__ import annotations
@@ -259,7 +261,7 @@ def main() -> None:
             "Command: `python benchmarks/bench_dgex.py --tasks "
             + " ".join(args.tasks)
             + f" --n-train {args.n_train} --bulk-hidden {args.bulk_hidden}"
-            f" --bulk-epochs {args.bulk_epochs}`",
+            f" --bulk-epochs {args.bulk_epochs} --threads {args.threads}`",
             "",
         ],
     )

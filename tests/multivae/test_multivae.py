@@ -316,6 +316,29 @@ def test_rna_means_sum_to_the_observed_library(untrained):
     torch.testing.assert_close(generative_outputs["p_rna"].mu.sum(-1), totals, rtol=1e-4, atol=0)
 
 
+def test_expected_open_regions_follow_depth():
+    """Shallow cells must not be decoded as deep ones (a saturating logistic depth response)."""
+    mdata = _mdata(n_cells=300, n_genes=50, n_peaks=200)  # about 15% of regions open per cell
+    MultiVAE.setup_mudata(mdata, batch_key="batch", modalities=RNA_ATAC)
+    model = MultiVAE(mdata, n_hidden=32, n_latent=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(max_epochs=20, enable_progress_bar=False)
+    model.module.eval()
+    with torch.no_grad():
+        expected = torch.cat(
+            [
+                model.module(tensors, compute_loss=False)[1]["p_atac"].probs.sum(-1)
+                for tensors in model._make_data_loader(mdata, batch_size=300)
+            ]
+        ).numpy()
+    observed = np.asarray((mdata["atac"].X > 0).sum(1)).ravel()
+    shallow, *_, deep = np.array_split(np.argsort(observed), 5)
+    ratio = {"shallow": expected[shallow].sum() / observed[shallow].sum()}
+    ratio["deep"] = expected[deep].sum() / observed[deep].sum()
+    assert ratio["shallow"] / ratio["deep"] < 1.3  # logistic link, slope 1: 1.35-1.41
+
+
 def test_alignment_term_is_in_the_loss(untrained):
     """The loss rises by alignment_weight × the alignment of the experts (else unaligned)."""
     module, tensors = untrained

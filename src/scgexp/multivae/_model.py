@@ -350,7 +350,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         copy_into(self.module, {"cont_cov_mean": mean, "cont_cov_scale": scale})
 
     def _init_atac(self) -> None:
-        """Region factors at the log-odds of each region being open; median open regions."""
+        """Region factors at each region's log rate of being detected; median open regions."""
         matrix = self.adata_manager.get_from_registry(REGISTRY_KEYS.ATAC_X_KEY)
         flag = self._flagged_present("atac")
         n_open, cells_open = row_and_column_sums(matrix, binary=True, column_rows=flag)
@@ -360,7 +360,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         copy_into(
             self.module,
             {
-                "region_factor": np.log(frequency / (1 - frequency)),
+                "region_factor": np.log(-np.log1p(-frequency)),
                 "atac_median_open": np.median(n_open[cells]),
             },
         )
@@ -934,8 +934,8 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
     ) -> pd.DataFrame | np.ndarray:
         """Probability that each region is detected as open, for a cell of median depth.
 
-        It is the decoder output with the region factor added on the logit scale, without the
-        cell factor, so cells are comparable whatever their depth (and cells without ATAC get
+        It is decoded without the cell factor (the log of the cell's open regions over the
+        median), so cells are comparable whatever their depth (and cells without ATAC get
         imputed values).
 
         Parameters

@@ -93,9 +93,11 @@ class MultiVAEModule(BaseModuleClass):
       the mean of both directions averaged over pairs: half MultiVI's sum for two modalities).
 
     Likelihoods: RNA negative binomial or ZINB at the observed library size; ATAC Bernoulli on
-    binarised counts, ``logit p = decoder(z) + region factor + cell factor``, the cell
-    factor being the log of the cell's open regions over the training median (MultiVI
-    :cite:p:`Ashuach2022` multiplies probabilities by learned factors instead); protein a
+    binarised counts, detected when a Poisson fragment count is not zero:
+    ``p = 1 - exp(-exp(decoder(z) + region factor + slope · cell factor))``, the cell
+    factor being the log of the cell's open regions over the training median and the slope
+    learned per region (MultiVI :cite:p:`Ashuach2022` multiplies probabilities by learned
+    factors instead); protein a
     negative binomial at the observed protein library size (default) or a
     background/foreground negative binomial mixture (with a learned background per protein and
     batch, after totalVI).
@@ -256,10 +258,13 @@ class MultiVAEModule(BaseModuleClass):
             self.rna_log_theta = nn.Parameter(torch.zeros(n_genes))
         if "atac" in self.modalities:
             self.atac_logits = nn.Linear(n_hidden, self.n_features["atac"])
-            # Region factors: log-odds of each region being open (the model fills them with the
+            # Region factors: each region's log fragment rate (the model fills them from the
             # training frequencies); the median number of open regions per cell sets the depth.
             self.region_factor = nn.Parameter(torch.zeros(self.n_features["atac"]))
             self.register_buffer("atac_median_open", torch.ones(()))
+            # How each region's log rate follows the cell factor: 1 if fragments were sampled in
+            # proportion to the open regions (which saturate with depth), learned per region.
+            self.atac_depth_slope = nn.Parameter(torch.ones(self.n_features["atac"]))
         if "protein" in self.modalities:
             n_proteins = self.n_features["protein"]
             self.protein_log_theta = nn.Parameter(torch.full((n_proteins,), 1.0))
@@ -462,9 +467,14 @@ class MultiVAEModule(BaseModuleClass):
                 else:
                     dist = NegativeBinomial(mu=mu, theta=theta, scale=scale)
             elif m == "atac":
-                logits = self.atac_logits(hidden) + self.region_factor
+                # Detected = at least one fragment of a Poisson count whose log rate is eta:
+                # p = 1 - exp(-exp(eta)), as logits log(expm1(rate)) (float32: exp overflows
+                # float16).
+                eta = self.atac_logits(hidden) + self.region_factor
                 if lib is not None:
-                    logits = logits + lib
+                    eta = eta + self.atac_depth_slope * lib
+                rate = torch.exp(eta.float().clamp(-30.0, 15.0))
+                logits = rate + torch.log(-torch.expm1(-rate))
                 dist = Bernoulli(logits=logits, validate_args=False)
             else:
                 dist = self._protein_distribution(hidden, lib, batch_index)

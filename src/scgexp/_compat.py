@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from scvi.data._constants import (
+    _MANAGER_UUID_KEY,
     _MODEL_NAME_KEY,
     _SCVI_UUID_KEY,
     _SETUP_ARGS_KEY,
@@ -17,6 +18,7 @@ from scvi.module._constants import MODULE_KEYS
 
 __all__ = [
     "MODULE_KEYS",
+    "_MANAGER_UUID_KEY",
     "_MODEL_NAME_KEY",
     "_SCVI_UUID_KEY",
     "_SETUP_ARGS_KEY",

@@ -25,6 +25,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from scgexp._compat import (
+    _MANAGER_UUID_KEY,
     _MODEL_NAME_KEY,
     _SCVI_UUID_KEY,
     _SETUP_ARGS_KEY,
@@ -264,10 +265,21 @@ class SafeSaveMixin:
                 "This model was loaded without data; pass adata= (data organised like the "
                 f"training data), or load it with data: `{type(self).__name__}.load(dir, adata)`."
             )
+        data = self.adata if adata is None else adata
+        seen = self._per_instance_manager_store.get(self.id, {})
+        manager = seen.get(data.uns.get(_SCVI_UUID_KEY))  # (get_anndata_manager transfers)
+        # Set up again since (e.g. for another model): scvi-tools will register them anew.
+        set_up_since = (
+            manager is not None
+            and manager.adata is data
+            and data.uns.get(_MANAGER_UUID_KEY) != manager.id
+        )
         if adata is None or adata is self.adata:
             # scvi-tools trusts registered data; features reordered or dropped in place since
             # setup would be read by position.
             try:
+                if set_up_since:  # its new registration reads the data as they are now
+                    self._check_new_data(self.adata)
                 check_feature_names(self.adata, self.registry_)
             except InputError as error:
                 raise InputError(
@@ -276,21 +288,26 @@ class SafeSaveMixin:
                 ) from None
             self._check_registered_data()
         without_data = self.adata is None
-        if without_data and adata is not None:
-            seen = self._per_instance_manager_store.get(self.id, {})
-            manager = seen.get(adata.uns.get(_SCVI_UUID_KEY))
-            if manager is not None and manager.adata is not adata:
-                # A copy of data given before: scvi-tools would transfer the setup from the
-                # model's own data, which it has none of; set the copy up afresh instead.
-                _assign_adata_uuid(adata, overwrite=True)
-        manager = self.get_anndata_manager(self.adata if adata is None else adata)
-        if manager is not None and manager._source_registry is None:
-            # Once another setup has run on the data, scvi-tools registers them again from
-            # scratch, encoding batches (and DGEX landmarks) as that data now say and writing
-            # the result into this model's registry; transfer this model's own setup instead.
-            manager._source_registry = deepcopy(manager.registry)
+        if without_data and manager is not None and manager.adata is not adata:
+            # A copy of data given before: scvi-tools would transfer the setup from the
+            # model's own data, which it has none of; set the copy up afresh instead.
+            _assign_adata_uuid(adata, overwrite=True)
+        if set_up_since:
+            # scvi-tools would register the data from scratch, encoding batches (and DGEX
+            # landmarks) as the data now say, into this model's registry: transfer this
+            # model's own setup instead, and keep the registration if that fails.
+            if manager._source_registry is None:
+                manager._source_registry = deepcopy(manager.registry)
+            registered = manager.adata, deepcopy(manager.registry)
         try:
-            validated = super()._validate_anndata(adata, copy_if_view=copy_if_view)
+            try:
+                validated = super()._validate_anndata(adata, copy_if_view=copy_if_view)
+            except Exception:
+                if set_up_since:  # scvi-tools has dropped the data and half the registry
+                    manager.adata = registered[0]
+                    manager.registry.clear()
+                    manager.registry.update(registered[1])
+                raise
             changed = changed_obs_keys(self.get_anndata_manager(validated, required=True))
             if changed and validated is self.adata:
                 columns = ", ".join(f"obs[{key!r}]" for key in changed)

@@ -140,6 +140,18 @@ def test_another_setup_on_the_same_data_keeps_each_model_s_encoding(tmp_path):
     assert list(
         model.registry_["field_registries"]["batch"]["state_registry"]["categorical_mapping"]
     ) == ["batch_0", "batch_1"]
+    labels = adata.obs["batch"].copy()
+    adata.obs["batch"] = adata.obs["batch"].cat.add_categories("batch_9")
+    adata.obs.iloc[:5, adata.obs.columns.get_loc("batch")] = "batch_9"
+    ZINBAutoencoder.setup_anndata(adata, layer="counts")
+    with pytest.raises(InputError, match=r"changed after setup: obs\['batch'\] has categories"):
+        model.get_latent_representation()
+    adata.obs["batch"] = labels  # as the error says: the model works again
+    np.testing.assert_allclose(
+        model.get_normalized_expression(transform_batch="batch_0", return_numpy=True),
+        before,
+        rtol=1e-5,
+    )
 
     bulk = simulate_bulk_expression(n_samples=120, n_landmarks=10, n_targets=20, seed=0)
     DGEX.setup_anndata(bulk)
@@ -154,6 +166,10 @@ def test_another_setup_on_the_same_data_keeps_each_model_s_encoding(tmp_path):
     assert list(loaded.target_names) == list(dgex.target_names)
     with pytest.raises(InputError, match="marks other landmarks"):
         dgex.train(max_epochs=1)
+    mark_landmarks(bulk, landmarks)  # as the error says
+    _quiet_train(dgex, max_epochs=1)
+    dgex.save(tmp_path / "dgex", overwrite=True)
+    assert list(DGEX.load(tmp_path / "dgex", adata=bulk).landmark_names) == landmarks
 
 
 def test_multivae_reads_labels_and_counts_where_it_was_set_up():

@@ -353,8 +353,8 @@ def test_alignment_term_is_in_the_loss(untrained):
         module.alignment_weight = 1.0
     alignment = losses[1.0].extra_metrics["alignment"]
     assert alignment > 0
-    difference = losses[1.0].loss - losses[0.0].loss  # of losses in the hundreds
-    torch.testing.assert_close(difference, alignment, rtol=1e-4, atol=1e-4)
+    difference = losses[1.0].loss - losses[0.0].loss  # of float32 losses in the hundreds
+    torch.testing.assert_close(difference, alignment, rtol=1e-3, atol=1e-3)
 
 
 def test_cross_reconstruction_reads_only_the_other_modalities(untrained):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from scgexp.data import InputError, simulate_scatac, simulate_scrna
@@ -50,3 +51,13 @@ def test_every_training_run_trains_in_training_mode(zinb):
     zinb.train(max_epochs=1, train_size=1.0, enable_progress_bar=False)
     assert modes
     assert all(modes)
+
+
+def test_a_failed_training_call_leaves_the_outputs_alone(zinb):
+    """Training mode left on after an error would update batch-norm statistics in outputs."""
+    zinb.train(max_epochs=1, enable_progress_bar=False)
+    latent = zinb.get_latent_representation()
+    with pytest.raises(TypeError, match="enable_progres_bar"):
+        zinb.train(max_epochs=1, enable_progres_bar=False)
+    assert not zinb.module.training
+    np.testing.assert_array_equal(zinb.get_latent_representation(), latent)

@@ -350,7 +350,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         copy_into(self.module, {"cont_cov_mean": mean, "cont_cov_scale": scale})
 
     def _init_atac(self) -> None:
-        """Region factors at each region's log rate of being detected; median open regions."""
+        """Region factors at the log rates detecting each region as often as in training."""
         matrix = self.adata_manager.get_from_registry(REGISTRY_KEYS.ATAC_X_KEY)
         flag = self._flagged_present("atac")
         n_open, cells_open = row_and_column_sums(matrix, binary=True, column_rows=flag)

@@ -180,6 +180,7 @@ class TrainingMixin(UnsupervisedTrainingMixin):
         except TrainingDivergedError:
             if restore is not None and restore.best_epoch is not None:
                 # The best epoch's weights are back (and the history kept): usable as trained.
-                self.module.eval()
                 self.is_trained_ = True
             raise
+        finally:  # outputs run in eval mode (some of scvi-tools' never set it)
+            self.module.eval()

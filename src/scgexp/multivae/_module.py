@@ -16,7 +16,7 @@ from scvi.distributions import (
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from scvi.nn import FCLayers
 from torch import nn
-from torch.distributions import Bernoulli, Normal, kl_divergence
+from torch.distributions import Distribution, Normal, constraints, kl_divergence
 from torch.nn.functional import softplus
 
 from scgexp.data._checks import InputError, check_option
@@ -37,6 +37,52 @@ PRESENCE_KEYS = {name: f"has_{name}" for name in MODALITIES}
 
 _VAR_EPS = 1e-4
 _LOG_MIN, _LOG_MAX = -12.0, 12.0
+
+
+class PoissonDetection(Distribution):
+    """Whether a Poisson count with log rate ``log_rate`` is not zero: ``p = 1 - exp(-rate)``.
+
+    A Bernoulli distribution (``probs``, ``mean``, ``log_prob``, ``sample``) whose ``log_prob``
+    takes the logarithm only where something was detected, which in scATAC-seq is a few in a
+    hundred regions: elsewhere it is ``-rate``. Computed in float32 (``exp`` overflows float16).
+
+    Parameters
+    ----------
+    log_rate
+        Log of the Poisson rate (clamped to [-30, 15]).
+
+    Examples
+    --------
+    >>> PoissonDetection(torch.zeros(2)).probs  # 1 - exp(-1)
+    tensor([0.6321, 0.6321])
+    """
+
+    arg_constraints = {"log_rate": constraints.real}
+    support = constraints.boolean
+
+    def __init__(self, log_rate: torch.Tensor):
+        self.log_rate = log_rate
+        self.rate = torch.exp(log_rate.float().clamp(-30.0, 15.0))
+        super().__init__(batch_shape=log_rate.shape, validate_args=False)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return -torch.expm1(-self.rate)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.probs
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        detected = (value > 0).expand_as(self.rate)
+        if self.rate.device.type != "cpu":  # dense: finding the detections would sync the host
+            return torch.where(detected, torch.log(-torch.expm1(-self.rate)), -self.rate)
+        index = detected.nonzero(as_tuple=True)
+        return (-self.rate).index_put(index, torch.log(-torch.expm1(-self.rate[index])))
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.bernoulli(self.probs.expand(self._extended_shape(sample_shape)))
 
 
 class _ModalityEncoder(nn.Module):
@@ -467,15 +513,10 @@ class MultiVAEModule(BaseModuleClass):
                 else:
                     dist = NegativeBinomial(mu=mu, theta=theta, scale=scale)
             elif m == "atac":
-                # Detected = at least one fragment of a Poisson count whose log rate is eta:
-                # p = 1 - exp(-exp(eta)), as logits log(expm1(rate)) (float32: exp overflows
-                # float16).
-                eta = self.atac_logits(hidden) + self.region_factor
+                log_rate = self.atac_logits(hidden) + self.region_factor
                 if lib is not None:
-                    eta = eta + self.atac_depth_slope * lib
-                rate = torch.exp(eta.float().clamp(-30.0, 15.0))
-                logits = rate + torch.log(-torch.expm1(-rate))
-                dist = Bernoulli(logits=logits, validate_args=False)
+                    log_rate = log_rate + self.atac_depth_slope * lib
+                dist = PoissonDetection(log_rate)
             else:
                 dist = self._protein_distribution(hidden, lib, batch_index)
             outputs[f"p_{m}"] = dist

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from scvi import REGISTRY_KEYS
@@ -57,7 +57,7 @@ class PoissonDetection(Distribution):
     tensor([0.6321, 0.6321])
     """
 
-    arg_constraints = {"log_rate": constraints.real}
+    arg_constraints: ClassVar[dict] = {"log_rate": constraints.real}
     support = constraints.boolean
 
     def __init__(self, log_rate: torch.Tensor):
@@ -80,7 +80,7 @@ class PoissonDetection(Distribution):
         index = detected.nonzero(as_tuple=True)
         return (-self.rate).index_put(index, torch.log(-torch.expm1(-self.rate[index])))
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape: Sequence[int] = ()) -> torch.Tensor:
         with torch.no_grad():
             return torch.bernoulli(self.probs.expand(self._extended_shape(sample_shape)))
 

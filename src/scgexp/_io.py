@@ -12,10 +12,12 @@ import json
 import logging
 import os
 import pickle
+import warnings
 import zipfile
 from copy import deepcopy
 from functools import partial
 from typing import TYPE_CHECKING, Any
+from uuid import uuid4
 
 import anndata
 import mudata
@@ -279,7 +281,9 @@ class SafeSaveMixin:
             # setup would be read by position.
             try:
                 if set_up_since:  # its new registration reads the data as they are now
-                    self._check_new_data(self.adata)
+                    with warnings.catch_warnings():  # given at setup
+                        warnings.simplefilter("ignore")
+                        self._check_new_data(self.adata)
                 check_feature_names(self.adata, self.registry_)
             except InputError as error:
                 raise InputError(
@@ -302,11 +306,13 @@ class SafeSaveMixin:
         try:
             try:
                 validated = super()._validate_anndata(adata, copy_if_view=copy_if_view)
-            except Exception:
+            except BaseException:
                 if set_up_since:  # scvi-tools has dropped the data and half the registry
                     manager.adata = registered[0]
                     manager.registry.clear()
                     manager.registry.update(registered[1])
+                    # and may have rewritten obs['_scvi_*']: every model registers again
+                    data.uns[_MANAGER_UUID_KEY] = str(uuid4())
                 raise
             changed = changed_obs_keys(self.get_anndata_manager(validated, required=True))
             if changed and validated is self.adata:

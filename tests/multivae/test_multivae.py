@@ -16,6 +16,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from scgexp.data import InputError, simulate_multiome
 from scgexp.multivae import MultiVAE
+from scgexp.multivae._module import PoissonDetection
 
 RNA_ATAC = {"rna_layer": "rna", "atac_layer": "atac"}
 RNA_PROT = {"rna_layer": "rna", "protein_layer": "prot"}
@@ -314,6 +315,25 @@ def test_rna_means_sum_to_the_observed_library(untrained):
     _, generative_outputs = module.forward(tensors, compute_loss=False)
     totals = tensors[scvi.REGISTRY_KEYS.X_KEY].sum(-1).clamp(min=1.0)
     torch.testing.assert_close(generative_outputs["p_rna"].mu.sum(-1), totals, rtol=1e-4, atol=0)
+
+
+def test_poisson_detection_matches_its_definition_at_every_rate():
+    """log p and its gradient as 1 - exp(-exp(log_rate)) in float64, rare and common regions."""
+    log_rate = torch.linspace(-35.0, 20.0, 221).repeat(2, 1).requires_grad_()
+    detected = torch.stack([torch.zeros(221), torch.ones(221)])
+    reference_rate = log_rate.detach().double().requires_grad_()
+    rate = torch.exp(reference_rate.clamp(-30.0, 15.0))
+    p = -torch.expm1(-rate)
+    reference = torch.where(detected.bool(), torch.log(p), -rate)
+    reference.sum().backward()
+    distribution = PoissonDetection(log_rate)
+    log_prob = distribution.log_prob(detected)
+    log_prob.sum().backward()
+    torch.testing.assert_close(log_prob.double(), reference.detach(), rtol=1e-5, atol=1e-12)
+    torch.testing.assert_close(log_rate.grad.double(), reference_rate.grad, rtol=1e-5, atol=1e-12)
+    torch.testing.assert_close(distribution.probs.double(), p.detach(), rtol=1e-5, atol=1e-12)
+    draws = distribution.sample((3,))  # scored as a batch of draws, as torch's Bernoulli does
+    assert distribution.log_prob(draws).shape == (3, 2, 221)
 
 
 def test_expected_open_regions_follow_depth():

@@ -39,6 +39,16 @@ _VAR_EPS = 1e-4
 _LOG_MIN, _LOG_MAX = -12.0, 12.0
 
 
+def _log_detected(rate: torch.Tensor) -> torch.Tensor:
+    """``log(1 - exp(-rate))``, accurate for small and large rates (Mächler's log1mexp)."""
+    log2 = 0.6931471805599453  # each branch clamped to its side: no NaN gradient from the other
+    return torch.where(
+        rate < log2,
+        torch.log(-torch.expm1(-rate.clamp(max=log2))),
+        torch.log1p(-torch.exp(-rate.clamp(min=log2))),
+    )
+
+
 class PoissonDetection(Distribution):
     """Whether a Poisson count with log rate ``log_rate`` is not zero: ``p = 1 - exp(-rate)``.
 
@@ -73,12 +83,17 @@ class PoissonDetection(Distribution):
     def mean(self) -> torch.Tensor:
         return self.probs
 
+    @property
+    def variance(self) -> torch.Tensor:
+        return self.probs * torch.exp(-self.rate)
+
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        detected = (value > 0).expand_as(self.rate)
-        if self.rate.device.type != "cpu":  # dense: finding the detections would sync the host
-            return torch.where(detected, torch.log(-torch.expm1(-self.rate)), -self.rate)
+        value, rate = torch.broadcast_tensors(value, self.rate)
+        detected = value > 0
+        if rate.device.type != "cpu":  # dense: finding the detections would sync the host
+            return torch.where(detected, _log_detected(rate), -rate)
         index = detected.nonzero(as_tuple=True)
-        return (-self.rate).index_put(index, torch.log(-torch.expm1(-self.rate[index])))
+        return (-rate).index_put(index, _log_detected(rate[index]))
 
     def sample(self, sample_shape: Sequence[int] = ()) -> torch.Tensor:
         with torch.no_grad():

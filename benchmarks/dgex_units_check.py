@@ -8,7 +8,7 @@ and in other units (raw counts, per million, unlogged, L1000 level-3 profiles), 
 training statistics of the benchmark's CellBench model (plates p1 + p2). Needs
 ``../shared/data``.
 
-Run from the project root::
+Run from the project root (writes ``results/dgex_units_check.md``)::
 
     python benchmarks/dgex_units_check.py
 """
@@ -18,10 +18,11 @@ from __future__ import annotations
 import anndata as ad
 import numpy as np
 import scanpy as sc
-from bench_dgex import DATA, load_cellbench
+from bench_dgex import DATA, RESULTS, load_cellbench
 
 
 def main() -> None:
+    lines = []
     adata, landmarks = load_cellbench()
     is_landmark = adata.var["landmark"].to_numpy()
     names = adata.var_names[is_landmark]
@@ -35,31 +36,45 @@ def main() -> None:
         return f"shift {median:.2f}, outside {outside:.1%}"
 
     test = adata.obs["batch"] == "p3"
-    print(f"p3, all cells: {shift(adata[test].X[:, is_landmark])}")
+    lines.append(f"p3, all cells: {shift(adata[test].X[:, is_landmark])}")
     for i in range(0, test.sum(), 50):
-        print(f"p3, cell {i}: {shift(adata[test].X[i : i + 1, is_landmark])}")
+        lines.append(f"p3, cell {i}: {shift(adata[test].X[i : i + 1, is_landmark])}")
     for line in adata.obs["cell_line"].unique():
         rows = test & (adata.obs["cell_line"] == line)
-        print(f"p3, {line}: {shift(adata[rows].X[:, is_landmark])}")
+        lines.append(f"p3, {line}: {shift(adata[rows].X[:, is_landmark])}")
     raw = ad.read_h5ad(DATA / "scrna" / "cellbench_5celllines_celseq2_3plates.h5ad")
     raw = raw[raw.obs["batch"] == "p3"][:, names].copy()
-    print(f"raw counts: {shift(raw.X.toarray())}")
+    lines.append(f"raw counts: {shift(raw.X.toarray())}")
     for i in range(0, raw.n_obs, 50):
-        print(f"raw counts, cell {i}: {shift(raw.X[i : i + 1].toarray())}")
+        lines.append(f"raw counts, cell {i}: {shift(raw.X[i : i + 1].toarray())}")
     per_million = raw.copy()
     sc.pp.normalize_total(per_million, target_sum=1e6)
     sc.pp.log1p(per_million)
-    print(f"log1p per million: {shift(per_million.X.toarray())}")
+    lines.append(f"log1p per million: {shift(per_million.X.toarray())}")
     unlogged = raw.copy()
     sc.pp.normalize_total(unlogged, target_sum=1e4)
-    print(f"per 10,000, not logged: {shift(unlogged.X.toarray())}")
+    lines.append(f"per 10,000, not logged: {shift(unlogged.X.toarray())}")
     l1000 = ad.read_h5ad(DATA / "dgex" / "cmap_l1000_level3_A375_377x978.h5ad")
     symbol_to_ensembl = dict(zip(landmarks["symbol"], landmarks["ensembl"], strict=True))
     l1000 = l1000[:, l1000.var_names.isin(symbol_to_ensembl)].copy()
     l1000.var_names = [symbol_to_ensembl[s] for s in l1000.var_names]
     positions = l1000.var_names.get_indexer(names)
     found = positions >= 0
-    print(f"L1000 level 3: {shift(np.asarray(l1000.X)[:, positions[found]], found)}")
+    lines.append(f"L1000 level 3: {shift(np.asarray(l1000.X)[:, positions[found]], found)}")
+    text = "\n".join(
+        [
+            "# DGEX: the other-units warning's measures",
+            "",
+            "Command: `python benchmarks/dgex_units_check.py`.",
+            "",
+            "```",
+            *lines,
+            "```",
+            "",
+        ]
+    )
+    (RESULTS / "dgex_units_check.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import os
 import pickle
 import warnings
 import zipfile
+from contextlib import contextmanager, nullcontext
 from copy import deepcopy
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -134,6 +135,27 @@ def _damaged(dir_path: str) -> str:
         f"{dir_path!r} holds a damaged scgexp model (an interrupted save or copy?); save the "
         "model again."
     )
+
+
+@contextmanager
+def _transferring_own_setup(manager, data):
+    """Have scvi-tools register ``data`` again with ``manager``'s own setup, or leave both be.
+
+    Data set up again since (e.g. for another model) would be registered from scratch, batches
+    (and DGEX landmarks) encoded as the data now say; with a source registry,
+    ``AnnDataManager.validate`` transfers the model's setup instead.
+    """
+    if manager._source_registry is None:
+        manager._source_registry = deepcopy(manager.registry)
+    registry = deepcopy(manager.registry)
+    try:
+        yield
+    except BaseException:  # scvi-tools has dropped the data and half the registry
+        manager.adata = data
+        manager.registry.clear()  # in place: the model's registry_ is this dict
+        manager.registry.update(registry)
+        data.uns[_MANAGER_UUID_KEY] = str(uuid4())  # obs['_scvi_*'] may differ: all register
+        raise
 
 
 class SafeSaveMixin:
@@ -268,52 +290,26 @@ class SafeSaveMixin:
                 f"training data), or load it with data: `{type(self).__name__}.load(dir, adata)`."
             )
         data = self.adata if adata is None else adata
-        seen = self._per_instance_manager_store.get(self.id, {})
-        manager = seen.get(data.uns.get(_SCVI_UUID_KEY))  # (get_anndata_manager transfers)
-        # Set up again since (e.g. for another model): scvi-tools will register them anew.
-        set_up_since = (
+        # Looked up directly: get_anndata_manager() would transfer the setup to a copy.
+        manager = self._per_instance_manager_store.get(self.id, {}).get(
+            data.uns.get(_SCVI_UUID_KEY)
+        )
+        set_up_again = (  # since this model's setup, e.g. for another model
             manager is not None
             and manager.adata is data
             and data.uns.get(_MANAGER_UUID_KEY) != manager.id
         )
         if adata is None or adata is self.adata:
-            # scvi-tools trusts registered data; features reordered or dropped in place since
-            # setup would be read by position.
-            try:
-                if set_up_since:  # its new registration reads the data as they are now
-                    with warnings.catch_warnings():  # given at setup
-                        warnings.simplefilter("ignore")
-                        self._check_new_data(self.adata)
-                check_feature_names(self.adata, self.registry_)
-            except InputError as error:
-                raise InputError(
-                    f"The data registered with this model changed after setup: {error} Or set "
-                    f"up and train a new model on the changed data."
-                ) from None
-            self._check_registered_data()
+            self._check_own_data(as_new=set_up_again)
         without_data = self.adata is None
         if without_data and manager is not None and manager.adata is not adata:
             # A copy of data given before: scvi-tools would transfer the setup from the
             # model's own data, which it has none of; set the copy up afresh instead.
             _assign_adata_uuid(adata, overwrite=True)
-        if set_up_since:
-            # scvi-tools would register the data from scratch, encoding batches (and DGEX
-            # landmarks) as the data now say, into this model's registry: transfer this
-            # model's own setup instead, and keep the registration if that fails.
-            if manager._source_registry is None:
-                manager._source_registry = deepcopy(manager.registry)
-            registered = manager.adata, deepcopy(manager.registry)
+        transfer = _transferring_own_setup(manager, data) if set_up_again else nullcontext()
         try:
-            try:
+            with transfer:
                 validated = super()._validate_anndata(adata, copy_if_view=copy_if_view)
-            except BaseException:
-                if set_up_since:  # scvi-tools has dropped the data and half the registry
-                    manager.adata = registered[0]
-                    manager.registry.clear()
-                    manager.registry.update(registered[1])
-                    # and may have rewritten obs['_scvi_*']: every model registers again
-                    data.uns[_MANAGER_UUID_KEY] = str(uuid4())
-                raise
             changed = changed_obs_keys(self.get_anndata_manager(validated, required=True))
             if changed and validated is self.adata:
                 columns = ", ".join(f"obs[{key!r}]" for key in changed)
@@ -329,6 +325,20 @@ class SafeSaveMixin:
         finally:
             if without_data:  # scvi-tools would adopt the first data given as the model's own
                 self._adata, self._adata_manager = None, None
+
+    def _check_own_data(self, as_new: bool) -> None:
+        """Refuse registered data changed in place since setup (scvi-tools trusts them)."""
+        try:
+            if as_new:  # a new registration will read them as they are now; warned at setup
+                with warnings.catch_warnings(action="ignore"):
+                    self._check_new_data(self.adata)
+            check_feature_names(self.adata, self.registry_)  # else read by position
+        except InputError as error:
+            raise InputError(
+                f"The data registered with this model changed after setup: {error} Or set "
+                f"up and train a new model on the changed data."
+            ) from None
+        self._check_registered_data()
 
     def _check_registered_data(self) -> None:
         """scvi-tools checks data once, at setup; refuse counts normalised in place since."""

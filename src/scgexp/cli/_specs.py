@@ -75,8 +75,7 @@ def _dgex_results(model: DGEX, adata: anndata.AnnData, options: dict) -> anndata
     flags = {"rank_map": options.get("rank_map", False)}
     flags["fill_missing"] = options.get("fill_missing", False)
     predicted = model.predict(adata, return_std=True, **flags)
-    with warnings.catch_warnings():  # predict has given the warnings about these landmarks
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(action="ignore"):  # predict has warned about these landmarks
         used = model._landmark_batches(adata, None, batch_size=_BATCH_SIZE, **flags)
         landmarks = np.concatenate([batch.cpu().numpy() for batch in used])
         latent = model.get_latent_representation(adata, **flags)

@@ -172,7 +172,8 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
     Each modality has its own encoder; the experts of the modalities a cell has are combined
     into one posterior (a product of experts by default, see ``joint``), and one decoder per
     modality reconstructs what the cell has: RNA with a (zero-inflated) negative binomial,
-    ATAC with a Bernoulli with cell and region factors (:cite:p:`Ashuach2022`), protein with a
+    ATAC with the detection of a Poisson fragment count (cell and region factors as in
+    :cite:p:`Ashuach2022`, with a learned per-region depth slope), protein with a
     negative binomial (default) or a background/foreground negative binomial mixture
     (:cite:p:`GayosoSteier2021`). Cells missing a modality simply have no expert and no
     reconstruction term for it (mosaic integration). Cells with several modalities also learn
@@ -350,7 +351,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         copy_into(self.module, {"cont_cov_mean": mean, "cont_cov_scale": scale})
 
     def _init_atac(self) -> None:
-        """Region factors at the log rates detecting each region as often as in training."""
+        """Region factors that detect each region as often as in training; median open regions."""
         matrix = self.adata_manager.get_from_registry(REGISTRY_KEYS.ATAC_X_KEY)
         flag = self._flagged_present("atac")
         n_open, cells_open = row_and_column_sums(matrix, binary=True, column_rows=flag)
@@ -360,6 +361,7 @@ class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
         copy_into(
             self.module,
             {
+                # complementary log-log: the inverse of p = 1 - exp(-exp(x))
                 "region_factor": np.log(-np.log1p(-frequency)),
                 "atac_median_open": np.median(n_open[cells]),
             },

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import ClassVar, Literal
 
@@ -39,13 +40,15 @@ _VAR_EPS = 1e-4
 _LOG_MIN, _LOG_MAX = -12.0, 12.0
 
 
+_LOG2 = math.log(2.0)
+
+
 def _log_detected(rate: torch.Tensor) -> torch.Tensor:
     """``log(1 - exp(-rate))``, accurate for small and large rates (Mächler's log1mexp)."""
-    log2 = 0.6931471805599453  # each branch clamped to its side: no NaN gradient from the other
+    # Each branch sees only its side of log 2, so the unused one gives no NaN gradient.
+    small, large = rate.clamp(max=_LOG2), rate.clamp(min=_LOG2)
     return torch.where(
-        rate < log2,
-        torch.log(-torch.expm1(-rate.clamp(max=log2))),
-        torch.log1p(-torch.exp(-rate.clamp(min=log2))),
+        rate < _LOG2, torch.log(-torch.expm1(-small)), torch.log1p(-torch.exp(-large))
     )
 
 
@@ -158,10 +161,9 @@ class MultiVAEModule(BaseModuleClass):
     ``p = 1 - exp(-exp(decoder(z) + region factor + slope · cell factor))``, the cell
     factor being the log of the cell's open regions over the training median and the slope
     learned per region (MultiVI :cite:p:`Ashuach2022` multiplies probabilities by learned
-    factors instead); protein a
-    negative binomial at the observed protein library size (default) or a
-    background/foreground negative binomial mixture (with a learned background per protein and
-    batch, after totalVI).
+    factors instead); protein a negative binomial at the observed protein library size
+    (default) or a background/foreground negative binomial mixture (with a learned background
+    per protein and batch, after totalVI).
 
     Parameters
     ----------
@@ -318,7 +320,7 @@ class MultiVAEModule(BaseModuleClass):
             self.rna_dropout = nn.Linear(n_hidden, n_genes) if gene_likelihood == "zinb" else None
             self.rna_log_theta = nn.Parameter(torch.zeros(n_genes))
         if "atac" in self.modalities:
-            self.atac_logits = nn.Linear(n_hidden, self.n_features["atac"])
+            self.atac_log_rate = nn.Linear(n_hidden, self.n_features["atac"])
             # Region factors: each region's log fragment rate (the model fills them from the
             # training frequencies); the median number of open regions per cell sets the depth.
             self.region_factor = nn.Parameter(torch.zeros(self.n_features["atac"]))
@@ -528,7 +530,7 @@ class MultiVAEModule(BaseModuleClass):
                 else:
                     dist = NegativeBinomial(mu=mu, theta=theta, scale=scale)
             elif m == "atac":
-                log_rate = self.atac_logits(hidden) + self.region_factor
+                log_rate = self.atac_log_rate(hidden) + self.region_factor
                 if lib is not None:
                     log_rate = log_rate + self.atac_depth_slope * lib
                 dist = PoissonDetection(log_rate)

@@ -123,8 +123,7 @@ class TrainingMixin(UnsupervisedTrainingMixin):
             )
         datasplitter_kwargs = {"data_mode": data_mode, **(datasplitter_kwargs or {})}
         train_size = kwargs.get("train_size")
-        with warnings.catch_warnings():  # scvi-tools warns again when it splits
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(action="ignore"):  # scvi-tools warns again when it splits
             n_train, n_validation = validate_data_split(
                 self.adata.n_obs,
                 0.9 if train_size is None else train_size,

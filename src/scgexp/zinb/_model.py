@@ -625,8 +625,17 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         return size_factors * float(self.module.median_total)
 
     def get_importance_weights(self, *args, **kwargs):
-        """Not available: importance weights need a VAE's posterior."""
-        raise NotImplementedError("Importance weights need a VAE's posterior.")
+        """Not available: importance weights need a VAE's posterior (scvi-tools' mixin has it).
+
+        The autoencoder gives each cell one code, not a posterior to weight samples of;
+        :meth:`differential_expression` and :meth:`get_normalized_expression` use the denoised
+        values directly.
+        """
+        raise NotImplementedError(
+            "ZINBAutoencoder is a deterministic autoencoder: importance weights need a VAE's "
+            "posterior, which it does not have. differential_expression() and "
+            "get_normalized_expression() use its denoised values directly."
+        )
 
     @torch.inference_mode()
     def get_likelihood_parameters(

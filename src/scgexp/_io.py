@@ -8,6 +8,7 @@ tensors alone to ``model.pt`` (loaded with ``weights_only=True``) and every othe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -148,6 +149,7 @@ def _transferring_own_setup(manager, data):
     if manager._source_registry is None:
         manager._source_registry = deepcopy(manager.registry)
     registry = deepcopy(manager.registry)
+    data.uns[_MANAGER_UUID_KEY] = str(uuid4())  # a modality's setup leaves the MuData's id
     try:
         yield
     except BaseException:  # scvi-tools has dropped the data and half the registry
@@ -156,6 +158,19 @@ def _transferring_own_setup(manager, data):
         manager.registry.update(registry)
         data.uns[_MANAGER_UUID_KEY] = str(uuid4())  # obs['_scvi_*'] may differ: all register
         raise
+
+
+def _written_codes(manager) -> str:
+    """A digest of the obs/obsm columns scvi-tools wrote for ``manager`` (``_scvi_*``).
+
+    A setup of the same data, or of a MuData's modality, for another model rewrites them.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for key, entry in manager.data_registry.items():
+        if str(entry.attr_key).startswith("_scvi_"):
+            values = manager.get_from_registry(key)
+            digest.update(np.ascontiguousarray(getattr(values, "values", values)).tobytes())
+    return digest.hexdigest()
 
 
 class SafeSaveMixin:
@@ -281,6 +296,16 @@ class SafeSaveMixin:
     def _check_new_data(self, adata) -> None:
         """Model-specific checks of data other than the model's own, before scvi-tools' own."""
 
+    @classmethod
+    def register_manager(cls, adata_manager) -> None:
+        adata_manager.written_codes = _written_codes(adata_manager)
+        super().register_manager(adata_manager)
+
+    def _register_manager_for_instance(self, adata_manager) -> None:
+        if not hasattr(adata_manager, "written_codes"):  # kept from setup, if set up then
+            adata_manager.written_codes = _written_codes(adata_manager)
+        super()._register_manager_for_instance(adata_manager)
+
     def _validate_anndata(self, adata=None, copy_if_view: bool = True):
         if adata is not None and adata is not self.adata:
             self._check_new_data(adata)
@@ -294,10 +319,13 @@ class SafeSaveMixin:
         manager = self._per_instance_manager_store.get(self.id, {}).get(
             data.uns.get(_SCVI_UUID_KEY)
         )
-        set_up_again = (  # since this model's setup, e.g. for another model
+        set_up_again = (  # since this model's setup, e.g. for another model or a modality
             manager is not None
             and manager.adata is data
-            and data.uns.get(_MANAGER_UUID_KEY) != manager.id
+            and (
+                data.uns.get(_MANAGER_UUID_KEY) != manager.id
+                or _written_codes(manager) != manager.written_codes
+            )
         )
         if adata is None or adata is self.adata:
             self._check_own_data(as_new=set_up_again)
@@ -310,7 +338,9 @@ class SafeSaveMixin:
         try:
             with transfer:
                 validated = super()._validate_anndata(adata, copy_if_view=copy_if_view)
-            changed = changed_obs_keys(self.get_anndata_manager(validated, required=True))
+            validated_manager = self.get_anndata_manager(validated, required=True)
+            validated_manager.written_codes = _written_codes(validated_manager)
+            changed = changed_obs_keys(validated_manager)
             if changed and validated is self.adata:
                 columns = ", ".join(f"obs[{key!r}]" for key in changed)
                 raise InputError(

@@ -172,6 +172,29 @@ def test_another_setup_on_the_same_data_keeps_each_model_s_encoding(tmp_path):
     assert list(DGEX.load(tmp_path / "dgex", adata=bulk).landmark_names) == landmarks
 
 
+def test_a_modality_set_up_for_another_model_keeps_each_model_s_encoding():
+    """Both models write obs['_scvi_batch'] of the modality; each must read its own codes."""
+    mdata = simulate_multiome(n_cells=120, n_genes=30, n_peaks=60, n_batches=3, seed=0)
+    rna = mdata["rna"]
+    MultiVAE.setup_mudata(mdata, batch_key="batch", modalities={**RNA_ATAC, "batch_key": "rna"})
+    ZINBAutoencoder.setup_anndata(rna, batch_key="cell_type")  # before MultiVAE's init
+    multivae = MultiVAE(mdata, n_latent=4)
+    _quiet_train(multivae, max_epochs=2)
+    before = multivae.get_latent_representation()
+    zinb = ZINBAutoencoder(rna, n_hidden=16, n_latent=4)
+    _quiet_train(zinb, max_epochs=2)
+    expression = zinb.get_normalized_expression(transform_batch="type_0", return_numpy=True)
+    np.testing.assert_allclose(multivae.get_latent_representation(), before, rtol=1e-5)
+    np.testing.assert_allclose(
+        zinb.get_normalized_expression(transform_batch="type_0", return_numpy=True),
+        expression,
+        rtol=1e-5,
+    )
+    rna.obs["batch"] = rna.obs["batch"].cat.rename_categories(lambda label: label + "x")
+    with pytest.raises(InputError, match=r"changed after setup: obs\['batch'\] has categories"):
+        multivae.get_latent_representation()  # relabelled in place, by the user: refused
+
+
 def test_multivae_reads_labels_and_counts_where_it_was_set_up():
     """Batch labels from one modality's obs; counts checked in each modality."""
     mdata = simulate_multiome(n_cells=120, n_genes=30, n_peaks=40, seed=0)

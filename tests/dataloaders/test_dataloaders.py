@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import scvi
 import torch
+from scipy import sparse
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager, AnnTorchDataset
 from scvi.data.fields import LayerField
@@ -20,7 +21,9 @@ from scgexp.dataloaders import (
     TensorStore,
     resolve_data_mode,
 )
+from scgexp.dataloaders import _loaders as loaders_module
 from scgexp.dataloaders import _splitter as splitter_module
+from scgexp.dataloaders._store import _CSRRows, estimate_nbytes
 from scgexp.dgex import DGEX
 from scgexp.sailer import SAILER
 from scgexp.zinb import ZINBAutoencoder
@@ -266,3 +269,102 @@ def test_multivae_memory_path_equals_standard_and_streams_backed_mudata(tmp_path
     model = _multivae(backed)
     assert model.trainer.datamodule.resolved_mode == "stream"
     assert np.isfinite(model.get_latent_representation()).all()
+
+
+@pytest.fixture
+def backed_store(tmp_path):
+    adata = simulate_scrna(n_cells=600, n_genes=50, seed=0)
+    adata.obs["row"] = np.arange(1, adata.n_obs + 1, dtype=float)
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    backed = anndata.read_h5ad(tmp_path / "a.h5ad", backed="r")
+    ZINBAutoencoder.setup_anndata(backed, size_factor_key="row")
+    manager = ZINBAutoencoder._get_most_recent_anndata_manager(backed)
+    return TensorStore(manager, skip_backed=True)
+
+
+def _rows(loader):
+    return torch.cat([b["size_factor"].ravel() for b in loader]).long().numpy() - 1
+
+
+def test_stream_without_shuffle_serves_every_row_in_order(backed_store):
+    indices = np.arange(0, 600, 2)  # 25 of our rows per 50-row block < batch_size
+    loader = StreamingDataLoader(backed_store, indices, batch_size=64, block_rows=50)
+    np.testing.assert_array_equal(_rows(loader), indices)
+
+
+def test_stream_keeps_a_one_row_last_batch(backed_store):
+    loader = StreamingDataLoader(backed_store, np.arange(129), batch_size=64, block_rows=1000)
+    assert [len(b["X"]) for b in loader] == [64, 64, 1]
+
+
+def test_stream_shuffle_follows_torch_seed(backed_store):
+    def order(seed):
+        torch.manual_seed(seed)
+        return _rows(
+            StreamingDataLoader(
+                backed_store, np.arange(600), 64, shuffle=True, block_rows=50, buffer_blocks=3
+            )
+        )
+
+    np.testing.assert_array_equal(order(0), order(0))
+    assert not np.array_equal(order(0), order(1))
+
+
+def test_stream_shards_blocks_across_ranks(backed_store, monkeypatch):
+    served = []
+    for rank in (0, 1):
+        monkeypatch.setattr(loaders_module, "_replicas", lambda r=rank: (r, 2))
+        loader = StreamingDataLoader(
+            backed_store,
+            np.arange(600),
+            50,
+            shuffle=True,
+            distributed_sampler=True,
+            block_rows=50,
+            buffer_blocks=3,
+        )
+        loader.dataset.epoch = 0
+        torch.manual_seed(0)
+        served.append(set(_rows(loader)))
+    assert not served[0] & served[1]
+    assert len(served[0] | served[1]) == 600
+
+
+def test_device_row_gather_sums_duplicate_entries():
+    matrix = sparse.csr_matrix(
+        (np.array([1.0, 2.0]), np.array([0, 0]), np.array([0, 2])), shape=(1, 3)
+    )
+    assert not matrix.has_canonical_format
+    rows = _CSRRows(matrix, np.float32, torch.device("cpu"), on_host=False).rows(torch.tensor([0]))
+    assert rows.tolist() == [[3.0, 0.0, 0.0]]
+
+
+def _manager(n_cells=600):
+    adata = simulate_scrna(n_cells=n_cells, n_genes=50, seed=0)
+    ZINBAutoencoder.setup_anndata(adata)
+    return adata, ZINBAutoencoder._get_most_recent_anndata_manager(adata)
+
+
+def test_estimate_counts_sparse_bytes_and_auto_threshold(monkeypatch):
+    adata, manager = _manager()
+    nnz = adata.X.nnz
+    assert estimate_nbytes(manager) >= nnz * (4 + 8) + (adata.n_obs + 1) * 8
+    need = estimate_nbytes(manager)
+    monkeypatch.setattr(splitter_module, "_free_bytes", lambda device: int(1.5 * need))
+    assert splitter_module.resolve_data_mode(manager, "auto", torch.device("cpu")) == "standard"
+
+
+def test_memory_mode_survives_a_one_cell_last_batch():
+    adata = simulate_scrna(n_cells=143, n_genes=50, seed=0)  # 129 training cells
+    ZINBAutoencoder.setup_anndata(adata)
+    model = ZINBAutoencoder(adata)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(max_epochs=1, batch_size=128, data_mode="memory", enable_progress_bar=False)
+
+
+def test_validation_loader_serves_all_cells_even_with_drop_last():
+    _, manager = _manager()
+    splitter = DataSplitter(manager, data_mode="memory", batch_size=64, drop_last=True)
+    splitter.setup()
+    assert sum(len(b["X"]) for b in splitter.val_dataloader()) == len(splitter.val_idx)

@@ -56,7 +56,7 @@ def mark_landmarks(
         )
     if isinstance(genes, str):
         raise InputError(f"genes must be a list of identifiers: [{genes!r}].")
-    names = adata.var_names if gene_column is None else adata.var[gene_column].astype(str)
+    names = (adata.var_names if gene_column is None else adata.var[gene_column]).astype(str)
     wanted = pd.Index(pd.unique(pd.Series(list(genes), dtype=str)))
     is_landmark = np.asarray(pd.Index(names).isin(wanted))
     n_found = int(is_landmark.sum())

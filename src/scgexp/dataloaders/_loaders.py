@@ -177,15 +177,17 @@ class _BlockStream(IterableDataset):
         rows, parts, offset = np.empty(0, dtype=np.int64), {}, 0
         for _ in range(self.n_batches):
             if len(rows) - offset < self.batch_size:
-                # Pool the next few blocks with what is left, and shuffle them together once.
+                # Pool the next few blocks (enough for a batch) with what is left, and shuffle
+                # them together once.
                 rows, parts = rows[offset:], {k: v[offset:] for k, v in parts.items()}
-                offset = 0
-                for _ in range(self.buffer_blocks):
+                offset, n_read = 0, 0
+                while n_read < self.buffer_blocks or len(rows) < self.batch_size:
                     new = next(reads, None)
                     if new is None:
                         break
                     rows = np.concatenate([rows, new[0]])
                     parts = {k: _concat(parts.get(k), v) for k, v in new[1].items()}
+                    n_read += 1
                 if generator is not None:
                     permutation = generator.permutation(len(rows))
                     rows = rows[permutation]

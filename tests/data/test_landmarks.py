@@ -1,0 +1,91 @@
+"""GCT/GCTX readers and the landmark helpers, on files and panels the tests write."""
+
+from __future__ import annotations
+
+import anndata
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+import scgexp
+
+GCT13 = (
+    "#1.3\n3\t2\t2\t3\n"
+    "id\tsymbol\ttype\ts1\ts2\n"
+    "pert\t-666\t-666\tDMSO\tdrug\n"
+    "dose\t-666\t-666\t0\t10\n"
+    "cell\t-666\t-666\tA375\tMCF7\n"
+    "g1\tA\tlm\t1\t2\n"
+    "g2\tB\tinf\t3\t4\n"
+    "g3\tC\tlm\t5\t6\n"
+)
+
+
+def test_gct13_with_several_metadata_rows_and_columns(tmp_path):
+    path = tmp_path / "x.gct"
+    path.write_text(GCT13)
+    adata = scgexp.data.read_gct(path)
+    assert list(adata.var_names) == ["g1", "g2", "g3"]
+    assert list(adata.var.columns) == ["symbol", "type"]
+    assert adata.var["symbol"].tolist() == ["A", "B", "C"]
+    assert list(adata.obs_names) == ["s1", "s2"]
+    assert list(adata.obs.columns) == ["pert", "dose", "cell"]
+    assert adata.obs["cell"].tolist() == ["A375", "MCF7"]
+    np.testing.assert_array_equal(adata.X, [[1, 3, 5], [2, 4, 6]])
+
+
+def test_gct12_description_version_and_sample_count(tmp_path):
+    path = tmp_path / "x.gct"
+    path.write_text("#1.2\n2\t2\nName\tDescription\ts1\ts2\ng1\tfirst\t1\t2\ng2\tsecond\t3\t4\n")
+    assert scgexp.data.read_gct(path).var["description"].tolist() == ["first", "second"]
+    path.write_text("#1.2\n2\t3\nName\tDescription\ts1\ts2\ng1\tx\t1\t2\ng2\ty\t3\t4\n")
+    with pytest.raises(scgexp.data.InputError, match="2 genes × 3 samples"):
+        scgexp.data.read_gct(path)
+    path.write_text("Name\tDescription\ts1\nx\ty\t1\n")
+    with pytest.raises(scgexp.data.InputError, match="not a GCT file"):
+        scgexp.data.read_gct(path)
+
+
+@pytest.mark.parametrize("n_samples", [3, 2])
+def test_gctx_square_and_transposed(tmp_path, n_samples):
+    values = np.arange(n_samples * 3, dtype=np.float32).reshape(n_samples, 3)
+    for stored, name in ((values, "a"), (values.T, "b")):
+        if name == "b" and n_samples == 3:
+            continue  # a square matrix is read as stored (cmapPy orientation)
+        path = tmp_path / f"{name}.gctx"
+        with h5py.File(path, "w") as handle:
+            handle["0/DATA/0/matrix"] = stored
+            handle["0/META/ROW/id"] = np.array(["g1", "g2", "g3"], dtype="S")
+            handle["0/META/COL/id"] = np.array([f"s{i}" for i in range(n_samples)], dtype="S")
+        np.testing.assert_array_equal(scgexp.data.read_gctx(path).X, values)
+
+
+def test_mark_landmarks_by_gene_column():
+    adata = scgexp.data.simulate_bulk_expression(n_samples=10, n_landmarks=3, n_targets=5)
+    adata.var["symbol"] = [f"S{i}" for i in range(adata.n_vars)]
+    assert scgexp.data.mark_landmarks(adata, ["S1", "S4"], gene_column="symbol") == 2
+    assert np.flatnonzero(adata.var["landmark"]).tolist() == [1, 4]
+
+
+def test_select_landmarks_writes_panel_respects_n_and_ignores_gene_scale():
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(100, 3)) @ rng.normal(size=(3, 30)) + 0.3 * rng.normal(
+        size=(100, 30)
+    )
+    adata = anndata.AnnData(values.astype(np.float32))
+    panel = scgexp.data.select_landmarks(adata, 3)
+    assert adata.var_names[adata.var["landmark"]].tolist() == sorted(
+        panel, key=adata.var_names.get_loc
+    )
+    assert len(scgexp.data.select_landmarks(adata, 3, n_components=10, key=None)) == 3
+    scaled = adata.copy()
+    scaled.X = scaled.X * np.geomspace(0.01, 100, 30).astype(np.float32)
+    assert scgexp.data.select_landmarks(scaled, 3, key=None) == panel
+
+
+def test_mark_landmarks_matches_integer_var_names_as_text():
+    adata = anndata.AnnData(np.zeros((3, 4), dtype=np.float32))
+    adata.var_names = pd.Index([1000, 1001, 1002, 1003])
+    assert scgexp.data.mark_landmarks(adata, [1000, "1003"]) == 2
+    assert adata.var["landmark"].tolist() == [True, False, False, True]

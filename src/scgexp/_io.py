@@ -122,7 +122,7 @@ def _read_attributes(dir_path: str, files: dict[str, str]) -> dict:
     path = os.path.join(dir_path, files[ATTRIBUTES_FILE])
     if not os.path.exists(path):
         raise FileNotFoundError(
-            f"No saved scgexp model in {dir_path!r} ({files[ATTRIBUTES_FILE]} is missing)."
+            f"No saved scgexp model in {str(dir_path)!r} ({files[ATTRIBUTES_FILE]} is missing)."
         )
     try:
         with open(path) as handle:
@@ -133,7 +133,7 @@ def _read_attributes(dir_path: str, files: dict[str, str]) -> dict:
 
 def _damaged(dir_path: str) -> str:
     return (
-        f"{dir_path!r} holds a damaged scgexp model (an interrupted save or copy?); save the "
+        f"{str(dir_path)!r} holds a damaged scgexp model (an interrupted save or copy?); save the "
         "model again."
     )
 
@@ -529,8 +529,8 @@ class SafeSaveMixin:
         except RuntimeError as error:  # saved by an scgexp whose module had other parameters
             detail = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
             raise InputError(
-                f"{dir_path!r} holds a {cls.__name__} saved by another version of scgexp, whose "
-                f"parameters differ from this version's ({detail}). Train and save it again "
+                f"{str(dir_path)!r} holds a {cls.__name__} saved by another version of scgexp, "
+                f"whose parameters differ from this version's ({detail}). Train and save it again "
                 "with this version."
             ) from None
         model.to_device(torch_device)

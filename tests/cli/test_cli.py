@@ -5,6 +5,7 @@ import warnings
 from pathlib import Path
 
 import anndata as ad
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -65,23 +66,33 @@ def test_fit_and_predict_dgex(bulk_file, tmp_path):
     # A landmark missing: refused by name, or filled with its training mean on request.
     missing = new.var_names[0]
     new[:, 1:].copy().write_h5ad(new_path)
-    result = _invoke("predict", model_dir, new_path, "--out", predicted_path)
+    result = _invoke("predict", model_dir, new_path, "--out", predicted_path, "--overwrite")
     assert result.exit_code != 0
     assert missing in result.output
-    result = _invoke("predict", model_dir, new_path, "--out", predicted_path, "--fill-missing")
+    result = _invoke(
+        "predict", model_dir, new_path, "--out", predicted_path, "--fill-missing", "--overwrite"
+    )
     assert result.exit_code == 0, result.output
     filled = ad.read_h5ad(predicted_path)
     assert filled.var_names[filled.var["filled"]].tolist() == [missing]
     assert list(filled.uns["dgex"]["filled_landmarks"]) == [missing]
     assert np.isfinite(filled.X).all()
     assert np.ptp(filled[:, missing].X) == 0
+    model = DGEX.load(model_dir)
+    training_std = model.module.landmark_scale[model.landmark_names.get_loc(missing)].item()
+    np.testing.assert_allclose(filled[:, missing].layers["dgex_std"], training_std, rtol=1e-6)
+    assert (
+        filled[:, filled.var["landmark"] & ~filled.var["filled"]].layers["dgex_std"] == 0
+    ).all()
 
     # Another platform (a monotone distortion): with --rank-map every column of X, landmarks
     # included, is in the training units, as the targets are.
     shifted = new.copy()
     shifted.X = shifted.X * 3 + 10
     shifted.write_h5ad(new_path)
-    result = _invoke("predict", model_dir, new_path, "--out", predicted_path, "--rank-map")
+    result = _invoke(
+        "predict", model_dir, new_path, "--out", predicted_path, "--rank-map", "--overwrite"
+    )
     assert result.exit_code == 0, result.output
     mapped = ad.read_h5ad(predicted_path)
     assert mapped.uns["dgex"]["rank_map"]
@@ -165,7 +176,17 @@ def test_fit_and_predict_multivae(tmp_path):
     assert result.exit_code == 1
     assert "takes MuData" in result.output
     result = CliRunner().invoke(
-        main, ["fit", "multivae", str(path), "--out", str(out), "--atac-mod", "chromatin"]
+        main,
+        [
+            "fit",
+            "multivae",
+            str(path),
+            "--out",
+            str(out),
+            "--atac-mod",
+            "chromatin",
+            "--overwrite",
+        ],
     )
     assert result.exit_code == 1
     assert "no modality 'chromatin'" in result.output
@@ -250,6 +271,9 @@ def test_fit_is_seeded(counts_file, tmp_path):
             "--batch-key does not apply to dgex",
         ),
         (["predict", "{tmp}", "{counts}", "--out", "{out}"], "holds no saved scgexp model"),
+        (["predict", "{missing}", "{counts}", "--out", "{out}"], "does not exist; give the"),
+        (["fit", "zinb", "{folder}", "--out", "{out}"], "is a folder; INPUT must be a .h5ad file"),
+        (["fit", "zinb", "{counts}", "--out", "{existing}"], "exists; pass --overwrite"),
         (["fit", "zinb", "{mudata}", "--out", "{out_mu}"], "take AnnData (.h5ad)"),
         (["fit", "zinb", "{counts}", "--out", "{txt}/out.h5ad"], "cannot be written to"),
         (["fit", "zinb", "{counts}", "--out", "{link}"], "never overwrites its input"),
@@ -269,7 +293,11 @@ def test_errors_are_one_line_and_leave_input_untouched(counts_file, tmp_path, ar
         "tmp": tmp_path,
         "mudata": tmp_path / "x.h5mu",
         "out_mu": tmp_path / "out.h5mu",
+        "folder": tmp_path / "folder.h5ad",
+        "existing": tmp_path / "existing.h5ad",
     }
+    names["folder"].mkdir()
+    names["existing"].write_text("a file of the user's")
     names["link"] = tmp_path / "hard_link.h5ad"
     names["link"].hardlink_to(counts_file)  # another name for the input file
     adata = ad.read_h5ad(counts_file)
@@ -281,6 +309,7 @@ def test_errors_are_one_line_and_leave_input_untouched(counts_file, tmp_path, ar
     assert message in result.output
     assert result.output.strip().count("\n") == 0
     assert counts_file.read_bytes() == before
+    assert names["existing"].read_text() == "a file of the user's"
 
 
 def test_model_dir_is_checked_before_training(counts_file, bulk_file, tmp_path, monkeypatch):
@@ -307,6 +336,9 @@ def test_model_dir_is_checked_before_training(counts_file, bulk_file, tmp_path, 
         (folder, "holds a saved DGEX model, which fit would replace"),
         (out, "--model-dir must differ from --out"),
     ]
+    args = ["fit", "dgex", bulk_file, "--out", tmp_path / "d2.h5ad", "--model-dir", folder]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert "holds a saved DGEX model; pass --overwrite to replace it" in result.output
     for model_dir, message in cases:
         result = CliRunner().invoke(
             main,
@@ -354,9 +386,10 @@ def test_multivae_layer_option_names_every_modalitys_counts(tmp_path):
     # (it was required of every modality, an error a command-line user could not fix).
     mdata["atac"].X = mdata["atac"].layers.pop("counts")
     mdata.write(path)
-    result = _invoke("fit", "multivae", path, "--out", out, "--layer", "counts", "--epochs", "1")
+    again = ("--epochs", "1", "--overwrite")
+    result = _invoke("fit", "multivae", path, "--out", out, "--layer", "counts", *again)
     assert result.exit_code == 0, result.output
-    result = _invoke("fit", "multivae", path, "--out", out, "--layer", "raw", "--epochs", "1")
+    result = _invoke("fit", "multivae", path, "--out", out, "--layer", "raw", *again)
     assert result.exit_code == 1
     assert "No modality has a layer 'raw' (--layer)" in result.output
 
@@ -471,3 +504,56 @@ def test_fit_passes_the_learning_rate_and_errors_name_it(counts_file, tmp_path, 
     # The divergence advice names train(lr=...); on the command line that is --lr.
     message = "Lower the learning rate (train(lr=...); it is 0.01 now)."
     assert _with_flags(message).endswith("(On the command line, lr= is --lr.)")
+
+
+def test_existing_outputs_are_replaced_only_with_overwrite(counts_file, tmp_path):
+    out, model_dir = tmp_path / "out.h5ad", tmp_path / "model"
+    fit = ["fit", "zinb", counts_file, "--out", out, "--model-dir", model_dir, "--epochs", "1"]
+    assert _invoke(*fit).exit_code == 0
+    first = ad.read_h5ad(out).obsm["X_zinb"]
+    assert _invoke(*fit, "--overwrite", "--seed", "1").exit_code == 0
+    assert not np.allclose(ad.read_h5ad(out).obsm["X_zinb"], first)
+    predicted = tmp_path / "predicted.h5ad"
+    predicted.write_text("a file of the user's")
+    result = CliRunner().invoke(
+        main, ["predict", str(model_dir), str(counts_file), "--out", str(predicted)]
+    )
+    assert result.exit_code != 0
+    assert predicted.read_text() == "a file of the user's"
+    result = _invoke("predict", model_dir, counts_file, "--out", predicted, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert "X_zinb" in ad.read_h5ad(predicted).obsm
+
+
+def test_warnings_are_one_line_naming_the_command_s_flags():
+    from scgexp.cli._main import _run, _with_flags, predict
+
+    formatted, formatwarning = [], warnings.formatwarning
+
+    def warn():
+        message = UserWarning("Pass lr= or layer= to change it.")
+        formatted.append(warnings.formatwarning(message, UserWarning, "deep/file.py", 7))
+
+    with click.Context(predict):  # predict has neither --lr nor --layer
+        _run(warn)
+    _run(warn)  # outside a command: every flag is named
+    assert formatted == [
+        "UserWarning: Pass lr= or layer= to change it.\n",
+        "UserWarning: Pass lr= or layer= to change it. (On the command line, lr= is --lr; "
+        "layer= is --layer.)\n",
+    ]
+    assert warnings.formatwarning is formatwarning  # restored
+    assert _with_flags("lr=") == "lr= (On the command line, lr= is --lr.)"
+
+
+def test_device_errors_point_to_the_device_flags(counts_file, tmp_path, monkeypatch):
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    def no_gpu(self, **kwargs):
+        raise MisconfigurationException("No supported gpu backend found!")
+
+    monkeypatch.setattr(ZINBAutoencoder, "train", no_gpu)
+    args = ["fit", "zinb", str(counts_file), "--out", str(tmp_path / "o.h5ad")]
+    result = CliRunner().invoke(main, [*args, "--accelerator", "gpu"])
+    assert result.exit_code == 1
+    assert "No supported gpu backend found! (Check --accelerator, --devices" in result.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 from pathlib import Path
 
 import click
@@ -25,6 +26,8 @@ def _read(path: Path, backed: bool = False):
 
     if not path.exists():
         raise InputError(f"{path} does not exist.")
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; INPUT must be a {path.suffix or '.h5ad'} file.")
     try:
         if path.suffix == ".h5ad":
             return anndata.read_h5ad(path, backed="r" if backed else None)
@@ -34,7 +37,11 @@ def _read(path: Path, backed: bool = False):
 
 
 def _check_output(
-    input_path: Path, output: Path, model_dir: Path | None = None, model: str | None = None
+    input_path: Path,
+    output: Path,
+    model_dir: Path | None = None,
+    model: str | None = None,
+    overwrite: bool = False,
 ) -> None:
     if model is not None and (input_path.suffix == ".h5mu") != (model == "multivae"):
         raise InputError(
@@ -49,6 +56,10 @@ def _check_output(
         output.exists() and input_path.exists() and os.path.samefile(output, input_path)
     ):
         raise InputError("--out must differ from the input: scgexp never overwrites its input.")
+    if output.exists() and not overwrite:
+        raise InputError(
+            f"{output} exists; pass --overwrite to replace it, or choose another --out."
+        )
     for folder in (output.resolve().parent, model_dir):
         if folder is None:
             continue
@@ -111,7 +122,15 @@ _FLAGS = {
 def _with_flags(message: str) -> str:
     """``message`` with the command-line flag for each Python argument it names (``layer=``)."""
     named = dict.fromkeys(re.findall(r"\b([a-z_]+)=", message))
-    flags = [f"{name}= is {_FLAGS[name]}" for name in named if name in _FLAGS]
+    context = click.get_current_context(silent=True)  # only the running command's flags
+    available = (
+        {opt for param in context.command.params for opt in param.opts} if context else None
+    )
+    flags = [
+        f"{name}= is {_FLAGS[name]}"
+        for name in named
+        if name in _FLAGS and (available is None or _FLAGS[name] in available)
+    ]
     return f"{message} (On the command line, {'; '.join(flags)}.)" if flags else message
 
 
@@ -120,6 +139,8 @@ def _run(action):
 
     The traceback is shown with ``scgexp -v``.
     """
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
     try:
         return action()
     except click.ClickException:
@@ -129,11 +150,25 @@ def _run(action):
             logger.exception("scgexp failed")
         if isinstance(error, OSError) and error.strerror:
             message = f"{error.filename or ''}: {error.strerror}".lstrip(": ")
+        elif isinstance(error, OSError):  # raised with a message of ours or a library's
+            message = str(error)
         elif isinstance(error, InputError):
             message = _with_flags(str(error))
         else:
             message = _with_flags(f"{type(error).__name__}: {error}")
-        raise click.ClickException(message.splitlines()[0] if message else repr(error)) from error
+        message = message.splitlines()[0] if message else repr(error)
+        if type(error).__name__ == "MisconfigurationException":  # Lightning's, e.g. no GPU
+            message += (
+                " (Check --accelerator, --devices and --strategy; auto finds a GPU torch sees.)"
+            )
+        raise click.ClickException(message) from error
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as one line, with flags for the arguments it names (no source line)."""
+    return f"{category.__name__}: {_with_flags(str(message))}\n"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -227,6 +262,11 @@ def demo(out_dir: Path, epochs: int | None, accelerator: str) -> None:
     help="Data path (see the docs' scaling page); stream leaves INPUT's matrices on disk.",
 )
 @click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing --out file and a saved model of the same kind in --model-dir.",
+)
+@click.option(
     "--seed",
     default=0,
     show_default=True,
@@ -251,6 +291,7 @@ def fit(
     devices,
     strategy,
     data_mode,
+    overwrite,
     seed,
 ) -> None:
     """Train MODEL on INPUT (.h5ad/.h5mu); write results to --out and save the model."""
@@ -276,8 +317,8 @@ def fit(
             flags = ", ".join("--" + name.replace("_", "-") for name in unused)
             verb, pronoun = ("does", "it") if len(unused) == 1 else ("do", "them")
             raise InputError(f"{flags} {verb} not apply to {model_name}; leave {pronoun} out.")
-        _check_output(input_path, output, folder, model=model_name)
-        _check_model_dir(folder, output, spec.cls.__name__)
+        _check_output(input_path, output, folder, model=model_name, overwrite=overwrite)
+        _check_model_dir(folder, output, spec.cls.__name__, overwrite)
         data = _read(input_path, backed=data_mode == "stream")
         spec.setup(data, options)
         scvi.settings.seed = seed
@@ -328,19 +369,31 @@ def fit(
     is_flag=True,
     help="DGEX: fill landmarks absent from INPUT with their training mean (with a warning).",
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing --out file.",
+)
 def predict(
-    model_dir: Path, input_path: Path, output: Path, rank_map: bool, fill_missing: bool
+    model_dir: Path,
+    input_path: Path,
+    output: Path,
+    rank_map: bool,
+    fill_missing: bool,
+    overwrite: bool,
 ) -> None:
     """Apply the model saved in MODEL_DIR to INPUT and write results to --out."""
     from scgexp._io import ATTRIBUTES_FILE
     from scgexp.cli._specs import spec_for_class
 
     def action():
+        if not model_dir.exists():
+            raise InputError(f"{model_dir} does not exist; give the --model-dir of `scgexp fit`.")
         if not (model_dir / ATTRIBUTES_FILE).exists():
             raise InputError(f"{model_dir} holds no saved scgexp model; use `scgexp fit` first.")
         registry = _saved_registry(model_dir)
         spec = spec_for_class(registry["model_name"])
-        _check_output(input_path, output, model=spec.key)
+        _check_output(input_path, output, model=spec.key, overwrite=overwrite)
         if spec.key != "dgex" and (rank_map or fill_missing):
             raise InputError("--rank-map and --fill-missing apply to DGEX models only.")
         data = _read(input_path)
@@ -358,14 +411,14 @@ def _saved_registry(model_dir: Path) -> dict:
     registry = SafeSaveMixin.load_registry(model_dir)  # refuses an unreadable file
     if not isinstance(registry, dict) or "model_name" not in registry:
         raise InputError(
-            f"{model_dir!r} holds a damaged scgexp model ({ATTRIBUTES_FILE} names no model); "
+            f"{str(model_dir)!r} holds a damaged scgexp model ({ATTRIBUTES_FILE} names no model); "
             "save or fit the model again."
         )
     return registry
 
 
-def _check_model_dir(folder: Path, output: Path, model_name: str) -> None:
-    """Before training: ``fit`` may replace a saved model of its own kind there, nothing else."""
+def _check_model_dir(folder: Path, output: Path, model_name: str, overwrite: bool) -> None:
+    """Before training: ``fit --overwrite`` may replace a saved model of its own kind there."""
     from scgexp._io import ADATA_FILE, ATTRIBUTES_FILE, MDATA_FILE
 
     if folder.resolve() == output.resolve():  # click refuses an existing file (INPUT)
@@ -380,7 +433,12 @@ def _check_model_dir(folder: Path, output: Path, model_name: str) -> None:
         if saved != model_name:
             raise InputError(
                 f"{folder} holds a saved {saved} model, which fit would replace; choose another "
-                "--model-dir (a saved model of the same kind is replaced)."
+                "--model-dir (--overwrite replaces a saved model of the same kind)."
+            )
+        if not overwrite:
+            raise InputError(
+                f"{folder} holds a saved {saved} model; pass --overwrite to replace it, or "
+                "choose another --model-dir."
             )
     for name in (ADATA_FILE, MDATA_FILE):
         if (folder / name).exists():

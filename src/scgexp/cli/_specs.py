@@ -69,8 +69,8 @@ def _dgex_results(model: DGEX, adata: anndata.AnnData, options: dict) -> anndata
     The landmark columns hold the values the targets were predicted from, so ``X`` is in the
     training units throughout: observed values, rank-mapped onto the training distribution with
     ``rank_map`` (the observed ones stay in the input file), and with ``fill_missing`` the
-    training mean for landmarks absent from ``adata``, flagged in ``var["filled"]`` and listed
-    in ``uns["dgex"]``.
+    training mean for landmarks absent from ``adata``, flagged in ``var["filled"]``, listed in
+    ``uns["dgex"]`` and given their training standard deviation in ``layers["dgex_std"]``.
     """
     flags = {"rank_map": options.get("rank_map", False)}
     flags["fill_missing"] = options.get("fill_missing", False)
@@ -94,9 +94,10 @@ def _dgex_results(model: DGEX, adata: anndata.AnnData, options: dict) -> anndata
         obsm=dict(adata.obsm),
         uns=dict(adata.uns),
     )
-    out.layers["dgex_std"] = np.hstack(
-        [np.zeros_like(landmarks, dtype=np.float32), predicted.layers["std"]]
-    )
+    landmark_std = np.zeros_like(landmarks, dtype=np.float32)  # measured: no prediction error
+    training_std = model.module.landmark_scale.cpu().numpy()
+    landmark_std[:, ~present] = training_std[~present]  # filled with the mean: the spread of it
+    out.layers["dgex_std"] = np.hstack([landmark_std, predicted.layers["std"]])
     out.obsm["X_dgex"] = latent
     out.uns["dgex"] = {
         "targets": "predicted",

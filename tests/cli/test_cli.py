@@ -557,3 +557,34 @@ def test_device_errors_point_to_the_device_flags(counts_file, tmp_path, monkeypa
     result = CliRunner().invoke(main, [*args, "--accelerator", "gpu"])
     assert result.exit_code == 1
     assert "No supported gpu backend found! (Check --accelerator, --devices" in result.output
+
+
+def test_multivae_on_modalities_with_different_cells(tmp_path):
+    import mudata
+
+    sim = scgexp.data.simulate_multiome(n_cells=150, n_genes=40, n_peaks=80, seed=0)
+    mosaic = mudata.MuData({"rna": sim["rna"][20:].copy(), "atac": sim["atac"][:140].copy()})
+    mosaic.obs["batch"] = sim.obs["batch"].loc[mosaic.obs_names].to_numpy()
+    path, out = tmp_path / "mosaic.h5mu", tmp_path / "joint.h5mu"
+    mosaic.write(path)
+    result = _invoke(
+        "fit", "multivae", path, "--out", out, "--batch-key", "batch", "--epochs", "2"
+    )
+    assert result.exit_code == 0, result.output
+    fitted = mudata.read_h5mu(out)
+    for name, n_cells in (("rna", 130), ("atac", 140)):  # each modality keeps its own cells
+        assert fitted[name].obs_names.equals(mosaic[name].obs_names)
+        assert (fitted[name].X != mosaic[name].X).nnz == 0
+        assert next(iter(fitted[name].layers.values())).shape[0] == n_cells
+    assert fitted.obsm["X_multivae"].shape[0] == 150
+    assert np.isfinite(fitted.obsm["X_multivae"]).all()
+    assert np.isnan(fitted.obsm["X_multivae_rna"]).any(axis=1).sum() == 20
+    predicted = tmp_path / "again.h5mu"
+    result = _invoke("predict", tmp_path / "joint_multivae_model", path, "--out", predicted)
+    assert result.exit_code == 0, result.output
+    again = mudata.read_h5mu(predicted)
+    np.testing.assert_allclose(again.obsm["X_multivae"], fitted.obsm["X_multivae"], rtol=1e-5)
+    streamed = ["fit", "multivae", path, "--out", tmp_path / "s.h5mu", "--data-mode", "stream"]
+    result = CliRunner().invoke(main, [str(a) for a in streamed])
+    assert result.exit_code == 1
+    assert "cannot pad on disk" in result.output

@@ -14,7 +14,7 @@ from sklearn.metrics import silhouette_score
 from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
-from scgexp.data import InputError, simulate_multiome
+from scgexp.data import InputError, pad_modalities, simulate_multiome
 from scgexp.multivae import MultiVAE
 from scgexp.multivae._module import PoissonDetection
 
@@ -443,6 +443,43 @@ def test_refuses_mismatched_obs():
     shuffled = md.MuData({"rna": sim["rna"][::-1].copy(), "atac": sim["atac"].copy()})
     with pytest.raises(InputError, match="cells do not match"):
         MultiVAE.setup_mudata(shuffled, modalities=RNA_ATAC)
+
+
+def test_padded_modalities_train_and_keep_the_original():
+    sim = _mdata()
+    rna, atac = sim["rna"][30:].copy(), sim["atac"][:170].copy()
+    rna.obsm["X_pca"] = np.arange(rna.n_obs * 2, dtype=float).reshape(-1, 2)
+    atac.X = atac.X.toarray()  # dense stays dense, sparse stays sparse
+    mosaic = md.MuData({"rna": rna, "atac": atac})
+    with pytest.raises(InputError, match=r"scgexp\.data\.pad_modalities"):
+        MultiVAE.setup_mudata(mosaic, modalities=RNA_ATAC)
+    padded = pad_modalities(mosaic)
+    assert mosaic["rna"].n_obs == 170  # the input is left as it is
+    assert mosaic.obsm["rna"].sum() == 170
+    assert padded.obs_names.equals(mosaic.obs_names)
+    for name, own in (("rna", rna), ("atac", atac)):
+        flags = padded.obs[f"has_{name}"].to_numpy()
+        assert flags.sum() == 170
+        assert padded[name].obs_names.equals(mosaic.obs_names)
+        assert sparse.issparse(padded[name].X) == sparse.issparse(own.X)
+        values = padded[name].X.toarray() if sparse.issparse(own.X) else padded[name].X
+        expected = own.X.toarray() if sparse.issparse(own.X) else own.X
+        np.testing.assert_array_equal(
+            values[padded.obs_names.get_indexer(own.obs_names)], expected
+        )
+        assert not values[~flags].any()
+    pca = padded["rna"][~padded.obs["has_rna"].to_numpy()].obsm["X_pca"]
+    assert pca.shape == (30, 2)
+    assert np.isnan(pca).all()
+    np.testing.assert_array_equal(padded["rna"][rna.obs_names].obsm["X_pca"], rna.obsm["X_pca"])
+    padded.obs["batch"] = sim.obs["batch"].loc[padded.obs_names].to_numpy()
+    presence = {"rna": "has_rna", "atac": "has_atac"}
+    model = _train(padded, setup_kwargs={"presence_keys": presence}, n_latent=4)
+    latent = model.get_latent_representation(modality="rna")
+    assert (np.isnan(latent).any(axis=1) == ~padded.obs["has_rna"].to_numpy()).all()
+    rna.obs_names = [*rna.obs_names[:-1], rna.obs_names[0]]
+    with pytest.raises(InputError, match="repeated cell names"):
+        pad_modalities(md.MuData({"rna": rna, "atac": atac}))
 
 
 def test_refuses_bad_modalities():

@@ -82,6 +82,55 @@ def _write(data, output: Path) -> None:
         partial.unlink(missing_ok=True)
 
 
+def _padded(data, backed: bool = False):
+    """A MuData whose modalities hold different cells, with all-zero rows for missing ones.
+
+    MultiVAE reads a cell's row in every modality; an all-zero row counts as missing. Returns
+    the data to use and, per padded modality, its own cells (for :func:`_unpadded`); ``data``
+    is left as it is.
+    """
+    own = {
+        name: mod.obs_names
+        for name, mod in getattr(data, "mod", {}).items()
+        if not mod.obs_names.equals(data.obs_names)
+    }
+    if not own:
+        return data, own
+    if backed:
+        raise InputError(
+            f"Modalities {', '.join(map(repr, own))} hold only some of the cells, which "
+            "--data-mode stream cannot pad on disk; use another --data-mode, or save "
+            "`scgexp.data.pad_modalities(mdata, flag_prefix=None)` and stream that."
+        )
+    from scgexp.data import pad_modalities
+
+    missing = ", ".join(f"{name!r} {data.n_obs - len(cells)}" for name, cells in own.items())
+    logger.info(
+        "Cells missing a modality (%s) get an all-zero row there, read as missing; the output "
+        "keeps each modality's own cells.",
+        missing,
+    )
+    return pad_modalities(data, flag_prefix=None), own
+
+
+def _unpadded(result, data, own: dict, key: str):
+    """``data`` with the results of its padded copy ``result``.
+
+    That is ``obsm["X_<key>*"]``, ``uns[key]`` and the ``<key>_*`` layers, each modality's at its
+    own cells.
+    """
+    if not own:
+        return result
+    data.obsm.update({k: v for k, v in result.obsm.items() if k.startswith(f"X_{key}")})
+    data.uns[key] = result.uns[key]
+    for name, mod in data.mod.items():
+        rows = result.mod[name].obs_names.get_indexer(mod.obs_names)
+        for layer, values in result.mod[name].layers.items():
+            if layer.startswith(f"{key}_"):
+                mod.layers[layer] = values[rows]
+    return data
+
+
 def _entries(data) -> dict[str, object]:
     """The obsm, uns and layer entries of an AnnData or MuData (its modalities' layers too)."""
     entries = {f"obsm[{k!r}]": v for k, v in data.obsm.items()}
@@ -142,7 +191,9 @@ def _run(action):
     formatwarning = warnings.formatwarning
     warnings.formatwarning = _one_line_warning
     try:
-        return action()
+        with warnings.catch_warnings():  # mudata's notice of a future default, on every update
+            warnings.filterwarnings("ignore", r"From 0\.4 \.update\(\)", FutureWarning)
+            return action()
     except click.ClickException:
         raise
     except Exception as error:
@@ -319,7 +370,8 @@ def fit(
             raise InputError(f"{flags} {verb} not apply to {model_name}; leave {pronoun} out.")
         _check_output(input_path, output, folder, model=model_name, overwrite=overwrite)
         _check_model_dir(folder, output, spec.cls.__name__, overwrite)
-        data = _read(input_path, backed=data_mode == "stream")
+        original = _read(input_path, backed=data_mode == "stream")
+        data, own_cells = _padded(original, data_mode == "stream")
         spec.setup(data, options)
         scvi.settings.seed = seed
         model = spec.cls(data)
@@ -337,7 +389,7 @@ def fit(
         if getattr(model.trainer, "global_rank", 0) != 0:
             return None  # several processes (--devices N): only the first one writes
         model.save(str(folder), overwrite=True)
-        result = _results(spec, model, data, options)
+        result = _unpadded(_results(spec, model, data, options), original, own_cells, spec.key)
         _write(result, output)
         return folder
 
@@ -396,9 +448,11 @@ def predict(
         _check_output(input_path, output, model=spec.key, overwrite=overwrite)
         if spec.key != "dgex" and (rank_map or fill_missing):
             raise InputError("--rank-map and --fill-missing apply to DGEX models only.")
-        data = _read(input_path)
+        original = _read(input_path)
+        data, own_cells = _padded(original)
         model = spec.cls.load(str(model_dir), adata=None if spec.key == "dgex" else data)
-        result = _results(spec, model, data, {"rank_map": rank_map, "fill_missing": fill_missing})
+        flags = {"rank_map": rank_map, "fill_missing": fill_missing}
+        result = _unpadded(_results(spec, model, data, flags), original, own_cells, spec.key)
         _write(result, output)
 
     _run(action)

@@ -11,6 +11,7 @@ from scgexp.data._checks import (
 )
 from scgexp.data._gct import read_gct, read_gctx
 from scgexp.data._landmarks import mark_landmarks, read_landmark_genes, select_landmarks
+from scgexp.data._mudata import pad_modalities
 from scgexp.data._pbmc import pbmc68k_counts
 from scgexp.data._simulate import (
     simulate_bulk_expression,
@@ -27,6 +28,7 @@ __all__ = [
     "check_obs_keys",
     "check_query",
     "mark_landmarks",
+    "pad_modalities",
     "pbmc68k_counts",
     "read_gct",
     "read_gctx",

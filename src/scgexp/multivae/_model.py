@@ -124,9 +124,9 @@ def _check_cells_aligned(mdata: MuData, names: dict[str, str]) -> None:
             raise InputError(
                 f"modality {name!r} ({data_type}): its cells do not match the MuData's "
                 f"({mod.n_obs} vs {mdata.n_obs} cells, or another order). MultiVAE needs every "
-                "modality to hold every cell in the same order: give cells missing a modality "
-                "an all-zero row and flag them (presence_keys), e.g. by building the MuData "
-                "with `axis=0` joins and padding, then `mdata.update()`."
+                "modality to hold every cell in the same order: `mdata = "
+                "scgexp.data.pad_modalities(mdata)` gives cells missing a modality an all-zero "
+                "row there and flags them in obs['has_<modality>'] (for presence_keys)."
             )
 
 

@@ -482,6 +482,18 @@ def test_padded_modalities_train_and_keep_the_original():
         pad_modalities(md.MuData({"rna": rna, "atac": atac}))
 
 
+def test_elbo_and_reconstruction_error_match_training_history():
+    mdata = _mdata(n_cells=300, missing_fraction=0.2)
+    model = _train(mdata, max_epochs=3, n_latent=4)
+    history = model.history["elbo_validation"].iloc[-1, 0]
+    elbo = float(model.get_elbo(indices=model.validation_indices))
+    assert elbo < 0
+    assert abs(-elbo - history) < 0.02 * history  # posterior draws differ
+    errors = model.get_reconstruction_error(indices=model.validation_indices)
+    assert set(errors) == {"reconstruction_rna", "reconstruction_atac"}
+    assert all(float(value) > 0 for value in errors.values())
+
+
 def test_refuses_bad_modalities():
     mdata = _mdata()
     with pytest.raises(InputError, match="no modality 'protein'"):

@@ -19,7 +19,7 @@ from scvi.data.fields import (
     MuDataNumericalJointObsField,
     MuDataNumericalObsField,
 )
-from scvi.model.base import BaseModelClass
+from scvi.model.base import BaseModelClass, VAEMixin
 from scvi.utils import setup_anndata_dsp
 
 from scgexp._io import SafeSaveMixin
@@ -166,7 +166,7 @@ def _check_modalities(mdata: MuData, modalities: dict | None) -> dict[str, str]:
     return {m: modalities[_LAYER_ARGS[m]] for m in used}
 
 
-class MultiVAE(SafeSaveMixin, TrainingMixin, BaseModelClass):
+class MultiVAE(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
     """Multimodal VAE: a joint latent space of RNA, ATAC and protein, with mosaic cells.
 
     Each modality has its own encoder; the experts of the modalities a cell has are combined

@@ -158,6 +158,8 @@ def _transferring_own_setup(manager, data):
         manager.registry.update(registry)
         data.uns[_MANAGER_UUID_KEY] = str(uuid4())  # obs['_scvi_*'] may differ: all register
         raise
+    finally:
+        _invalidate_modality_setups(data)
 
 
 def _written_codes(manager) -> str:
@@ -168,9 +170,22 @@ def _written_codes(manager) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for key, entry in manager.data_registry.items():
         if str(entry.attr_key).startswith("_scvi_"):
-            values = manager.get_from_registry(key)
-            digest.update(np.ascontiguousarray(getattr(values, "values", values)).tobytes())
+            values = manager.get_from_registry(key)  # codes, or covariates of mixed dtypes
+            if hasattr(values, "to_numpy"):
+                values = values.to_numpy(dtype=np.float64, na_value=np.nan)
+            digest.update(np.ascontiguousarray(values, dtype=np.float64).tobytes())
     return digest.hexdigest()
+
+
+def _invalidate_modality_setups(data) -> None:
+    """Make models set up on a MuData's modalities register it again on their next use.
+
+    Registering the MuData rewrites their ``obs['_scvi_*']`` columns but not the modality's
+    ``uns`` manager id, by which scvi-tools' models would notice.
+    """
+    for modality in getattr(data, "mod", {}).values():
+        if _MANAGER_UUID_KEY in modality.uns:
+            modality.uns[_MANAGER_UUID_KEY] = str(uuid4())
 
 
 class SafeSaveMixin:
@@ -299,11 +314,13 @@ class SafeSaveMixin:
     @classmethod
     def register_manager(cls, adata_manager) -> None:
         adata_manager.written_codes = _written_codes(adata_manager)
+        _invalidate_modality_setups(adata_manager.adata)
         super().register_manager(adata_manager)
 
     def _register_manager_for_instance(self, adata_manager) -> None:
         if not hasattr(adata_manager, "written_codes"):  # kept from setup, if set up then
             adata_manager.written_codes = _written_codes(adata_manager)
+            _invalidate_modality_setups(adata_manager.adata)
         super()._register_manager_for_instance(adata_manager)
 
     def _validate_anndata(self, adata=None, copy_if_view: bool = True):

@@ -190,6 +190,15 @@ def test_a_modality_set_up_for_another_model_keeps_each_model_s_encoding():
         expression,
         rtol=1e-5,
     )
+    import scvi  # scvi-tools' own models on the modality notice the rewrite too
+
+    scvi.model.SCVI.setup_anndata(rna, batch_key="cell_type")
+    scvi_model = scvi.model.SCVI(rna, n_hidden=8, n_latent=2)
+    codes = rna.obs["_scvi_batch"].to_numpy().copy()
+    multivae.get_latent_representation()
+    assert not np.array_equal(rna.obs["_scvi_batch"], codes)
+    scvi_model._validate_anndata()
+    np.testing.assert_array_equal(rna.obs["_scvi_batch"], codes)
     rna.obs["batch"] = rna.obs["batch"].cat.rename_categories(lambda label: label + "x")
     with pytest.raises(InputError, match=r"changed after setup: obs\['batch'\] has categories"):
         multivae.get_latent_representation()  # relabelled in place, by the user: refused
@@ -464,4 +473,22 @@ def test_continuous_covariates_changed_in_place_are_read_again_or_refused():
     )
     adata.obs["tss"] += 1
     with pytest.raises(InputError, match=r"obs\['tss'\] of the data registered"):
+        model.get_latent_representation()
+
+
+def test_covariates_of_mixed_types_are_read_once_and_relabelling_is_refused():
+    adata = simulate_scatac(n_cells=120, n_peaks=300, seed=0)
+    adata.obs["frip"] = np.linspace(0.2, 0.6, adata.n_obs)
+    adata.obs["doublet"] = np.arange(adata.n_obs) % 7 == 0  # float and bool: an object array
+    SAILER.setup_anndata(adata, batch_key="batch", continuous_covariate_keys=["frip", "doublet"])
+    model = SAILER(adata, n_latent=4)
+    _quiet_train(model, max_epochs=1)
+    manager = model.adata_manager
+    model.get_latent_representation()
+    codes = manager.written_codes
+    model.get_latent_representation()
+    assert manager.written_codes == codes  # no re-registration on every call
+    swapped = {"batch_0": "batch_1", "batch_1": "batch_0"}
+    adata.obs["batch"] = adata.obs["batch"].map(swapped).astype("category")
+    with pytest.raises(InputError, match=r"obs\['batch'\] of the data registered"):
         model.get_latent_representation()

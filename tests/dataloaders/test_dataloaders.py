@@ -310,24 +310,34 @@ def test_stream_shuffle_follows_torch_seed(backed_store):
     assert not np.array_equal(order(0), order(1))
 
 
-def test_stream_shards_blocks_across_ranks(backed_store, monkeypatch):
-    served = []
-    for rank in (0, 1):
-        monkeypatch.setattr(loaders_module, "_replicas", lambda r=rank: (r, 2))
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_stream_shares_rows_across_ranks_in_equal_steps(backed_store, monkeypatch, world, shuffle):
+    # 61 scattered rows (a validation split): blocks hold different numbers of them.
+    indices = np.sort(np.random.default_rng(0).choice(600, 61, replace=False))
+    served, steps = [], set()
+    for rank in range(world):
+        monkeypatch.setattr(loaders_module, "_replicas", lambda r=rank: (r, world))
         loader = StreamingDataLoader(
             backed_store,
-            np.arange(600),
-            50,
-            shuffle=True,
+            indices,
+            16,
+            shuffle=shuffle,
             distributed_sampler=True,
             block_rows=50,
-            buffer_blocks=3,
+            buffer_blocks=2,
         )
-        loader.dataset.epoch = 0
-        torch.manual_seed(0)
-        served.append(set(_rows(loader)))
-    assert not served[0] & served[1]
-    assert len(served[0] | served[1]) == 600
+        torch.manual_seed(0)  # as seeded on every process
+        batches = list(loader)
+        steps.add((len(loader), len(batches)))
+        served.append(
+            np.concatenate([b["size_factor"].ravel().long().numpy() - 1 for b in batches])
+        )
+    assert len(steps) == 1  # every process the same number of steps, as len() says
+    assert all(len(rows) <= -(-61 // world) for rows in served)  # at most its share
+    everything = np.concatenate(served)
+    assert set(everything) == set(indices)  # every row; re-read only to make equal steps
+    assert len(everything) - len(indices) <= world * -(-61 // world) - 61
 
 
 def test_device_row_gather_sums_duplicate_entries():

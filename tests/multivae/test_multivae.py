@@ -445,7 +445,7 @@ def test_refuses_mismatched_obs():
         MultiVAE.setup_mudata(shuffled, modalities=RNA_ATAC)
 
 
-def test_padded_modalities_train_and_keep_the_original():
+def test_padded_modalities_train_and_keep_the_original(tmp_path):
     sim = _mdata()
     rna, atac = sim["rna"][30:].copy(), sim["atac"][:170].copy()
     rna.obsm["X_pca"] = np.arange(rna.n_obs * 2, dtype=float).reshape(-1, 2)
@@ -477,6 +477,16 @@ def test_padded_modalities_train_and_keep_the_original():
     model = _train(padded, setup_kwargs={"presence_keys": presence}, n_latent=4)
     latent = model.get_latent_representation(modality="rna")
     assert (np.isnan(latent).any(axis=1) == ~padded.obs["has_rna"].to_numpy()).all()
+    # Dtypes are kept; boolean obs columns become nullable, so the copy can be written.
+    rna.layers["counts"] = sparse.csr_matrix(rna.X, dtype=np.int32)
+    rna.obs["doublet"] = np.arange(rna.n_obs) % 5 == 0
+    rna.varm["loadings"] = np.ones((rna.n_vars, 2))
+    padded = pad_modalities(md.MuData({"rna": rna, "atac": atac}))
+    assert padded["rna"].layers["counts"].dtype == np.int32
+    assert padded["rna"].obs["doublet"].dtype == "boolean"
+    padded.write(tmp_path / "padded.h5mu")
+    padded["rna"].varm["loadings"][0, 0] = 5  # shares no arrays with the input
+    assert rna.varm["loadings"][0, 0] == 1
     rna.obs_names = [*rna.obs_names[:-1], rna.obs_names[0]]
     with pytest.raises(InputError, match="repeated cell names"):
         pad_modalities(md.MuData({"rna": rna, "atac": atac}))

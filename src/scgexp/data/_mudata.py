@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from copy import deepcopy
 
 import numpy as np
 import pandas as pd
@@ -13,16 +14,27 @@ from scipy import sparse
 from scgexp.data._checks import InputError
 
 
-def _rows_at(matrix, positions: np.ndarray):
-    """``matrix``'s rows at ``positions``, and rows of zeros where a position is -1."""
-    present = positions >= 0
+def _rows_at(matrix, positions: np.ndarray, fill=0):
+    """``matrix``'s rows at ``positions``, and rows of ``fill`` where a position is -1.
+
+    One ``fill`` row is stacked under the matrix and indexed for the missing ones, so sparse
+    stays sparse and every dtype is kept (NaN ``fill`` makes integers float).
+    """
+    positions = np.where(positions >= 0, positions, matrix.shape[0])
     if sparse.issparse(matrix):
-        rows = sparse.csr_matrix(matrix)[np.where(present, positions, 0)]
-        return sparse.csr_matrix(sparse.diags(present.astype(rows.dtype)) @ rows)
+        matrix = sparse.csr_matrix(matrix)
+        empty = sparse.csr_matrix((1, matrix.shape[1]), dtype=matrix.dtype)
+        return sparse.vstack([matrix, empty], format="csr")[positions]
     matrix = np.asarray(matrix)
-    padded = np.zeros((len(positions), *matrix.shape[1:]), dtype=matrix.dtype)
-    padded[present] = matrix[positions[present]]
-    return padded
+    dtype = matrix.dtype if fill == 0 else np.promote_types(matrix.dtype, np.float32)
+    extra = np.full((1, *matrix.shape[1:]), fill, dtype=dtype)
+    return np.concatenate([matrix.astype(dtype, copy=False), extra])[positions]
+
+
+def _reindexed_obs(obs: pd.DataFrame, cells: pd.Index) -> pd.DataFrame:
+    """``obs`` at ``cells``, missing for new cells; boolean columns stay writable (nullable)."""
+    booleans = [column for column in obs.columns if obs[column].dtype == bool]
+    return obs.astype(dict.fromkeys(booleans, "boolean")).reindex(cells)
 
 
 def _padded_modality(adata: AnnData, cells: pd.Index) -> AnnData:
@@ -32,17 +44,15 @@ def _padded_modality(adata: AnnData, cells: pd.Index) -> AnnData:
         if isinstance(value, pd.DataFrame):
             obsm[key] = value.reindex(cells)
         else:
-            values = np.asarray(value.toarray() if sparse.issparse(value) else value, float)
-            obsm[key] = np.full((len(cells), *values.shape[1:]), np.nan)
-            obsm[key][positions >= 0] = values[positions[positions >= 0]]
+            obsm[key] = _rows_at(value, positions, fill=0 if sparse.issparse(value) else np.nan)
     return AnnData(
         X=_rows_at(adata.X, positions),
-        obs=adata.obs.reindex(cells),
+        obs=_reindexed_obs(adata.obs, cells),
         var=adata.var.copy(),
         layers={key: _rows_at(value, positions) for key, value in adata.layers.items()},
         obsm=obsm,
-        varm=dict(adata.varm),
-        uns=dict(adata.uns),
+        varm={key: value.copy() for key, value in adata.varm.items()},
+        uns=deepcopy(dict(adata.uns)),
     )
 
 
@@ -52,10 +62,11 @@ def pad_modalities(mdata: MuData, flag_prefix: str | None = "has_") -> MuData:
     Multimodal data often keep each modality's own cells (mosaic data: some cells profiled for
     RNA only, some for ATAC only). :class:`~scgexp.model.MultiVAE`, like scvi-tools' MULTIVI,
     reads the modalities row by row, so a cell missing a modality needs an all-zero row there.
-    This adds those rows to ``X`` and every layer (sparse stays sparse), reindexes each
-    modality's ``obs`` (missing values for the added cells) and ``obsm`` (NaN rows); ``obsp``
-    graphs, which would be wrong for the new cells, are not carried over. ``mdata`` itself is
-    not changed.
+    This adds those rows to ``X`` and every layer (sparse stays sparse, dtypes are kept),
+    reindexes each modality's ``obs`` (missing values for the added cells; boolean columns
+    become pandas' nullable ``"boolean"``) and ``obsm`` (NaN rows, zero rows if sparse);
+    ``obsp`` and ``varp`` graphs, which would be wrong for the new cells, are not carried over.
+    ``mdata`` itself is not changed, and the copy shares no arrays with it.
 
     Parameters
     ----------
@@ -81,6 +92,11 @@ def pad_modalities(mdata: MuData, flag_prefix: str | None = "has_") -> MuData:
     """
     if not isinstance(mdata, MuData):
         raise InputError(f"pad_modalities takes a MuData, not a {type(mdata).__name__}.")
+    if mdata.isbacked or any(adata.isbacked for adata in mdata.mod.values()):
+        raise InputError(
+            "pad_modalities needs the MuData in memory; read it with `mudata.read_h5mu(path)` "
+            "(not backed)."
+        )
     cells = mdata.obs_names
     for name, adata in [(None, mdata), *mdata.mod.items()]:
         if not adata.obs_names.is_unique:
@@ -97,13 +113,13 @@ def pad_modalities(mdata: MuData, flag_prefix: str | None = "has_") -> MuData:
                 f"{list(unknown[:3])}); call `mdata.update()` first."
             )
     modalities = {name: _padded_modality(adata, cells) for name, adata in mdata.mod.items()}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # mudata's pull_on_update notice
+    with warnings.catch_warnings():  # mudata's notice of a future default
+        warnings.filterwarnings("ignore", r"From 0\.4 \.update\(\)", FutureWarning)
         padded = MuData(modalities)
         padded.obs = mdata.obs.copy()
     # (obsm[<modality>] is MuData's own map of which cells each modality holds)
-    padded.obsm.update({k: v for k, v in mdata.obsm.items() if k not in mdata.mod})
-    padded.uns.update(dict(mdata.uns))
+    padded.obsm.update({k: v.copy() for k, v in mdata.obsm.items() if k not in mdata.mod})
+    padded.uns.update(deepcopy(dict(mdata.uns)))
     if flag_prefix is not None:
         for name, adata in mdata.mod.items():
             padded.obs[f"{flag_prefix}{name}"] = cells.isin(adata.obs_names)

@@ -133,18 +133,31 @@ class _BlockStream(IterableDataset):
         ]
         self.block_rows = block_rows
         self.epoch = 0
-        per_rank = math.ceil(len(indices) / self.world)
+        self.per_rank = math.ceil(len(indices) / self.world)
         rounding = math.floor if drop_last else math.ceil
-        self.n_batches = max(1, rounding(per_rank / batch_size))
+        self.n_batches = max(1, rounding(self.per_rank / batch_size))
 
     def __len__(self) -> int:
         return self.n_batches
 
     def _my_blocks(self, generator: np.random.Generator | None) -> list[tuple[int, np.ndarray]]:
+        """The process's share of the rows, in blocks: the rank-th run of ``per_rank`` rows.
+
+        Processes draw the same block order; a block on a boundary is read by both, each
+        taking its own rows, so every row is served once an epoch.
+        """
         order = np.arange(len(self.blocks))
         if generator is not None:
             order = generator.permutation(order)
-        return [self.blocks[i] for i in order[self.rank :: self.world]] or [self.blocks[0]]
+        blocks = [self.blocks[i] for i in order]
+        ends = np.cumsum([len(rows) for _, rows in blocks])
+        first, last = self.rank * self.per_rank, (self.rank + 1) * self.per_rank
+        mine = []
+        for (start, rows), end in zip(blocks, ends, strict=True):
+            begin = end - len(rows)
+            if begin < last and end > first:
+                mine.append((start, rows[max(first - begin, 0) : min(last, end) - begin]))
+        return mine or blocks[:1]  # (more processes than rows: re-read one block)
 
     def _read(self, block: tuple[int, np.ndarray]) -> tuple[np.ndarray, dict]:
         start, rows = block
@@ -159,22 +172,15 @@ class _BlockStream(IterableDataset):
             batch[key] = torch.as_tensor(dense(value).astype(dtype, copy=False))
         return batch
 
-    def _reads(self, blocks: list, cycle: bool) -> Iterator[tuple[np.ndarray, dict]]:
-        while True:
-            for block in blocks:
-                yield self._read(block)
-            if not cycle:
-                return
-
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         generator = None
         if self.shuffle:
             seed = int(torch.empty((), dtype=torch.int64).random_().item())
             generator = np.random.default_rng(seed + self.epoch)
             self.epoch += 1
-        # Processes of a distributed job cycle through their blocks so all make equal steps.
-        reads = self._reads(self._my_blocks(generator), cycle=self.world > 1)
-        rows, parts, offset = np.empty(0, dtype=np.int64), {}, 0
+        blocks = self._my_blocks(generator)
+        reads = map(self._read, blocks)
+        rows, parts, offset, served = np.empty(0, dtype=np.int64), {}, 0, 0
         for _ in range(self.n_batches):
             if len(rows) - offset < self.batch_size:
                 # Pool the next few blocks (enough for a batch) with what is left, and shuffle
@@ -184,7 +190,12 @@ class _BlockStream(IterableDataset):
                 while n_read < self.buffer_blocks or len(rows) < self.batch_size:
                     new = next(reads, None)
                     if new is None:
-                        break
+                        if self.world == 1 or len(rows) or not blocks:
+                            break
+                        # A process short of its share (the last one) re-reads its blocks, once
+                        # all its rows are served, so all processes make equal steps.
+                        reads = map(self._read, blocks)
+                        continue
                     rows = np.concatenate([rows, new[0]])
                     parts = {k: _concat(parts.get(k), v) for k, v in new[1].items()}
                     n_read += 1
@@ -192,12 +203,14 @@ class _BlockStream(IterableDataset):
                     permutation = generator.permutation(len(rows))
                     rows = rows[permutation]
                     parts = {k: v[permutation] for k, v in parts.items()}
-            take = min(self.batch_size, len(rows) - offset)
+            # At most this process's share: cycling re-reads rows only to make up for it.
+            take = min(self.batch_size, len(rows) - offset, self.per_rank - served)
             if take <= 0 or (self.drop_last and take < self.batch_size):
                 return
             window = slice(offset, offset + take)
             yield self._minibatch(rows[window], {k: v[window] for k, v in parts.items()})
             offset += take
+            served += take
 
 
 def _concat(first, second):
@@ -214,8 +227,8 @@ class StreamingDataLoader(DataLoader):
     Rows are read in contiguous blocks (one fast sequential read each, never a random
     per-row access), a few blocks are pooled in a buffer and shuffled together, and
     minibatches are cut from the buffer. Block order is reshuffled every epoch; under
-    distributed training each process reads its own blocks. Everything registered besides
-    the on-disk matrix (batch, covariates) is small and served from memory.
+    distributed training each process serves its own share of the rows. Everything registered
+    besides the on-disk matrix (batch, covariates) is small and served from memory.
 
     Parameters
     ----------

@@ -66,3 +66,29 @@ def test_two_process_ddp_matches_single_process(tmp_path, model):
     print(f"{model}: silhouette ddp {ddp:.3f} single {single:.3f}")
     assert single > 0.15  # the latent separates cell types
     assert ddp > single - 0.05
+
+
+@pytest.mark.slow
+def test_two_process_streaming_serves_every_row_once_per_epoch(tmp_path):
+    path = tmp_path / "cells.h5ad"
+    simulate_scrna(n_cells=1000, n_genes=150, seed=4).write_h5ad(path)
+    script = SCRIPT.with_name("ddp_stream_script.py")
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, str(script), str(path), str(out), "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    split = json.loads((tmp_path / "run_split.json").read_text())
+    ranks = [json.loads((tmp_path / f"run_rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1])  # equal steps
+    # Per epoch and process: 8 training minibatches (450 rows), then 1 validation one (50).
+    for epoch in range(2):
+        batches = [rank[epoch * 9 : epoch * 9 + 9] for rank in ranks]
+        train = [row for rank in batches for batch in rank[:8] for row in batch]
+        validation = [row for rank in batches for row in rank[8]]
+        assert sorted(train) == sorted(split["train"])  # each row once, on one process
+        assert sorted(validation) == sorted(split["validation"])

@@ -501,6 +501,9 @@ def test_fit_passes_the_learning_rate_and_errors_name_it(counts_file, tmp_path, 
     result = _invoke("fit", "zinb", counts_file, "--out", out, "--epochs", "1", "--lr", "0.01")
     assert result.exit_code == 0, result.output
     assert seen["lr"] == 0.01
+    # Several processes make scvi-tools write the history to disk: not into the working folder.
+    assert Path(seen["log_save_dir"]).name.startswith("scgexp_logs_")
+    assert not Path(seen["log_save_dir"]).exists()
     # The divergence advice names train(lr=...); on the command line that is --lr.
     message = "Lower the learning rate (train(lr=...); it is 0.01 now)."
     assert _with_flags(message).endswith("(On the command line, lr= is --lr.)")

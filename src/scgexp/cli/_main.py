@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -385,7 +386,10 @@ def fit(
             train_kwargs["max_epochs"] = epochs
         if lr is not None:
             train_kwargs["lr"] = lr
-        model.train(**train_kwargs)
+        # scvi-tools writes the training history of several processes to disk, by default
+        # into ./lightning_logs; a pipeline's working folder is no place for it.
+        with tempfile.TemporaryDirectory(prefix="scgexp_logs_") as logs:
+            model.train(**train_kwargs, log_save_dir=logs)
         if getattr(model.trainer, "global_rank", 0) != 0:
             return None  # several processes (--devices N): only the first one writes
         model.save(str(folder), overwrite=True)

@@ -83,6 +83,15 @@ def test_overwrite_refuses_a_data_file_of_an_earlier_model(tmp_path):
     assert ZINBAutoencoder.load(tmp_path).adata.n_obs == 90
 
 
+def test_saving_with_data_never_replaces_a_data_file_without_overwrite(tmp_path):
+    model, adata = _model(seed=0)
+    adata[:7].copy().write_h5ad(tmp_path / "adata.h5ad")  # the user's own file, say
+    with pytest.raises(ValueError, match=r"already holds adata\.h5ad\. Pass overwrite=True"):
+        model.save(tmp_path, save_anndata=True)
+    assert sorted(os.listdir(tmp_path)) == ["adata.h5ad"]
+    assert anndata.read_h5ad(tmp_path / "adata.h5ad").n_obs == 7
+
+
 def test_a_failed_overwrite_leaves_the_earlier_model_whole(tmp_path, monkeypatch):
     first, _ = _model(seed=0)
     first.save(tmp_path, save_anndata=True)

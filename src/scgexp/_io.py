@@ -212,9 +212,9 @@ class SafeSaveMixin:
             Put this before every file name, so that several models can share a folder
             (``load`` takes the same ``prefix``).
         overwrite
-            Replace an existing folder's model files. A data file that an earlier model left
-            there is refused (``load`` would pair it with this model) unless ``save_anndata``
-            replaces it.
+            Replace an existing folder's model files (and, with ``save_anndata``, its data
+            file). A data file that an earlier model left there is refused (``load`` would pair
+            it with this model) unless ``save_anndata`` replaces it.
         save_anndata
             Also write the registered AnnData/MuData, so that ``load(dir_path)`` needs no data.
             Refused if that data changed since setup (features reordered or dropped).
@@ -258,6 +258,11 @@ class SafeSaveMixin:
             self._validate_anndata()  # registered data changed since setup cannot be saved
             data_file = MDATA_FILE if isinstance(self.adata, mudata.MuData) else ADATA_FILE
             data_file = files[data_file]
+            if os.path.exists(os.path.join(dir_path, data_file)) and not overwrite:
+                raise ValueError(  # e.g. the user's own data, kept beside the model
+                    f"{dir_path} already holds {data_file}. Pass overwrite=True to replace it, "
+                    "or another folder."
+                )
         # load() reads any data file in the folder: one left by an earlier model would be paired
         # with this one. Refuse before writing anything rather than delete the user's file.
         stale = [

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import anndata
 import numpy as np
 import pandas as pd
 import pytest
@@ -155,6 +156,8 @@ def test_row_and_column_sums_of_float16_counts_do_not_overflow():
     rows, columns = row_and_column_sums(values)  # (scipy has no float16 sparse matrices)
     np.testing.assert_array_equal(rows, 80_000.0)
     np.testing.assert_array_equal(columns, 6000.0)
+    # check_matrix's row sums (MultiVAE's RNA totals) too
+    np.testing.assert_array_equal(check_matrix(anndata.AnnData(values), counts=True), 80_000.0)
 
 
 @pytest.mark.parametrize(

@@ -273,8 +273,10 @@ def check_matrix(
                     f"counts are required. {counts_fix}"
                 )
         abs_chunk = abs(chunk)
-        row_sums[offset : offset + chunk.shape[0]] = np.asarray(abs_chunk.sum(axis=1)).ravel()
-        col_sums += np.asarray(abs_chunk.sum(axis=0)).ravel()
+        row_sums[offset : offset + chunk.shape[0]] = np.asarray(
+            abs_chunk.sum(axis=1, dtype=np.float64)
+        ).ravel()
+        col_sums += np.asarray(abs_chunk.sum(axis=0, dtype=np.float64)).ravel()
         offset += chunk.shape[0]
     if not allow_empty_cells and np.any(row_sums == 0):
         n = int(np.sum(row_sums == 0))

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import warnings
+import zipfile
 
 import anndata
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from scgexp._io import _decode, _encode
 from scgexp.data import InputError, simulate_scrna
+from scgexp.model import SAILER
 from scgexp.zinb import ZINBAutoencoder
 
 
@@ -211,3 +215,57 @@ def test_registered_data_changed_after_setup_is_refused(tmp_path):
     np.testing.assert_allclose(
         model.get_normalized_expression(query, return_numpy=True), expected, rtol=1e-5
     )
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    adata = simulate_scrna(n_cells=120, n_genes=40, n_batches=2, seed=0)
+    ZINBAutoencoder.setup_anndata(adata, layer="counts", batch_key="batch")
+    model = ZINBAutoencoder(adata, n_hidden=16, n_latent=np.int64(4))  # e.g. from a grid
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(max_epochs=2, enable_progress_bar=False)
+    folder = tmp_path_factory.mktemp("zinb")
+    model.save(folder, prefix="a_")
+    return model, adata, folder
+
+
+def test_loaded_attributes_keep_dtypes_history_and_numpy_integers(saved):
+    """io02 (dtype inferred), io04 (numpy scalar -> float), io07 (history_ not saved)."""
+    model, adata, folder = saved
+    loaded = ZINBAutoencoder.load(folder, prefix="a_")
+    for name in ("train_indices_", "validation_indices_", "test_indices_"):
+        assert getattr(loaded, name).dtype == getattr(model, name).dtype, name
+    adata[loaded.test_indices_]  # an empty int64 array indexes; an empty float64 one would not
+    assert loaded.history_.keys() == model.history_.keys()
+    for key, frame in model.history_.items():
+        pd.testing.assert_frame_equal(loaded.history_[key], frame, check_dtype=False)
+    assert type(loaded.init_params_["non_kwargs"]["n_latent"]) is int
+    back = _decode(_encode({"f32": np.array([0.1, 2.5], np.float32), "i": np.int64(3)}))
+    assert back["f32"].dtype == np.float32
+    assert type(back["i"]) is int
+
+
+def test_save_with_the_same_prefix_needs_overwrite(saved):
+    """io18: the overwrite check must look at the prefixed model file."""
+    model, _, folder = saved
+    with pytest.raises(ValueError, match="already holds a saved model"):
+        model.save(folder, prefix="a_")
+
+
+def test_load_with_the_wrong_class_names_the_right_one(saved):
+    """io13: a ZINBAutoencoder folder loaded as SAILER."""
+    _, _, folder = saved
+    with pytest.raises(ValueError, match=r"holds a ZINBAutoencoder model.*ZINBAutoencoder.load"):
+        SAILER.load(folder, prefix="a_")
+
+
+def test_a_zip_that_is_not_a_torch_file_is_named_damaged(saved, tmp_path):
+    """io10: torch raises RuntimeError for a zip without a torch archive in it."""
+    model, _, _ = saved
+    model.save(tmp_path)
+    (tmp_path / "model.pt").unlink()
+    with zipfile.ZipFile(tmp_path / "model.pt", "w") as archive:
+        archive.writestr("readme.txt", "not weights")
+    with pytest.raises(InputError, match=r"damaged scgexp model.*model.pt"):
+        ZINBAutoencoder.load(tmp_path)

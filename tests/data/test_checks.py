@@ -1,0 +1,93 @@
+"""Input checks find bad values wherever they are in a matrix, in chunks, sparse or dense."""
+
+from __future__ import annotations
+
+import anndata
+import numpy as np
+import pytest
+from scipy import sparse
+
+from scgexp.data import (
+    InputError,
+    check_matrix,
+    check_obs_keys,
+    row_and_column_sums,
+    simulate_scrna,
+)
+from scgexp.data._checks import still_counts
+
+
+def _adata(values, layer=None):
+    matrix = sparse.csr_matrix(np.asarray(values, dtype=float))
+    if layer is None:
+        return anndata.AnnData(X=matrix)
+    return anndata.AnnData(X=matrix.copy(), layers={layer: matrix})
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (np.nan, "NaN or infinite"),
+        (np.inf, "NaN or infinite"),
+        (-1.0, "negative values"),
+        (1.5, "non-integer values"),
+    ],
+)
+@pytest.mark.parametrize("dense", [False, True])
+def test_check_matrix_finds_bad_values_past_the_first_row(bad, message, dense):
+    """ck01 (first row only), ck03 (-1 accepted), ck05 (inf accepted)."""
+    values = [[1.0, 2.0], [3.0, 4.0], [5.0, bad]]
+    adata = _adata(values)
+    if dense:
+        adata.X = np.asarray(values)
+    with pytest.raises(InputError, match=message):
+        check_matrix(adata, counts=True)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_check_matrix_refuses_non_finite_values_in_a_layer_without_counts(bad):
+    """ck06: NaN/inf in a layer (counts=False, as DGEX's setup) tolerated."""
+    adata = _adata([[1.0, -2.0], [0.5, bad]], layer="logcounts")
+    with pytest.raises(InputError, match="layer 'logcounts' contains NaN or infinite"):
+        check_matrix(adata, layer="logcounts")
+
+
+def test_check_matrix_sums_columns_over_every_chunk():
+    """ck07: a feature non-zero only in the first of two 10,000-row chunks is not empty."""
+    matrix = sparse.lil_matrix((10_001, 3))
+    matrix[:, 0] = 1.0
+    matrix[0, 1] = matrix[-1, 2] = 1.0
+    adata = anndata.AnnData(X=matrix.tocsr())
+    check_matrix(adata, counts=True, allow_empty_features=False)
+
+
+def test_row_and_column_sums_column_rows_across_chunks():
+    """ck08: the column_rows mask must follow the rows of every chunk (as MultiVAE uses it)."""
+    matrix = sparse.random(25_003, 7, density=0.3, format="csr", random_state=0)
+    mask = np.random.default_rng(0).random(25_003) < 0.3
+    rows, columns = row_and_column_sums(matrix, binary=True, column_rows=mask)
+    values = matrix.toarray() > 0
+    np.testing.assert_allclose(rows, values.sum(1))
+    np.testing.assert_allclose(columns, values[mask].sum(0))
+
+
+def test_check_obs_keys_refuses_any_non_integer_or_missing_label():
+    """ck14 (refused only if all non-integer), ck29 (refused only if all missing)."""
+    adata = simulate_scrna(n_cells=10, n_genes=5)
+    adata.obs["plate"] = np.r_[np.ones(9), 1.5]
+    with pytest.raises(InputError, match="holds continuous values"):
+        check_obs_keys(adata, categorical=["plate"])
+    adata.obs["donor"] = ["d1"] * 9 + [None]
+    with pytest.raises(InputError, match="missing values"):
+        check_obs_keys(adata, categorical=["donor"])
+
+
+def test_still_counts_reads_rows_across_the_matrix():
+    """ck21: the first row alone (e.g. a cell without that modality in MultiVAE) says nothing."""
+    counts = sparse.random(300, 50, density=0.3, format="csr", random_state=0)
+    counts.data = np.ceil(counts.data * 10)
+    assert still_counts(counts)
+    normalised = counts.copy()
+    normalised.data = np.log1p(normalised.data / 2.0)
+    normalised = sparse.vstack([sparse.csr_matrix((1, 50)), normalised[1:]]).tocsr()
+    assert not still_counts(normalised)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 import zipfile
@@ -149,6 +150,9 @@ def test_damaged_folders_give_clear_errors(tmp_path):
     model_file.write_bytes(weights[: len(weights) // 2])
     with pytest.raises(InputError, match=r"damaged scgexp model.*model.pt"):
         ZINBAutoencoder.load(tmp_path)
+    torch.save(torch.zeros(3), model_file)  # a torch file, but not a model's weights
+    with pytest.raises(InputError, match=r"damaged scgexp model.*model.pt holds no weights"):
+        ZINBAutoencoder.load(tmp_path)
     model_file.write_text("version https://git-lfs.github.com/spec/v1\n")  # an LFS pointer
     with pytest.raises(InputError, match=r"model.pt is not a saved torch file"):
         ZINBAutoencoder.load(tmp_path)
@@ -268,4 +272,21 @@ def test_a_zip_that_is_not_a_torch_file_is_named_damaged(saved, tmp_path):
     with zipfile.ZipFile(tmp_path / "model.pt", "w") as archive:
         archive.writestr("readme.txt", "not weights")
     with pytest.raises(InputError, match=r"damaged scgexp model.*model.pt"):
+        ZINBAutoencoder.load(tmp_path)
+
+
+def test_damaged_registry_or_data_file_gives_clear_errors(saved, tmp_path):
+    model, _, _ = saved
+    model.save(tmp_path, save_anndata=True)
+    data_file = tmp_path / "adata.h5ad"
+    data_file.write_bytes(data_file.read_bytes()[:2000])  # an interrupted copy
+    with pytest.raises(InputError, match=r"damaged scgexp model.*adata\.h5ad"):
+        ZINBAutoencoder.load(tmp_path)
+    data_file.unlink()
+    attributes = _decode(json.loads((tmp_path / "attributes.json").read_text()))
+    del attributes["attr_dict"]["registry_"]
+    (tmp_path / "attributes.json").write_text(json.dumps(_encode(attributes)))
+    with pytest.raises(
+        InputError, match=r"damaged scgexp model.*attributes\.json has no registry"
+    ):
         ZINBAutoencoder.load(tmp_path)

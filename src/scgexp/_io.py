@@ -510,6 +510,8 @@ class SafeSaveMixin:
             raise InputError(
                 f"{damaged} {files[MODEL_FILE]}: {str(error) or 'empty file'}"
             ) from None
+        if not isinstance(state, dict):
+            raise InputError(f"{damaged} {files[MODEL_FILE]} holds no weights by name.")
 
         if adata is None:
             found = [
@@ -524,7 +526,12 @@ class SafeSaveMixin:
                 )
             if found:
                 reader = anndata.read_h5ad if found[0] == files[ADATA_FILE] else mudata.read_h5mu
-                adata = reader(os.path.join(dir_path, found[0]))
+                try:
+                    adata = reader(os.path.join(dir_path, found[0]))
+                except (OSError, KeyError) as error:  # h5py's errors for truncated files
+                    raise InputError(f"{damaged} {found[0]}: {error}") from None
+        if "registry_" not in attr_dict:
+            raise InputError(f"{damaged} {files[ATTRIBUTES_FILE]} has no registry.")
         registry = attr_dict.pop("registry_")
         if registry.get(_MODEL_NAME_KEY, cls.__name__) != cls.__name__:
             raise ValueError(

@@ -80,6 +80,9 @@ def test_check_obs_keys_refuses_any_non_integer_or_missing_label():
     adata.obs["donor"] = ["d1"] * 9 + [None]
     with pytest.raises(InputError, match="missing values"):
         check_obs_keys(adata, categorical=["donor"])
+    adata.obs["tss"] = np.r_[np.ones(9), np.inf]
+    with pytest.raises(InputError, match="NaN or infinite"):
+        check_obs_keys(adata, continuous=["tss"])
 
 
 def test_still_counts_reads_rows_across_the_matrix():

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from scgexp._io import _decode, _encode
+from scgexp._io import _decode, _encode, _sha256
 from scgexp.data import InputError, simulate_scrna
 from scgexp.model import SAILER
 from scgexp.zinb import ZINBAutoencoder
@@ -68,6 +68,10 @@ def test_prefix_lets_models_share_a_folder_and_registry_reads_the_safe_files(tmp
     state = torch.load(tmp_path / "second_model.pt", weights_only=True)
     state["old_buffer"] = torch.zeros(2)
     torch.save(state, tmp_path / "second_model.pt")
+    attributes_file = tmp_path / "second_attributes.json"
+    attributes = _decode(json.loads(attributes_file.read_text()))
+    attributes["model_sha256"] = _sha256(tmp_path / "second_model.pt")  # saved as written
+    attributes_file.write_text(json.dumps(_encode(attributes)))
     with pytest.raises(InputError, match=r"saved by another version of scgexp.*old_buffer"):
         ZINBAutoencoder.load(tmp_path, prefix="second_")
     with pytest.raises(InputError, match="only runs with save_anndata=True"):
@@ -149,6 +153,11 @@ def test_damaged_folders_give_clear_errors(tmp_path):
         ZINBAutoencoder.load(tmp_path)
     model_file.write_bytes(weights[: len(weights) // 2])
     with pytest.raises(InputError, match=r"damaged scgexp model.*model.pt"):
+        ZINBAutoencoder.load(tmp_path)
+    corrupted = bytearray(weights)
+    corrupted[len(weights) // 2 : len(weights) // 2 + 64] = bytes(64)  # zeroed on a bad disk
+    model_file.write_bytes(bytes(corrupted))
+    with pytest.raises(InputError, match=r"damaged scgexp model.*model.pt differs from the one"):
         ZINBAutoencoder.load(tmp_path)
     torch.save(torch.zeros(3), model_file)  # a torch file, but not a model's weights
     with pytest.raises(InputError, match=r"damaged scgexp model.*model.pt holds no weights"):

@@ -3,7 +3,8 @@
 scvi-tools pickles the model's attributes into ``model.pt`` and loads it with
 ``torch.load(weights_only=False)``, which can run arbitrary code from a file. scgexp writes the
 tensors alone to ``model.pt`` (loaded with ``weights_only=True``) and every other attribute to
-``attributes.json``.
+``attributes.json``, with the SHA-256 of ``model.pt``: torch does not notice bytes damaged on a
+disk or in a copy, ``load`` does.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def _file_names(prefix: str | None) -> dict[str, str]:
 
 
 def _read_attributes(dir_path: str, files: dict[str, str]) -> dict:
-    """The ``attr_dict`` of a saved model, with clear errors for a missing or damaged file."""
+    """A saved model's ``attributes.json``, with clear errors for a missing or damaged file."""
     path = os.path.join(dir_path, files[ATTRIBUTES_FILE])
     if not os.path.exists(path):
         raise FileNotFoundError(
@@ -126,9 +127,17 @@ def _read_attributes(dir_path: str, files: dict[str, str]) -> dict:
         )
     try:
         with open(path) as handle:
-            return _decode(json.load(handle))["attr_dict"]
+            saved = _decode(json.load(handle))
+        if "attr_dict" not in saved:
+            raise KeyError("attr_dict")
+        return saved
     except (ValueError, KeyError, TypeError) as error:
         raise InputError(f"{_damaged(dir_path)} {files[ATTRIBUTES_FILE]}: {error}") from None
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _damaged(dir_path: str) -> str:
@@ -285,15 +294,16 @@ class SafeSaveMixin:
         attributes = {"attr_dict": attributes, "var_names": self.training_var_names}
         state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
 
-        def write_attributes(path):
+        def write_attributes(path):  # after the weights, whose checksum load() verifies
+            attributes["model_sha256"] = _sha256(partials[files[MODEL_FILE]])
             with open(path, "w") as handle:
                 json.dump(_encode(attributes), handle)
 
         # Every file is written in full beside its place first, then all are moved in: a save
         # that fails (full disk) leaves an earlier model in the folder whole, not mixed.
         writers = {
-            files[ATTRIBUTES_FILE]: write_attributes,
             files[MODEL_FILE]: partial(torch.save, state),
+            files[ATTRIBUTES_FILE]: write_attributes,
         }
         if data_file is not None:
             writers[data_file] = partial(self.adata.write, **anndata_write_kwargs)
@@ -417,7 +427,7 @@ class SafeSaveMixin:
         >>> Model.load_registry("my_model")["setup_args"]
         """
         files = _file_names(prefix)
-        registry = _read_attributes(dir_path, files).get("registry_")
+        registry = _read_attributes(dir_path, files)["attr_dict"].get("registry_")
         if registry is None:
             raise InputError(f"{_damaged(dir_path)} {files[ATTRIBUTES_FILE]}: no registry.")
         return registry
@@ -489,7 +499,8 @@ class SafeSaveMixin:
             validate_single_device=True,
         )
         files = _file_names(prefix)
-        attr_dict = _read_attributes(dir_path, files)
+        saved = _read_attributes(dir_path, files)
+        attr_dict = saved["attr_dict"]
         damaged = _damaged(dir_path)
         model_path = os.path.join(dir_path, files[MODEL_FILE])
         if not os.path.exists(model_path):
@@ -512,6 +523,9 @@ class SafeSaveMixin:
             ) from None
         if not isinstance(state, dict):
             raise InputError(f"{damaged} {files[MODEL_FILE]} holds no weights by name.")
+        expected = saved.get("model_sha256")  # (absent from saves before it was recorded)
+        if expected is not None and expected != _sha256(model_path):
+            raise InputError(f"{damaged} {files[MODEL_FILE]} differs from the one saved.")
 
         if adata is None:
             found = [

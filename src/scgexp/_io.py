@@ -73,7 +73,7 @@ def _encode(value: Any) -> Any:
             "shape": list(value.shape),
         }
     if isinstance(value, np.generic):
-        return value.item()
+        return _encode(value.item())  # (a NaN is tagged as a float's is)
     if isinstance(value, pd.DataFrame):
         split = value.to_dict(orient="split")
         split["index_name"], split["columns_name"] = value.index.name, value.columns.name

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import anndata
 import numpy as np
 import pandas as pd
@@ -123,13 +125,15 @@ def test_attribute_encoding_round_trips():
         "frame": pd.DataFrame({"x": [1.0, 2.0]}, index=pd.Index([0, 1], name="epoch")),
         "empty": np.zeros((0, 3)),
         "nested": {"t": (1, 2), "inf": float("inf"), "none": None},
+        "numpy_nan": np.float32("nan"),
     }
-    back = _decode(_encode(value))
+    back = _decode(json.loads(json.dumps(_encode(value), allow_nan=False)))  # strict JSON
     assert back["array"].tolist() == ["a", "b"]
     np.testing.assert_array_equal(back["ints"], np.arange(3))
     pd.testing.assert_frame_equal(back["frame"], value["frame"])
     assert back["empty"].shape == (0, 3)
     assert back["nested"] == {"t": (1, 2), "inf": float("inf"), "none": None}
+    assert np.isnan(back["numpy_nan"])
 
 
 @pytest.mark.parametrize("dense", [False, True])

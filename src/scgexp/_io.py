@@ -371,7 +371,8 @@ class SafeSaveMixin:
             with transfer:
                 validated = super()._validate_anndata(adata, copy_if_view=copy_if_view)
             validated_manager = self.get_anndata_manager(validated, required=True)
-            validated_manager.written_codes = _written_codes(validated_manager)
+            if set_up_again:  # registered again: the columns hold this model's codes now
+                validated_manager.written_codes = _written_codes(validated_manager)
             changed = changed_obs_keys(validated_manager)
             if changed and validated is self.adata:
                 columns = ", ".join(f"obs[{key!r}]" for key in changed)

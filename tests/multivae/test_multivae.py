@@ -487,6 +487,11 @@ def test_padded_modalities_train_and_keep_the_original(tmp_path):
     padded.write(tmp_path / "padded.h5mu")
     padded["rna"].varm["loadings"][0, 0] = 5  # shares no arrays with the input
     assert rna.varm["loadings"][0, 0] == 1
+    with pytest.raises(InputError, match="takes a MuData; got AnnData"):
+        pad_modalities(rna)
+    backed = md.read_h5mu(tmp_path / "padded.h5mu", backed=True)
+    with pytest.raises(InputError, match="needs the MuData in memory"):
+        pad_modalities(backed)
     rna.obs_names = [*rna.obs_names[:-1], rna.obs_names[0]]
     with pytest.raises(InputError, match="repeated cell names"):
         pad_modalities(md.MuData({"rna": rna, "atac": atac}))

@@ -91,7 +91,7 @@ def pad_modalities(mdata: MuData, flag_prefix: str | None = "has_") -> MuData:
     ... )
     """
     if not isinstance(mdata, MuData):
-        raise InputError(f"pad_modalities takes a MuData, not a {type(mdata).__name__}.")
+        raise InputError(f"pad_modalities takes a MuData; got {type(mdata).__name__}.")
     if mdata.isbacked or any(adata.isbacked for adata in mdata.mod.values()):
         raise InputError(
             "pad_modalities needs the MuData in memory; read it with `mudata.read_h5mu(path)` "

@@ -38,10 +38,18 @@ def _invoke(*args):
 
 
 def test_fit_and_predict_dgex(bulk_file, tmp_path):
+    import scanpy as sc
+
+    with_graph = ad.read_h5ad(bulk_file)
+    sc.pp.neighbors(with_graph, n_neighbors=5, use_rep="X")
+    with_graph.write_h5ad(bulk_file)
     out = tmp_path / "fitted.h5ad"
     result = _invoke("fit", "dgex", bulk_file, "--out", out, "--epochs", "2")
     assert result.exit_code == 0, result.output
     fitted = ad.read_h5ad(out)
+    # The same samples: their neighbour graph comes along, so scanpy can use it.
+    assert (fitted.obsp["connectivities"] != with_graph.obsp["connectivities"]).nnz == 0
+    sc.tl.umap(fitted, maxiter=5)
     assert fitted.obsm["X_dgex"].shape[0] == 200
     assert fitted.var["landmark"].sum() == 20
     # The saved model's own predictions and their std: the targets' columns.
@@ -153,11 +161,12 @@ def test_fit_and_predict_multivae(tmp_path):
         own = model.get_latent_representation(modality=modality)
         np.testing.assert_allclose(fitted.obsm[key], own, rtol=1e-5, atol=1e-6)
     assert not np.allclose(fitted.obsm["X_multivae_atac"], fitted.obsm["X_multivae"])
-    np.testing.assert_allclose(
+    np.testing.assert_allclose(  # expression per 10k counts, as scanpy normalises
         fitted["rna"].layers["multivae_normalized"],
-        model.get_normalized_expression(return_numpy=True),
+        model.get_normalized_expression(library_size=1e4, return_numpy=True),
         rtol=1e-5,
     )
+    np.testing.assert_allclose(fitted["rna"].layers["multivae_normalized"].sum(1), 1e4, rtol=1e-4)
     result = _invoke("predict", model_dir, path, "--out", tmp_path / "again.h5mu")
     assert result.exit_code == 0, result.output
     again = mudata.read_h5mu(tmp_path / "again.h5mu")
@@ -222,6 +231,39 @@ def test_fit_and_predict_zinb(counts_file, tmp_path):
     assert result.exit_code == 0, result.output
     again = ad.read_h5ad(tmp_path / "again.h5ad")
     np.testing.assert_allclose(again.obsm["X_zinb"], fitted.obsm["X_zinb"], rtol=1e-5)
+    # --latent-only leaves out the dense cells x genes layer.
+    lean = tmp_path / "lean.h5ad"
+    result = _invoke("predict", model_dir, counts_file, "--out", lean, "--latent-only")
+    assert result.exit_code == 0, result.output
+    lean_data = ad.read_h5ad(lean)
+    assert "zinb_denoised" not in lean_data.layers
+    np.testing.assert_allclose(lean_data.obsm["X_zinb"], fitted.obsm["X_zinb"], rtol=1e-5)
+
+
+def test_latent_only_is_refused_for_dgex(bulk_file, tmp_path):
+    out = tmp_path / "fitted.h5ad"
+    result = CliRunner().invoke(
+        main, ["fit", "dgex", str(bulk_file), "--out", str(out), "--latent-only"]
+    )
+    assert result.exit_code == 1
+    assert "--latent-only does not apply to dgex" in result.output
+    assert _invoke("fit", "dgex", bulk_file, "--out", out, "--epochs", "1").exit_code == 0
+    model_dir = tmp_path / "fitted_dgex_model"
+    again = ["predict", str(model_dir), str(bulk_file), "--out", str(tmp_path / "p.h5ad")]
+    result = CliRunner().invoke(main, [*again, "--latent-only"])
+    assert result.exit_code == 1
+    assert "--latent-only does not apply to dgex" in result.output
+
+
+def test_python_dash_m_runs_the_command_line():
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "scgexp", "--help"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "predict" in result.stdout
 
 
 def test_fit_is_seeded(counts_file, tmp_path):
@@ -590,4 +632,4 @@ def test_multivae_on_modalities_with_different_cells(tmp_path):
     streamed = ["fit", "multivae", path, "--out", tmp_path / "s.h5mu", "--data-mode", "stream"]
     result = CliRunner().invoke(main, [str(a) for a in streamed])
     assert result.exit_code == 1
-    assert "cannot pad on disk" in result.output
+    assert "cannot pad or reorder on disk" in result.output

@@ -32,6 +32,10 @@ def test_demo_writes_a_report_whose_figures_exist(tmp_path):
         assert section in report
     command = "scgexp demo --out DIR --epochs 2 --accelerator cpu"
     assert f"Reproduce: `{command}` (seed 0; CPU;" in report
+    # Two epochs end at the limit, not by early stopping, and the report says so.
+    assert report.count("2 epochs (the epoch limit;") == 3
+    assert "early stopping;" not in report
+    assert "The joint latent's ARI is" in report
     figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert len(figures) == 8
     for figure in figures:

@@ -99,9 +99,10 @@ def _padded(data, backed: bool = False):
         return data, own
     if backed:
         raise InputError(
-            f"Modalities {', '.join(map(repr, own))} hold only some of the cells, which "
-            "--data-mode stream cannot pad on disk; use another --data-mode, or save "
-            "`scgexp.data.pad_modalities(mdata, flag_prefix=None)` and stream that."
+            f"Modalities {', '.join(map(repr, own))} do not hold the MuData's cells in its "
+            "order, which --data-mode stream cannot pad or reorder on disk; use another "
+            "--data-mode, or save `scgexp.data.pad_modalities(mdata, flag_prefix=None)` and "
+            "stream that."
         )
     from scgexp.data import pad_modalities
 
@@ -319,6 +320,12 @@ def demo(out_dir: Path, epochs: int | None, accelerator: str) -> None:
     help="Replace an existing --out file and a saved model of the same kind in --model-dir.",
 )
 @click.option(
+    "--latent-only",
+    is_flag=True,
+    help="zinb, multivae: write the latent spaces only, without the per-feature result layers "
+    "(dense cells x features, large for many cells or peaks).",
+)
+@click.option(
     "--seed",
     default=0,
     show_default=True,
@@ -344,6 +351,7 @@ def fit(
     strategy,
     data_mode,
     overwrite,
+    latent_only,
     seed,
 ) -> None:
     """Train MODEL on INPUT (.h5ad/.h5mu); write results to --out and save the model."""
@@ -359,6 +367,7 @@ def fit(
         "rna_mod": rna_mod,
         "atac_mod": atac_mod,
         "protein_mod": protein_mod,
+        "latent_only": latent_only,
     }
 
     folder = model_dir or output.with_name(output.stem + f"_{spec.key}_model")
@@ -430,6 +439,12 @@ def fit(
     is_flag=True,
     help="Replace an existing --out file.",
 )
+@click.option(
+    "--latent-only",
+    is_flag=True,
+    help="zinb, multivae: write the latent spaces only, without the per-feature result layers "
+    "(dense cells x features, large for many cells or peaks).",
+)
 def predict(
     model_dir: Path,
     input_path: Path,
@@ -437,6 +452,7 @@ def predict(
     rank_map: bool,
     fill_missing: bool,
     overwrite: bool,
+    latent_only: bool,
 ) -> None:
     """Apply the model saved in MODEL_DIR to INPUT and write results to --out."""
     from scgexp._io import ATTRIBUTES_FILE
@@ -452,10 +468,12 @@ def predict(
         _check_output(input_path, output, model=spec.key, overwrite=overwrite)
         if spec.key != "dgex" and (rank_map or fill_missing):
             raise InputError("--rank-map and --fill-missing apply to DGEX models only.")
+        if spec.key == "dgex" and latent_only:
+            raise InputError("--latent-only does not apply to dgex, whose output is predictions.")
         original = _read(input_path)
         data, own_cells = _padded(original)
         model = spec.cls.load(str(model_dir), adata=None if spec.key == "dgex" else data)
-        flags = {"rank_map": rank_map, "fill_missing": fill_missing}
+        flags = {"rank_map": rank_map, "fill_missing": fill_missing, "latent_only": latent_only}
         result = _unpadded(_results(spec, model, data, flags), original, own_cells, spec.key)
         _write(result, output)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anndata
@@ -91,7 +92,8 @@ def _dgex_results(model: DGEX, adata: anndata.AnnData, options: dict) -> anndata
             },
             index=list(model.landmark_names) + list(predicted.var_names),
         ),
-        obsm=dict(adata.obsm),
+        obsm=dict(adata.obsm),  # the same samples: per-sample annotations carry over
+        obsp=dict(adata.obsp),
         uns=dict(adata.uns),
     )
     landmark_std = np.zeros_like(landmarks, dtype=np.float32)  # measured: no prediction error
@@ -116,7 +118,8 @@ def _setup_zinb(adata, options: dict) -> None:
 
 def _zinb_results(model: ZINBAutoencoder, adata: anndata.AnnData, options: dict):
     adata.obsm["X_zinb"] = model.get_latent_representation(adata)
-    adata.layers["zinb_denoised"] = model.get_normalized_expression(adata, return_numpy=True)
+    if not options.get("latent_only"):
+        adata.layers["zinb_denoised"] = model.get_normalized_expression(adata, return_numpy=True)
     return adata
 
 
@@ -190,7 +193,11 @@ def _multivae_results(model: MultiVAE, mdata, options: dict):
     mdata.obsm["X_multivae"] = model.get_latent_representation(mdata)
     modalities = model.registry_["setup_args"]["modalities"]
     outputs = {
-        "rna_layer": ("rna", "multivae_normalized", model.get_normalized_expression),
+        "rna_layer": (
+            "rna",
+            "multivae_normalized",
+            partial(model.get_normalized_expression, library_size=1e4),  # as scanpy's
+        ),
         "atac_layer": ("atac", "multivae_accessibility", model.get_normalized_accessibility),
         "protein_layer": ("protein", "multivae_denoised", model.get_normalized_protein),
     }
@@ -200,7 +207,8 @@ def _multivae_results(model: MultiVAE, mdata, options: dict):
         mdata.obsm[f"X_multivae_{data_type}"] = model.get_latent_representation(
             mdata, modality=data_type
         )
-        mdata.mod[modalities[arg]].layers[layer] = method(mdata, return_numpy=True)
+        if not options.get("latent_only"):
+            mdata.mod[modalities[arg]].layers[layer] = method(mdata, return_numpy=True)
     mdata.uns["multivae"] = {"modalities": {k: modalities[k] for k in outputs if k in modalities}}
     mdata.update()
     return mdata
@@ -208,14 +216,18 @@ def _multivae_results(model: MultiVAE, mdata, options: dict):
 
 MODELS: dict[str, ModelSpec] = {
     "dgex": ModelSpec(DGEX, "dgex", _setup_dgex, _dgex_results, ("layer", "landmark_key")),
-    "zinb": ModelSpec(ZINBAutoencoder, "zinb", _setup_zinb, _zinb_results, ("layer", "batch_key")),
-    "sailer": ModelSpec(SAILER, "sailer", _setup_sailer, _sailer_results, ("layer", "batch_key")),
+    "zinb": ModelSpec(
+        ZINBAutoencoder, "zinb", _setup_zinb, _zinb_results, ("layer", "batch_key", "latent_only")
+    ),
+    "sailer": ModelSpec(
+        SAILER, "sailer", _setup_sailer, _sailer_results, ("layer", "batch_key", "latent_only")
+    ),
     "multivae": ModelSpec(
         MultiVAE,
         "multivae",
         _setup_multivae,
         _multivae_results,
-        ("layer", "batch_key", "rna_mod", "atac_mod", "protein_mod"),
+        ("layer", "batch_key", "rna_mod", "atac_mod", "protein_mod", "latent_only"),
     ),
 }
 """Model names accepted by ``scgexp fit``, with the class each stands for."""

@@ -238,6 +238,10 @@ def test_fit_and_predict_zinb(counts_file, tmp_path):
     lean_data = ad.read_h5ad(lean)
     assert "zinb_denoised" not in lean_data.layers
     np.testing.assert_allclose(lean_data.obsm["X_zinb"], fitted.obsm["X_zinb"], rtol=1e-5)
+    # On an earlier run's output, the layer it leaves is named as not this run's.
+    with pytest.warns(UserWarning, match=r"layers\['zinb_denoised'\] from an earlier run"):
+        result = _invoke("predict", model_dir, out, "--out", lean, "--latent-only", "--overwrite")
+    assert result.exit_code == 0, result.output
 
 
 def test_latent_only_is_refused_for_dgex(bulk_file, tmp_path):

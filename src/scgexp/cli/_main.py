@@ -153,6 +153,12 @@ def _results(spec, model, data, options: dict):
             f"The input already has {', '.join(replaced)}; the output holds this run's results "
             "there instead (the input file is unchanged)."
         )
+    stale = [k for k in before if f"layers['{spec.key}_" in k]  # left as they were
+    if stale and options.get("latent_only"):
+        warn_user(
+            f"The input has {', '.join(stale)} from an earlier run, which --latent-only leaves "
+            "in the output as they were (not this run's results)."
+        )
     return result
 
 

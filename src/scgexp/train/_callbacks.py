@@ -57,7 +57,7 @@ class RestoreBestWeights(pl.Callback):
             pl_module.module.load_state_dict(self._best_state)
             logger.info(
                 "Restored weights of epoch %d (%s = %.4g).",
-                self.best_epoch,
+                self.best_epoch + 1,  # counted from 1, as the progress bar does
                 self.monitor,
                 self.best_score,
             )

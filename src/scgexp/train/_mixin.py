@@ -171,7 +171,10 @@ class TrainingMixin(UnsupervisedTrainingMixin):
             }
         restore = None
         if kwargs.get("early_stopping") and self._restore_best_weights:
-            restore = RestoreBestWeights(kwargs.get("early_stopping_monitor", "elbo_validation"))
+            restore = RestoreBestWeights(
+                kwargs.get("early_stopping_monitor", "elbo_validation"),
+                mode=kwargs.get("early_stopping_mode", "min"),
+            )
             kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), restore]
         self.module.train()  # outputs and load() leave eval mode, which Lightning would keep
         try:

@@ -73,7 +73,8 @@ class InvarianceTrainingPlan(TrainingPlan):
         Epochs of reconstruction-only training (SAILER: 10).
     n_epochs_kl_warmup
         Epochs over which the KL weight rises linearly from 0 to ``max_kl_weight`` after the
-        warm-up. ``None`` or 0: full weight at once.
+        warm-up. ``None`` or 0: scvi-tools' ``n_steps_kl_warmup`` (minibatches) if given, else
+        full weight at once.
     kl_cycle_epochs
         Period of cyclical KL annealing (SAILER: 100): in each cycle the weight rises over the
         first half and stays at its maximum over the second. Overrides ``n_epochs_kl_warmup``.
@@ -138,15 +139,16 @@ class InvarianceTrainingPlan(TrainingPlan):
         """The module's invariance component, or ``None``."""
         return getattr(self.module, "invariance", None)
 
+    def _batches_per_epoch(self) -> float:
+        n_batches = getattr(getattr(self, "_trainer", None), "num_training_batches", 1) or 1
+        return n_batches if math.isfinite(n_batches) and n_batches >= 1 else 1
+
     def _progress(self) -> float:
         """Epochs since the reconstruction warm-up ended, counting partial epochs by minibatch."""
         warmup = getattr(self, "n_epochs_warmup", 0)
-        trainer = getattr(self, "_trainer", None)
-        if trainer is None:  # not attached yet: the start of training
+        if getattr(self, "_trainer", None) is None:  # not attached yet: the start of training
             return -float(warmup) if warmup else 0.0
-        n_batches = getattr(trainer, "num_training_batches", 1) or 1
-        if not math.isfinite(n_batches) or n_batches < 1:
-            n_batches = 1
+        n_batches = self._batches_per_epoch()
         # The minibatch index, not global_step: manual optimisation counts one step per
         # optimiser, i.e. two per minibatch when a discriminator is trained.
         epoch = self.current_epoch + min(self._batch_in_epoch, n_batches) / n_batches
@@ -165,6 +167,9 @@ class InvarianceTrainingPlan(TrainingPlan):
             return low + (high - low) * min(1.0, 2.0 * position)
         if self.n_epochs_kl_warmup:
             return low + (high - low) * min(1.0, progress / self.n_epochs_kl_warmup)
+        if self.n_steps_kl_warmup:  # scvi-tools' ramp by minibatch (after the warm-up)
+            steps = progress * self._batches_per_epoch()
+            return low + (high - low) * min(1.0, steps / self.n_steps_kl_warmup)
         return high
 
     @property

@@ -1,0 +1,137 @@
+"""InvarianceTrainingPlan: its optimisers, clipping, fresh gradients and the logged bound."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from scgexp.data import simulate_scatac
+from scgexp.model import SAILER
+from scgexp.train import InvarianceTrainingPlan
+
+
+@pytest.fixture(scope="module")
+def atac():
+    adata = simulate_scatac(n_cells=120, n_peaks=200, seed=0)
+    SAILER.setup_anndata(adata, batch_key="batch")
+    return adata
+
+
+def _train(model, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(enable_progress_bar=False, early_stopping=False, **kwargs)
+
+
+def test_optimisers_take_the_plan_arguments_and_split_the_parameters(atac):
+    module = SAILER(atac, n_hidden=16, n_latent=4, invariance="both").module
+    heads = {id(p) for p in module.invariance.discriminator_parameters()}
+    assert heads
+    plan = InvarianceTrainingPlan(
+        module, lr=3e-3, weight_decay=1e-3, discriminator_lr=7e-3, lr_decay=0.9
+    )
+    (optimizer, discriminator), (scheduler,) = plan.configure_optimizers()
+    (group,) = optimizer.param_groups
+    assert group["lr"] == 3e-3
+    assert group["weight_decay"] == 1e-3
+    assert discriminator.param_groups[0]["lr"] == 7e-3
+    assert scheduler.optimizer is optimizer
+    assert scheduler.gamma == 0.9
+    # The encoder/decoder optimiser never moves the heads (the penalty's gradient would train
+    # them to fail); the heads' optimiser moves nothing else.
+    encoder = {id(p) for p in group["params"]}
+    discriminated = {id(p) for g in discriminator.param_groups for p in g["params"]}
+    assert not encoder & heads
+    assert discriminated == heads
+    assert encoder | heads == {id(p) for p in module.parameters()}
+    default = InvarianceTrainingPlan(module, lr=2e-4)
+    (_, discriminator), _ = default.configure_optimizers()
+    assert discriminator.param_groups[0]["lr"] == pytest.approx(2e-3)  # ten times lr
+
+
+class _GradientNorms(Callback):
+    """Norm of the encoder/decoder gradients as the optimiser sees them (after clipping)."""
+
+    def __init__(self):
+        self.norms: list[float] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if optimizer is trainer.optimizers[0]:  # not the discriminator's
+            grads = [p.grad for g in optimizer.param_groups for p in g["params"]]
+            norms = [torch.linalg.vector_norm(g) for g in grads if g is not None]
+            self.norms.append(float(torch.linalg.vector_norm(torch.stack(norms))))
+
+
+def test_gradients_are_clipped_to_the_norm_given(atac):
+    model = SAILER(atac, n_hidden=16, n_latent=4, invariance="both")
+    recorder = _GradientNorms()
+    _train(
+        model,
+        max_epochs=2,
+        batch_size=40,
+        n_epochs_warmup=0,
+        callbacks=[recorder],
+        gradient_clip_val=1e-2,
+    )
+    assert len(recorder.norms) == 2 * 3  # 108 training cells: 3 minibatches per epoch
+    # every step was clipped (the loss's gradients are far larger), to the norm, not per entry
+    assert max(recorder.norms) <= 1e-2 * (1 + 1e-4)
+    assert min(recorder.norms) >= 1e-2 * (1 - 1e-4)
+
+
+class _StaleGradients(Callback):
+    """Leaves a huge gradient on every parameter before each minibatch: a step that does not
+    zero the gradients first trains on it."""
+
+    def __init__(self):
+        self.largest: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        for p in pl_module.module.parameters():
+            p.grad = torch.full_like(p, 1e6)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"]]
+        self.largest.append(max(float(g.abs().max()) for g in grads if g is not None))
+
+
+def test_each_step_starts_from_fresh_gradients(atac):
+    model = SAILER(atac, n_hidden=16, n_latent=4, invariance="both")
+    recorder = _StaleGradients()
+    _train(model, max_epochs=1, batch_size=40, n_epochs_warmup=0, callbacks=[recorder])
+    assert len(recorder.largest) == 2 * 3  # both optimisers, 3 minibatches
+    assert max(recorder.largest) < 1e5
+
+
+def test_logged_mi_bound_is_the_pairwise_kl_plus_the_reconstruction_per_cell(atac):
+    model = SAILER(atac, n_hidden=16, n_latent=4, invariance="mi", invariance_weight=0.25)
+    # 120 cells in three minibatches of 40: epoch means of per-minibatch means agree.
+    _train(model, max_epochs=2, batch_size=40, train_size=1.0, n_epochs_warmup=0)
+    history = {k: v.to_numpy(dtype=float).ravel() for k, v in model.history.items()}
+    np.testing.assert_allclose(
+        history["invariance_mi_bound_train"],
+        history["invariance_pairwise_kl_train"] + history["reconstruction_loss_train"],
+        rtol=1e-5,
+    )
+    np.testing.assert_allclose(
+        history["invariance_penalty_train"],
+        0.25 * history["invariance_mi_bound_train"],
+        rtol=1e-5,
+    )
+
+
+def test_a_non_finite_loss_stops_the_invariance_plan_at_the_end_of_the_epoch(atac):
+    """The plan's own epoch-end hook (the learning-rate decay) keeps the divergence check."""
+    from types import SimpleNamespace
+
+    from scgexp.train import TrainingDivergedError
+
+    plan = InvarianceTrainingPlan(SAILER(atac, n_hidden=16, n_latent=4).module)
+    plan._trainer = SimpleNamespace(optimizers=[], callbacks=[], current_epoch=0)
+    plan._check_finite(torch.tensor(float("inf")))
+    with pytest.raises(TrainingDivergedError, match="diverged in epoch 1"):
+        plan.on_train_epoch_end()

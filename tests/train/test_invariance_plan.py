@@ -1,4 +1,5 @@
-"""InvarianceTrainingPlan: its optimisers, clipping, fresh gradients and the logged bound."""
+"""InvarianceTrainingPlan: its optimisers, clipping, fresh gradients, the logged bound and the
+scvi-tools plan arguments it takes."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from scgexp.data import simulate_scatac
 from scgexp.model import SAILER
 from scgexp.train import InvarianceTrainingPlan
+from scgexp.train._plans import warn_if_annealing_unfinished
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +137,46 @@ def test_a_non_finite_loss_stops_the_invariance_plan_at_the_end_of_the_epoch(ata
     plan._check_finite(torch.tensor(float("inf")))
     with pytest.raises(TrainingDivergedError, match="diverged in epoch 1"):
         plan.on_train_epoch_end()
+
+
+def test_cyclical_annealing_does_not_warn_about_the_linear_ramp():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_annealing_unfinished(
+            20, {"n_epochs_warmup": 2, "n_epochs_kl_warmup": 50, "kl_cycle_epochs": 4}
+        )
+
+
+def test_scvi_tools_plan_arguments_reach_the_invariance_plan(atac):
+    model = SAILER(atac, n_hidden=16, n_latent=4)
+    plan_kwargs = {"max_kl_weight": 0.5, "eps": 1e-7, "lr_decay": None}
+    _train(
+        model, max_epochs=1, n_epochs_warmup=0, n_epochs_kl_warmup=None, plan_kwargs=plan_kwargs
+    )
+    assert model.history["kl_weight"].to_numpy(dtype=float).ravel().tolist() == [0.5]
+    assert model.trainer.optimizers[0].param_groups[0]["eps"] == 1e-7
+
+
+def test_n_steps_kl_warmup_ramps_the_kl_weight_by_minibatch(atac):
+    """scvi-tools' n_steps_kl_warmup passed the plan_kwargs check, but the plan's own KL
+    schedule ignored it: full KL weight from the first step."""
+    model = SAILER(atac, n_hidden=16, n_latent=4)
+    plan_kwargs = {"n_steps_kl_warmup": 1000}
+    _train(
+        model,
+        max_epochs=2,
+        batch_size=40,
+        n_epochs_warmup=0,
+        n_epochs_kl_warmup=None,
+        plan_kwargs=plan_kwargs,
+    )
+    weights = model.history["kl_weight"].to_numpy(dtype=float).ravel()
+    assert 0 < weights.min() < weights.max() < 0.01  # rising, 6 of 1000 minibatches in
+
+
+def test_validation_runs_every_epoch_without_early_stopping_too(atac):
+    """scvi-tools validates every epoch only with early stopping or a plateau schedule (else
+    every sys.maxsize epochs); SAILER's plan has neither without early stopping."""
+    model = SAILER(atac, n_hidden=16, n_latent=4)
+    _train(model, max_epochs=2, n_epochs_warmup=0)
+    assert len(model.history["elbo_validation"]) == 2

@@ -11,8 +11,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from scgexp.data import simulate_scatac, simulate_scrna
-from scgexp.model import SAILER, ZINBAutoencoder
+from scgexp.data import simulate_bulk_expression, simulate_scatac, simulate_scrna
+from scgexp.model import DGEX, SAILER, ZINBAutoencoder
 from scgexp.train import RestoreBestWeights
 
 
@@ -105,3 +105,52 @@ def test_a_non_finite_score_is_never_the_best():
     assert callback.best_epoch == 1
     _validate(callback, pl_module, [float("nan")])  # epoch 0 again: not better
     assert callback.best_epoch == 1
+
+
+def test_the_sanity_check_is_not_an_epoch():
+    """Lightning's sanity check validates the untrained weights before epoch 0."""
+    pl_module = SimpleNamespace(module=torch.nn.Linear(2, 1))
+    callback = RestoreBestWeights("validation_loss")
+    sanity = SimpleNamespace(
+        sanity_checking=True,
+        callback_metrics={"validation_loss": torch.tensor(0.5)},  # better than any epoch
+        current_epoch=0,
+    )
+    callback.on_validation_epoch_end(sanity, pl_module)
+    assert callback.best_epoch is None
+    _validate(callback, pl_module, [2.0, 1.0, 3.0])
+    assert (callback.best_epoch, callback.best_score) == (1, 1.0)
+
+
+def test_restore_watches_the_early_stopping_monitor():
+    """DGEX stops on the validation MAE: the epoch restored is the one with the lowest MAE."""
+    bulk = simulate_bulk_expression(n_samples=150, n_landmarks=10, n_targets=20, seed=0)
+    DGEX.setup_anndata(bulk)
+    model = DGEX(bulk, n_hidden=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(max_epochs=4, early_stopping=True, enable_progress_bar=False)
+    (callback,) = _callbacks(model)
+    assert callback.monitor == "mae_validation"
+    mae = model.history["mae_validation"].to_numpy(dtype=float).ravel()
+    assert callback.best_epoch == int(mae.argmin())
+
+
+def test_restore_follows_the_early_stopping_mode():
+    """early_stopping_mode="max" stops on the highest score; the highest must be restored."""
+    adata = simulate_scrna(n_cells=120, n_genes=30, seed=1)
+    ZINBAutoencoder.setup_anndata(adata, layer="counts")
+    model = ZINBAutoencoder(adata, n_hidden=16, n_latent=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(
+            max_epochs=3,
+            enable_progress_bar=False,
+            early_stopping=True,
+            early_stopping_monitor="validation_loss",
+            early_stopping_mode="max",
+            early_stopping_patience=10,
+        )
+    (callback,) = _callbacks(model)
+    losses = model.history["validation_loss"].to_numpy(dtype=float).ravel()
+    assert callback.best_epoch == int(losses.argmax())

@@ -2,4 +2,5 @@
 
 from scgexp.cli import main
 
-main(prog_name="scgexp")
+if __name__ == "__main__":
+    main(prog_name="scgexp")

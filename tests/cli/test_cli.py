@@ -171,6 +171,11 @@ def test_fit_and_predict_multivae(tmp_path):
     assert result.exit_code == 0, result.output
     again = mudata.read_h5mu(tmp_path / "again.h5mu")
     np.testing.assert_allclose(again.obsm["X_multivae"], fitted.obsm["X_multivae"], rtol=1e-5)
+    lean = tmp_path / "lean.h5mu"
+    assert _invoke("predict", model_dir, path, "--out", lean, "--latent-only").exit_code == 0
+    lean_data = mudata.read_h5mu(lean)
+    assert all(not mod.layers for mod in lean_data.mod.values())
+    np.testing.assert_allclose(lean_data.obsm["X_multivae_rna"], fitted.obsm["X_multivae_rna"])
     # An AnnData is refused for MultiVAE, and a modality that does not exist is named.
     result = CliRunner().invoke(
         main,

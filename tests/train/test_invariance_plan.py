@@ -157,23 +157,6 @@ def test_scvi_tools_plan_arguments_reach_the_invariance_plan(atac):
     assert model.trainer.optimizers[0].param_groups[0]["eps"] == 1e-7
 
 
-def test_n_steps_kl_warmup_ramps_the_kl_weight_by_minibatch(atac):
-    """scvi-tools' n_steps_kl_warmup passed the plan_kwargs check, but the plan's own KL
-    schedule ignored it: full KL weight from the first step."""
-    model = SAILER(atac, n_hidden=16, n_latent=4)
-    plan_kwargs = {"n_steps_kl_warmup": 1000}
-    _train(
-        model,
-        max_epochs=2,
-        batch_size=40,
-        n_epochs_warmup=0,
-        n_epochs_kl_warmup=None,
-        plan_kwargs=plan_kwargs,
-    )
-    weights = model.history["kl_weight"].to_numpy(dtype=float).ravel()
-    assert 0 < weights.min() < weights.max() < 0.01  # rising, 6 of 1000 minibatches in
-
-
 def test_validation_runs_every_epoch_without_early_stopping_too(atac):
     """scvi-tools validates every epoch only with early stopping or a plateau schedule (else
     every sys.maxsize epochs); SAILER's plan has neither without early stopping."""

@@ -30,15 +30,21 @@ class _RecordKLWeight(Callback):
 
 
 @pytest.mark.parametrize(
-    ("invariance", "kl_cycle_epochs"), [("mi", None), ("both", None), ("mi", 2)]
+    ("invariance", "kl_cycle_epochs", "ramp"),
+    [
+        ("mi", None, "epochs"),
+        ("both", None, "epochs"),
+        ("mi", 2, "epochs"),
+        ("both", None, "steps"),
+    ],
 )
 def test_kl_weight_ramps_or_cycles_by_minibatch_and_the_learning_rate_decays(
-    invariance, kl_cycle_epochs
+    invariance, kl_cycle_epochs, ramp
 ):
     """200 cells, 180 for training in 4 minibatches of 50: KL weight 0 in the warm-up epoch,
-    then a straight ramp over two epochs, whatever the number of optimisers; cyclical: a ramp
-    over the first half of every 2-epoch cycle, then full. The learning rate decays by
-    lr_decay once per epoch."""
+    then a straight ramp over two epochs (or scvi-tools' n_steps_kl_warmup of 8 minibatches),
+    whatever the number of optimisers; cyclical: a ramp over the first half of every 2-epoch
+    cycle, then full. The learning rate decays by lr_decay once per epoch."""
     adata = simulate_scatac(n_cells=200, n_peaks=200, seed=0)
     SAILER.setup_anndata(adata, batch_key="batch")
     model = SAILER(adata, n_hidden=32, n_latent=4, invariance=invariance)
@@ -49,11 +55,16 @@ def test_kl_weight_ramps_or_cycles_by_minibatch_and_the_learning_rate_decays(
             max_epochs=4,
             batch_size=50,
             n_epochs_warmup=1,
-            n_epochs_kl_warmup=2,
+            n_epochs_kl_warmup=2 if ramp == "epochs" else None,
             early_stopping=False,
             enable_progress_bar=False,
             callbacks=[recorder],
-            plan_kwargs={"kl_cycle_epochs": kl_cycle_epochs, "lr": 1e-3, "lr_decay": 0.5},
+            plan_kwargs={
+                "kl_cycle_epochs": kl_cycle_epochs,
+                "lr": 1e-3,
+                "lr_decay": 0.5,
+                "n_steps_kl_warmup": 8 if ramp == "steps" else None,
+            },
         )
     progress = np.arange(16) / 4 - 1  # epochs after the warm-up, by minibatch
     if kl_cycle_epochs is None:

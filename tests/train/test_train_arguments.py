@@ -27,6 +27,16 @@ def test_unknown_plan_kwargs_are_refused(zinb):
     assert not zinb.is_trained
 
 
+def test_scvi_tools_configs_are_refused_not_overridden(zinb):
+    """trainer_config/plan_config rank below the models' own defaults in scvi-tools, so
+    early_stopping_mode="max" there would stop on the highest loss and restore the lowest."""
+    with pytest.raises(InputError, match=r"pass its settings as train\(\*\*trainer_config\)"):
+        zinb.train(max_epochs=1, trainer_config={"early_stopping_mode": "max"})
+    with pytest.raises(InputError, match=r"train\(plan_kwargs=plan_config\)"):
+        zinb.train(max_epochs=1, plan_config={"lr": 1e-2})
+    assert not zinb.is_trained
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -53,7 +53,8 @@ def _stopped(model, metric: str, max_epochs: int) -> str:
     """How training ended, for the report: epochs run, and why it stopped."""
     n_epochs = len(model.history[metric])
     why = "early stopping" if n_epochs < max_epochs else "the epoch limit"
-    return f"{n_epochs} epochs ({why}; the best epoch's weights kept)"
+    epochs = "epoch" if n_epochs == 1 else "epochs"
+    return f"{n_epochs} {epochs} ({why}; the best epoch's weights kept)"
 
 
 def _cluster_scores(adata, rep: str, label: str) -> dict[str, float]:

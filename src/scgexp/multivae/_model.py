@@ -673,7 +673,9 @@ class MultiVAE(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         lr, weight_decay
             Learning rate and weight decay of Adam.
         n_epochs_kl_warmup
-            Epochs over which the weight of the KL term rises linearly from 0 to 1.
+            Epochs over which the weight of the KL term rises linearly from 0 to 1 (``None``:
+            scvi-tools' ``plan_kwargs={"n_steps_kl_warmup": ...}`` minibatches if given, else
+            none).
         train_size
             Share of cells used for training; the rest validate (1.0: no validation, no early
             stopping).

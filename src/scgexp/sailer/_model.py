@@ -321,7 +321,8 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         n_epochs_warmup
             Epochs of reconstruction-only training (SAILER: 10).
         n_epochs_kl_warmup
-            Epochs of linear KL annealing after the warm-up.
+            Epochs of linear KL annealing after the warm-up (``None``: scvi-tools'
+            ``plan_kwargs={"n_steps_kl_warmup": ...}`` minibatches if given, else none).
         train_size
             Share of cells used for training; the rest validate (1.0: no validation, no early
             stopping).

@@ -82,8 +82,9 @@ class TrainingMixin(UnsupervisedTrainingMixin):
         without early stopping or a learning-rate schedule on the validation loss. Each call is
         a new run, as in scvi-tools: the weights carry over and ``history`` is appended to, but
         the optimiser and the schedules (warm-up, KL annealing, learning rate) start again.
-        Unknown ``plan_kwargs``, ``max_epochs < 1``, ``batch_size < 2`` and splits with fewer
-        than 2 training cells are refused.
+        Unknown ``plan_kwargs``, ``max_epochs < 1``, ``batch_size < 2``, splits with fewer
+        than 2 training cells, and scvi-tools' ``trainer_config``/``plan_config`` (which rank
+        below the models' own defaults; pass their settings as arguments) are refused.
 
         Parameters
         ----------
@@ -105,6 +106,13 @@ class TrainingMixin(UnsupervisedTrainingMixin):
                 "This model was loaded without data and cannot train; load it with its data: "
                 f"`{type(self).__name__}.load(dir, adata=...)`."
             )
+        for name, instead in (("trainer_config", "**{}"), ("plan_config", "plan_kwargs={}")):
+            # scvi-tools gives these the lowest precedence, below the model's own defaults
+            if kwargs.get(name) is not None:
+                raise InputError(
+                    f"{name} is not read by scgexp models (the models' defaults would override "
+                    f"it); pass its settings as train({instead.format(name)})."
+                )
         self._validate_anndata()  # registered data changed since setup would train on moved genes
         self._check_plan_kwargs(kwargs.get("plan_kwargs"))
         max_epochs, batch_size = kwargs.get("max_epochs"), kwargs.get("batch_size")

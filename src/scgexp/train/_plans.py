@@ -77,7 +77,8 @@ class InvarianceTrainingPlan(TrainingPlan):
         full weight at once.
     kl_cycle_epochs
         Period of cyclical KL annealing (SAILER: 100): in each cycle the weight rises over the
-        first half and stays at its maximum over the second. Overrides ``n_epochs_kl_warmup``.
+        first half and stays at its maximum over the second. Overrides ``n_epochs_kl_warmup``
+        and ``n_steps_kl_warmup``.
     lr_decay
         Multiply the learning rate by this each epoch (SAILER: 0.995); ``None``: constant.
     discriminator_lr
@@ -140,6 +141,7 @@ class InvarianceTrainingPlan(TrainingPlan):
         return getattr(self.module, "invariance", None)
 
     def _batches_per_epoch(self) -> float:
+        """Training minibatches per epoch (1 before the trainer knows)."""
         n_batches = getattr(getattr(self, "_trainer", None), "num_training_batches", 1) or 1
         return n_batches if math.isfinite(n_batches) and n_batches >= 1 else 1
 

@@ -13,6 +13,7 @@ from scipy import sparse
 from sklearn.metrics import silhouette_score
 from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
+from torch.distributions import Normal, kl_divergence
 
 from scgexp.data import InputError, pad_modalities, simulate_multiome
 from scgexp.multivae import MultiVAE
@@ -740,3 +741,268 @@ def test_backed_sparse_mudata_with_protein_matches_in_memory(tmp_path):
     np.testing.assert_allclose(
         on_disk.get_normalized_protein(), in_memory.get_normalized_protein(), rtol=1e-5
     )
+
+
+@pytest.fixture(scope="module")
+def untrained_mosaic():
+    """An untrained module and a 64-cell minibatch where some cells miss RNA or ATAC (flags)."""
+    mdata = _mdata(n_cells=64, n_genes=40, n_peaks=80, missing_fraction=0.4)
+    # Garbage counts in the rows flagged missing: the model must never read them.
+    rng = np.random.default_rng(0)
+    for name in ("rna", "atac"):
+        values = mdata[name].X.toarray()
+        missing = ~mdata.obs[f"has_{name}"].to_numpy()
+        values[missing] = rng.poisson(3.0, size=values[missing].shape)
+        mdata[name].X = sparse.csr_matrix(values)
+    MultiVAE.setup_mudata(mdata, batch_key="batch", modalities=RNA_ATAC, presence_keys=PRESENCE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = MultiVAE(mdata, n_hidden=16, n_latent=4, invariance="mi")
+    tensors = next(iter(model._make_data_loader(mdata, batch_size=64)))
+    return model.module.eval(), tensors
+
+
+def _flags(tensors):
+    return {m: tensors[f"has_{m}"].reshape(-1) > 0.5 for m in ("rna", "atac")}
+
+
+def test_missing_modalities_leave_no_trace_in_the_loss(untrained_mosaic):
+    """Flagged-missing rows: no reconstruction term, no cross-reconstruction, no alignment."""
+    module, tensors = untrained_mosaic
+    has = _flags(tensors)
+    assert (~has["rna"]).any()
+    assert (~has["atac"]).any()
+    inference_outputs, generative_outputs = module.forward(tensors, compute_loss=False)
+    losses = module.loss(tensors, inference_outputs, generative_outputs)
+    for m in ("rna", "atac"):
+        term = losses.reconstruction_loss[f"reconstruction_{m}"]
+        assert (term[~has[m]] == 0).all(), m
+        assert (term[has[m]] > 0).all(), m
+    single = ~(has["rna"] & has["atac"])
+    for alignment in ("joint", "pairwise"):
+        module.alignment = alignment
+        try:
+            value = module.alignment_loss(inference_outputs)
+        finally:
+            module.alignment = "joint"
+        assert (value[single] == 0).all(), alignment
+        assert (value[~single] > 0).all(), alignment
+    cross = module.cross_reconstruction_loss(tensors, inference_outputs, 1.0)
+    assert (cross[single] == 0).all()
+    assert (cross[~single] > 0).all()
+
+
+def test_cross_reconstruction_uses_the_library_and_the_kl_weight(untrained):
+    """-log p(x_rna | z ~ q(z | atac)) at the observed library + kl_weight × KL(q(z|atac) ‖ p)."""
+    module, tensors = untrained
+    inference_outputs = module.inference(**module._get_inference_input(tensors))
+    losses = {}
+    for kl_weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        losses[kl_weight] = module.cross_reconstruction_loss(tensors, inference_outputs, kl_weight)
+    mean, var = module.combine(
+        {"atac": inference_outputs["means"]["atac"]},
+        {"atac": inference_outputs["variances"]["atac"]},
+        {"atac": inference_outputs["masks"]["atac"]},
+    )
+    qz = Normal(mean, var.sqrt())
+    kl = kl_divergence(qz, Normal(0.0, 1.0)).sum(-1)
+    torch.testing.assert_close(losses[1.0] - losses[0.0], kl, rtol=1e-4, atol=1e-3)
+    torch.manual_seed(0)
+    z = qz.rsample()
+    p_rna = module.generative(
+        z, inference_outputs["library"], tensors[scvi.REGISTRY_KEYS.BATCH_KEY], modalities=["rna"]
+    )["p_rna"]
+    nll = -p_rna.log_prob(tensors[scvi.REGISTRY_KEYS.X_KEY]).sum(-1)
+    torch.testing.assert_close(losses[0.0], nll, rtol=1e-4, atol=1e-3)
+
+
+def test_kl_term_is_the_kl_of_the_joint_posterior_summed_over_latent_dims(untrained):
+    module, tensors = untrained
+    inference_outputs, generative_outputs = module.forward(tensors, compute_loss=False)
+    losses = module.loss(tensors, inference_outputs, generative_outputs)
+    mean, var = inference_outputs["qzm"], inference_outputs["qzv"]
+    expected = 0.5 * (mean**2 + var - 1.0 - torch.log(var)).sum(-1)
+    torch.testing.assert_close(losses.kl_local["kl_z"], expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("joint", ["poe", "mixture"])
+def test_joint_posterior_of_one_expert(untrained, joint, monkeypatch):
+    """A cell with one modality: the expert itself (mixture) or expert × prior (poe)."""
+    module, _ = untrained
+    monkeypatch.setattr(module, "joint", joint)
+    gen = torch.Generator().manual_seed(0)
+    means = {m: torch.randn(6, 4, generator=gen) for m in ("rna", "atac")}
+    variances = {m: torch.rand(6, 4, generator=gen) + 0.1 for m in ("rna", "atac")}
+    only_rna = {"rna": torch.ones(6, dtype=torch.bool), "atac": torch.zeros(6, dtype=torch.bool)}
+    mean, var = module.combine(means, variances, only_rna)
+    if joint == "mixture":
+        torch.testing.assert_close(mean, means["rna"])
+        torch.testing.assert_close(var, variances["rna"])
+    else:
+        precision = 1.0 + 1.0 / variances["rna"]
+        torch.testing.assert_close(var, 1.0 / precision)
+        torch.testing.assert_close(mean, means["rna"] / variances["rna"] / precision)
+    # Two experts in the mixture: the moments of the equal-weight mixture.
+    both = {"rna": only_rna["rna"], "atac": only_rna["rna"]}
+    mean, var = module.combine(means, variances, both)
+    if joint == "mixture":
+        expected_mean = (means["rna"] + means["atac"]) / 2
+        second = sum(variances[m] + means[m] ** 2 for m in means) / 2
+        torch.testing.assert_close(mean, expected_mean)
+        torch.testing.assert_close(var, second - expected_mean**2)
+
+
+def test_atac_cell_factor_is_relative_to_the_median_cell(untrained):
+    """The cell factor is log(open regions / training median): 0 for a median cell."""
+    module, tensors = untrained
+    inference_outputs = module.inference(**module._get_inference_input(tensors))
+    n_open = (tensors[scvi.REGISTRY_KEYS.ATAC_X_KEY] > 0).float().sum(-1, keepdim=True)
+    assert float(module.atac_median_open) > 1
+    torch.testing.assert_close(
+        inference_outputs["library"]["atac"], torch.log(n_open / module.atac_median_open)
+    )
+
+
+def test_rna_library_is_the_registered_size_factor():
+    mdata = _mdata(n_cells=64, n_genes=40, n_peaks=80)
+    totals = np.asarray(mdata["rna"].X.sum(1)).ravel()
+    mdata.obs["library"] = 2.0 * totals  # within the 10x that does not warn
+    MultiVAE.setup_mudata(mdata, batch_key="batch", size_factor_key="library", modalities=RNA_ATAC)
+    model = MultiVAE(mdata, n_hidden=16, n_latent=4)
+    module = model.module.eval()
+    tensors = next(iter(model._make_data_loader(mdata, batch_size=64)))
+    _, generative_outputs = module.forward(tensors, compute_loss=False)
+    expected = tensors[scvi.REGISTRY_KEYS.SIZE_FACTOR_KEY].reshape(-1)
+    torch.testing.assert_close(generative_outputs["p_rna"].mu.sum(-1), expected, rtol=1e-4, atol=0)
+
+
+def test_depth_statistics_and_invariance_inputs_skip_missing_cells(untrained_mosaic):
+    """Depth mean/scale from cells with data; missing cells get depth 0 in the penalty inputs."""
+    module, tensors = untrained_mosaic
+    inference_outputs = module.inference(**module._get_inference_input(tensors))
+    depth = module.invariance_inputs(tensors, inference_outputs).continuous
+    has = _flags(tensors)
+    for i, m in enumerate(("rna", "atac")):
+        assert (depth[~has[m], i] == 0).all(), m
+        assert (depth[has[m], i] != 0).all(), m
+    x = tensors[scvi.REGISTRY_KEYS.ATAC_X_KEY][has["atac"]]
+    log_open = torch.log1p((x > 0).float().sum(-1)).double()
+    assert float(module.depth_mean[1]) == pytest.approx(float(log_open.mean()), rel=1e-5)
+
+
+def test_region_factors_match_the_detection_rate_of_cells_with_atac():
+    mdata = _mdata(n_cells=100, n_genes=40, n_peaks=80, missing_fraction=0.4)
+    MultiVAE.setup_mudata(mdata, batch_key="batch", modalities=RNA_ATAC, presence_keys=PRESENCE)
+    module = MultiVAE(mdata, n_hidden=16, n_latent=4).module
+    has_atac = mdata.obs["has_atac"].to_numpy()
+    frequency = np.clip((mdata["atac"].X[has_atac].toarray() > 0).mean(0), 1e-5, 1 - 1e-5)
+    probability = -np.expm1(-np.exp(module.region_factor.detach().numpy().astype(float)))
+    np.testing.assert_allclose(probability, frequency, rtol=1e-4)
+
+
+def test_normalized_nb_protein_is_at_the_median_protein_library():
+    mdata = _mdata(n_cells=100, n_proteins=8)
+    model = _train(mdata, modalities=RNA_PROT, max_epochs=1, protein_likelihood="nb")
+    median = np.median(np.asarray(mdata["prot"].X.sum(1)).ravel())
+    assert float(model.module.protein_median_total) == pytest.approx(median)
+    proteins = model.get_normalized_protein(return_numpy=True)
+    np.testing.assert_allclose(proteins.sum(1), median, rtol=1e-4)
+
+
+def test_mixture_protein_background_is_per_batch_and_removed():
+    mdata = _mdata(n_cells=100, n_proteins=8)
+    model = _train(mdata, modalities=RNA_PROT, max_epochs=1, protein_likelihood="mixture")
+    module = model.module
+    with torch.no_grad():
+        module.protein_log_background[:, 1] += 2.0  # batch_1 has more background
+    tensors = next(iter(model._make_data_loader(mdata, batch_size=100)))
+    _, outputs = module.forward(tensors, compute_loss=False)
+    batch = tensors[scvi.REGISTRY_KEYS.BATCH_KEY].reshape(-1).long()
+    expected = torch.exp(module.protein_log_background.detach()[:, batch].T)
+    torch.testing.assert_close(outputs["p_protein"].mu1, expected)
+    # All background (mixture logits → +∞): nothing left once the background is removed.
+    with torch.no_grad():
+        module.protein_mixing.bias.fill_(30.0)
+    assert np.abs(model.get_normalized_protein(return_numpy=True)).max() < 1e-6
+    with torch.no_grad():
+        module.protein_mixing.bias.fill_(-30.0)
+    assert (model.get_normalized_protein(return_numpy=True) > 0.1).all()
+
+
+def test_outputs_follow_indices_gene_list_n_samples_and_give_mean():
+    mdata = _mdata(n_cells=100)
+    model = _train(mdata, max_epochs=1)
+    full = model.get_normalized_expression()
+    genes = [full.columns[7], full.columns[2]]
+    cells = [9, 3, 50]
+    subset = model.get_normalized_expression(indices=cells, gene_list=genes)
+    pd.testing.assert_frame_equal(subset, full.iloc[cells][genes], rtol=1e-5)
+    regions = model.get_normalized_accessibility(return_numpy=True)
+    picked = model.get_normalized_accessibility(indices=cells, return_numpy=True)
+    np.testing.assert_allclose(picked, regions[cells], rtol=1e-5)
+    latent = model.get_latent_representation()
+    np.testing.assert_allclose(
+        model.get_latent_representation(indices=cells), latent[cells], rtol=1e-5, atol=1e-6
+    )
+    # give_mean=False: a posterior draw, a new one on each call.
+    draw = model.get_latent_representation(give_mean=False)
+    assert np.isfinite(draw).all()
+    assert not np.allclose(draw, latent)
+    assert not np.allclose(model.get_latent_representation(give_mean=False), draw)
+    # n_samples > 1: an average over posterior draws, not the decoded mean.
+    torch.manual_seed(0)
+    averaged = model.get_normalized_expression(n_samples=10, return_numpy=True)
+    assert not np.allclose(averaged, full.to_numpy(), rtol=1e-4)
+    np.testing.assert_allclose(averaged.sum(1), 1.0, rtol=1e-4)
+
+
+def test_predict_finds_cells_without_source_in_every_block():
+    mdata = _mdata(missing_fraction=0.3)
+    model = _train(mdata, max_epochs=1)
+    has_atac = mdata.obs["has_atac"].to_numpy()
+    alone = mdata["atac"].copy()
+    with pytest.warns(UserWarning, match=f"{int((~has_atac).sum())} cells have no atac data"):
+        prediction = model.predict(alone, source="atac", target="rna", n_samples=0, batch_size=16)
+    np.testing.assert_array_equal(np.isnan(prediction.X).all(1), ~has_atac)
+
+
+def test_predict_gives_the_decoders_the_continuous_covariates():
+    mdata = _mdata(n_cells=100)
+    mdata.obs["mito"] = np.random.default_rng(0).normal(size=mdata.n_obs)
+    model = _train(mdata, max_epochs=1, setup_kwargs={"continuous_covariate_keys": ["mito"]})
+    before = model.predict(mdata, source="atac", target="rna", n_samples=0).X
+    shifted = mdata.copy()
+    shifted.obs["mito"] = shifted.obs["mito"] + 3.0
+    after = model.predict(shifted, source="atac", target="rna", n_samples=0).X
+    assert np.abs(after - before).max() > 1e-3 * np.abs(before).max()
+
+
+def test_train_uses_the_learning_rate():
+    mdata = _mdata(n_cells=100)
+    MultiVAE.setup_mudata(mdata, batch_key="batch", modalities=RNA_ATAC)
+    model = MultiVAE(mdata, n_hidden=16, n_latent=4, invariance=None)
+    before = {k: v.detach().clone() for k, v in model.module.named_parameters()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(max_epochs=1, lr=1e-9, weight_decay=0.0, enable_progress_bar=False)
+    after = dict(model.module.named_parameters())
+    change = max(float((after[k].detach() - v).abs().max()) for k, v in before.items())
+    assert change < 1e-6
+
+
+def test_predict_transform_batch_changes_the_decoder_only():
+    mdata = _mdata(n_cells=100, n_genes=40, n_peaks=80)
+    model = _train(mdata, max_epochs=2, n_hidden=16, n_latent=4, encode_covariates=True)
+    prediction = model.predict(
+        mdata, source="atac", target="rna", n_samples=0, transform_batch="batch_0"
+    ).X
+    # Expected: the ATAC posterior of each cell given its own batch, decoded as batch_0.
+    z = torch.as_tensor(model.get_latent_representation(modality="atac"))
+    module = model.module.eval()
+    with torch.no_grad():
+        p_rna = module.generative(
+            z, {}, torch.zeros(len(z), 1, dtype=torch.long), modalities=["rna"]
+        )["p_rna"]
+    expected = (p_rna.scale * 1e4).numpy()
+    np.testing.assert_allclose(prediction, expected, rtol=1e-4, atol=1e-4 * expected.max())

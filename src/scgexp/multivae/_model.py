@@ -1134,7 +1134,9 @@ class MultiVAE(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         source, target
             Data types, e.g. ``source="atac", target="rna"``.
         transform_batch
-            Decode every cell as this batch; ``None``: each cell's own batch.
+            Decode every cell as this batch; ``None``: each cell's own batch. Cells are encoded
+            with their own batch, or as this batch where the data have no batch column or
+            batches the model has not seen.
         n_samples
             Posterior draws used for the uncertainty (``layers["std"]``); 0 or 1 skips it.
         batch_size
@@ -1167,12 +1169,16 @@ class MultiVAE(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         setup_args = self.registry_["setup_args"]
         code = batch_code(transform_batch, self.registry_)
         n_obs = matrix.shape[0]
-        if code is not None or setup_args.get("batch_key") is None:
-            batch = np.full(n_obs, code or 0)
-        else:
-            (batch,) = self._codes(
-                mdata_new, obs, "batch_key", REGISTRY_KEYS.BATCH_KEY, [setup_args["batch_key"]]
-            )
+        batch = np.full(n_obs, code or 0)
+        if setup_args.get("batch_key") is not None:
+            try:  # the encoder sees each cell's own batch; transform_batch is the decoder's
+                (batch,) = self._codes(
+                    mdata_new, obs, "batch_key", REGISTRY_KEYS.BATCH_KEY, [setup_args["batch_key"]]
+                )
+            except InputError:
+                if code is None:
+                    raise  # no batch column, or unknown batches: encoded as transform_batch
+        decode_batch = batch if code is None else np.full(n_obs, code)
         cat_keys = setup_args.get("categorical_covariate_keys") or []
         cats = self._codes(
             mdata_new, obs, "categorical_covariate_keys", REGISTRY_KEYS.CAT_COVS_KEY, cat_keys
@@ -1215,7 +1221,8 @@ class MultiVAE(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
                 **{f"x_{source}": as_tensor(x).float()},
                 **{f"has_{source}": torch.ones(x.shape[0], device=device)},
             )
-            covariates = (batch_index, cat_covs, cont_covs)
+            decode_index = as_tensor(decode_batch[block]).reshape(-1, 1).long()
+            covariates = (decode_index, cat_covs, cont_covs)
             scale = 1e4 if target == "rna" else 1.0
             mean = self._decode(target, inference["qzm"], *covariates) * scale
             means.append(mean.cpu().numpy())

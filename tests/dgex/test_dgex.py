@@ -455,3 +455,61 @@ def test_categorical_landmark_marks_work(bulk):
     adata.var["landmark"] = adata.var["landmark"].astype("category")  # crashed inside pandas
     DGEX.setup_anndata(adata)
     assert len(DGEX(adata, n_hidden=8).landmark_names) == 60
+
+
+def test_batch_size_keeps_every_sample(bulk, trained):
+    """Blocks of batch_size samples, the last one partial, give what one block gives."""
+    _, test = bulk  # 200 samples: blocks of 64 leave a partial block of 8
+    whole = trained.predict(test, return_std=True)
+    blocks = trained.predict(test, return_std=True, batch_size=64)
+    assert blocks.shape == whole.shape
+    np.testing.assert_allclose(blocks.X, whole.X, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(blocks.layers["std"], whole.layers["std"], rtol=1e-5, atol=1e-6)
+    mapped = trained.predict(test, rank_map=True, batch_size=64).X  # ranks over all samples
+    reference = trained.predict(test, rank_map=True).X
+    np.testing.assert_allclose(mapped, reference, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        trained.get_latent_representation(test, batch_size=64),
+        trained.get_latent_representation(test),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_rank_map_ignores_the_input_scale_in_predict_and_latent(bulk, trained):
+    """Rank mapping reads ranks only: a monotone transform of the landmarks changes nothing."""
+    _, test = bulk
+    shifted = test[:, test.var["landmark"]].copy()
+    shifted.X = np.exp2(shifted.X / 2)
+    np.testing.assert_allclose(
+        trained.predict(shifted, rank_map=True).X,
+        trained.predict(test, rank_map=True).X,
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(
+        trained.get_latent_representation(shifted, rank_map=True),
+        trained.get_latent_representation(test, rank_map=True),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_fill_missing_uses_the_training_mean(bulk, trained):
+    _, test = bulk
+    names = trained.landmark_names.astype(str)
+    missing = names[:3]  # the model's first landmarks: a shifted quantile table would show
+    partial = test[:, ~test.var_names.isin(missing)].copy()
+    filled_by_hand = test.copy()
+    mean = trained.module.landmark_mean.cpu().numpy()[:3]
+    filled_by_hand.X[:, filled_by_hand.var_names.get_indexer(missing)] = mean
+    with pytest.warns(UserWarning, match="filled with their training mean"):
+        filled = trained.predict(partial, fill_missing=True)
+    np.testing.assert_allclose(filled.X, trained.predict(filled_by_hand).X, rtol=1e-5, atol=1e-5)
+    # With rank mapping, each present landmark is mapped onto its own training distribution.
+    with pytest.warns(UserWarning, match="filled with their training mean"):
+        mapped = trained.predict(partial, fill_missing=True, rank_map=True).X
+    with pytest.warns(UserWarning, match="filled with their training mean"):
+        reference = trained.predict(partial, fill_missing=True).X  # same units already
+    target_sd = _targets(test).std(0).mean()
+    assert np.abs(mapped - reference).mean() < 0.3 * target_sd

@@ -220,3 +220,67 @@ def test_poisson_on_dense_counts(adata):
     adata.X = adata.X.toarray()
     model = _train(adata, likelihood="poisson")
     assert np.isfinite(model.get_latent_representation()).all()
+
+
+def test_accessibility_arguments_apply_to_the_chosen_cells(adata):
+    model = _train(adata)
+    cells = [5, 3, 250]
+    full = model.get_normalized_accessibility(return_numpy=True)
+    frame = model.get_normalized_accessibility(indices=cells)
+    assert list(frame.index) == list(adata.obs_names[cells])  # labels of these cells
+    np.testing.assert_allclose(frame.to_numpy(), full[cells], rtol=1e-5, atol=1e-7)
+    as_1 = model.get_normalized_accessibility(transform_batch="batch_1", return_numpy=True)
+    part = model.get_normalized_accessibility(
+        indices=cells, transform_batch="batch_1", return_numpy=True
+    )
+    assert isinstance(part, np.ndarray)
+    np.testing.assert_allclose(part, as_1[cells], rtol=1e-5, atol=1e-7)
+
+
+def test_depth_is_a_number_of_open_peaks(adata):
+    """A cell decoded at its own number of open peaks is decoded as it is; "median" is the
+    typical training cell's depth (the geometric mean of open peaks), given as a number."""
+    model = _train(adata)
+    cells = [0, 1, 2]
+    own = model.get_normalized_accessibility(indices=cells, return_numpy=True)
+    n_open = np.asarray((adata.X[cells] > 0).sum(1)).ravel()
+    for cell, depth in zip(cells, n_open, strict=True):
+        at_own = model.get_normalized_accessibility(indices=[cell], depth=int(depth))
+        np.testing.assert_allclose(at_own.to_numpy()[0], own[cell], rtol=1e-5, atol=1e-7)
+    typical = float(np.exp(np.log((adata.X > 0).sum(1)).mean()))
+    np.testing.assert_allclose(
+        model.get_normalized_accessibility(indices=cells, depth="median", return_numpy=True),
+        model.get_normalized_accessibility(indices=cells, depth=typical, return_numpy=True),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+
+
+def test_poisson_accessibility_is_at_the_reference_total(adata):
+    """Poisson output is the expected count at the training cells' mean log total count,
+    whatever each cell's own total (documented), not at the cell's own total."""
+    model = _train(adata, likelihood="poisson")
+    module = model.module.eval()
+    cells = [0, 1, 2, 3]
+    tensors = next(iter(model._make_data_loader(adata, indices=cells)))
+    with torch.inference_mode():
+        inference_outputs = module.inference(**module._get_inference_input(tensors))
+        generative_inputs = module._get_generative_input(tensors, inference_outputs)
+        generative_inputs["z"] = inference_outputs["qz"].loc
+        generative_inputs["log_total"] = torch.full_like(
+            generative_inputs["log_total"], float(module.mean_log_total)
+        )
+        expected = module.generative(**generative_inputs)["px"].exp().numpy()
+    out = model.get_normalized_accessibility(indices=cells, return_numpy=True)
+    np.testing.assert_allclose(out, expected, rtol=1e-5)
+
+
+def test_confounder_information_indices_are_those_cells(adata):
+    """indices give the same estimate as a copy of those cells (all cells kept: max_cells=None)."""
+    model = _train(adata)
+    # some cells, in shuffled order (each cell's latent must meet its own confounders)
+    cells = np.random.default_rng(0).permutation(np.flatnonzero(np.arange(adata.n_obs) % 3))
+    subset = model.confounder_information(indices=cells, max_cells=None)
+    copied = model.confounder_information(adata[cells].copy(), max_cells=None)
+    np.testing.assert_allclose(subset.to_numpy(), copied.to_numpy(), rtol=1e-6, atol=1e-9)
+    assert not np.allclose(subset, model.confounder_information(max_cells=None))

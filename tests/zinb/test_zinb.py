@@ -383,3 +383,41 @@ def test_bottleneck(adata, tmp_path, linear_bottleneck):
     model.save(tmp_path / "model")
     loaded = ZINBAutoencoder.load(tmp_path / "model", adata=adata)
     np.testing.assert_allclose(loaded.get_latent_representation(), latent, rtol=1e-5)
+
+
+def test_indices_and_transform_batch_reach_every_output(adata):
+    """indices pick these cells (in this order) and transform_batch is applied, in each output."""
+    model = _train(adata, max_epochs=1)
+    cells = [7, 2, 250]
+    latent = model.get_latent_representation()
+    np.testing.assert_allclose(
+        model.get_latent_representation(indices=cells), latent[cells], rtol=1e-5, atol=1e-6
+    )
+    full = model.get_normalized_expression()
+    part = model.get_normalized_expression(indices=cells)
+    assert list(part.index) == list(adata.obs_names[cells])
+    np.testing.assert_allclose(part.to_numpy(), full.to_numpy()[cells], rtol=1e-5)
+    params = model.get_likelihood_parameters()
+    np.testing.assert_allclose(
+        model.get_likelihood_parameters(indices=cells)["mean"], params["mean"][cells], rtol=1e-5
+    )
+    # μ decoded as batch_1 is the denoised expression decoded as batch_1.
+    as_1 = model.get_normalized_expression(transform_batch="batch_1", return_numpy=True)
+    np.testing.assert_allclose(
+        model.get_likelihood_parameters(transform_batch="batch_1")["mean"], as_1, rtol=1e-5
+    )
+    samples = model.posterior_predictive_sample(indices=cells, n_samples=2)
+    assert samples.shape == (len(cells), N_GENES, 2)
+
+
+def test_posterior_predictive_sample_uses_transform_batch(adata):
+    model = _train(adata, max_epochs=1)
+    in_0 = np.flatnonzero((adata.obs["batch"] == "batch_0").to_numpy())[:20]
+
+    def draw(**kwargs):
+        torch.manual_seed(0)
+        return model.posterior_predictive_sample(indices=in_0, n_samples=5, **kwargs).todense()
+
+    own = draw()
+    np.testing.assert_array_equal(draw(transform_batch="batch_0"), own)  # same seed, same draws
+    assert not np.array_equal(draw(transform_batch="batch_1"), own)

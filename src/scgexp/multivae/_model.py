@@ -1175,9 +1175,10 @@ class MultiVAE(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
                 (batch,) = self._codes(
                     mdata_new, obs, "batch_key", REGISTRY_KEYS.BATCH_KEY, [setup_args["batch_key"]]
                 )
-            except InputError:
+            except InputError:  # no batch column, or batches the model has not seen
                 if code is None:
-                    raise  # no batch column, or unknown batches: encoded as transform_batch
+                    raise
+                # then every cell is encoded as transform_batch (what the message advises)
         decode_batch = batch if code is None else np.full(n_obs, code)
         cat_keys = setup_args.get("categorical_covariate_keys") or []
         cats = self._codes(

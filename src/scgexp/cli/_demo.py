@@ -49,10 +49,10 @@ def _compare(name: str, value: float, other_name: str, other: float, lower_is_be
     return f"{name} is {word} than {other_name} ({value:.3f} vs {other:.3f})"
 
 
-def _stopped(model, metric: str, max_epochs: int) -> str:
+def _stopped(model, metric: str) -> str:
     """How training ended, for the report: epochs run, and why it stopped."""
     n_epochs = len(model.history[metric])
-    why = "early stopping" if n_epochs < max_epochs else "the epoch limit"
+    why = "early stopping" if n_epochs < model.trainer.max_epochs else "the epoch limit"
     epochs = "epoch" if n_epochs == 1 else "epochs"
     return f"{n_epochs} {epochs} ({why}; the best epoch's weights kept)"
 
@@ -192,7 +192,7 @@ Data: 700 real PBMCs (`scgexp.data.pbmc68k_counts()`, the 765 genes scanpy keeps
 counts normalised to 1e4. {len(panel)} landmark genes chosen by
 `scgexp.data.select_landmarks` on the training cells; the other {int(targets.sum())} genes are
 predicted for {int(is_test.sum())} held-out cells. Training:
-{_stopped(model, "mae_validation", epochs or 100)} in {seconds:.1f} s.
+{_stopped(model, "mae_validation")} in {seconds:.1f} s.
 
 {_table(scores)}
 
@@ -283,7 +283,7 @@ def _zinb_section(out: Path, epochs: int | None, accelerator: str) -> str:
     )
     return f"""## ZINBAutoencoder: denoising counts
 
-Real data: the same 700 PBMCs as raw counts; {_stopped(model, "train_loss", epochs or 150)} in
+Real data: the same 700 PBMCs as raw counts; {_stopped(model, "train_loss")} in
 {seconds:.1f} s. Leiden clusters of each
 representation against the 10 cell types (`bulk_labels` of scanpy's `pbmc68k_reduced`, coarse
 labels of the original study):
@@ -428,7 +428,7 @@ def _multivae_section(out: Path, epochs: int | None, accelerator: str) -> str:
 Simulated multiome (`scgexp.data.simulate_multiome`, 1,200 cells, 300 genes, 600 peaks, two
 batches) in which 10% of the cells lack their ATAC and 10% their RNA (mosaic data, flagged in
 `obs`). One model trains on all cells with what each has;
-{_stopped(model, "train_loss", epochs or 100)} in {seconds:.1f} s. Leiden clusters of each
+{_stopped(model, "train_loss")} in {seconds:.1f} s. Leiden clusters of each
 latent against the cell types, on the cells that have both modalities:
 
 {_table(scores)}

@@ -230,6 +230,14 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"{category.__name__}: {_with_flags(str(message))}\n"
 
 
+_latent_only = click.option(  # fit and predict
+    "--latent-only",
+    is_flag=True,
+    help="zinb, multivae: write the latent spaces only, without the per-feature result layers "
+    "(dense cells x features, large for many cells or peaks).",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="scgexp")
 @click.option("-v", "--verbose", is_flag=True, help="Show debug logging.")
@@ -325,12 +333,7 @@ def demo(out_dir: Path, epochs: int | None, accelerator: str) -> None:
     is_flag=True,
     help="Replace an existing --out file and a saved model of the same kind in --model-dir.",
 )
-@click.option(
-    "--latent-only",
-    is_flag=True,
-    help="zinb, multivae: write the latent spaces only, without the per-feature result layers "
-    "(dense cells x features, large for many cells or peaks).",
-)
+@_latent_only
 @click.option(
     "--seed",
     default=0,
@@ -445,12 +448,7 @@ def fit(
     is_flag=True,
     help="Replace an existing --out file.",
 )
-@click.option(
-    "--latent-only",
-    is_flag=True,
-    help="zinb, multivae: write the latent spaces only, without the per-feature result layers "
-    "(dense cells x features, large for many cells or peaks).",
-)
+@_latent_only
 def predict(
     model_dir: Path,
     input_path: Path,

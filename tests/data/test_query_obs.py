@@ -253,6 +253,42 @@ def test_query_obs_columns_are_checked(zinb):
         zinb.get_normalized_expression(query)
 
 
+def _relabelled(data, key: str, value: str):
+    query = data.copy()
+    query.obs[key] = value
+    return query
+
+
+def test_cells_of_a_new_batch_are_embedded_under_any_known_batch(zinb, multivae):
+    # The error for a new batch says that any known category gives these cells' latent
+    # representation when the encoder does not read the batch: hold each model to that.
+    adata = _with_donor(simulate_scatac(n_cells=160, n_peaks=300, seed=0))
+    SAILER.setup_anndata(adata, batch_key="batch", categorical_covariate_keys=["donor"])
+    sailer = SAILER(adata, n_hidden=32, n_latent=4)
+    _quiet_train(sailer)
+    for model in (zinb, sailer, multivae):
+        new_batch = _relabelled(model.adata, "batch", "new_site")
+        with pytest.raises(
+            InputError, match=r"for the latent representation any will do, e\.g\. "
+        ):
+            model.get_latent_representation(new_batch)
+        for key in ("batch", "donor"):
+            latents = [
+                model.get_latent_representation(_relabelled(model.adata, key, value))
+                for value in pd.unique(model.adata.obs[key])[:2]
+            ]
+            assert np.abs(latents[0] - latents[1]).max() == 0, (type(model).__name__, key)
+    adata = simulate_scrna(n_cells=100, n_genes=40, seed=1)
+    ZINBAutoencoder.setup_anndata(adata, layer="counts", batch_key="batch")
+    encoding = ZINBAutoencoder(adata, n_hidden=16, n_latent=4, encode_covariates=True)
+    _quiet_train(encoding, max_epochs=1)
+    one, other = (
+        encoding.get_latent_representation(_relabelled(adata, "batch", value))
+        for value in pd.unique(adata.obs["batch"])[:2]
+    )
+    assert np.abs(one - other).max() > 1e-4
+
+
 def test_categories_stored_as_another_type_are_named():
     adata = simulate_scrna(n_cells=120, n_genes=30, seed=0)
     adata.obs["plate"] = np.arange(adata.n_obs) % 2  # integer batch labels

@@ -450,8 +450,13 @@ def check_known_categories(adata: AnnData, registry: dict, sources: dict | None 
         if len(unknown):
             shown = ", ".join(map(repr, list(unknown)[:10]))
             fix = (
-                "Assign these cells to one of those categories (e.g. the most similar batch), "
-                "or train a model that includes them."
+                "Give these cells one of those categories, or train a model that includes them. "
+                "An encoder that does not read the batch and covariates (SAILER's; "
+                "ZINBAutoencoder's and MultiVAE's unless encode_covariates=True) embeds them "
+                "the same whichever category they get, so for the latent representation any "
+                f"will do, e.g. `query = query.copy(); query.obs[{key!r}] = "
+                f"{known.tolist()[0]!r}`; outputs decoded per batch are then those of that "
+                "category."
             )
             if pd.Index(map(str, unknown)).isin(known.map(str)).all():
                 dtype = "str" if known.dtype == object else known.dtype.name

@@ -1066,7 +1066,8 @@ class MultiVAE(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
                 raise InputError(
                     f"obs[{key!r}] has categories the model was not trained with: "
                     f"{list(unknown)}; it knows {list(known)}. Relabel those cells to known "
-                    "categories, or train a model that includes them."
+                    "categories, or train a model that includes them (an encoder that does not "
+                    "read the batch embeds them the same whichever known batch they get)."
                 )
             codes.append(position)
         return codes

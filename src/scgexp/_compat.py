@@ -11,7 +11,11 @@ from scvi.data._constants import (
 )
 from scvi.data._utils import _assign_adata_uuid, registry_key_to_default_dtype
 from scvi.dataloaders._data_splitting import validate_data_split
-from scvi.model._utils import parse_device_args, scrna_raw_counts_properties
+from scvi.model._utils import (
+    parse_device_args,
+    scatac_raw_counts_properties,
+    scrna_raw_counts_properties,
+)
 from scvi.model.base._de_core import _de_core
 from scvi.model.base._save_load import _initialize_model
 from scvi.module._constants import MODULE_KEYS
@@ -28,6 +32,7 @@ __all__ = [
     "_initialize_model",
     "parse_device_args",
     "registry_key_to_default_dtype",
+    "scatac_raw_counts_properties",
     "scrna_raw_counts_properties",
     "validate_data_split",
 ]

@@ -1006,3 +1006,42 @@ def test_predict_transform_batch_changes_the_decoder_only():
         )["p_rna"]
     expected = (p_rna.scale * 1e4).numpy()
     np.testing.assert_allclose(prediction, expected, rtol=1e-4, atol=1e-4 * expected.max())
+
+
+def test_differential_expression_and_accessibility_find_cell_type_features():
+    mdata = _mdata(n_cells=600, n_genes=60, n_peaks=150, n_cell_types=2, missing_fraction=0.2)
+    model = _train(mdata, max_epochs=40, setup_kwargs={"presence_keys": PRESENCE})
+    types = mdata.obs["cell_type"].to_numpy()
+    one_type = np.flatnonzero(types == "type_0")
+    halves = np.zeros((2, mdata.n_obs), dtype=bool)  # two random halves of one cell type
+    halves[0, one_type[::2]] = halves[1, one_type[1::2]] = True
+    for target, method in (
+        ("rna", model.differential_expression),
+        ("atac", model.differential_accessibility),
+    ):
+        counts = mdata[target].X.toarray() if sparse.issparse(mdata[target].X) else mdata[target].X
+        has = mdata.obs[f"has_{target}"].to_numpy()
+        by_type = method(groupby="cell_type", group1=["type_0"], group2="type_1", silent=True)
+        by_type = by_type.loc[mdata[target].var_names]
+        observed = [(counts[(types == t) & has] > 0).mean(0) for t in ("type_0", "type_1")]
+        if target == "rna":  # log fold change of the mean normalised expression
+            norm = counts / counts.sum(1, keepdims=True).clip(1)
+            means = [norm[(types == t) & has].mean(0) for t in ("type_0", "type_1")]
+            truth, estimate = np.log(means[0] + 1e-4) - np.log(means[1] + 1e-4), by_type.lfc_mean
+            called = by_type["is_de_fdr_0.05"]
+            assert called.mean() > 0.5
+            np.testing.assert_allclose(by_type["non_zeros_proportion1"], observed[0], rtol=1e-6)
+        else:
+            truth, estimate = observed[1] - observed[0], by_type["effect_size"]
+            called = by_type["is_da_fdr"]
+            np.testing.assert_allclose(by_type["emp_prob1"], observed[0], rtol=1e-6)
+        assert np.corrcoef(truth, estimate)[0, 1] > 0.8, target
+        # Two random halves of one cell type: nothing is called, and far less is likely.
+        split = method(idx1=halves[0], idx2=halves[1], silent=True)
+        fdr, probability = called.name, "proba_de" if target == "rna" else "prob_da"
+        assert split[fdr].mean() < 0.05, target
+        assert split[probability].mean() < 0.5 * by_type[probability].mean(), target
+    with pytest.raises(InputError, match="not a data type of this model"):
+        _train(_mdata(n_proteins=5), modalities=RNA_PROT).differential_accessibility(
+            groupby="cell_type"
+        )

@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import silhouette_score
+from sklearn.metrics import roc_auc_score, silhouette_score
 
 from scgexp.data import InputError, simulate_scatac
 from scgexp.sailer import SAILER
@@ -235,6 +235,14 @@ def test_accessibility_arguments_apply_to_the_chosen_cells(adata):
     )
     assert isinstance(part, np.ndarray)
     np.testing.assert_allclose(part, as_1[cells], rtol=1e-5, atol=1e-7)
+    # use_z_mean=False decodes one posterior sample per cell: around the mean, not at it.
+    torch.manual_seed(0)
+    samples = np.stack(
+        [model.get_normalized_accessibility(use_z_mean=False, return_numpy=True) for _ in range(8)]
+    )
+    assert np.abs(samples[0] - samples[1]).mean() > 1e-3
+    one_off, average_off = (np.abs(s - full).mean() for s in (samples[0], samples.mean(0)))
+    assert average_off < 0.6 * one_off
 
 
 def test_depth_is_a_number_of_open_peaks(adata):
@@ -284,3 +292,50 @@ def test_confounder_information_indices_are_those_cells(adata):
     copied = model.confounder_information(adata[cells].copy(), max_cells=None)
     np.testing.assert_allclose(subset.to_numpy(), copied.to_numpy(), rtol=1e-6, atol=1e-9)
     assert not np.allclose(subset, model.confounder_information(max_cells=None))
+
+
+def test_differential_accessibility_finds_cell_type_peaks_and_not_depth():
+    adata = simulate_scatac(n_cells=600, n_peaks=300, n_cell_types=2, seed=2)
+    model = _train(adata, max_epochs=60)
+    types = adata.obs["cell_type"].to_numpy()
+    rate_0, rate_1 = (adata.layers["true_open"][types == t].mean(0) for t in ("type_0", "type_1"))
+    differs = np.abs(rate_1 - rate_0) > 0.1
+    da = model.differential_accessibility(
+        groupby="cell_type", group1=["type_0"], group2="type_1", silent=True
+    )
+    assert list(da.columns[:-3]) == [
+        "prob_da",
+        "is_da_fdr",
+        "bayes_factor",
+        "effect_size",
+        "emp_effect",
+        "est_prob1",
+        "est_prob2",
+        "emp_prob1",
+        "emp_prob2",
+    ]
+    assert set(da.columns[-3:]) == {"comparison", "group1", "group2"}
+    da = da.loc[adata.var_names]
+    assert roc_auc_score(differs, da["effect_size"].abs()) > 0.85
+    assert roc_auc_score(differs, da["prob_da"]) > 0.85
+    assert np.corrcoef(da["effect_size"], rate_1 - rate_0)[0, 1] > 0.7
+    # Cells of one type, sequenced deeper or shallower: decoded at one depth, they do not differ.
+    depth = adata.obs["depth"].to_numpy()
+    one_type = types == "type_0"
+    deep = one_type & (depth > np.median(depth[one_type]))
+    shallow = one_type & ~deep
+    fixed = model.differential_accessibility(idx1=deep, idx2=shallow, silent=True)
+    own = model.differential_accessibility(idx1=deep, idx2=shallow, depth=None, silent=True)
+    assert fixed["is_da_fdr"].mean() < 0.01 < 0.05 < own["is_da_fdr"].mean()
+    assert fixed["effect_size"].abs().mean() < 0.25 * own["effect_size"].abs().mean()
+    vanilla = model.differential_accessibility(
+        idx1=deep, idx2=shallow, mode="vanilla", silent=True
+    )
+    assert vanilla["is_da_fdr"].isna().all()
+    each = model.differential_accessibility(groupby="cell_type", all_stats=False, silent=True)
+    assert each.groupby("comparison").size().to_dict() == {
+        "type_0 vs Rest": adata.n_vars,
+        "type_1 vs Rest": adata.n_vars,
+    }
+    assert "emp_effect" not in each
+    assert list(fixed.columns) == list(da.columns[:-3])  # no groups: no comparison columns

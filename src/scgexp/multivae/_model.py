@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 from mudata import MuData
-from scvi import REGISTRY_KEYS
+from scvi import REGISTRY_KEYS, settings
 from scvi.data import AnnDataManager
 from scvi.data.fields import (
     MuDataCategoricalObsField,
@@ -20,8 +20,10 @@ from scvi.data.fields import (
     MuDataNumericalObsField,
 )
 from scvi.model.base import BaseModelClass, VAEMixin
-from scvi.utils import setup_anndata_dsp
+from scvi.utils import de_dsp, setup_anndata_dsp
 
+from scgexp._compat import _de_core, scatac_raw_counts_properties, scrna_raw_counts_properties
+from scgexp._differential import accessibility_change, accessibility_table, draw_cells
 from scgexp._io import SafeSaveMixin
 from scgexp._warn import warn_user
 from scgexp.data._checks import (
@@ -829,8 +831,12 @@ class MultiVAE(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         batch_size: int | None,
         n_samples: int,
         use_modalities: Sequence[str] | None = None,
+        draw: bool = False,
     ) -> np.ndarray:
-        """Normalised output of ``target`` (see the public methods), averaged over draws."""
+        """Normalised output of ``target`` (see the public methods), averaged over draws.
+
+        ``draw``: decode one posterior draw per cell instead (``n_samples`` is ignored).
+        """
         self._check_modality(target, allow_none=False)
         code = batch_code(transform_batch, self.registry_)
         out = []
@@ -838,8 +844,8 @@ class MultiVAE(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
             generative_input = self.module._get_generative_input(tensors, inference)
             generative_input["library"] = {}
             draws = []
-            for _ in range(max(n_samples, 1)):
-                z = inference["qzm"] if n_samples <= 1 else inference["qz"].sample()
+            for _ in range(1 if draw else max(n_samples, 1)):
+                z = inference["qzm"] if n_samples <= 1 and not draw else inference["qz"].sample()
                 generative_input["z"] = z
                 outputs = self.module.generative(
                     **generative_input, transform_batch=code, modalities=[target]
@@ -992,6 +998,186 @@ class MultiVAE(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         """
         values = self._decoded("protein", adata, indices, transform_batch, batch_size, n_samples)
         return self._frame(values, "protein", protein_list, adata, indices, return_numpy)
+
+    # -- differential expression and accessibility --------------------------------------------
+    def _differential(self, target: str, args: dict) -> pd.DataFrame:
+        """scvi-tools' DE on one posterior draw per cell of ``target``'s normalised output.
+
+        ``args``: the public method's arguments. Observed statistics come from the cells that
+        have ``target``'s data.
+        """
+        self._check_modality(target, allow_none=False, argument="modality")
+        mdata = self._validate_anndata(args["adata"])
+        manager = self.get_anndata_manager(mdata, required=True)
+        rng = np.random.default_rng(settings.seed)
+
+        def decoded(data, indices, transform_batch, n_samples_overall=None):
+            values = self._decoded(
+                target, data, indices, transform_batch, args["batch_size"], n_samples=1, draw=True
+            )
+            return draw_cells(values, n_samples_overall, rng)
+
+        key = DATA_KEYS[target]
+        matrix = manager.get_from_registry(key)
+        has_data = np.asarray(matrix.sum(1)).ravel() > 0
+        if PRESENCE_KEYS[target] in manager.data_registry:
+            flag = np.asarray(manager.get_from_registry(PRESENCE_KEYS[target]), dtype=float)
+            has_data &= flag.reshape(-1) > 0.5
+
+        def observed(adata_manager, idx1, idx2):
+            idx1, idx2 = (np.asarray(i, dtype=bool) & has_data for i in (idx1, idx2))
+            if target == "rna":
+                return scrna_raw_counts_properties(adata_manager, idx1, idx2)
+            return scatac_raw_counts_properties(adata_manager, idx1, idx2, registry_key=key)
+
+        return _de_core(
+            manager,
+            decoded,
+            None,
+            args["groupby"],
+            args["group1"],
+            args["group2"],
+            args["idx1"],
+            args["idx2"],
+            args["all_stats"],
+            observed,
+            self._var_names(target),
+            args["mode"],
+            args["batchid1"],
+            args["batchid2"],
+            args["delta"],
+            args["batch_correction"],
+            args["fdr_target"],
+            args["silent"],
+            **args["kwargs"],
+        )
+
+    @de_dsp.dedent
+    def differential_expression(
+        self,
+        adata: MuData | None = None,
+        groupby: str | None = None,
+        group1: Sequence[str] | None = None,
+        group2: str | None = None,
+        idx1: Sequence[int] | Sequence[bool] | str | None = None,
+        idx2: Sequence[int] | Sequence[bool] | str | None = None,
+        mode: Literal["vanilla", "change"] = "change",
+        delta: float = 0.25,
+        batch_size: int | None = None,
+        all_stats: bool = True,
+        batch_correction: bool = False,
+        batchid1: Sequence[str] | None = None,
+        batchid2: Sequence[str] | None = None,
+        fdr_target: float = 0.05,
+        silent: bool = False,
+        **kwargs,
+    ) -> pd.DataFrame:
+        r"""Differential expression between two groups of cells, as scvi-tools' MULTIVI.
+
+        On one posterior draw per cell of :meth:`get_normalized_expression` (the joint
+        posterior of the modalities each cell has, so cells without RNA count with their
+        imputed expression); the observed statistics use the cells that have RNA.
+
+        Parameters
+        ----------
+        %(de_adata)s
+        %(de_groupby)s
+        %(de_group1)s
+        %(de_group2)s
+        %(de_idx1)s
+        %(de_idx2)s
+        %(de_mode)s
+        %(de_delta)s
+        %(de_batch_size)s
+        %(de_all_stats)s
+        %(de_batch_correction)s
+        %(de_batchid1)s
+        %(de_batchid2)s
+        %(de_fdr_target)s
+        %(de_silent)s
+        **kwargs
+            Passed to :meth:`scvi.model.base.DifferentialComputation.get_bayes_factors`
+            (e.g. ``pseudocounts``).
+
+        Returns
+        -------
+        scvi-tools' differential expression :class:`~pandas.DataFrame`, indexed by gene.
+
+        Examples
+        --------
+        >>> markers = model.differential_expression(groupby="cell_type", group1="B cells")
+        >>> markers.sort_values("lfc_mean", ascending=False).head()
+        """
+        arguments = dict(locals())
+        del arguments["self"]
+        return self._differential("rna", arguments)
+
+    @de_dsp.dedent
+    def differential_accessibility(
+        self,
+        adata: MuData | None = None,
+        groupby: str | None = None,
+        group1: Sequence[str] | None = None,
+        group2: str | None = None,
+        idx1: Sequence[int] | Sequence[bool] | str | None = None,
+        idx2: Sequence[int] | Sequence[bool] | str | None = None,
+        mode: Literal["vanilla", "change"] = "change",
+        delta: float = 0.05,
+        batch_size: int | None = None,
+        all_stats: bool = True,
+        batch_correction: bool = False,
+        batchid1: Sequence[str] | None = None,
+        batchid2: Sequence[str] | None = None,
+        fdr_target: float = 0.05,
+        silent: bool = False,
+        **kwargs,
+    ) -> pd.DataFrame:
+        r"""Differential accessibility between two groups of cells, as scvi-tools' MULTIVI.
+
+        On one posterior draw per cell of :meth:`get_normalized_accessibility` (decoded at
+        the median depth, so groups sequenced to different depths do not differ for that
+        reason alone); the observed rates use the cells that have ATAC.
+
+        Parameters
+        ----------
+        %(de_adata)s
+        %(de_groupby)s
+        %(de_group1)s
+        %(de_group2)s
+        %(de_idx1)s
+        %(de_idx2)s
+        %(de_mode)s
+        delta
+            Smallest difference in the probability of detection that counts as a change
+            (``mode="change"``).
+        %(de_batch_size)s
+        %(de_all_stats)s
+        %(de_batch_correction)s
+        %(de_batchid1)s
+        %(de_batchid2)s
+        %(de_fdr_target)s
+        %(de_silent)s
+        **kwargs
+            Passed to :meth:`scvi.model.base.DifferentialComputation.get_bayes_factors`.
+            ``change_fn`` is the difference in accessibility unless given, as in earlier
+            scvi-tools releases' PEAKVI; 1.4's takes the log2 fold change, with the same
+            ``delta``.
+
+        Returns
+        -------
+        :class:`~pandas.DataFrame` indexed by region, with the columns of
+        :meth:`scgexp.model.SAILER.differential_accessibility`.
+
+        Examples
+        --------
+        >>> da = model.differential_accessibility(groupby="cell_type", group1="B cells")
+        >>> da.sort_values("prob_da", ascending=False).head()
+        """
+        arguments = dict(locals())
+        del arguments["self"]
+        arguments["kwargs"] = accessibility_change(kwargs)
+        result = self._differential("atac", arguments)
+        return accessibility_table(result, mode, fdr_target)
 
     # -- cross-modal prediction on new data -----------------------------------------------------
     def _var_names(self, data_type: str) -> pd.Index:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 from anndata import AnnData
-from scvi import REGISTRY_KEYS
+from scvi import REGISTRY_KEYS, settings
 from scvi.data import AnnDataManager
 from scvi.data.fields import (
     CategoricalObsField,
@@ -18,8 +18,10 @@ from scvi.data.fields import (
     NumericalJointObsField,
 )
 from scvi.model.base import BaseModelClass, VAEMixin
-from scvi.utils import setup_anndata_dsp
+from scvi.utils import de_dsp, setup_anndata_dsp
 
+from scgexp._compat import _de_core, scatac_raw_counts_properties
+from scgexp._differential import accessibility_change, accessibility_table, draw_cells
 from scgexp._io import SafeSaveMixin
 from scgexp._warn import warn_user
 from scgexp.data._checks import (
@@ -371,6 +373,7 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         depth: float | Literal["median"] | None = None,
         batch_size: int | None = None,
         return_numpy: bool = False,
+        use_z_mean: bool = True,
     ) -> pd.DataFrame | np.ndarray:
         """Imputed accessibility of every peak, decoded with the confounders held fixed.
 
@@ -390,6 +393,8 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
             Cells per forward pass.
         return_numpy
             Return an array instead of a DataFrame (cells × peaks, with names).
+        use_z_mean
+            Decode each cell's posterior mean; ``False``: one sample of its posterior.
 
         Returns
         -------
@@ -421,7 +426,8 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         for tensors in loader:
             inference_outputs = module.inference(**module._get_inference_input(tensors))
             generative_inputs = module._get_generative_input(tensors, inference_outputs)
-            generative_inputs["z"] = inference_outputs["qz"].loc
+            if use_z_mean:
+                generative_inputs["z"] = inference_outputs["qz"].loc
             if code is not None:
                 generative_inputs["batch_index"] = torch.full_like(
                     generative_inputs["batch_index"], code
@@ -439,6 +445,117 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
             return result
         names = adata.obs_names if indices is None else adata.obs_names[np.asarray(indices)]
         return pd.DataFrame(result, index=names, columns=adata.var_names)
+
+    @de_dsp.dedent
+    def differential_accessibility(
+        self,
+        adata: AnnData | None = None,
+        groupby: str | None = None,
+        group1: Sequence[str] | None = None,
+        group2: str | None = None,
+        idx1: Sequence[int] | Sequence[bool] | str | None = None,
+        idx2: Sequence[int] | Sequence[bool] | str | None = None,
+        mode: Literal["vanilla", "change"] = "change",
+        delta: float = 0.05,
+        depth: float | Literal["median"] | None = "median",
+        batch_size: int | None = None,
+        all_stats: bool = True,
+        batch_correction: bool = False,
+        batchid1: Sequence[str] | None = None,
+        batchid2: Sequence[str] | None = None,
+        fdr_target: float = 0.05,
+        silent: bool = False,
+        **kwargs,
+    ) -> pd.DataFrame:
+        r"""Differential accessibility between two groups of cells, as scvi-tools' PEAKVI.
+
+        Posterior samples of :meth:`get_normalized_accessibility` (one latent sample per
+        cell), decoded at one read depth, so that groups sequenced to different depths do not
+        differ for that reason alone. Columns as
+        :meth:`scvi.model.PEAKVI.differential_accessibility`.
+
+        Parameters
+        ----------
+        %(de_adata)s
+        %(de_groupby)s
+        %(de_group1)s
+        %(de_group2)s
+        %(de_idx1)s
+        %(de_idx2)s
+        %(de_mode)s
+        delta
+            Smallest difference in accessibility that counts as a change (``mode="change"``),
+            on the scale of :meth:`get_normalized_accessibility` (a probability for
+            ``"bernoulli"``, fragments for ``"poisson"``).
+        depth
+            Number of open peaks every cell is decoded at; ``"median"``: a typical training
+            cell's; ``None``: each cell's own (depth differences then count).
+        %(de_batch_size)s
+        %(de_all_stats)s
+        %(de_batch_correction)s
+        %(de_batchid1)s
+        %(de_batchid2)s
+        %(de_fdr_target)s
+        %(de_silent)s
+        **kwargs
+            Passed to :meth:`scvi.model.base.DifferentialComputation.get_bayes_factors`.
+            ``change_fn`` is the difference in accessibility unless given, as in earlier
+            scvi-tools releases' PEAKVI; 1.4's takes the log2 fold change, with the same
+            ``delta``.
+
+        Returns
+        -------
+        :class:`~pandas.DataFrame` indexed by peak: ``prob_da`` (probability of differential
+        accessibility), ``is_da_fdr`` (passes the FDR target; ``mode="change"`` only),
+        ``bayes_factor``, ``effect_size`` (group 2 minus group 1, estimated), ``emp_effect``
+        (the same in observed detection rates), ``est_prob1``/``est_prob2`` (estimated, as
+        :meth:`get_normalized_accessibility`) and ``emp_prob1``/``emp_prob2`` (share of the
+        group's cells where the peak has reads; with ``all_stats=True``), and with ``groupby``
+        the ``comparison``, ``group1`` and ``group2`` of each row, one block per group of
+        ``group1`` (``None``: each group against the rest).
+
+        Examples
+        --------
+        >>> da = model.differential_accessibility(groupby="cell_type", group1="B cells")
+        >>> da.sort_values("prob_da", ascending=False).head()
+        """
+        adata = self._validate_anndata(adata)
+        rng = np.random.default_rng(settings.seed)
+
+        def accessibility(adata, indices, transform_batch, n_samples_overall=None):
+            values = self.get_normalized_accessibility(
+                adata,
+                indices=indices,
+                transform_batch=transform_batch,
+                depth=depth,
+                batch_size=batch_size,
+                return_numpy=True,
+                use_z_mean=False,
+            )
+            return draw_cells(values, n_samples_overall, rng)
+
+        result = _de_core(
+            self.get_anndata_manager(adata, required=True),
+            accessibility,
+            None,
+            groupby,
+            group1,
+            group2,
+            idx1,
+            idx2,
+            all_stats,
+            scatac_raw_counts_properties,
+            adata.var_names,
+            mode,
+            batchid1,
+            batchid2,
+            delta,
+            batch_correction,
+            fdr_target,
+            silent,
+            **accessibility_change(kwargs),
+        )
+        return accessibility_table(result, mode, fdr_target)
 
     def confounder_information(
         self,

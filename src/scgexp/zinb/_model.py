@@ -22,6 +22,7 @@ from scvi.model.base import BaseModelClass, RNASeqMixin
 from scvi.utils import de_dsp, setup_anndata_dsp
 
 from scgexp._compat import _de_core, scrna_raw_counts_properties
+from scgexp._differential import draw_cells
 from scgexp._io import SafeSaveMixin
 from scgexp.data._checks import (
     InputError,
@@ -523,9 +524,7 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
                 batch_size=batch_size,
                 return_numpy=True,
             )
-            if n_samples_overall is not None:  # cells drawn with replacement, as scvi-tools
-                values = values[rng.choice(len(values), n_samples_overall)]
-            return values
+            return draw_cells(values, n_samples_overall, rng)
 
         return _de_core(
             self.get_anndata_manager(adata, required=True),

@@ -276,9 +276,10 @@ def simulate_scatac(
     :func:`simulate_scrna`); peak ``p`` is open with probability
     ``sigmoid(b_p + z_c · W_p + beta_{batch(c), p})``; an open peak is captured with probability
     ``1 - exp(-d_c * open / mean(open))`` where ``d_c`` is the cell's depth; captured peaks carry
-    ``1 + Poisson(0.3 d_c)`` fragments. Depth is log-uniform within ``depth_range`` and shifted
-    by batch (batch ``b`` is about ``2**b`` times deeper), so depth and batch are strongly
-    confounded, as when libraries are sequenced to different depths.
+    ``1 + Poisson(0.3 d_c)`` fragments. Depth is log-uniform within ``depth_range`` (at most 1)
+    and shifted by batch (batch ``b`` is about ``2**b`` times deeper), so depth and batch are
+    strongly confounded, as when libraries are sequenced to different depths; shifted depths
+    are capped at 1 (with the default range, from the third batch on).
 
     Returns
     -------
@@ -300,9 +301,9 @@ def simulate_scatac(
             "n_latent": n_latent,
         }
     )
-    if not 0 < depth_range[0] <= depth_range[1]:
+    if not 0 < depth_range[0] <= depth_range[1] <= 1:
         raise InputError(
-            f"depth_range must be (low, high) with 0 < low <= high, not {depth_range}."
+            f"depth_range must be (low, high) with 0 < low <= high <= 1, not {depth_range}."
         )
     rng = np.random.default_rng(seed)
     cell_type, state = _cell_states(rng, n_cells, n_cell_types, n_latent)
@@ -372,8 +373,8 @@ def simulate_multiome(
         },
         {"missing_fraction": missing_fraction},
     )
-    if n_proteins < 0:
-        raise InputError(f"n_proteins must not be negative, not {n_proteins!r}.")
+    if not (isinstance(n_proteins, int | np.integer) and n_proteins >= 0):
+        raise InputError(f"n_proteins must be a whole number, 0 or more, not {n_proteins!r}.")
     rng = np.random.default_rng(seed)
     cell_type, state = _cell_states(rng, n_cells, n_cell_types, n_latent=5)
     batch = rng.integers(n_batches, size=n_cells)

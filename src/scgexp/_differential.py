@@ -5,15 +5,61 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from scgexp._compat import _de_core
 
-def draw_cells(values: np.ndarray, n_samples_overall: int | None, rng) -> np.ndarray:
-    """``n_samples_overall`` rows of ``values`` drawn with replacement, as scvi-tools does.
+_TEMP_KEY = "_scvi_temp_de"  # scvi-tools' column for cells given by idx1/idx2
 
-    ``None``: all rows, in order.
+
+def draw_indices(indices, n_samples_overall: int | None, rng):
+    """``n_samples_overall`` of ``indices`` drawn with replacement, as scvi-tools does.
+
+    Drawn before decoding, so that each draw gets its own posterior sample and memory holds
+    ``n_samples_overall`` rows, not the whole group. ``None``: ``indices`` as given.
     """
     if n_samples_overall is None:
-        return values
-    return values[rng.choice(len(values), n_samples_overall)]
+        return indices
+    return rng.choice(np.asarray(indices), n_samples_overall)
+
+
+_DE_ARGUMENTS = (
+    "groupby",
+    "group1",
+    "group2",
+    "idx1",
+    "idx2",
+    "all_stats",
+    "mode",
+    "batchid1",
+    "batchid2",
+    "delta",
+    "batch_correction",
+    "silent",
+)
+
+
+def differential(
+    adata_manager, model_fn, all_stats_fn, col_names, arguments: dict, representation_fn=None
+) -> pd.DataFrame:
+    """scvi-tools' ``_de_core`` with a DE method's ``arguments`` (its ``locals()``).
+
+    Its temporary ``obs`` column never stays behind: scvi-tools removes ``_scvi_temp_de``
+    (written for ``idx1``/``idx2``) only on success.
+    """
+    had_column = _TEMP_KEY in adata_manager.adata.obs
+    try:
+        return _de_core(
+            adata_manager=adata_manager,
+            model_fn=model_fn,
+            representation_fn=representation_fn,
+            all_stats_fn=all_stats_fn,
+            col_names=col_names,
+            fdr=arguments["fdr_target"],
+            **{key: arguments[key] for key in _DE_ARGUMENTS},
+            **arguments["kwargs"],
+        )
+    finally:
+        if not had_column and _TEMP_KEY in adata_manager.adata.obs:
+            del adata_manager.adata.obs[_TEMP_KEY]
 
 
 def difference(scales_1: np.ndarray, scales_2: np.ndarray, pseudocounts=None) -> np.ndarray:

@@ -287,6 +287,30 @@ def test_cells_of_a_new_batch_are_embedded_under_any_known_batch(zinb, multivae)
         for value in pd.unique(adata.obs["batch"])[:2]
     )
     assert np.abs(one - other).max() > 1e-4
+    with pytest.raises(InputError, match="not trained with") as refused:
+        encoding.get_latent_representation(_relabelled(adata, "batch", "new_site"))
+    assert "any will do" not in str(refused.value)
+
+
+def test_new_batch_advice_names_the_modality_that_holds_the_column():
+    mdata = simulate_multiome(n_cells=120, n_genes=30, n_peaks=60, seed=0)
+    MultiVAE.setup_mudata(mdata, batch_key="batch", modalities={**RNA_ATAC, "batch_key": "rna"})
+    model = MultiVAE(mdata, n_latent=4)
+    _quiet_train(model, max_epochs=1)
+    query = mdata.copy()
+    query["rna"].obs["batch"] = "new_site"
+    with pytest.raises(
+        InputError, match=r"`query = query.copy\(\); query\['rna'\]\.obs\['batch'\] = "
+    ):
+        model.get_latent_representation(query)
+    query = query.copy()
+    query["rna"].obs["batch"] = "batch_0"  # the advice, followed
+    np.testing.assert_array_equal(
+        model.get_latent_representation(query),
+        model.get_latent_representation(_relabelled(mdata, "batch", "batch_1")),
+    )
+    with pytest.raises(InputError, match="pass transform_batch= one of them"):
+        model.predict(_relabelled(mdata["atac"], "batch", "new_site"), source="atac", target="rna")
 
 
 def test_categories_stored_as_another_type_are_named():

@@ -1041,7 +1041,25 @@ def test_differential_expression_and_accessibility_find_cell_type_features():
         fdr, probability = called.name, "proba_de" if target == "rna" else "prob_da"
         assert split[fdr].mean() < 0.05, target
         assert split[probability].mean() < 0.5 * by_type[probability].mean(), target
-    with pytest.raises(InputError, match="not a data type of this model"):
+    # the log2 fold change asked for: pseudocounts are not estimated from X, which holds RNA
+    log_fold = model.differential_accessibility(
+        idx1=halves[0], idx2=halves[1], change_fn="log-fold", silent=True
+    )
+    assert np.isfinite(log_fold["prob_da"]).all()
+    with pytest.raises(InputError, match=r"differential_accessibility needs atac data; .*'rna'"):
         _train(_mdata(n_proteins=5), modalities=RNA_PROT).differential_accessibility(
             groupby="cell_type"
         )
+
+
+def test_differential_expression_leaves_the_data_as_it_was():
+    mdata = _mdata(n_cells=120, missing_fraction=0.2)
+    model = _train(mdata, setup_kwargs={"presence_keys": PRESENCE})
+    columns = list(mdata.obs.columns)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no 1 / 0 for cells without RNA
+        model.differential_expression(groupby="cell_type", silent=True)
+    mask = np.arange(mdata.n_obs) < 50
+    with pytest.raises(ValueError, match="Inconsistent batch policy"):  # scvi-tools' own check
+        model.differential_accessibility(idx1=mask, batchid1=["batch_0"], silent=True)
+    assert list(mdata.obs.columns) == columns

@@ -338,4 +338,14 @@ def test_differential_accessibility_finds_cell_type_peaks_and_not_depth():
         "type_1 vs Rest": adata.n_vars,
     }
     assert "emp_effect" not in each
+    # Cells are drawn before decoding: no call decodes more than n_samples_overall of them.
+    decode, sizes = model.get_normalized_accessibility, []
+
+    def recorded(*args, indices=None, **kwargs):
+        sizes.append(len(indices))
+        return decode(*args, indices=indices, **kwargs)
+
+    model.get_normalized_accessibility = recorded
+    model.differential_accessibility(groupby="cell_type", n_samples_overall=40, silent=True)
+    assert sizes == [40] * 4  # two comparisons of two groups
     assert list(fixed.columns) == list(da.columns[:-3])  # no groups: no comparison columns

@@ -402,7 +402,12 @@ def check_size_factors(adata: AnnData, key: str | None) -> None:
         )
 
 
-def check_known_categories(adata: AnnData, registry: dict, sources: dict | None = None) -> None:
+def check_known_categories(
+    adata: AnnData,
+    registry: dict,
+    sources: dict | None = None,
+    encoder_reads_covariates: bool | None = None,
+) -> None:
     """Refuse batches or covariate categories a trained model has never seen.
 
     Parameters
@@ -413,7 +418,12 @@ def check_known_categories(adata: AnnData, registry: dict, sources: dict | None 
         The trained model's ``registry_`` (its ``batch_key`` and categorical covariates).
     sources
         Where to read the columns of each setup argument (``"batch_key"``,
-        ``"categorical_covariate_keys"``): an object with ``obs``. Default: ``adata``.
+        ``"categorical_covariate_keys"``): an object with ``obs``, ``adata`` or one of its
+        modalities. Default: ``adata``.
+    encoder_reads_covariates
+        Whether the model's encoder reads the batch and covariates: if not, the message says
+        that any known category gives these cells' latent representation. ``None``: unknown
+        (the message states the condition).
 
     Raises
     ------
@@ -438,7 +448,12 @@ def check_known_categories(adata: AnnData, registry: dict, sources: dict | None 
             for key in setup_args["categorical_covariate_keys"]
         )
     for setup_arg, key, known in checks:
-        obs = sources.get(setup_arg, adata).obs
+        source = sources.get(setup_arg, adata)
+        obs = source.obs
+        modality = next(
+            (name for name, mod in getattr(adata, "mod", {}).items() if mod is source), None
+        )
+        column = "query.obs" if modality is None else f"query[{modality!r}].obs"
         if key not in obs:
             raise InputError(
                 f"obs has no column {key!r} ({setup_arg} of the trained model). Add it with "
@@ -449,15 +464,25 @@ def check_known_categories(adata: AnnData, registry: dict, sources: dict | None 
         unknown = pd.unique(values[~values.isin(known)])
         if len(unknown):
             shown = ", ".join(map(repr, list(unknown)[:10]))
-            fix = (
-                "Give these cells one of those categories, or train a model that includes them. "
-                "An encoder that does not read the batch and covariates (SAILER's; "
-                "ZINBAutoencoder's and MultiVAE's unless encode_covariates=True) embeds them "
-                "the same whichever category they get, so for the latent representation any "
-                f"will do, e.g. `query = query.copy(); query.obs[{key!r}] = "
+            fix = "Give these cells one of those categories, or train a model that includes them."
+            relabel = (
+                f"any will do, e.g. `query = query.copy(); {column}[{key!r}] = "
                 f"{known.tolist()[0]!r}`; outputs decoded per batch are then those of that "
                 "category."
             )
+            if encoder_reads_covariates is None:
+                fix += (
+                    " An encoder that does not read the batch and covariates (SAILER's; "
+                    "ZINBAutoencoder's and MultiVAE's unless encode_covariates=True) embeds them "
+                    "the same whichever category they get, so for the latent representation "
+                    + relabel
+                )
+            elif not encoder_reads_covariates:
+                fix += (
+                    " This model's encoder does not read the batch and covariates, so they are "
+                    "embedded the same whichever category they get: for the latent representation "
+                    + relabel
+                )
             if pd.Index(map(str, unknown)).isin(known.map(str)).all():
                 dtype = "str" if known.dtype == object else known.dtype.name
                 convert = f"astype({dtype!r})"
@@ -465,7 +490,7 @@ def check_known_categories(adata: AnnData, registry: dict, sources: dict | None 
                     convert = "map({'True': True, 'False': False})"
                 fix = (
                     "Only the type differs (text against numbers): convert the column to the "
-                    f"training type, `obs[{key!r}] = obs[{key!r}].{convert}`."
+                    f"training type, `{column}[{key!r}] = {column}[{key!r}].{convert}`."
                 )
             raise InputError(
                 f"obs[{key!r}] has categories the model was not trained with: {shown}. The "
@@ -643,7 +668,9 @@ def check_feature_names(adata, registry: dict) -> None:
         )
 
 
-def check_query(adata: AnnData, registry: dict) -> None:
+def check_query(
+    adata: AnnData, registry: dict, encoder_reads_covariates: bool | None = None
+) -> None:
     """Check new data for a trained count model before scvi-tools validates it.
 
     The trained model's features in its order, raw counts in the trained layer, only
@@ -656,6 +683,8 @@ def check_query(adata: AnnData, registry: dict) -> None:
         Query data.
     registry
         The trained model's ``registry_``.
+    encoder_reads_covariates
+        As in :func:`check_known_categories`.
 
     Examples
     --------
@@ -664,7 +693,7 @@ def check_query(adata: AnnData, registry: dict) -> None:
     setup_args = registry["setup_args"]
     check_feature_names(adata, registry)
     check_matrix(adata, setup_args.get("layer"), counts=True, layer_argument=None)
-    check_known_categories(adata, registry)
+    check_known_categories(adata, registry, encoder_reads_covariates=encoder_reads_covariates)
     check_obs_keys(adata, continuous=setup_args.get("continuous_covariate_keys"))
     check_size_factors(adata, setup_args.get("size_factor_key"))
 

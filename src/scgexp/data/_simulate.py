@@ -22,7 +22,7 @@ def _names(prefix: str, n: int) -> list[str]:
 def _check_arguments(sizes: dict, fractions: dict | None = None) -> None:
     """Refuse sizes that are not positive whole numbers and fractions outside [0, 1]."""
     for name, value in sizes.items():
-        if not (isinstance(value, int | np.integer) and value > 0):
+        if isinstance(value, bool) or not (isinstance(value, int | np.integer) and value > 0):
             raise InputError(f"{name} must be a positive whole number, not {value!r}.")
     for name, value in (fractions or {}).items():
         if not 0 <= value <= 1:
@@ -301,7 +301,7 @@ def simulate_scatac(
             "n_latent": n_latent,
         }
     )
-    if not 0 < depth_range[0] <= depth_range[1] <= 1:
+    if len(depth_range) != 2 or not 0 < depth_range[0] <= depth_range[1] <= 1:
         raise InputError(
             f"depth_range must be (low, high) with 0 < low <= high <= 1, not {depth_range}."
         )
@@ -373,7 +373,9 @@ def simulate_multiome(
         },
         {"missing_fraction": missing_fraction},
     )
-    if not (isinstance(n_proteins, int | np.integer) and n_proteins >= 0):
+    if isinstance(n_proteins, bool) or not (
+        isinstance(n_proteins, int | np.integer) and n_proteins >= 0
+    ):
         raise InputError(f"n_proteins must be a whole number, 0 or more, not {n_proteins!r}.")
     rng = np.random.default_rng(seed)
     cell_type, state = _cell_states(rng, n_cells, n_cell_types, n_latent=5)

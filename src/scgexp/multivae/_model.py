@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 from mudata import MuData
+from scipy import sparse
 from scvi import REGISTRY_KEYS, settings
 from scvi.data import AnnDataManager
 from scvi.data.fields import (
@@ -22,8 +23,13 @@ from scvi.data.fields import (
 from scvi.model.base import BaseModelClass, VAEMixin
 from scvi.utils import de_dsp, setup_anndata_dsp
 
-from scgexp._compat import _de_core, scatac_raw_counts_properties, scrna_raw_counts_properties
-from scgexp._differential import accessibility_change, accessibility_table, draw_cells
+from scgexp._compat import scatac_raw_counts_properties
+from scgexp._differential import (
+    accessibility_change,
+    accessibility_table,
+    differential,
+    draw_indices,
+)
 from scgexp._io import SafeSaveMixin
 from scgexp._warn import warn_user
 from scgexp.data._checks import (
@@ -166,6 +172,13 @@ def _check_modalities(mdata: MuData, modalities: dict | None) -> dict[str, str]:
             f"Each data type needs its own modality; got {dict(zip(used, names, strict=True))}."
         )
     return {m: modalities[_LAYER_ARGS[m]] for m in used}
+
+
+def _per_10k(rows, totals: np.ndarray):
+    """Count rows scaled to 10,000 counts per cell (``totals``: their sums, all positive)."""
+    if sparse.issparse(rows):
+        return sparse.diags(1e4 / totals) @ rows
+    return np.asarray(rows) * (1e4 / totals)[:, None]
 
 
 class MultiVAE(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
@@ -584,13 +597,15 @@ class MultiVAE(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
                 )
 
     @staticmethod
-    def _check_known_categories(mdata: MuData, registry: dict) -> None:
+    def _check_known_categories(
+        mdata: MuData, registry: dict, encoder_reads_covariates: bool | None = None
+    ) -> None:
         modalities = registry["setup_args"]["modalities"]
         sources = {
             arg: _obs(mdata, modalities, arg)
             for arg in ("batch_key", "categorical_covariate_keys")
         }
-        check_known_categories(mdata, registry, sources=sources)
+        check_known_categories(mdata, registry, sources, encoder_reads_covariates)
 
     @staticmethod
     def _check_presence(mdata, names, row_sums, presence_keys, query: bool) -> None:
@@ -745,7 +760,7 @@ class MultiVAE(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         # cell alignment, counts, obs columns and categories first.
         check_feature_names(adata, self.registry_)
         self._check_data(adata, self.registry_["setup_args"], query=True)
-        self._check_known_categories(adata, self.registry_)
+        self._check_known_categories(adata, self.registry_, self.module.encode_covariates)
 
     # -- outputs on registered data -------------------------------------------------------------
     def _check_modality(
@@ -1000,57 +1015,54 @@ class MultiVAE(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         return self._frame(values, "protein", protein_list, adata, indices, return_numpy)
 
     # -- differential expression and accessibility --------------------------------------------
-    def _differential(self, target: str, args: dict) -> pd.DataFrame:
+    def _differential(self, target: str, method: str, args: dict) -> pd.DataFrame:
         """scvi-tools' DE on one posterior draw per cell of ``target``'s normalised output.
 
         ``args``: the public method's arguments. Observed statistics come from the cells that
         have ``target``'s data.
         """
-        self._check_modality(target, allow_none=False, argument="modality")
-        mdata = self._validate_anndata(args["adata"])
-        manager = self.get_anndata_manager(mdata, required=True)
+        if target not in self.data_modalities:
+            raise InputError(
+                f"{method} needs {target} data; this model uses {self.data_modalities}."
+            )
+        manager = self.get_anndata_manager(self._validate_anndata(args["adata"]), True)
+        batch_size = args["batch_size"]
+        # As MULTIVI: scvi-tools would estimate it from X, which holds RNA (or nothing).
+        args = dict(args, kwargs={"pseudocounts": 1e-6, **args["kwargs"]})
         rng = np.random.default_rng(settings.seed)
 
         def decoded(data, indices, transform_batch, n_samples_overall=None):
-            values = self._decoded(
-                target, data, indices, transform_batch, args["batch_size"], n_samples=1, draw=True
+            indices = draw_indices(indices, n_samples_overall, rng)
+            return self._decoded(
+                target, data, indices, transform_batch, batch_size, n_samples=1, draw=True
             )
-            return draw_cells(values, n_samples_overall, rng)
 
         key = DATA_KEYS[target]
         matrix = manager.get_from_registry(key)
-        has_data = np.asarray(matrix.sum(1)).ravel() > 0
+        totals = np.asarray(matrix.sum(1)).ravel()
+        has_data = totals > 0
         if PRESENCE_KEYS[target] in manager.data_registry:
             flag = np.asarray(manager.get_from_registry(PRESENCE_KEYS[target]), dtype=float)
             has_data &= flag.reshape(-1) > 0.5
 
         def observed(adata_manager, idx1, idx2):
-            idx1, idx2 = (np.asarray(i, dtype=bool) & has_data for i in (idx1, idx2))
-            if target == "rna":
-                return scrna_raw_counts_properties(adata_manager, idx1, idx2)
-            return scatac_raw_counts_properties(adata_manager, idx1, idx2, registry_key=key)
+            groups = [np.asarray(i, dtype=bool) & has_data for i in (idx1, idx2)]
+            if target != "rna":
+                return scatac_raw_counts_properties(adata_manager, *groups, registry_key=key)
+            # scvi-tools' scrna_raw_counts_properties on these cells, without caching 1e4 / total
+            # in obs (infinite for cells without RNA).
+            stats = {}
+            rows = [matrix[g] for g in groups]
+            for name, values in (
+                ("raw_mean", rows),
+                ("non_zeros_proportion", [r != 0 for r in rows]),
+                ("raw_normalized_mean", [_per_10k(matrix[g], totals[g]) for g in groups]),
+            ):
+                for number, value in enumerate(values, start=1):
+                    stats[f"{name}{number}"] = np.asarray(value.mean(0)).ravel()
+            return stats
 
-        return _de_core(
-            manager,
-            decoded,
-            None,
-            args["groupby"],
-            args["group1"],
-            args["group2"],
-            args["idx1"],
-            args["idx2"],
-            args["all_stats"],
-            observed,
-            self._var_names(target),
-            args["mode"],
-            args["batchid1"],
-            args["batchid2"],
-            args["delta"],
-            args["batch_correction"],
-            args["fdr_target"],
-            args["silent"],
-            **args["kwargs"],
-        )
+        return differential(manager, decoded, observed, self._var_names(target), args)
 
     @de_dsp.dedent
     def differential_expression(
@@ -1097,7 +1109,7 @@ class MultiVAE(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         %(de_silent)s
         **kwargs
             Passed to :meth:`scvi.model.base.DifferentialComputation.get_bayes_factors`
-            (e.g. ``pseudocounts``).
+            (e.g. ``pseudocounts``, 1e-6 by default as in MULTIVI).
 
         Returns
         -------
@@ -1108,9 +1120,7 @@ class MultiVAE(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         >>> markers = model.differential_expression(groupby="cell_type", group1="B cells")
         >>> markers.sort_values("lfc_mean", ascending=False).head()
         """
-        arguments = dict(locals())
-        del arguments["self"]
-        return self._differential("rna", arguments)
+        return self._differential("rna", "differential_expression", locals())
 
     @de_dsp.dedent
     def differential_accessibility(
@@ -1148,8 +1158,9 @@ class MultiVAE(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         %(de_idx2)s
         %(de_mode)s
         delta
-            Smallest difference in the probability of detection that counts as a change
-            (``mode="change"``).
+            Smallest change that counts (``mode="change"``): a difference in the probability
+            of detection with the default ``change_fn``, a log2 fold change with
+            ``change_fn="log-fold"``.
         %(de_batch_size)s
         %(de_all_stats)s
         %(de_batch_correction)s
@@ -1173,10 +1184,8 @@ class MultiVAE(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         >>> da = model.differential_accessibility(groupby="cell_type", group1="B cells")
         >>> da.sort_values("prob_da", ascending=False).head()
         """
-        arguments = dict(locals())
-        del arguments["self"]
-        arguments["kwargs"] = accessibility_change(kwargs)
-        result = self._differential("atac", arguments)
+        arguments = dict(locals(), kwargs=accessibility_change(kwargs))
+        result = self._differential("atac", "differential_accessibility", arguments)
         return accessibility_table(result, mode, fdr_target)
 
     # -- cross-modal prediction on new data -----------------------------------------------------
@@ -1249,11 +1258,18 @@ class MultiVAE(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
             position = known.get_indexer(column.astype(str) if known.dtype == object else column)
             if (position < 0).any():
                 unknown = pd.unique(column[position < 0])[:10]
+                fix = "Relabel those cells to known categories"
+                if not self.module.encode_covariates:
+                    fix += (
+                        " (this model's encoder does not read them, so any known category gives "
+                        "these cells the same latent representation)"
+                    )
+                if setup_arg == "batch_key":  # predict then encodes them as that batch
+                    fix += ", pass transform_batch= one of them"
                 raise InputError(
                     f"obs[{key!r}] has categories the model was not trained with: "
-                    f"{list(unknown)}; it knows {list(known)}. Relabel those cells to known "
-                    "categories, or train a model that includes them (an encoder that does not "
-                    "read the batch embeds them the same whichever known batch they get)."
+                    f"{list(unknown)}; it knows {list(known)}. {fix}, or train a model that "
+                    "includes them."
                 )
             codes.append(position)
         return codes

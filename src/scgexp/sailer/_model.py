@@ -20,8 +20,13 @@ from scvi.data.fields import (
 from scvi.model.base import BaseModelClass, VAEMixin
 from scvi.utils import de_dsp, setup_anndata_dsp
 
-from scgexp._compat import _de_core, scatac_raw_counts_properties
-from scgexp._differential import accessibility_change, accessibility_table, draw_cells
+from scgexp._compat import scatac_raw_counts_properties
+from scgexp._differential import (
+    accessibility_change,
+    accessibility_table,
+    differential,
+    draw_indices,
+)
 from scgexp._io import SafeSaveMixin
 from scgexp._warn import warn_user
 from scgexp.data._checks import (
@@ -261,7 +266,7 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
             allow_unused_categories=query,
         )
         if source_registry is not None:
-            check_known_categories(adata, source_registry)
+            check_known_categories(adata, source_registry, encoder_reads_covariates=False)
         else:
             for key in categorical:
                 if adata.obs[key].nunique() < 2:
@@ -281,7 +286,7 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
 
     def _check_new_data(self, adata: AnnData) -> None:
         # scvi-tools' wording for unknown categories names no fix.
-        check_query(adata, self.registry_)
+        check_query(adata, self.registry_, encoder_reads_covariates=False)
 
     def train(
         self,
@@ -484,9 +489,10 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         %(de_idx2)s
         %(de_mode)s
         delta
-            Smallest difference in accessibility that counts as a change (``mode="change"``),
-            on the scale of :meth:`get_normalized_accessibility` (a probability for
-            ``"bernoulli"``, fragments for ``"poisson"``).
+            Smallest change that counts (``mode="change"``): with the default ``change_fn`` a
+            difference on the scale of :meth:`get_normalized_accessibility` (a probability for
+            ``"bernoulli"``; expected fragments for ``"poisson"``, often about 0.1, so choose a
+            smaller ``delta`` there), with ``change_fn="log-fold"`` a log2 fold change.
         depth
             Number of open peaks every cell is decoded at; ``"median"``: a typical training
             cell's; ``None``: each cell's own (depth differences then count).
@@ -510,9 +516,9 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         ``bayes_factor``, ``effect_size`` (group 2 minus group 1, estimated), ``emp_effect``
         (the same in observed detection rates), ``est_prob1``/``est_prob2`` (estimated, as
         :meth:`get_normalized_accessibility`) and ``emp_prob1``/``emp_prob2`` (share of the
-        group's cells where the peak has reads; with ``all_stats=True``), and with ``groupby``
-        the ``comparison``, ``group1`` and ``group2`` of each row, one block per group of
-        ``group1`` (``None``: each group against the rest).
+        group's cells where the peak has reads); ``emp_*`` with ``all_stats=True`` only. With
+        ``groupby``, the ``comparison``, ``group1`` and ``group2`` of each row: one block per
+        group of ``group1`` (``group1=None``: each group against the rest).
 
         Examples
         --------
@@ -523,37 +529,20 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         rng = np.random.default_rng(settings.seed)
 
         def accessibility(adata, indices, transform_batch, n_samples_overall=None):
-            values = self.get_normalized_accessibility(
+            return self.get_normalized_accessibility(
                 adata,
-                indices=indices,
+                indices=draw_indices(indices, n_samples_overall, rng),
                 transform_batch=transform_batch,
                 depth=depth,
                 batch_size=batch_size,
                 return_numpy=True,
                 use_z_mean=False,
             )
-            return draw_cells(values, n_samples_overall, rng)
 
-        result = _de_core(
-            self.get_anndata_manager(adata, required=True),
-            accessibility,
-            None,
-            groupby,
-            group1,
-            group2,
-            idx1,
-            idx2,
-            all_stats,
-            scatac_raw_counts_properties,
-            adata.var_names,
-            mode,
-            batchid1,
-            batchid2,
-            delta,
-            batch_correction,
-            fdr_target,
-            silent,
-            **accessibility_change(kwargs),
+        arguments = dict(locals(), kwargs=accessibility_change(kwargs))
+        manager = self.get_anndata_manager(adata, required=True)
+        result = differential(
+            manager, accessibility, scatac_raw_counts_properties, adata.var_names, arguments
         )
         return accessibility_table(result, mode, fdr_target)
 

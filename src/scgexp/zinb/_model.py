@@ -21,8 +21,8 @@ from scvi.data.fields import (
 from scvi.model.base import BaseModelClass, RNASeqMixin
 from scvi.utils import de_dsp, setup_anndata_dsp
 
-from scgexp._compat import _de_core, scrna_raw_counts_properties
-from scgexp._differential import draw_cells
+from scgexp._compat import scrna_raw_counts_properties
+from scgexp._differential import differential, draw_indices
 from scgexp._io import SafeSaveMixin
 from scgexp.data._checks import (
     InputError,
@@ -251,7 +251,7 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
 
     def _check_new_data(self, adata: AnnData) -> None:
         # scvi-tools' wording for unknown categories names no fix.
-        check_query(adata, self.registry_)
+        check_query(adata, self.registry_, self.module.encode_covariates)
 
     def train(
         self,
@@ -516,36 +516,22 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         rng = np.random.default_rng(settings.seed)
 
         def proportions(adata, indices, transform_batch, n_samples_overall=None):
-            values = self.get_normalized_expression(
+            return self.get_normalized_expression(
                 adata,
-                indices=indices,
+                indices=draw_indices(indices, n_samples_overall, rng),
                 transform_batch=transform_batch,
                 library_size=1.0,
                 batch_size=batch_size,
                 return_numpy=True,
             )
-            return draw_cells(values, n_samples_overall, rng)
 
-        return _de_core(
+        return differential(
             self.get_anndata_manager(adata, required=True),
             proportions,
-            self.get_latent_representation if filter_outlier_cells else None,
-            groupby,
-            group1,
-            group2,
-            idx1,
-            idx2,
-            all_stats,
             scrna_raw_counts_properties,
             adata.var_names,
-            mode,
-            batchid1,
-            batchid2,
-            delta,
-            batch_correction,
-            fdr_target,
-            silent,
-            **kwargs,
+            locals(),
+            representation_fn=self.get_latent_representation if filter_outlier_cells else None,
         )
 
     def get_feature_correlation_matrix(

@@ -42,10 +42,11 @@ def differential(
 ) -> pd.DataFrame:
     """scvi-tools' ``_de_core`` with a DE method's ``arguments`` (its ``locals()``).
 
-    Its temporary ``obs`` column never stays behind: scvi-tools removes ``_scvi_temp_de``
-    (written for ``idx1``/``idx2``) only on success.
+    scvi-tools writes ``_scvi_temp_de`` into ``obs`` for ``idx1``/``idx2`` and deletes it
+    on success only; afterwards ``obs`` holds what it held before, whatever happened.
     """
-    had_column = _TEMP_KEY in adata_manager.adata.obs
+    obs = adata_manager.adata.obs
+    saved = obs[_TEMP_KEY].copy() if _TEMP_KEY in obs else None
     try:
         return _de_core(
             adata_manager=adata_manager,
@@ -58,8 +59,11 @@ def differential(
             **arguments["kwargs"],
         )
     finally:
-        if not had_column and _TEMP_KEY in adata_manager.adata.obs:
-            del adata_manager.adata.obs[_TEMP_KEY]
+        obs = adata_manager.adata.obs
+        if saved is not None:
+            obs[_TEMP_KEY] = saved
+        elif _TEMP_KEY in obs:
+            del obs[_TEMP_KEY]
 
 
 def difference(scales_1: np.ndarray, scales_2: np.ndarray, pseudocounts=None) -> np.ndarray:

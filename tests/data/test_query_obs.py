@@ -309,7 +309,7 @@ def test_new_batch_advice_names_the_modality_that_holds_the_column():
         model.get_latent_representation(query),
         model.get_latent_representation(_relabelled(mdata, "batch", "batch_1")),
     )
-    with pytest.raises(InputError, match="pass transform_batch= one of them"):
+    with pytest.raises(InputError, match=r"pass a known batch as transform_batch \(e.g. 'batch_"):
         model.predict(_relabelled(mdata["atac"], "batch", "new_site"), source="atac", target="rna")
 
 

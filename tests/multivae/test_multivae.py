@@ -1063,3 +1063,19 @@ def test_differential_expression_leaves_the_data_as_it_was():
     with pytest.raises(ValueError, match="Inconsistent batch policy"):  # scvi-tools' own check
         model.differential_accessibility(idx1=mask, batchid1=["batch_0"], silent=True)
     assert list(mdata.obs.columns) == columns
+    # scvi-tools' temporary column would replace a column of that name: it is put back.
+    mdata.obs["_scvi_temp_de"] = "mine"
+    model.differential_expression(idx1=mask, silent=True)
+    with pytest.raises(ValueError, match="Inconsistent batch policy"):
+        model.differential_expression(idx1=mask, batchid1=["batch_0"], silent=True)
+    assert (mdata.obs["_scvi_temp_de"] == "mine").all()
+    # A group without RNA: its observed statistics are NaN, the rest is computed.
+    no_rna = ~mdata.obs["has_rna"].to_numpy()
+    de = model.differential_expression(idx1=no_rna, idx2=~no_rna, silent=True)
+    assert de["raw_mean1"].isna().all()
+    assert de["raw_mean2"].notna().all()
+    assert de["lfc_mean"].notna().all()
+    no_atac = ~mdata.obs["has_atac"].to_numpy()
+    da = model.differential_accessibility(idx1=~no_atac, idx2=no_atac, silent=True)
+    assert da["emp_prob2"].isna().all()
+    assert da["emp_prob1"].notna().all()

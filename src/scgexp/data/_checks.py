@@ -463,7 +463,7 @@ def check_known_categories(
         values = obs[key]
         unknown = pd.unique(values[~values.isin(known)])
         if len(unknown):
-            shown = ", ".join(map(repr, list(unknown)[:10]))
+            shown = ", ".join(map(repr, pd.Series(unknown).tolist()[:10]))
             fix = "Give these cells one of those categories, or train a model that includes them."
             relabel = (
                 f"any will do, e.g. `query = query.copy(); {column}[{key!r}] = "
@@ -494,7 +494,7 @@ def check_known_categories(
                 )
             raise InputError(
                 f"obs[{key!r}] has categories the model was not trained with: {shown}. The "
-                f"decoder only knows {list(known)}. {fix}"
+                f"decoder only knows {known.tolist()}. {fix}"
             )
 
 

@@ -23,7 +23,6 @@ from scvi.data.fields import (
 from scvi.model.base import BaseModelClass, VAEMixin
 from scvi.utils import de_dsp, setup_anndata_dsp
 
-from scgexp._compat import scatac_raw_counts_properties
 from scgexp._differential import (
     accessibility_change,
     accessibility_table,
@@ -172,6 +171,13 @@ def _check_modalities(mdata: MuData, modalities: dict | None) -> dict[str, str]:
             f"Each data type needs its own modality; got {dict(zip(used, names, strict=True))}."
         )
     return {m: modalities[_LAYER_ARGS[m]] for m in used}
+
+
+def _column_means(rows, n_columns: int) -> np.ndarray:
+    """Mean of each column over ``rows`` (NaN without rows)."""
+    if rows.shape[0] == 0:
+        return np.full(n_columns, np.nan)
+    return np.asarray(rows.mean(0)).ravel()
 
 
 def _per_10k(rows, totals: np.ndarray):
@@ -1046,20 +1052,28 @@ class MultiVAE(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
             has_data &= flag.reshape(-1) > 0.5
 
         def observed(adata_manager, idx1, idx2):
+            # scvi-tools' scrna/scatac_raw_counts_properties on the cells that have the data,
+            # without caching 1e4 / total in obs (infinite for cells without RNA); NaN for a
+            # group with no such cell.
             groups = [np.asarray(i, dtype=bool) & has_data for i in (idx1, idx2)]
-            if target != "rna":
-                return scatac_raw_counts_properties(adata_manager, *groups, registry_key=key)
-            # scvi-tools' scrna_raw_counts_properties on these cells, without caching 1e4 / total
-            # in obs (infinite for cells without RNA).
-            stats = {}
             rows = [matrix[g] for g in groups]
-            for name, values in (
-                ("raw_mean", rows),
-                ("non_zeros_proportion", [r != 0 for r in rows]),
-                ("raw_normalized_mean", [_per_10k(matrix[g], totals[g]) for g in groups]),
-            ):
-                for number, value in enumerate(values, start=1):
-                    stats[f"{name}{number}"] = np.asarray(value.mean(0)).ravel()
+            if target == "rna":
+                statistics = {
+                    "raw_mean": rows,
+                    "non_zeros_proportion": [r != 0 for r in rows],
+                    "raw_normalized_mean": [
+                        _per_10k(r, totals[g]) for r, g in zip(rows, groups, strict=True)
+                    ],
+                }
+            else:
+                statistics = {"emp_mean": [r > 0 for r in rows]}
+            stats = {
+                f"{name}{number}": _column_means(value, matrix.shape[1])
+                for name, values in statistics.items()
+                for number, value in enumerate(values, start=1)
+            }
+            if target != "rna":
+                stats["emp_effect"] = stats["emp_mean1"] - stats["emp_mean2"]
             return stats
 
         return differential(manager, decoded, observed, self._var_names(target), args)
@@ -1261,15 +1275,15 @@ class MultiVAE(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
                 fix = "Relabel those cells to known categories"
                 if not self.module.encode_covariates:
                     fix += (
-                        " (this model's encoder does not read them, so any known category gives "
-                        "these cells the same latent representation)"
+                        " (this model's encoder does not read the batch or covariates, so any "
+                        "known category gives these cells the same latent representation)"
                     )
                 if setup_arg == "batch_key":  # predict then encodes them as that batch
-                    fix += ", pass transform_batch= one of them"
+                    fix += f", pass a known batch as transform_batch (e.g. {known.tolist()[0]!r})"
                 raise InputError(
                     f"obs[{key!r}] has categories the model was not trained with: "
-                    f"{list(unknown)}; it knows {list(known)}. {fix}, or train a model that "
-                    "includes them."
+                    f"{pd.Series(unknown).tolist()}; it knows {known.tolist()}. {fix}, or train "
+                    "a model that includes them."
                 )
             codes.append(position)
         return codes

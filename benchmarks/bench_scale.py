@@ -73,7 +73,9 @@ def _simulated(model: str, n_cells: int):
     from scgexp import data
 
     if model == "MultiVAE":
-        return data.simulate_multiome(n_cells=n_cells, seed=0)
+        mdata = data.simulate_multiome(n_cells=n_cells, seed=0)
+        del mdata["rna"].layers["true_mean"], mdata["atac"].layers["true_open"]
+        return mdata
     if model == "SAILER":
         return data.simulate_scatac(n_cells=n_cells, seed=0)
     adata = data.simulate_scrna(n_cells=n_cells, n_genes=2000, seed=0)

@@ -354,7 +354,9 @@ def simulate_multiome(
 
     Returns
     -------
-    MuData with modalities ``rna``, ``atac`` (and ``prot``), counts in ``X`` of each, and
+    MuData with modalities ``rna``, ``atac`` (and ``prot``), counts in ``X`` of each, the true
+    expected counts in ``rna.layers["true_mean"]`` and open probabilities in
+    ``atac.layers["true_open"]`` (dense, also for cells whose data are missing), and
     ``obs["cell_type"]``, ``obs["batch"]`` in every modality and in the global ``obs``.
 
     Examples
@@ -380,9 +382,9 @@ def simulate_multiome(
     rng = np.random.default_rng(seed)
     cell_type, state = _cell_states(rng, n_cells, n_cell_types, n_latent=5)
     batch = rng.integers(n_batches, size=n_cells)
-    rna, _, _ = _rna_counts(rng, state, batch, n_genes, n_batches, 0.3, 7.0)
+    rna, rna_mean, _ = _rna_counts(rng, state, batch, n_genes, n_batches, 0.3, 7.0)
     depth = np.exp(rng.uniform(np.log(0.05), np.log(0.5), size=n_cells))
-    atac, _ = _atac_counts(rng, state, batch, n_peaks, n_batches, depth)
+    atac, open_prob = _atac_counts(rng, state, batch, n_peaks, n_batches, depth)
     obs = pd.DataFrame(
         {
             "cell_type": pd.Categorical([f"type_{t}" for t in cell_type]),
@@ -419,6 +421,8 @@ def simulate_multiome(
             obs=obs.copy(),
             var=pd.DataFrame(index=[f"CD{i}" for i in range(n_proteins)]),
         )
+    modalities["rna"].layers["true_mean"] = rna_mean  # also for cells whose rows are missing
+    modalities["atac"].layers["true_open"] = open_prob
     for name in ("rna", "atac"):
         for mod in modalities.values():
             mod.obs[f"has_{name}"] = has[name]

@@ -31,11 +31,6 @@ COMMAND = "python benchmarks/multivae_de.py"
 GROUPS = {"groupby": "cell_type", "group1": "type_0", "group2": "type_1", "silent": True}
 
 
-def difference(scales_1, scales_2, pseudocounts):
-    """Change in accessibility as a difference in probability."""
-    return scales_1 - scales_2
-
-
 def truth(mdata) -> dict[str, np.ndarray]:
     """True change of each gene (log2 of type_0 over type_1) and peak (type_1 minus type_0).
 
@@ -65,6 +60,7 @@ def scores(table, names, true_change, differs, probability, effect, called) -> d
 def main() -> None:
     import scvi
 
+    from scgexp._differential import difference
     from scgexp.data import simulate_multiome
     from scgexp.model import MultiVAE
 

@@ -12,8 +12,9 @@ more than 0.1 (before capture; ``layers["true_open"]``). Each model is trained t
 - the deeper against the shallower half of ``type_0``'s cells (no true difference): share of
   peaks called and mean ``|effect_size|`` (the observed mean ``|emp_effect|`` for scale).
 
-SAILER measures the change as a difference in accessibility (the PeakVI paper's); scvi-tools
-1.4's PEAKVI as a log2 fold change with the same ``delta``: PEAKVI is run both ways.
+SAILER measures the change as a difference in accessibility (as earlier scvi-tools releases'
+PEAKVI did); scvi-tools 1.4's PEAKVI as a log2 fold change with the same ``delta``: PEAKVI is
+run both ways.
 
 Run from the project root (about 15 minutes on two CPU cores)::
 
@@ -44,11 +45,6 @@ def comparisons(adata) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.abs(rate_1 - rate_0) > 0.1, deep, one_type & ~deep
 
 
-def difference(scales_1, scales_2, pseudocounts):
-    """Change in accessibility as a difference in probability (the PeakVI paper's)."""
-    return scales_1 - scales_2
-
-
 def scores(model, adata, **da_kwargs) -> dict:
     differs, deep, shallow = comparisons(adata)
     start = time.perf_counter()
@@ -74,6 +70,7 @@ def scores(model, adata, **da_kwargs) -> dict:
 def main() -> None:
     import scvi
 
+    from scgexp._differential import difference
     from scgexp.data import simulate_scatac
     from scgexp.model import SAILER
 

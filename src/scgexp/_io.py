@@ -147,6 +147,34 @@ def _damaged(dir_path: str) -> str:
     )
 
 
+def _read_saved_model(dir_path: str, prefix: str | None) -> tuple[dict, dict]:
+    """A saved model's attributes and weights (loaded ``weights_only``), checked for damage."""
+    files = _file_names(prefix)
+    saved = _read_attributes(dir_path, files)
+    damaged = _damaged(dir_path)
+    model_path = os.path.join(dir_path, files[MODEL_FILE])
+    if not os.path.exists(model_path):
+        raise FileNotFoundError(f"{damaged} {files[MODEL_FILE]} is missing.")
+    try:
+        state = torch.load(model_path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if not zipfile.is_zipfile(model_path):  # not a torch file at all (e.g. an LFS pointer)
+            raise InputError(f"{damaged} {files[MODEL_FILE]} is not a saved torch file.") from None
+        # torch's message suggests weights_only=False, which would run code from the file.
+        raise InputError(
+            f"{model_path} holds more than tensors and is not loaded (it could run code). "
+            "scgexp's save() writes tensors only; re-save the model with scgexp."
+        ) from None
+    except (EOFError, OSError, RuntimeError) as error:
+        raise InputError(f"{damaged} {files[MODEL_FILE]}: {str(error) or 'empty file'}") from None
+    if not isinstance(state, dict):
+        raise InputError(f"{damaged} {files[MODEL_FILE]} holds no weights by name.")
+    expected = saved.get("model_sha256")  # (absent from saves before it was recorded)
+    if expected is not None and expected != _sha256(model_path):
+        raise InputError(f"{damaged} {files[MODEL_FILE]} differs from the one saved.")
+    return saved["attr_dict"], state
+
+
 @contextmanager
 def _transferring_own_setup(manager, data):
     """Have scvi-tools register ``data`` again with ``manager``'s own setup, or leave both be.
@@ -466,6 +494,38 @@ class SafeSaveMixin:
         return names[None] if None in names else names
 
     @classmethod
+    def _pop_registry(cls, attr_dict: dict, dir_path: str, prefix: str | None) -> dict:
+        """The saved registry, taken out of ``attr_dict``; refused if of another model class."""
+        if "registry_" not in attr_dict:
+            raise InputError(
+                f"{_damaged(dir_path)} {_file_names(prefix)[ATTRIBUTES_FILE]} has no registry."
+            )
+        registry = attr_dict.pop("registry_")
+        if registry.get(_MODEL_NAME_KEY, cls.__name__) != cls.__name__:
+            raise ValueError(
+                f"{dir_path} holds a {registry[_MODEL_NAME_KEY]} model, not a {cls.__name__}; "
+                f"load it with {registry[_MODEL_NAME_KEY]}.load(...)."
+            )
+        return registry
+
+    @classmethod
+    def _set_up_like_reference(cls, adata: AnnOrMuData, registry: dict, **transfer_kwargs):
+        """Register ``adata`` with a trained model's setup (``registry``)."""
+        if adata.is_view:
+            raise InputError(
+                "Loading registers the model's fields in the data, which a view cannot hold; "
+                "pass a copy: `adata[...].copy()`."
+            )
+        try:
+            check_feature_names(adata, registry)
+        except InputError as error:
+            raise InputError(f"{error}{cls._load_hint}") from None
+        setup_method = getattr(cls, registry.get(_SETUP_METHOD_NAME, "setup_anndata"))
+        setup_method(
+            adata, source_registry=registry, **transfer_kwargs, **registry[_SETUP_ARGS_KEY]
+        )
+
+    @classmethod
     def load(
         cls,
         dir_path: str,
@@ -499,36 +559,9 @@ class SafeSaveMixin:
             return_device="torch",
             validate_single_device=True,
         )
-        files = _file_names(prefix)
-        saved = _read_attributes(dir_path, files)
-        attr_dict = saved["attr_dict"]
-        damaged = _damaged(dir_path)
-        model_path = os.path.join(dir_path, files[MODEL_FILE])
-        if not os.path.exists(model_path):
-            raise FileNotFoundError(f"{damaged} {files[MODEL_FILE]} is missing.")
-        try:
-            state = torch.load(model_path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            if not zipfile.is_zipfile(model_path):  # not a torch file at all (e.g. an LFS pointer)
-                raise InputError(
-                    f"{damaged} {files[MODEL_FILE]} is not a saved torch file."
-                ) from None
-            # torch's message suggests weights_only=False, which would run code from the file.
-            raise InputError(
-                f"{model_path} holds more than tensors and is not loaded (it could run code). "
-                "scgexp's save() writes tensors only; re-save the model with scgexp."
-            ) from None
-        except (EOFError, OSError, RuntimeError) as error:
-            raise InputError(
-                f"{damaged} {files[MODEL_FILE]}: {str(error) or 'empty file'}"
-            ) from None
-        if not isinstance(state, dict):
-            raise InputError(f"{damaged} {files[MODEL_FILE]} holds no weights by name.")
-        expected = saved.get("model_sha256")  # (absent from saves before it was recorded)
-        if expected is not None and expected != _sha256(model_path):
-            raise InputError(f"{damaged} {files[MODEL_FILE]} differs from the one saved.")
-
+        attr_dict, state = _read_saved_model(dir_path, prefix)
         if adata is None:
+            files, damaged = _file_names(prefix), _damaged(dir_path)
             found = [
                 name
                 for name in (files[ADATA_FILE], files[MDATA_FILE])
@@ -545,26 +578,9 @@ class SafeSaveMixin:
                     adata = reader(os.path.join(dir_path, found[0]))
                 except (OSError, KeyError) as error:  # h5py's errors for truncated files
                     raise InputError(f"{damaged} {found[0]}: {error}") from None
-        if "registry_" not in attr_dict:
-            raise InputError(f"{damaged} {files[ATTRIBUTES_FILE]} has no registry.")
-        registry = attr_dict.pop("registry_")
-        if registry.get(_MODEL_NAME_KEY, cls.__name__) != cls.__name__:
-            raise ValueError(
-                f"{dir_path} holds a {registry[_MODEL_NAME_KEY]} model, not a {cls.__name__}; "
-                f"load it with {registry[_MODEL_NAME_KEY]}.load(...)."
-            )
+        registry = cls._pop_registry(attr_dict, dir_path, prefix)
         if adata is not None:
-            if adata.is_view:
-                raise InputError(
-                    "load registers the model's fields in the data, which a view cannot hold; "
-                    "pass a copy: `adata[...].copy()`."
-                )
-            try:
-                check_feature_names(adata, registry)
-            except InputError as error:
-                raise InputError(f"{error}{cls._load_hint}") from None
-            setup_method = getattr(cls, registry.get(_SETUP_METHOD_NAME, "setup_anndata"))
-            setup_method(adata, source_registry=registry, **registry[_SETUP_ARGS_KEY])
+            cls._set_up_like_reference(adata, registry)
         model = _initialize_model(
             cls, adata if adata is not None else False, registry, attr_dict, None
         )

@@ -464,7 +464,11 @@ def check_known_categories(
         unknown = pd.unique(values[~values.isin(known)])
         if len(unknown):
             shown = ", ".join(map(repr, pd.Series(unknown).tolist()[:10]))
-            fix = "Give these cells one of those categories, or train a model that includes them."
+            fix = (
+                "Give these cells one of those categories, add theirs to the model with "
+                "`Model.load_query_data(query, model)` and train it on them (scArches: only the "
+                "weights that read the categories learn), or train a model that includes them."
+            )
             relabel = (
                 f"any will do, e.g. `query = query.copy(); {column}[{key!r}] = "
                 f"{known.tolist()[0]!r}`; outputs decoded per batch are then those of that "

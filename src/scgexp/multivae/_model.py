@@ -30,6 +30,7 @@ from scgexp._differential import (
     draw_indices,
 )
 from scgexp._io import SafeSaveMixin
+from scgexp._query_mapping import QueryMappingMixin
 from scgexp._warn import warn_user
 from scgexp.data._checks import (
     InputError,
@@ -187,7 +188,7 @@ def _per_10k(rows, totals: np.ndarray):
     return np.asarray(rows) * (1e4 / totals)[:, None]
 
 
-class MultiVAE(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
+class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
     """Multimodal VAE: a joint latent space of RNA, ATAC and protein, with mosaic cells.
 
     Each modality has its own encoder; the experts of the modalities a cell has are combined
@@ -478,7 +479,7 @@ class MultiVAE(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
             )
         query = kwargs.get("source_registry") is not None
         cls._check_data(mdata, setup_method_args["setup_args"], query=query)
-        if query:
+        if query and not kwargs.get("extend_categories"):
             cls._check_known_categories(mdata, kwargs["source_registry"])
         modalities = dict(modalities)
         presence_keys = dict(presence_keys or {})
@@ -673,7 +674,7 @@ class MultiVAE(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         early_stopping: bool = True,
         early_stopping_patience: int = 15,
         lr: float = 1e-3,
-        weight_decay: float = 1e-6,
+        weight_decay: float | None = None,
         n_epochs_kl_warmup: int | None = 20,
         train_size: float | None = 0.9,
         gradient_clip_val: float | None = 10.0,
@@ -694,7 +695,8 @@ class MultiVAE(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         early_stopping_patience
             Epochs without improvement before stopping.
         lr, weight_decay
-            Learning rate and weight decay of Adam.
+            Learning rate and weight decay of Adam. ``weight_decay=None``: 1e-6, or 0 for a
+            model from :meth:`load_query_data`.
         n_epochs_kl_warmup
             Epochs over which the weight of the KL term rises linearly from 0 to 1 (``None``:
             scvi-tools' ``plan_kwargs={"n_steps_kl_warmup": ...}`` minibatches if given, else
@@ -727,7 +729,7 @@ class MultiVAE(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
             max_epochs = int(min(500, max(50, round(2e6 / max(self.summary_stats.n_cells, 1)))))
         plan_kwargs = {
             "lr": lr,
-            "weight_decay": weight_decay,
+            "weight_decay": self._weight_decay(weight_decay, default=1e-6),
             "n_epochs_kl_warmup": n_epochs_kl_warmup,
             **(plan_kwargs or {}),
         }

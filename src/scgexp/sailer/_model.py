@@ -28,6 +28,7 @@ from scgexp._differential import (
     draw_indices,
 )
 from scgexp._io import SafeSaveMixin
+from scgexp._query_mapping import QueryMappingMixin
 from scgexp._warn import warn_user
 from scgexp.data._checks import (
     InputError,
@@ -54,7 +55,7 @@ logger = logging.getLogger(__name__)
 _DEPTH = "log_open_peaks"
 
 
-class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
+class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
     """SAILER: scATAC-seq latent space invariant to read depth, batch and covariates.
 
     A conditional VAE :cite:p:`Cao2021` whose decoder is given every confounder: the read depth
@@ -265,9 +266,9 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
             continuous=continuous_covariate_keys,
             allow_unused_categories=query,
         )
-        if source_registry is not None:
+        if query and not kwargs.get("extend_categories"):
             check_known_categories(adata, source_registry, encoder_reads_covariates=False)
-        else:
+        elif not query:
             for key in categorical:
                 if adata.obs[key].nunique() < 2:
                     warn_user(
@@ -295,7 +296,7 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         early_stopping: bool = True,
         early_stopping_patience: int = 20,
         lr: float = 1e-3,
-        weight_decay: float = 5e-4,
+        weight_decay: float | None = None,
         n_epochs_warmup: int = 10,
         n_epochs_kl_warmup: int | None = 50,
         train_size: float | None = 0.9,
@@ -324,7 +325,8 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
         early_stopping_patience
             Epochs without improvement before stopping.
         lr, weight_decay
-            Adam's learning rate and weight decay (SAILER: 1e-3, 5e-4).
+            Adam's learning rate and weight decay (SAILER: 1e-3, 5e-4). ``weight_decay=None``:
+            5e-4, or 0 for a model from :meth:`load_query_data`.
         n_epochs_warmup
             Epochs of reconstruction-only training (SAILER: 10).
         n_epochs_kl_warmup
@@ -348,7 +350,7 @@ class SAILER(SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
             max_epochs = int(min(400, max(50, round(2e6 / max(self.summary_stats.n_cells, 1)))))
         plan_kwargs = {
             "lr": lr,
-            "weight_decay": weight_decay,
+            "weight_decay": self._weight_decay(weight_decay, default=5e-4),
             "n_epochs_warmup": n_epochs_warmup,
             "n_epochs_kl_warmup": n_epochs_kl_warmup,
             **(plan_kwargs or {}),

@@ -114,6 +114,14 @@ class TrainingMixin(UnsupervisedTrainingMixin):
                     f"it); pass its settings as train({instead.format(name)})."
                 )
         self._validate_anndata()  # registered data changed since setup would train on moved genes
+        if getattr(self, "_frozen_for_query", False) and (kwargs.get("plan_kwargs") or {}).get(
+            "weight_decay"
+        ):
+            raise InputError(
+                "Weight decay would shrink the weights that load_query_data keeps frozen; leave "
+                "weight_decay at its default (0 here), or map the query with "
+                "load_query_data(..., unfrozen=True)."
+            )
         self._check_plan_kwargs(kwargs.get("plan_kwargs"))
         max_epochs, batch_size = kwargs.get("max_epochs"), kwargs.get("batch_size")
         precision = kwargs.get("precision")

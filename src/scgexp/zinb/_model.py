@@ -24,6 +24,7 @@ from scvi.utils import de_dsp, setup_anndata_dsp
 from scgexp._compat import scrna_raw_counts_properties
 from scgexp._differential import differential, draw_indices
 from scgexp._io import SafeSaveMixin
+from scgexp._query_mapping import QueryMappingMixin
 from scgexp.data._checks import (
     InputError,
     batch_code,
@@ -50,7 +51,9 @@ logger = logging.getLogger(__name__)
 _CHUNK = 4096
 
 
-class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass):
+class ZINBAutoencoder(
+    QueryMappingMixin, SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass
+):
     """Deep count autoencoder (DCA) that denoises scRNA-seq counts :cite:p:`Eraslan2019`.
 
     An autoencoder reads ``log1p`` of size-factor-normalised counts (standardised per gene),
@@ -237,7 +240,7 @@ class ZINBAutoencoder(SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass)
         categorical = [k for k in [batch_key, *(categorical_covariate_keys or [])] if k]
         check_obs_keys(adata, categorical=categorical, allow_unused_categories=query)
         check_size_factors(adata, size_factor_key)
-        if query:
+        if query and not kwargs.get("extend_categories"):
             check_known_categories(adata, kwargs["source_registry"])
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),

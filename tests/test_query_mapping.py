@@ -1,0 +1,228 @@
+"""scArches reference mapping: ``load_query_data`` for ZINBAutoencoder, SAILER and MultiVAE."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import scanpy as sc
+import scvi
+import torch
+from scipy.stats import pearsonr
+
+from scgexp.data import InputError, simulate_multiome, simulate_scatac, simulate_scrna
+from scgexp.model import SAILER, MultiVAE, ZINBAutoencoder
+
+RNA_ATAC = {"rna_layer": "rna", "atac_layer": "atac"}
+
+
+def _train(model, **kwargs) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(enable_progress_bar=False, **kwargs)
+
+
+def _split(data, query_batch: str = "batch_2"):
+    """Reference (the other batches) and query (``query_batch``) copies of ``data``."""
+    in_query = (data.obs["batch"] == query_batch).to_numpy()
+    reference, query = data[~in_query].copy(), data[in_query].copy()
+    for frame in [reference.obs, *(m.obs for m in getattr(reference, "mod", {}).values())]:
+        frame["batch"] = frame["batch"].astype(str).astype("category")
+    return reference, query
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {key: value.clone() for key, value in model.module.state_dict().items()}
+
+
+def _changed(reference: dict, query_model) -> dict[str, str]:
+    """Which of the reference's tensors the query model holds changed, and how."""
+    changed = {}
+    for key, old in reference.items():
+        new = query_model.module.state_dict()[key]
+        if new.shape != old.shape:
+            kept = new[tuple(slice(0, size) for size in old.shape)]
+            changed[key] = "grown" if torch.equal(kept, old) else "grown, old part changed"
+        elif not torch.equal(new, old):
+            changed[key] = "changed"
+    return changed
+
+
+def _denoising_correlation(model, adata) -> float:
+    """Median over cells of the correlation of log denoised and log true expression."""
+    denoised = model.get_normalized_expression(adata, library_size=1.0, return_numpy=True)
+    truth = adata.layers["true_mean"] / adata.layers["true_mean"].sum(1, keepdims=True)
+    return float(
+        np.median(
+            [pearsonr(np.log(d), np.log(t))[0] for d, t in zip(denoised, truth, strict=True)]
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def zinb_split():
+    scvi.settings.seed = 0
+    reference, query = _split(simulate_scrna(n_cells=900, n_genes=150, n_batches=3, seed=1))
+    ZINBAutoencoder.setup_anndata(reference, layer="counts", batch_key="batch")
+    model = ZINBAutoencoder(reference, n_hidden=32, n_latent=8)
+    _train(model, max_epochs=40)
+    return model, query
+
+
+def test_zinb_query_learns_its_batch_and_leaves_the_reference(zinb_split, tmp_path):
+    reference_model, query = zinb_split
+    before = _state(reference_model)
+    relabelled = query.copy()
+    relabelled.obs["batch"] = "batch_0"  # the mapping without scArches: a known batch
+    baseline = _denoising_correlation(reference_model, relabelled)
+    reference_model.save(tmp_path / "reference")
+
+    scvi.settings.seed = 0
+    model = ZINBAutoencoder.load_query_data(query, str(tmp_path / "reference"))
+    assert not model.is_trained_
+    assert list(model.adata_manager.get_state_registry("batch")["categorical_mapping"]) == [
+        "batch_0",
+        "batch_1",
+        "batch_2",
+    ]
+    trainable = [name for name, p in model.module.named_parameters() if p.requires_grad]
+    assert trainable == ["decoder.fc_layers.Layer 0.0.weight"]
+    _train(model, max_epochs=60, lr=1e-2)
+
+    # Only the new batch's column moved; the reference model is as it was.
+    assert _changed(before, model) == {"decoder.fc_layers.Layer 0.0.weight": "grown"}
+    assert model.module.state_dict()["decoder.fc_layers.Layer 0.0.weight"][:, -1].abs().sum() > 0
+    assert _changed(before, reference_model) == {}
+    # The encoder does not read the batch: the latent is the reference's.
+    np.testing.assert_array_equal(
+        model.get_latent_representation(), reference_model.get_latent_representation(relabelled)
+    )
+    # Denoised values of the query's batch follow its own batch effect (measured: 0.94 against
+    # 0.92; the model trained on every batch reaches 0.98).
+    assert _denoising_correlation(model, query) > baseline + 0.01
+
+
+def test_query_model_decodes_reference_batches_as_the_reference_did(zinb_split):
+    reference_model, query = zinb_split
+    model = ZINBAutoencoder.load_query_data(query.copy(), reference_model)
+    _train(model, max_epochs=5)
+    reference_cells = reference_model.adata.copy()
+    for output in (
+        lambda m: m.get_normalized_expression(reference_cells, return_numpy=True),
+        lambda m: m.get_latent_representation(reference_cells),
+    ):
+        np.testing.assert_allclose(output(model), output(reference_model), rtol=1e-5, atol=1e-7)
+
+
+def test_query_model_round_trips(zinb_split, tmp_path):
+    reference_model, query = zinb_split
+    model = ZINBAutoencoder.load_query_data(query.copy(), reference_model)
+    _train(model, max_epochs=3)
+    model.save(tmp_path / "query", save_anndata=True)
+    loaded = ZINBAutoencoder.load(str(tmp_path / "query"))
+    np.testing.assert_array_equal(
+        loaded.get_normalized_expression(return_numpy=True),
+        model.get_normalized_expression(return_numpy=True),
+    )
+
+
+def test_unfrozen_query_trains_every_weight(zinb_split):
+    reference_model, query = zinb_split
+    model = ZINBAutoencoder.load_query_data(query.copy(), reference_model, unfrozen=True)
+    assert all(p.requires_grad for p in model.module.parameters())
+    before = _state(reference_model)
+    _train(model, max_epochs=2, weight_decay=1e-4)
+    assert "encoder.fc_layers.Layer 0.0.weight" in _changed(before, model)
+
+
+def test_query_mapping_refuses_what_would_mislead(zinb_split):
+    reference_model, query = zinb_split
+    model = ZINBAutoencoder.load_query_data(query.copy(), reference_model)
+    with pytest.raises(InputError, match="Weight decay would shrink"):
+        model.train(max_epochs=1, weight_decay=1e-4)
+    with pytest.raises(InputError, match="Weight decay would shrink"):
+        model.train(max_epochs=1, plan_kwargs={"weight_decay": 1e-4})
+    untrained = ZINBAutoencoder(reference_model.adata)
+    with pytest.raises(InputError, match="was not trained"):
+        ZINBAutoencoder.load_query_data(query.copy(), untrained)
+    with pytest.raises(InputError, match="must be a trained ZINBAutoencoder"):
+        ZINBAutoencoder.load_query_data(query.copy(), object())
+    with pytest.raises(InputError, match=r"must be a trained SAILER .* not ZINBAutoencoder"):
+        SAILER.load_query_data(query.copy(), reference_model)
+    with pytest.raises(InputError, match="in another order"):
+        ZINBAutoencoder.load_query_data(query[:, ::-1].copy(), reference_model)
+
+
+def test_single_batch_reference_keeps_decoding_its_batch():
+    scvi.settings.seed = 0
+    reference, query = _split(
+        simulate_scrna(n_cells=300, n_genes=40, n_batches=2, seed=2), "batch_1"
+    )
+    ZINBAutoencoder.setup_anndata(reference, layer="counts", batch_key="batch")
+    reference_model = ZINBAutoencoder(reference, n_hidden=16, n_latent=4)
+    _train(reference_model, max_epochs=3)
+    model = ZINBAutoencoder.load_query_data(query, reference_model)
+    _train(model, max_epochs=3)
+    reference_cells = reference.copy()
+    np.testing.assert_allclose(
+        model.get_normalized_expression(reference_cells, return_numpy=True),
+        reference_model.get_normalized_expression(reference_cells, return_numpy=True),
+        rtol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("invariance", ["both", None])
+def test_sailer_query_trains_decoder_batch_weights_and_adversary(invariance):
+    scvi.settings.seed = 0
+    data = simulate_scatac(n_cells=500, n_peaks=120, n_batches=3, seed=1)
+    sc.pp.filter_cells(data, min_counts=1)
+    reference, query = _split(data)
+    SAILER.setup_anndata(reference, batch_key="batch")
+    reference_model = SAILER(reference, n_latent=4, invariance=invariance)
+    _train(reference_model, max_epochs=5)
+    before = _state(reference_model)
+    model = SAILER.load_query_data(query, reference_model)
+    _train(model, max_epochs=5)
+    changed = _changed(before, model)
+    decoder = {
+        "decoder.fc_layers.Layer 0.0.weight": "grown",
+        "decoder.fc_layers.Layer 1.0.weight": "grown",
+    }
+    assert {k: v for k, v in changed.items() if not k.startswith("invariance.")} == decoder
+    if invariance is not None:  # the adversary learns to tell the new batch too
+        assert changed["invariance.classifiers.0.4.weight"] == "grown, old part changed"
+    reference_cells = reference.copy()
+    np.testing.assert_allclose(
+        model.get_normalized_accessibility(reference_cells, return_numpy=True),
+        reference_model.get_normalized_accessibility(reference_cells, return_numpy=True),
+        rtol=1e-5,
+        atol=1e-7,
+    )
+
+
+def test_multivae_query_with_batch_aware_encoder():
+    scvi.settings.seed = 0
+    reference, query = _split(
+        simulate_multiome(n_cells=450, n_genes=40, n_peaks=60, n_batches=3, seed=1)
+    )
+    MultiVAE.setup_mudata(reference, batch_key="batch", modalities=RNA_ATAC)
+    reference_model = MultiVAE(reference, n_latent=4, encode_covariates=True)
+    _train(reference_model, max_epochs=5)
+    before = _state(reference_model)
+    model = MultiVAE.load_query_data(query, reference_model)
+    _train(model, max_epochs=5)
+    changed = {k: v for k, v in _changed(before, model).items() if "invariance." not in k}
+    assert set(changed.values()) == {"grown"}  # the covariate columns, of encoders too
+    assert {k for k in changed if k.startswith("encoders.")} == {
+        f"encoders.{modality}.trunk.fc_layers.Layer {layer}.0.weight"
+        for modality in ("rna", "atac")
+        for layer in (0, 1)
+    }
+    reference_cells = reference.copy()
+    np.testing.assert_allclose(
+        model.get_latent_representation(reference_cells),
+        reference_model.get_latent_representation(reference_cells),
+        rtol=1e-5,
+        atol=1e-6,
+    )

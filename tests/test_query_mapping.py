@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import warnings
 
+import mudata as md
 import numpy as np
+import pandas as pd
 import pytest
 import scanpy as sc
 import scvi
@@ -226,3 +228,114 @@ def test_multivae_query_with_batch_aware_encoder():
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+def test_batch_and_covariate_columns_keep_their_categories():
+    """A new batch widens the batch block; the covariate block after it moves, weights intact."""
+    scvi.settings.seed = 0
+    data = simulate_scrna(n_cells=600, n_genes=40, n_batches=3, seed=3)
+    data.obs["donor"] = pd.Categorical(np.where(np.arange(data.n_obs) % 2, "d0", "d1"))
+    reference, query = _split(data)
+    reference = reference[reference.obs["donor"] == "d0"].copy()
+    reference.obs["donor"] = reference.obs["donor"].astype(str).astype("category")
+    query.obs["batch"] = query.obs["batch"].cat.add_categories("batch_0")
+    query.obs.iloc[:50, query.obs.columns.get_loc("batch")] = "batch_0"  # a known batch too
+    reference.obs["donor2"] = pd.Categorical(np.where(np.arange(reference.n_obs) % 3, "x", "y"))
+    query.obs["donor2"] = pd.Categorical(np.where(np.arange(query.n_obs) % 3, "x", "y"))
+    keys = ["donor2", "donor"]
+    ZINBAutoencoder.setup_anndata(
+        reference, layer="counts", batch_key="batch", categorical_covariate_keys=keys
+    )
+    reference_model = ZINBAutoencoder(reference, n_hidden=16, n_latent=4)
+    _train(reference_model, max_epochs=3)
+    model = ZINBAutoencoder.load_query_data(query, reference_model)
+    key = "decoder.fc_layers.Layer 0.0.weight"
+    old, new = reference_model.module.state_dict()[key], model.module.state_dict()[key]
+    # [latent 4 | batch 2 → 3 | donor2 2 | donor 1 (no columns) → 2]
+    np.testing.assert_array_equal(new[:, :6], old[:, :6])
+    np.testing.assert_array_equal(new[:, 7:9], old[:, 6:8])
+    assert not new[:, [6, 9, 10]].any()
+    _train(model, max_epochs=5, lr=1e-2)
+    new = model.module.state_dict()[key]
+    np.testing.assert_array_equal(new[:, 7:10], torch.cat([old[:, 6:8], new[:, 9:10] * 0], 1))
+    assert new[:, 6].abs().sum() > 0  # the new categories learnt
+    assert new[:, 10].abs().sum() > 0
+    # The reference's cells, and the query's cells of the known batch, decode as before.
+    reference_cells = reference.copy()
+    np.testing.assert_allclose(
+        model.get_normalized_expression(reference_cells, return_numpy=True),
+        reference_model.get_normalized_expression(reference_cells, return_numpy=True),
+        rtol=1e-5,
+    )
+
+
+def test_query_that_adds_nothing_is_refused_and_labels_typed_otherwise_too(zinb_split):
+    reference_model, query = zinb_split
+    known_only = reference_model.adata[:50].copy()
+    with pytest.raises(InputError, match="nothing to learn"):
+        ZINBAutoencoder.load_query_data(known_only, reference_model)
+    model = ZINBAutoencoder.load_query_data(known_only, reference_model, unfrozen=True)
+    assert all(p.requires_grad for p in model.module.parameters())
+
+    numbered = query.copy()
+    numbered.obs["batch"] = pd.Categorical(np.where(np.arange(numbered.n_obs) % 2, 0, 1))
+    relabelled = reference_model.adata.copy()
+    relabelled.obs["batch"] = relabelled.obs["batch"].cat.rename_categories([0, 1])
+    ZINBAutoencoder.setup_anndata(relabelled, layer="counts", batch_key="batch")
+    numbered_model = ZINBAutoencoder(relabelled, n_hidden=8, n_latent=2)
+    _train(numbered_model, max_epochs=1)
+    texts = query.copy()
+    texts.obs["batch"] = pd.Categorical(np.where(np.arange(texts.n_obs) % 2, "0", "1"))
+    columns = list(texts.obs.columns)
+    with pytest.raises(InputError, match="Only the type differs"):
+        ZINBAutoencoder.load_query_data(texts, numbered_model)
+    assert list(texts.obs.columns) == columns  # nothing registered in the user's data
+
+
+def test_single_batch_sailer_reference_with_adversary():
+    scvi.settings.seed = 0
+    data = simulate_scatac(n_cells=300, n_peaks=80, n_batches=2, seed=4)
+    sc.pp.filter_cells(data, min_counts=1)
+    reference, query = _split(data, "batch_1")
+    SAILER.setup_anndata(reference, batch_key="batch")
+    reference_model = SAILER(reference, n_latent=4, invariance="both")
+    _train(reference_model, max_epochs=2)
+    model = SAILER.load_query_data(query, reference_model)
+    _train(model, max_epochs=2)
+    assert model.module.invariance.classifiers[0][-1].out_features == 2  # now a batch head
+
+
+def test_multivae_protein_background_of_a_new_batch_learns():
+    scvi.settings.seed = 0
+    data = simulate_multiome(n_cells=450, n_genes=40, n_peaks=60, n_proteins=5, n_batches=3)
+    data = md.MuData({"rna": data["rna"].copy(), "prot": data["prot"].copy()})
+    data.obs["batch"] = data["rna"].obs["batch"].to_numpy()
+    reference, query = _split(data)
+    MultiVAE.setup_mudata(
+        reference, batch_key="batch", modalities={"rna_layer": "rna", "protein_layer": "prot"}
+    )
+    reference_model = MultiVAE(reference, n_latent=4, protein_likelihood="mixture")
+    _train(reference_model, max_epochs=3)
+    old = reference_model.module.protein_log_background.detach().clone()
+    model = MultiVAE.load_query_data(query, reference_model)
+    background = model.module.protein_log_background
+    start = background.detach()[:, 2].clone()  # the query's low quantile, not zero
+    assert background.requires_grad
+    assert start.abs().sum() > 0
+    _train(model, max_epochs=3)
+    np.testing.assert_array_equal(background.detach()[:, :2], old)
+    assert not torch.equal(background.detach()[:, 2], start)
+
+
+def test_multivae_query_without_one_modality_trains():
+    scvi.settings.seed = 0
+    reference, query = _split(
+        simulate_multiome(n_cells=300, n_genes=30, n_peaks=40, n_batches=3, seed=2)
+    )
+    MultiVAE.setup_mudata(reference, batch_key="batch", modalities=RNA_ATAC)
+    reference_model = MultiVAE(reference, n_latent=4)
+    _train(reference_model, max_epochs=2)
+    query["atac"].X = query["atac"].X * 0  # RNA-only query cells
+    model = MultiVAE.load_query_data(query, reference_model)
+    _train(model, max_epochs=2)
+    assert model.is_trained_

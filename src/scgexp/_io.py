@@ -494,7 +494,9 @@ class SafeSaveMixin:
         return names[None] if None in names else names
 
     @classmethod
-    def _pop_registry(cls, attr_dict: dict, dir_path: str, prefix: str | None) -> dict:
+    def _pop_registry(
+        cls, attr_dict: dict, dir_path: str, prefix: str | None, method: str = "load"
+    ) -> dict:
         """The saved registry, taken out of ``attr_dict``; refused if of another model class."""
         if "registry_" not in attr_dict:
             raise InputError(
@@ -502,9 +504,9 @@ class SafeSaveMixin:
             )
         registry = attr_dict.pop("registry_")
         if registry.get(_MODEL_NAME_KEY, cls.__name__) != cls.__name__:
-            raise ValueError(
+            raise InputError(
                 f"{dir_path} holds a {registry[_MODEL_NAME_KEY]} model, not a {cls.__name__}; "
-                f"load it with {registry[_MODEL_NAME_KEY]}.load(...)."
+                f"load it with {registry[_MODEL_NAME_KEY]}.{method}(...)."
             )
         return registry
 

@@ -26,8 +26,10 @@ if TYPE_CHECKING:
 class QueryMappingMixin:
     """``load_query_data``: a trained model extended to the query's new batches (scArches)."""
 
-    #: Set by :meth:`load_query_data`: only weights reading covariate categories train.
+    #: Set by :meth:`load_query_data`: only the weights of new categories train.
     _frozen_for_query = False
+    #: Set by :meth:`load_query_data`.
+    _mapped_query = False
 
     @classmethod
     def load_query_data(
@@ -44,18 +46,20 @@ class QueryMappingMixin:
 
         The scArches procedure :cite:p:`Lotfollahi21`, as scvi-tools'
         :meth:`~scvi.model.SCVI.load_query_data` (reading scgexp's weights-only saves): the
-        query is registered with the reference's setup, new batch (and categorical covariate)
-        categories are added, and the weights that read those categories get one new column
-        each, starting at zero, so that the reference's categories decode exactly as before.
-        After ``train``, only the weights that read a batch or covariate category have
-        changed (the encoder's only with ``encode_covariates=True``); the rest of the network,
-        its batch-norm statistics, the output heads and the dispersions stay the reference's.
-        The query's new batches then get decoder weights of their own, so decoded outputs
-        (``get_normalized_*``, differential expression or accessibility) hold for them rather
-        than for a reference batch they were relabelled as. An invariance adversary, which
-        predicts the batch, is trained in full.
+        query is registered with the reference's setup and its new batch (and categorical
+        covariate) categories are added. Weights that read the categories get columns for the
+        new ones, starting at zero; other parameters kept per category (MultiVAE's protein
+        background, an invariance adversary's outputs) start from a fresh initialisation.
+        Training then changes only these new entries (the encoder's only with
+        ``encode_covariates=True``) and any invariance adversary, which learns to recognise
+        the new batches; everything else, batch-norm statistics included, stays the
+        reference's. Query cells of known categories use the reference's weights, and the
+        reference's categories decode exactly as before. The new batches get decoder weights
+        of their own, so decoded outputs (``get_normalized_*``, differential expression or
+        accessibility) hold for them rather than for a known batch they were relabelled as.
 
-        The reference model is left as it was.
+        The reference model is left as it was. The freezing is not saved: a query model saved
+        and loaded again trains in full (as in scvi-tools).
 
         Parameters
         ----------
@@ -69,9 +73,10 @@ class QueryMappingMixin:
         prefix
             The ``prefix`` the reference was saved with.
         unfrozen
-            Train every weight (fine-tuning the whole network on the query alone).
+            Train every weight (fine-tuning the whole network on the query alone), with the
+            model's usual weight decay and batch norm.
         freeze_dropout
-            Switch dropout off while the query trains.
+            Switch dropout off (also with ``unfrozen``).
 
         Returns
         -------
@@ -115,13 +120,28 @@ class QueryMappingMixin:
                 f"{source} was not trained; train it on the reference data before mapping a "
                 "query onto it."
             )
-        registry = cls._pop_registry(attr_dict, source, prefix)
+        registry = cls._pop_registry(attr_dict, source, prefix, "load_query_data")
+        # The reference's network, to read which weight columns belong to which category.
+        reference = _initialize_model(cls, False, deepcopy(registry), deepcopy(attr_dict), None)
+        reference.module.load_state_dict(state)
         cls._set_up_like_reference(adata, registry, extend_categories=True)
         model = _initialize_model(cls, adata, registry, attr_dict, None)
-        model.module.load_state_dict(_with_new_categories(state, model.module.state_dict()))
+        new_parts = _load_with_new_categories(reference.module, model.module)
         if not unfrozen:
-            _freeze_all_but_covariate_weights(model.module, freeze_dropout)
+            if not any(mask.any() for mask in new_parts.values()):
+                raise InputError(
+                    "The query holds no batch or covariate category that the reference lacks "
+                    "(or the reference reads none), so there is nothing to learn for it; "
+                    f"use `{cls.__name__}.load(dir, adata=query)`, or load_query_data(..., "
+                    "unfrozen=True) to fine-tune the whole model on the query."
+                )
+            _train_only_new_parts(model.module, new_parts)
             model._frozen_for_query = True
+        if freeze_dropout:
+            for layer in model.module.modules():
+                if isinstance(layer, torch.nn.Dropout):
+                    layer.p = 0.0
+        model._mapped_query = True
         model.is_trained_ = False
         model.to_device(torch_device)
         model.module.eval()
@@ -134,54 +154,99 @@ class QueryMappingMixin:
         return weight_decay
 
 
-def _with_new_categories(saved: dict, fresh: dict) -> dict:
-    """``saved`` weights grown to ``fresh``'s shapes (new categories) with zeros.
+def _category_columns(
+    reference: FCLayers, query: FCLayers, n_in: int
+) -> tuple[torch.Tensor, list[int]]:
+    """Where a reference ``FCLayers`` layer's input columns lie in the query's layer.
 
-    A weight reading one-hot categories gains zero columns; an adversary's output gains zero
-    rows (logits of the new categories), which it then learns.
+    A layer reads ``[x | continuous | category one-hots...]``; a category gaining members
+    widens its block, which moves the blocks after it. Also returns the columns of a
+    reference category that had none (the only category of its key, which the layer skips).
     """
-    grown = {}
-    for key, tensor in saved.items():
-        target = fresh[key]
-        if tensor.shape != target.shape:
-            if tensor.dim() != target.dim() or any(
-                old > new for old, new in zip(tensor.shape, target.shape, strict=True)
-            ):
-                raise InputError(
-                    f"The reference's {key} has shape {tuple(tensor.shape)}, which the query's "
-                    f"setup cannot extend to {tuple(target.shape)}."
-                )
-            padded = torch.zeros_like(target)
-            padded[tuple(slice(0, size) for size in tensor.shape)] = tensor
-            tensor = padded
-        grown[key] = tensor
-    return grown
+    n_fixed = n_in - sum(reference.n_cat_list)
+    positions, unweighted = [torch.arange(n_fixed)], []
+    start = n_fixed
+    for old, new in zip(reference.n_cat_list, query.n_cat_list, strict=True):
+        positions.append(start + torch.arange(old))
+        if old == 0 and new > 0:
+            unweighted.append(start)  # code 0: the reference's single category
+        start += new
+    return torch.cat(positions), unweighted
 
 
-def _freeze_all_but_covariate_weights(module: torch.nn.Module, freeze_dropout: bool) -> None:
-    """Leave trainable only the weights that read covariate categories, and any adversary.
+def _load_with_new_categories(reference: torch.nn.Module, query: torch.nn.Module) -> dict:
+    """Load ``reference``'s weights into ``query`` (built for more categories).
 
-    scvi-tools' :meth:`~scvi.nn.FCLayers.set_online_update_hooks` zero the gradient of every
-    other column. Batch norm normalises with the reference's statistics, as at inference, even
-    in training mode: normalising a minibatch of one batch by its own mean would subtract the
-    very shift that the batch's new weights are to learn.
+    Columns of new categories in layers that read one-hot categories start at zero, so that
+    the reference's categories decode as before; other parameters grown for new categories
+    (an adversary's outputs, a per-batch background) keep ``query``'s initialisation there, as
+    do parameters the reference lacks (an adversary head for a confounder it had one category
+    of). Returns, per parameter name, a boolean mask of its new entries.
     """
-    for layer in module.modules():
-        if isinstance(layer, FCLayers) and sum(layer.n_cat_list) > 0:
-            layer.set_online_update_hooks(hook_first_layer=True)
-        if isinstance(layer, torch.nn.BatchNorm1d):
-            layer.register_forward_pre_hook(_normalise_with_running_statistics)
-        if freeze_dropout and isinstance(layer, torch.nn.Dropout):
-            layer.p = 0.0
-    adversary = getattr(module, "invariance", None)
-    adversary_parameters = set() if adversary is None else {id(p) for p in adversary.parameters()}
-    for parameter in module.parameters():
-        parameter.requires_grad = id(parameter) in adversary_parameters
-    for layer in module.modules():
-        if isinstance(layer, FCLayers) and sum(layer.n_cat_list) > 0:
+    saved, fresh = reference.state_dict(), query.state_dict()
+    placements = {}
+    query_layers = dict(query.named_modules())
+    for name, layer in reference.named_modules():
+        if isinstance(layer, FCLayers):
             for index, block in enumerate(layer.fc_layers):
                 if layer.inject_into_layer(index):
-                    block[0].weight.requires_grad = True
+                    placements[f"{name}.fc_layers.Layer {index}.0.weight"] = _category_columns(
+                        layer, query_layers[name], block[0].in_features
+                    )
+    loaded, new_parts = {}, {}
+    for key, target in fresh.items():
+        if key not in saved:
+            loaded[key], new_parts[key] = target, torch.ones_like(target, dtype=torch.bool)
+            continue
+        tensor = saved[key]
+        if tensor.shape == target.shape:
+            loaded[key], new_parts[key] = tensor, torch.zeros_like(target, dtype=torch.bool)
+            continue
+        new = torch.ones_like(target, dtype=torch.bool)
+        if key in placements:
+            columns, unweighted = placements[key]
+            grown = torch.zeros_like(target)
+            grown[:, columns] = tensor
+            new[:, columns] = False
+            new[:, unweighted] = False  # stays zero, as the reference decoded it
+        else:  # categories are appended at the end of each mapping
+            grown = target.clone()
+            grown[tuple(slice(0, size) for size in tensor.shape)] = tensor
+            new[tuple(slice(0, size) for size in tensor.shape)] = False
+        loaded[key], new_parts[key] = grown, new
+    query.load_state_dict(loaded)
+    return new_parts
+
+
+class _GradientMask:
+    """A gradient hook that keeps the entries of new categories (picklable, unlike a closure)."""
+
+    def __init__(self, mask: torch.Tensor):
+        self.mask = mask
+
+    def __call__(self, gradient: torch.Tensor) -> torch.Tensor:
+        return gradient * self.mask.to(gradient.device, gradient.dtype)
+
+
+def _train_only_new_parts(module: torch.nn.Module, new_parts: dict) -> None:
+    """Leave trainable only the entries of new categories, and any adversary in full.
+
+    Batch norm normalises with the reference's statistics, as at inference, even in training
+    mode: normalising a minibatch of one batch by its own mean would subtract the very shift
+    that the batch's new weights are to learn.
+    """
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.BatchNorm1d):
+            layer.register_forward_pre_hook(_normalise_with_running_statistics)
+    for name, parameter in module.named_parameters():
+        new = new_parts[name]
+        if name.startswith("invariance."):  # the adversary learns to tell the new categories
+            parameter.requires_grad = True
+        elif new.any():
+            parameter.requires_grad = True
+            parameter.register_hook(_GradientMask(new))
+        else:
+            parameter.requires_grad = False
 
 
 def _normalise_with_running_statistics(layer: torch.nn.BatchNorm1d, inputs) -> None:

@@ -407,6 +407,7 @@ def check_known_categories(
     registry: dict,
     sources: dict | None = None,
     encoder_reads_covariates: bool | None = None,
+    allow_new_categories: bool = False,
 ) -> None:
     """Refuse batches or covariate categories a trained model has never seen.
 
@@ -424,6 +425,10 @@ def check_known_categories(
         Whether the model's encoder reads the batch and covariates: if not, the message says
         that any known category gives these cells' latent representation. ``None``: unknown
         (the message states the condition).
+    allow_new_categories
+        Accept new categories (``load_query_data`` adds them to the model), but still refuse
+        a column whose values differ from the known categories only in type (``1`` against
+        ``"1"``).
 
     Raises
     ------
@@ -462,7 +467,8 @@ def check_known_categories(
         known = pd.Index(np.asarray(known))
         values = obs[key]
         unknown = pd.unique(values[~values.isin(known)])
-        if len(unknown):
+        type_differs = len(unknown) and pd.Index(map(str, unknown)).isin(known.map(str)).all()
+        if len(unknown) and (type_differs or not allow_new_categories):
             shown = ", ".join(map(repr, pd.Series(unknown).tolist()[:10]))
             fix = (
                 "Give these cells one of those categories, add theirs to the model with "
@@ -487,7 +493,7 @@ def check_known_categories(
                     "embedded the same whichever category they get: for the latent representation "
                     + relabel
                 )
-            if pd.Index(map(str, unknown)).isin(known.map(str)).all():
+            if type_differs:
                 dtype = "str" if known.dtype == object else known.dtype.name
                 convert = f"astype({dtype!r})"
                 if dtype == "bool":  # astype(bool) would turn the text "False" into True

@@ -479,8 +479,12 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
             )
         query = kwargs.get("source_registry") is not None
         cls._check_data(mdata, setup_method_args["setup_args"], query=query)
-        if query and not kwargs.get("extend_categories"):
-            cls._check_known_categories(mdata, kwargs["source_registry"])
+        if query:
+            cls._check_known_categories(
+                mdata,
+                kwargs["source_registry"],
+                allow_new_categories=kwargs.get("extend_categories", False),
+            )
         modalities = dict(modalities)
         presence_keys = dict(presence_keys or {})
         names = _check_modalities(mdata, modalities)
@@ -605,14 +609,19 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
 
     @staticmethod
     def _check_known_categories(
-        mdata: MuData, registry: dict, encoder_reads_covariates: bool | None = None
+        mdata: MuData,
+        registry: dict,
+        encoder_reads_covariates: bool | None = None,
+        allow_new_categories: bool = False,
     ) -> None:
         modalities = registry["setup_args"]["modalities"]
         sources = {
             arg: _obs(mdata, modalities, arg)
             for arg in ("batch_key", "categorical_covariate_keys")
         }
-        check_known_categories(mdata, registry, sources, encoder_reads_covariates)
+        check_known_categories(
+            mdata, registry, sources, encoder_reads_covariates, allow_new_categories
+        )
 
     @staticmethod
     def _check_presence(mdata, names, row_sums, presence_keys, query: bool) -> None:
@@ -719,7 +728,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         >>> model.train(max_epochs=100)
         >>> model.history["validation_loss"].tail()
         """
-        if self._modalities_without_cells and not self.is_trained_:
+        if self._modalities_without_cells and not (self.is_trained_ or self._mapped_query):
             names = ", ".join(map(repr, self._modalities_without_cells))
             raise InputError(
                 f"No training cell has {names} data (all rows are empty or flagged absent); set "

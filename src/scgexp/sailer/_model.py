@@ -266,9 +266,14 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
             continuous=continuous_covariate_keys,
             allow_unused_categories=query,
         )
-        if query and not kwargs.get("extend_categories"):
-            check_known_categories(adata, source_registry, encoder_reads_covariates=False)
-        elif not query:
+        if query:
+            check_known_categories(
+                adata,
+                source_registry,
+                encoder_reads_covariates=False,
+                allow_new_categories=kwargs.get("extend_categories", False),
+            )
+        else:
             for key in categorical:
                 if adata.obs[key].nunique() < 2:
                     warn_user(

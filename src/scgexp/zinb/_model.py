@@ -240,8 +240,12 @@ class ZINBAutoencoder(
         categorical = [k for k in [batch_key, *(categorical_covariate_keys or [])] if k]
         check_obs_keys(adata, categorical=categorical, allow_unused_categories=query)
         check_size_factors(adata, size_factor_key)
-        if query and not kwargs.get("extend_categories"):
-            check_known_categories(adata, kwargs["source_registry"])
+        if query:
+            check_known_categories(
+                adata,
+                kwargs["source_registry"],
+                allow_new_categories=kwargs.get("extend_categories", False),
+            )
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),

@@ -30,7 +30,7 @@ simulator (2,000 cells, 1,000 peaks, 3 batches; SAILER against PEAKVI) and, when
 ``../shared/data`` holds it, CellBench CEL-seq2 (3 plates, singlets, the 2,000 most variable
 genes of the reference plates; label transfer only).
 
-Run from the project root (about 15 minutes on two CPU cores)::
+Run from the project root (about 8 minutes on two CPU cores)::
 
     python benchmarks/query_mapping.py   # writes results/query_mapping.md
 """
@@ -59,34 +59,6 @@ COMMAND = "python benchmarks/query_mapping.py"
 SEED = 0
 MAX_EPOCHS = 200  # cap for the reference, full and query trainings (all early stop)
 N_GENES_CELLBENCH = 2_000
-# Written after the run that produced results/query_mapping.md (the simulator rows are
-# deterministic on CPU: two runs gave the same fidelities and accuracies).
-NOTES = (
-    "- Denoising of the new batch: scArches lifts fidelity over the relabelled mapping by about "
-    "as much for the scgexp models as for scvi-tools' (+0.024 to +0.030; RNA: "
-    "ZINBAutoencoder 0.907 → 0.931, "
-    "with `encode_covariates` 0.906 → 0.930, SCVI 0.899 → 0.929; ATAC: SAILER 0.936 → 0.946), "
-    "but closes only about a third of the gap (28–35%) to the model trained on every batch "
-    "(0.991, 0.991, 0.985; SAILER 0.970). Likely the price of the frozen network: the new batch "
-    "gets only its own column in the weights that read the batch (as in scvi-tools), and the "
-    "frozen layers above were shaped by the reference's batch effects, not the query's.",
-    "- PEAKVI's own `load_query_data` left fidelity unchanged (0.883 → 0.883, 200 epochs). "
-    "In a separate 30-epoch check only its decoder's new batch column moved, by at most "
-    "0.014: PEAKVI trains with learning rate 1e-4 (scvi-tools also starts new columns at "
-    "random values, scgexp at zero).",
-    "- Label transfer is saturated in all three tasks (0.997–1.000 everywhere, CellBench's "
-    "five cell lines included), so it does not separate the arms or the methods here; it only "
-    "shows that mapping a new batch does not break it. For ZINBAutoencoder without "
-    "`encode_covariates` the encoder does not read the batch, so the relabelled and scArches "
-    "latents are identical by construction.",
-    "- Cost: the scgexp models early stopped on the query after 55–180 epochs (SAILER 117); "
-    "SCVI and PEAKVI ran to the 200-epoch cap. A query of ~600 training cells is only five "
-    "minibatches per epoch, so s/epoch is mostly per-epoch overhead (validation, logging) "
-    "and moves with the machine's load: in an earlier run of this script, while another "
-    "process shared the two cores, the ZINBAutoencoder/SCVI ratios were 0.34 and 1.28 "
-    'instead of 0.80 and 1.02. Read the ratios as "about the same"; the total query time '
-    "is set by the number of epochs.",
-)
 
 
 @dataclass
@@ -477,9 +449,7 @@ def main() -> None:
         environment_line(all_rows),
         "",
         *sections,
-        "## Notes",
-        "",
-        *NOTES,
+        "What the numbers show: `docs/query_mapping.md`.",
     ]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "query_mapping.md").write_text("\n".join(lines) + "\n")

@@ -74,6 +74,10 @@ def test_prefix_lets_models_share_a_folder_and_registry_reads_the_safe_files(tmp
     attributes_file.write_text(json.dumps(_encode(attributes)))
     with pytest.raises(InputError, match=r"saved by another version of scgexp.*old_buffer"):
         ZINBAutoencoder.load(tmp_path, prefix="second_")
+    query = adata.copy()
+    query.obs["batch"] = query.obs["batch"].cat.rename_categories(["new_0", "new_1"])
+    with pytest.raises(InputError, match=r"saved by another version of scgexp.*old_buffer"):
+        ZINBAutoencoder.load_query_data(query, str(tmp_path), prefix="second_")
     with pytest.raises(InputError, match="only runs with save_anndata=True"):
         first.save(tmp_path / "other", compression="gzip")
 

@@ -175,6 +175,18 @@ def _read_saved_model(dir_path: str, prefix: str | None) -> tuple[dict, dict]:
     return saved["attr_dict"], state
 
 
+def _load_weights(module: torch.nn.Module, state: dict, source: str) -> None:
+    """``module.load_state_dict``, refusing weights of another scgexp version clearly."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:  # saved by an scgexp whose module had other parameters
+        detail = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        raise InputError(
+            f"{source} saved by another version of scgexp, whose parameters differ from this "
+            f"version's ({detail}). Train and save it again with this version."
+        ) from None
+
+
 @contextmanager
 def _transferring_own_setup(manager, data):
     """Have scvi-tools register ``data`` again with ``manager``'s own setup, or leave both be.
@@ -586,15 +598,7 @@ class SafeSaveMixin:
         model = _initialize_model(
             cls, adata if adata is not None else False, registry, attr_dict, None
         )
-        try:
-            model.module.load_state_dict(state)
-        except RuntimeError as error:  # saved by an scgexp whose module had other parameters
-            detail = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
-            raise InputError(
-                f"{str(dir_path)!r} holds a {cls.__name__} saved by another version of scgexp, "
-                f"whose parameters differ from this version's ({detail}). Train and save it again "
-                "with this version."
-            ) from None
+        _load_weights(model.module, state, f"{str(dir_path)!r} holds a {cls.__name__}")
         model.to_device(torch_device)
         model.module.eval()
         return model

@@ -16,7 +16,7 @@ import torch
 from scvi.nn import FCLayers
 
 from scgexp._compat import _initialize_model, parse_device_args
-from scgexp._io import _read_saved_model
+from scgexp._io import _load_weights, _read_saved_model
 from scgexp.data._checks import InputError
 
 if TYPE_CHECKING:
@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 class QueryMappingMixin:
     """``load_query_data``: a trained model extended to the query's new batches (scArches)."""
 
-    #: Set by :meth:`load_query_data`: only the weights of new categories train.
-    _frozen_for_query = False
+    #: Set by :meth:`load_query_data`: parameters of which only some entries train.
+    _reference_entries: dict | None = None
     #: Set by :meth:`load_query_data`.
     _mapped_query = False
 
@@ -54,9 +54,10 @@ class QueryMappingMixin:
         ``encode_covariates=True``) and any invariance adversary, which learns to recognise
         the new batches; everything else, batch-norm statistics included, stays the
         reference's. Query cells of known categories use the reference's weights, and the
-        reference's categories decode exactly as before. The new batches get decoder weights
-        of their own, so decoded outputs (``get_normalized_*``, differential expression or
-        accessibility) hold for them rather than for a known batch they were relabelled as.
+        reference's categories decode as before (up to float rounding, about 1e-6). The new
+        batches get decoder weights of their own, so decoded outputs (``get_normalized_*``,
+        differential expression or accessibility) hold for them rather than for a known batch
+        they were relabelled as.
 
         The reference model is left as it was. The freezing is not saved: a query model saved
         and loaded again trains in full (as in scvi-tools).
@@ -73,15 +74,17 @@ class QueryMappingMixin:
         prefix
             The ``prefix`` the reference was saved with.
         unfrozen
-            Train every weight (fine-tuning the whole network on the query alone), with the
-            model's usual weight decay and batch norm.
+            Train every weight (fine-tuning the whole network on the query alone), with batch
+            norm as usual.
         freeze_dropout
             Switch dropout off (also with ``unfrozen``).
 
         Returns
         -------
-        A model of this class on ``adata``, to ``train`` (its weight decay defaults to 0: decay
-        would shrink the weights kept frozen).
+        A model of this class on ``adata``, to ``train``: the frozen entries are zeroed in the
+        gradients and put back after each minibatch
+        (:class:`~scgexp.train.KeepReferenceEntries`), so any optimiser or weight decay leaves
+        them as they were.
 
         Examples
         --------
@@ -123,7 +126,7 @@ class QueryMappingMixin:
         registry = cls._pop_registry(attr_dict, source, prefix, "load_query_data")
         # The reference's network, to read which weight columns belong to which category.
         reference = _initialize_model(cls, False, deepcopy(registry), deepcopy(attr_dict), None)
-        reference.module.load_state_dict(state)
+        _load_weights(reference.module, state, f"{source} holds a {cls.__name__}")
         cls._set_up_like_reference(adata, registry, extend_categories=True)
         model = _initialize_model(cls, adata, registry, attr_dict, None)
         new_parts = _load_with_new_categories(reference.module, model.module)
@@ -135,8 +138,7 @@ class QueryMappingMixin:
                     f"use `{cls.__name__}.load(dir, adata=query)`, or load_query_data(..., "
                     "unfrozen=True) to fine-tune the whole model on the query."
                 )
-            _train_only_new_parts(model.module, new_parts)
-            model._frozen_for_query = True
+            model._reference_entries = _train_only_new_parts(model.module, new_parts)
         if freeze_dropout:
             for layer in model.module.modules():
                 if isinstance(layer, torch.nn.Dropout):
@@ -146,12 +148,6 @@ class QueryMappingMixin:
         model.to_device(torch_device)
         model.module.eval()
         return model
-
-    def _weight_decay(self, weight_decay: float | None, default: float) -> float:
-        """``train``'s weight decay: ``default``, or 0 for a model frozen for a query."""
-        if weight_decay is None:
-            return 0.0 if self._frozen_for_query else default
-        return weight_decay
 
 
 def _category_columns(
@@ -218,35 +214,26 @@ def _load_with_new_categories(reference: torch.nn.Module, query: torch.nn.Module
     return new_parts
 
 
-class _GradientMask:
-    """A gradient hook that keeps the entries of new categories (picklable, unlike a closure)."""
-
-    def __init__(self, mask: torch.Tensor):
-        self.mask = mask
-
-    def __call__(self, gradient: torch.Tensor) -> torch.Tensor:
-        return gradient * self.mask.to(gradient.device, gradient.dtype)
-
-
-def _train_only_new_parts(module: torch.nn.Module, new_parts: dict) -> None:
+def _train_only_new_parts(module: torch.nn.Module, new_parts: dict) -> dict:
     """Leave trainable only the entries of new categories, and any adversary in full.
 
-    Batch norm normalises with the reference's statistics, as at inference, even in training
-    mode: normalising a minibatch of one batch by its own mean would subtract the very shift
-    that the batch's new weights are to learn.
+    Returns, for parameters only partly new, their new entries and the values of the others
+    (for :class:`~scgexp.train.KeepReferenceEntries`). Batch norm normalises with the
+    reference's statistics, as at inference, even in training mode: normalising a minibatch of
+    one batch by its own mean would subtract the very shift that the batch's new weights are to
+    learn.
     """
     for layer in module.modules():
         if isinstance(layer, torch.nn.BatchNorm1d):
             layer.register_forward_pre_hook(_normalise_with_running_statistics)
+    partly_new = {}
     for name, parameter in module.named_parameters():
         new = new_parts[name]
-        if name.startswith("invariance."):  # the adversary learns to tell the new categories
-            parameter.requires_grad = True
-        elif new.any():
-            parameter.requires_grad = True
-            parameter.register_hook(_GradientMask(new))
-        else:
-            parameter.requires_grad = False
+        adversary = name.startswith("invariance.")  # it learns to tell the new categories
+        parameter.requires_grad = adversary or bool(new.any())
+        if not adversary and new.any() and not new.all():
+            partly_new[name] = (new, parameter.detach().clone())
+    return partly_new
 
 
 def _normalise_with_running_statistics(layer: torch.nn.BatchNorm1d, inputs) -> None:

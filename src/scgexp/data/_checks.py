@@ -467,8 +467,28 @@ def check_known_categories(
         known = pd.Index(np.asarray(known))
         values = obs[key]
         unknown = pd.unique(values[~values.isin(known)])
-        type_differs = len(unknown) and pd.Index(map(str, unknown)).isin(known.map(str)).all()
-        if len(unknown) and (type_differs or not allow_new_categories):
+        as_text = pd.Index(map(str, unknown)).isin(known.map(str))
+        type_differs = len(unknown) and as_text.all()
+        dtype = "str" if known.dtype == object else known.dtype.name
+        convert = f"astype({dtype!r})"
+        if dtype == "bool":  # astype(bool) would turn the text "False" into True
+            convert = "map({'True': True, 'False': False})"
+        if allow_new_categories:
+            kinds = {_kind(value) for value in known}
+            mixed = [
+                v
+                for v, text in zip(unknown, as_text, strict=True)
+                if text or _kind(v) not in kinds
+            ]
+            if mixed:
+                raise InputError(
+                    f"obs[{key!r}] holds {', '.join(map(repr, mixed[:10]))}, of another type than "
+                    f"the model's categories {known.tolist()}: convert the column to the training "
+                    f"type, `{column}[{key!r}] = {column}[{key!r}].{convert}` (new categories "
+                    "need that type too)."
+                )
+            continue
+        if len(unknown):
             shown = ", ".join(map(repr, pd.Series(unknown).tolist()[:10]))
             fix = (
                 "Give these cells one of those categories, add theirs to the model with "
@@ -494,10 +514,6 @@ def check_known_categories(
                     + relabel
                 )
             if type_differs:
-                dtype = "str" if known.dtype == object else known.dtype.name
-                convert = f"astype({dtype!r})"
-                if dtype == "bool":  # astype(bool) would turn the text "False" into True
-                    convert = "map({'True': True, 'False': False})"
                 fix = (
                     "Only the type differs (text against numbers): convert the column to the "
                     f"training type, `{column}[{key!r}] = {column}[{key!r}].{convert}`."
@@ -506,6 +522,13 @@ def check_known_categories(
                 f"obs[{key!r}] has categories the model was not trained with: {shown}. The "
                 f"decoder only knows {known.tolist()}. {fix}"
             )
+
+
+def _kind(value) -> str:
+    """``"bool"``, ``"number"`` or ``"text"``: category values scvi-tools cannot sort together."""
+    if isinstance(value, bool | np.bool_):
+        return "bool"
+    return "number" if isinstance(value, int | float | np.number) else "text"
 
 
 def still_counts(matrix, n_rows: int = 200) -> bool:

@@ -683,7 +683,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         early_stopping: bool = True,
         early_stopping_patience: int = 15,
         lr: float = 1e-3,
-        weight_decay: float | None = None,
+        weight_decay: float = 1e-6,
         n_epochs_kl_warmup: int | None = 20,
         train_size: float | None = 0.9,
         gradient_clip_val: float | None = 10.0,
@@ -704,8 +704,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         early_stopping_patience
             Epochs without improvement before stopping.
         lr, weight_decay
-            Learning rate and weight decay of Adam. ``weight_decay=None``: 1e-6, or 0 for a
-            model from :meth:`load_query_data`.
+            Learning rate and weight decay of Adam.
         n_epochs_kl_warmup
             Epochs over which the weight of the KL term rises linearly from 0 to 1 (``None``:
             scvi-tools' ``plan_kwargs={"n_steps_kl_warmup": ...}`` minibatches if given, else
@@ -738,7 +737,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
             max_epochs = int(min(500, max(50, round(2e6 / max(self.summary_stats.n_cells, 1)))))
         plan_kwargs = {
             "lr": lr,
-            "weight_decay": self._weight_decay(weight_decay, default=1e-6),
+            "weight_decay": weight_decay,
             "n_epochs_kl_warmup": n_epochs_kl_warmup,
             **(plan_kwargs or {}),
         }

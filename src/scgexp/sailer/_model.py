@@ -301,7 +301,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         early_stopping: bool = True,
         early_stopping_patience: int = 20,
         lr: float = 1e-3,
-        weight_decay: float | None = None,
+        weight_decay: float = 5e-4,
         n_epochs_warmup: int = 10,
         n_epochs_kl_warmup: int | None = 50,
         train_size: float | None = 0.9,
@@ -330,8 +330,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         early_stopping_patience
             Epochs without improvement before stopping.
         lr, weight_decay
-            Adam's learning rate and weight decay (SAILER: 1e-3, 5e-4). ``weight_decay=None``:
-            5e-4, or 0 for a model from :meth:`load_query_data`.
+            Adam's learning rate and weight decay (SAILER: 1e-3, 5e-4).
         n_epochs_warmup
             Epochs of reconstruction-only training (SAILER: 10).
         n_epochs_kl_warmup
@@ -355,7 +354,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
             max_epochs = int(min(400, max(50, round(2e6 / max(self.summary_stats.n_cells, 1)))))
         plan_kwargs = {
             "lr": lr,
-            "weight_decay": self._weight_decay(weight_decay, default=5e-4),
+            "weight_decay": weight_decay,
             "n_epochs_warmup": n_epochs_warmup,
             "n_epochs_kl_warmup": n_epochs_kl_warmup,
             **(plan_kwargs or {}),

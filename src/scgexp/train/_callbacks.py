@@ -68,3 +68,43 @@ class RestoreBestWeights(pl.Callback):
                     "one epoch of training. The learning rate may be too high: try a lower one "
                     "(train(lr=...))."
                 )
+
+
+class KeepReferenceEntries(pl.Callback):
+    """Train only the new entries of partly frozen parameters (scArches query models).
+
+    Gradients of the other entries are zeroed before each optimiser step (so clipping and the
+    optimiser see only the new ones), and their values are put back after each minibatch, so
+    weight decay or any optimiser leaves them exactly as they were. Kept in the callback, not
+    as tensor hooks, so it survives copies and spawned processes.
+
+    Parameters
+    ----------
+    entries
+        Per parameter name of the module: a boolean mask of its trainable entries and the
+        values of the others.
+    """
+
+    def __init__(self, entries: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+        super().__init__()
+        self.entries = entries
+        self._on_device: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor]] = []
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        parameters = dict(pl_module.module.named_parameters())
+        self._on_device = []
+        for name, (new, kept) in self.entries.items():
+            parameter = parameters[name]
+            self._on_device.append(
+                (parameter, new.to(parameter.device), kept.to(parameter.device, parameter.dtype))
+            )
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        for parameter, new, _ in self._on_device:
+            if parameter.grad is not None:
+                parameter.grad.mul_(new)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        with torch.no_grad():
+            for parameter, new, kept in self._on_device:
+                parameter.copy_(torch.where(new, parameter, kept))

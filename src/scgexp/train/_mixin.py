@@ -14,7 +14,7 @@ from scgexp._warn import warn_user
 from scgexp.data._checks import InputError, cell_positions
 from scgexp.dataloaders import DataMode, DataSplitter
 from scgexp.dataloaders._loaders import in_requested_order
-from scgexp.train._callbacks import RestoreBestWeights
+from scgexp.train._callbacks import KeepReferenceEntries, RestoreBestWeights
 from scgexp.train._plans import InvarianceTrainingPlan
 from scgexp.train._trainingplan import TrainingDivergedError, TrainingPlan
 
@@ -114,14 +114,6 @@ class TrainingMixin(UnsupervisedTrainingMixin):
                     f"it); pass its settings as train({instead.format(name)})."
                 )
         self._validate_anndata()  # registered data changed since setup would train on moved genes
-        if getattr(self, "_frozen_for_query", False) and (kwargs.get("plan_kwargs") or {}).get(
-            "weight_decay"
-        ):
-            raise InputError(
-                "Weight decay would shrink the weights that load_query_data keeps frozen; leave "
-                "weight_decay at its default (0 here), or map the query with "
-                "load_query_data(..., unfrozen=True)."
-            )
         self._check_plan_kwargs(kwargs.get("plan_kwargs"))
         max_epochs, batch_size = kwargs.get("max_epochs"), kwargs.get("batch_size")
         precision = kwargs.get("precision")
@@ -192,6 +184,11 @@ class TrainingMixin(UnsupervisedTrainingMixin):
                 mode=kwargs.get("early_stopping_mode", "min"),
             )
             kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), restore]
+        if getattr(self, "_reference_entries", None):  # a query model from load_query_data
+            kwargs["callbacks"] = [
+                *(kwargs.get("callbacks") or []),
+                KeepReferenceEntries(self._reference_entries),
+            ]
         self.module.train()  # outputs and load() leave eval mode, which Lightning would keep
         try:
             return super().train(*args, datasplitter_kwargs=datasplitter_kwargs, **kwargs)

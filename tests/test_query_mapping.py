@@ -6,6 +6,7 @@ import copy
 import pickle
 import warnings
 
+import lightning.pytorch as pl
 import mudata as md
 import numpy as np
 import pandas as pd
@@ -15,8 +16,14 @@ import scvi
 import torch
 from scipy.stats import pearsonr
 
-from scgexp.data import InputError, simulate_multiome, simulate_scatac, simulate_scrna
-from scgexp.model import SAILER, MultiVAE, ZINBAutoencoder
+from scgexp.data import (
+    InputError,
+    simulate_bulk_expression,
+    simulate_multiome,
+    simulate_scatac,
+    simulate_scrna,
+)
+from scgexp.model import DGEX, SAILER, MultiVAE, ZINBAutoencoder
 
 RNA_ATAC = {"rna_layer": "rna", "atac_layer": "atac"}
 
@@ -171,15 +178,21 @@ def test_single_batch_reference_keeps_decoding_its_batch():
     )
 
 
-@pytest.mark.parametrize("invariance", ["both", None])
-def test_sailer_query_trains_decoder_batch_weights_and_adversary(invariance):
+def _sailer_reference(n_cells: int, n_peaks: int, seed: int, invariance, epochs: int):
+    """A SAILER trained on two of three simulated batches, its data and the third batch."""
     scvi.settings.seed = 0
-    data = simulate_scatac(n_cells=500, n_peaks=120, n_batches=3, seed=1)
+    data = simulate_scatac(n_cells=n_cells, n_peaks=n_peaks, n_batches=3, seed=seed)
     sc.pp.filter_cells(data, min_counts=1)
     reference, query = _split(data)
     SAILER.setup_anndata(reference, batch_key="batch")
     reference_model = SAILER(reference, n_latent=4, invariance=invariance)
-    _train(reference_model, max_epochs=5)
+    _train(reference_model, max_epochs=epochs)
+    return reference_model, reference, query
+
+
+@pytest.mark.parametrize("invariance", ["both", None])
+def test_sailer_query_trains_decoder_batch_weights_and_adversary(invariance):
+    reference_model, reference, query = _sailer_reference(500, 120, 1, invariance, epochs=5)
     before = _state(reference_model)
     model = SAILER.load_query_data(query, reference_model)
     _train(model, max_epochs=5)
@@ -366,3 +379,46 @@ def test_reference_entries_stay_through_copies_and_optimisers(zinb_split, route)
     old, new = reference_model.module.state_dict()[key], model.module.state_dict()[key]
     np.testing.assert_array_equal(new[:, :-1], old)
     assert new[:, -1].abs().sum() > 0
+
+
+class _RecordGradients(pl.Callback):
+    """At each optimiser step: the largest frozen-entry gradient and the total gradient norm."""
+
+    def __init__(self, reference_entries: dict):
+        self.reference_entries = reference_entries
+        self.frozen, self.norms = [], []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        parameters = dict(pl_module.module.named_parameters())
+        self.frozen.append(
+            max(
+                float(parameters[name].grad[~new].abs().max())
+                for name, (new, _) in self.reference_entries.items()
+            )
+        )
+        grads = [p.grad for p in optimizer.param_groups[0]["params"] if p.grad is not None]
+        self.norms.append(float(torch.linalg.vector_norm(torch.cat([g.ravel() for g in grads]))))
+
+
+def test_clipping_sees_only_the_new_entries_also_under_manual_optimisation():
+    """SAILER's plan clips its own gradients: the frozen ones must be zero by then."""
+    reference_model, _, query = _sailer_reference(400, 60, 5, invariance=None, epochs=2)
+    model = SAILER.load_query_data(query, reference_model)
+    record = _RecordGradients(model._reference_entries)
+    _train(model, max_epochs=2, gradient_clip_val=1e-3, callbacks=[record])
+    assert max(record.frozen) == 0
+    np.testing.assert_allclose(record.norms, 1e-3, rtol=1e-3)  # the clip binds on new entries
+
+
+def test_wrong_model_folder_names_the_right_loader(zinb_split, tmp_path):
+    reference_model, query = zinb_split
+    bulk = simulate_bulk_expression(n_samples=40, n_landmarks=5, n_targets=10)
+    DGEX.setup_anndata(bulk)
+    dgex = DGEX(bulk)
+    _train(dgex, max_epochs=1)
+    dgex.save(tmp_path / "dgex")
+    reference_model.save(tmp_path / "zinb")
+    with pytest.raises(InputError, match=r"holds a DGEX model.*DGEX\.load\(\.\.\.\)"):
+        ZINBAutoencoder.load_query_data(query.copy(), str(tmp_path / "dgex"))
+    with pytest.raises(InputError, match=r"ZINBAutoencoder\.load_query_data\(\.\.\.\)"):
+        SAILER.load_query_data(query.copy(), str(tmp_path / "zinb"))

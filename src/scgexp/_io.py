@@ -515,10 +515,15 @@ class SafeSaveMixin:
                 f"{_damaged(dir_path)} {_file_names(prefix)[ATTRIBUTES_FILE]} has no registry."
             )
         registry = attr_dict.pop("registry_")
-        if registry.get(_MODEL_NAME_KEY, cls.__name__) != cls.__name__:
+        saved = registry.get(_MODEL_NAME_KEY, cls.__name__)
+        if saved != cls.__name__:
+            import scgexp.model
+
+            if not hasattr(getattr(scgexp.model, saved, None), method):
+                method = "load"
             raise InputError(
-                f"{dir_path} holds a {registry[_MODEL_NAME_KEY]} model, not a {cls.__name__}; "
-                f"load it with {registry[_MODEL_NAME_KEY]}.{method}(...)."
+                f"{dir_path} holds a {saved} model, not a {cls.__name__}; load it with "
+                f"{saved}.{method}(...)."
             )
         return registry
 

@@ -28,7 +28,7 @@ class QueryMappingMixin:
 
     #: Set by :meth:`load_query_data`: parameters of which only some entries train.
     _reference_entries: dict | None = None
-    #: Set by :meth:`load_query_data`.
+    #: Set by :meth:`load_query_data`: lets MultiVAE train a query that lacks a modality.
     _mapped_query = False
 
     @classmethod
@@ -118,12 +118,12 @@ class QueryMappingMixin:
                 f"reference_model must be a trained {cls.__name__} or the folder it was saved "
                 f"to, not {type(reference_model).__name__}."
             )
+        registry = cls._pop_registry(attr_dict, source, prefix, "load_query_data")
         if not attr_dict.get("is_trained_", False):
             raise InputError(
                 f"{source} was not trained; train it on the reference data before mapping a "
                 "query onto it."
             )
-        registry = cls._pop_registry(attr_dict, source, prefix, "load_query_data")
         # The reference's network, to read which weight columns belong to which category.
         reference = _initialize_model(cls, False, deepcopy(registry), deepcopy(attr_dict), None)
         _load_weights(reference.module, state, f"{source} holds a {cls.__name__}")

@@ -73,10 +73,11 @@ class RestoreBestWeights(pl.Callback):
 class KeepReferenceEntries(pl.Callback):
     """Train only the new entries of partly frozen parameters (scArches query models).
 
-    Gradients of the other entries are zeroed before each optimiser step (so clipping and the
-    optimiser see only the new ones), and their values are put back after each minibatch, so
-    weight decay or any optimiser leaves them exactly as they were. Kept in the callback, not
-    as tensor hooks, so it survives copies and spawned processes.
+    Gradients of the other entries are zeroed after each backward pass (so gradient clipping,
+    Lightning's or a plan's own, and the optimiser see only the new ones), and their values are
+    put back after each minibatch, so weight decay or any optimiser leaves them exactly as they
+    were. Kept in the callback, not as tensor hooks, so it survives copies and spawned
+    processes.
 
     Parameters
     ----------
@@ -99,7 +100,7 @@ class KeepReferenceEntries(pl.Callback):
                 (parameter, new.to(parameter.device), kept.to(parameter.device, parameter.dtype))
             )
 
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for parameter, new, _ in self._on_device:
             if parameter.grad is not None:
                 parameter.grad.mul_(new)

@@ -2,8 +2,8 @@
 
 scvi-tools' :class:`~scvi.model.base.ArchesMixin` loads the reference with pickle (not
 ``weights_only``) and picks the weights to train by scvi-tools' module names; this version reads
-scgexp's safe saves and picks them by role: the weights that read a batch or categorical
-covariate.
+scgexp's safe saves and trains only what belongs to the new categories (see
+``docs/query_mapping.md`` for the differences).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ simulator (2,000 cells, 1,000 peaks, 3 batches; SAILER against PEAKVI) and, when
 ``../shared/data`` holds it, CellBench CEL-seq2 (3 plates, singlets, the 2,000 most variable
 genes of the reference plates; label transfer only).
 
-Run from the project root (about 8 minutes on two CPU cores)::
+Run from the project root (about 10 minutes on two CPU cores)::
 
     python benchmarks/query_mapping.py   # writes results/query_mapping.md
 """

@@ -427,8 +427,8 @@ def check_known_categories(
         (the message states the condition).
     allow_new_categories
         Accept new categories (``load_query_data`` adds them to the model), but still refuse
-        a column whose values differ from the known categories only in type (``1`` against
-        ``"1"``).
+        values of another type than the known categories (``1`` against ``"1"``, numbers
+        among text), which scvi-tools cannot encode together.
 
     Raises
     ------
@@ -492,8 +492,8 @@ def check_known_categories(
             shown = ", ".join(map(repr, pd.Series(unknown).tolist()[:10]))
             fix = (
                 "Give these cells one of those categories, add theirs to the model with "
-                "`Model.load_query_data(query, model)` and train it on them (scArches: only the "
-                "weights that read the categories learn), or train a model that includes them."
+                "`Model.load_query_data(query, model)` and train it on them (scArches: only "
+                "the new categories' weights learn), or train a model that includes them."
             )
             relabel = (
                 f"any will do, e.g. `query = query.copy(); {column}[{key!r}] = "

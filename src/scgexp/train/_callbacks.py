@@ -84,6 +84,11 @@ class KeepReferenceEntries(pl.Callback):
     entries
         Per parameter name of the module: a boolean mask of its trainable entries and the
         values of the others.
+
+    Examples
+    --------
+    >>> query_model = ZINBAutoencoder.load_query_data(query, "reference_model")
+    >>> query_model.train()  # adds KeepReferenceEntries(query_model._reference_entries)
     """
 
     def __init__(self, entries: dict[str, tuple[torch.Tensor, torch.Tensor]]):

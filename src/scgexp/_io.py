@@ -326,12 +326,7 @@ class SafeSaveMixin:
                 "to another folder, or move that file away."
             )
         os.makedirs(dir_path, exist_ok=True)
-        attributes = {
-            name: value
-            for name, value in self._get_user_attributes()
-            if name.endswith("_") and not name.startswith("_")
-        }
-        attributes = {"attr_dict": attributes, "var_names": self.training_var_names}
+        attributes = {"attr_dict": self._saved_attributes(), "var_names": self.training_var_names}
         state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
 
         def write_attributes(path):  # after the weights, whose checksum load() verifies
@@ -362,6 +357,14 @@ class SafeSaveMixin:
             for path in partials.values():
                 if os.path.exists(path):
                     os.remove(path)
+
+    def _saved_attributes(self) -> dict:
+        """The attributes ``save`` writes and ``load`` restores (public, ending in ``_``)."""
+        return {
+            name: value
+            for name, value in self._get_user_attributes()
+            if name.endswith("_") and not name.startswith("_")
+        }
 
     def _check_new_data(self, adata) -> None:
         """Model-specific checks of data other than the model's own, before scvi-tools' own."""

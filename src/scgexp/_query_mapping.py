@@ -103,13 +103,7 @@ class QueryMappingMixin:
             attr_dict, state = _read_saved_model(source, prefix)
         elif isinstance(reference_model, cls):
             source = f"The reference {cls.__name__}"
-            attr_dict = deepcopy(
-                {
-                    name: value
-                    for name, value in reference_model._get_user_attributes()
-                    if name.endswith("_") and not name.startswith("_")
-                }
-            )
+            attr_dict = deepcopy(reference_model._saved_attributes())
             state = {
                 k: v.detach().cpu().clone() for k, v in reference_model.module.state_dict().items()
             }

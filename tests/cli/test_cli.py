@@ -249,7 +249,79 @@ def test_fit_and_predict_zinb(counts_file, tmp_path):
     assert result.exit_code == 0, result.output
 
 
-def test_latent_only_is_refused_for_dgex(bulk_file, tmp_path):
+def test_map_trains_a_new_batch_and_leaves_the_reference(tmp_path):
+    data = scgexp.data.simulate_scrna(n_cells=240, n_genes=50, n_batches=3, seed=0)
+    is_query = (data.obs["batch"] == "batch_2").to_numpy()
+    reference = data[~is_query].copy()
+    reference.obs["batch"] = reference.obs["batch"].cat.remove_unused_categories()
+    reference.write_h5ad(tmp_path / "reference.h5ad")
+    query_file = tmp_path / "query.h5ad"
+    data[is_query].copy().write_h5ad(query_file)
+    reference_dir = tmp_path / "reference_model"
+    fit = ["fit", "zinb", tmp_path / "reference.h5ad", "--out", tmp_path / "fitted.h5ad"]
+    result = _invoke(*fit, "--batch-key", "batch", "--model-dir", reference_dir, "--epochs", 3)
+    assert result.exit_code == 0, result.output
+    saved = {path.name: path.read_bytes() for path in reference_dir.iterdir()}
+
+    # predict refuses the new batch and names the command that maps it.
+    result = _invoke("predict", reference_dir, query_file, "--out", tmp_path / "p.h5ad")
+    assert result.exit_code == 1
+    assert "'batch_2'" in result.output
+    assert "`scgexp map`" in result.output
+
+    out = tmp_path / "mapped.h5ad"
+    result = _invoke("map", reference_dir, query_file, "--out", out, "--epochs", 5)
+    assert result.exit_code == 0, result.output
+    assert {path.name: path.read_bytes() for path in reference_dir.iterdir()} == saved
+    query = ad.read_h5ad(query_file)
+    query_model = ZINBAutoencoder.load(tmp_path / "mapped_zinb_query_model", adata=query)
+    mapped = ad.read_h5ad(out)
+    np.testing.assert_allclose(
+        mapped.obsm["X_zinb"], query_model.get_latent_representation(), rtol=1e-5
+    )
+    assert mapped.layers["zinb_denoised"].shape == query.shape
+    # The new batch's decoder columns trained; the reference's weights are as saved.
+    reference_model = ZINBAutoencoder.load(reference_dir, adata=reference)
+    before = reference_model.module.state_dict()
+    changed = []
+    for name, value in query_model.module.state_dict().items():
+        if value.shape == before[name].shape:
+            np.testing.assert_array_equal(value.numpy(), before[name].numpy(), err_msg=name)
+        else:
+            changed.append(value.abs().sum() > 0)
+    assert changed
+    assert all(changed)
+    # The query model knows batch_2: predict applies it.
+    again = tmp_path / "again.h5ad"
+    result = _invoke("predict", tmp_path / "mapped_zinb_query_model", query_file, "--out", again)
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(
+        ad.read_h5ad(again).obsm["X_zinb"], mapped.obsm["X_zinb"], rtol=1e-5
+    )
+
+    # Data without a new batch: nothing to map; the message gives the commands that apply.
+    result = _invoke(
+        "map", reference_dir, tmp_path / "reference.h5ad", "--out", tmp_path / "r.h5ad"
+    )
+    assert result.exit_code == 1
+    assert "--unfrozen" in result.output
+    assert "`scgexp predict`" in result.output
+    # The reference's folder is never the query model's.
+    result = _invoke(
+        "map",
+        reference_dir,
+        query_file,
+        "--out",
+        tmp_path / "q.h5ad",
+        "--model-dir",
+        reference_dir,
+        "--overwrite",
+    )
+    assert result.exit_code == 1
+    assert "--model-dir must differ from REFERENCE_DIR" in result.output
+
+
+def test_dgex_refuses_latent_only_and_map(bulk_file, tmp_path):
     out = tmp_path / "fitted.h5ad"
     result = CliRunner().invoke(
         main, ["fit", "dgex", str(bulk_file), "--out", str(out), "--latent-only"]
@@ -262,6 +334,10 @@ def test_latent_only_is_refused_for_dgex(bulk_file, tmp_path):
     result = CliRunner().invoke(main, [*again, "--latent-only"])
     assert result.exit_code == 1
     assert "--latent-only does not apply to dgex" in result.output
+    # DGEX reads no batches: nothing to map.
+    result = _invoke("map", model_dir, bulk_file, "--out", tmp_path / "m.h5ad")
+    assert result.exit_code == 1
+    assert "use `scgexp predict`" in result.output
 
 
 def test_python_dash_m_runs_the_command_line():

@@ -173,7 +173,10 @@ _FLAGS = {
     "fill_missing": "--fill-missing",
     "rank_map": "--rank-map",
     "lr": "--lr",
+    "unfrozen": "--unfrozen",
 }
+# Python methods that messages name, and the commands that do the same.
+_COMMANDS = {".load_query_data(": "scgexp map", ".load(": "scgexp predict"}
 
 
 def _with_flags(message: str) -> str:
@@ -187,6 +190,11 @@ def _with_flags(message: str) -> str:
         f"{name}= is {_FLAGS[name]}"
         for name in named
         if name in _FLAGS and (available is None or _FLAGS[name] in available)
+    ]
+    flags += [
+        f"{method.strip('.(')} is `{command}`"
+        for method, command in _COMMANDS.items()
+        if method in message and (context is None or f"scgexp {context.info_name}" != command)
     ]
     return f"{message} (On the command line, {'; '.join(flags)}.)" if flags else message
 
@@ -230,7 +238,76 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"{category.__name__}: {_with_flags(str(message))}\n"
 
 
-_latent_only = click.option(  # fit and predict
+def _training_options(command):
+    """The options of fit and map that say how to train: epochs, lr, devices, seed."""
+    options = [
+        click.option("--epochs", default=None, type=click.IntRange(1), help="Maximum epochs."),
+        click.option(
+            "--lr",
+            default=None,
+            type=click.FloatRange(0, min_open=True),
+            help="Learning rate (default: the model's).",
+        ),
+        click.option(
+            "--accelerator",
+            default="auto",
+            show_default=True,
+            help="Lightning accelerator: cpu, gpu, auto, ...",
+        ),
+        click.option("--devices", default="auto", show_default=True, help="Lightning devices."),
+        click.option(
+            "--strategy",
+            default="auto",
+            show_default=True,
+            help="Lightning strategy, e.g. ddp_find_unused_parameters_true for several devices.",
+        ),
+        click.option(
+            "--seed",
+            default=0,
+            show_default=True,
+            type=int,
+            help="Random seed (scvi.settings.seed): a rerun with the same seed, data, device "
+            "and package versions trains the same model.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _train(model, training: dict, **train_kwargs) -> bool:
+    """Train with the options of :func:`_training_options`; False in all but the first process.
+
+    With several devices each process trains; only the first one writes results.
+    """
+    devices = training["devices"]
+    train_kwargs |= {
+        "accelerator": training["accelerator"],
+        "devices": int(devices) if devices.isdigit() else devices,
+        "strategy": training["strategy"],
+    }
+    if training["epochs"] is not None:
+        train_kwargs["max_epochs"] = training["epochs"]
+    if training["lr"] is not None:
+        train_kwargs["lr"] = training["lr"]
+    # scvi-tools writes the training history of several processes to disk, by default into
+    # ./lightning_logs; a pipeline's working folder is no place for it.
+    with tempfile.TemporaryDirectory(prefix="scgexp_logs_") as logs:
+        model.train(**train_kwargs, log_save_dir=logs)
+    return getattr(model.trainer, "global_rank", 0) == 0
+
+
+_output = click.option(  # fit, predict and map
+    "--out",
+    "output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=(
+        "Output file (same type as INPUT): the input with the results added (dgex: a new "
+        "file with the predicted transcriptome)."
+    ),
+)
+_latent_only = click.option(  # fit, predict and map
     "--latent-only",
     is_flag=True,
     help="zinb, multivae: write the latent spaces only, without the per-feature result layers "
@@ -273,16 +350,7 @@ def demo(out_dir: Path, epochs: int | None, accelerator: str) -> None:
 @main.command()
 @click.argument("model_name", metavar="MODEL", type=click.Choice(MODEL_NAMES))
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option(
-    "--out",
-    "output",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help=(
-        "Output file (same type as INPUT): the input with the results added (dgex: a new "
-        "file with the predicted transcriptome)."
-    ),
-)
+@_output
 @click.option("--layer", default=None, help="Layer to train on (default: X).")
 @click.option("--batch-key", default=None, help="obs column with batches.")
 @click.option(
@@ -301,26 +369,7 @@ def demo(out_dir: Path, epochs: int | None, accelerator: str) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Where to save the trained model (default: next to --out).",
 )
-@click.option("--epochs", default=None, type=click.IntRange(1), help="Maximum epochs.")
-@click.option(
-    "--lr",
-    default=None,
-    type=click.FloatRange(0, min_open=True),
-    help="Learning rate (default: the model's).",
-)
-@click.option(
-    "--accelerator",
-    default="auto",
-    show_default=True,
-    help="Lightning accelerator: cpu, gpu, auto, ...",
-)
-@click.option("--devices", default="auto", show_default=True, help="Lightning devices.")
-@click.option(
-    "--strategy",
-    default="auto",
-    show_default=True,
-    help="Lightning strategy, e.g. ddp_find_unused_parameters_true for several devices.",
-)
+@_training_options
 @click.option(
     "--data-mode",
     default="auto",
@@ -334,14 +383,6 @@ def demo(out_dir: Path, epochs: int | None, accelerator: str) -> None:
     help="Replace an existing --out file and a saved model of the same kind in --model-dir.",
 )
 @_latent_only
-@click.option(
-    "--seed",
-    default=0,
-    show_default=True,
-    type=int,
-    help="Random seed (scvi.settings.seed): a rerun with the same seed, data, device and "
-    "package versions trains the same model.",
-)
 def fit(
     model_name,
     input_path,
@@ -353,15 +394,10 @@ def fit(
     atac_mod,
     protein_mod,
     model_dir,
-    epochs,
-    lr,
-    accelerator,
-    devices,
-    strategy,
     data_mode,
     overwrite,
     latent_only,
-    seed,
+    **training,
 ) -> None:
     """Train MODEL on INPUT (.h5ad/.h5mu); write results to --out and save the model."""
     import scvi
@@ -392,24 +428,10 @@ def fit(
         original = _read(input_path, backed=data_mode == "stream")
         data, own_cells = _padded(original, data_mode == "stream")
         spec.setup(data, options)
-        scvi.settings.seed = seed
+        scvi.settings.seed = training["seed"]
         model = spec.cls(data)
-        train_kwargs = {
-            "accelerator": accelerator,
-            "devices": int(devices) if devices.isdigit() else devices,
-            "strategy": strategy,
-            "data_mode": data_mode,
-        }
-        if epochs is not None:
-            train_kwargs["max_epochs"] = epochs
-        if lr is not None:
-            train_kwargs["lr"] = lr
-        # scvi-tools writes the training history of several processes to disk, by default
-        # into ./lightning_logs; a pipeline's working folder is no place for it.
-        with tempfile.TemporaryDirectory(prefix="scgexp_logs_") as logs:
-            model.train(**train_kwargs, log_save_dir=logs)
-        if getattr(model.trainer, "global_rank", 0) != 0:
-            return None  # several processes (--devices N): only the first one writes
+        if not _train(model, training, data_mode=data_mode):
+            return None
         model.save(str(folder), overwrite=True)
         result = _unpadded(_results(spec, model, data, options), original, own_cells, spec.key)
         _write(result, output)
@@ -423,16 +445,7 @@ def fit(
 @main.command()
 @click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option(
-    "--out",
-    "output",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help=(
-        "Output file (same type as INPUT): the input with the results added (dgex: a new "
-        "file with the predicted transcriptome)."
-    ),
-)
+@_output
 @click.option(
     "--rank-map",
     is_flag=True,
@@ -459,16 +472,9 @@ def predict(
     latent_only: bool,
 ) -> None:
     """Apply the model saved in MODEL_DIR to INPUT and write results to --out."""
-    from scgexp._io import ATTRIBUTES_FILE
-    from scgexp.cli._specs import spec_for_class
 
     def action():
-        if not model_dir.exists():
-            raise InputError(f"{model_dir} does not exist; give the --model-dir of `scgexp fit`.")
-        if not (model_dir / ATTRIBUTES_FILE).exists():
-            raise InputError(f"{model_dir} holds no saved scgexp model; use `scgexp fit` first.")
-        registry = _saved_registry(model_dir)
-        spec = spec_for_class(registry["model_name"])
+        spec = _saved_spec(model_dir)
         _check_output(input_path, output, model=spec.key, overwrite=overwrite)
         if spec.key != "dgex" and (rank_map or fill_missing):
             raise InputError("--rank-map and --fill-missing apply to DGEX models only.")
@@ -483,6 +489,90 @@ def predict(
 
     _run(action)
     click.echo(f"Wrote {output}")
+
+
+@main.command("map")
+@click.argument("reference_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@_output
+@click.option(
+    "--model-dir",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to save the query model (default: next to --out).",
+)
+@click.option(
+    "--unfrozen",
+    is_flag=True,
+    help="Train every weight on INPUT, not only the new categories' (fine-tuning).",
+)
+@_training_options
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing --out file and a saved model of the same kind in --model-dir.",
+)
+@_latent_only
+def map_query(
+    reference_dir: Path,
+    input_path: Path,
+    output: Path,
+    model_dir: Path | None,
+    unfrozen: bool,
+    overwrite: bool,
+    latent_only: bool,
+    **training,
+) -> None:
+    """Map INPUT, with batches the saved model never saw, onto it (scArches); write --out.
+
+    The model saved in REFERENCE_DIR (by `scgexp fit`) is extended to INPUT's new batch
+    categories, which then train on INPUT alone; the rest of the model stays as it was. The
+    query model is saved in --model-dir; REFERENCE_DIR is left unchanged.
+    """
+    import scvi
+
+    def action():
+        spec = _saved_spec(reference_dir)
+        if spec.key == "dgex":
+            raise InputError(
+                "A DGEX model reads no batches, so there is nothing to map; use `scgexp predict`."
+            )
+        folder = model_dir or output.with_name(output.stem + f"_{spec.key}_query_model")
+        if folder.resolve() == reference_dir.resolve():
+            raise InputError(
+                "--model-dir must differ from REFERENCE_DIR: the reference model stays as it was."
+            )
+        _check_output(input_path, output, folder, model=spec.key, overwrite=overwrite)
+        _check_model_dir(folder, output, spec.cls.__name__, overwrite)
+        original = _read(input_path)
+        data, own_cells = _padded(original)
+        scvi.settings.seed = training["seed"]
+        model = spec.cls.load_query_data(
+            data, str(reference_dir), accelerator=training["accelerator"], unfrozen=unfrozen
+        )
+        if not _train(model, training):
+            return None
+        model.save(str(folder), overwrite=True)
+        flags = {"latent_only": latent_only}
+        result = _unpadded(_results(spec, model, data, flags), original, own_cells, spec.key)
+        _write(result, output)
+        return folder
+
+    folder = _run(action)
+    if folder is not None:
+        click.echo(f"Wrote {output}; query model saved in {folder}")
+
+
+def _saved_spec(model_dir: Path):
+    """The command line's spec of the model saved in ``model_dir`` (refused if there is none)."""
+    from scgexp._io import ATTRIBUTES_FILE
+    from scgexp.cli._specs import spec_for_class
+
+    if not model_dir.exists():
+        raise InputError(f"{model_dir} does not exist; give the --model-dir of `scgexp fit`.")
+    if not (model_dir / ATTRIBUTES_FILE).exists():
+        raise InputError(f"{model_dir} holds no saved scgexp model; use `scgexp fit` first.")
+    return spec_for_class(_saved_registry(model_dir)["model_name"])
 
 
 def _saved_registry(model_dir: Path) -> dict:

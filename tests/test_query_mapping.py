@@ -282,8 +282,16 @@ def test_batch_and_covariate_columns_keep_their_categories():
 def test_query_that_adds_nothing_is_refused_and_labels_typed_otherwise_too(zinb_split):
     reference_model, query = zinb_split
     known_only = reference_model.adata[:50].copy()
-    with pytest.raises(InputError, match="nothing to learn"):
-        ZINBAutoencoder.load_query_data(known_only, reference_model)
+    unregistered = known_only.copy()
+    unregistered.obs = unregistered.obs.drop(columns="_scvi_batch")
+    for key in ("_scvi_uuid", "_scvi_manager_uuid"):
+        del unregistered.uns[key]
+    for data in (known_only, unregistered):  # the refused call leaves the data as it was
+        obs, uns = data.obs.copy(), {k: v for k, v in data.uns.items() if k.startswith("_scvi")}
+        with pytest.raises(InputError, match="nothing to learn"):
+            ZINBAutoencoder.load_query_data(data, reference_model)
+        pd.testing.assert_frame_equal(data.obs, obs)
+        assert {k: v for k, v in data.uns.items() if k.startswith("_scvi")} == uns
     model = ZINBAutoencoder.load_query_data(known_only, reference_model, unfrozen=True)
     assert all(p.requires_grad for p in model.module.parameters())
 
@@ -422,3 +430,84 @@ def test_wrong_model_folder_names_the_right_loader(zinb_split, tmp_path):
         ZINBAutoencoder.load_query_data(query.copy(), str(tmp_path / "dgex"))
     with pytest.raises(InputError, match=r"ZINBAutoencoder\.load_query_data\(\.\.\.\)"):
         SAILER.load_query_data(query.copy(), str(tmp_path / "zinb"))
+
+
+def _dropout_rates(model) -> list[float]:
+    return [layer.p for layer in model.module.modules() if isinstance(layer, torch.nn.Dropout)]
+
+
+def test_freeze_dropout_switches_dropout_off_in_the_query_model_only(zinb_split):
+    reference_model, query = zinb_split
+    assert _dropout_rates(reference_model)
+    assert min(_dropout_rates(reference_model)) > 0
+    model = ZINBAutoencoder.load_query_data(query.copy(), reference_model, freeze_dropout=True)
+    assert set(_dropout_rates(model)) == {0.0}
+    assert min(_dropout_rates(reference_model)) > 0  # the reference is left as it was
+    default = ZINBAutoencoder.load_query_data(query.copy(), reference_model)
+    assert _dropout_rates(default) == _dropout_rates(reference_model)
+
+
+def test_query_model_starts_in_eval_mode_as_load_leaves_it(zinb_split):
+    reference_model, query = zinb_split
+    model = ZINBAutoencoder.load_query_data(query.copy(), reference_model)
+    assert not model.module.training
+
+
+def test_query_is_refused_as_a_view(zinb_split):
+    reference_model, query = zinb_split
+    with pytest.raises(InputError, match="a view cannot hold"):
+        ZINBAutoencoder.load_query_data(query[:50], reference_model)
+
+
+def test_single_category_covariate_last_in_both_reference_and_query():
+    """A covariate of one category (no columns) after the batch block, in both data sets."""
+    scvi.settings.seed = 0
+    reference, query = _split(simulate_scrna(n_cells=300, n_genes=30, n_batches=3, seed=6))
+    for data in (reference, query):
+        data.obs["site"] = pd.Categorical(["s0"] * data.n_obs)
+    ZINBAutoencoder.setup_anndata(
+        reference, layer="counts", batch_key="batch", categorical_covariate_keys=["site"]
+    )
+    reference_model = ZINBAutoencoder(reference, n_hidden=8, n_latent=3)
+    _train(reference_model, max_epochs=2)
+    model = ZINBAutoencoder.load_query_data(query, reference_model)
+    key = "decoder.fc_layers.Layer 0.0.weight"
+    old, new = reference_model.module.state_dict()[key], model.module.state_dict()[key]
+    np.testing.assert_array_equal(new[:, :-1], old)  # [latent 3 | batch 2 → 3 | site: none]
+    assert not new[:, -1].any()
+
+
+def test_every_layer_that_reads_the_categories_keeps_their_columns():
+    """With n_layers=2 both decoder layers read [hidden | batch | donor]: the donor block moves."""
+    scvi.settings.seed = 0
+    data = simulate_scrna(n_cells=300, n_genes=30, n_batches=3, seed=5)
+    data.obs["donor"] = pd.Categorical(np.where(np.arange(data.n_obs) % 2, "d0", "d1"))
+    reference, query = _split(data)
+    ZINBAutoencoder.setup_anndata(
+        reference, layer="counts", batch_key="batch", categorical_covariate_keys=["donor"]
+    )
+    reference_model = ZINBAutoencoder(reference, n_hidden=8, n_latent=3, n_layers=2)
+    _train(reference_model, max_epochs=2)
+    model = ZINBAutoencoder.load_query_data(query, reference_model)
+    for layer in (0, 1):
+        key = f"decoder.fc_layers.Layer {layer}.0.weight"
+        old, new = reference_model.module.state_dict()[key], model.module.state_dict()[key]
+        n = old.shape[1] - 4  # [input n | batch 2 → 3 | donor 2]
+        np.testing.assert_array_equal(new[:, : n + 2], old[:, : n + 2])
+        assert not new[:, n + 2].any()  # the new batch's column starts at zero
+        np.testing.assert_array_equal(new[:, n + 3 :], old[:, n + 2 :])
+
+
+def test_the_whole_adversary_trains():
+    reference_model, _, query = _sailer_reference(300, 60, 1, "both", epochs=1)
+    model = SAILER.load_query_data(query, reference_model)
+    adversary = {n: p for n, p in model.module.named_parameters() if n.startswith("invariance.")}
+    assert len(adversary) > 2
+    assert all(p.requires_grad for p in adversary.values())
+
+
+def test_reference_folder_may_be_a_path(zinb_split, tmp_path):
+    reference_model, query = zinb_split
+    reference_model.save(tmp_path / "reference")
+    model = ZINBAutoencoder.load_query_data(query.copy(), tmp_path / "reference")  # a Path
+    assert model.module.decoder.n_cat_list == [3]

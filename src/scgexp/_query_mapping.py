@@ -121,11 +121,13 @@ class QueryMappingMixin:
         # The reference's network, to read which weight columns belong to which category.
         reference = _initialize_model(cls, False, deepcopy(registry), deepcopy(attr_dict), None)
         _load_weights(reference.module, state, f"{source} holds a {cls.__name__}")
+        before = _registration_entries(adata)
         cls._set_up_like_reference(adata, registry, extend_categories=True)
         model = _initialize_model(cls, adata, registry, attr_dict, None)
         new_parts = _load_with_new_categories(reference.module, model.module)
         if not unfrozen:
             if not any(mask.any() for mask in new_parts.values()):
+                _put_back(adata, before)  # refused: the query as it was
                 raise InputError(
                     "The query holds no batch or covariate category that the reference lacks "
                     "(or the reference reads none), so there is nothing to learn for it; "
@@ -142,6 +144,30 @@ class QueryMappingMixin:
         model.to_device(torch_device)
         model.module.eval()
         return model
+
+
+def _registration_entries(data) -> list[tuple]:
+    """scvi-tools' ``_scvi_*`` entries in the obs and uns of ``data`` and its modalities."""
+    return [
+        (
+            frame,
+            {k: frame.obs[k].copy() for k in frame.obs if k.startswith("_scvi_")},
+            {k: frame.uns[k] for k in frame.uns if k.startswith("_scvi_")},
+        )
+        for frame in (data, *getattr(data, "mod", {}).values())
+    ]
+
+
+def _put_back(data, entries: list[tuple]) -> None:
+    """Undo a registration: the ``_scvi_*`` entries as :func:`_registration_entries` saw them."""
+    for frame, obs, uns in entries:
+        added = [k for k in frame.obs if k.startswith("_scvi_") and k not in obs]
+        frame.obs.drop(columns=added, inplace=True)
+        for key, column in obs.items():
+            frame.obs[key] = column
+        for key in [k for k in frame.uns if k.startswith("_scvi_") and k not in uns]:
+            del frame.uns[key]
+        frame.uns.update(uns)
 
 
 def _category_columns(

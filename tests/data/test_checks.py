@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import anndata
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import sparse
 
@@ -14,7 +15,7 @@ from scgexp.data import (
     row_and_column_sums,
     simulate_scrna,
 )
-from scgexp.data._checks import still_counts
+from scgexp.data._checks import check_known_categories, still_counts
 
 
 def _adata(values, layer=None):
@@ -94,3 +95,45 @@ def test_still_counts_reads_rows_across_the_matrix():
     normalised.data = np.log1p(normalised.data / 2.0)
     normalised = sparse.vstack([sparse.csr_matrix((1, 50)), normalised[1:]]).tocsr()
     assert not still_counts(normalised)
+
+
+def _batch_registry(categories) -> dict:
+    mapping = {"categorical_mapping": np.asarray(categories)}
+    return {
+        "setup_args": {"batch_key": "batch"},
+        "field_registries": {"batch": {"state_registry": mapping}},
+    }
+
+
+def _with_batch(values) -> anndata.AnnData:
+    obs = pd.DataFrame({"batch": values}, index=[str(i) for i in range(len(values))])
+    return anndata.AnnData(obs=obs)
+
+
+@pytest.mark.parametrize(
+    ("known", "values"),
+    [
+        ([0, 1], np.array([1, 7])),  # numbers in a plain int64 column (numpy scalars)
+        ([0, 1], pd.Categorical([1, 7])),
+        (["a", "b"], pd.Categorical(["a", "c"])),
+        ([False, True], pd.Categorical([True, False])),
+    ],
+)
+def test_new_categories_of_the_known_type_are_accepted(known, values):
+    check_known_categories(_with_batch(values), _batch_registry(known), allow_new_categories=True)
+
+
+@pytest.mark.parametrize(
+    ("known", "values", "shown"),
+    [
+        ([False, True], pd.Categorical([True, 2]), "2"),  # a number among booleans
+        ([0.1, 0.2], np.array([0.1, 0.3], dtype=np.float32), "0.1"),  # prints as a known one
+        ([0, 1], pd.Categorical(["x"]), "'x'"),
+        ([False, True], np.array([2, 3]), "2, 3"),  # numpy scalars shown as plain numbers
+    ],
+)
+def test_new_categories_of_another_type_are_refused(known, values, shown):
+    with pytest.raises(InputError, match=rf"holds .*{shown}.*, of another type"):
+        check_known_categories(
+            _with_batch(values), _batch_registry(known), allow_new_categories=True
+        )

@@ -481,8 +481,9 @@ def check_known_categories(
                 if text or _kind(v) not in kinds
             ]
             if mixed:
+                shown = ", ".join(map(repr, _plain(mixed[:10])))
                 raise InputError(
-                    f"obs[{key!r}] holds {', '.join(map(repr, mixed[:10]))}, of another type than "
+                    f"obs[{key!r}] holds {shown}, of another type than "
                     f"the model's categories {known.tolist()}: convert the column to the training "
                     f"type, `{column}[{key!r}] = {column}[{key!r}].{convert}` (new categories "
                     "need that type too)."
@@ -522,6 +523,11 @@ def check_known_categories(
                 f"obs[{key!r}] has categories the model was not trained with: {shown}. The "
                 f"decoder only knows {known.tolist()}. {fix}"
             )
+
+
+def _plain(values) -> list:
+    """``values`` with numpy scalars as Python ones, for messages (``1``, not ``np.int64(1)``)."""
+    return [value.item() if isinstance(value, np.generic) else value for value in values]
 
 
 def _kind(value) -> str:

@@ -605,7 +605,7 @@ def test_refuses_bad_requests():
         model.get_normalized_accessibility(region_list=["nope"])
     query = mdata["atac"].copy()
     query.obs["batch"] = "batch_9"
-    with pytest.raises(InputError, match=r"not trained with.*Relabel those cells"):
+    with pytest.raises(InputError, match=r"not trained with.*Relabel those.*load_query_data"):
         model.predict(query, source="atac", target="rna")
     with pytest.raises(ValueError, match="joint"):
         MultiVAE(mdata, joint="sum")
@@ -1050,6 +1050,40 @@ def test_differential_expression_and_accessibility_find_cell_type_features():
         _train(_mdata(n_proteins=5), modalities=RNA_PROT).differential_accessibility(
             groupby="cell_type"
         )
+
+
+def test_differential_protein_finds_cell_type_proteins():
+    mdata = _mdata(n_cells=600, n_genes=60, n_proteins=30, n_cell_types=2)
+    model = _train(mdata, modalities=RNA_PROT, max_epochs=40)
+    types = mdata.obs["cell_type"].to_numpy()
+    by_type = model.differential_protein(groupby="cell_type", group1=["type_0"], silent=True)
+    by_type = by_type.loc[mdata["prot"].var_names]
+    # The default "nb" likelihood: expected counts at the group's protein library size.
+    true_mean = mdata["prot"].layers["true_mean"]
+    truth = np.log2(true_mean[types == "type_0"].mean(0) / true_mean[types == "type_1"].mean(0))
+    assert np.corrcoef(truth, by_type["lfc_mean"])[0, 1] > 0.95
+    assert np.abs(truth - by_type["lfc_mean"]).mean() < 0.5  # shares of the library: 7
+    assert by_type["is_de_fdr_0.05"].mean() > 0.2
+    counts = mdata["prot"].X.toarray()
+    np.testing.assert_allclose(by_type["raw_mean1"], counts[types == "type_0"].mean(0), rtol=1e-6)
+    # Two random halves of one cell type: nothing is called, and far less is likely.
+    one_type = np.flatnonzero(types == "type_0")
+    halves = np.zeros((2, mdata.n_obs), dtype=bool)
+    halves[0, one_type[::2]] = halves[1, one_type[1::2]] = True
+    split = model.differential_protein(idx1=halves[0], idx2=halves[1], silent=True)
+    assert split["is_de_fdr_0.05"].mean() < 0.05
+    assert split["proba_de"].mean() < 0.6 * by_type["proba_de"].mean()
+    # The prior count is added to the decoded values, as TOTALVI's: a large one hides any change.
+    assert by_type["lfc_mean"].abs().max() > 1
+    flat = model.differential_protein(
+        groupby="cell_type", group1=["type_0"], protein_prior_count=1e9, silent=True
+    )
+    assert flat["lfc_mean"].abs().max() < 0.05
+    assert flat["scale1"].min() > 1e9
+    with pytest.raises(InputError, match="protein_prior_count must be 0 or more"):
+        model.differential_protein(groupby="cell_type", protein_prior_count=-1)
+    with pytest.raises(InputError, match=r"differential_protein needs protein data; .*'rna'"):
+        _train(_mdata()).differential_protein(groupby="cell_type")
 
 
 def test_differential_expression_leaves_the_data_as_it_was():

@@ -356,7 +356,9 @@ def simulate_multiome(
     -------
     MuData with modalities ``rna``, ``atac`` (and ``prot``), counts in ``X`` of each, the true
     expected counts in ``rna.layers["true_mean"]`` and open probabilities in
-    ``atac.layers["true_open"]`` (dense, also for cells whose data are missing), and
+    ``atac.layers["true_open"]`` (dense, also for cells whose data are missing), the expected
+    counts in ``prot.layers["true_mean"]`` and their foreground part in
+    ``prot.layers["true_foreground"]``, and
     ``obs["cell_type"]``, ``obs["batch"]`` in every modality and in the global ``obs``.
 
     Examples
@@ -420,6 +422,10 @@ def simulate_multiome(
             sparse.csr_matrix(protein),
             obs=obs.copy(),
             var=pd.DataFrame(index=[f"CD{i}" for i in range(n_proteins)]),
+            layers={
+                "true_mean": mean.astype(np.float32),
+                "true_foreground": foreground.astype(np.float32),
+            },
         )
     modalities["rna"].layers["true_mean"] = rna_mean  # also for cells whose rows are missing
     modalities["atac"].layers["true_open"] = open_prob

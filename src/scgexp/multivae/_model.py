@@ -1031,11 +1031,13 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         return self._frame(values, "protein", protein_list, adata, indices, return_numpy)
 
     # -- differential expression and accessibility --------------------------------------------
-    def _differential(self, target: str, method: str, args: dict) -> pd.DataFrame:
+    def _differential(
+        self, target: str, method: str, args: dict, prior_count: float = 0.0
+    ) -> pd.DataFrame:
         """scvi-tools' DE on one posterior draw per cell of ``target``'s normalised output.
 
-        ``args``: the public method's arguments. Observed statistics come from the cells that
-        have ``target``'s data.
+        ``args``: the public method's arguments; ``prior_count`` is added to the output.
+        Observed statistics come from the cells that have ``target``'s data.
         """
         if target not in self.data_modalities:
             raise InputError(
@@ -1047,12 +1049,6 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         args = dict(args, kwargs={"pseudocounts": 1e-6, **args["kwargs"]})
         rng = np.random.default_rng(settings.seed)
 
-        def decoded(data, indices, transform_batch, n_samples_overall=None):
-            indices = draw_indices(indices, n_samples_overall, rng)
-            return self._decoded(
-                target, data, indices, transform_batch, batch_size, n_samples=1, draw=True
-            )
-
         key = DATA_KEYS[target]
         matrix = manager.get_from_registry(key)
         totals = np.asarray(matrix.sum(1)).ravel()
@@ -1060,6 +1056,22 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         if PRESENCE_KEYS[target] in manager.data_registry:
             flag = np.asarray(manager.get_from_registry(PRESENCE_KEYS[target]), dtype=float)
             has_data &= flag.reshape(-1) > 0.5
+        # NB protein outputs are at the median library; the test compares counts at the
+        # group's mean library (each group is decoded in its own call).
+        median = None
+        if target == "protein" and self.module.protein_likelihood == "nb":
+            median = float(self.module.protein_median_total)
+
+        def decoded(data, indices, transform_batch, n_samples_overall=None):
+            indices = draw_indices(indices, n_samples_overall, rng)
+            values = self._decoded(
+                target, data, indices, transform_batch, batch_size, n_samples=1, draw=True
+            )
+            if median is not None:
+                cells = np.asarray(indices)
+                cells = cells[has_data[cells]]
+                values = values * (totals[cells].mean() / median if len(cells) else 1.0)
+            return values + prior_count
 
         def observed(adata_manager, idx1, idx2):
             # scvi-tools' scrna/scatac_raw_counts_properties on the cells that have the data,
@@ -1075,6 +1087,8 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
                         _per_10k(r, totals[g]) for r, g in zip(rows, groups, strict=True)
                     ],
                 }
+            elif target == "protein":  # as TOTALVI's protein rows
+                statistics = {"raw_mean": rows}
             else:
                 statistics = {"emp_mean": [r > 0 for r in rows]}
             stats = {
@@ -1082,7 +1096,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
                 for name, values in statistics.items()
                 for number, value in enumerate(values, start=1)
             }
-            if target != "rna":
+            if target == "atac":
                 stats["emp_effect"] = stats["emp_mean1"] - stats["emp_mean2"]
             return stats
 
@@ -1212,6 +1226,78 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         result = self._differential("atac", "differential_accessibility", arguments)
         return accessibility_table(result, mode, fdr_target)
 
+    @de_dsp.dedent
+    def differential_protein(
+        self,
+        adata: MuData | None = None,
+        groupby: str | None = None,
+        group1: Sequence[str] | None = None,
+        group2: str | None = None,
+        idx1: Sequence[int] | Sequence[bool] | str | None = None,
+        idx2: Sequence[int] | Sequence[bool] | str | None = None,
+        mode: Literal["vanilla", "change"] = "change",
+        delta: float = 0.25,
+        batch_size: int | None = None,
+        all_stats: bool = True,
+        batch_correction: bool = False,
+        batchid1: Sequence[str] | None = None,
+        batchid2: Sequence[str] | None = None,
+        fdr_target: float = 0.05,
+        silent: bool = False,
+        protein_prior_count: float = 0.1,
+        **kwargs,
+    ) -> pd.DataFrame:
+        r"""Differential protein abundance between two groups of cells, as scvi-tools' TOTALVI.
+
+        On one posterior draw per cell of the expected protein counts plus
+        ``protein_prior_count``, so the test compares how much of each protein the cells carry:
+        with ``protein_likelihood="nb"`` (the default) the expected counts at the mean protein
+        library size of the group's cells that have protein data (the training median for a
+        group without), not at one library size for all as :meth:`get_normalized_protein`,
+        whose shares of the library a few abundant proteins dominate; with ``"mixture"`` the
+        expected foreground counts, background removed, as TOTALVI's. The observed means use
+        the cells that have protein data. TOTALVI lists the proteins in its
+        ``differential_expression`` table, after the genes.
+
+        Parameters
+        ----------
+        %(de_adata)s
+        %(de_groupby)s
+        %(de_group1)s
+        %(de_group2)s
+        %(de_idx1)s
+        %(de_idx2)s
+        %(de_mode)s
+        %(de_delta)s
+        %(de_batch_size)s
+        %(de_all_stats)s
+        %(de_batch_correction)s
+        %(de_batchid1)s
+        %(de_batchid2)s
+        %(de_fdr_target)s
+        %(de_silent)s
+        protein_prior_count
+            Counts added to every decoded value (TOTALVI's default), so that proteins with
+            almost no foreground in both groups do not get large fold changes.
+        **kwargs
+            Passed to :meth:`scvi.model.base.DifferentialComputation.get_bayes_factors`.
+
+        Returns
+        -------
+        scvi-tools' differential expression :class:`~pandas.DataFrame`, indexed by protein,
+        with the observed means ``raw_mean1`` and ``raw_mean2``.
+
+        Examples
+        --------
+        >>> markers = model.differential_protein(groupby="cell_type", group1="B cells")
+        >>> markers.sort_values("lfc_mean", ascending=False).head()
+        """
+        if protein_prior_count < 0:
+            raise InputError(f"protein_prior_count must be 0 or more, not {protein_prior_count}.")
+        return self._differential(
+            "protein", "differential_protein", locals(), prior_count=protein_prior_count
+        )
+
     # -- cross-modal prediction on new data -----------------------------------------------------
     def _var_names(self, data_type: str) -> pd.Index:
         # The registry's training features: the registered data may have changed since setup.
@@ -1292,8 +1378,9 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
                     fix += f", pass a known batch as transform_batch (e.g. {known.tolist()[0]!r})"
                 raise InputError(
                     f"obs[{key!r}] has categories the model was not trained with: "
-                    f"{pd.Series(unknown).tolist()}; it knows {known.tolist()}. {fix}, or train "
-                    "a model that includes them."
+                    f"{pd.Series(unknown).tolist()}; it knows {known.tolist()}. {fix}, add "
+                    "theirs to the model with `MultiVAE.load_query_data(query_mdata, model)` and "
+                    "train it on them, or train a model that includes them."
                 )
             codes.append(position)
         return codes

@@ -318,7 +318,22 @@ def test_map_trains_a_new_batch_and_leaves_the_reference(tmp_path):
         "--overwrite",
     )
     assert result.exit_code == 1
-    assert "--model-dir must differ from REFERENCE_DIR" in result.output
+    assert "--model-dir must lie outside REFERENCE_DIR" in result.output
+    inside = ("--model-dir", reference_dir / "query"), ("--out", reference_dir / "q.h5ad")
+    for flag, path in inside:
+        result = _invoke(
+            "map", reference_dir, query_file, "--out", tmp_path / "q.h5ad", flag, path
+        )
+        assert result.exit_code == 1
+        assert f"{flag} must lie outside REFERENCE_DIR" in result.output
+    assert {path.name: path.read_bytes() for path in reference_dir.iterdir()} == saved
+    # Genes in another order: refused, with no advice to predict.
+    reordered = tmp_path / "reordered.h5ad"
+    query[:, ::-1].copy().write_h5ad(reordered)
+    result = _invoke("map", reference_dir, reordered, "--out", tmp_path / "o.h5ad")
+    assert result.exit_code == 1
+    assert "training_var_names" in result.output
+    assert "scgexp predict" not in result.output
 
 
 def test_dgex_refuses_latent_only_and_map(bulk_file, tmp_path):
@@ -460,7 +475,7 @@ def test_model_dir_is_checked_before_training(counts_file, bulk_file, tmp_path, 
     monkeypatch.setattr(MODELS["zinb"].cls, "train", no_training)
     out = tmp_path / "z.h5ad"
     cases = [
-        (folder, "holds a saved DGEX model, which fit would replace"),
+        (folder, "holds a saved DGEX model, which would be replaced"),
         (out, "--model-dir must differ from --out"),
     ]
     args = ["fit", "dgex", bulk_file, "--out", tmp_path / "d2.h5ad", "--model-dir", folder]

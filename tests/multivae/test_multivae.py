@@ -1080,8 +1080,21 @@ def test_differential_protein_finds_cell_type_proteins():
     )
     assert flat["lfc_mean"].abs().max() < 0.05
     assert flat["scale1"].min() > 1e9
-    with pytest.raises(InputError, match="protein_prior_count must be 0 or more"):
-        model.differential_protein(groupby="cell_type", protein_prior_count=-1)
+    for count in (-1, np.nan):
+        with pytest.raises(InputError, match="protein_prior_count must be 0 or more"):
+            model.differential_protein(groupby="cell_type", protein_prior_count=count)
+    np.testing.assert_allclose(
+        by_type["non_zeros_proportion1"], (counts[types == "type_0"] > 0).mean(0), rtol=1e-6
+    )
+    # Cells without protein data (all-zero rows) have no library size to compare counts at.
+    mosaic = _mdata(n_proteins=5)
+    without = np.arange(mosaic.n_obs) < 50
+    protein = mosaic["prot"].X.toarray()
+    protein[without] = 0
+    mosaic["prot"].X = sparse.csr_matrix(protein)
+    mosaic_model = _train(mosaic, modalities=RNA_PROT)
+    with pytest.raises(InputError, match="holds no cell with protein data"):
+        mosaic_model.differential_protein(idx1=without, idx2=~without, silent=True)
     with pytest.raises(InputError, match=r"differential_protein needs protein data; .*'rna'"):
         _train(_mdata()).differential_protein(groupby="cell_type")
 

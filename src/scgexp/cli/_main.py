@@ -7,6 +7,7 @@ import os
 import re
 import tempfile
 import warnings
+from functools import partial
 from pathlib import Path
 
 import click
@@ -175,8 +176,11 @@ _FLAGS = {
     "lr": "--lr",
     "unfrozen": "--unfrozen",
 }
-# Python methods that messages name, and the commands that do the same.
-_COMMANDS = {".load_query_data(": "scgexp map", ".load(": "scgexp predict"}
+# Python calls that messages advise, and the commands that do the same.
+_COMMANDS = {
+    ".load_query_data(": ("load_query_data", "scgexp map"),
+    ".load(dir, adata=": ("load", "scgexp predict"),
+}
 
 
 def _with_flags(message: str) -> str:
@@ -192,9 +196,9 @@ def _with_flags(message: str) -> str:
         if name in _FLAGS and (available is None or _FLAGS[name] in available)
     ]
     flags += [
-        f"{method.strip('.(')} is `{command}`"
-        for method, command in _COMMANDS.items()
-        if method in message and (context is None or f"scgexp {context.info_name}" != command)
+        f"{method} is `{command}`"
+        for call, (method, command) in _COMMANDS.items()
+        if call in message and (context is None or f"scgexp {context.info_name}" != command)
     ]
     return f"{message} (On the command line, {'; '.join(flags)}.)" if flags else message
 
@@ -297,15 +301,16 @@ def _train(model, training: dict, **train_kwargs) -> bool:
     return getattr(model.trainer, "global_rank", 0) == 0
 
 
-_output = click.option(  # fit, predict and map
+_output = partial(  # fit, predict and map
+    click.option,
     "--out",
     "output",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help=(
-        "Output file (same type as INPUT): the input with the results added (dgex: a new "
-        "file with the predicted transcriptome)."
-    ),
+)
+_TRANSCRIPTOME = (
+    "Output file (same type as INPUT): the input with the results added (dgex: a new file "
+    "with the predicted transcriptome)."
 )
 _latent_only = click.option(  # fit, predict and map
     "--latent-only",
@@ -350,7 +355,7 @@ def demo(out_dir: Path, epochs: int | None, accelerator: str) -> None:
 @main.command()
 @click.argument("model_name", metavar="MODEL", type=click.Choice(MODEL_NAMES))
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
-@_output
+@_output(help=_TRANSCRIPTOME)
 @click.option("--layer", default=None, help="Layer to train on (default: X).")
 @click.option("--batch-key", default=None, help="obs column with batches.")
 @click.option(
@@ -445,7 +450,7 @@ def fit(
 @main.command()
 @click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
-@_output
+@_output(help=_TRANSCRIPTOME)
 @click.option(
     "--rank-map",
     is_flag=True,
@@ -494,7 +499,7 @@ def predict(
 @main.command("map")
 @click.argument("reference_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
-@_output
+@_output(help="Output file (same type as INPUT): the input with the results added.")
 @click.option(
     "--model-dir",
     default=None,
@@ -538,10 +543,11 @@ def map_query(
                 "A DGEX model reads no batches, so there is nothing to map; use `scgexp predict`."
             )
         folder = model_dir or output.with_name(output.stem + f"_{spec.key}_query_model")
-        if folder.resolve() == reference_dir.resolve():
-            raise InputError(
-                "--model-dir must differ from REFERENCE_DIR: the reference model stays as it was."
-            )
+        for path, flag in ((output, "--out"), (folder, "--model-dir")):
+            if _within(path, reference_dir):
+                raise InputError(
+                    f"{flag} must lie outside REFERENCE_DIR: the reference model stays as it was."
+                )
         _check_output(input_path, output, folder, model=spec.key, overwrite=overwrite)
         _check_model_dir(folder, output, spec.cls.__name__, overwrite)
         original = _read(input_path)
@@ -561,6 +567,16 @@ def map_query(
     folder = _run(action)
     if folder is not None:
         click.echo(f"Wrote {output}; query model saved in {folder}")
+
+
+def _within(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies in it (also under another spelling or a link)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return os.path.samefile(candidate, folder) or any(
+                os.path.samefile(parent, folder) for parent in candidate.resolve().parents
+            )
+    return False
 
 
 def _saved_spec(model_dir: Path):
@@ -602,7 +618,7 @@ def _check_model_dir(folder: Path, output: Path, model_name: str, overwrite: boo
             ) from None
         if saved != model_name:
             raise InputError(
-                f"{folder} holds a saved {saved} model, which fit would replace; choose another "
+                f"{folder} holds a saved {saved} model, which would be replaced; choose another "
                 "--model-dir (--overwrite replaces a saved model of the same kind)."
             )
         if not overwrite:

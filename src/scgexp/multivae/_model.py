@@ -1056,22 +1056,29 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         if PRESENCE_KEYS[target] in manager.data_registry:
             flag = np.asarray(manager.get_from_registry(PRESENCE_KEYS[target]), dtype=float)
             has_data &= flag.reshape(-1) > 0.5
-        # NB protein outputs are at the median library; the test compares counts at the
-        # group's mean library (each group is decoded in its own call).
+        # NB protein outputs are at the median library; the test compares counts at the mean
+        # library of the cells of each call (a group, or a group's batch with batch_correction).
         median = None
         if target == "protein" and self.module.protein_likelihood == "nb":
             median = float(self.module.protein_median_total)
 
         def decoded(data, indices, transform_batch, n_samples_overall=None):
+            factor = 1.0
+            if median is not None:
+                cells = np.asarray(indices)
+                cells = cells[has_data[cells]]
+                if not len(cells):
+                    raise InputError(
+                        "A group (or, with batch_correction, a group's batch) holds no cell with "
+                        "protein data, so its protein counts have no library size to be "
+                        "compared at; compare cells that have protein data."
+                    )
+                factor = totals[cells].mean() / median
             indices = draw_indices(indices, n_samples_overall, rng)
             values = self._decoded(
                 target, data, indices, transform_batch, batch_size, n_samples=1, draw=True
             )
-            if median is not None:
-                cells = np.asarray(indices)
-                cells = cells[has_data[cells]]
-                values = values * (totals[cells].mean() / median if len(cells) else 1.0)
-            return values + prior_count
+            return values * factor + prior_count
 
         def observed(adata_manager, idx1, idx2):
             # scvi-tools' scrna/scatac_raw_counts_properties on the cells that have the data,
@@ -1088,7 +1095,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
                     ],
                 }
             elif target == "protein":  # as TOTALVI's protein rows
-                statistics = {"raw_mean": rows}
+                statistics = {"raw_mean": rows, "non_zeros_proportion": [r != 0 for r in rows]}
             else:
                 statistics = {"emp_mean": [r > 0 for r in rows]}
             stats = {
@@ -1252,11 +1259,11 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         On one posterior draw per cell of the expected protein counts plus
         ``protein_prior_count``, so the test compares how much of each protein the cells carry:
         with ``protein_likelihood="nb"`` (the default) the expected counts at the mean protein
-        library size of the group's cells that have protein data (the training median for a
-        group without), not at one library size for all as :meth:`get_normalized_protein`,
-        whose shares of the library a few abundant proteins dominate; with ``"mixture"`` the
-        expected foreground counts, background removed, as TOTALVI's. The observed means use
-        the cells that have protein data. TOTALVI lists the proteins in its
+        library size of the group's cells that have protein data (a group without any is
+        refused), not at one library size for all as :meth:`get_normalized_protein`, whose
+        shares of the library a few abundant proteins dominate; with ``"mixture"`` the
+        expected foreground counts, background removed, as TOTALVI's. The observed statistics
+        use the cells that have protein data. TOTALVI lists the proteins in its
         ``differential_expression`` table, after the genes.
 
         Parameters
@@ -1285,14 +1292,14 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         Returns
         -------
         scvi-tools' differential expression :class:`~pandas.DataFrame`, indexed by protein,
-        with the observed means ``raw_mean1`` and ``raw_mean2``.
+        with the observed ``raw_mean1``/``2`` and ``non_zeros_proportion1``/``2``.
 
         Examples
         --------
         >>> markers = model.differential_protein(groupby="cell_type", group1="B cells")
         >>> markers.sort_values("lfc_mean", ascending=False).head()
         """
-        if protein_prior_count < 0:
+        if not protein_prior_count >= 0:  # also NaN
             raise InputError(f"protein_prior_count must be 0 or more, not {protein_prior_count}.")
         return self._differential(
             "protein", "differential_protein", locals(), prior_count=protein_prior_count

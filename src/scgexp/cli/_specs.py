@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -75,22 +74,20 @@ def _dgex_results(model: DGEX, adata: anndata.AnnData, options: dict) -> anndata
     """
     flags = {"rank_map": options.get("rank_map", False)}
     flags["fill_missing"] = options.get("fill_missing", False)
-    predicted = model.predict(adata, return_std=True, **flags)
-    with warnings.catch_warnings(action="ignore"):  # predict has warned about these landmarks
-        used = model._landmark_batches(adata, None, batch_size=_BATCH_SIZE, **flags)
-        landmarks = np.concatenate([batch.cpu().numpy() for batch in used])
-        latent = model.get_latent_representation(adata, **flags)
+    batches = model._landmark_batches(adata, None, batch_size=_BATCH_SIZE, **flags)
+    outputs = model._outputs(batches, ("landmarks", "mean", "std", "z"))  # one rank mapping
+    landmarks = outputs["landmarks"]
     present = model._landmark_positions(adata) >= 0
-    n_targets = predicted.n_vars
+    n_targets = len(model.target_names)
     out = anndata.AnnData(
-        X=np.hstack([landmarks, predicted.X]).astype(np.float32),
+        X=np.hstack([landmarks, outputs["mean"]]).astype(np.float32),
         obs=adata.obs.copy(),
         var=pd.DataFrame(
             {
                 "landmark": [True] * len(present) + [False] * n_targets,
                 "filled": np.concatenate([~present, np.zeros(n_targets, dtype=bool)]),
             },
-            index=list(model.landmark_names) + list(predicted.var_names),
+            index=list(model.landmark_names) + list(model.target_names),
         ),
         obsm=dict(adata.obsm),  # the same samples: per-sample annotations carry over
         obsp=dict(adata.obsp),
@@ -99,8 +96,8 @@ def _dgex_results(model: DGEX, adata: anndata.AnnData, options: dict) -> anndata
     landmark_std = np.zeros_like(landmarks, dtype=np.float32)  # measured: no prediction error
     training_std = model.module.landmark_scale.cpu().numpy()
     landmark_std[:, ~present] = training_std[~present]  # filled with the mean: the spread of it
-    out.layers["dgex_std"] = np.hstack([landmark_std, predicted.layers["std"]])
-    out.obsm["X_dgex"] = latent
+    out.layers["dgex_std"] = np.hstack([landmark_std, outputs["std"]])
+    out.obsm["X_dgex"] = outputs["z"]
     out.uns["dgex"] = {
         "targets": "predicted",
         "rank_map": flags["rank_map"],

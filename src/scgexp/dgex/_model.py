@@ -517,23 +517,33 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         --------
         >>> predicted = model.predict(l1000_profiles, rank_map=True, return_std=True)
         """
-        self._check_if_trained(warn=True)
-        self.module.eval()
-        means, stds = [], []
-        for landmarks in self._landmark_batches(adata, layer, fill_missing, rank_map, batch_size):
-            outputs = self.module.predict(landmarks)
-            means.append(outputs["mean"].cpu().numpy())
-            stds.append(outputs["std"].cpu().numpy())
+        batches = self._landmark_batches(adata, layer, fill_missing, rank_map, batch_size)
+        outputs = self._outputs(batches, ("mean", "std") if return_std else ("mean",))
         source = self.adata if adata is None else adata
         predicted = AnnData(
-            X=np.concatenate(means),
+            X=outputs["mean"],
             obs=source.obs.copy(),
             var=pd.DataFrame(index=self.target_names.copy()),
         )
         if return_std:
-            predicted.layers["std"] = np.concatenate(stds)
+            predicted.layers["std"] = outputs["std"]
         predicted.uns["dgex"] = {"rank_map": rank_map, "n_landmarks": len(self.landmark_names)}
         return predicted
+
+    @torch.inference_mode()
+    def _outputs(self, batches: Iterator[torch.Tensor], keep: tuple[str, ...]) -> dict:
+        """``keep`` of the module's outputs (``mean``, ``std``, ``z``) and of the ``landmarks``.
+
+        In one pass over the :meth:`_landmark_batches` ``batches`` (one rank mapping).
+        """
+        self._check_if_trained(warn=True)
+        self.module.eval()
+        parts: dict[str, list] = {key: [] for key in keep}
+        for landmarks in batches:
+            outputs = self.module.predict(landmarks) | {"landmarks": landmarks}
+            for key in keep:
+                parts[key].append(outputs[key].cpu().numpy())
+        return {key: np.concatenate(values) for key, values in parts.items()}
 
     @torch.inference_mode()
     def get_latent_representation(
@@ -554,7 +564,5 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         >>> adata.obsm["X_dgex"] = model.get_latent_representation()
         >>> sc.pp.neighbors(adata, use_rep="X_dgex")
         """
-        self._check_if_trained(warn=True)
-        self.module.eval()
         batches = self._landmark_batches(adata, layer, fill_missing, rank_map, batch_size)
-        return np.concatenate([self.module.inference(x)["z"].cpu().numpy() for x in batches])
+        return self._outputs(batches, ("z",))["z"]

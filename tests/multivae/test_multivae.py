@@ -1080,8 +1080,8 @@ def test_differential_protein_finds_cell_type_proteins():
     )
     assert flat["lfc_mean"].abs().max() < 0.05
     assert flat["scale1"].min() > 1e9
-    for count in (-1, np.nan):
-        with pytest.raises(InputError, match="protein_prior_count must be 0 or more"):
+    for count in (-1, np.nan, np.inf, None):
+        with pytest.raises(InputError, match="protein_prior_count must be a number, 0 or more"):
             model.differential_protein(groupby="cell_type", protein_prior_count=count)
     np.testing.assert_allclose(
         by_type["non_zeros_proportion1"], (counts[types == "type_0"] > 0).mean(0), rtol=1e-6

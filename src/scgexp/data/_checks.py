@@ -676,9 +676,10 @@ def check_feature_names(adata, registry: dict) -> None:
         if mod_key is not None and mod_key not in adata.mod:
             raise InputError(
                 f"The MuData has no modality {mod_key!r}, which the model was trained on "
-                f"(modalities: {list(adata.mod)}). Add it with the training features, holding "
-                "the cells that have that data or none: `scgexp.data.pad_modalities(mdata)` "
-                "gives the others all-zero rows, read as missing."
+                f"(modalities: {list(adata.mod)}). Add it, with the training features (for new "
+                "data it may hold only the cells that have that data, or none: `mdata = "
+                "scgexp.data.pad_modalities(mdata)` gives the others all-zero rows, read as "
+                "missing)."
             )
         target = adata.mod[mod_key] if mod_key is not None else adata
         if target.var_names.equals(pd.Index(names)):  # the usual case, without conversions

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
@@ -1057,7 +1058,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
             flag = np.asarray(manager.get_from_registry(PRESENCE_KEYS[target]), dtype=float)
             has_data &= flag.reshape(-1) > 0.5
         # NB protein outputs are at the median library; the test compares counts at the mean
-        # library of the cells of each call (a group, or a group's batch with batch_correction).
+        # library of each group's cells (scvi-tools decodes a group's cells in each call).
         median = None
         if target == "protein" and self.module.protein_likelihood == "nb":
             median = float(self.module.protein_median_total)
@@ -1069,9 +1070,8 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
                 cells = cells[has_data[cells]]
                 if not len(cells):
                     raise InputError(
-                        "A group (or, with batch_correction, a group's batch) holds no cell with "
-                        "protein data, so its protein counts have no library size to be "
-                        "compared at; compare cells that have protein data."
+                        "A group holds no cell with protein data, so its protein counts have "
+                        "no library size to be compared at; compare cells that have protein data."
                     )
                 factor = totals[cells].mean() / median
             indices = draw_indices(indices, n_samples_overall, rng)
@@ -1299,8 +1299,13 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         >>> markers = model.differential_protein(groupby="cell_type", group1="B cells")
         >>> markers.sort_values("lfc_mean", ascending=False).head()
         """
-        if not protein_prior_count >= 0:  # also NaN
-            raise InputError(f"protein_prior_count must be 0 or more, not {protein_prior_count}.")
+        if not (
+            isinstance(protein_prior_count, numbers.Real)
+            and 0 <= protein_prior_count < np.inf  # not NaN either
+        ):
+            raise InputError(
+                f"protein_prior_count must be a number, 0 or more, not {protein_prior_count!r}."
+            )
         return self._differential(
             "protein", "differential_protein", locals(), prior_count=protein_prior_count
         )

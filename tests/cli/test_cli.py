@@ -733,3 +733,127 @@ def test_multivae_on_modalities_with_different_cells(tmp_path):
     result = CliRunner().invoke(main, [str(a) for a in streamed])
     assert result.exit_code == 1
     assert "cannot pad or reorder on disk" in result.output
+
+
+def test_map_passes_its_options_and_checks_the_model_dir(tmp_path, monkeypatch):
+    data = scgexp.data.simulate_scrna(n_cells=160, n_genes=30, n_batches=2, seed=0)
+    is_query = (data.obs["batch"] == "batch_1").to_numpy()
+    reference = data[~is_query].copy()
+    reference.obs["batch"] = reference.obs["batch"].cat.remove_unused_categories()
+    reference.write_h5ad(tmp_path / "reference.h5ad")
+    query = tmp_path / "query.h5ad"
+    data[is_query].copy().write_h5ad(query)
+    ref_dir = tmp_path / "reference_model"
+    fit = ["fit", "zinb", tmp_path / "reference.h5ad", "--out", tmp_path / "f.h5ad"]
+    result = _invoke(*fit, "--batch-key", "batch", "--model-dir", ref_dir, "--epochs", 1)
+    assert result.exit_code == 0, result.output
+
+    calls = []
+    load, train = ZINBAutoencoder.load_query_data, ZINBAutoencoder.train
+
+    def spy_load(*args, **kwargs):
+        calls.append(dict(kwargs, load_accelerator=kwargs.get("accelerator")))
+        return load(*args, **kwargs)
+
+    def spy_train(self, **kwargs):
+        calls[-1].update(kwargs)
+        return train(self, **kwargs)
+
+    monkeypatch.setattr(ZINBAutoencoder, "load_query_data", spy_load)
+    monkeypatch.setattr(ZINBAutoencoder, "train", spy_train)
+
+    def run(name, *flags):
+        out = tmp_path / f"{name}.h5ad"
+        result = _invoke("map", ref_dir, query, "--out", out, "--epochs", 2, *flags)
+        assert result.exit_code == 0, result.output
+        return ad.read_h5ad(out)
+
+    first = run("a", "--seed", 3, "--lr", "0.01", "--accelerator", "cpu")
+    assert calls[-1]["unfrozen"] is False
+    assert calls[-1]["load_accelerator"] == "cpu"
+    assert calls[-1]["max_epochs"] == 2
+    assert calls[-1]["lr"] == 0.01
+    again = run("b", "--seed", 3, "--lr", "0.01")
+    other = run("c", "--seed", 4, "--lr", "0.01")
+    np.testing.assert_array_equal(first.layers["zinb_denoised"], again.layers["zinb_denoised"])
+    assert not np.allclose(first.layers["zinb_denoised"], other.layers["zinb_denoised"])
+    tuned = run("t", "--seed", 3, "--unfrozen", "--latent-only")
+    assert calls[-1]["unfrozen"] is True
+    assert "zinb_denoised" in first.layers
+    assert "zinb_denoised" not in tuned.layers
+    # A saved query model is replaced only with --overwrite, as in fit.
+    args = ["map", ref_dir, query, "--out", tmp_path / "d.h5ad", "--epochs", 1]
+    args += ["--model-dir", tmp_path / "a_zinb_query_model"]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 1
+    assert "pass --overwrite to replace it" in result.output
+    # An existing --out is replaced only with --overwrite.
+    args = ["map", ref_dir, query, "--out", tmp_path / "a.h5ad"]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 1
+    assert "a.h5ad exists; pass --overwrite" in result.output
+    # Existing folders inside REFERENCE_DIR are inside it too.
+    (ref_dir / "sub").mkdir()
+    for flag, path in (("--out", ref_dir / "sub" / "q.h5ad"), ("--model-dir", ref_dir / "sub")):
+        args = ["map", ref_dir, query, "--out", tmp_path / "e.h5ad", flag, path]
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert result.exit_code == 1
+        assert f"{flag} must lie outside REFERENCE_DIR" in result.output
+
+
+def test_messages_name_no_command_for_the_running_one():
+    import click
+
+    from scgexp.cli._main import _with_flags, map_query, predict
+
+    message = "Add them with `Model.load_query_data(query, model)`."
+    with click.Context(map_query, info_name="map"):
+        assert _with_flags(message) == message
+    with click.Context(predict, info_name="predict"):
+        assert _with_flags(message).endswith(
+            "(On the command line, load_query_data is `scgexp map`.)"
+        )
+
+
+def test_dgex_output_latent_is_the_saved_models(tmp_path):
+    adata = scgexp.data.simulate_bulk_expression(
+        n_samples=60, n_landmarks=10, n_targets=20, n_programs=3, seed=0
+    )
+    path, out = tmp_path / "bulk.h5ad", tmp_path / "f.h5ad"
+    adata.write_h5ad(path)
+    args = ["fit", "dgex", str(path), "--out", str(out), "--epochs", "1"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    model = DGEX.load(tmp_path / "f_dgex_model")
+    np.testing.assert_allclose(
+        ad.read_h5ad(out).obsm["X_dgex"],
+        model.get_latent_representation(ad.read_h5ad(path)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_map_pads_a_mosaic_multivae_query(tmp_path):
+    import mudata
+
+    data = scgexp.data.simulate_multiome(n_cells=240, n_genes=40, n_peaks=60, n_batches=3, seed=0)
+    data.obs["batch"] = data.obs["batch"].astype("category")
+    is_query = (data.obs["batch"] == "batch_2").to_numpy()
+    reference = data[~is_query].copy()
+    reference.obs["batch"] = reference.obs["batch"].cat.remove_unused_categories()
+    reference.write(tmp_path / "reference.h5mu")
+    query = data[is_query].copy()
+    with_rna = query.obs_names[: query.n_obs // 2]  # the other cells lack RNA
+    mosaic = mudata.MuData({"rna": query["rna"][with_rna].copy(), "atac": query["atac"].copy()})
+    mosaic.obs["batch"] = query.obs["batch"]
+    mosaic.write(tmp_path / "query.h5mu")
+    fit = ["fit", "multivae", tmp_path / "reference.h5mu", "--out", tmp_path / "f.h5mu"]
+    result = _invoke(*fit, "--batch-key", "batch", "--model-dir", tmp_path / "ref", "--epochs", 2)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "mapped.h5mu"
+    result = _invoke("map", tmp_path / "ref", tmp_path / "query.h5mu", "--out", out, "--epochs", 2)
+    assert result.exit_code == 0, result.output
+    mapped = mudata.read_h5mu(out)
+    assert mapped["rna"].n_obs == len(with_rna)  # each modality keeps its own cells
+    assert mapped["rna"].layers["multivae_normalized"].shape == (len(with_rna), 40)
+    assert mapped.obsm["X_multivae"].shape[0] == query.n_obs
+    assert np.isnan(mapped.obsm["X_multivae_rna"]).any(axis=1).sum() == query.n_obs - len(with_rna)

@@ -513,3 +513,28 @@ def test_fill_missing_uses_the_training_mean(bulk, trained):
         reference = trained.predict(partial, fill_missing=True).X  # same units already
     target_sd = _targets(test).std(0).mean()
     assert np.abs(mapped - reference).mean() < 0.3 * target_sd
+
+
+def test_untrained_model_warns_before_predicting():
+    adata = scgexp.data.simulate_bulk_expression(
+        n_samples=40, n_landmarks=10, n_targets=20, n_programs=3, seed=0
+    )
+    DGEX.setup_anndata(adata)
+    model = DGEX(adata)
+    with pytest.warns(UserWarning, match="untrained"):
+        model.predict(adata)
+    with pytest.warns(UserWarning, match="untrained"):
+        model.get_latent_representation(adata)
+
+
+def test_predictions_are_without_dropout():
+    adata = scgexp.data.simulate_bulk_expression(
+        n_samples=40, n_landmarks=10, n_targets=20, n_programs=3, seed=0
+    )
+    DGEX.setup_anndata(adata)
+    model = DGEX(adata, dropout_rate=0.5)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    model.module.train()  # as a module left in training mode
+    first = model.predict(adata).X
+    model.module.train()
+    np.testing.assert_array_equal(model.predict(adata).X, first)

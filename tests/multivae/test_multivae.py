@@ -1126,3 +1126,42 @@ def test_differential_expression_leaves_the_data_as_it_was():
     da = model.differential_accessibility(idx1=~no_atac, idx2=no_atac, silent=True)
     assert da["emp_prob2"].isna().all()
     assert da["emp_prob1"].notna().all()
+
+
+def test_differential_protein_scales_at_the_mean_library_of_cells_with_protein():
+    mdata = simulate_multiome(n_cells=200, n_genes=40, n_peaks=50, n_proteins=6, seed=0)
+    protein = mdata["prot"].X.toarray()
+    protein[:50] = 0  # no protein data
+    mdata["prot"].X = sparse.csr_matrix(protein)
+    MultiVAE.setup_mudata(
+        mdata, batch_key="batch", modalities={"rna_layer": "rna", "protein_layer": "prot"}
+    )
+    model = MultiVAE(mdata, n_latent=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(max_epochs=1, enable_progress_bar=False)
+    # Decoded values of 1: the test's values are the library factor plus the prior count.
+    model._decoded = lambda target, data, indices, *args, **kwargs: np.ones((len(indices), 6))
+    totals = protein.sum(1)
+    median = float(model.module.protein_median_total)
+    idx1 = np.arange(200) < 100  # 50 cells without protein, 50 with
+    de = model.differential_protein(idx1=idx1, idx2=~idx1, protein_prior_count=0.3, silent=True)
+    np.testing.assert_allclose(de["scale1"], totals[50:100].mean() / median + 0.3, rtol=1e-5)
+    np.testing.assert_allclose(de["scale2"], totals[100:].mean() / median + 0.3, rtol=1e-5)
+    np.testing.assert_allclose(de["raw_mean1"], protein[50:100].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(de["non_zeros_proportion2"], (protein[100:] > 0).mean(0), rtol=1e-6)
+
+
+def test_differential_protein_mixture_is_not_rescaled():
+    mdata = simulate_multiome(n_cells=120, n_genes=30, n_peaks=40, n_proteins=5, seed=0)
+    MultiVAE.setup_mudata(
+        mdata, batch_key="batch", modalities={"rna_layer": "rna", "protein_layer": "prot"}
+    )
+    model = MultiVAE(mdata, n_latent=4, protein_likelihood="mixture")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(max_epochs=1, enable_progress_bar=False)
+    model._decoded = lambda target, data, indices, *args, **kwargs: np.ones((len(indices), 5))
+    idx1 = np.arange(120) < 60
+    de = model.differential_protein(idx1=idx1, idx2=~idx1, silent=True)
+    np.testing.assert_allclose(de[["scale1", "scale2"]], 1.1, rtol=1e-6)

@@ -249,9 +249,15 @@ def test_fit_and_predict_zinb(counts_file, tmp_path):
     assert result.exit_code == 0, result.output
 
 
-def test_map_trains_a_new_batch_and_leaves_the_reference(tmp_path):
-    data = scgexp.data.simulate_scrna(n_cells=240, n_genes=50, n_batches=3, seed=0)
-    is_query = (data.obs["batch"] == "batch_2").to_numpy()
+def _zinb_reference(tmp_path, n_cells: int, n_genes: int, n_batches: int, epochs: int):
+    """A ZINB model fitted by the command line on every batch but the last, and that batch.
+
+    Returns the model folder and the file of the last batch's cells (the query).
+    """
+    data = scgexp.data.simulate_scrna(
+        n_cells=n_cells, n_genes=n_genes, n_batches=n_batches, seed=0
+    )
+    is_query = (data.obs["batch"] == f"batch_{n_batches - 1}").to_numpy()
     reference = data[~is_query].copy()
     reference.obs["batch"] = reference.obs["batch"].cat.remove_unused_categories()
     reference.write_h5ad(tmp_path / "reference.h5ad")
@@ -259,8 +265,16 @@ def test_map_trains_a_new_batch_and_leaves_the_reference(tmp_path):
     data[is_query].copy().write_h5ad(query_file)
     reference_dir = tmp_path / "reference_model"
     fit = ["fit", "zinb", tmp_path / "reference.h5ad", "--out", tmp_path / "fitted.h5ad"]
-    result = _invoke(*fit, "--batch-key", "batch", "--model-dir", reference_dir, "--epochs", 3)
+    result = _invoke(
+        *fit, "--batch-key", "batch", "--model-dir", reference_dir, "--epochs", epochs
+    )
     assert result.exit_code == 0, result.output
+    return reference_dir, query_file
+
+
+def test_map_trains_a_new_batch_and_leaves_the_reference(tmp_path):
+    reference_dir, query_file = _zinb_reference(tmp_path, 240, 50, n_batches=3, epochs=3)
+    reference = ad.read_h5ad(tmp_path / "reference.h5ad")
     saved = {path.name: path.read_bytes() for path in reference_dir.iterdir()}
 
     # predict refuses the new batch and names the command that maps it.
@@ -736,17 +750,7 @@ def test_multivae_on_modalities_with_different_cells(tmp_path):
 
 
 def test_map_passes_its_options_and_checks_the_model_dir(tmp_path, monkeypatch):
-    data = scgexp.data.simulate_scrna(n_cells=160, n_genes=30, n_batches=2, seed=0)
-    is_query = (data.obs["batch"] == "batch_1").to_numpy()
-    reference = data[~is_query].copy()
-    reference.obs["batch"] = reference.obs["batch"].cat.remove_unused_categories()
-    reference.write_h5ad(tmp_path / "reference.h5ad")
-    query = tmp_path / "query.h5ad"
-    data[is_query].copy().write_h5ad(query)
-    ref_dir = tmp_path / "reference_model"
-    fit = ["fit", "zinb", tmp_path / "reference.h5ad", "--out", tmp_path / "f.h5ad"]
-    result = _invoke(*fit, "--batch-key", "batch", "--model-dir", ref_dir, "--epochs", 1)
-    assert result.exit_code == 0, result.output
+    ref_dir, query = _zinb_reference(tmp_path, 160, 30, n_batches=2, epochs=1)
 
     calls = []
     load, train = ZINBAutoencoder.load_query_data, ZINBAutoencoder.train

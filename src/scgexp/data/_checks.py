@@ -490,7 +490,7 @@ def check_known_categories(
                 )
             continue
         if len(unknown):
-            shown = ", ".join(map(repr, pd.Series(unknown).tolist()[:10]))
+            shown = ", ".join(map(repr, _plain(unknown[:10])))
             fix = (
                 "Give these cells one of those categories, add theirs to the model with "
                 "`Model.load_query_data(query, model)` and train it on them (scArches: only "

@@ -14,6 +14,7 @@ import pytest
 import scanpy as sc
 import scvi
 import torch
+from scipy import sparse as scipy_sparse
 from scipy.stats import pearsonr
 
 from scgexp.data import (
@@ -351,7 +352,8 @@ def test_multivae_protein_background_of_a_new_batch_learns():
     assert not torch.equal(background.detach()[:, 2], start)
 
 
-def test_multivae_query_without_one_modality_trains():
+def _multivae_reference():
+    """A MultiVAE (RNA + ATAC) trained for 2 epochs on two batches, and a third batch."""
     scvi.settings.seed = 0
     reference, query = _split(
         simulate_multiome(n_cells=300, n_genes=30, n_peaks=40, n_batches=3, seed=2)
@@ -359,6 +361,11 @@ def test_multivae_query_without_one_modality_trains():
     MultiVAE.setup_mudata(reference, batch_key="batch", modalities=RNA_ATAC)
     reference_model = MultiVAE(reference, n_latent=4)
     _train(reference_model, max_epochs=2)
+    return reference_model, query
+
+
+def test_multivae_query_without_one_modality_trains():
+    reference_model, query = _multivae_reference()
     query["atac"].X = query["atac"].X * 0  # RNA-only query cells
     model = MultiVAE.load_query_data(query, reference_model)
     _train(model, max_epochs=2)
@@ -511,3 +518,147 @@ def test_reference_folder_may_be_a_path(zinb_split, tmp_path):
     reference_model.save(tmp_path / "reference")
     model = ZINBAutoencoder.load_query_data(query.copy(), tmp_path / "reference")  # a Path
     assert model.module.decoder.n_cat_list == [3]
+
+
+def _query_with_other_features(query, n_missing: int = 10):
+    """``query`` with its features shuffled, the first ``n_missing`` dropped and two added."""
+    order = np.random.default_rng(0).permutation(query.n_vars)[n_missing:]
+    kept = query[:, order].copy()
+    extra = sc.AnnData(
+        np.ones((query.n_obs, 2), dtype=kept.X.dtype),
+        obs=pd.DataFrame(index=query.obs_names),
+        var=pd.DataFrame(index=["extra_a", "extra_b"]),
+        layers={key: np.ones((query.n_obs, 2), dtype=v.dtype) for key, v in kept.layers.items()},
+    )
+    other = sc.concat([kept, extra], axis=1, merge="first", uns_merge="first")
+    other.layers["counts"] = scipy_sparse.csr_matrix(other.layers["counts"])
+    other.var["marker"] = np.arange(other.n_vars) % 2 == 0
+    other.var["position"] = np.arange(other.n_vars)
+    other.varm["loadings"] = np.arange(other.n_vars * 2, dtype=float).reshape(-1, 2)
+    other.varp["pairs"] = np.ones((other.n_vars, other.n_vars))
+    other.uns["note"] = {"kept": True}
+    other.raw = other
+    return other
+
+
+def test_prepare_query_anndata_puts_features_in_order_and_pads_the_missing(zinb_split, tmp_path):
+    reference_model, query = zinb_split
+    reference_model.save(tmp_path / "reference")
+    names = pd.Index(reference_model.training_var_names)
+    other = _query_with_other_features(query)
+    before = other.copy()
+    with pytest.warns(UserWarning, match=r"10 of the model's 150 features are not in the query"):
+        prepared = ZINBAutoencoder.prepare_query_anndata(
+            other, str(tmp_path / "reference"), inplace=False
+        )
+    # The user's data is as it was; the copy has the model's features, values found by name.
+    assert other.var_names.equals(before.var_names)
+    np.testing.assert_array_equal(
+        other.layers["counts"].toarray(), before.layers["counts"].toarray()
+    )
+    assert prepared.var_names.equals(names)
+    missing = ~names.isin(other.var_names)
+    assert missing.sum() == 10
+    counts = prepared.layers["counts"]
+    assert isinstance(counts, scipy_sparse.csr_matrix)
+    assert counts.dtype == other.layers["counts"].dtype
+    np.testing.assert_array_equal(counts[:, missing].toarray(), 0)
+    np.testing.assert_array_equal(
+        counts[:, ~missing].toarray(), other[:, names[~missing]].layers["counts"].toarray()
+    )
+    np.testing.assert_array_equal(
+        _dense(prepared.X[:, ~missing]), _dense(other[:, names[~missing]].X)
+    )
+    assert (
+        prepared.var["marker"][~missing].tolist() == other.var["marker"][names[~missing]].tolist()
+    )
+    assert prepared.var["marker"].dtype == bool  # a mask scanpy can use
+    assert not prepared.var["marker"][missing].any()
+    assert prepared.var["position"][missing].isna().all()
+    assert np.isnan(prepared.varm["loadings"][missing]).all()
+    np.testing.assert_array_equal(
+        prepared.varm["loadings"][~missing], other[:, names[~missing]].varm["loadings"]
+    )
+    assert prepared.varp["pairs"][missing].sum() == 0
+    assert prepared.varp["pairs"][:, missing].sum() == 0
+    assert prepared.uns["note"] == {"kept": True}
+    assert prepared.raw.n_vars == other.n_vars
+
+    # The model reads the prepared query as it reads the complete one (a feature in the wrong
+    # column would break this): latents agree.
+    # (The encoder does not read the batch: the latent is the reference's.)
+    complete, padded = query.copy(), prepared.copy()
+    complete.obs["batch"] = padded.obs["batch"] = "batch_0"
+    correlations = [
+        pearsonr(a, b)[0]
+        for a, b in zip(
+            reference_model.get_latent_representation(complete).T,
+            reference_model.get_latent_representation(padded).T,
+            strict=True,
+        )
+    ]
+    assert min(correlations) > 0.9, correlations
+
+    # In place, as scvi-tools: the same result; the reference's features alone on request.
+    assert ZINBAutoencoder.prepare_query_anndata(other, reference_model) is None
+    assert other.var_names.equals(names)
+    np.testing.assert_array_equal(other.layers["counts"].toarray(), counts.toarray())
+    returned = ZINBAutoencoder.prepare_query_anndata(
+        other, reference_model, return_reference_var_names=True
+    )
+    assert returned.equals(names)
+    query_model = ZINBAutoencoder.load_query_data(other, reference_model)
+    _train(query_model, max_epochs=2)
+    assert query_model.get_latent_representation().shape == (other.n_obs, 8)
+
+
+def test_prepare_query_refusals_say_what_to_do(zinb_split, tmp_path):
+    reference_model, query = zinb_split
+    missing = query[:, 5:].copy()
+    with pytest.raises(InputError, match=r"ZINBAutoencoder\.prepare_query_anndata\(data, model\)"):
+        ZINBAutoencoder.load_query_data(missing, reference_model)
+    renamed = query.copy()
+    renamed.var_names = [f"ENSG{i}" for i in range(renamed.n_vars)]
+    with pytest.raises(InputError, match="none of the model's 150 features"):
+        ZINBAutoencoder.prepare_query_anndata(renamed, reference_model, inplace=False)
+    repeated = sc.concat([query[:, :3], query], axis=1, merge="first")
+    with pytest.raises(InputError, match="more than once"):
+        ZINBAutoencoder.prepare_query_anndata(repeated, reference_model, inplace=False)
+    with pytest.raises(InputError, match="view"):
+        ZINBAutoencoder.prepare_query_anndata(query[:10], reference_model)
+    with pytest.raises(
+        InputError, match=r"reads AnnData; use ZINBAutoencoder\.prepare_query_anndata"
+    ):
+        ZINBAutoencoder.prepare_query_mudata(md.MuData({"rna": query}), reference_model)
+    with pytest.raises(InputError, match="SAILER or the folder"):
+        SAILER.prepare_query_anndata(query, reference_model)
+    reference_model.save(tmp_path / "reference")
+    with pytest.raises(InputError, match="holds a ZINBAutoencoder model, not a SAILER"):
+        SAILER.prepare_query_anndata(query, str(tmp_path / "reference"))
+    assert query.n_vars == 150
+
+
+def test_prepare_query_mudata_pads_each_modality():
+    reference_model, query = _multivae_reference()
+    with pytest.raises(InputError, match=r"reads MuData; use MultiVAE\.prepare_query_mudata"):
+        MultiVAE.prepare_query_anndata(query["rna"], reference_model)
+    with pytest.raises(InputError, match=r"no modality 'atac'.*pad_modalities"):
+        MultiVAE.prepare_query_mudata(md.MuData({"rna": query["rna"]}), reference_model)
+    rna, atac = query["rna"], query["atac"]
+    partial = query.copy()
+    partial.mod["rna"], partial.mod["atac"] = rna[:, 3:].copy(), atac[:, ::-1].copy()
+    with pytest.warns(UserWarning, match=r"modality 'rna': 3 of the model's 30 features"):
+        MultiVAE.prepare_query_mudata(partial, reference_model)
+    names = reference_model.training_var_names
+    assert partial["rna"].var_names.equals(pd.Index(names["rna"]))
+    assert partial["atac"].var_names.equals(pd.Index(names["atac"]))
+    np.testing.assert_array_equal(_dense(partial["atac"].X), _dense(atac.X))
+    np.testing.assert_array_equal(_dense(partial["rna"].X)[:, :3], 0)
+    np.testing.assert_array_equal(_dense(partial["rna"].X)[:, 3:], _dense(rna.X)[:, 3:])
+    model = MultiVAE.load_query_data(partial, reference_model)
+    _train(model, max_epochs=2)
+    assert model.get_latent_representation().shape == (partial.n_obs, 4)
+
+
+def _dense(matrix) -> np.ndarray:
+    return matrix.toarray() if scipy_sparse.issparse(matrix) else np.asarray(matrix)

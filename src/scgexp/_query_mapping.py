@@ -9,15 +9,26 @@ scgexp's safe saves and trains only what belongs to the new categories (see
 from __future__ import annotations
 
 import os
+import warnings
 from copy import deepcopy
 from typing import TYPE_CHECKING
 
+import numpy as np
+import pandas as pd
 import torch
+from anndata import AnnData
+from mudata import MuData
+from scipy import sparse
 from scvi.nn import FCLayers
 
 from scgexp._compat import _initialize_model, parse_device_args
-from scgexp._io import _load_weights, _read_saved_model
-from scgexp.data._checks import InputError
+from scgexp._io import _file_names, _load_weights, _read_attributes, _read_saved_model
+from scgexp._warn import warn_user
+from scgexp.data._checks import InputError, registered_features
+from scgexp.data._mudata import _rows_at
+
+#: Below this share of the reference's features a query is mapped with a warning (as scvi-tools).
+MIN_SHARED_FEATURES = 0.8
 
 if TYPE_CHECKING:
     from scvi._types import AnnOrMuData
@@ -144,6 +155,241 @@ class QueryMappingMixin:
         model.to_device(torch_device)
         model.module.eval()
         return model
+
+    @classmethod
+    def prepare_query_anndata(
+        cls,
+        adata: AnnData,
+        reference_model,
+        return_reference_var_names: bool = False,
+        inplace: bool = True,
+        prefix: str | None = None,
+    ) -> AnnData | pd.Index | None:
+        """Give a query the reference's features, in its order, for :meth:`load_query_data`.
+
+        As scvi-tools' :meth:`~scvi.model.SCVI.prepare_query_anndata`: features the reference
+        lacks are dropped, the others put in the reference's order, and features the query
+        lacks are added as all-zero columns in ``X`` and every layer, read by the model as
+        not detected (with a warning that names them; below 80% of the reference's features,
+        mapping may be poor). Unlike scvi-tools, sparse stays sparse with its dtype, and
+        ``uns``, ``raw``, ``varm`` (NaN rows for added features) and ``varp`` (zero rows and
+        columns) are kept. Added features have missing values in ``var``, except in boolean
+        columns, where they are ``False`` (as masks such as ``highly_variable`` need).
+
+        Parameters
+        ----------
+        adata
+            Query data, in memory.
+        reference_model
+            A model of this class, or the folder it was saved to.
+        return_reference_var_names
+            Return only the reference's features, changing nothing.
+        inplace
+            Change ``adata`` (as scvi-tools does); ``False``: return a prepared copy and leave
+            ``adata`` as it was.
+        prefix
+            The ``prefix`` the reference was saved with.
+
+        Returns
+        -------
+        ``None`` (``inplace``), the prepared copy, or the reference's features.
+
+        Examples
+        --------
+        >>> ZINBAutoencoder.prepare_query_anndata(query, "reference_model")
+        >>> query_model = ZINBAutoencoder.load_query_data(query, "reference_model")
+        """
+        features = cls._reference_features(reference_model, prefix, "prepare_query_anndata")
+        if None not in features:
+            raise InputError(
+                f"{cls.__name__} reads MuData; use {cls.__name__}.prepare_query_mudata(mdata, "
+                "reference_model)."
+            )
+        names = pd.Index(features[None])
+        if return_reference_var_names:
+            return names
+        prepared = _with_features(adata, names, inplace, "")
+        if not inplace:
+            return prepared
+        if prepared is not adata:
+            adata._init_as_actual(prepared)  # as scvi-tools: anndata has no public way
+        return None
+
+    @classmethod
+    def prepare_query_mudata(
+        cls,
+        mdata: MuData,
+        reference_model,
+        return_reference_var_names: bool = False,
+        inplace: bool = True,
+        prefix: str | None = None,
+    ) -> MuData | dict[str, pd.Index] | None:
+        """Give each of a query's modalities the reference's features, in its order.
+
+        :meth:`prepare_query_anndata` for each modality the model was trained on (as
+        scvi-tools' :meth:`~scvi.model.MULTIVI.prepare_query_mudata`); other modalities are
+        left as they are.
+
+        Parameters
+        ----------
+        mdata
+            Query data, in memory, with the reference's modalities (a modality may hold no
+            cells; :func:`scgexp.data.pad_modalities` then gives it all-zero rows).
+        reference_model
+            A model of this class, or the folder it was saved to.
+        return_reference_var_names
+            Return only the reference's features per modality, changing nothing.
+        inplace
+            Change ``mdata`` (as scvi-tools does); ``False``: return a prepared copy and leave
+            ``mdata`` as it was.
+        prefix
+            The ``prefix`` the reference was saved with.
+
+        Returns
+        -------
+        ``None`` (``inplace``), the prepared copy, or the reference's features per modality.
+
+        Examples
+        --------
+        >>> MultiVAE.prepare_query_mudata(query, "reference_model")
+        >>> query_model = MultiVAE.load_query_data(query, "reference_model")
+        """
+        features = cls._reference_features(reference_model, prefix, "prepare_query_mudata")
+        if None in features:
+            raise InputError(
+                f"{cls.__name__} reads AnnData; use {cls.__name__}.prepare_query_anndata(adata, "
+                "reference_model)."
+            )
+        if return_reference_var_names:
+            return {key: pd.Index(names) for key, names in features.items()}
+        if not isinstance(mdata, MuData):
+            raise InputError(f"prepare_query_mudata takes a MuData; got {type(mdata).__name__}.")
+        if mdata.isbacked:
+            raise InputError("Read the query into memory first: `mudata.read_h5mu(path)`.")
+        absent = [key for key in features if key not in mdata.mod]
+        if absent:
+            raise InputError(
+                f"The MuData has no modality {absent[0]!r}, which the model was trained on "
+                f"(modalities: {list(mdata.mod)}). For a query without that data, add it as an "
+                "AnnData with no cells and the model's features (listed by "
+                "return_reference_var_names=True), then pad it: "
+                "`mdata = scgexp.data.pad_modalities(mdata)`."
+            )
+        prepared = {
+            key: _with_features(mdata.mod[key], pd.Index(names), False, f"modality {key!r}: ")
+            for key, names in features.items()
+        }
+        target = mdata if inplace else mdata.copy()
+        for key, modality in prepared.items():
+            target.mod[key] = modality
+        with warnings.catch_warnings():  # mudata's notice of a future default
+            warnings.filterwarnings("ignore", r"From 0\.4 \.update\(\)", FutureWarning)
+            target.update()
+        return None if inplace else target
+
+    @classmethod
+    def _reference_features(cls, reference_model, prefix: str | None, method: str) -> dict:
+        """The reference's features per modality (``None``: AnnData), from a model or folder."""
+        if isinstance(reference_model, str | os.PathLike):
+            source = os.fspath(reference_model)
+            attr_dict = _read_attributes(source, _file_names(prefix))["attr_dict"]
+            registry = cls._pop_registry(attr_dict, source, prefix, method)
+        elif isinstance(reference_model, cls):
+            registry = reference_model.registry_
+        else:
+            raise InputError(
+                f"reference_model must be a {cls.__name__} or the folder it was saved to, not "
+                f"{type(reference_model).__name__}."
+            )
+        return {
+            key: [str(name) for name in names]
+            for key, names in registered_features(registry).items()
+        }
+
+
+def _columns_at(matrix, positions: np.ndarray):
+    """``matrix``'s columns at ``positions``, zero columns where -1; format and dtype kept."""
+    if matrix is None:
+        return None
+    if sparse.issparse(matrix):
+        return type(matrix)(_rows_at(matrix.T, positions).T.asformat(matrix.format))
+    return np.ascontiguousarray(_rows_at(np.asarray(matrix).T, positions).T)
+
+
+def _with_features(adata: AnnData, names: pd.Index, inplace: bool, where: str) -> AnnData:
+    """``adata`` with exactly the features ``names`` (zeros where absent); ``adata`` if it has.
+
+    Returns a new AnnData sharing no arrays with ``adata`` (``adata`` itself when its features
+    are already ``names`` and ``inplace``).
+    """
+    if not isinstance(adata, AnnData):
+        raise InputError(f"{where}expected an AnnData; got {type(adata).__name__}.")
+    if adata.isbacked:
+        raise InputError(f"{where}read the query into memory first: `adata = adata.to_memory()`.")
+    if inplace and adata.is_view:
+        raise InputError(
+            f"{where}the query is a view of another AnnData, which cannot be changed in place; "
+            "pass `adata.copy()`, or use inplace=False."
+        )
+    present = pd.Index(np.asarray(adata.var_names, dtype=str))
+    repeated = present[present.duplicated()].intersection(names)
+    if len(repeated):
+        raise InputError(
+            f"{where}the query has features of the model more than once ({', '.join(repeated[:5])}"
+            "); make them unique (`adata.var_names_make_unique()`) or keep one of each."
+        )
+    if inplace and present.equals(names):
+        return adata
+    unique = ~present.duplicated(keep=False)
+    positions = pd.Index(present[unique]).get_indexer(names)
+    positions = np.where(positions >= 0, np.flatnonzero(unique)[positions], -1)
+    found = int((positions >= 0).sum())
+    if found == 0:
+        raise InputError(
+            f"{where}none of the model's {len(names)} features ({', '.join(names[:3])}, ...) "
+            f"are in the query ({', '.join(present[:3])}, ...). Name them as the reference "
+            "does (e.g. gene symbols or Ensembl IDs)."
+        )
+    missing = names[positions < 0]
+    if len(missing):
+        warn_user(
+            f"{where}{len(missing)} of the model's {len(names)} features are not in the query "
+            f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); they are added "
+            "as zeros, read as not detected."
+            + (
+                f" With less than {MIN_SHARED_FEATURES:.0%} of the features, the mapping may be "
+                "poor."
+                if found < MIN_SHARED_FEATURES * len(names)
+                else ""
+            )
+        )
+    var = adata.var.reset_index(drop=True).reindex(positions)  # added rows: missing values
+    for column in [c for c in adata.var.columns if adata.var[c].dtype == bool]:  # masks
+        var[column] = var[column].astype("boolean").fillna(False).astype(bool)
+    var.index = pd.Index(names, name=adata.var_names.name)
+    varm = {
+        key: value.reset_index(drop=True).reindex(positions).set_axis(names)
+        if isinstance(value, pd.DataFrame)
+        else _rows_at(value, positions, fill=0 if sparse.issparse(value) else np.nan)
+        for key, value in adata.varm.items()
+    }
+    prepared = AnnData(
+        X=_columns_at(adata.X, positions),
+        obs=adata.obs.copy(),
+        var=var,
+        uns=deepcopy(dict(adata.uns)),
+        obsm={key: value.copy() for key, value in adata.obsm.items()},
+        varm=varm,
+        layers={key: _columns_at(value, positions) for key, value in adata.layers.items()},
+        obsp={key: value.copy() for key, value in adata.obsp.items()},
+        varp={
+            key: _columns_at(_rows_at(value, positions), positions)
+            for key, value in adata.varp.items()
+        },
+    )
+    if adata.raw is not None:
+        prepared.raw = adata.raw.to_adata()
+    return prepared
 
 
 def _registration_entries(data) -> list[tuple]:

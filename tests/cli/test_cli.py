@@ -126,14 +126,13 @@ def test_fit_and_predict_sailer(tmp_path):
     assert result.exit_code == 0, result.output
     again = ad.read_h5ad(tmp_path / "again.h5ad")
     np.testing.assert_allclose(again.obsm["X_sailer"], fitted.obsm["X_sailer"], rtol=1e-5)
-    for flag in ("--rank-map", "--fill-missing"):  # DGEX-only options are refused, not ignored
-        refused = tmp_path / "refused.h5ad"
-        result = CliRunner().invoke(
-            main, ["predict", str(model_dir), str(path), "--out", str(refused), flag]
-        )
-        assert result.exit_code != 0
-        assert "apply to DGEX models only" in result.output
-        assert not refused.exists()
+    refused = tmp_path / "refused.h5ad"  # a DGEX-only option is refused, not ignored
+    result = CliRunner().invoke(
+        main, ["predict", str(model_dir), str(path), "--out", str(refused), "--rank-map"]
+    )
+    assert result.exit_code != 0
+    assert "--rank-map applies to DGEX models only" in result.output
+    assert not refused.exists()
 
 
 def test_fit_and_predict_multivae(tmp_path):
@@ -348,6 +347,39 @@ def test_map_trains_a_new_batch_and_leaves_the_reference(tmp_path):
     assert result.exit_code == 1
     assert "training_var_names" in result.output
     assert "scgexp predict" not in result.output
+    assert "prepare_query_anndata is `--fill-missing`" in result.output
+    # With --fill-missing: in the model's order, missing genes as zeros; also for predict.
+    partial = tmp_path / "partial.h5ad"
+    query[:, query.var_names[::-1][:-3]].copy().write_h5ad(partial)
+    result = _invoke("map", reference_dir, partial, "--out", tmp_path / "o.h5ad", "--epochs", 2)
+    assert result.exit_code == 1
+    assert "3 of the model's 50 features are missing" in result.output
+    with pytest.warns(UserWarning, match="3 of the model's 50 features are not in the query"):
+        result = _invoke(
+            "map",
+            reference_dir,
+            partial,
+            "--out",
+            tmp_path / "o.h5ad",
+            "--fill-missing",
+            "--epochs",
+            2,
+        )
+    assert result.exit_code == 0, result.output
+    filled = ad.read_h5ad(tmp_path / "o.h5ad")
+    assert filled.var_names.equals(reference.var_names)
+    assert filled.layers["zinb_denoised"].shape == (query.n_obs, 50)
+    assert filled[:, reference.var_names[:3]].layers["counts"].sum() == 0
+    np.testing.assert_array_equal(
+        filled[:, reference.var_names[3:]].layers["counts"].toarray(),
+        query[:, reference.var_names[3:]].layers["counts"].toarray(),
+    )
+    query_dir = tmp_path / "o_zinb_query_model"
+    result = _invoke("predict", query_dir, partial, "--out", tmp_path / "p.h5ad", "--fill-missing")
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(
+        ad.read_h5ad(tmp_path / "p.h5ad").obsm["X_zinb"], filled.obsm["X_zinb"], rtol=1e-5
+    )
 
 
 def test_dgex_refuses_latent_only_and_map(bulk_file, tmp_path):
@@ -861,3 +893,14 @@ def test_map_pads_a_mosaic_multivae_query(tmp_path):
     assert mapped["rna"].layers["multivae_normalized"].shape == (len(with_rna), 40)
     assert mapped.obsm["X_multivae"].shape[0] == query.n_obs
     assert np.isnan(mapped.obsm["X_multivae_rna"]).any(axis=1).sum() == query.n_obs - len(with_rna)
+    # A mosaic query that also lacks two genes maps with --fill-missing; cells stay as they were.
+    mosaic.mod["rna"] = mosaic["rna"][:, 2:].copy()
+    mosaic.update()
+    mosaic.write(tmp_path / "partial.h5mu")
+    args = ["map", tmp_path / "ref", tmp_path / "partial.h5mu", "--out", tmp_path / "m2.h5mu"]
+    result = _invoke(*args, "--epochs", 2, "--fill-missing")
+    assert result.exit_code == 0, result.output
+    filled = mudata.read_h5mu(tmp_path / "m2.h5mu")
+    assert filled["rna"].n_obs == len(with_rna)
+    assert filled["rna"].var_names.equals(query["rna"].var_names)
+    assert filled["rna"].layers["multivae_normalized"].shape == (len(with_rna), 40)

@@ -137,3 +137,35 @@ def test_new_categories_of_another_type_are_refused(known, values, shown):
         check_known_categories(
             _with_batch(values), _batch_registry(known), allow_new_categories=True
         )
+
+
+def test_setup_refuses_an_argument_it_does_not_have():
+    from scgexp.data import simulate_bulk_expression, simulate_multiome, simulate_scatac
+    from scgexp.model import DGEX, SAILER, MultiVAE, ZINBAutoencoder
+
+    cases = [
+        (
+            ZINBAutoencoder.setup_anndata,
+            simulate_scrna(n_cells=30, n_genes=10, seed=0),
+            "batch_key",
+        ),
+        (SAILER.setup_anndata, simulate_scatac(n_cells=30, n_peaks=20, seed=0), "batch_key"),
+        (
+            DGEX.setup_anndata,
+            simulate_bulk_expression(n_samples=30, n_landmarks=5, n_targets=5),
+            "landmark_key",
+        ),
+        (
+            MultiVAE.setup_mudata,
+            simulate_multiome(n_cells=30, n_genes=10, n_peaks=20, seed=0),
+            "batch_key",
+        ),
+    ]
+    for setup, data, argument in cases:
+        # scvi-tools raised a TypeError naming neither the method nor its arguments.
+        typo = argument.replace("_", "")
+        with pytest.raises(
+            InputError, match=f"has no argument '{typo}'; did you mean '{argument}'"
+        ):
+            setup(data, **{typo: "batch"})
+        assert not any(key.startswith("_scvi") for key in data.obs)

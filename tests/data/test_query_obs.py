@@ -476,7 +476,7 @@ def test_multivae_predict_checks_continuous_covariates_and_encodes_empty_query_c
 
 def test_setup_refuses_misnamed_arguments_and_missing_columns():
     mdata = simulate_multiome(n_cells=60, n_genes=20, n_peaks=40, seed=0)
-    with pytest.raises(InputError, match="rna_layer="):
+    with pytest.raises(InputError, match="no argument 'layer'; did you mean 'rna_layer'"):
         MultiVAE.setup_mudata(mdata, modalities=RNA_ATAC, layer="counts")
     adata = simulate_bulk_expression(n_samples=30, n_landmarks=5, n_targets=10, seed=0)
     from scgexp.data import mark_landmarks

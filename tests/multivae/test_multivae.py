@@ -524,7 +524,7 @@ def test_refuses_bad_modalities():
         MultiVAE.setup_mudata(mdata["rna"], modalities=RNA_ATAC)
     with pytest.raises(InputError, match="setup_mudata"):
         MultiVAE.setup_anndata(mdata["rna"])
-    with pytest.raises(InputError, match=r"unknown arguments \['layer'\];"):  # not all kwargs
+    with pytest.raises(InputError, match="has no argument 'layer'"):  # not scvi-tools' TypeError
         MultiVAE.setup_mudata(mdata, layer="counts", extend_categories=False, modalities=RNA_ATAC)
     with pytest.raises(InputError, match="no column 'plate'"):
         MultiVAE.setup_mudata(mdata, batch_key="plate", modalities=RNA_ATAC)

@@ -180,6 +180,8 @@ _FLAGS = {
 _COMMANDS = {
     ".load_query_data(": ("load_query_data", "scgexp map"),
     ".load(dir, adata=": ("load", "scgexp predict"),
+    ".prepare_query_anndata(": ("prepare_query_anndata", "--fill-missing"),
+    ".prepare_query_mudata(": ("prepare_query_mudata", "--fill-missing"),
 }
 
 
@@ -319,6 +321,14 @@ _latent_only = click.option(  # fit, predict and map
     "(dense cells x features, large for many cells or peaks).",
 )
 
+_fill_missing = click.option(  # predict and map
+    "--fill-missing",
+    is_flag=True,
+    help="Features of the model absent from INPUT (with a warning): dgex fills landmarks "
+    "with their training mean; the others add them as zeros (read as not detected) and put "
+    "INPUT's features in the model's order, so the output holds the model's features.",
+)
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="scgexp")
@@ -456,11 +466,7 @@ def fit(
     is_flag=True,
     help="DGEX: map landmarks onto the training distribution by rank (cross-platform).",
 )
-@click.option(
-    "--fill-missing",
-    is_flag=True,
-    help="DGEX: fill landmarks absent from INPUT with their training mean (with a warning).",
-)
+@_fill_missing
 @click.option(
     "--overwrite",
     is_flag=True,
@@ -481,11 +487,13 @@ def predict(
     def action():
         spec = _saved_spec(model_dir)
         _check_output(input_path, output, model=spec.key, overwrite=overwrite)
-        if spec.key != "dgex" and (rank_map or fill_missing):
-            raise InputError("--rank-map and --fill-missing apply to DGEX models only.")
+        if spec.key != "dgex" and rank_map:
+            raise InputError("--rank-map applies to DGEX models only.")
         if spec.key == "dgex" and latent_only:
             raise InputError("--latent-only does not apply to dgex, whose output is predictions.")
         original = _read(input_path)
+        if fill_missing and spec.key != "dgex":
+            original = _with_model_features(spec, original, model_dir)
         data, own_cells = _padded(original)
         model = spec.cls.load(str(model_dir), adata=None if spec.key == "dgex" else data)
         flags = {"rank_map": rank_map, "fill_missing": fill_missing, "latent_only": latent_only}
@@ -511,6 +519,7 @@ def predict(
     is_flag=True,
     help="Train every weight on INPUT, not only the new categories' (fine-tuning).",
 )
+@_fill_missing
 @_training_options
 @click.option(
     "--overwrite",
@@ -524,6 +533,7 @@ def map_query(
     output: Path,
     model_dir: Path | None,
     unfrozen: bool,
+    fill_missing: bool,
     overwrite: bool,
     latent_only: bool,
     **training,
@@ -551,6 +561,8 @@ def map_query(
         _check_output(input_path, output, folder, model=spec.key, overwrite=overwrite)
         _check_model_dir(folder, output, spec.cls.__name__, overwrite)
         original = _read(input_path)
+        if fill_missing:
+            original = _with_model_features(spec, original, reference_dir)
         data, own_cells = _padded(original)
         scvi.settings.seed = training["seed"]
         model = spec.cls.load_query_data(
@@ -567,6 +579,13 @@ def map_query(
     folder = _run(action)
     if folder is not None:
         click.echo(f"Wrote {output}; query model saved in {folder}")
+
+
+def _with_model_features(spec, data, model_dir: Path):
+    """A copy of ``data`` with the saved model's features in its order, zeros where missing."""
+    if hasattr(data, "mod"):
+        return spec.cls.prepare_query_mudata(data, str(model_dir), inplace=False)
+    return spec.cls.prepare_query_anndata(data, str(model_dir), inplace=False)
 
 
 def _within(path: Path, folder: Path) -> bool:

@@ -5,6 +5,8 @@ The checks only read: they never modify ``X``, layers or annotations.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from numbers import Real
 from typing import TYPE_CHECKING
 
@@ -645,6 +647,40 @@ def registered_n_cats_per_cov(registry: dict) -> list[int] | None:
     return list(state.get("n_cats_per_key", [])) if state else None
 
 
+#: What scvi-tools passes a setup method when it registers new data like the training data.
+_TRANSFER_ARGUMENTS = ("source_registry", "extend_categories", "allow_missing_labels")
+
+
+def check_setup_arguments(setup_method, kwargs: dict) -> None:
+    """Refuse keyword arguments that ``setup_method`` does not have.
+
+    Setup methods pass ``**kwargs`` on to scvi-tools for its own transfers of a trained setup;
+    anything else raised scvi-tools' ``TypeError``, which names neither the method nor its
+    arguments.
+
+    Examples
+    --------
+    >>> check_setup_arguments(ZINBAutoencoder.setup_anndata, {"continuous_covariate_keys": ["x"]})
+    Traceback (most recent call last):
+    InputError: ZINBAutoencoder.setup_anndata has no argument 'continuous_covariate_keys'...
+    """
+    unknown = [key for key in kwargs if key not in _TRANSFER_ARGUMENTS]
+    if not unknown:
+        return
+    parameters = inspect.signature(setup_method).parameters.values()
+    names = [p.name for p in parameters if p.kind == p.POSITIONAL_OR_KEYWORD][1:]  # not the data
+    close = difflib.get_close_matches(unknown[0], names, n=1)
+    raise InputError(
+        f"{setup_method.__qualname__} has no argument {unknown[0]!r}"
+        + (f"; did you mean {close[0]!r}?" if close else ".")
+        + f" Its arguments: {', '.join(names)}."
+    )
+
+
+#: Models with ``prepare_query_anndata`` / ``prepare_query_mudata``.
+_PREPARES_QUERIES = ("ZINBAutoencoder", "SAILER", "MultiVAE")
+
+
 def check_feature_names(adata, registry: dict) -> None:
     """Check that new data has the trained model's features, by name and in the same order.
 
@@ -690,23 +726,31 @@ def check_feature_names(adata, registry: dict) -> None:
         if present.equals(expected):
             continue
         missing = expected.difference(present, sort=False)
+        model = registry.get(_MODEL_NAME_KEY, "Model")
+        prepare = "prepare_query_mudata" if mod_key is not None else "prepare_query_anndata"
         if len(missing):
             raise InputError(
                 f"{where}{len(missing)} of the model's {len(expected)} features are missing from "
                 f"the data: {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}. "
-                "The data needs every feature the model was trained on."
+                "The data needs every feature the model was trained on"
+                + (
+                    f"; `{model}.{prepare}(data, model)` adds missing ones as zeros (read as not "
+                    "detected) and puts the features in the model's order."
+                    if model in _PREPARES_QUERIES
+                    else "."
+                )
             )
         key = f"[{mod_key!r}]" if mod_key is not None else ""
         selection = f"mdata.mod{key}" if mod_key is not None else "adata"
         update = "; mdata.update()" if mod_key is not None else ""
-        model = registry.get(_MODEL_NAME_KEY, "Model")
         raise InputError(
             f"{where}the data has the model's features, but in another order or with extra "
             f"features; they would be read by position. Select them in the model's order: "
             f"`{selection} = {selection}[:, names].copy(){update}` with `names` the training "
             f"data's var_names ({', '.join(expected[:3])}, ...): "
             f"`model.training_var_names{key}`, for a saved model "
-            f"`{model}.load(dir).training_var_names{key}`."
+            f"`{model}.load(dir).training_var_names{key}`"
+            + (f"; or `{model}.{prepare}(data, model)`." if model in _PREPARES_QUERIES else ".")
         )
 
 

@@ -18,7 +18,14 @@ from scvi.utils import setup_anndata_dsp
 
 from scgexp._io import SafeSaveMixin
 from scgexp._warn import warn_user
-from scgexp.data._checks import InputError, check_matrix, dense, get_matrix, take_columns
+from scgexp.data._checks import (
+    InputError,
+    check_matrix,
+    check_setup_arguments,
+    dense,
+    get_matrix,
+    take_columns,
+)
 from scgexp.dgex._fields import LANDMARK_REGISTRY_KEY, LandmarkField
 from scgexp.dgex._module import N_QUANTILES, DGEXModule
 from scgexp.nn._tensors import copy_into
@@ -265,6 +272,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         >>> scgexp.data.mark_landmarks(adata, landmark_genes)
         >>> scgexp.model.DGEX.setup_anndata(adata, layer="log1p", landmark_key="landmark")
         """
+        check_setup_arguments(cls.setup_anndata, kwargs)
         setup_method_args = cls._get_setup_method_args(**locals())
         check_matrix(adata, layer, allow_empty_cells=True)
         anndata_fields = [

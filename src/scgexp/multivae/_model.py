@@ -41,6 +41,7 @@ from scgexp.data._checks import (
     check_library_size,
     check_matrix,
     check_obs_keys,
+    check_setup_arguments,
     check_size_factors,
     dense,
     get_matrix,
@@ -471,13 +472,8 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         ...     mdata, batch_key="batch", modalities={"rna_layer": "rna", "atac_layer": "atac"}
         ... )
         """
+        check_setup_arguments(cls.setup_mudata, kwargs)
         setup_method_args = cls._get_setup_method_args(**locals())
-        unknown = sorted(set(kwargs) - {"source_registry", "extend_categories"})
-        if unknown:
-            raise InputError(
-                f"setup_mudata got unknown arguments {unknown}; the counts layer of each "
-                "modality is given with rna_layer=, atac_layer= and protein_layer=."
-            )
         query = kwargs.get("source_registry") is not None
         cls._check_data(mdata, setup_method_args["setup_args"], query=query)
         if query:

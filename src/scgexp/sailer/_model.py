@@ -39,6 +39,7 @@ from scgexp.data._checks import (
     check_obs_keys,
     check_option,
     check_query,
+    check_setup_arguments,
     mean_and_scale,
     registered_n_cats_per_cov,
     row_and_column_sums,
@@ -255,6 +256,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         --------
         >>> SAILER.setup_anndata(adata, layer="counts", batch_key="batch")
         """
+        check_setup_arguments(cls.setup_anndata, kwargs)
         setup_method_args = cls._get_setup_method_args(**locals())
         source_registry = kwargs.get("source_registry")  # load(dir, adata=...): a query
         query = source_registry is not None

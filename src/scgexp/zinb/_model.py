@@ -34,6 +34,7 @@ from scgexp.data._checks import (
     check_obs_keys,
     check_option,
     check_query,
+    check_setup_arguments,
     check_size_factors,
     registered_n_cats_per_cov,
     row_and_column_sums,
@@ -234,6 +235,7 @@ class ZINBAutoencoder(
         --------
         >>> ZINBAutoencoder.setup_anndata(adata, layer="counts", batch_key="batch")
         """
+        check_setup_arguments(cls.setup_anndata, kwargs)
         setup_method_args = cls._get_setup_method_args(**locals())
         query = kwargs.get("source_registry") is not None  # load(dir, adata=...)
         check_matrix(adata, layer, counts=True, layer_argument=None if query else "layer")

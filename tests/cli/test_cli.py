@@ -84,6 +84,7 @@ def test_fit_and_predict_dgex(bulk_file, tmp_path):
     filled = ad.read_h5ad(predicted_path)
     assert filled.var_names[filled.var["filled"]].tolist() == [missing]
     assert list(filled.uns["dgex"]["filled_landmarks"]) == [missing]
+    assert filled.uns["dgex"]["n_landmarks"] == 20
     assert np.isfinite(filled.X).all()
     assert np.ptp(filled[:, missing].X) == 0
     model = DGEX.load(model_dir)

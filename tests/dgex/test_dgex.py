@@ -155,6 +155,8 @@ def test_missing_landmarks(bulk, trained):
         filled = trained.predict(partial, fill_missing=True)
     assert np.isfinite(filled.X).all()
     assert caught[0].filename == __file__  # the warning points at the caller's line
+    assert list(filled.uns["dgex"]["filled_landmarks"]) == list(landmark)
+    assert len(trained.predict(test).uns["dgex"]["filled_landmarks"]) == 0
 
 
 def test_rank_map_needs_several_samples(bulk, trained):

@@ -101,6 +101,7 @@ def _dgex_results(model: DGEX, adata: anndata.AnnData, options: dict) -> anndata
     out.uns["dgex"] = {
         "targets": "predicted",
         "rank_map": flags["rank_map"],
+        "n_landmarks": len(model.landmark_names),
         "filled_landmarks": np.asarray(model.landmark_names[~present], dtype=str),
     }
     return out

@@ -519,7 +519,9 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         Returns
         -------
         AnnData with ``adata``'s ``obs`` and the target genes as ``var``, predictions in ``X``
-        (training units) and, with ``return_std``, ``layers["std"]``.
+        (training units), with ``return_std`` ``layers["std"]``, and ``uns["dgex"]``:
+        ``rank_map``, ``n_landmarks`` and ``filled_landmarks`` (names filled with
+        ``fill_missing``), as ``scgexp predict`` writes them.
 
         Examples
         --------
@@ -535,7 +537,12 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         )
         if return_std:
             predicted.layers["std"] = outputs["std"]
-        predicted.uns["dgex"] = {"rank_map": rank_map, "n_landmarks": len(self.landmark_names)}
+        filled = self.landmark_names[self._landmark_positions(source) < 0]
+        predicted.uns["dgex"] = {
+            "rank_map": rank_map,
+            "n_landmarks": len(self.landmark_names),
+            "filled_landmarks": np.asarray(filled, dtype=str),
+        }
         return predicted
 
     @torch.inference_mode()

@@ -421,3 +421,21 @@ def test_posterior_predictive_sample_uses_transform_batch(adata):
     own = draw()
     np.testing.assert_array_equal(draw(transform_batch="batch_0"), own)  # same seed, same draws
     assert not np.array_equal(draw(transform_batch="batch_1"), own)
+
+
+def test_reconstruction_error_ranks_likelihoods_on_held_out_cells(adata):
+    # The simulator's counts are overdispersed: NB fits held-out cells better than Poisson.
+    errors = {}
+    for likelihood in ("nb", "poisson"):
+        scvi.settings.seed = 0
+        model = _train(adata, likelihood=likelihood, max_epochs=20)
+        held_out = model.validation_indices
+        error = model.get_reconstruction_error(indices=held_out)["reconstruction_loss"]
+        errors[likelihood] = float(error)
+        # The validation loss Lightning logged is this value (no ridge without dropout).
+        logged = model.history["reconstruction_loss_validation"].to_numpy(dtype=float)[-1, 0]
+        np.testing.assert_allclose(errors[likelihood], logged, rtol=1e-5)
+        per_cell = model.get_reconstruction_error(return_mean=False)["reconstruction_loss"]
+        assert per_cell.shape == (N_CELLS,)
+        assert torch.isfinite(per_cell).all()
+    assert errors["nb"] < 0.8 * errors["poisson"], errors

@@ -384,6 +384,47 @@ class ZINBAutoencoder(
         return self._encoded("z", adata, indices, batch_size)
 
     @torch.inference_mode()
+    def get_reconstruction_error(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        return_mean: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        """Negative log-likelihood of the counts under the decoded distribution (lower: better).
+
+        As scvi-tools' :meth:`~scvi.model.SCVI.get_reconstruction_error`, summed over genes
+        (without the ridge penalty on dropout): to compare likelihoods, dispersions or sizes on
+        the same held-out cells, e.g. ``model.validation_indices``.
+
+        Parameters
+        ----------
+        adata
+            Data organised like the training data; ``None``: the training data.
+        indices
+            Cells to use; ``None``: all.
+        batch_size
+            Cells per forward pass (``None``: scvi's default).
+        return_mean
+            The mean over cells; ``False``: one value per cell.
+
+        Returns
+        -------
+        ``{"reconstruction_loss": value}``.
+
+        Examples
+        --------
+        >>> model.get_reconstruction_error(indices=model.validation_indices)
+        """
+        from scvi.model.base._log_likelihood import compute_reconstruction_error
+
+        self._check_if_trained(warn=False)
+        adata = self._validate_anndata(adata)
+        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        self.module.eval()
+        return compute_reconstruction_error(self.module, loader, return_mean=return_mean)
+
+    @torch.inference_mode()
     def _encoded(self, key: str, adata, indices, batch_size) -> np.ndarray:
         """One output of the encoder pass (``"z"`` or ``"library"``), for every cell asked."""
         self._check_if_trained(warn=False)

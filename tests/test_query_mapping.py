@@ -535,7 +535,8 @@ def _query_with_other_features(query, n_missing: int = 10):
     other.var["marker"] = np.arange(other.n_vars) % 2 == 0
     other.var["position"] = np.arange(other.n_vars)
     other.varm["loadings"] = np.arange(other.n_vars * 2, dtype=float).reshape(-1, 2)
-    other.varp["pairs"] = np.ones((other.n_vars, other.n_vars))
+    other.varp["pairs"] = scipy_sparse.csr_array(np.ones((other.n_vars, other.n_vars)))
+    other.varm["sparse"] = scipy_sparse.csc_array(np.ones((other.n_vars, 3)))
     other.uns["note"] = {"kept": True}
     other.raw = other
     return other
@@ -579,8 +580,11 @@ def test_prepare_query_anndata_puts_features_in_order_and_pads_the_missing(zinb_
     np.testing.assert_array_equal(
         prepared.varm["loadings"][~missing], other[:, names[~missing]].varm["loadings"]
     )
+    assert isinstance(prepared.varp["pairs"], scipy_sparse.csr_array)
+    assert isinstance(prepared.varm["sparse"], scipy_sparse.csc_array)
     assert prepared.varp["pairs"][missing].sum() == 0
     assert prepared.varp["pairs"][:, missing].sum() == 0
+    assert prepared.varp["pairs"].sum() == (~missing).sum() ** 2
     assert prepared.uns["note"] == {"kept": True}
     assert prepared.raw.n_vars == other.n_vars
 
@@ -638,15 +642,19 @@ def test_prepare_query_refusals_say_what_to_do(zinb_split, tmp_path):
     assert query.n_vars == 150
 
 
-def test_prepare_query_mudata_pads_each_modality():
+def test_prepare_query_mudata_pads_each_modality(tmp_path):
     reference_model, query = _multivae_reference()
     with pytest.raises(InputError, match=r"reads MuData; use MultiVAE\.prepare_query_mudata"):
         MultiVAE.prepare_query_anndata(query["rna"], reference_model)
     with pytest.raises(InputError, match=r"no modality 'atac'.*pad_modalities"):
         MultiVAE.prepare_query_mudata(md.MuData({"rna": query["rna"]}), reference_model)
     rna, atac = query["rna"], query["atac"]
+    with pytest.raises(InputError, match="view of another MuData"):
+        MultiVAE.prepare_query_mudata(query[:10], reference_model)
     partial = query.copy()
     partial.mod["rna"], partial.mod["atac"] = rna[:, 3:].copy(), atac[:, ::-1].copy()
+    partial.update()
+    partial.var["selected"] = True  # a mask of the MuData's own: still one after preparing
     with pytest.warns(UserWarning, match=r"modality 'rna': 3 of the model's 30 features"):
         MultiVAE.prepare_query_mudata(partial, reference_model)
     names = reference_model.training_var_names
@@ -655,6 +663,9 @@ def test_prepare_query_mudata_pads_each_modality():
     np.testing.assert_array_equal(_dense(partial["atac"].X), _dense(atac.X))
     np.testing.assert_array_equal(_dense(partial["rna"].X)[:, :3], 0)
     np.testing.assert_array_equal(_dense(partial["rna"].X)[:, 3:], _dense(rna.X)[:, 3:])
+    assert partial.var["selected"].dtype == bool
+    assert partial.var["selected"].sum() == partial.n_vars - 3
+    partial.write(tmp_path / "prepared.h5mu")
     model = MultiVAE.load_query_data(partial, reference_model)
     _train(model, max_epochs=2)
     assert model.get_latent_representation().shape == (partial.n_obs, 4)

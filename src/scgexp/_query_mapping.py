@@ -266,6 +266,11 @@ class QueryMappingMixin:
             raise InputError(f"prepare_query_mudata takes a MuData; got {type(mdata).__name__}.")
         if mdata.isbacked:
             raise InputError("Read the query into memory first: `mudata.read_h5mu(path)`.")
+        if inplace and mdata.is_view:
+            raise InputError(
+                "The query is a view of another MuData, which cannot be changed in place; pass "
+                "`mdata.copy()`, or use inplace=False."
+            )
         absent = [key for key in features if key not in mdata.mod]
         if absent:
             raise InputError(
@@ -279,12 +284,14 @@ class QueryMappingMixin:
             key: _with_features(mdata.mod[key], pd.Index(names), False, f"modality {key!r}: ")
             for key, names in features.items()
         }
+        masks = mdata.var.iloc[:0].copy()  # the global var's columns and types, before update
         target = mdata if inplace else mdata.copy()
         for key, modality in prepared.items():
             target.mod[key] = modality
         with warnings.catch_warnings():  # mudata's notice of a future default
             warnings.filterwarnings("ignore", r"From 0\.4 \.update\(\)", FutureWarning)
             target.update()
+        _false_where_missing(target.var, masks)
         return None if inplace else target
 
     @classmethod
@@ -307,13 +314,31 @@ class QueryMappingMixin:
         }
 
 
+def _same_type(original, matrix):
+    """``matrix`` (from :func:`_rows_at`) as sparse of ``original``'s class and format."""
+    if sparse.issparse(original):
+        return type(original)(matrix.asformat(original.format))
+    return matrix
+
+
 def _columns_at(matrix, positions: np.ndarray):
     """``matrix``'s columns at ``positions``, zero columns where -1; format and dtype kept."""
     if matrix is None:
         return None
     if sparse.issparse(matrix):
-        return type(matrix)(_rows_at(matrix.T, positions).T.asformat(matrix.format))
+        return _same_type(matrix, _rows_at(matrix.T, positions).T)
     return np.ascontiguousarray(_rows_at(np.asarray(matrix).T, positions).T)
+
+
+def _false_where_missing(frame: pd.DataFrame, original: pd.DataFrame) -> None:
+    """Boolean columns of ``original`` reindexed into ``frame``: ``False`` for added rows.
+
+    Reindexing leaves them as ``object`` with NaN, which masks (``highly_variable``) and the
+    h5ad writer refuse.
+    """
+    for column in [c for c in original.columns if original[c].dtype == bool]:
+        if column in frame:
+            frame[column] = frame[column].astype("boolean").fillna(False).astype(bool)
 
 
 def _with_features(adata: AnnData, names: pd.Index, inplace: bool, where: str) -> AnnData:
@@ -364,13 +389,12 @@ def _with_features(adata: AnnData, names: pd.Index, inplace: bool, where: str) -
             )
         )
     var = adata.var.reset_index(drop=True).reindex(positions)  # added rows: missing values
-    for column in [c for c in adata.var.columns if adata.var[c].dtype == bool]:  # masks
-        var[column] = var[column].astype("boolean").fillna(False).astype(bool)
+    _false_where_missing(var, adata.var)
     var.index = pd.Index(names, name=adata.var_names.name)
     varm = {
         key: value.reset_index(drop=True).reindex(positions).set_axis(names)
         if isinstance(value, pd.DataFrame)
-        else _rows_at(value, positions, fill=0 if sparse.issparse(value) else np.nan)
+        else _same_type(value, _rows_at(value, positions, fill=np.nan))
         for key, value in adata.varm.items()
     }
     prepared = AnnData(
@@ -383,7 +407,7 @@ def _with_features(adata: AnnData, names: pd.Index, inplace: bool, where: str) -
         layers={key: _columns_at(value, positions) for key, value in adata.layers.items()},
         obsp={key: value.copy() for key, value in adata.obsp.items()},
         varp={
-            key: _columns_at(_rows_at(value, positions), positions)
+            key: _columns_at(_same_type(value, _rows_at(value, positions)), positions)
             for key, value in adata.varp.items()
         },
     )

@@ -321,12 +321,11 @@ _latent_only = click.option(  # fit, predict and map
     "(dense cells x features, large for many cells or peaks).",
 )
 
-_fill_missing = click.option(  # predict and map
-    "--fill-missing",
-    is_flag=True,
-    help="Features of the model absent from INPUT (with a warning): dgex fills landmarks "
-    "with their training mean; the others add them as zeros (read as not detected) and put "
-    "INPUT's features in the model's order, so the output holds the model's features.",
+_fill_missing = partial(click.option, "--fill-missing", is_flag=True)  # predict and map
+_ADD_MISSING = (
+    "add the model's features absent from INPUT as zeros (read as not detected; with a "
+    "warning) and put INPUT's features in the model's order, so the output holds the model's "
+    "features."
 )
 
 
@@ -466,7 +465,10 @@ def fit(
     is_flag=True,
     help="DGEX: map landmarks onto the training distribution by rank (cross-platform).",
 )
-@_fill_missing
+@_fill_missing(
+    help="dgex: fill landmarks absent from INPUT with their training mean (with a warning); "
+    "zinb, sailer, multivae: " + _ADD_MISSING
+)
 @click.option(
     "--overwrite",
     is_flag=True,
@@ -519,7 +521,7 @@ def predict(
     is_flag=True,
     help="Train every weight on INPUT, not only the new categories' (fine-tuning).",
 )
-@_fill_missing
+@_fill_missing(help=_ADD_MISSING[0].upper() + _ADD_MISSING[1:])
 @_training_options
 @click.option(
     "--overwrite",

@@ -317,7 +317,9 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         paper's cyclical annealing) while the invariance penalty applies in full. Adam with
         weight decay; the learning rate decays by 0.5% per epoch. 10% of the cells are held out;
         training stops when the validation ELBO has not improved for
-        ``early_stopping_patience`` epochs (counted after the KL warm-up).
+        ``early_stopping_patience + n_epochs_warmup + n_epochs_kl_warmup`` epochs (while the
+        KL weight rises the ELBO worsens, which must not stop training), and the last epoch's
+        weights are kept.
 
         Parameters
         ----------
@@ -330,7 +332,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         early_stopping
             Stop on the validation ELBO.
         early_stopping_patience
-            Epochs without improvement before stopping.
+            Epochs without improvement before stopping, beyond the warm-up's length.
         lr, weight_decay
             Adam's learning rate and weight decay (SAILER: 1e-3, 5e-4).
         n_epochs_warmup
@@ -362,7 +364,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
             **(plan_kwargs or {}),
         }
         if early_stopping:
-            # Patience counts from the end of the KL warm-up, when the ELBO becomes comparable.
+            # Longer by the warm-ups' length, over which the rising KL weight worsens the ELBO.
             early_stopping_patience += n_epochs_warmup + (n_epochs_kl_warmup or 0)
             early_stopping_patience = min(early_stopping_patience, max_epochs)
         warn_if_annealing_unfinished(max_epochs, plan_kwargs)

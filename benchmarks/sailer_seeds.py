@@ -10,6 +10,9 @@ Run from the project root (2-3 minutes per seed and method on one CPU thread)::
 
     python benchmarks/sailer_seeds.py --seeds 0 1 2 3 4   # writes results/sailer_seeds.md
     python benchmarks/sailer_seeds.py --dataset simulated_small   # 400 cells
+
+Each (data set, method, seed) row is cached in ``results/sailer_seeds_raw.json``; seeds already
+there are reused unless ``--rerun``, so adding seeds trains only the new ones.
 """
 
 from __future__ import annotations
@@ -114,14 +117,20 @@ def main() -> None:
     parser.add_argument(
         "--methods", nargs="+", default=METHODS, choices=METHODS, help="rerun only these"
     )
+    parser.add_argument(
+        "--rerun", action="store_true", help="train seeds already in the cache again"
+    )
     args = parser.parse_args()
     command = "python benchmarks/sailer_seeds.py --seeds " + " ".join(map(str, args.seeds))
     if args.dataset != "simulated":
         command += f" --dataset {args.dataset}"
     cache = RESULTS / "sailer_seeds_raw.json"
     results = json.loads(cache.read_text()) if cache.exists() else []
+    done = {(r["dataset"], r["method"], r["train_seed"]) for r in results}
     for seed in args.seeds:
         for method in args.methods:
+            if (args.dataset, method, seed) in done and not args.rerun:
+                continue
             start = time.perf_counter()
             result = run_isolated(run_one, args.dataset, method, seed)
             result["train_seed"] = seed
@@ -130,7 +139,7 @@ def main() -> None:
             results = store_result(cache, result, ("dataset", "method", "train_seed"))
             seconds = time.perf_counter() - start
             print(f"seed {seed} {method}: {seconds:.0f} s {result}", flush=True)
-    rows = [r for r in results if r["dataset"] == args.dataset]
+    rows = [r for r in results if r["dataset"] == args.dataset and r["train_seed"] in args.seeds]
     print(write_table(rows, args.dataset, command))
 
 

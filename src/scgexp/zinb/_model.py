@@ -558,7 +558,7 @@ class ZINBAutoencoder(
         Examples
         --------
         >>> markers = model.differential_expression(
-        ...     groupby="cell_type", group1="B cells", mode="change"
+        ...     groupby="cell_type", group1="CD19+ B", mode="change"  # pbmc68k_counts() labels
         ... )
         >>> markers.sort_values("lfc_mean", ascending=False).head()
         """

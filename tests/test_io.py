@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 import zipfile
 
@@ -232,6 +233,26 @@ def test_registered_data_changed_after_setup_is_refused(tmp_path):
     np.testing.assert_allclose(
         model.get_normalized_expression(query, return_numpy=True), expected, rtol=1e-5
     )
+
+
+def test_renamed_categories_are_named_with_the_way_back():
+    model, adata = _model()
+    expected = model.get_normalized_expression(return_numpy=True)
+    adata.obs["batch"] = adata.obs["batch"].cat.rename_categories(["Donor A", "Donor B"])
+    # The general advice (pass a copy) would fail on the new names: say how to rename back.
+    mapping = "{'Donor A': 'batch_0', 'Donor B': 'batch_1'}"
+    with pytest.raises(InputError, match=re.escape(f".map({mapping})")) as refusal:
+        model.get_normalized_expression()
+    assert "'batch_0' → 'Donor A', 'batch_1' → 'Donor B'" in str(refusal.value)
+    adata.obs["batch"] = adata.obs["batch"].map(
+        {"Donor A": "batch_0", "Donor B": "batch_1"}
+    )  # as the message says
+    np.testing.assert_array_equal(model.get_normalized_expression(return_numpy=True), expected)
+    # Relabelled to a known category (not renamed): the usual refusal, not this one.
+    adata.obs["batch"] = "batch_0"
+    with pytest.raises(InputError, match="changed after setup") as refusal:
+        model.get_normalized_expression()
+    assert "renamed" not in str(refusal.value)
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,7 @@ from scgexp.data._checks import (
     changed_obs_keys,
     check_feature_names,
     registered_features,
+    renamed_categories,
     still_counts,
 )
 
@@ -417,6 +418,15 @@ class SafeSaveMixin:
             if set_up_again:  # registered again: the columns hold this model's codes now
                 validated_manager.written_codes = _written_codes(validated_manager)
             changed = changed_obs_keys(validated_manager)
+            renamed = renamed_categories(validated_manager) if changed else {}
+            if renamed:
+                key, mapping = next(iter(renamed.items()))
+                shown = ", ".join(f"{old!r} → {new!r}" for new, old in mapping.items())
+                raise InputError(
+                    f"obs[{key!r}] was renamed after setup ({shown}); the model knows its "
+                    f"categories by the old names. Rename them back, `adata.obs[{key!r}] = "
+                    f"adata.obs[{key!r}].map({mapping!r})`, or set up and train a new model."
+                )
             if changed and validated is self.adata:
                 columns = ", ".join(f"obs[{key!r}]" for key in changed)
                 raise InputError(

@@ -164,12 +164,20 @@ def test_another_setup_on_the_same_data_keeps_each_model_s_encoding(tmp_path):
     loaded = DGEX.load(tmp_path / "dgex")
     assert list(loaded.landmark_names) == landmarks
     assert list(loaded.target_names) == list(dgex.target_names)
-    with pytest.raises(InputError, match="marks other landmarks"):
+    with pytest.raises(InputError, match=r"marks other landmarks.*landmark_key='landmark_2'"):
         dgex.train(max_epochs=1)
     mark_landmarks(bulk, landmarks)  # as the error says
     _quiet_train(dgex, max_epochs=1)
     dgex.save(tmp_path / "dgex", overwrite=True)
     assert list(DGEX.load(tmp_path / "dgex", adata=bulk).landmark_names) == landmarks
+    # Or, as it also says, the second model marks its own column: both then train.
+    mark_landmarks(bulk, list(bulk.var_names[-10:]), key="landmark_2")
+    DGEX.setup_anndata(bulk, landmark_key="landmark_2")
+    second = DGEX(bulk, n_hidden=16)
+    _quiet_train(second, max_epochs=1)
+    _quiet_train(dgex, max_epochs=1)
+    assert list(dgex.landmark_names) == landmarks
+    assert list(second.landmark_names) == list(bulk.var_names[-10:])
 
 
 def test_a_modality_set_up_for_another_model_keeps_each_model_s_encoding():

@@ -585,41 +585,78 @@ def changed_obs_keys(adata_manager) -> list[str]:
     >>> changed_obs_keys(model.get_anndata_manager(adata))
     []
     """
-    data, registry = adata_manager.adata, adata_manager.data_registry
-    fields = {field.registry_key: field for field in adata_manager.fields}
-
-    def obs_of(registry_key):  # a MuData's fields may read one modality's obs
-        mod_key = getattr(fields[registry_key], "mod_key", None)
-        return data.obs if mod_key is None else data.mod[mod_key].obs
-
-    encoded = []  # (obs, key, categories, codes)
-    setup_args = adata_manager.registry["setup_args"]
-    if setup_args.get("batch_key") is not None and REGISTRY_KEYS.BATCH_KEY in registry:
-        state = adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
-        codes = np.asarray(adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()
-        obs = obs_of(REGISTRY_KEYS.BATCH_KEY)
-        encoded.append((obs, state["original_key"], state["categorical_mapping"], codes))
-    if setup_args.get("categorical_covariate_keys") and REGISTRY_KEYS.CAT_COVS_KEY in registry:
-        state = adata_manager.get_state_registry(REGISTRY_KEYS.CAT_COVS_KEY)
-        codes = np.asarray(adata_manager.get_from_registry(REGISTRY_KEYS.CAT_COVS_KEY))
-        obs = obs_of(REGISTRY_KEYS.CAT_COVS_KEY)
-        for column, key in enumerate(state["field_keys"]):
-            encoded.append((obs, key, state["mappings"][key], codes[:, column]))
     changed = []
-    for obs, key, categories, codes in encoded:
+    for obs, key, categories, codes in _encoded_columns(adata_manager):
         _require_column(obs, key)
         expected = pd.Categorical(obs[key], categories=np.asarray(categories)).codes
         if not np.array_equal(expected, codes.astype(expected.dtype, copy=False)):
             changed.append(key)
+    registry = adata_manager.data_registry
+    setup_args = adata_manager.registry["setup_args"]
     if setup_args.get("continuous_covariate_keys") and REGISTRY_KEYS.CONT_COVS_KEY in registry:
         copied = adata_manager.get_from_registry(REGISTRY_KEYS.CONT_COVS_KEY)
-        obs = obs_of(REGISTRY_KEYS.CONT_COVS_KEY)
+        obs = _obs_of(adata_manager, REGISTRY_KEYS.CONT_COVS_KEY)
         for key in copied.columns:
             _require_column(obs, key)
             current = pd.to_numeric(obs[key], errors="coerce").to_numpy(dtype=float)
             if not np.allclose(current, copied[key].to_numpy(dtype=float), equal_nan=True):
                 changed.append(key)
     return changed
+
+
+def _obs_of(adata_manager, registry_key: str) -> pd.DataFrame:
+    """The obs a field reads (a MuData's fields may read one modality's)."""
+    field = next(f for f in adata_manager.fields if f.registry_key == registry_key)
+    mod_key = getattr(field, "mod_key", None)
+    data = adata_manager.adata
+    return data.obs if mod_key is None else data.mod[mod_key].obs
+
+
+def _encoded_columns(adata_manager) -> list[tuple]:
+    """``(obs, key, categories, codes)`` of each batch / categorical covariate column."""
+    registry, encoded = adata_manager.data_registry, []
+    setup_args = adata_manager.registry["setup_args"]
+    if setup_args.get("batch_key") is not None and REGISTRY_KEYS.BATCH_KEY in registry:
+        state = adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
+        codes = np.asarray(adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()
+        obs = _obs_of(adata_manager, REGISTRY_KEYS.BATCH_KEY)
+        encoded.append((obs, state["original_key"], state["categorical_mapping"], codes))
+    if setup_args.get("categorical_covariate_keys") and REGISTRY_KEYS.CAT_COVS_KEY in registry:
+        state = adata_manager.get_state_registry(REGISTRY_KEYS.CAT_COVS_KEY)
+        codes = np.asarray(adata_manager.get_from_registry(REGISTRY_KEYS.CAT_COVS_KEY))
+        obs = _obs_of(adata_manager, REGISTRY_KEYS.CAT_COVS_KEY)
+        for column, key in enumerate(state["field_keys"]):
+            encoded.append((obs, key, state["mappings"][key], codes[:, column]))
+    return encoded
+
+
+def renamed_categories(adata_manager) -> dict[str, dict]:
+    """Category columns renamed since setup: ``{key: {new label: old label}}``.
+
+    A column whose cells of each registered category now all carry one label, a different one
+    per category, some of them unknown to the model (e.g. ``cat.rename_categories`` for
+    plotting), was renamed rather than relabelled; renaming it back restores what the model was
+    trained with. (Cells given other known categories, as a query relabelled to a known batch,
+    are not renamed.)
+
+    Examples
+    --------
+    >>> renamed_categories(model.adata_manager)
+    {'batch': {'Donor A': 'batch_0', 'Donor B': 'batch_1'}}
+    """
+    renamed = {}
+    for obs, key, categories, codes in _encoded_columns(adata_manager):
+        if key not in obs or obs[key].isna().any():
+            continue
+        pairs = pd.DataFrame({"new": obs[key].astype(str).to_numpy(), "code": codes.ravel()})
+        pairs = pairs.drop_duplicates().sort_values("code")
+        if pairs["new"].is_unique and pairs["code"].is_unique:
+            old = [str(categories[int(code)]) for code in pairs["code"]]
+            mapping = dict(zip(pairs["new"], old, strict=True))
+            known = {str(category) for category in categories}
+            if any(new not in known for new in mapping):
+                renamed[key] = mapping
+    return renamed
 
 
 def _require_column(obs: pd.DataFrame, key: str) -> None:

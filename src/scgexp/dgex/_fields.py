@@ -83,7 +83,10 @@ class LandmarkField(BaseAnnDataField):
             map(str, state_registry["landmark_names"])
         ):  # as text: integer gene IDs come back from .h5ad as strings
             raise InputError(
-                f"var[{key!r}] marks other landmarks than the model was trained with. {fix}"
+                f"var[{key!r}] marks other landmarks than the model was trained with. {fix} "
+                "For models with different landmarks on the same data, give each its own "
+                "column: `scgexp.data.mark_landmarks(adata, genes, key='landmark_2')` and "
+                "`DGEX.setup_anndata(adata, landmark_key='landmark_2')`."
             )
         return new_state
 

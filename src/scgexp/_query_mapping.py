@@ -172,9 +172,10 @@ class QueryMappingMixin:
         lacks are added as all-zero columns in ``X`` and every layer, read by the model as
         not detected (with a warning that names them; below 80% of the reference's features,
         mapping may be poor). Unlike scvi-tools, sparse stays sparse with its dtype, and
-        ``uns``, ``raw``, ``varm`` (NaN rows for added features) and ``varp`` (zero rows and
-        columns) are kept. Added features have missing values in ``var``, except in boolean
-        columns, where they are ``False`` (as masks such as ``highly_variable`` need).
+        ``uns``, ``raw``, ``varm`` (NaN rows for added features, zero if sparse) and ``varp``
+        (zero rows and columns) are kept. Added features have missing values in ``var``, except
+        in boolean columns, where they are ``False`` (as masks such as ``highly_variable``
+        need).
 
         Parameters
         ----------

@@ -8,8 +8,8 @@ estimator returns when depth is shuffled (mean of 5 permutations).
 
 Run from the project root (2-3 minutes per seed and method on one CPU thread)::
 
-    python benchmarks/sailer_seeds.py --seeds 0 1 2 3 4   # writes results/sailer_seeds.md
-    python benchmarks/sailer_seeds.py --dataset simulated_small   # 400 cells
+    python benchmarks/sailer_seeds.py   # seeds 0-9; writes results/sailer_seeds.md
+    python benchmarks/sailer_seeds.py --seeds 0 1 2 3 4 --dataset simulated_small  # 400 cells
 
 Each (data set, method, seed) row is cached in ``results/sailer_seeds_raw.json``; seeds already
 there are reused unless ``--rerun``, so adding seeds trains only the new ones.
@@ -112,10 +112,10 @@ def write_table(results: list[dict], name: str, command: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(range(10)))
     parser.add_argument("--dataset", default="simulated")
     parser.add_argument(
-        "--methods", nargs="+", default=METHODS, choices=METHODS, help="rerun only these"
+        "--methods", nargs="+", default=METHODS, choices=METHODS, help="train only these"
     )
     parser.add_argument(
         "--rerun", action="store_true", help="train seeds already in the cache again"

@@ -255,6 +255,50 @@ def test_renamed_categories_are_named_with_the_way_back():
     assert "renamed" not in str(refusal.value)
 
 
+def test_renamed_categories_of_a_modality_and_known_labels_of_another_type():
+    from scgexp.data import simulate_multiome
+    from scgexp.model import MultiVAE
+
+    mdata = simulate_multiome(n_cells=60, n_genes=20, n_peaks=30, seed=0)
+    modalities = {"rna_layer": "rna", "atac_layer": "atac", "batch_key": "rna"}
+    MultiVAE.setup_mudata(mdata, batch_key="batch", modalities=modalities)
+    model = MultiVAE(mdata, n_latent=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(max_epochs=1, enable_progress_bar=False)
+    expected = model.get_latent_representation()
+    rna = mdata.mod["rna"]
+    rna.obs["batch"] = rna.obs["batch"].astype(str).map({"batch_0": "A", "batch_1": "B"})
+    column = "mdata.mod['rna'].obs['batch']"  # where the model reads it, not mdata.obs
+    with pytest.raises(InputError, match=re.escape(f"`{column} = {column}.map(")):
+        model.get_latent_representation()
+    rna.obs["batch"] = rna.obs["batch"].map({"A": "batch_0", "B": "batch_1"})
+    np.testing.assert_array_equal(model.get_latent_representation(), expected)
+
+    # A query whose covariate holds the known integers as floats, then its batches swapped in
+    # place: re-encoded as before, not taken for a renaming of the covariate.
+    adata = simulate_scrna(n_cells=80, n_genes=30, seed=0)
+    adata.obs["level"] = np.where(np.arange(80) % 2, 1, 2)
+    ZINBAutoencoder.setup_anndata(
+        adata, layer="counts", batch_key="batch", categorical_covariate_keys=["level"]
+    )
+    zinb = ZINBAutoencoder(adata, n_latent=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zinb.train(max_epochs=1, enable_progress_bar=False)
+    query = simulate_scrna(n_cells=40, n_genes=30, seed=2)
+    query.var_names = adata.var_names
+    query.obs["level"] = np.where(np.arange(40) % 2, 1.0, 2.0)
+    zinb.get_latent_representation(query)
+    query.obs["batch"] = (
+        query.obs["batch"].astype(str).map({"batch_0": "batch_1", "batch_1": "batch_0"})
+    )
+    np.testing.assert_array_equal(
+        zinb.get_normalized_expression(query, return_numpy=True),
+        zinb.get_normalized_expression(query.copy(), return_numpy=True),
+    )
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     adata = simulate_scrna(n_cells=120, n_genes=40, n_batches=2, seed=0)

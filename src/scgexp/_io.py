@@ -43,6 +43,7 @@ from scgexp.data._checks import (
     InputError,
     changed_obs_keys,
     check_feature_names,
+    obs_location,
     registered_features,
     renamed_categories,
     still_counts,
@@ -418,14 +419,15 @@ class SafeSaveMixin:
             if set_up_again:  # registered again: the columns hold this model's codes now
                 validated_manager.written_codes = _written_codes(validated_manager)
             changed = changed_obs_keys(validated_manager)
-            renamed = renamed_categories(validated_manager) if changed else {}
+            renamed = renamed_categories(validated_manager, changed)
             if renamed:
                 key, mapping = next(iter(renamed.items()))
-                shown = ", ".join(f"{old!r} → {new!r}" for new, old in mapping.items())
+                shown = ", ".join(f"{o!r} → {n!r}" for n, o in mapping.items() if n != o)
+                column = f"{obs_location(validated_manager, key)}[{key!r}]"
                 raise InputError(
                     f"obs[{key!r}] was renamed after setup ({shown}); the model knows its "
-                    f"categories by the old names. Rename them back, `adata.obs[{key!r}] = "
-                    f"adata.obs[{key!r}].map({mapping!r})`, or set up and train a new model."
+                    f"categories by the old names. Rename them back, `{column} = "
+                    f"{column}.map({mapping!r})`, or set up and train a new model."
                 )
             if changed and validated is self.adata:
                 columns = ", ".join(f"obs[{key!r}]" for key in changed)

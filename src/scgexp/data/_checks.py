@@ -630,33 +630,45 @@ def _encoded_columns(adata_manager) -> list[tuple]:
     return encoded
 
 
-def renamed_categories(adata_manager) -> dict[str, dict]:
-    """Category columns renamed since setup: ``{key: {new label: old label}}``.
+def renamed_categories(adata_manager, keys: list[str]) -> dict[str, dict]:
+    """Which of ``keys`` (changed category columns) were renamed: ``{key: {new: old}}``.
 
     A column whose cells of each registered category now all carry one label, a different one
     per category, some of them unknown to the model (e.g. ``cat.rename_categories`` for
-    plotting), was renamed rather than relabelled; renaming it back restores what the model was
-    trained with. (Cells given other known categories, as a query relabelled to a known batch,
-    are not renamed.)
+    plotting), was renamed rather than relabelled; mapping each label back restores what the
+    model was trained with. (Cells given other known categories, as a query relabelled to a
+    known batch, are not renamed.)
 
     Examples
     --------
-    >>> renamed_categories(model.adata_manager)
+    >>> renamed_categories(model.adata_manager, ["batch"])
     {'batch': {'Donor A': 'batch_0', 'Donor B': 'batch_1'}}
     """
     renamed = {}
     for obs, key, categories, codes in _encoded_columns(adata_manager):
-        if key not in obs or obs[key].isna().any():
+        if key not in keys or key not in obs or obs[key].isna().any():
             continue
-        pairs = pd.DataFrame({"new": obs[key].astype(str).to_numpy(), "code": codes.ravel()})
+        known = pd.Categorical(obs[key], categories=np.asarray(categories)).codes >= 0
+        if known.all():
+            continue
+        pairs = pd.DataFrame({"new": obs[key].to_numpy(dtype=object), "code": codes.ravel()})
         pairs = pairs.drop_duplicates().sort_values("code")
         if pairs["new"].is_unique and pairs["code"].is_unique:
-            old = [str(categories[int(code)]) for code in pairs["code"]]
-            mapping = dict(zip(pairs["new"], old, strict=True))
-            known = {str(category) for category in categories}
-            if any(new not in known for new in mapping):
-                renamed[key] = mapping
+            old = [categories[int(code)] for code in pairs["code"]]
+            renamed[key] = dict(zip(pairs["new"], old, strict=True))
     return renamed
+
+
+def obs_location(adata_manager, key: str) -> str:
+    """Where a registered obs column lives, as code: ``adata.obs`` or a MuData's obs."""
+    data = adata_manager.adata
+    if not hasattr(data, "mod"):
+        return "adata.obs"
+    for obs, column, _, _ in _encoded_columns(adata_manager):
+        if column == key and obs is not data.obs:
+            modality = next(name for name, mod in data.mod.items() if mod.obs is obs)
+            return f"mdata.mod[{modality!r}].obs"
+    return "mdata.obs"
 
 
 def _require_column(obs: pd.DataFrame, key: str) -> None:

@@ -248,11 +248,24 @@ def test_renamed_categories_are_named_with_the_way_back():
         {"Donor A": "batch_0", "Donor B": "batch_1"}
     )  # as the message says
     np.testing.assert_array_equal(model.get_normalized_expression(return_numpy=True), expected)
-    # Relabelled to a known category (not renamed): the usual refusal, not this one.
-    adata.obs["batch"] = "batch_0"
-    with pytest.raises(InputError, match="changed after setup") as refusal:
+    # One category renamed: only that one is shown, the line maps both.
+    adata.obs["batch"] = adata.obs["batch"].cat.rename_categories(["batch_0", "Donor B"])
+    with pytest.raises(InputError, match="'batch_1' → 'Donor B'\\)") as refusal:
         model.get_normalized_expression()
-    assert "renamed" not in str(refusal.value)
+    assert "'batch_0' →" not in str(refusal.value)
+    adata.obs["batch"] = adata.obs["batch"].cat.rename_categories(["batch_0", "batch_1"])
+    # Not renamings, and the usual refusal: a category split in two, a missing label, and cells
+    # relabelled to a known category.
+    split = adata.obs["batch"].astype(str).to_numpy()
+    split[np.flatnonzero(split == "batch_0")[::2]] = "A"
+    split[split == "batch_0"] = "B"
+    missing = adata.obs["batch"].astype(object).to_numpy()
+    missing[0] = np.nan
+    for labels in (split, missing, "batch_0"):
+        adata.obs["batch"] = labels
+        with pytest.raises(InputError, match="changed after setup") as refusal:
+            model.get_normalized_expression()
+        assert "renamed" not in str(refusal.value)
 
 
 def test_renamed_categories_of_a_modality_and_known_labels_of_another_type():

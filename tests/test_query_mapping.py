@@ -6,6 +6,7 @@ import copy
 import pickle
 import warnings
 
+import anndata
 import lightning.pytorch as pl
 import mudata as md
 import numpy as np
@@ -538,6 +539,7 @@ def _query_with_other_features(query, n_missing: int = 10):
     other.varp["pairs"] = scipy_sparse.csr_array(np.ones((other.n_vars, other.n_vars)))
     other.varm["sparse"] = scipy_sparse.csc_array(np.ones((other.n_vars, 3)))
     other.uns["note"] = {"kept": True}
+    other.varm["frame"] = pd.DataFrame({"score": np.arange(other.n_vars)}, index=other.var_names)
     other.raw = other
     return other
 
@@ -587,6 +589,12 @@ def test_prepare_query_anndata_puts_features_in_order_and_pads_the_missing(zinb_
     assert prepared.varp["pairs"].sum() == (~missing).sum() ** 2
     assert prepared.uns["note"] == {"kept": True}
     assert prepared.raw.n_vars == other.n_vars
+    assert prepared.varm["frame"].index.equals(names)
+    assert prepared.varm["frame"]["score"][missing].isna().all()
+    prepared.obs["added"] = 1  # the copy shares nothing with the query
+    prepared.uns["note"]["kept"] = False
+    assert "added" not in other.obs
+    assert other.uns["note"] == {"kept": True}
 
     # The model reads the prepared query as it reads the complete one (a feature in the wrong
     # column would break this): latents agree.
@@ -639,7 +647,39 @@ def test_prepare_query_refusals_say_what_to_do(zinb_split, tmp_path):
     reference_model.save(tmp_path / "reference")
     with pytest.raises(InputError, match="holds a ZINBAutoencoder model, not a SAILER"):
         SAILER.prepare_query_anndata(query, str(tmp_path / "reference"))
+    query.write_h5ad(tmp_path / "query.h5ad")
+    backed = anndata.read_h5ad(tmp_path / "query.h5ad", backed="r")
+    with pytest.raises(InputError, match="into memory"):
+        ZINBAutoencoder.prepare_query_anndata(backed, reference_model, inplace=False)
+    backed.file.close()
     assert query.n_vars == 150
+
+
+def test_prepare_query_anndata_edge_cases(zinb_split):
+    reference_model, query = zinb_split
+    # Already the model's features: a copy, not the query itself, with inplace=False.
+    assert (
+        ZINBAutoencoder.prepare_query_anndata(query, reference_model, inplace=False) is not query
+    )
+    # A feature the model does not use may be repeated; it is dropped.
+    extra = sc.AnnData(
+        np.ones((query.n_obs, 2), dtype=query.X.dtype),
+        obs=pd.DataFrame(index=query.obs_names),
+        var=pd.DataFrame(index=["extra", "extra"]),
+        layers={"counts": np.ones((query.n_obs, 2), dtype=query.X.dtype)},
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # anndata: names not unique
+        doubled = sc.concat([query, extra], axis=1, merge="first")
+    prepared = ZINBAutoencoder.prepare_query_anndata(doubled, reference_model, inplace=False)
+    assert prepared.var_names.equals(query.var_names)
+    # Below 80% of the features the warning adds that the mapping may be poor, not above.
+    with pytest.warns(UserWarning, match="may be poor"):
+        ZINBAutoencoder.prepare_query_anndata(query[:, 40:].copy(), reference_model, inplace=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ZINBAutoencoder.prepare_query_anndata(query[:, 10:].copy(), reference_model, inplace=False)
+    assert not any("may be poor" in str(w.message) for w in caught)
 
 
 def test_prepare_query_mudata_pads_each_modality(tmp_path):
@@ -655,8 +695,11 @@ def test_prepare_query_mudata_pads_each_modality(tmp_path):
     partial.mod["rna"], partial.mod["atac"] = rna[:, 3:].copy(), atac[:, ::-1].copy()
     partial.update()
     partial.var["selected"] = True  # a mask of the MuData's own: still one after preparing
+    copy = MultiVAE.prepare_query_mudata(partial, reference_model, inplace=False)
+    assert copy["rna"].n_vars == 30
+    assert partial["rna"].n_vars == 27  # left as it was
     with pytest.warns(UserWarning, match=r"modality 'rna': 3 of the model's 30 features"):
-        MultiVAE.prepare_query_mudata(partial, reference_model)
+        assert MultiVAE.prepare_query_mudata(partial, reference_model) is None
     names = reference_model.training_var_names
     assert partial["rna"].var_names.equals(pd.Index(names["rna"]))
     assert partial["atac"].var_names.equals(pd.Index(names["atac"]))

@@ -169,3 +169,10 @@ def test_setup_refuses_an_argument_it_does_not_have():
         ):
             setup(data, **{typo: "batch"})
         assert not any(key.startswith("_scvi") for key in data.obs)
+    # The data argument is not listed; scvi-tools' own transfer arguments pass.
+    from scgexp.data._checks import check_setup_arguments
+
+    with pytest.raises(InputError, match=r"Its arguments: layer, batch_key,"):
+        ZINBAutoencoder.setup_anndata(cases[0][1], layr="counts")
+    transfer = {"source_registry": None, "extend_categories": True, "allow_missing_labels": True}
+    check_setup_arguments(ZINBAutoencoder.setup_anndata, transfer)

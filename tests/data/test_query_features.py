@@ -40,7 +40,9 @@ def test_reordered_genes_are_refused_not_read_by_position(zinb, tmp_path):
     )
     model.save(tmp_path / "zinb")
     with pytest.raises(
-        InputError, match=r"another order.*ZINBAutoencoder.load\(dir\).training_var_names"
+        InputError,
+        match=r"another order.*ZINBAutoencoder.load\(dir\).training_var_names.*"
+        r"ZINBAutoencoder\.prepare_query_anndata\(data, model\)",
     ):
         ZINBAutoencoder.load(tmp_path / "zinb", adata=query[:, query.var_names[::-1]].copy())
     # The message's recipe, for a saved model and a query with extra genes in another order.
@@ -68,6 +70,19 @@ def test_load_refuses_a_view_with_the_fix(zinb, tmp_path):
     with pytest.raises(InputError, match=r"copy\(\)"):
         ZINBAutoencoder.load(tmp_path / "zinb", adata=query[:50])
     assert ZINBAutoencoder.load(tmp_path / "zinb", adata=query[:50].copy()).adata.n_obs == 50
+
+
+def test_dgex_missing_landmarks_message_names_no_query_preparation():
+    from scgexp.data import simulate_bulk_expression
+    from scgexp.data._checks import check_feature_names
+    from scgexp.model import DGEX
+
+    bulk = simulate_bulk_expression(n_samples=40, n_landmarks=5, n_targets=10, seed=0)
+    DGEX.setup_anndata(bulk)
+    model = DGEX(bulk, n_hidden=8)
+    with pytest.raises(InputError, match="features are missing") as refusal:
+        check_feature_names(bulk[:, 2:].copy(), model.registry_)
+    assert "prepare_query" not in str(refusal.value)  # DGEX has fill_missing instead
 
 
 def test_gene_subset_with_column_major_layer_trains():

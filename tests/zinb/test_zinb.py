@@ -424,6 +424,9 @@ def test_posterior_predictive_sample_uses_transform_batch(adata):
 
 
 def test_reconstruction_error_ranks_likelihoods_on_held_out_cells(adata):
+    ZINBAutoencoder.setup_anndata(adata, layer="counts", batch_key="batch")
+    with pytest.raises(RuntimeError, match="train the model first"):
+        ZINBAutoencoder(adata).get_reconstruction_error()
     # The simulator's counts are overdispersed: NB fits held-out cells better than Poisson.
     errors = {}
     for likelihood in ("nb", "poisson"):

@@ -419,7 +419,7 @@ class SafeSaveMixin:
             if set_up_again:  # registered again: the columns hold this model's codes now
                 validated_manager.written_codes = _written_codes(validated_manager)
             changed = changed_obs_keys(validated_manager)
-            renamed = renamed_categories(validated_manager, changed)
+            renamed = renamed_categories(validated_manager, changed) if changed else {}
             if renamed:
                 key, mapping = next(iter(renamed.items()))
                 shown = ", ".join(f"{o!r} → {n!r}" for n, o in mapping.items() if n != o)

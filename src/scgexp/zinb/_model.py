@@ -418,19 +418,20 @@ class ZINBAutoencoder(
         """
         from scvi.model.base._log_likelihood import compute_reconstruction_error
 
+        loader = self._inference_loader(adata, indices, batch_size)
+        return compute_reconstruction_error(self.module, loader, return_mean=return_mean)
+
+    def _inference_loader(self, adata, indices, batch_size):
+        """Minibatches of the cells asked, from a trained model put in eval mode."""
         self._check_if_trained(warn=False)
         adata = self._validate_anndata(adata)
-        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
         self.module.eval()
-        return compute_reconstruction_error(self.module, loader, return_mean=return_mean)
+        return self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
 
     @torch.inference_mode()
     def _encoded(self, key: str, adata, indices, batch_size) -> np.ndarray:
         """One output of the encoder pass (``"z"`` or ``"library"``), for every cell asked."""
-        self._check_if_trained(warn=False)
-        adata = self._validate_anndata(adata)
-        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
-        self.module.eval()
+        loader = self._inference_loader(adata, indices, batch_size)
         outputs = [
             self.module.inference(**self.module._get_inference_input(tensors))[key].cpu().numpy()
             for tensors in loader

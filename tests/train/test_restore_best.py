@@ -81,7 +81,7 @@ def _validate(callback, pl_module, losses) -> SimpleNamespace:
             callback_metrics={"validation_loss": torch.tensor(loss)},
             current_epoch=epoch,
         )
-        callback.on_validation_epoch_end(trainer, pl_module)
+        callback.on_validation_end(trainer, pl_module)
     return trainer
 
 
@@ -116,7 +116,7 @@ def test_the_sanity_check_is_not_an_epoch():
         callback_metrics={"validation_loss": torch.tensor(0.5)},  # better than any epoch
         current_epoch=0,
     )
-    callback.on_validation_epoch_end(sanity, pl_module)
+    callback.on_validation_end(sanity, pl_module)
     assert callback.best_epoch is None
     _validate(callback, pl_module, [2.0, 1.0, 3.0])
     assert (callback.best_epoch, callback.best_score) == (1, 1.0)

@@ -35,7 +35,7 @@ class RestoreBestWeights(pl.Callback):
         self.best_epoch: int | None = None
         self._best_state: dict[str, torch.Tensor] | None = None
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
             return
         score = float(trainer.callback_metrics[self.monitor])

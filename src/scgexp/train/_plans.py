@@ -186,16 +186,19 @@ class InvarianceTrainingPlan(TrainingPlan):
         inputs = self.module.invariance_inputs(batch, inference_outputs)
         reconstruction = loss_output.reconstruction_loss_sum / loss_output.n_obs_minibatch
         terms = invariance.penalty(inputs, reconstruction)
-        for name, value in terms.items():
-            self.log(f"invariance_{name}_{mode}", value.detach(), on_epoch=True, on_step=False)
+        self._add_to_epoch_means(
+            mode,
+            {f"invariance_{name}_{mode}": value for name, value in terms.items()},
+            loss_output.n_obs_minibatch,
+        )
         return inputs, terms["penalty"]
 
     def training_step(self, batch, batch_idx):
         """Encoder/decoder step on ``loss + factor * penalty``, then a discriminator step."""
         self._batch_in_epoch = batch_idx
+        kl_weight = self.kl_weight
         if "kl_weight" in self.loss_kwargs:
-            self.loss_kwargs.update({"kl_weight": self.kl_weight})
-        self.log("kl_weight", self.kl_weight, on_step=False, on_epoch=True)
+            self.loss_kwargs.update({"kl_weight": kl_weight})
         optimizers = self.optimizers()
         if isinstance(optimizers, list):
             optimizer, discriminator_optimizer = optimizers
@@ -203,6 +206,7 @@ class InvarianceTrainingPlan(TrainingPlan):
             optimizer, discriminator_optimizer = optimizers, None
 
         inference_outputs, _, loss_output = self.forward(batch, loss_kwargs=self.loss_kwargs)
+        self._add_to_epoch_means("train", {"kl_weight": kl_weight}, loss_output.n_obs_minibatch)
         loss = loss_output.loss
         inputs, penalty = self._invariance_terms(batch, inference_outputs, loss_output, "train")
         factor = self.invariance_factor
@@ -233,11 +237,10 @@ class InvarianceTrainingPlan(TrainingPlan):
             self.manual_backward(discriminator_loss)
             self._average_across_processes(self.invariance.discriminator_parameters())
             discriminator_optimizer.step()
-            self.log(
-                "discriminator_loss_train",
-                discriminator_loss.detach(),
-                on_epoch=True,
-                on_step=False,
+            self._add_to_epoch_means(
+                "train",
+                {"discriminator_loss_train": discriminator_loss},
+                loss_output.n_obs_minibatch,
             )
         return loss.detach()
 
@@ -268,7 +271,7 @@ class InvarianceTrainingPlan(TrainingPlan):
         self.compute_and_log_metrics(loss_output, self.val_metrics, "validation")
 
     def on_train_epoch_end(self):
-        """Check the epoch's losses; decay the learning rate once per epoch."""
+        """Log and check the epoch's losses; decay the learning rate once per epoch."""
         super().on_train_epoch_end()
         schedulers = self.lr_schedulers()
         if schedulers is None:

@@ -213,7 +213,7 @@ class InvarianceTrainingPlan(TrainingPlan):
         if penalty is not None and factor > 0:
             loss = loss + factor * penalty
             self._check_finite(loss)
-        self.log("train_loss", loss, on_epoch=True, on_step=False, prog_bar=True)
+        self._add_to_epoch_means("train", {"train_loss": loss}, loss_output.n_obs_minibatch)
         self.compute_and_log_metrics(loss_output, self.train_metrics, "train")
         optimizer.zero_grad()
         self.manual_backward(loss)
@@ -262,11 +262,8 @@ class InvarianceTrainingPlan(TrainingPlan):
         """Validation loss and ELBO, plus the invariance terms."""
         inference_outputs, _, loss_output = self.forward(batch, loss_kwargs=self.loss_kwargs)
         self._invariance_terms(batch, inference_outputs, loss_output, "validation")
-        self.log(
-            "validation_loss",
-            loss_output.loss,
-            on_epoch=True,
-            sync_dist=self.use_sync_dist,
+        self._add_to_epoch_means(
+            "validation", {"validation_loss": loss_output.loss}, loss_output.n_obs_minibatch
         )
         self.compute_and_log_metrics(loss_output, self.val_metrics, "validation")
 

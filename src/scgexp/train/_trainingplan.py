@@ -12,6 +12,8 @@ from scgexp.train._callbacks import RestoreBestWeights
 # code under ``no_grad`` instead keeps every metric and works with any strategy.
 _log_metrics = ScviTrainingPlan.compute_and_log_metrics.__wrapped__
 
+_ON_PROGRESS_BAR = ("train_loss",)
+
 
 class TrainingDivergedError(RuntimeError):
     """Raised when the training loss stops being finite; the message says what to change."""
@@ -145,7 +147,13 @@ class TrainingPlan(ScviTrainingPlan):
         if self.use_sync_dist:  # see compute_and_log_metrics
             for name, value in values.items():
                 self.log(
-                    name, value, on_step=False, on_epoch=True, batch_size=n_cells, sync_dist=True
+                    name,
+                    value,
+                    on_step=False,
+                    on_epoch=True,
+                    prog_bar=name in _ON_PROGRESS_BAR,
+                    batch_size=n_cells,
+                    sync_dist=True,
                 )
             return
         sums = self._epoch_sums.setdefault(mode, {})
@@ -162,8 +170,8 @@ class TrainingPlan(ScviTrainingPlan):
             values.update({name: metric.compute() for name, metric in metrics.items()})
         for metric in metrics.values():
             metric.reset()
-        if values:
-            self.log_dict(values, on_step=False, on_epoch=True)
+        for name, value in values.items():
+            self.log(name, value, on_step=False, on_epoch=True, prog_bar=name in _ON_PROGRESS_BAR)
 
     def _clear_epoch(self, mode: str) -> None:
         """Drop what an interrupted epoch (or a sanity check) left."""

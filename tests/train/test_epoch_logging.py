@@ -56,6 +56,7 @@ def test_epoch_means_match_the_minibatches(batch_size):
         for key, logged in (
             ("reconstruction", "reconstruction_loss_train"),
             ("reconstruction", "elbo_train"),  # no KL in an autoencoder
+            ("reconstruction", "train_loss"),  # nor a ridge penalty by default
             ("dropout_probability", "dropout_probability_train"),
         ):
             assert history[logged] == pytest.approx(_weighted_mean(epoch_records, key), rel=1e-5)

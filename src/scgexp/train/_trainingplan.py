@@ -27,6 +27,8 @@ class TrainingPlan(ScviTrainingPlan):
     InferenceMode``). This plan logs the same metrics under ``torch.no_grad``. A learning-rate
     plateau on a validation metric steps after each validation, so it also works with
     ``check_val_every_n_epoch`` above 1 (scvi-tools' stopped training after the first epoch).
+    On one device the losses and metrics are summed over the epoch and logged once at its end
+    (the same means as scvi-tools' per-minibatch logging, without Lightning's cost per step).
 
     Examples
     --------
@@ -97,6 +99,33 @@ class TrainingPlan(ScviTrainingPlan):
                 else "Then train a new model."
             )
         )
+
+    def training_step(self, batch, batch_idx):
+        """scvi-tools' training step, with the loss logged as an epoch mean (see below)."""
+        if self.on_step or not self.on_epoch:
+            return super().training_step(batch, batch_idx)
+        if "kl_weight" in self.loss_kwargs:
+            kl_weight = self.kl_weight
+            self.loss_kwargs.update({"kl_weight": kl_weight})
+            self.log("kl_weight", kl_weight, on_step=True, on_epoch=False)
+        _, _, loss_output = self.forward(batch, loss_kwargs=self.loss_kwargs)
+        n_cells = loss_output.n_obs_minibatch
+        self._add_to_epoch_means("train", {"train_loss": loss_output.loss}, n_cells)
+        self.compute_and_log_metrics(loss_output, self.train_metrics, "train")
+        if loss_output.extra_metrics:  # scvi-tools' autotune with scib-metrics reads these
+            self.prepare_scib_autotune(loss_output.extra_metrics, "training")
+        return loss_output.loss
+
+    def validation_step(self, batch, batch_idx):
+        """scvi-tools' validation step, with the loss logged as an epoch mean (see below)."""
+        if self.on_step or not self.on_epoch:
+            return super().validation_step(batch, batch_idx)
+        _, _, loss_output = self.forward(batch, loss_kwargs=self.loss_kwargs)
+        n_cells = loss_output.n_obs_minibatch
+        self._add_to_epoch_means("validation", {"validation_loss": loss_output.loss}, n_cells)
+        self.compute_and_log_metrics(loss_output, self.val_metrics, "validation")
+        if loss_output.extra_metrics:
+            self.prepare_scib_autotune(loss_output.extra_metrics, "validation")
 
     def compute_and_log_metrics(self, loss_output, metrics, mode: str):
         """Add a minibatch to the epoch's ELBO and extra metrics, logged when the epoch ends.

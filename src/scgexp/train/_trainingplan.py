@@ -172,7 +172,8 @@ class TrainingPlan(ScviTrainingPlan):
         The same as ``self.log(name, value, on_step=False, on_epoch=True)`` for each value
         (a mean weighted by minibatch size), without Lightning's work on every step.
         """
-        values = {k: v.detach() if torch.is_tensor(v) else v for k, v in values.items()}
+        # float32 sums: under bf16-mixed a bf16 sum would lose the small terms
+        values = {k: v.detach().float() if torch.is_tensor(v) else v for k, v in values.items()}
         if self.use_sync_dist:  # see compute_and_log_metrics
             for name, value in values.items():
                 self.log(

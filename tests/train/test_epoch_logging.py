@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+from lightning.pytorch.callbacks import Callback
 
 from scgexp.data import simulate_scatac, simulate_scrna
 from scgexp.model import SAILER, ZINBAutoencoder
@@ -40,6 +41,22 @@ def _weighted_mean(records: list[dict], key: str) -> float:
     return float(np.sum(n * [r[key] for r in records]) / n.sum())
 
 
+def _small_model(model_name: str):
+    if model_name == "zinb":
+        adata = simulate_scrna(n_cells=200, n_genes=40, seed=0)
+        ZINBAutoencoder.setup_anndata(adata, layer="counts", batch_key="batch")
+        return ZINBAutoencoder(adata, n_hidden=16, n_latent=4)
+    adata = simulate_scatac(n_cells=150, n_peaks=200, seed=0)
+    SAILER.setup_anndata(adata, batch_key="batch")
+    return SAILER(adata, n_hidden=16, n_latent=4, invariance="both")
+
+
+def _train(model, **kwargs) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(max_epochs=3, batch_size=50, enable_progress_bar=False, **kwargs)
+
+
 @pytest.mark.parametrize("batch_size", [64, 50])  # 50: a last minibatch of another size
 def test_epoch_means_match_the_minibatches(batch_size):
     adata = simulate_scrna(n_cells=200, n_genes=40, seed=0)
@@ -63,19 +80,9 @@ def test_epoch_means_match_the_minibatches(batch_size):
 
 
 def test_invariance_terms_and_kl_weight_are_epoch_means():
-    adata = simulate_scatac(n_cells=150, n_peaks=200, seed=0)
-    SAILER.setup_anndata(adata, batch_key="batch")
-    model = SAILER(adata, n_hidden=16, n_latent=4, invariance="both")
+    model = _small_model("sailer")
     records = _record_training_losses(model.module)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.train(
-            max_epochs=3,
-            batch_size=50,
-            enable_progress_bar=False,
-            n_epochs_warmup=1,
-            n_epochs_kl_warmup=2,
-        )
+    _train(model, n_epochs_warmup=1, n_epochs_kl_warmup=2)
     history = model.history
     n_batches = len(records) // 3
     weights = [
@@ -91,3 +98,28 @@ def test_invariance_terms_and_kl_weight_are_epoch_means():
             assert len(values) == 3
             assert np.isfinite(values).all()
     assert len(history["discriminator_loss_train"]) == 3
+
+
+class _ReadAtEpochEnd(Callback):
+    """What a callback (the progress bar, a user's) reads in the epoch-end hooks."""
+
+    def __init__(self):
+        self.seen = {"train_loss": [], "validation_loss": []}
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.seen["train_loss"].append(float(trainer.callback_metrics["train_loss"]))
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.seen["validation_loss"].append(float(trainer.callback_metrics["validation_loss"]))
+
+
+@pytest.mark.parametrize("model_name", ["zinb", "sailer"])
+def test_callbacks_see_the_epoch_that_ends(model_name):
+    """Lightning runs callbacks' epoch-end hooks before the plan's: values are logged before."""
+    model = _small_model(model_name)
+    reader = _ReadAtEpochEnd()
+    _train(model, callbacks=[reader], num_sanity_val_steps=1)
+    for key, seen in reader.seen.items():
+        logged = model.history[key].to_numpy(dtype=float).ravel()
+        np.testing.assert_allclose(seen, logged, rtol=1e-6)

@@ -242,6 +242,7 @@ class InvarianceTrainingPlan(TrainingPlan):
                 {"discriminator_loss_train": discriminator_loss},
                 loss_output.n_obs_minibatch,
             )
+        self._log_epoch_at_last_batch("train", batch_idx)
         return loss.detach()
 
     def _average_across_processes(self, parameters) -> None:
@@ -266,6 +267,7 @@ class InvarianceTrainingPlan(TrainingPlan):
             "validation", {"validation_loss": loss_output.loss}, loss_output.n_obs_minibatch
         )
         self.compute_and_log_metrics(loss_output, self.val_metrics, "validation")
+        self._log_epoch_at_last_batch("validation", batch_idx)
 
     def on_train_epoch_end(self):
         """Log and check the epoch's losses; decay the learning rate once per epoch."""

@@ -114,6 +114,7 @@ class TrainingPlan(ScviTrainingPlan):
         self.compute_and_log_metrics(loss_output, self.train_metrics, "train")
         if loss_output.extra_metrics:  # scvi-tools' autotune with scib-metrics reads these
             self.prepare_scib_autotune(loss_output.extra_metrics, "training")
+        self._log_epoch_at_last_batch("train", batch_idx)
         return loss_output.loss
 
     def validation_step(self, batch, batch_idx):
@@ -126,6 +127,7 @@ class TrainingPlan(ScviTrainingPlan):
         self.compute_and_log_metrics(loss_output, self.val_metrics, "validation")
         if loss_output.extra_metrics:
             self.prepare_scib_autotune(loss_output.extra_metrics, "validation")
+        self._log_epoch_at_last_batch("validation", batch_idx)
 
     def compute_and_log_metrics(self, loss_output, metrics, mode: str):
         """Add a minibatch to the epoch's ELBO and extra metrics, logged when the epoch ends.
@@ -172,8 +174,13 @@ class TrainingPlan(ScviTrainingPlan):
         The same as ``self.log(name, value, on_step=False, on_epoch=True)`` for each value
         (a mean weighted by minibatch size), without Lightning's work on every step.
         """
-        # float32 sums: under bf16-mixed a bf16 sum would lose the small terms
-        values = {k: v.detach().float() if torch.is_tensor(v) else v for k, v in values.items()}
+        # float32, as Lightning logs them (under bf16-mixed a bf16 sum would lose small terms)
+        values = {
+            k: v.detach().float()
+            if torch.is_tensor(v)
+            else torch.tensor(v, dtype=torch.float32, device=self.device)
+            for k, v in values.items()
+        }
         if self.use_sync_dist:  # see compute_and_log_metrics
             for name, value in values.items():
                 self.log(
@@ -191,8 +198,25 @@ class TrainingPlan(ScviTrainingPlan):
             total, cells = sums.get(name, (0.0, 0))
             sums[name] = (total + value * n_cells, cells + n_cells)
 
+    def _log_epoch_at_last_batch(self, mode: str, batch_idx: int) -> None:
+        """Log the epoch's values in its last step.
+
+        Lightning runs callbacks' epoch-end hooks (the progress bar's too) before the plan's;
+        logged here, they see this epoch's values. Where the last batch is not known, the
+        plan's epoch-end hook logs them.
+        """
+        trainer = self.trainer
+        if mode == "train":
+            last = trainer.is_last_batch or batch_idx + 1 >= trainer.num_training_batches
+        else:
+            sanity = trainer.sanity_checking
+            n_batches = trainer.num_sanity_val_batches if sanity else trainer.num_val_batches
+            last = bool(n_batches) and batch_idx + 1 >= n_batches[0]
+        if last:
+            self._log_epoch(mode)
+
     def _log_epoch(self, mode: str) -> None:
-        """Log the epoch's means and ELBO metrics of ``mode``, and start new ones."""
+        """Log the epoch's means and ELBO metrics of ``mode`` (if any left), and start new ones."""
         sums = self._epoch_sums.pop(mode, {})
         values = {name: total / cells for name, (total, cells) in sums.items()}
         metrics = self._epoch_metrics.pop(mode, {})

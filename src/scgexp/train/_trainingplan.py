@@ -27,8 +27,9 @@ class TrainingPlan(ScviTrainingPlan):
     InferenceMode``). This plan logs the same metrics under ``torch.no_grad``. A learning-rate
     plateau on a validation metric steps after each validation, so it also works with
     ``check_val_every_n_epoch`` above 1 (scvi-tools' stopped training after the first epoch).
-    On one device the losses and metrics are summed over the epoch and logged once at its end
-    (the same means as scvi-tools' per-minibatch logging, without Lightning's cost per step).
+    On one device the losses and metrics are summed over the epoch and logged once, in its last
+    step (the same means as scvi-tools' per-minibatch logging, without Lightning's cost per
+    step).
 
     Examples
     --------
@@ -130,7 +131,7 @@ class TrainingPlan(ScviTrainingPlan):
         self._log_epoch_at_last_batch("validation", batch_idx)
 
     def compute_and_log_metrics(self, loss_output, metrics, mode: str):
-        """Add a minibatch to the epoch's ELBO and extra metrics, logged when the epoch ends.
+        """Add a minibatch to the epoch's ELBO and extra metrics, logged in its last step.
 
         scvi-tools logs each metric on every step; Lightning's bookkeeping of a logged value
         costs more than a small network's step (about 40% of the ZINB autoencoder's epoch on

@@ -32,20 +32,22 @@ class _RecordWeights(Callback):
             self.states[trainer.current_epoch] = copy.deepcopy(state)
 
 
-def test_best_epoch_weights_are_restored():
+def _train_zinb(**train_kwargs) -> ZINBAutoencoder:
+    """8 epochs with early stopping on simulated counts (lr high enough to get worse)."""
     adata = simulate_scrna(n_cells=200, n_genes=40, seed=0)
     ZINBAutoencoder.setup_anndata(adata, layer="counts", batch_key="batch")
     model = ZINBAutoencoder(adata, n_hidden=16, n_latent=4)
-    recorder = _RecordWeights()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.train(
-            max_epochs=8,
-            lr=0.05,
-            enable_progress_bar=False,
-            early_stopping=True,
-            callbacks=[recorder],
+            max_epochs=8, lr=0.05, enable_progress_bar=False, early_stopping=True, **train_kwargs
         )
+    return model
+
+
+def test_best_epoch_weights_are_restored():
+    recorder = _RecordWeights()
+    model = _train_zinb(callbacks=[recorder])
     (callback,) = _callbacks(model)
     history = model.history["validation_loss"].to_numpy().ravel()
     assert len(history) == 8  # validated every epoch
@@ -154,3 +156,33 @@ def test_restore_follows_the_early_stopping_mode():
     (callback,) = _callbacks(model)
     losses = model.history["validation_loss"].to_numpy(dtype=float).ravel()
     assert callback.best_epoch == int(losses.argmax())
+
+
+def test_a_training_metric_monitor_restores_its_own_best_epoch():
+    """Training metrics are published at the end of the training epoch, after validation: the
+    epoch kept must be the one whose own value is best, not the one after it. (The training
+    ELBO falls each epoch here, so mode="max" makes the first epoch the best.)"""
+    recorder = _RecordWeights()
+    model = _train_zinb(
+        early_stopping_monitor="elbo_train",
+        early_stopping_mode="max",
+        early_stopping_patience=10,
+        callbacks=[recorder],
+    )
+    (callback,) = _callbacks(model)
+    elbo = model.history["elbo_train"].to_numpy(dtype=float).ravel()
+    assert len(elbo) == 8
+    assert callback.best_epoch == int(elbo.argmax()) < 7
+    assert callback.best_score == pytest.approx(elbo.max())
+    best = recorder.states[callback.best_epoch]
+    for name, value in model.module.state_dict().items():
+        torch.testing.assert_close(value, best[name])
+
+
+def test_validation_every_second_epoch_is_watched_after_validation():
+    model = _train_zinb(early_stopping_patience=10, check_val_every_n_epoch=2)
+    (callback,) = _callbacks(model)
+    loss = model.history["elbo_validation"]
+    assert len(loss) == 4
+    best = loss.index[int(np.argmin(loss.to_numpy(dtype=float).ravel()))]
+    assert callback.best_epoch == best

@@ -34,8 +34,25 @@ class RestoreBestWeights(pl.Callback):
         self.best_score: float | None = None
         self.best_epoch: int | None = None
         self._best_state: dict[str, torch.Tensor] | None = None
+        self._at_train_epoch_end = False
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Where Lightning's EarlyStopping checks: at the end of a training epoch when every
+        # epoch validates once (so a training metric, e.g. "elbo_train", is that epoch's too),
+        # else after each validation.
+        self._at_train_epoch_end = (
+            trainer.val_check_interval == 1.0 and trainer.check_val_every_n_epoch == 1
+        )
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._at_train_epoch_end:
+            self._keep_if_best(trainer, pl_module)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._at_train_epoch_end:
+            self._keep_if_best(trainer, pl_module)
+
+    def _keep_if_best(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
             return
         score = float(trainer.callback_metrics[self.monitor])

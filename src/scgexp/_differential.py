@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
+
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from scgexp._compat import _de_core
+from scgexp.data._checks import InputError
+
+logger = logging.getLogger(__name__)
 
 _TEMP_KEY = "_scvi_temp_de"  # scvi-tools' column for cells given by idx1/idx2
 
@@ -37,6 +44,59 @@ _DE_ARGUMENTS = (
 )
 
 
+def groups_with_cells(obs: pd.DataFrame, arguments: dict) -> dict:
+    """A DE method's ``arguments`` with its groups checked against ``obs``.
+
+    scvi-tools fails deep inside (``a cannot be empty``) on a group without cells, e.g. an
+    unused category that a MuData subset keeps: without ``group1``, only the ``groupby``
+    categories that have cells are compared; named groups and ``idx1``/``idx2`` without cells
+    are refused by name.
+    """
+    for name in ("idx1", "idx2"):
+        cells = arguments[name]
+        if cells is not None and not isinstance(cells, str):
+            cells = np.asarray(cells)
+            if not (cells.any() if cells.dtype == bool else cells.size):
+                raise InputError(f"{name} selects no cells; give it the cells of the group.")
+    if arguments["idx1"] is not None:
+        return arguments
+    groupby, group1, group2 = arguments["groupby"], arguments["group1"], arguments["group2"]
+    if groupby is None:
+        raise InputError("Give groupby= (an obs column of groups) or idx1= (a group's cells).")
+    if groupby not in obs:
+        raise InputError(
+            f"groupby={groupby!r} is not a column of obs (of a MuData's own obs: "
+            "`mdata.pull_obs()` copies its modalities' columns there)."
+        )
+    sizes = obs[groupby].value_counts()
+    categories = obs[groupby].astype("category").cat.categories
+    with_cells = [group for group in categories if sizes.get(group, 0) > 0]
+    if group1 is None:
+        if len(with_cells) < 2:
+            raise InputError(
+                f"obs[{groupby!r}] has cells in {len(with_cells)} group only: "
+                "differential expression compares two or more."
+            )
+        if len(with_cells) < len(categories):
+            logger.info(
+                "Groups without cells skipped: %s.",
+                ", ".join(str(g) for g in categories if g not in with_cells),
+            )
+        return dict(arguments, group1=with_cells)
+    named = [group1] if isinstance(group1, str) or not isinstance(group1, Iterable) else group1
+    for group in [*named, *([] if group2 is None else [group2])]:
+        if sizes.get(group, 0) == 0:
+            raise InputError(
+                f"No cell has obs[{groupby!r}] == {group!r}; groups with cells: "
+                f"{', '.join(repr(g) for g in with_cells)}."
+            )
+        if group2 is None and sizes[group] == len(obs):
+            raise InputError(
+                f"Every cell has obs[{groupby!r}] == {group!r}: no others to compare with."
+            )
+    return arguments
+
+
 def differential(
     adata_manager, model_fn, all_stats_fn, col_names, arguments: dict, representation_fn=None
 ) -> pd.DataFrame:
@@ -46,6 +106,7 @@ def differential(
     on success only; afterwards ``obs`` holds what it held before, whatever happened.
     """
     obs = adata_manager.adata.obs
+    arguments = groups_with_cells(obs, arguments)
     saved = obs[_TEMP_KEY].copy() if _TEMP_KEY in obs else None
     try:
         return _de_core(
@@ -64,6 +125,49 @@ def differential(
             obs[_TEMP_KEY] = saved
         elif _TEMP_KEY in obs:
             del obs[_TEMP_KEY]
+
+
+def read_rows(matrix, cells):
+    """Rows ``cells`` (a boolean mask or indices) of a registered matrix, in memory or backed.
+
+    Backed matrices (h5py datasets, anndata's sparse datasets) are read by increasing index.
+    """
+    cells = np.asarray(cells)
+    cells = np.flatnonzero(cells) if cells.dtype == bool else np.sort(cells)
+    return matrix[cells]
+
+
+def column_means(rows) -> np.ndarray:
+    """Mean of each column over ``rows`` (NaN without rows)."""
+    if rows.shape[0] == 0:
+        return np.full(rows.shape[1], np.nan)
+    return np.asarray(rows.mean(0)).ravel()
+
+
+def per_10k(rows):
+    """Count rows scaled to 10,000 counts per row (rows without counts stay 0)."""
+    totals = np.asarray(rows.sum(1), dtype=float).ravel()
+    scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)
+    if sparse.issparse(rows):
+        return sparse.diags(scale) @ rows
+    return np.asarray(rows) * scale[:, None]
+
+
+def count_statistics(rows1, rows2, normalized: bool = True) -> dict[str, np.ndarray]:
+    """scvi-tools' ``scrna_raw_counts_properties`` of two groups' count rows.
+
+    From the rows alone: no pass over the whole matrix (which backed data cannot sum) and no
+    ``obs["_scvi_raw_norm_scaling"]`` written into the user's data. ``normalized=False``
+    leaves out the means per 10,000 counts (TOTALVI's protein statistics).
+    """
+    statistics = {"raw_mean": lambda rows: rows, "non_zeros_proportion": lambda rows: rows != 0}
+    if normalized:
+        statistics["raw_normalized_mean"] = per_10k
+    return {
+        f"{name}{number}": column_means(transform(rows))
+        for name, transform in statistics.items()
+        for number, rows in enumerate((rows1, rows2), start=1)
+    }
 
 
 def difference(scales_1: np.ndarray, scales_2: np.ndarray, pseudocounts=None) -> np.ndarray:

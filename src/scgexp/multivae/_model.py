@@ -12,7 +12,6 @@ import pandas as pd
 import torch
 from anndata import AnnData
 from mudata import MuData
-from scipy import sparse
 from scvi import REGISTRY_KEYS, settings
 from scvi.data import AnnDataManager
 from scvi.data.fields import (
@@ -27,8 +26,11 @@ from scvi.utils import de_dsp, setup_anndata_dsp
 from scgexp._differential import (
     accessibility_change,
     accessibility_table,
+    column_means,
+    count_statistics,
     differential,
     draw_indices,
+    read_rows,
 )
 from scgexp._io import SafeSaveMixin
 from scgexp._query_mapping import QueryMappingMixin
@@ -174,20 +176,6 @@ def _check_modalities(mdata: MuData, modalities: dict | None) -> dict[str, str]:
             f"Each data type needs its own modality; got {dict(zip(used, names, strict=True))}."
         )
     return {m: modalities[_LAYER_ARGS[m]] for m in used}
-
-
-def _column_means(rows, n_columns: int) -> np.ndarray:
-    """Mean of each column over ``rows`` (NaN without rows)."""
-    if rows.shape[0] == 0:
-        return np.full(n_columns, np.nan)
-    return np.asarray(rows.mean(0)).ravel()
-
-
-def _per_10k(rows, totals: np.ndarray):
-    """Count rows scaled to 10,000 counts per cell (``totals``: their sums, all positive)."""
-    if sparse.issparse(rows):
-        return sparse.diags(1e4 / totals) @ rows
-    return np.asarray(rows) * (1e4 / totals)[:, None]
 
 
 class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
@@ -1048,7 +1036,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
 
         key = DATA_KEYS[target]
         matrix = manager.get_from_registry(key)
-        totals = np.asarray(matrix.sum(1)).ravel()
+        totals = row_and_column_sums(matrix)[0]  # in row blocks: backed data too
         has_data = totals > 0
         if PRESENCE_KEYS[target] in manager.data_registry:
             flag = np.asarray(manager.get_from_registry(PRESENCE_KEYS[target]), dtype=float)
@@ -1080,27 +1068,11 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
             # scvi-tools' scrna/scatac_raw_counts_properties on the cells that have the data,
             # without caching 1e4 / total in obs (infinite for cells without RNA); NaN for a
             # group with no such cell.
-            groups = [np.asarray(i, dtype=bool) & has_data for i in (idx1, idx2)]
-            rows = [matrix[g] for g in groups]
-            if target == "rna":
-                statistics = {
-                    "raw_mean": rows,
-                    "non_zeros_proportion": [r != 0 for r in rows],
-                    "raw_normalized_mean": [
-                        _per_10k(r, totals[g]) for r, g in zip(rows, groups, strict=True)
-                    ],
-                }
-            elif target == "protein":  # as TOTALVI's protein rows
-                statistics = {"raw_mean": rows, "non_zeros_proportion": [r != 0 for r in rows]}
-            else:
-                statistics = {"emp_mean": [r > 0 for r in rows]}
-            stats = {
-                f"{name}{number}": _column_means(value, matrix.shape[1])
-                for name, values in statistics.items()
-                for number, value in enumerate(values, start=1)
-            }
-            if target == "atac":
-                stats["emp_effect"] = stats["emp_mean1"] - stats["emp_mean2"]
+            rows = [read_rows(matrix, np.asarray(i, dtype=bool) & has_data) for i in (idx1, idx2)]
+            if target != "atac":  # protein: as TOTALVI's protein rows
+                return count_statistics(*rows, normalized=target == "rna")
+            stats = {f"emp_mean{n}": column_means(r > 0) for n, r in enumerate(rows, start=1)}
+            stats["emp_effect"] = stats["emp_mean1"] - stats["emp_mean2"]
             return stats
 
         return differential(manager, decoded, observed, self._var_names(target), args)

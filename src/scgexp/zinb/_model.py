@@ -21,8 +21,7 @@ from scvi.data.fields import (
 from scvi.model.base import BaseModelClass, RNASeqMixin
 from scvi.utils import de_dsp, setup_anndata_dsp
 
-from scgexp._compat import scrna_raw_counts_properties
-from scgexp._differential import differential, draw_indices
+from scgexp._differential import count_statistics, differential, draw_indices, read_rows
 from scgexp._io import SafeSaveMixin
 from scgexp._query_mapping import QueryMappingMixin
 from scgexp.data._checks import (
@@ -576,10 +575,14 @@ class ZINBAutoencoder(
                 return_numpy=True,
             )
 
+        def observed(adata_manager, idx1, idx2):  # as scvi-tools', also on backed data
+            counts = adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+            return count_statistics(read_rows(counts, idx1), read_rows(counts, idx2))
+
         return differential(
             self.get_anndata_manager(adata, required=True),
             proportions,
-            scrna_raw_counts_properties,
+            observed,
             adata.var_names,
             locals(),
             representation_fn=self.get_latent_representation if filter_outlier_cells else None,

@@ -1,0 +1,79 @@
+"""Differential expression shared by the models: groups checked, count statistics per group."""
+
+from __future__ import annotations
+
+import anndata
+import numpy as np
+import pytest
+
+from scgexp._compat import scrna_raw_counts_properties
+from scgexp.data import InputError, simulate_scrna
+from scgexp.model import ZINBAutoencoder
+
+STATISTICS = [
+    "raw_mean1",
+    "raw_mean2",
+    "non_zeros_proportion1",
+    "non_zeros_proportion2",
+    "raw_normalized_mean1",
+    "raw_normalized_mean2",
+]
+
+
+@pytest.fixture(scope="module")
+def trained():
+    adata = simulate_scrna(n_cells=200, n_genes=30, seed=0)
+    adata.X = adata.layers["counts"]  # backed files keep X on disk (layers are read)
+    ZINBAutoencoder.setup_anndata(adata)
+    model = ZINBAutoencoder(adata, n_hidden=16, n_latent=4)
+    model.train(max_epochs=2, enable_progress_bar=False)
+    return model, adata
+
+
+def _de(model, adata, **kwargs):
+    return model.differential_expression(adata, groupby="cell_type", silent=True, **kwargs)
+
+
+@pytest.mark.parametrize("layout", ["csr", "dense"])
+def test_count_statistics_are_scvi_tools_on_backed_data_too(trained, tmp_path, layout):
+    model, adata = trained
+    data = adata.copy()
+    if layout == "dense":
+        data.X = data.X.toarray()
+    first = data.obs["cell_type"].cat.categories[0]
+    in_group = (data.obs["cell_type"] == first).to_numpy()
+    reference = data.copy()  # scvi-tools' function writes into its obs
+    ZINBAutoencoder.setup_anndata(reference)
+    manager = ZINBAutoencoder._get_most_recent_anndata_manager(reference)
+    expected = scrna_raw_counts_properties(manager, in_group, ~in_group)
+    data.write_h5ad(tmp_path / "a.h5ad")
+    # scvi-tools' statistics sum the whole matrix, which backed data cannot.
+    backed = anndata.read_h5ad(tmp_path / "a.h5ad", backed="r")
+    for source in (data, backed):
+        table = _de(model, source, group1=first).loc[data.var_names]
+        for name in STATISTICS:
+            np.testing.assert_allclose(table[name], expected[name], rtol=1e-6, err_msg=name)
+        assert "_scvi_raw_norm_scaling" not in source.obs  # scvi-tools caches it there
+
+
+def test_groups_without_cells_are_skipped_or_refused_by_name(trained):
+    model, adata = trained
+    data = adata.copy()  # an unused category, as a MuData subset keeps them
+    data.obs["cell_type"] = data.obs["cell_type"].cat.add_categories(["unused"])
+    table = _de(model, data)  # scvi-tools: "a cannot be empty"
+    assert set(table["group1"]) == set(adata.obs["cell_type"].cat.categories)
+    with pytest.raises(InputError, match=r"No cell has obs\['cell_type'\] == 'unused'; groups"):
+        _de(model, data, group1="unused")
+    first = data.obs["cell_type"].cat.categories[0]
+    with pytest.raises(InputError, match="'unused'"):
+        _de(model, data, group1=first, group2="unused")
+    with pytest.raises(InputError, match="idx1 selects no cells"):
+        model.differential_expression(data, idx1=np.zeros(data.n_obs, bool), silent=True)
+    with pytest.raises(InputError, match="'tissue' is not a column of obs"):
+        model.differential_expression(data, groupby="tissue", silent=True)
+    data.obs["one"] = "all"
+    with pytest.raises(InputError, match="no others to compare with"):
+        model.differential_expression(data, groupby="one", group1="all", silent=True)
+    with pytest.raises(InputError, match="cells in 1 group only"):
+        model.differential_expression(data, groupby="one", silent=True)
+    assert list(data.obs.columns) == [*adata.obs.columns, "one"]  # nothing else written

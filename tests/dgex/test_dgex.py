@@ -517,15 +517,16 @@ def test_fill_missing_uses_the_training_mean(bulk, trained):
     assert np.abs(mapped - reference).mean() < 0.3 * target_sd
 
 
-def test_untrained_model_warns_before_predicting():
+def test_untrained_model_refuses_to_predict():
+    """As the other models' and scvi-tools' outputs: random weights are no predictions."""
     adata = scgexp.data.simulate_bulk_expression(
         n_samples=40, n_landmarks=10, n_targets=20, n_programs=3, seed=0
     )
     DGEX.setup_anndata(adata)
     model = DGEX(adata)
-    with pytest.warns(UserWarning, match="untrained"):
+    with pytest.raises(RuntimeError, match="untrained model"):
         model.predict(adata)
-    with pytest.warns(UserWarning, match="untrained"):
+    with pytest.raises(RuntimeError, match="untrained model"):
         model.get_latent_representation(adata)
 
 

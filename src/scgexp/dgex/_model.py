@@ -551,7 +551,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
 
         In one pass over the :meth:`_landmark_batches` ``batches`` (one rank mapping).
         """
-        self._check_if_trained(warn=True)
+        self._check_if_trained(warn=False)
         self.module.eval()
         parts: dict[str, list] = {key: [] for key in keep}
         for landmarks in batches:

@@ -301,6 +301,13 @@ def test_refuses_empty_cells_and_missing_keys(adata):
     adata.obs["sf"] = -1.0
     with pytest.raises(InputError, match="positive"):
         ZINBAutoencoder.setup_anndata(adata, size_factor_key="sf")
+    adata.obs["sf"] = np.asarray(adata.layers["counts"].sum(1)).ravel()  # scvi-tools' kind
+    with pytest.warns(UserWarning, match="looks like library sizes in counts"):
+        ZINBAutoencoder.setup_anndata(adata, size_factor_key="sf")
+    adata.obs["sf"] /= adata.obs["sf"].median()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ZINBAutoencoder.setup_anndata(adata, size_factor_key="sf")
 
 
 def test_refuses_unknown_batch_in_query(adata, tmp_path):

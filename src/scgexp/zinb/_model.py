@@ -24,6 +24,7 @@ from scvi.utils import de_dsp, setup_anndata_dsp
 from scgexp._differential import count_statistics, differential, draw_indices, read_rows
 from scgexp._io import SafeSaveMixin
 from scgexp._query_mapping import QueryMappingMixin
+from scgexp._warn import warn_user
 from scgexp.data._checks import (
     InputError,
     batch_code,
@@ -226,7 +227,9 @@ class ZINBAutoencoder(
             The decoder is conditioned on it (see ``transform_batch``).
         size_factor_key
             Numerical ``obs`` column with each cell's size factor (the count scale relative to a
-            typical cell). ``None``: total counts / median total counts of the training cells.
+            typical cell, about 1, as in DCA; scvi-tools' ``size_factor_key`` is the library
+            size in counts instead). ``None``: total counts / median total counts of the
+            training cells.
         %(param_cat_cov_keys)s
             They condition the decoder, like the batch.
 
@@ -241,6 +244,13 @@ class ZINBAutoencoder(
         categorical = [k for k in [batch_key, *(categorical_covariate_keys or [])] if k]
         check_obs_keys(adata, categorical=categorical, allow_unused_categories=query)
         check_size_factors(adata, size_factor_key)
+        if size_factor_key is not None and (median := adata.obs[size_factor_key].median()) > 50:
+            warn_user(
+                f"obs[{size_factor_key!r}] has median {median:.3g}, which looks like library "
+                "sizes in counts (scvi-tools' size_factor_key). ZINBAutoencoder's size factor is "
+                "relative, about 1 for a typical cell: divide by the median, "
+                f"adata.obs[{size_factor_key!r}] / adata.obs[{size_factor_key!r}].median()."
+            )
         if query:
             check_known_categories(
                 adata,

@@ -76,6 +76,23 @@ def test_prediction_names_order_and_std(bulk, trained):
     _assert_calibrated(reference, test)
 
 
+def test_other_genes_may_repeat_but_landmarks_may_not(bulk, trained):
+    """Probe-level data mapped to symbols repeats names; only the landmarks must be unique."""
+    _, test = bulk
+    reference = trained.predict(test).X
+    repeated = test.copy()
+    targets = np.flatnonzero(~test.var["landmark"].to_numpy())
+    names = repeated.var_names.to_numpy(dtype=object, copy=True)  # (a view of the fixture)
+    names[targets[1::2]] = names[targets[0::2]][: len(targets[1::2])]
+    repeated.var_names = names
+    np.testing.assert_allclose(trained.predict(repeated).X, reference, rtol=1e-5, atol=1e-5)
+    landmark = test.var_names[test.var["landmark"]][0]
+    names[targets[0]] = landmark
+    repeated.var_names = names
+    with pytest.raises(InputError, match=f"appear more than once in var_names .first: {landmark}"):
+        trained.predict(repeated)
+
+
 def _assert_calibrated(prediction, test) -> None:
     z = (_targets(test) - prediction.X) / prediction.layers["std"]
     assert 0.92 < np.mean(np.abs(z) < 1.96) < 0.98

@@ -348,9 +348,20 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
     def _landmark_positions(self, adata: AnnData) -> np.ndarray:
         """Column of each landmark in ``adata`` (-1: absent), names compared as text.
 
-        (Integer gene IDs come back from an .h5ad file as strings.)
+        (Integer gene IDs come back from an .h5ad file as strings.) Other genes may repeat
+        (e.g. probes mapped to symbols); a landmark that does is refused, being ambiguous.
         """
-        return adata.var_names.astype(str).get_indexer(self.landmark_names.astype(str))
+        names, landmarks = adata.var_names.astype(str), self.landmark_names.astype(str)
+        repeated = names[names.duplicated()].unique().intersection(landmarks)
+        if len(repeated):
+            raise InputError(
+                f"{len(repeated)} landmark genes appear more than once in var_names (first: "
+                f"{', '.join(repeated[:5])}); keep one column per landmark (e.g. average a "
+                "gene's probes)."
+            )
+        first = ~names.duplicated()
+        positions = names[first].get_indexer(landmarks)
+        return np.where(positions >= 0, np.flatnonzero(first)[positions], -1)
 
     def _landmark_matrix(
         self, adata: AnnData | None, layer: str | None, fill_missing: bool
@@ -370,8 +381,6 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
                 )
                 trained_layer = None
             layer = trained_layer
-        if not adata.var_names.is_unique:
-            raise InputError("var_names are not unique; call `adata.var_names_make_unique()`.")
         if adata.n_obs == 0:
             raise InputError("The data has no samples (0 rows); there is nothing to predict.")
         positions = self._landmark_positions(adata)

@@ -598,7 +598,12 @@ def test_refuses_bad_requests():
     with pytest.raises(InputError, match="not a batch"):
         model.get_normalized_expression(transform_batch="batch_9")
     with pytest.raises(InputError, match="takes one batch, not list"):
-        model.get_normalized_expression(transform_batch=["batch_0", "batch_1"])
+        model.predict(mdata, source="rna", target="atac", transform_batch=["batch_0"])
+    # Several batches: the mean of the values decoded as each (as MULTIVI).
+    each = [model.get_normalized_accessibility(transform_batch=b) for b in ("batch_0", "batch_1")]
+    averaged = model.get_normalized_accessibility(transform_batch=["batch_0", "batch_1"])
+    np.testing.assert_allclose(averaged, (each[0] + each[1]) / 2, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(each[0], each[1])
     with pytest.raises(InputError, match=r"^gene_list must be a list of names: \['gene_0'\]"):
         model.get_normalized_expression(gene_list="gene_0")
     with pytest.raises(InputError, match=r"model.training_var_names\['atac'\]"):

@@ -833,6 +833,13 @@ def check_query(
     check_size_factors(adata, setup_args.get("size_factor_key"))
 
 
+def batch_codes(transform_batch, registry: dict) -> list[int | None]:
+    """Codes of one or several ``transform_batch`` categories (``None``: each cell's own)."""
+    if transform_batch is None or isinstance(transform_batch, str | int | float | np.generic):
+        transform_batch = [transform_batch]
+    return [batch_code(category, registry) for category in transform_batch]
+
+
 def batch_code(transform_batch, registry: dict) -> int | None:
     """Code of one ``transform_batch`` category in a model's ``registry``, with clear errors.
 

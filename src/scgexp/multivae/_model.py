@@ -38,6 +38,7 @@ from scgexp._warn import warn_user
 from scgexp.data._checks import (
     InputError,
     batch_code,
+    batch_codes,
     check_feature_names,
     check_known_categories,
     check_library_size,
@@ -854,7 +855,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         ``draw``: decode one posterior draw per cell instead (``n_samples`` is ignored).
         """
         self._check_modality(target, allow_none=False)
-        code = batch_code(transform_batch, self.registry_)
+        codes = batch_codes(transform_batch, self.registry_)  # several: averaged, as MULTIVI
         out = []
         for tensors, inference in self._batches(adata, indices, batch_size, use_modalities):
             generative_input = self.module._get_generative_input(tensors, inference)
@@ -863,10 +864,11 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
             for _ in range(1 if draw else max(n_samples, 1)):
                 z = inference["qzm"] if n_samples <= 1 and not draw else inference["qz"].sample()
                 generative_input["z"] = z
-                outputs = self.module.generative(
-                    **generative_input, transform_batch=code, modalities=[target]
-                )
-                draws.append(self._normalised(target, outputs[f"p_{target}"]))
+                for code in codes:
+                    outputs = self.module.generative(
+                        **generative_input, transform_batch=code, modalities=[target]
+                    )
+                    draws.append(self._normalised(target, outputs[f"p_{target}"]))
             out.append(torch.stack(draws).mean(0).cpu().numpy())
         return np.concatenate(out)
 
@@ -904,7 +906,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         self,
         adata: MuData | None = None,
         indices: Sequence[int] | None = None,
-        transform_batch: str | None = None,
+        transform_batch: str | Sequence[str] | None = None,
         gene_list: Sequence[str] | None = None,
         library_size: float = 1.0,
         n_samples: int = 1,
@@ -922,7 +924,8 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         indices
             Cells to use; ``None``: all.
         transform_batch
-            Decode every cell as this batch (batch-corrected values); ``None``: its own.
+            Decode every cell as this batch (batch-corrected values), or average the values
+            decoded as each of several batches; ``None``: its own.
         gene_list
             Return these genes only.
         library_size
@@ -952,7 +955,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         self,
         adata: MuData | None = None,
         indices: Sequence[int] | None = None,
-        transform_batch: str | None = None,
+        transform_batch: str | Sequence[str] | None = None,
         region_list: Sequence[str] | None = None,
         n_samples: int = 1,
         batch_size: int | None = None,
@@ -986,7 +989,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         self,
         adata: MuData | None = None,
         indices: Sequence[int] | None = None,
-        transform_batch: str | None = None,
+        transform_batch: str | Sequence[str] | None = None,
         protein_list: Sequence[str] | None = None,
         n_samples: int = 1,
         batch_size: int | None = None,

@@ -27,7 +27,7 @@ from scgexp._query_mapping import QueryMappingMixin
 from scgexp._warn import warn_user
 from scgexp.data._checks import (
     InputError,
-    batch_code,
+    batch_codes,
     check_known_categories,
     check_library_size,
     check_matrix,
@@ -495,7 +495,7 @@ class ZINBAutoencoder(
         self._check_if_trained(warn=False)
         order = self._gene_order(gene_list)
         check_library_size(library_size, allow_latent=True)
-        self._batch_codes(transform_batch)  # scvi-tools' message does not list the batches
+        batch_codes(transform_batch, self.registry_)  # scvi-tools' message lists no batches
         self.module.eval()
         expression = super().get_normalized_expression(  # validates adata (check_query) once
             adata=adata,
@@ -726,7 +726,7 @@ class ZINBAutoencoder(
                 "get_likelihood_parameters decodes at one batch: pass a single category "
                 f"(or None), not {transform_batch!r}."
             )
-        (code,) = self._batch_codes(transform_batch)
+        (code,) = batch_codes(transform_batch, self.registry_)
         loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
         self.module.eval()
         out: dict[str, list[np.ndarray]] = {"mean": [], "dispersions": [], "dropout": []}
@@ -764,12 +764,6 @@ class ZINBAutoencoder(
             )
         order = names[names.isin(gene_list)].get_indexer(gene_list)
         return None if np.array_equal(order, np.arange(len(order))) else order
-
-    def _batch_codes(self, transform_batch) -> list[int | None]:
-        """Codes of batch categories (``None`` stays ``None``: each cell's own batch)."""
-        if transform_batch is None or isinstance(transform_batch, str | int | float | np.generic):
-            transform_batch = [transform_batch]
-        return [batch_code(category, self.registry_) for category in transform_batch]
 
     def posterior_predictive_sample(
         self,
@@ -812,7 +806,7 @@ class ZINBAutoencoder(
         """
         self._check_if_trained(warn=False)
         order = self._gene_order(gene_list)
-        if len(self._batch_codes(transform_batch)) > 1:
+        if len(batch_codes(transform_batch, self.registry_)) > 1:
             raise InputError(
                 "posterior_predictive_sample draws counts as one batch; pass a single "
                 f"transform_batch, not {transform_batch!r}."

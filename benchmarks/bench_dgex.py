@@ -5,7 +5,7 @@ Tasks (choose with --tasks):
   bulk       simulated bulk data from scgexp.data (>= 50k training samples, 943 -> 9,000 genes)
   l1000      the cellbench model applied to real L1000 landmark profiles with rank mapping
 
-    python benchmarks/bench_dgex.py --tasks cellbench l1000 --threads 1
+    python benchmarks/bench_dgex.py --tasks cellbench l1000
     python benchmarks/bench_dgex.py --tasks bulk --bulk-hidden 1000 --bulk-epochs 12
 
 Writes benchmarks/results/dgex_<tasks>.md (e.g. ``dgex_cellbench_l1000.md``) and figures into

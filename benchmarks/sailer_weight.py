@@ -52,9 +52,10 @@ def write_table(rows: list[dict]) -> str:
     lines = [
         "# SAILER: invariance weight λ",
         "",
-        "Command: `python benchmarks/sailer_weight.py --dataset DATASET --seeds 0 1 2`. Data, "
+        "Command: `python benchmarks/sailer_weight.py --dataset DATASET --seeds SEED ... "
+        "[--variants VARIANT ...]`, once per data set (rows of earlier runs are kept). Data, "
         "budget and metrics as in `bench_sailer.py`; floor: MI with depth shuffled (mean of 5 "
-        "permutations). Mean ± SD over training seeds.",
+        "permutations). Mean ± SD over the training seeds that the seeds column counts.",
         "",
         environment_line(rows),
     ]

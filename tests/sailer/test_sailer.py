@@ -264,23 +264,40 @@ def test_depth_is_a_number_of_open_peaks(adata):
     )
 
 
-def test_poisson_accessibility_is_at_the_reference_total(adata):
-    """Poisson output is the expected count at the training cells' mean log total count,
-    whatever each cell's own total (documented), not at the cell's own total."""
+def test_poisson_accessibility_follows_depth(adata):
+    """Poisson output: expected counts at each cell's own total count (depth=None, as for the
+    decoder's depth covariate), or at a typical training cell's total scaled with depth. (The
+    total was always the typical one, so depth hardly changed the output.)"""
     model = _train(adata, likelihood="poisson")
     module = model.module.eval()
     cells = [0, 1, 2, 3]
     tensors = next(iter(model._make_data_loader(adata, indices=cells)))
-    with torch.inference_mode():
-        inference_outputs = module.inference(**module._get_inference_input(tensors))
-        generative_inputs = module._get_generative_input(tensors, inference_outputs)
-        generative_inputs["z"] = inference_outputs["qz"].loc
-        generative_inputs["log_total"] = torch.full_like(
-            generative_inputs["log_total"], float(module.mean_log_total)
-        )
-        expected = module.generative(**generative_inputs)["px"].exp().numpy()
-    out = model.get_normalized_accessibility(indices=cells, return_numpy=True)
-    np.testing.assert_allclose(out, expected, rtol=1e-5)
+
+    def expected(log_total=None, log_depth=None):
+        with torch.inference_mode():
+            inference_outputs = module.inference(**module._get_inference_input(tensors))
+            inputs = module._get_generative_input(tensors, inference_outputs)
+            inputs["z"] = inference_outputs["qz"].loc
+            if log_depth is not None:
+                inputs["cont_confounders"][:, 0] = log_depth
+                inputs["log_total"] = torch.full_like(inputs["log_total"], float(log_total))
+            return module.generative(**inputs)["px"].exp().numpy()
+
+    own = model.get_normalized_accessibility(indices=cells, return_numpy=True)
+    np.testing.assert_allclose(own, expected(), rtol=1e-5)
+    every_cell = model.get_normalized_accessibility(return_numpy=True).sum(1)
+    assert np.corrcoef(every_cell, np.asarray(adata.X.sum(1)).ravel())[0, 1] > 0.9
+    typical_depth, typical_total = module.confounder_mean[0], module.mean_log_total
+    median = model.get_normalized_accessibility(indices=cells, depth="median", return_numpy=True)
+    np.testing.assert_allclose(median, expected(typical_total, typical_depth), rtol=1e-5)
+    deeper = model.get_normalized_accessibility(
+        indices=cells, depth=4 * float(np.exp(typical_depth)), return_numpy=True
+    )
+    log4 = float(np.log(4.0))
+    np.testing.assert_allclose(
+        deeper, expected(typical_total + log4, typical_depth + log4), rtol=1e-4
+    )
+    assert (deeper.sum(1) > 2 * median.sum(1)).all()
 
 
 def test_confounder_information_indices_are_those_cells(adata):

@@ -415,8 +415,9 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         -------
         ``"bernoulli"``: the probability that each peak is detected as open in a cell of that
         depth (not the chromatin's own openness, which binarised reads cannot tell apart from
-        capture: a deeper cell detects more); ``"poisson"``: the expected fragment count at the
-        training cells' mean log total count. Shape ``(n_cells, n_peaks)``.
+        capture: a deeper cell detects more); ``"poisson"``: the expected fragment count at
+        each cell's own total count (``depth=None``), or at a typical training cell's total
+        count scaled by ``depth`` over that cell's open peaks. Shape ``(n_cells, n_peaks)``.
 
         Examples
         --------
@@ -449,9 +450,12 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
                 )
             if depth is not None:
                 generative_inputs["cont_confounders"][:, 0] = log_depth
-            generative_inputs["log_total"] = torch.full_like(
-                generative_inputs["log_total"], float(module.mean_log_total)
-            )
+                # Poisson's count offset: a typical training cell's total, scaled with depth
+                # (total counts in proportion to open peaks); None keeps each cell's own.
+                log_total = module.mean_log_total + log_depth - module.confounder_mean[0]
+                generative_inputs["log_total"] = torch.full_like(
+                    generative_inputs["log_total"], float(log_total)
+                )
             logits = module.generative(**generative_inputs)["px"]
             values = torch.sigmoid(logits) if module.likelihood == "bernoulli" else logits.exp()
             out.append(values.cpu().numpy())

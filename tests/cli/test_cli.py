@@ -104,10 +104,24 @@ def test_fit_and_predict_dgex(bulk_file, tmp_path):
     )
     assert result.exit_code == 0, result.output
     mapped = ad.read_h5ad(predicted_path)
-    assert mapped.uns["dgex"]["rank_map"]
+    assert mapped.uns["dgex"]["rank_map"] == "gene"
     landmarks = mapped.var["landmark"].to_numpy()
     training = fitted[:, landmarks].X
     assert abs(mapped[:, landmarks].X.mean() - training.mean()) < 0.2 * training.std()
+    result = _invoke(
+        "predict",
+        model_dir,
+        new_path,
+        "--out",
+        predicted_path,
+        "--overwrite",
+        "--rank-map",
+        "sample",
+    )
+    assert result.exit_code == 0, result.output
+    per_sample = ad.read_h5ad(predicted_path)
+    assert per_sample.uns["dgex"]["rank_map"] == "sample"
+    assert abs(per_sample[:, landmarks].X.mean() - training.mean()) < 0.2 * training.std()
 
 
 def test_fit_and_predict_sailer(tmp_path):

@@ -197,6 +197,30 @@ def test_rank_map_recovers_shifted_platform(bulk, trained):
     assert np.abs(mapped - reference).mean() < 0.5 * np.abs(naive - reference).mean()
 
 
+def test_rank_map_per_sample_suits_one_tissue_and_single_samples(bulk, trained):
+    """Ranks across samples stretch a one-tissue set over the training range; ranks within
+    each sample do not depend on the other samples at all."""
+    _, test = bulk
+    tissue = (test.obs["tissue"] == test.obs["tissue"].iloc[0]).to_numpy()
+    one_tissue = test[tissue, test.var["landmark"]].copy()
+    one_tissue.X = np.exp2(one_tissue.X / 2)  # another platform
+    truth = _targets(test[tissue])
+    error = {
+        mode: np.abs(trained.predict(one_tissue, rank_map=mode).X - truth).mean()
+        for mode in (True, "sample")
+    }
+    assert error["sample"] < 0.8 * error[True]
+    baseline = np.abs(_targets(test).mean(0) - truth).mean()  # the mean of all tissues
+    assert error["sample"] < baseline
+    single = trained.predict(one_tissue[:1], rank_map="sample")  # no 10-sample minimum
+    np.testing.assert_allclose(
+        single.X[0], trained.predict(one_tissue, rank_map="sample").X[0], rtol=1e-5, atol=1e-6
+    )
+    assert single.uns["dgex"]["rank_map"] == "sample"
+    with pytest.raises(InputError, match="rank_map must be False, True, 'gene' or 'sample'"):
+        trained.predict(one_tissue, rank_map="quantile")
+
+
 def test_values_outside_the_training_range_warn(bulk, trained):
     # As raw counts for a model trained on log values: a small mean shift, many outliers.
     _, test = bulk

@@ -462,8 +462,13 @@ def fit(
 @_output(help=_TRANSCRIPTOME)
 @click.option(
     "--rank-map",
-    is_flag=True,
-    help="DGEX: map landmarks onto the training distribution by rank (cross-platform).",
+    type=click.Choice(["gene", "sample"]),
+    is_flag=False,
+    flag_value="gene",
+    default=None,
+    help="DGEX: map landmarks onto the training distribution by rank (cross-platform): each "
+    "gene across the samples (gene, the default), or each sample's genes among themselves "
+    "(sample: for one cell line or tissue, or few samples).",
 )
 @_fill_missing(
     help="dgex: fill landmarks absent from INPUT with their training mean (with a warning); "
@@ -479,7 +484,7 @@ def predict(
     model_dir: Path,
     input_path: Path,
     output: Path,
-    rank_map: bool,
+    rank_map: str | None,
     fill_missing: bool,
     overwrite: bool,
     latent_only: bool,
@@ -498,7 +503,11 @@ def predict(
             original = _with_model_features(spec, original, model_dir)
         data, own_cells = _padded(original)
         model = spec.cls.load(str(model_dir), adata=None if spec.key == "dgex" else data)
-        flags = {"rank_map": rank_map, "fill_missing": fill_missing, "latent_only": latent_only}
+        flags = {
+            "rank_map": rank_map or False,
+            "fill_missing": fill_missing,
+            "latent_only": latent_only,
+        }
         result = _unpadded(_results(spec, model, data, flags), original, own_cells, spec.key)
         _write(result, output)
 

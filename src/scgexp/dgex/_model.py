@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 from anndata import AnnData
+from scipy.stats import rankdata
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import LayerField
@@ -419,7 +420,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         adata: AnnData | None,
         layer: str | None,
         fill_missing: bool,
-        rank_map: bool,
+        rank_map: bool | str,
         batch_size: int | None,
     ) -> Iterator[torch.Tensor]:
         if layer is not None and not isinstance(layer, str):
@@ -435,12 +436,16 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         landmark_mean = self.module.landmark_mean.cpu().numpy()
         quantiles = self.module.landmark_quantiles.cpu().numpy()
         values = None
-        if rank_map and matrix.shape[0] < 10:
+        if rank_map not in (False, True, "gene", "sample"):
+            raise InputError(f"rank_map must be False, True, 'gene' or 'sample': {rank_map!r}.")
+        per_gene = rank_map in (True, "gene")
+        if per_gene and matrix.shape[0] < 10:
             raise InputError(
                 f"rank_map=True ranks each landmark across samples, which needs at least 10 "
-                f"samples (got {matrix.shape[0]}); predict without rank mapping instead."
+                f"samples (got {matrix.shape[0]}); pass rank_map='sample' (each sample's "
+                "landmarks ranked among themselves) or predict without rank mapping."
             )
-        if rank_map:  # ranks are taken over all cells, so map the whole landmark matrix once
+        if per_gene:  # ranks are taken over all samples, so map the whole landmark matrix once
             landmarks = dense(take_columns(matrix, positions[present]))
             values = self._rank_map(landmarks, quantiles[present])
         for start in range(0, matrix.shape[0], batch_size):
@@ -451,7 +456,11 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
                 block[:, present] = dense(
                     matrix[start : start + batch_size][:, positions[present]]
                 )
-                if start == 0:
+                if rank_map == "sample":
+                    block[:, present] = self._rank_map_samples(
+                        block[:, present], quantiles[present]
+                    )
+                elif start == 0:
                     self._check_units(block[:, present], present)
             yield torch.as_tensor(block, dtype=torch.float32, device=self.device)
 
@@ -492,6 +501,17 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
             mapped[:, j] = np.interp(fraction, grid, quantiles[j])
         return mapped
 
+    @staticmethod
+    def _rank_map_samples(values: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
+        """Quantile-normalise each sample onto the training landmarks' pooled distribution.
+
+        Each sample's landmark values are ranked among themselves (``rank_map="sample"``).
+        """
+        grid = np.linspace(0.0, 1.0, values.shape[1])
+        reference = np.quantile(quantiles.ravel(), grid)
+        fraction = (rankdata(values, method="average", axis=1) - 1) / max(values.shape[1] - 1, 1)
+        return np.interp(fraction, grid, reference).astype(np.float32)
+
     @torch.inference_mode()
     def predict(
         self,
@@ -499,7 +519,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         layer: str | None = None,
         return_std: bool = False,
         fill_missing: bool = False,
-        rank_map: bool = False,
+        rank_map: bool | Literal["gene", "sample"] = False,
         batch_size: int = 1024,
     ) -> AnnData:
         """Predict every target gene from the landmark genes of ``adata``.
@@ -519,9 +539,16 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         fill_missing
             Fill absent landmarks with their training mean (with a warning) instead of raising.
         rank_map
-            Map each landmark onto its training distribution by rank before predicting (D-GEX's
-            cross-platform step, e.g. RNA-seq input to a microarray-trained model). Needs
-            several samples, since ranks are taken across them.
+            Map the landmark values onto the training distribution by rank before predicting,
+            for data from another platform (e.g. RNA-seq input to a microarray-trained model).
+            ``True`` or ``"gene"``: each landmark ranked across the samples and mapped onto its
+            own training distribution (as D-GEX standardised each data set); this assumes the
+            samples are as varied as the training data and needs at least 10. A homogeneous
+            set (one cell line, one tissue) would be stretched over the training range: use
+            ``"sample"`` then, which ranks each sample's landmarks among themselves and maps
+            them onto the training landmarks' pooled distribution (quantile normalisation, as
+            L1000 processing does), for any number of samples; it keeps which genes are high
+            in a sample but not gene-specific platform effects.
         batch_size
             Samples per forward pass (``None``: 1024).
 
@@ -575,7 +602,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         adata: AnnData | None = None,
         layer: str | None = None,
         fill_missing: bool = False,
-        rank_map: bool = False,
+        rank_map: bool | Literal["gene", "sample"] = False,
         batch_size: int = 1024,
     ) -> np.ndarray:
         """Last hidden layer's activations, one row per sample (for ``obsm["X_dgex"]``).

@@ -79,8 +79,8 @@ def test_check_obs_keys_refuses_any_non_integer_or_missing_label():
     with pytest.raises(InputError, match="holds continuous values"):
         check_obs_keys(adata, categorical=["plate"])
     adata.obs["donor"] = ["d1"] * 9 + [None]
-    with pytest.raises(InputError, match="missing values"):
-        check_obs_keys(adata, categorical=["donor"])
+    with pytest.raises(InputError, match=r"missing values \(1 cell\); give those cells"):
+        check_obs_keys(adata, categorical=["donor"])  # not "fill with 'unknown'": a new group
     adata.obs["tss"] = np.r_[np.ones(9), np.inf]
     with pytest.raises(InputError, match="NaN or infinite"):
         check_obs_keys(adata, continuous=["tss"])

@@ -473,7 +473,14 @@ def test_padded_modalities_train_and_keep_the_original(tmp_path):
     assert pca.shape == (30, 2)
     assert np.isnan(pca).all()
     np.testing.assert_array_equal(padded["rna"][rna.obs_names].obsm["X_pca"], rna.obsm["X_pca"])
-    padded.obs["batch"] = sim.obs["batch"].loc[padded.obs_names].to_numpy()
+    # Each modality's obs holds its own cells' batch (padded cells: missing); the fix given
+    # combines them rather than inventing a batch for the padded cells.
+    with pytest.raises(InputError, match="modality 'rna', 'atac' have: copy it") as refused:
+        MultiVAE.setup_mudata(padded, batch_key="batch", modalities=RNA_ATAC)
+    fix = "mdata['rna'].obs['batch'].combine_first(mdata['atac'].obs['batch'])"
+    assert fix in str(refused.value)
+    padded.obs["batch"] = padded["rna"].obs["batch"].combine_first(padded["atac"].obs["batch"])
+    assert (padded.obs["batch"] == sim.obs["batch"].loc[padded.obs_names]).all()
     presence = {"rna": "has_rna", "atac": "has_atac"}
     model = _train(padded, setup_kwargs={"presence_keys": presence}, n_latent=4)
     latent = model.get_latent_representation(modality="rna")

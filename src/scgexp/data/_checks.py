@@ -319,8 +319,14 @@ def check_obs_keys(
     for key in categorical or []:
         values = adata.obs[key]
         if values.isna().any():
+            n_missing = int(values.isna().sum())
             raise InputError(
-                f"{where}obs[{key!r}] has missing values; fill them (e.g. with 'unknown') first."
+                f"{where}obs[{key!r}] has missing values ({n_missing} cell"
+                f"{'s' * (n_missing > 1)}); "
+                "give those cells their category or remove them (a made-up category such as "
+                "'unknown' would be modelled as one more group). In a MuData, cells padded into "
+                "a modality may have theirs in another modality's obs: combine the columns, "
+                "e.g. `mdata['rna'].obs[key].combine_first(mdata['atac'].obs[key])`."
             )
         if pd.api.types.is_float_dtype(values) and np.any(values != np.round(values)):
             raise InputError(

@@ -98,15 +98,20 @@ def _check_keys_in_modalities(mdata, modalities: dict, setup_args: dict, query: 
         for key in [keys] if isinstance(keys, str) else keys:
             owners = [m for m in mdata.mod if key not in mdata.obs and key in mdata.mod[m].obs]
             if owners:
-                copy = f"`mdata.obs[{key!r}] = mdata[{owners[0]!r}].obs[{key!r}]`"
+                column = f"mdata[{owners[0]!r}].obs[{key!r}]"
+                for other in owners[1:]:  # each cell's value from the modality that has it
+                    column += f".combine_first(mdata[{other!r}].obs[{key!r}])"
+                copy = f"`mdata.obs[{key!r}] = {column}`"
                 fix = (
                     f"copy it: {copy}"  # the model reads mdata.obs, as set up
-                    if query
+                    if query or len(owners) > 1
                     else f"pass modalities={{..., {arg!r}: {owners[0]!r}}} to read it there, or "
                     f"copy it: {copy}"
                 )
+                holders = ", ".join(repr(m) for m in owners)
                 raise InputError(
-                    f"mdata.obs has no column {key!r}, but modality {owners[0]!r} has: {fix}."
+                    f"mdata.obs has no column {key!r}, but modality {holders} "
+                    f"{'has' if len(owners) == 1 else 'have'}: {fix}."
                 )
 
 

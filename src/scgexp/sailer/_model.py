@@ -97,7 +97,9 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
     invariance_weight
         Weight ``λ`` of the penalty, with the loss written per cell (SAILER's 1 sums the
         ELBO over the minibatch but averages the pairwise term: about 1 / batch size here;
-        at λ = 1 the simulator keeps least depth information, see the docs).
+        at λ = 1 the simulator keeps least depth information, see the docs). The adversary's
+        weight is ``λ × n_latent`` unless ``invariance_kwargs={"adversarial_weight": w}``
+        sets it, so λ = 0 turns both penalties off.
     **model_kwargs
         Passed to :class:`~scgexp.sailer.SAILERModule` (e.g. ``invariance_kwargs``).
 
@@ -568,13 +570,17 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         n_neighbors: int = 3,
         random_state: int = 0,
     ) -> pd.Series:
-        """Mutual information (nats) between the latent and each confounder.
+        """Mean mutual information (nats) between each latent dimension and each confounder.
 
         The mean over latent dimensions of scikit-learn's ``mutual_info_regression`` (continuous
         confounders) or ``mutual_info_classif`` (categorical ones), SAILER's invariance metric.
         Read depth is the log number of open peaks plus uniform(0, 1) noise on the integer
-        count (without it, ties inflate the nearest-neighbour estimate). Close to 0: the latent
-        carries no information about the confounder.
+        count (without it, ties inflate the nearest-neighbour estimate). Close to 0: no single
+        dimension carries information about the confounder. It is not the mutual information
+        of the whole latent space (dimensions together can predict more), and it falls as
+        uninformative dimensions are added: compare models of the same ``n_latent``, or check
+        with a predictor of the confounder from all dimensions (e.g. scikit-learn's
+        ``KNeighborsRegressor`` under cross-validation).
 
         Parameters
         ----------

@@ -45,6 +45,17 @@ def test_gct12_description_version_and_sample_count(tmp_path):
     path.write_text("Name\tDescription\ts1\nx\ty\t1\n")
     with pytest.raises(scgexp.data.InputError, match="not a GCT file"):
         scgexp.data.read_gct(path)
+    path.write_text(GCT13.replace("3\t2\t2\t3", "3\t2"))  # 1.3 needs 4 sizes
+    with pytest.raises(scgexp.data.InputError, match="second line holds 4 sizes"):
+        scgexp.data.read_gct(path)
+
+
+def test_a_plain_gene_list_is_not_read_with_its_first_gene_as_header(tmp_path):
+    path = tmp_path / "landmarks.txt"
+    path.write_text("PSME1\nATF1\nRHEB\n")
+    with pytest.raises(scgexp.data.InputError, match=r"header=None\)\[0\]"):
+        scgexp.data.read_landmark_genes(path)
+    assert pd.read_csv(path, header=None)[0].tolist() == ["PSME1", "ATF1", "RHEB"]
 
 
 @pytest.mark.parametrize("n_samples", [3, 2])

@@ -59,6 +59,13 @@ def read_gct(path: str) -> AnnData:
         dims = handle.readline().strip().split("\t")
     if version not in ("#1.2", "#1.3"):
         raise InputError(f"{path} is not a GCT file (first line {version!r}, not '#1.2'/'#1.3').")
+    n_sizes = 2 if version == "#1.2" else 4
+    if len(dims) < n_sizes or not all(d.strip().isdigit() for d in dims[:n_sizes]):
+        raise InputError(
+            f"{path}: a GCT {version[1:]} file's second line holds {n_sizes} sizes separated by "
+            f"tabs (rows, columns{', row and column metadata fields' * (n_sizes == 4)}), not "
+            f"{chr(9).join(dims)!r}."
+        )
     # All text first: identifiers stay as written; only the matrix becomes numbers.
     read = partial(
         pd.read_csv,

@@ -108,6 +108,12 @@ def read_landmark_genes(path: str, id_column: str | None = None) -> list[str]:
     if id_column is None:
         names = ("pr_gene_symbol", "gene_symbol", "symbol", "pr_gene_id", "gene_id")
         candidates = [c for c in names if c in table]
+        if not candidates and table.shape[1] == 1:  # id_column= would drop its first gene
+            raise InputError(
+                f"{path} has one column, headed {table.columns[0]!r}: for a plain list of genes "
+                "without a header, read it with `pd.read_csv(path, header=None)[0].tolist()`; "
+                f"if {table.columns[0]!r} is its header, pass id_column={table.columns[0]!r}."
+            )
         if not candidates:
             raise InputError(f"{path} has no gene column; pass id_column= (one of {list(table)}).")
         id_column = candidates[0]

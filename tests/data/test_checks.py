@@ -84,6 +84,12 @@ def test_check_obs_keys_refuses_any_non_integer_or_missing_label():
     adata.obs["tss"] = np.r_[np.ones(9), np.inf]
     with pytest.raises(InputError, match="NaN or infinite"):
         check_obs_keys(adata, continuous=["tss"])
+    adata.obs["tss"] = np.r_[np.linspace(4, 6, 9), 1e6]  # one outlier squashes the rest
+    with pytest.warns(UserWarning, match="1 value.s. more than 100 median absolute deviations"):
+        check_obs_keys(adata, continuous=["tss"])
+    adata.obs["tss"] = np.r_[np.linspace(4, 6, 9), 1e39]  # finite in float64, not in float32
+    with pytest.raises(InputError, match="beyond float32's range"):
+        check_obs_keys(adata, continuous=["tss"])
 
 
 def test_still_counts_reads_rows_across_the_matrix():

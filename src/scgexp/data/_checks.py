@@ -347,9 +347,25 @@ def check_obs_keys(
         values = adata.obs[key]
         if not pd.api.types.is_numeric_dtype(values):
             raise InputError(f"{where}obs[{key!r}] must hold numbers, not {values.dtype} values.")
-        if not np.all(np.isfinite(values.to_numpy(dtype=float))):
+        numbers = values.to_numpy(dtype=float)
+        if not np.all(np.isfinite(numbers)):
             raise InputError(
                 f"{where}obs[{key!r}] has NaN or infinite values; fill or drop those cells first."
+            )
+        if np.abs(numbers).max(initial=0.0) > np.finfo(np.float32).max:
+            raise InputError(
+                f"{where}obs[{key!r}] has values beyond float32's range (models compute in "
+                "float32); rescale the column (e.g. log)."
+            )
+        median = np.median(numbers) if numbers.size else 0.0
+        spread = 1.4826 * np.median(np.abs(numbers - median)) if numbers.size else 0.0
+        far = np.abs(numbers - median) > 100 * spread if spread > 0 else np.zeros(0, bool)
+        if far.any():
+            warn_user(
+                f"{where}obs[{key!r}] has {int(far.sum())} value(s) more than 100 median absolute "
+                f"deviations from its median {median:.3g} (e.g. {numbers[far][0]:.3g}); "
+                "standardised, they squash the other cells' values together. Check for errors "
+                "or missing-value codes (e.g. -666), or transform the column (e.g. log)."
             )
 
 

@@ -93,7 +93,9 @@ def test_likelihoods(adata, likelihood):
     assert not np.allclose(as_0, as_1, rtol=1e-3)
     with pytest.raises(InputError, match="takes one batch, not list"):
         model.get_normalized_accessibility(transform_batch=["batch_0", "batch_1"])
-    deep = model.get_normalized_accessibility(indices=[0, 1], depth=2000, return_numpy=True)
+    deep = model.get_normalized_accessibility(
+        indices=[0, 1], depth=adata.n_vars, return_numpy=True
+    )
     shallow = model.get_normalized_accessibility(indices=[0, 1], depth=5, return_numpy=True)
     assert not np.allclose(deep, shallow)
     print(model)
@@ -184,6 +186,8 @@ def test_save_load_and_query(adata, tmp_path):
     for depth in (0, -5, float("inf"), float("nan"), "mean", True):
         with pytest.raises(InputError, match="depth must be a positive number"):
             model.get_normalized_accessibility(indices=[0], depth=depth)
+    with pytest.raises(InputError, match=f"at most the {adata.n_vars} peaks"):
+        model.get_normalized_accessibility(indices=[0], depth=adata.n_vars + 1)
 
 
 def test_bad_inputs(adata):

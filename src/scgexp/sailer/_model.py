@@ -439,6 +439,11 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
                     f"depth must be a positive number of open peaks, 'median' or None, not "
                     f"{depth!r}."
                 )
+            if depth > adata.n_vars:
+                raise InputError(
+                    f"depth is a number of open peaks, at most the {adata.n_vars} peaks of the "
+                    f"data, not {depth!r}."
+                )
             log_depth = float(np.log(depth))
         out = []
         for tensors in loader:

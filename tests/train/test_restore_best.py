@@ -177,6 +177,16 @@ def test_a_training_metric_monitor_restores_its_own_best_epoch():
     best = recorder.states[callback.best_epoch]
     for name, value in model.module.state_dict().items():
         torch.testing.assert_close(value, best[name])
+    # Also when validation (and so early stopping's check) runs every second epoch only.
+    model = _train_zinb(
+        early_stopping_monitor="elbo_train",
+        early_stopping_mode="max",
+        early_stopping_patience=10,
+        check_val_every_n_epoch=2,
+    )
+    (callback,) = _callbacks(model)
+    elbo = model.history["elbo_train"].to_numpy(dtype=float).ravel()
+    assert callback.best_epoch == int(elbo.argmax()) < 7
 
 
 def test_validation_every_second_epoch_is_watched_after_validation():

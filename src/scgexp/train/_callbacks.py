@@ -34,22 +34,17 @@ class RestoreBestWeights(pl.Callback):
         self.best_score: float | None = None
         self.best_epoch: int | None = None
         self._best_state: dict[str, torch.Tensor] | None = None
-        self._at_train_epoch_end = False
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        # Where Lightning's EarlyStopping checks: at the end of a training epoch when every
-        # epoch validates once (so a training metric, e.g. "elbo_train", is that epoch's too),
-        # else after each validation.
-        self._at_train_epoch_end = (
-            trainer.val_check_interval == 1.0 and trainer.check_val_every_n_epoch == 1
-        )
+        # Validation metrics are read after each validation; training metrics at the end of
+        # the training epoch, when Lightning has published that epoch's values (after
+        # validation: read there, they would be the previous epoch's).
+        self._validation_metric = "validation" in monitor or monitor.startswith("val_")
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._at_train_epoch_end:
+        if not self._validation_metric:
             self._keep_if_best(trainer, pl_module)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._at_train_epoch_end:
+        if self._validation_metric:
             self._keep_if_best(trainer, pl_module)
 
     def _keep_if_best(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -69,6 +69,9 @@ def test_groups_without_cells_are_skipped_or_refused_by_name(trained):
         _de(model, data, group1=first, group2="unused")
     with pytest.raises(InputError, match="idx1 selects no cells"):
         model.differential_expression(data, idx1=np.zeros(data.n_obs, bool), silent=True)
+    for every_cell in (np.ones(data.n_obs, bool), np.arange(data.n_obs)):
+        with pytest.raises(InputError, match="idx1 selects every cell"):
+            model.differential_expression(data, idx1=every_cell, silent=True)
     with pytest.raises(InputError, match="'tissue' is not a column of obs"):
         model.differential_expression(data, groupby="tissue", silent=True)
     data.obs["one"] = "all"

@@ -59,6 +59,12 @@ def groups_with_cells(obs: pd.DataFrame, arguments: dict) -> dict:
             if not (cells.any() if cells.dtype == bool else cells.size):
                 raise InputError(f"{name} selects no cells; give it the cells of the group.")
     if arguments["idx1"] is not None:
+        cells = arguments["idx1"]
+        if arguments["idx2"] is None and not isinstance(cells, str):
+            cells = np.asarray(cells)
+            n_cells = int(cells.sum()) if cells.dtype == bool else len(np.unique(cells))
+            if n_cells == len(obs):
+                raise InputError("idx1 selects every cell: no others to compare with.")
         return arguments
     groupby, group1, group2 = arguments["groupby"], arguments["group1"], arguments["group2"]
     if groupby is None:

@@ -100,7 +100,7 @@ def test_fit_and_predict_dgex(bulk_file, tmp_path):
     shifted.X = shifted.X * 3 + 10
     shifted.write_h5ad(new_path)
     result = _invoke(
-        "predict", model_dir, new_path, "--out", predicted_path, "--rank-map", "--overwrite"
+        "predict", "--rank-map", model_dir, new_path, "--out", predicted_path, "--overwrite"
     )
     assert result.exit_code == 0, result.output
     mapped = ad.read_h5ad(predicted_path)
@@ -115,8 +115,7 @@ def test_fit_and_predict_dgex(bulk_file, tmp_path):
         "--out",
         predicted_path,
         "--overwrite",
-        "--rank-map",
-        "sample",
+        "--rank-map-sample",
     )
     assert result.exit_code == 0, result.output
     per_sample = ad.read_h5ad(predicted_path)
@@ -146,7 +145,7 @@ def test_fit_and_predict_sailer(tmp_path):
         main, ["predict", str(model_dir), str(path), "--out", str(refused), "--rank-map"]
     )
     assert result.exit_code != 0
-    assert "--rank-map applies to DGEX models only" in result.output
+    assert "--rank-map and --rank-map-sample apply to DGEX models only" in result.output
     assert not refused.exists()
 
 

@@ -219,6 +219,14 @@ def test_rank_map_per_sample_suits_one_tissue_and_single_samples(bulk, trained):
     assert single.uns["dgex"]["rank_map"] == "sample"
     with pytest.raises(InputError, match="rank_map must be False, True, 'gene' or 'sample'"):
         trained.predict(one_tissue, rank_map="quantile")
+    np.testing.assert_array_equal(  # None: no mapping, as before
+        trained.predict(test[:3], rank_map=None).X, trained.predict(test[:3]).X
+    )
+    assert trained.predict(test, rank_map=True).uns["dgex"]["rank_map"] == "gene"
+    lone = test[:3, test.var_names[test.var["landmark"]][:1]].copy()  # one landmark measured
+    with pytest.warns(UserWarning, match="missing"):
+        alone = trained.predict(lone, rank_map="sample", fill_missing=True)
+    assert np.isfinite(alone.X).all()
 
 
 def test_values_outside_the_training_range_warn(bulk, trained):

@@ -611,6 +611,8 @@ def test_refuses_bad_requests():
     averaged = model.get_normalized_accessibility(transform_batch=["batch_0", "batch_1"])
     np.testing.assert_allclose(averaged, (each[0] + each[1]) / 2, rtol=1e-5, atol=1e-7)
     assert not np.allclose(each[0], each[1])
+    with pytest.raises(InputError, match="transform_batch is an empty list"):
+        model.get_normalized_accessibility(transform_batch=[])
     with pytest.raises(InputError, match=r"^gene_list must be a list of names: \['gene_0'\]"):
         model.get_normalized_expression(gene_list="gene_0")
     with pytest.raises(InputError, match=r"model.training_var_names\['atac'\]"):

@@ -462,13 +462,15 @@ def fit(
 @_output(help=_TRANSCRIPTOME)
 @click.option(
     "--rank-map",
-    type=click.Choice(["gene", "sample"]),
-    is_flag=False,
-    flag_value="gene",
-    default=None,
-    help="DGEX: map landmarks onto the training distribution by rank (cross-platform): each "
-    "gene across the samples (gene, the default), or each sample's genes among themselves "
-    "(sample: for one cell line or tissue, or few samples).",
+    is_flag=True,
+    help="DGEX: map landmarks onto the training distribution by rank (cross-platform), each "
+    "gene across the samples (for samples as varied as the training data).",
+)
+@click.option(
+    "--rank-map-sample",
+    is_flag=True,
+    help="DGEX: as --rank-map, but each sample's landmarks ranked among themselves (for a "
+    "platform effect shared by all genes, in one cell line or tissue, or few samples).",
 )
 @_fill_missing(
     help="dgex: fill landmarks absent from INPUT with their training mean (with a warning); "
@@ -484,7 +486,8 @@ def predict(
     model_dir: Path,
     input_path: Path,
     output: Path,
-    rank_map: str | None,
+    rank_map: bool,
+    rank_map_sample: bool,
     fill_missing: bool,
     overwrite: bool,
     latent_only: bool,
@@ -494,8 +497,10 @@ def predict(
     def action():
         spec = _saved_spec(model_dir)
         _check_output(input_path, output, model=spec.key, overwrite=overwrite)
-        if spec.key != "dgex" and rank_map:
-            raise InputError("--rank-map applies to DGEX models only.")
+        if spec.key != "dgex" and (rank_map or rank_map_sample):
+            raise InputError("--rank-map and --rank-map-sample apply to DGEX models only.")
+        if rank_map and rank_map_sample:
+            raise InputError("Pass --rank-map or --rank-map-sample, not both.")
         if spec.key == "dgex" and latent_only:
             raise InputError("--latent-only does not apply to dgex, whose output is predictions.")
         original = _read(input_path)
@@ -504,7 +509,7 @@ def predict(
         data, own_cells = _padded(original)
         model = spec.cls.load(str(model_dir), adata=None if spec.key == "dgex" else data)
         flags = {
-            "rank_map": rank_map or False,
+            "rank_map": "sample" if rank_map_sample else rank_map,
             "fill_missing": fill_missing,
             "latent_only": latent_only,
         }

@@ -859,6 +859,8 @@ def batch_codes(transform_batch, registry: dict) -> list[int | None]:
     """Codes of one or several ``transform_batch`` categories (``None``: each cell's own)."""
     if transform_batch is None or isinstance(transform_batch, str | int | float | np.generic):
         transform_batch = [transform_batch]
+    if len(transform_batch) == 0:
+        raise InputError("transform_batch is an empty list; name a batch, or None for each own.")
     return [batch_code(category, registry) for category in transform_batch]
 
 

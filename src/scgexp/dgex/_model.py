@@ -431,18 +431,17 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         batch_size = 1024 if batch_size is None else batch_size
         if batch_size < 1:
             raise InputError(f"batch_size must be a positive number of samples, not {batch_size}.")
+        mode = self.rank_mode(rank_map)
         matrix, positions = self._landmark_matrix(adata, layer, fill_missing)
         present = positions >= 0
         landmark_mean = self.module.landmark_mean.cpu().numpy()
         quantiles = self.module.landmark_quantiles.cpu().numpy()
         values = None
-        if rank_map not in (False, True, "gene", "sample"):
-            raise InputError(f"rank_map must be False, True, 'gene' or 'sample': {rank_map!r}.")
-        per_gene = rank_map in (True, "gene")
+        per_gene = mode == "gene"
         if per_gene and matrix.shape[0] < 10:
             raise InputError(
-                f"rank_map=True ranks each landmark across samples, which needs at least 10 "
-                f"samples (got {matrix.shape[0]}); pass rank_map='sample' (each sample's "
+                f"rank_map={rank_map!r} ranks each landmark across samples, which needs at "
+                f"least 10 samples (got {matrix.shape[0]}); pass rank_map='sample' (each sample's "
                 "landmarks ranked among themselves) or predict without rank mapping."
             )
         if per_gene:  # ranks are taken over all samples, so map the whole landmark matrix once
@@ -456,7 +455,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
                 block[:, present] = dense(
                     matrix[start : start + batch_size][:, positions[present]]
                 )
-                if rank_map == "sample":
+                if mode == "sample":
                     block[:, present] = self._rank_map_samples(
                         block[:, present], quantiles[present]
                     )
@@ -490,6 +489,15 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
             )
 
     @staticmethod
+    def rank_mode(rank_map) -> str | None:
+        """``rank_map`` as ``"gene"``, ``"sample"`` or ``None`` (no mapping), checked."""
+        if rank_map is None or rank_map is False or (rank_map is not True and rank_map == 0):
+            return None
+        if rank_map is True or rank_map in ("gene", "sample"):
+            return "gene" if rank_map is True else rank_map
+        raise InputError(f"rank_map must be False, True, 'gene' or 'sample', not {rank_map!r}.")
+
+    @staticmethod
     def _rank_map(values: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
         """Map each gene's values onto the training distribution by rank (quantile mapping)."""
         mapped = np.empty_like(values, dtype=np.float32)
@@ -509,7 +517,9 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         """
         grid = np.linspace(0.0, 1.0, values.shape[1])
         reference = np.quantile(quantiles.ravel(), grid)
-        fraction = (rankdata(values, method="average", axis=1) - 1) / max(values.shape[1] - 1, 1)
+        if values.shape[1] == 1:  # one landmark measured: the middle of the distribution
+            return np.full(values.shape, np.median(quantiles), dtype=np.float32)
+        fraction = (rankdata(values, method="average", axis=1) - 1) / (values.shape[1] - 1)
         return np.interp(fraction, grid, reference).astype(np.float32)
 
     @torch.inference_mode()
@@ -547,8 +557,9 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
             set (one cell line, one tissue) would be stretched over the training range: use
             ``"sample"`` then, which ranks each sample's landmarks among themselves and maps
             them onto the training landmarks' pooled distribution (quantile normalisation, as
-            L1000 processing does), for any number of samples; it keeps which genes are high
-            in a sample but not gene-specific platform effects.
+            L1000 processing does), for any number of samples; it assumes the platform changes
+            every gene along one shared curve and fails on gene-specific platform effects
+            (see the docs' benchmark).
         batch_size
             Samples per forward pass (``None``: 1024).
 
@@ -575,7 +586,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
             predicted.layers["std"] = outputs["std"]
         filled = self.landmark_names[self._landmark_positions(source) < 0]
         predicted.uns["dgex"] = {
-            "rank_map": rank_map,
+            "rank_map": self.rank_mode(rank_map) or False,
             "n_landmarks": len(self.landmark_names),
             "filled_landmarks": np.asarray(filled, dtype=str),
         }

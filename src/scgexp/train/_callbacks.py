@@ -22,7 +22,8 @@ class RestoreBestWeights(pl.Callback):
     Parameters
     ----------
     monitor
-        Logged metric to watch, e.g. ``"mae_validation"``.
+        Logged metric to watch, e.g. ``"mae_validation"``: read after each validation if its
+        name contains "validation", else at the end of each training epoch.
     mode
         ``"min"`` or ``"max"``.
     """

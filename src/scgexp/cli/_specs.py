@@ -99,7 +99,7 @@ def _dgex_results(model: DGEX, adata: anndata.AnnData, options: dict) -> anndata
     out.layers["dgex_std"] = np.hstack([landmark_std, outputs["std"]])
     out.obsm["X_dgex"] = outputs["z"]
     out.uns["dgex"] = {
-        "rank_map": model.rank_mode(flags["rank_map"]) or False,
+        "rank_map": model._rank_mode(flags["rank_map"]) or False,
         "n_landmarks": len(model.landmark_names),
         "filled_landmarks": np.asarray(model.landmark_names[~present], dtype=str),
     }

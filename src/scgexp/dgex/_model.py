@@ -431,7 +431,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         batch_size = 1024 if batch_size is None else batch_size
         if batch_size < 1:
             raise InputError(f"batch_size must be a positive number of samples, not {batch_size}.")
-        mode = self.rank_mode(rank_map)
+        mode = self._rank_mode(rank_map)
         matrix, positions = self._landmark_matrix(adata, layer, fill_missing)
         present = positions >= 0
         landmark_mean = self.module.landmark_mean.cpu().numpy()
@@ -447,6 +447,10 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         if per_gene:  # ranks are taken over all samples, so map the whole landmark matrix once
             landmarks = dense(take_columns(matrix, positions[present]))
             values = self._rank_map(landmarks, quantiles[present])
+        if mode == "sample":  # the pooled training distribution, once for all blocks
+            n_present = int(present.sum())
+            grid = np.linspace(0.0, 1.0, n_present) if n_present > 1 else np.array([0.5])
+            reference = np.quantile(quantiles[present].ravel(), grid)
         for start in range(0, matrix.shape[0], batch_size):
             block = np.tile(landmark_mean, (min(batch_size, matrix.shape[0] - start), 1))
             if values is not None:
@@ -456,9 +460,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
                     matrix[start : start + batch_size][:, positions[present]]
                 )
                 if mode == "sample":
-                    block[:, present] = self._rank_map_samples(
-                        block[:, present], quantiles[present]
-                    )
+                    block[:, present] = self._rank_map_samples(block[:, present], reference)
                 elif start == 0:
                     self._check_units(block[:, present], present)
             yield torch.as_tensor(block, dtype=torch.float32, device=self.device)
@@ -489,12 +491,12 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
             )
 
     @staticmethod
-    def rank_mode(rank_map) -> str | None:
+    def _rank_mode(rank_map) -> str | None:
         """``rank_map`` as ``"gene"``, ``"sample"`` or ``None`` (no mapping), checked."""
-        if rank_map is None or rank_map is False or (rank_map is not True and rank_map == 0):
+        if rank_map in (None, False):
             return None
-        if rank_map is True or rank_map in ("gene", "sample"):
-            return "gene" if rank_map is True else rank_map
+        if rank_map in (True, "gene", "sample"):
+            return "gene" if rank_map is True or rank_map == 1 else rank_map
         raise InputError(f"rank_map must be False, True, 'gene' or 'sample', not {rank_map!r}.")
 
     @staticmethod
@@ -510,17 +512,16 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         return mapped
 
     @staticmethod
-    def _rank_map_samples(values: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
-        """Quantile-normalise each sample onto the training landmarks' pooled distribution.
+    def _rank_map_samples(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        """Quantile-normalise each sample onto ``reference`` (``rank_map="sample"``).
 
-        Each sample's landmark values are ranked among themselves (``rank_map="sample"``).
+        ``reference``: the training landmarks' pooled distribution at as many points as landmarks.
         """
-        grid = np.linspace(0.0, 1.0, values.shape[1])
-        reference = np.quantile(quantiles.ravel(), grid)
-        if values.shape[1] == 1:  # one landmark measured: the middle of the distribution
-            return np.full(values.shape, np.median(quantiles), dtype=np.float32)
-        fraction = (rankdata(values, method="average", axis=1) - 1) / (values.shape[1] - 1)
-        return np.interp(fraction, grid, reference).astype(np.float32)
+        n = values.shape[1]
+        if n == 1:  # one landmark measured: the middle of the distribution
+            return np.full(values.shape, reference[0], dtype=np.float32)
+        fraction = (rankdata(values, method="average", axis=1) - 1) / (n - 1)
+        return np.interp(fraction, np.linspace(0.0, 1.0, n), reference).astype(np.float32)
 
     @torch.inference_mode()
     def predict(
@@ -586,7 +587,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
             predicted.layers["std"] = outputs["std"]
         filled = self.landmark_names[self._landmark_positions(source) < 0]
         predicted.uns["dgex"] = {
-            "rank_map": self.rank_mode(rank_map) or False,
+            "rank_map": self._rank_mode(rank_map) or False,
             "n_landmarks": len(self.landmark_names),
             "filled_landmarks": np.asarray(filled, dtype=str),
         }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -71,3 +73,12 @@ def test_a_failed_training_call_leaves_the_outputs_alone(zinb):
         zinb.train(max_epochs=1, enable_progres_bar=False)
     assert not zinb.module.training
     np.testing.assert_array_equal(zinb.get_latent_representation(), latent)
+
+
+def test_training_hides_lightnings_internal_deprecation(zinb):
+    """Lightning's own ``LeafSpec`` FutureWarning (torch >= 2.10) says nothing to the user."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        zinb.train(max_epochs=1)
+    assert not [w for w in caught if "LeafSpec" in str(w.message)]
+    assert zinb.is_trained

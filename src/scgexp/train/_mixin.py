@@ -191,7 +191,10 @@ class TrainingMixin(UnsupervisedTrainingMixin):
             ]
         self.module.train()  # outputs and load() leave eval mode, which Lightning would keep
         try:
-            return super().train(*args, datasplitter_kwargs=datasplitter_kwargs, **kwargs)
+            with warnings.catch_warnings():
+                # Lightning 2.6 on torch >= 2.10 warns about its own internals on every fit.
+                warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)`")
+                return super().train(*args, datasplitter_kwargs=datasplitter_kwargs, **kwargs)
         except TrainingDivergedError:
             if restore is not None and restore.best_epoch is not None:
                 # The best epoch's weights are back (and the history kept): usable as trained.

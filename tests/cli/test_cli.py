@@ -426,6 +426,24 @@ def test_python_dash_m_runs_the_command_line():
     assert "predict" in result.stdout
 
 
+def test_fit_log_has_no_library_notices(bulk_file, tmp_path):
+    """Lightning's cloud advert and internal deprecation are no news to a pipeline's log."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "scgexp", "fit", "dgex", bulk_file, "--epochs", "1"]
+    result = subprocess.run(
+        [*map(str, command), "--out", str(tmp_path / "out.h5ad")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Wrote" in result.stdout + result.stderr
+    assert "Tip:" not in result.stderr
+    assert "LeafSpec" not in result.stderr
+
+
 def test_fit_is_seeded(counts_file, tmp_path):
     # Unseeded, two identical runs trained from different random starts.
     latents = []

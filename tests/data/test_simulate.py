@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -124,9 +126,11 @@ def test_scatac_depth_batch_effect_and_fragments():
 
 
 def test_multiome_missing_halves_and_shared_cell_types():
-    mdata = scgexp.data.simulate_multiome(
-        n_cells=300, n_genes=200, n_peaks=400, n_proteins=6, missing_fraction=0.3, seed=0
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # mudata's notices are not the user's business
+        mdata = scgexp.data.simulate_multiome(
+            n_cells=300, n_genes=200, n_peaks=400, n_proteins=6, missing_fraction=0.3, seed=0
+        )
     has_rna = mdata.obs["has_rna"].to_numpy()
     has_atac = mdata.obs["has_atac"].to_numpy()
     assert (~has_atac).sum() == 45

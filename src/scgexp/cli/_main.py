@@ -335,6 +335,13 @@ _ADD_MISSING = (
 def main(verbose: bool) -> None:
     """Deep-learning models for gene expression, as scvi-tools models."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")
+    if not verbose:  # Lightning advertises its cloud services on every fit
+        for package in ("pytorch", "fabric"):
+            logging.getLogger(f"lightning.{package}.utilities.rank_zero").addFilter(_no_tips)
+
+
+def _no_tips(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("💡 Tip:")
 
 
 @main.command()

@@ -6,6 +6,8 @@ truth that generated them, so tests can check that a model learned something rea
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from anndata import AnnData
@@ -432,7 +434,9 @@ def simulate_multiome(
     for name in ("rna", "atac"):
         for mod in modalities.values():
             mod.obs[f"has_{name}"] = has[name]
-    mdata = MuData(modalities)
+    with warnings.catch_warnings():  # mudata's notice of a future default
+        warnings.filterwarnings("ignore", r"From 0\.4 \.update\(\)", FutureWarning)
+        mdata = MuData(modalities)
     for column in ["cell_type", "batch", "has_rna", "has_atac"]:
         mdata.obs[column] = modalities["rna"].obs[column].to_numpy()
     mdata.uns["simulation"] = {"model": "simulate_multiome", "seed": seed}

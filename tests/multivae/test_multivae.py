@@ -446,6 +446,41 @@ def test_refuses_mismatched_obs():
         MultiVAE.setup_mudata(shuffled, modalities=RNA_ATAC)
 
 
+def test_refuses_modalities_without_paired_cells():
+    """Without cells measured in both, nothing ties the modalities' encoders together."""
+    sim = _mdata(n_cells=60, n_proteins=4)
+    atac = sim["atac"].copy()
+    atac.obs_names = "x" + atac.obs_names  # the same cells under other names
+    renamed = md.MuData({"rna": sim["rna"].copy(), "atac": atac})
+    with pytest.raises(
+        InputError, match=r"no cell name .*'cell00000' vs 'xcell00000'.*strip a prefix"
+    ):
+        MultiVAE.setup_mudata(renamed, modalities=RNA_ATAC)
+    with pytest.raises(InputError, match=r"No cell has 'atac' \('atac'\) together with any of"):
+        MultiVAE.setup_mudata(pad_modalities(renamed), modalities=RNA_ATAC)
+    # RNA + ATAC in some cells, RNA + protein in others: ATAC and protein meet through RNA.
+    bridged = sim.copy()
+    bridged.obs["has_atac"] = np.arange(60) < 30
+    bridged.obs["has_prot"] = ~bridged.obs["has_atac"]
+    presence = {"rna": "has_rna", "atac": "has_atac", "protein": "has_prot"}
+    MultiVAE.setup_mudata(bridged, modalities=ALL_THREE, presence_keys=presence)
+    bridged.obs["has_rna"] = False
+    bridged.obs.loc[bridged.obs_names[:10], "has_rna"] = True  # ATAC-only cells 10-29
+    with pytest.raises(InputError, match=r"No cell has 'protein' \('prot'\) together"):
+        MultiVAE.setup_mudata(bridged, modalities=ALL_THREE, presence_keys=presence)
+
+
+def test_one_protein_needs_the_mixture_likelihood():
+    mdata = _mdata(n_cells=100, n_proteins=3)
+    mdata.mod["prot"] = mdata["prot"][:, :1].copy()
+    mdata.update()
+    MultiVAE.setup_mudata(mdata, batch_key="batch", modalities=RNA_PROT)
+    with pytest.raises(InputError, match="with one protein every cell would get the same"):
+        MultiVAE(mdata)
+    model = _train(mdata, modalities=RNA_PROT, protein_likelihood="mixture")
+    assert np.ptp(model.get_normalized_protein(return_numpy=True)) > 0
+
+
 def test_padded_modalities_train_and_keep_the_original(tmp_path):
     sim = _mdata()
     rna, atac = sim["rna"][30:].copy(), sim["atac"][:170].copy()

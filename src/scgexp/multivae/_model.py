@@ -139,6 +139,15 @@ def _check_cells_aligned(mdata: MuData, names: dict[str, str]) -> None:
     for data_type, name in names.items():
         mod = mdata.mod[name]
         if mod.n_obs != mdata.n_obs or not mod.obs_names.equals(mdata.obs_names):
+            others = [mdata.mod[n].obs_names for n in names.values() if n != name]
+            if others and not any(mod.obs_names.isin(o).any() for o in others):
+                raise InputError(
+                    f"modality {name!r} ({data_type}) shares no cell name with the other "
+                    f"modalities (e.g. {mod.obs_names[0]!r} vs {others[0][0]!r}), so no cell "
+                    "would have both and the model could not learn how they relate. If they "
+                    "are the same cells, make the names match (e.g. strip a prefix or suffix), "
+                    "then `mdata.update()`."
+                )
             raise InputError(
                 f"modality {name!r} ({data_type}): its cells do not match the MuData's "
                 f"({mod.n_obs} vs {mdata.n_obs} cells, or another order). MultiVAE needs every "
@@ -148,11 +157,43 @@ def _check_cells_aligned(mdata: MuData, names: dict[str, str]) -> None:
             )
 
 
+def _check_modalities_linked(presence: dict[str, np.ndarray], names: dict[str, str]) -> None:
+    """Cells with two modalities must tie every modality to the others (directly or via one).
+
+    Without such cells the joint latent, cross-modal prediction and imputation are untrained:
+    each modality's encoder would place cells on its own.
+    """
+    presence = {t: p for t, p in presence.items() if p.any()}  # (none: refused in training)
+    if len(presence) < 2:
+        return
+    linked, rest = [next(iter(presence))], set(list(presence)[1:])
+    while rest:
+        new = {t for t in rest if any((presence[t] & presence[u]).any() for u in linked)}
+        if not new:
+            pairs = ", ".join(f"{t!r} ({names[t]!r})" for t in sorted(rest))
+            raise InputError(
+                f"No cell has {pairs} together with any of {linked}: the model could not learn "
+                "how they relate, so its joint latent and cross-modal predictions would mean "
+                "nothing. Paired cells (measured in both) are needed; check that the same "
+                "cells have the same names in every modality before padding, and the "
+                "presence_keys flags."
+            )
+        linked += sorted(new)
+        rest -= new
+
+
 def _check_modalities(mdata: MuData, modalities: dict | None) -> dict[str, str]:
     if not isinstance(mdata, MuData):
+        obsm = list(getattr(mdata, "obsm", {}))
+        protein = next((k for k in obsm if "protein" in k.lower()), None)
+        example = (
+            "`mudata.MuData({'rna': adata, 'prot': anndata.AnnData(adata.obsm"
+            f"[{protein!r}])}})` (the proteins as their own modality, as counts)"
+            if protein
+            else "`mudata.MuData({'rna': rna, 'atac': atac})`"
+        )
         raise InputError(
-            f"MultiVAE needs a MuData, not a {type(mdata).__name__}. Build one with "
-            "`mudata.MuData({'rna': rna, 'atac': atac})`."
+            f"MultiVAE needs a MuData, not {type(mdata).__name__}. Build one with {example}."
         )
     if not modalities:
         raise InputError(
@@ -289,6 +330,12 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         n_features = {
             m: int(stats[_STAT_KEYS[m]]) for m in self.data_modalities if _STAT_KEYS[m] in stats
         }
+        if n_features.get("protein") == 1 and protein_likelihood == "nb":
+            raise InputError(
+                "protein_likelihood='nb' shares each cell's protein total among the proteins, "
+                "so with one protein every cell would get the same value. Use "
+                "protein_likelihood='mixture' (background and foreground per protein)."
+            )
         self.module = self._module_cls(
             n_features=n_features,
             n_batch=stats.n_batch,
@@ -618,6 +665,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
     def _check_presence(mdata, names, row_sums, presence_keys, query: bool) -> None:
         """Warn where presence flags contradict the counts; training cells need some data."""
         has_any = np.zeros(mdata.n_obs, dtype=bool)
+        presence = {}
         for data_type, name in names.items():
             has_counts = row_sums[data_type] > 0
             present = has_counts
@@ -660,6 +708,9 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
                     how,
                 )
             has_any |= present
+            presence[data_type] = present
+        if not query:
+            _check_modalities_linked(presence, names)
         if not query and not has_any.all():
             raise InputError(
                 f"{int((~has_any).sum())} cells have none of the modalities {list(names)} "

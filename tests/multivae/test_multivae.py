@@ -481,6 +481,20 @@ def test_one_protein_needs_the_mixture_likelihood():
     assert np.ptp(model.get_normalized_protein(return_numpy=True)) > 0
 
 
+def test_warns_about_a_protein_one_batch_did_not_measure():
+    mdata = _mdata(n_cells=120, n_proteins=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MultiVAE.setup_mudata(mdata, batch_key="batch", modalities=RNA_PROT)
+    first = (mdata.obs["batch"] == mdata.obs["batch"].iloc[0]).to_numpy()
+    counts = mdata["prot"].X.toarray()
+    counts[first, 2] = 0  # e.g. a panel without that antibody
+    mdata["prot"].X = sparse.csr_matrix(counts)
+    batch = mdata.obs["batch"].iloc[0]
+    with pytest.warns(UserWarning, match=rf"without a count .*: 'CD2' in '{batch}'\..*absence"):
+        MultiVAE.setup_mudata(mdata, batch_key="batch", modalities=RNA_PROT)
+
+
 def test_padded_modalities_train_and_keep_the_original(tmp_path):
     sim = _mdata()
     rna, atac = sim["rna"][30:].copy(), sim["atac"][:170].copy()

@@ -182,6 +182,33 @@ def _check_modalities_linked(presence: dict[str, np.ndarray], names: dict[str, s
         rest -= new
 
 
+def _warn_unmeasured_proteins(matrix, proteins, batches: np.ndarray, present: np.ndarray) -> None:
+    """Warn about proteins without a count in a batch whose other batches detect them often.
+
+    A panel that lacked an antibody gives zeros that read as true absence (totalVI masks such
+    proteins per batch; MultiVAE does not).
+    """
+    unmeasured = []
+    for batch in pd.unique(batches[present]):
+        in_batch = present & (batches == batch)
+        others = present & ~in_batch
+        if in_batch.sum() < 10 or not others.any():
+            continue  # too few cells to tell an unmeasured protein from a rare one
+        detected_in = row_and_column_sums(matrix, binary=True, column_rows=in_batch)[1]
+        detected_out = row_and_column_sums(matrix, binary=True, column_rows=others)[1]
+        absent = (detected_in == 0) & (detected_out >= 0.1 * others.sum())
+        unmeasured += [f"{proteins[j]!r} in {batch!r}" for j in np.flatnonzero(absent)]
+    if unmeasured:
+        more = f" and {len(unmeasured) - 5} more" if len(unmeasured) > 5 else ""
+        warn_user(
+            "Proteins without a count in any cell of a batch, while the other batches detect "
+            f"them in at least 10% of their cells: {', '.join(unmeasured[:5])}"
+            f"{more}. Their zeros are read as true absence (and differential_protein calls "
+            "them changed). If those batches' panels lacked them, keep only the proteins every "
+            "batch measured: mdata.mod[<protein modality>] = prot[:, measured].copy()."
+        )
+
+
 def _check_modalities(mdata: MuData, modalities: dict | None) -> dict[str, str]:
     if not isinstance(mdata, MuData):
         obsm = list(getattr(mdata, "obsm", {}))
@@ -613,7 +640,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
                     f"True for cells with {data_type} data, False for the others."
                 )
             _presence_flag(mdata.obs, key, data_type)  # refuses flags it cannot read
-        cls._check_presence(mdata, names, row_sums, presence_keys, query)
+        presence = cls._check_presence(mdata, names, row_sums, presence_keys, query)
         batch_key = setup_args.get("batch_key")
         _check_keys_in_modalities(mdata, modalities, setup_args, query)
         check_obs_keys(
@@ -621,6 +648,14 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
             categorical=[batch_key] if batch_key else [],
             allow_unused_categories=query,
         )
+        if batch_key and "protein" in names and not query:
+            protein = mdata.mod[names["protein"]]
+            _warn_unmeasured_proteins(
+                get_matrix(protein, layers["protein"]),
+                protein.var_names,
+                _obs(mdata, modalities, "batch_key").obs[batch_key].to_numpy(),
+                presence["protein"],
+            )
         check_obs_keys(
             _obs(mdata, modalities, "categorical_covariate_keys"),
             categorical=setup_args.get("categorical_covariate_keys"),
@@ -662,8 +697,11 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         )
 
     @staticmethod
-    def _check_presence(mdata, names, row_sums, presence_keys, query: bool) -> None:
-        """Warn where presence flags contradict the counts; training cells need some data."""
+    def _check_presence(mdata, names, row_sums, presence_keys, query: bool) -> dict:
+        """Warn where presence flags contradict the counts; training cells need some data.
+
+        Returns which cells have each data type.
+        """
         has_any = np.zeros(mdata.n_obs, dtype=bool)
         presence = {}
         for data_type, name in names.items():
@@ -716,6 +754,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
                 f"{int((~has_any).sum())} cells have none of the modalities {list(names)} "
                 "(all-zero rows or flagged missing everywhere). Remove them first."
             )
+        return presence
 
     # -- training -------------------------------------------------------------------------------
     def train(

@@ -310,6 +310,18 @@ def test_refuses_empty_cells_and_missing_keys(adata):
         ZINBAutoencoder.setup_anndata(adata, size_factor_key="sf")
 
 
+def test_genes_without_counts_warn_in_training_data_only(adata, tmp_path):
+    counts = adata.layers["counts"].toarray()
+    counts[:, :2] = 0
+    adata.layers["counts"] = sparse.csr_matrix(counts)
+    with pytest.warns(UserWarning, match=r"has 2 features that are zero in every cell.*filter_"):
+        model = _train(adata, max_epochs=1)
+    model.save(tmp_path / "model")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # new cells may lack a gene
+        ZINBAutoencoder.load(tmp_path / "model", adata=adata[:40].copy())
+
+
 def test_refuses_unknown_batch_in_query(adata, tmp_path):
     model = _train(adata, max_epochs=1)
     model.save(tmp_path / "model")

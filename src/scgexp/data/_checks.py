@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from numbers import Real
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import h5py
 import numpy as np
@@ -153,7 +153,7 @@ def check_matrix(
     *,
     counts: bool = False,
     allow_empty_cells: bool = False,
-    allow_empty_features: bool = True,
+    allow_empty_features: bool | Literal["warn"] = True,
     allow_fortran: bool = False,
     columns: np.ndarray | None = None,
     where: str = "",
@@ -172,7 +172,8 @@ def check_matrix(
     allow_empty_cells
         Accept cells (rows) whose values are all zero.
     allow_empty_features
-        Accept features (columns) whose values are all zero.
+        Accept features (columns) whose values are all zero; ``"warn"``: accept them with a
+        warning (a model learns nothing about them, at a cost).
     allow_fortran
         Accept a column-major numpy array silently (for data that scgexp reads itself). Without
         it a warning says that scvi-tools will put a row-major copy in its place.
@@ -286,13 +287,34 @@ def check_matrix(
             f"{where}{name} has {n} cells with no counts at all. Remove them first, e.g. "
             "`sc.pp.filter_cells(adata, min_counts=1)`."
         )
-    if not allow_empty_features and np.any(col_sums == 0):
+    if allow_empty_features is not True and np.any(col_sums == 0):
         n = int(np.sum(col_sums == 0))
-        raise InputError(
+        message = (
             f"{where}{name} has {n} features that are zero in every cell. Remove them first, e.g. "
-            "`sc.pp.filter_genes(adata, min_counts=1)`."
+            "`sc.pp.filter_genes(adata, min_counts=1)`"
+        )
+        if allow_empty_features != "warn":
+            raise InputError(message + ".")
+        warn_user(
+            message + ": the model learns nothing about them (it predicts about zero there), "
+            "and they cost training time."
         )
     return row_sums
+
+
+def check_setup_counts(adata: AnnData, layer: str | None, query: bool) -> np.ndarray:
+    """:func:`check_matrix` for the counts at an AnnData model's setup.
+
+    Training data, or with ``query`` new data registered like it: the layer is then the
+    model's, and features may lack counts.
+    """
+    return check_matrix(
+        adata,
+        layer,
+        counts=True,
+        allow_empty_features=query or "warn",
+        layer_argument=None if query else "layer",
+    )
 
 
 def check_obs_keys(

@@ -623,6 +623,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
                 layers[data_type],
                 counts=True,
                 allow_empty_cells=True,
+                allow_empty_features=query or "warn",
                 where=where,
                 layer_argument=None if query else _LAYER_ARGS[data_type],
             )

@@ -35,11 +35,11 @@ from scgexp.data._checks import (
     batch_code,
     cell_positions,
     check_known_categories,
-    check_matrix,
     check_obs_keys,
     check_option,
     check_query,
     check_setup_arguments,
+    check_setup_counts,
     mean_and_scale,
     registered_n_cats_per_cov,
     row_and_column_sums,
@@ -262,7 +262,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         setup_method_args = cls._get_setup_method_args(**locals())
         source_registry = kwargs.get("source_registry")  # load(dir, adata=...): a query
         query = source_registry is not None
-        check_matrix(adata, layer, counts=True, layer_argument=None if query else "layer")
+        check_setup_counts(adata, layer, query)
         categorical = [k for k in [batch_key, *(categorical_covariate_keys or [])] if k]
         check_obs_keys(
             adata,

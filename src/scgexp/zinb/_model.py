@@ -30,11 +30,11 @@ from scgexp.data._checks import (
     batch_codes,
     check_known_categories,
     check_library_size,
-    check_matrix,
     check_obs_keys,
     check_option,
     check_query,
     check_setup_arguments,
+    check_setup_counts,
     check_size_factors,
     registered_n_cats_per_cov,
     row_and_column_sums,
@@ -240,7 +240,7 @@ class ZINBAutoencoder(
         check_setup_arguments(cls.setup_anndata, kwargs)
         setup_method_args = cls._get_setup_method_args(**locals())
         query = kwargs.get("source_registry") is not None  # load(dir, adata=...)
-        check_matrix(adata, layer, counts=True, layer_argument=None if query else "layer")
+        check_setup_counts(adata, layer, query)
         categorical = [k for k in [batch_key, *(categorical_covariate_keys or [])] if k]
         check_obs_keys(adata, categorical=categorical, allow_unused_categories=query)
         check_size_factors(adata, size_factor_key)

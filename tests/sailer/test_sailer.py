@@ -9,6 +9,7 @@ from sklearn.metrics import roc_auc_score, silhouette_score
 
 from scgexp.data import InputError, simulate_scatac
 from scgexp.sailer import SAILER
+from scgexp.train import TrainingMixin
 
 N_CELLS, N_PEAKS = 300, 300
 
@@ -370,3 +371,20 @@ def test_differential_accessibility_finds_cell_type_peaks_and_not_depth():
     model.differential_accessibility(groupby="cell_type", n_samples_overall=40, silent=True)
     assert sizes == [40] * 4  # two comparisons of two groups
     assert list(fixed.columns) == list(da.columns[:-3])  # no groups: no comparison columns
+
+
+def test_early_stopping_waits_for_the_warmups_given_in_plan_kwargs(adata, monkeypatch):
+    """Patience grows by the warm-ups the plan runs, also when ``plan_kwargs`` sets them."""
+    SAILER.setup_anndata(adata, batch_key="batch")
+    model = SAILER(adata)
+    passed = {}
+    monkeypatch.setattr(TrainingMixin, "train", lambda self, **kwargs: passed.update(kwargs))
+    model.train(max_epochs=400, early_stopping_patience=20)
+    assert passed["early_stopping_patience"] == 20 + 10 + 50
+    model.train(
+        max_epochs=400,
+        early_stopping_patience=20,
+        plan_kwargs={"n_epochs_warmup": 5, "n_epochs_kl_warmup": 100},
+    )
+    assert passed["early_stopping_patience"] == 20 + 5 + 100
+    assert passed["plan_kwargs"]["n_epochs_kl_warmup"] == 100

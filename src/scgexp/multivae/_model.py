@@ -1229,7 +1229,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
 
         Examples
         --------
-        >>> markers = model.differential_expression(groupby="cell_type", group1="B cells")
+        >>> markers = model.differential_expression(groupby="cell_type", group1="type_0")
         >>> markers.sort_values("lfc_mean", ascending=False).head()
         """
         return self._differential("rna", "differential_expression", locals())
@@ -1293,7 +1293,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
 
         Examples
         --------
-        >>> da = model.differential_accessibility(groupby="cell_type", group1="B cells")
+        >>> da = model.differential_accessibility(groupby="cell_type", group1="type_0")
         >>> da.sort_values("prob_da", ascending=False).head()
         """
         arguments = dict(locals(), kwargs=accessibility_change(kwargs))
@@ -1363,7 +1363,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
 
         Examples
         --------
-        >>> markers = model.differential_protein(groupby="cell_type", group1="B cells")
+        >>> markers = model.differential_protein(groupby="cell_type", group1="type_0")
         >>> markers.sort_values("lfc_mean", ascending=False).head()
         """
         if not (

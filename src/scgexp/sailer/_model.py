@@ -367,7 +367,9 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         }
         if early_stopping:
             # Longer by the warm-ups' length, over which the rising KL weight worsens the ELBO.
-            early_stopping_patience += n_epochs_warmup + (n_epochs_kl_warmup or 0)
+            # (plan_kwargs may set them too)
+            warmups = plan_kwargs["n_epochs_warmup"] + (plan_kwargs["n_epochs_kl_warmup"] or 0)
+            early_stopping_patience += warmups
             early_stopping_patience = min(early_stopping_patience, max_epochs)
         warn_if_annealing_unfinished(max_epochs, plan_kwargs)
         trainer_kwargs.setdefault("early_stopping_monitor", "elbo_validation")
@@ -543,7 +545,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
 
         Examples
         --------
-        >>> da = model.differential_accessibility(groupby="cell_type", group1="B cells")
+        >>> da = model.differential_accessibility(groupby="cell_type", group1="type_0")
         >>> da.sort_values("prob_da", ascending=False).head()
         """
         adata = self._validate_anndata(adata)

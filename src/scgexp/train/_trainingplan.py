@@ -38,7 +38,8 @@ class TrainingPlan(ScviTrainingPlan):
 
     >>> class MyModel(scvi.model.SCVI):
     ...     _training_plan_cls = scgexp.train.TrainingPlan
-    >>> MyModel(adata).train(accelerator="cpu", devices=2, strategy="ddp")
+    >>> MyModel.setup_anndata(adata)
+    >>> MyModel(adata).train(devices=2, strategy="ddp_find_unused_parameters_true")
     """
 
     def forward(self, *args, **kwargs):

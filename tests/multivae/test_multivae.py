@@ -458,6 +458,13 @@ def test_refuses_modalities_without_paired_cells():
         MultiVAE.setup_mudata(renamed, modalities=RNA_ATAC)
     with pytest.raises(InputError, match=r"No cell has 'atac' \('atac'\) together with any of"):
         MultiVAE.setup_mudata(pad_modalities(renamed), modalities=RNA_ATAC)
+    # New cells may have one modality each: those are padded, not renamed.
+    model = _train(_mdata(n_cells=60), max_epochs=1)
+    with pytest.raises(InputError, match=r"cells do not match.*pad_modalities"):
+        model.get_latent_representation(renamed)
+    padded = pad_modalities(renamed)
+    padded.obs["batch"] = padded["rna"].obs["batch"].combine_first(padded["atac"].obs["batch"])
+    assert model.get_latent_representation(padded).shape == (120, 8)
     # RNA + ATAC in some cells, RNA + protein in others: ATAC and protein meet through RNA.
     bridged = sim.copy()
     bridged.obs["has_atac"] = np.arange(60) < 30

@@ -134,13 +134,17 @@ def _presence_flag(obs: pd.DataFrame, key: str, data_type: str) -> np.ndarray:
     return values > 0.5
 
 
-def _check_cells_aligned(mdata: MuData, names: dict[str, str]) -> None:
-    """Every used modality holds the MuData's cells in its order (cells are read by position)."""
+def _check_cells_aligned(mdata: MuData, names: dict[str, str], query: bool = False) -> None:
+    """Every used modality holds the MuData's cells in its order (cells are read by position).
+
+    Training data whose modalities share no cell name cannot be padded into pairs: that is
+    said (new cells may have one modality each).
+    """
     for data_type, name in names.items():
         mod = mdata.mod[name]
         if mod.n_obs != mdata.n_obs or not mod.obs_names.equals(mdata.obs_names):
             others = [mdata.mod[n].obs_names for n in names.values() if n != name]
-            if others and not any(mod.obs_names.isin(o).any() for o in others):
+            if not query and others and not any(mod.obs_names.isin(o).any() for o in others):
                 raise InputError(
                     f"modality {name!r} ({data_type}) shares no cell name with the other "
                     f"modalities (e.g. {mod.obs_names[0]!r} vs {others[0][0]!r}), so no cell "
@@ -611,7 +615,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
             "atac": setup_args.get("atac_layer"),
             "protein": setup_args.get("protein_layer"),
         }
-        _check_cells_aligned(mdata, names)
+        _check_cells_aligned(mdata, names, query)
         row_sums = {}
         for data_type, name in names.items():
             mod = mdata.mod[name]

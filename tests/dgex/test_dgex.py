@@ -590,3 +590,48 @@ def test_predictions_are_without_dropout():
     first = model.predict(adata).X
     model.module.train()
     np.testing.assert_array_equal(model.predict(adata).X, first)
+
+
+def test_data_in_small_units_learn_as_well(bulk):
+    """Values a million times smaller (e.g. fractions, not logs) standardise to the same spread."""
+    train, test = bulk
+    errors = {}
+    for factor in (1.0, 1e-6):
+        small_train, small_test = train.copy(), test.copy()
+        small_train.X = small_train.X * factor
+        small_test.X = small_test.X * factor
+        DGEX.setup_anndata(small_train)
+        model = DGEX(small_train, n_hidden=64)
+        model.train(max_epochs=5, enable_progress_bar=False)
+        predicted = model.predict(small_test[:, small_test.var["landmark"].to_numpy()].copy())
+        truth = _targets(small_test)
+        errors[factor] = np.abs(predicted.X - truth).mean() / np.abs(truth - truth.mean(0)).mean()
+    assert errors[1e-6] < 1.05 * errors[1.0]
+    assert errors[1e-6] < 0.8
+
+
+def test_landmark_constant_in_training_is_read_at_its_training_value(bulk):
+    train, test = bulk
+    train = train.copy()
+    first = np.flatnonzero(train.var["landmark"])[0]
+    train.X[:, first] = 0.0  # e.g. not detected in the training samples
+    DGEX.setup_anndata(train)
+    with pytest.warns(UserWarning, match=r"1 landmark genes have one value in every training"):
+        model = DGEX(train, n_hidden=64, linear_skip=False)
+    model.train(max_epochs=2, enable_progress_bar=False)
+    landmarks = test[:, test.var["landmark"].to_numpy()].copy()
+    measured = model.predict(landmarks).X
+    landmarks.X[:, 0] = 0.0
+    np.testing.assert_array_equal(model.predict(landmarks).X, measured)
+    for rank_map in (True, "sample"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            latent = model.get_latent_representation(landmarks, rank_map=rank_map)
+            landmarks_varied = landmarks.copy()
+            landmarks_varied.X[:, 0] = test[:, landmarks.var_names[0]].X.ravel()
+            np.testing.assert_allclose(
+                model.get_latent_representation(landmarks_varied, rank_map=rank_map),
+                latent,
+                rtol=1e-5,
+                atol=1e-6,
+            )

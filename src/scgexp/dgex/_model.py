@@ -130,7 +130,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
             linear_skip=linear_skip,
             **model_kwargs,
         )
-        if adata is not None:
+        if adata is not None and registry is None:  # (load() brings the saved statistics)
             self._fit_standardisation(state["landmark_index"], state["target_index"])
         self._model_summary_string = (
             f"DGEX: {len(self.landmark_names)} landmarks -> {len(self.target_names)} targets, "
@@ -145,7 +145,12 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         return self.registry_["field_registries"][registry_key]["state_registry"]
 
     def _fit_standardisation(self, landmark_index: list[int], target_index: list[int]) -> None:
-        """Per-gene mean and scale (std + 1e-3, as in D-GEX) and landmark quantiles."""
+        """Per-gene mean and scale, and landmark quantiles.
+
+        The scale is the standard deviation + 1e-3, as in D-GEX, for log expression; for data
+        in smaller units (a typical gene's deviation under 0.1) + 1% of that deviation, so that
+        the standardised values keep their spread.
+        """
         matrix = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         n_obs = matrix.shape[0]
         total = np.zeros(matrix.shape[1])
@@ -156,12 +161,21 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
             total_sq += (block**2).sum(0)
         mean = total / n_obs
         std = np.sqrt(np.maximum(total_sq / n_obs - mean**2, 0.0))
-        scale = std + 1e-3
+        typical = float(np.median(std[std > 0])) if (std > 0).any() else 1.0
+        scale = std + min(1e-3, 0.01 * typical)
         rows = np.arange(n_obs)
         if n_obs > _MAX_QUANTILE_ROWS:
             rows = np.sort(np.random.default_rng(0).choice(n_obs, _MAX_QUANTILE_ROWS, False))
         landmarks = dense(matrix[rows][:, landmark_index])
         quantiles = np.quantile(landmarks, np.linspace(0, 1, N_QUANTILES), axis=0).T
+        constant = quantiles[:, 0] == quantiles[:, -1]
+        if constant.any():
+            names = ", ".join(map(repr, self.landmark_names[constant][:5]))
+            warn_user(
+                f"{int(constant.sum())} landmark genes have one value in every training sample "
+                f"(e.g. {names}): the model cannot learn how they act, so it reads them at that "
+                "value in new data too (their measured values do not change predictions)."
+            )
         copy_into(
             self.module,
             {
@@ -436,6 +450,8 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         present = positions >= 0
         landmark_mean = self.module.landmark_mean.cpu().numpy()
         quantiles = self.module.landmark_quantiles.cpu().numpy()
+        # Landmarks constant in training: untrained weights would read any other value.
+        constant = quantiles[:, 0] == quantiles[:, -1]
         values = None
         per_gene = mode == "gene"
         if per_gene and matrix.shape[0] < 10:
@@ -447,10 +463,13 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         if per_gene:  # ranks are taken over all samples, so map the whole landmark matrix once
             landmarks = dense(take_columns(matrix, positions[present]))
             values = self._rank_map(landmarks, quantiles[present])
+        ranked = present & ~constant  # within samples: constant landmarks take no rank
+        if mode == "sample" and not ranked.any():
+            mode = None  # nothing to rank
         if mode == "sample":  # the pooled training distribution, once for all blocks
-            n_present = int(present.sum())
-            grid = np.linspace(0.0, 1.0, n_present) if n_present > 1 else np.array([0.5])
-            reference = np.quantile(quantiles[present].ravel(), grid)
+            n_ranked = int(ranked.sum())
+            grid = np.linspace(0.0, 1.0, n_ranked) if n_ranked > 1 else np.array([0.5])
+            reference = np.quantile(quantiles[ranked].ravel(), grid)
         for start in range(0, matrix.shape[0], batch_size):
             block = np.tile(landmark_mean, (min(batch_size, matrix.shape[0] - start), 1))
             if values is not None:
@@ -460,9 +479,10 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
                     matrix[start : start + batch_size][:, positions[present]]
                 )
                 if mode == "sample":
-                    block[:, present] = self._rank_map_samples(block[:, present], reference)
+                    block[:, ranked] = self._rank_map_samples(block[:, ranked], reference)
                 elif start == 0:
                     self._check_units(block[:, present], present)
+            block[:, constant] = quantiles[constant, 0]
             yield torch.as_tensor(block, dtype=torch.float32, device=self.device)
 
     def _check_units(self, landmarks: np.ndarray, present: np.ndarray) -> None:

@@ -15,7 +15,7 @@ from scgexp.data import (
     row_and_column_sums,
     simulate_scrna,
 )
-from scgexp.data._checks import check_known_categories, still_counts
+from scgexp.data._checks import check_known_categories, mean_and_scale, still_counts
 
 
 def _adata(values, layer=None):
@@ -90,6 +90,22 @@ def test_check_obs_keys_refuses_any_non_integer_or_missing_label():
     adata.obs["tss"] = np.r_[np.linspace(4, 6, 9), 1e39]  # finite in float64, not in float32
     with pytest.raises(InputError, match="beyond float32's range"):
         check_obs_keys(adata, continuous=["tss"])
+    adata.obs["tss"] = 1e7 + np.linspace(0, 1, 10)  # float32 spacing is 1 at 1e7
+    with pytest.warns(UserWarning, match=r"keeps about 7 digits.*obs\['tss'\] - 1e\+07"):
+        check_obs_keys(adata, continuous=["tss"])
+
+
+def test_tiny_covariates_are_standardised_and_constant_ones_centred():
+    values = np.c_[np.linspace(0, 1, 10) * 1e-7, np.full(10, 0.1), np.zeros(10)]
+    mean, scale = mean_and_scale(values)
+    np.testing.assert_allclose(scale, [values[:, 0].std(), 1.0, 1.0])
+    np.testing.assert_allclose(mean, [5e-8, 0.1, 0.0])
+
+
+def test_boolean_matrix_is_refused_with_the_conversion():
+    adata = anndata.AnnData(X=np.eye(3, dtype=bool))
+    with pytest.raises(InputError, match=r"adata\.X = adata\.X\.astype\(np\.float32\)"):
+        check_matrix(adata, counts=True)
 
 
 def test_still_counts_reads_rows_across_the_matrix():

@@ -235,8 +235,14 @@ def check_matrix(
     if not np.issubdtype(matrix.dtype, np.number) or np.issubdtype(
         matrix.dtype, np.complexfloating
     ):
+        target = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        fix = (
+            f" Store it as numbers: {target} = {target}.astype(np.float32) (counts 0 and 1)."
+            if matrix.dtype == bool
+            else ""
+        )
         raise InputError(
-            f"{where}{name} has dtype {matrix.dtype}; a real numeric matrix is needed."
+            f"{where}{name} has dtype {matrix.dtype}; a real numeric matrix is needed.{fix}"
         )
     if layer_argument is None:
         counts_fix = f"The model reads {name}: store the raw counts there."
@@ -389,6 +395,12 @@ def check_obs_keys(
                 "standardised, they squash the other cells' values together. Check for errors "
                 "or missing-value codes (e.g. -666), or transform the column (e.g. log)."
             )
+        if 0 < numbers.std() < 1e-4 * abs(median):
+            warn_user(
+                f"{where}obs[{key!r}] varies by {numbers.std():.3g} around {median:.3g}: float32, "
+                "in which models read it, keeps about 7 digits, so most of that variation is "
+                f"lost. Subtract a constant first, e.g. obs[{key!r}] - {median:.6g}."
+            )
 
 
 def mean_and_scale(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -400,8 +412,9 @@ def mean_and_scale(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     (array([2., 5.]), array([1., 1.]))
     """
     values = np.asarray(values, dtype=np.float64)
-    std = values.std(0)
-    return values.mean(0), np.where(std > 1e-6, std, 1.0)
+    mean, std = values.mean(0), values.std(0)
+    # (constant columns keep a rounding residue of about 1e-16 × their value)
+    return mean, np.where(std > 1e-9 * np.abs(mean), std, 1.0)
 
 
 def cell_positions(indices) -> np.ndarray:

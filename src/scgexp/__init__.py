@@ -2,6 +2,8 @@
 
 from importlib.metadata import version
 
+import rich.pretty  # noqa: F401  (scvi-tools' view_anndata_setup uses it unimported)
+
 from scgexp import data, model
 
 __version__ = version("scgexp")

@@ -6,6 +6,8 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
+from scvi.train import SaveCheckpoint
 
 from scgexp.data import InputError, simulate_scatac, simulate_scrna
 from scgexp.model import SAILER, ZINBAutoencoder
@@ -82,3 +84,17 @@ def test_training_hides_lightnings_internal_deprecation(zinb):
         zinb.train(max_epochs=1)
     assert not [w for w in caught if "LeafSpec" in str(w.message)]
     assert zinb.is_trained
+
+
+def test_logger_false_and_scvi_tools_checkpoint_reloading(zinb, tmp_path):
+    """As with SCVI: no logger (the plateau schedule keeps an in-memory one), and
+    ``SaveCheckpoint(load_best_on_end=True)``, whose saves are scgexp's own format."""
+    zinb.train(max_epochs=1, logger=False, enable_progress_bar=False)
+    checkpoint = SaveCheckpoint(
+        dirpath=str(tmp_path), monitor="validation_loss", load_best_on_end=True
+    )
+    zinb.train(max_epochs=3, callbacks=[checkpoint], enable_progress_bar=False)
+    assert checkpoint.load_best_on_end  # left as the user made it
+    best = ZINBAutoencoder.load(checkpoint.best_model_path, adata=zinb.adata)
+    for name, value in best.module.state_dict().items():
+        torch.testing.assert_close(zinb.module.state_dict()[name], value)

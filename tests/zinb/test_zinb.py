@@ -322,6 +322,15 @@ def test_genes_without_counts_warn_in_training_data_only(adata, tmp_path):
         ZINBAutoencoder.load(tmp_path / "model", adata=adata[:40].copy())
 
 
+def test_scvi_tools_helpers_and_de_weights(adata):
+    model = _train(adata, max_epochs=1)
+    model.view_anndata_setup()  # scvi-tools' table (needs rich.pretty loaded)
+    with pytest.raises(InputError, match="importance weights need a posterior"):
+        model.differential_expression(groupby="cell_type", weights="importance")
+    table = model.differential_expression(groupby="cell_type", group1="type_0", weights="uniform")
+    assert table["bayes_factor"].notna().all()
+
+
 def test_refuses_unknown_batch_in_query(adata, tmp_path):
     model = _train(adata, max_epochs=1)
     model.save(tmp_path / "model")

@@ -8,8 +8,11 @@ import warnings
 
 from scvi import settings
 from scvi.model.base import UnsupervisedTrainingMixin
+from scvi.train import SaveCheckpoint
+from scvi.train._logger import SimpleLogger
 
 from scgexp._compat import validate_data_split
+from scgexp._io import _load_weights, _read_saved_model
 from scgexp._warn import warn_user
 from scgexp.data._checks import InputError, cell_positions
 from scgexp.dataloaders import DataMode, DataSplitter
@@ -85,6 +88,9 @@ class TrainingMixin(UnsupervisedTrainingMixin):
         Unknown ``plan_kwargs``, ``max_epochs < 1``, ``batch_size < 2``, splits with fewer
         than 2 training cells, and scvi-tools' ``trainer_config``/``plan_config`` (which rank
         below the models' own defaults; pass their settings as arguments) are refused.
+        ``logger=False`` keeps an in-memory logger that writes nothing (a learning-rate schedule
+        on the validation loss needs one), and scvi-tools'
+        ``SaveCheckpoint(load_best_on_end=True)`` loads its best save at the end.
 
         Parameters
         ----------
@@ -189,16 +195,33 @@ class TrainingMixin(UnsupervisedTrainingMixin):
                 *(kwargs.get("callbacks") or []),
                 KeepReferenceEntries(self._reference_entries),
             ]
+        if kwargs.get("logger") is False:  # the learning-rate monitor of a plateau schedule
+            kwargs["logger"] = SimpleLogger()  # needs one; this one writes nothing to disk
+        # scvi-tools reads back the best checkpoint in its own save format: scgexp does it here.
+        best_on_end = [
+            callback
+            for callback in kwargs.get("callbacks") or []
+            if isinstance(callback, SaveCheckpoint) and callback.load_best_on_end
+        ]
         self.module.train()  # outputs and load() leave eval mode, which Lightning would keep
         try:
+            for callback in best_on_end:
+                callback.load_best_on_end = False
             with warnings.catch_warnings():
                 # Lightning 2.6 on torch >= 2.10 warns about its own internals on every fit.
                 warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)`")
-                return super().train(*args, datasplitter_kwargs=datasplitter_kwargs, **kwargs)
+                runner = super().train(*args, datasplitter_kwargs=datasplitter_kwargs, **kwargs)
+            for callback in best_on_end:
+                if callback.best_model_path:
+                    state = _read_saved_model(callback.best_model_path, None)[1]
+                    _load_weights(self.module, state, callback.best_model_path)
+            return runner
         except TrainingDivergedError:
             if restore is not None and restore.best_epoch is not None:
                 # The best epoch's weights are back (and the history kept): usable as trained.
                 self.is_trained_ = True
             raise
         finally:  # outputs run in eval mode (some of scvi-tools' never set it)
+            for callback in best_on_end:
+                callback.load_best_on_end = True
             self.module.eval()

@@ -529,6 +529,7 @@ class ZINBAutoencoder(
         batchid2: list[str] | None = None,
         fdr_target: float = 0.05,
         silent: bool = False,
+        weights: Literal["uniform"] | None = "uniform",
         filter_outlier_cells: bool = False,
         **kwargs,
     ) -> pd.DataFrame:
@@ -555,6 +556,10 @@ class ZINBAutoencoder(
         %(de_batchid2)s
         %(de_fdr_target)s
         %(de_silent)s
+        weights
+            ``"uniform"`` (as scvi-tools' default): every cell counts alike. SCVI's
+            ``"importance"`` weights need a posterior, which this deterministic autoencoder
+            does not have.
         filter_outlier_cells
             Filter outlier cells in the latent space first
             (:meth:`~scvi.model.base.DifferentialComputation.filter_outlier_cells`).
@@ -572,6 +577,12 @@ class ZINBAutoencoder(
         ... )
         >>> markers.sort_values("lfc_mean", ascending=False).head()
         """
+        if weights not in ("uniform", None):
+            raise InputError(
+                f"weights={weights!r}: importance weights need a posterior distribution of each "
+                "cell's latent state, which this deterministic autoencoder does not have. Use "
+                "weights='uniform' (the default)."
+            )
         adata = self._validate_anndata(adata)
         rng = np.random.default_rng(settings.seed)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import anndata
 import numpy as np
 import pandas as pd
@@ -91,8 +93,12 @@ def test_check_obs_keys_refuses_any_non_integer_or_missing_label():
     with pytest.raises(InputError, match="beyond float32's range"):
         check_obs_keys(adata, continuous=["tss"])
     adata.obs["tss"] = 1e7 + np.linspace(0, 1, 10)  # float32 spacing is 1 at 1e7
-    with pytest.warns(UserWarning, match=r"keeps about 7 digits.*obs\['tss'\] - 1e\+07"):
+    with pytest.warns(UserWarning, match=r"values by about 107%.*obs\['tss'\] - 1e\+07"):
         check_obs_keys(adata, continuous=["tss"])
+    adata.obs["kelvin"] = 310.15 + np.linspace(-0.03, 0.03, 10)  # rounded by 0.05%: fine
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_obs_keys(adata, continuous=["kelvin"])
 
 
 def test_tiny_covariates_are_standardised_and_constant_ones_centred():

@@ -613,14 +613,16 @@ def test_data_in_small_units_learn_as_well(bulk):
 def test_landmark_constant_in_training_is_read_at_its_training_value(bulk):
     train, test = bulk
     train = train.copy()
-    first = np.flatnonzero(train.var["landmark"])[0]
+    first = np.flatnonzero(train.var["landmark"])[:4]
     train.X[:, first] = 0.0  # e.g. not detected in the training samples
     DGEX.setup_anndata(train)
-    with pytest.warns(UserWarning, match=r"1 landmark genes have one value in every training"):
+    with pytest.warns(UserWarning, match=r"4 landmark genes have one value in every training"):
         model = DGEX(train, n_hidden=64, linear_skip=False)
     model.train(max_epochs=2, enable_progress_bar=False)
     landmarks = test[:, test.var["landmark"].to_numpy()].copy()
-    measured = model.predict(landmarks).X
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # same units: the 7% constant ones are not "outside"
+        measured = model.predict(landmarks).X
     landmarks.X[:, 0] = 0.0
     np.testing.assert_array_equal(model.predict(landmarks).X, measured)
     for rank_map in (True, "sample"):
@@ -635,3 +637,21 @@ def test_landmark_constant_in_training_is_read_at_its_training_value(bulk):
                 rtol=1e-5,
                 atol=1e-6,
             )
+
+
+def test_constant_landmarks_are_judged_on_every_training_sample():
+    """Quantiles come from 50,000 sampled rows; the range (and constancy) from all of them."""
+    adata = scgexp.data.simulate_bulk_expression(
+        n_samples=50_100, n_landmarks=5, n_targets=5, n_programs=2, seed=0
+    )
+    unsampled = np.setdiff1d(
+        np.arange(adata.n_obs), np.random.default_rng(0).choice(adata.n_obs, 50_000, False)
+    )
+    first = np.flatnonzero(adata.var["landmark"])[0]
+    adata.X[:, first] = 0.0
+    adata.X[unsampled, first] = 8.0  # varies only in rows the quantiles skip
+    DGEX.setup_anndata(adata)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = DGEX(adata, n_hidden=8)
+    assert model.module.landmark_quantiles[0, -1] == 8.0

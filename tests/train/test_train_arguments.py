@@ -7,10 +7,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from scvi.train import SaveCheckpoint
 
 from scgexp.data import InputError, simulate_scatac, simulate_scrna
 from scgexp.model import SAILER, ZINBAutoencoder
+from scgexp.train import TrainingDivergedError
 
 
 @pytest.fixture
@@ -93,8 +95,47 @@ def test_logger_false_and_scvi_tools_checkpoint_reloading(zinb, tmp_path):
     checkpoint = SaveCheckpoint(
         dirpath=str(tmp_path), monitor="validation_loss", load_best_on_end=True
     )
-    zinb.train(max_epochs=3, callbacks=[checkpoint], enable_progress_bar=False)
+
+    class Spoil(Callback):  # the last epoch worse than the others
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 2:
+                with torch.no_grad():
+                    for parameter in pl_module.module.parameters():
+                        parameter.add_(torch.randn_like(parameter))
+
+    zinb.train(
+        max_epochs=3,
+        callbacks=[checkpoint, Spoil()],
+        early_stopping=False,
+        enable_progress_bar=False,
+    )
     assert checkpoint.load_best_on_end  # left as the user made it
+    assert "epoch=2" not in checkpoint.best_model_path
+    best = ZINBAutoencoder.load(checkpoint.best_model_path, adata=zinb.adata)
+    for name, value in best.module.state_dict().items():
+        torch.testing.assert_close(zinb.module.state_dict()[name], value)
+
+
+def test_checkpoint_with_nan_check_loads_the_best_save_when_training_diverges(zinb, tmp_path):
+    checkpoint = SaveCheckpoint(
+        dirpath=str(tmp_path), monitor="validation_loss", check_nan_gradients=True
+    )
+
+    class Poison(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 2:
+                with torch.no_grad():
+                    next(pl_module.module.parameters()).fill_(float("nan"))
+
+    with pytest.raises(TrainingDivergedError):
+        zinb.train(
+            max_epochs=4,
+            callbacks=[checkpoint, Poison()],
+            early_stopping=False,
+            enable_progress_bar=False,
+        )
+    assert checkpoint.check_nan_gradients
+    assert zinb.is_trained
     best = ZINBAutoencoder.load(checkpoint.best_model_path, adata=zinb.adata)
     for name, value in best.module.state_dict().items():
         torch.testing.assert_close(zinb.module.state_dict()[name], value)

@@ -395,11 +395,13 @@ def check_obs_keys(
                 "standardised, they squash the other cells' values together. Check for errors "
                 "or missing-value codes (e.g. -666), or transform the column (e.g. log)."
             )
-        if 0 < numbers.std() < 1e-4 * abs(median):
+        # float32 rounds a value v by about 3.4e-8 × v (SD): a share of the column's spread
+        rounding = 3.4e-8 * abs(median) / numbers.std() if numbers.std() > 0 else 0.0
+        if rounding > 0.03:
             warn_user(
                 f"{where}obs[{key!r}] varies by {numbers.std():.3g} around {median:.3g}: float32, "
-                "in which models read it, keeps about 7 digits, so most of that variation is "
-                f"lost. Subtract a constant first, e.g. obs[{key!r}] - {median:.6g}."
+                f"in which models read it, rounds its values by about {rounding:.0%} of that "
+                f"spread. Subtract a constant first, e.g. obs[{key!r}] - {median:.6g}."
             )
 
 

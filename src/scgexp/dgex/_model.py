@@ -155,10 +155,12 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         n_obs = matrix.shape[0]
         total = np.zeros(matrix.shape[1])
         total_sq = np.zeros(matrix.shape[1])
+        low, high = np.full(matrix.shape[1], np.inf), np.full(matrix.shape[1], -np.inf)
         for start in range(0, n_obs, _CHUNK):
             block = dense(matrix[start : start + _CHUNK]).astype(np.float64)
             total += block.sum(0)
             total_sq += (block**2).sum(0)
+            low, high = np.minimum(low, block.min(0)), np.maximum(high, block.max(0))
         mean = total / n_obs
         std = np.sqrt(np.maximum(total_sq / n_obs - mean**2, 0.0))
         typical = float(np.median(std[std > 0])) if (std > 0).any() else 1.0
@@ -168,6 +170,8 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
             rows = np.sort(np.random.default_rng(0).choice(n_obs, _MAX_QUANTILE_ROWS, False))
         landmarks = dense(matrix[rows][:, landmark_index])
         quantiles = np.quantile(landmarks, np.linspace(0, 1, N_QUANTILES), axis=0).T
+        # the range of all rows (the others may come from a subsample)
+        quantiles[:, 0], quantiles[:, -1] = low[landmark_index], high[landmark_index]
         constant = quantiles[:, 0] == quantiles[:, -1]
         if constant.any():
             names = ", ".join(map(repr, self.landmark_names[constant][:5]))
@@ -480,8 +484,8 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
                 )
                 if mode == "sample":
                     block[:, ranked] = self._rank_map_samples(block[:, ranked], reference)
-                elif start == 0:
-                    self._check_units(block[:, present], present)
+                elif start == 0 and ranked.any():
+                    self._check_units(block[:, ranked], ranked)
             block[:, constant] = quantiles[constant, 0]
             yield torch.as_tensor(block, dtype=torch.float32, device=self.device)
 

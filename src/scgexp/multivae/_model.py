@@ -144,7 +144,8 @@ def _check_cells_aligned(mdata: MuData, names: dict[str, str], query: bool = Fal
         mod = mdata.mod[name]
         if mod.n_obs != mdata.n_obs or not mod.obs_names.equals(mdata.obs_names):
             others = [mdata.mod[n].obs_names for n in names.values() if n != name]
-            if not query and others and not any(mod.obs_names.isin(o).any() for o in others):
+            disjoint = not any(mod.obs_names.isin(o).any() for o in others)
+            if not query and mod.n_obs and all(map(len, others)) and others and disjoint:
                 raise InputError(
                     f"modality {name!r} ({data_type}) shares no cell name with the other "
                     f"modalities (e.g. {mod.obs_names[0]!r} vs {others[0][0]!r}), so no cell "
@@ -196,17 +197,19 @@ def _warn_unmeasured_proteins(matrix, proteins, batches: np.ndarray, present: np
     for batch in pd.unique(batches[present]):
         in_batch = present & (batches == batch)
         others = present & ~in_batch
-        if in_batch.sum() < 10 or not others.any():
-            continue  # too few cells to tell an unmeasured protein from a rare one
+        if not others.any():
+            continue
         detected_in = row_and_column_sums(matrix, binary=True, column_rows=in_batch)[1]
-        detected_out = row_and_column_sums(matrix, binary=True, column_rows=others)[1]
-        absent = (detected_in == 0) & (detected_out >= 0.1 * others.sum())
+        rate = row_and_column_sums(matrix, binary=True, column_rows=others)[1] / others.sum()
+        # At least 10 detections expected in the batch: none by chance has odds below 1e-4.
+        absent = (detected_in == 0) & (rate >= 0.1) & (rate * in_batch.sum() >= 10)
         unmeasured += [f"{proteins[j]!r} in {batch!r}" for j in np.flatnonzero(absent)]
     if unmeasured:
         more = f" and {len(unmeasured) - 5} more" if len(unmeasured) > 5 else ""
         warn_user(
             "Proteins without a count in any cell of a batch, while the other batches detect "
-            f"them in at least 10% of their cells: {', '.join(unmeasured[:5])}"
+            "them in at least 10% of their cells (10 or more expected in this batch): "
+            f"{', '.join(unmeasured[:5])}"
             f"{more}. Their zeros are read as true absence (and differential_protein calls "
             "them changed). If those batches' panels lacked them, keep only the proteins every "
             "batch measured: mdata.mod[<protein modality>] = prot[:, measured].copy()."
@@ -361,7 +364,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         n_features = {
             m: int(stats[_STAT_KEYS[m]]) for m in self.data_modalities if _STAT_KEYS[m] in stats
         }
-        if n_features.get("protein") == 1 and protein_likelihood == "nb":
+        if n_features.get("protein") == 1 and protein_likelihood == "nb" and registry is None:
             raise InputError(
                 "protein_likelihood='nb' shares each cell's protein total among the proteins, "
                 "so with one protein every cell would get the same value. Use "

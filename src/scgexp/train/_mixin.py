@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import logging
 import warnings
 
 from scvi import settings
@@ -20,6 +21,8 @@ from scgexp.dataloaders._loaders import in_requested_order
 from scgexp.train._callbacks import KeepReferenceEntries, RestoreBestWeights
 from scgexp.train._plans import InvarianceTrainingPlan
 from scgexp.train._trainingplan import TrainingDivergedError, TrainingPlan
+
+logger = logging.getLogger(__name__)
 
 # Lightning precisions that keep the weights in float32 ("-true" and 64 cast them).
 _PRECISIONS = {"32", "32-true", "16", "16-mixed", "bf16", "bf16-mixed"}
@@ -197,31 +200,46 @@ class TrainingMixin(UnsupervisedTrainingMixin):
             ]
         if kwargs.get("logger") is False:  # the learning-rate monitor of a plateau schedule
             kwargs["logger"] = SimpleLogger()  # needs one; this one writes nothing to disk
-        # scvi-tools reads back the best checkpoint in its own save format: scgexp does it here.
-        best_on_end = [
-            callback
+        # scvi-tools' SaveCheckpoint reads its best save back (at the end, or after an error with
+        # check_nan_gradients) in scvi-tools' own format: scgexp does it here, in its own.
+        checkpoints = {
+            callback: (callback.load_best_on_end, callback.check_nan_gradients)
             for callback in kwargs.get("callbacks") or []
-            if isinstance(callback, SaveCheckpoint) and callback.load_best_on_end
-        ]
+            if isinstance(callback, SaveCheckpoint)
+        }
         self.module.train()  # outputs and load() leave eval mode, which Lightning would keep
         try:
-            for callback in best_on_end:
-                callback.load_best_on_end = False
+            for callback in checkpoints:
+                callback.load_best_on_end = callback.check_nan_gradients = False
             with warnings.catch_warnings():
                 # Lightning 2.6 on torch >= 2.10 warns about its own internals on every fit.
                 warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)`")
                 runner = super().train(*args, datasplitter_kwargs=datasplitter_kwargs, **kwargs)
-            for callback in best_on_end:
-                if callback.best_model_path:
-                    state = _read_saved_model(callback.best_model_path, None)[1]
-                    _load_weights(self.module, state, callback.best_model_path)
+            self._load_best_saves([c for c, (at_end, _) in checkpoints.items() if at_end])
             return runner
-        except TrainingDivergedError:
-            if restore is not None and restore.best_epoch is not None:
+        except Exception as error:
+            if self._load_best_saves([c for c, (_, on_error) in checkpoints.items() if on_error]):
+                self.is_trained_ = True
+            elif (
+                isinstance(error, TrainingDivergedError)
+                and restore is not None
+                and restore.best_epoch is not None
+            ):
                 # The best epoch's weights are back (and the history kept): usable as trained.
                 self.is_trained_ = True
             raise
         finally:  # outputs run in eval mode (some of scvi-tools' never set it)
-            for callback in best_on_end:
-                callback.load_best_on_end = True
+            for callback, (at_end, on_error) in checkpoints.items():
+                callback.load_best_on_end, callback.check_nan_gradients = at_end, on_error
             self.module.eval()
+
+    def _load_best_saves(self, checkpoints: list) -> bool:
+        """Load the best save of each ``SaveCheckpoint`` that made one; whether any did."""
+        loaded = False
+        for callback in checkpoints:
+            if callback.best_model_path:
+                state = _read_saved_model(callback.best_model_path, None)[1]
+                _load_weights(self.module, state, callback.best_model_path)
+                logger.info("Loaded the best checkpoint, %s.", callback.best_model_path)
+                loaded = True
+        return loaded

@@ -532,6 +532,24 @@ def test_errors_are_one_line_and_leave_input_untouched(counts_file, tmp_path, ar
     assert names["existing"].read_text() == "a file of the user's"
 
 
+def test_failed_write_leaves_no_model_and_says_why(counts_file, tmp_path, monkeypatch):
+    """A full disk: a one-line reason with the file, and a rerun that needs no --overwrite."""
+    import errno
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.EFBIG, "Driver write request failed (file write failed: time =\n...")
+
+    out = tmp_path / "z.h5ad"
+    args = ["fit", "zinb", counts_file, "--out", out, "--layer", "counts", "--epochs", "1"]
+    with monkeypatch.context() as patched:
+        patched.setattr(ad.AnnData, "write", full_disk)
+        result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 1
+    assert f"{out}: File too large" in result.output
+    assert not (tmp_path / "z_zinb_model").exists()
+    assert _invoke(*args).exit_code == 0
+
+
 def test_model_dir_is_checked_before_training(counts_file, bulk_file, tmp_path, monkeypatch):
     folder = tmp_path / "models"
     result = _invoke(

@@ -83,6 +83,10 @@ def test_check_obs_keys_refuses_any_non_integer_or_missing_label():
     adata.obs["donor"] = ["d1"] * 9 + [None]
     with pytest.raises(InputError, match=r"missing values \(1 cell\); give those cells"):
         check_obs_keys(adata, categorical=["donor"])  # not "fill with 'unknown'": a new group
+    many = simulate_scrna(n_cells=40, n_genes=5)
+    many.obs["total"] = np.arange(40)  # an integer measurement, not groups
+    with pytest.raises(InputError, match="40 different values for 40 cells"):
+        check_obs_keys(many, categorical=["total"], allow_unused_categories=False)
     adata.obs["tss"] = np.r_[np.ones(9), np.inf]
     with pytest.raises(InputError, match="NaN or infinite"):
         check_obs_keys(adata, continuous=["tss"])

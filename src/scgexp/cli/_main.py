@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from functools import partial
@@ -80,8 +81,28 @@ def _write(data, output: Path) -> None:
     try:
         data.write(partial)
         os.replace(partial, output)
+    except OSError as error:  # h5py's message spans lines and names no file
+        if error.errno is None:
+            raise
+        raise OSError(error.errno, os.strerror(error.errno), str(output)) from error
     finally:
         partial.unlink(missing_ok=True)
+
+
+def _save_and_write(model, folder: Path, results, output: Path) -> None:
+    """Save ``model`` in ``folder``, then write ``results()`` to ``output``.
+
+    A folder this run created goes again when the results cannot be written: a rerun of the
+    same command would otherwise be refused for the model left behind.
+    """
+    created = not folder.exists()
+    model.save(str(folder), overwrite=True)
+    try:
+        _write(results(), output)
+    except BaseException:
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def _padded(data, backed: bool = False):
@@ -453,9 +474,12 @@ def fit(
         model = spec.cls(data)
         if not _train(model, training, data_mode=data_mode):
             return None
-        model.save(str(folder), overwrite=True)
-        result = _unpadded(_results(spec, model, data, options), original, own_cells, spec.key)
-        _write(result, output)
+        _save_and_write(
+            model,
+            folder,
+            lambda: _unpadded(_results(spec, model, data, options), original, own_cells, spec.key),
+            output,
+        )
         return folder
 
     folder = _run(action)
@@ -593,10 +617,13 @@ def map_query(
         )
         if not _train(model, training):
             return None
-        model.save(str(folder), overwrite=True)
         flags = {"latent_only": latent_only}
-        result = _unpadded(_results(spec, model, data, flags), original, own_cells, spec.key)
-        _write(result, output)
+        _save_and_write(
+            model,
+            folder,
+            lambda: _unpadded(_results(spec, model, data, flags), original, own_cells, spec.key),
+            output,
+        )
         return folder
 
     folder = _run(action)

@@ -363,6 +363,14 @@ def check_obs_keys(
                 "value in continuous_covariate_keys= (SAILER, MultiVAE), or convert it to "
                 "categories (`.astype(str)`) if it labels groups."
             )
+        n_groups = values.nunique()
+        if not allow_unused_categories and n_groups >= 20 and n_groups > len(values) / 2:
+            raise InputError(
+                f"{where}obs[{key!r}] has {n_groups} different values for {len(values)} cells: "
+                "one group for about every cell, like a measurement or a cell id, not a batch "
+                "or sample. Name a column of groups (e.g. sample or plate); a measurement goes "
+                "in continuous_covariate_keys= (SAILER, MultiVAE)."
+            )
         if not allow_unused_categories and isinstance(values.dtype, pd.CategoricalDtype):
             unused = sorted(map(str, set(values.cat.categories) - set(values.unique())))
             if unused:

@@ -52,6 +52,7 @@ def test_fit_and_predict_dgex(bulk_file, tmp_path):
     sc.tl.umap(fitted, maxiter=5)
     assert fitted.obsm["X_dgex"].shape[0] == 200
     assert fitted.var["landmark"].sum() == 20
+    assert not [key for key in fitted.uns if key.startswith("_scvi")]  # a new AnnData
     # The saved model's own predictions and their std: the targets' columns.
     model_dir = tmp_path / "fitted_dgex_model"
     targets = ~fitted.var["landmark"].to_numpy()

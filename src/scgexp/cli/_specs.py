@@ -91,7 +91,7 @@ def _dgex_results(model: DGEX, adata: anndata.AnnData, options: dict) -> anndata
         ),
         obsm=dict(adata.obsm),  # the same samples: per-sample annotations carry over
         obsp=dict(adata.obsp),
-        uns=dict(adata.uns),
+        uns={k: v for k, v in adata.uns.items() if not k.startswith("_scvi_")},  # setup's
     )
     landmark_std = np.zeros_like(landmarks, dtype=np.float32)  # measured: no prediction error
     training_std = model.module.landmark_scale.cpu().numpy()

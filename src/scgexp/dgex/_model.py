@@ -451,42 +451,37 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
             raise InputError(f"batch_size must be a positive number of samples, not {batch_size}.")
         mode = self._rank_mode(rank_map)
         matrix, positions = self._landmark_matrix(adata, layer, fill_missing)
-        present = positions >= 0
         landmark_mean = self.module.landmark_mean.cpu().numpy()
         quantiles = self.module.landmark_quantiles.cpu().numpy()
-        # Landmarks constant in training: untrained weights would read any other value.
-        constant = quantiles[:, 0] == quantiles[:, -1]
-        values = None
-        per_gene = mode == "gene"
-        if per_gene and matrix.shape[0] < 10:
+        # Landmarks missing here, or constant in training (untrained weights would read any
+        # other value), stay at their training mean.
+        used = (positions >= 0) & (quantiles[:, 0] < quantiles[:, -1])
+        if mode == "gene" and matrix.shape[0] < 10:
             raise InputError(
                 f"rank_map={rank_map!r} ranks each landmark across samples, which needs at "
                 f"least 10 samples (got {matrix.shape[0]}); pass rank_map='sample' (each sample's "
                 "landmarks ranked among themselves) or predict without rank mapping."
             )
-        if per_gene:  # ranks are taken over all samples, so map the whole landmark matrix once
-            landmarks = dense(take_columns(matrix, positions[present]))
-            values = self._rank_map(landmarks, quantiles[present])
-        ranked = present & ~constant  # within samples: constant landmarks take no rank
-        if mode == "sample" and not ranked.any():
-            mode = None  # nothing to rank
+        if not used.any():
+            mode = None  # nothing to map
+        values = None
+        if mode == "gene":  # ranks are taken over all samples: map the whole matrix once
+            landmarks = dense(take_columns(matrix, positions[used]))
+            values = self._rank_map(landmarks, quantiles[used])
         if mode == "sample":  # the pooled training distribution, once for all blocks
-            n_ranked = int(ranked.sum())
-            grid = np.linspace(0.0, 1.0, n_ranked) if n_ranked > 1 else np.array([0.5])
-            reference = np.quantile(quantiles[ranked].ravel(), grid)
+            n_used = int(used.sum())
+            grid = np.linspace(0.0, 1.0, n_used) if n_used > 1 else np.array([0.5])
+            reference = np.quantile(quantiles[used].ravel(), grid)
         for start in range(0, matrix.shape[0], batch_size):
             block = np.tile(landmark_mean, (min(batch_size, matrix.shape[0] - start), 1))
             if values is not None:
-                block[:, present] = values[start : start + batch_size]
+                block[:, used] = values[start : start + batch_size]
             else:
-                block[:, present] = dense(
-                    matrix[start : start + batch_size][:, positions[present]]
-                )
+                block[:, used] = dense(matrix[start : start + batch_size][:, positions[used]])
                 if mode == "sample":
-                    block[:, ranked] = self._rank_map_samples(block[:, ranked], reference)
-                elif start == 0 and ranked.any():
-                    self._check_units(block[:, ranked], ranked)
-            block[:, constant] = quantiles[constant, 0]
+                    block[:, used] = self._rank_map_samples(block[:, used], reference)
+                elif start == 0 and used.any():
+                    self._check_units(block[:, used], used)
             yield torch.as_tensor(block, dtype=torch.float32, device=self.device)
 
     def _check_units(self, landmarks: np.ndarray, present: np.ndarray) -> None:

@@ -144,8 +144,8 @@ def _check_cells_aligned(mdata: MuData, names: dict[str, str], query: bool = Fal
         mod = mdata.mod[name]
         if mod.n_obs != mdata.n_obs or not mod.obs_names.equals(mdata.obs_names):
             others = [mdata.mod[n].obs_names for n in names.values() if n != name]
-            disjoint = not any(mod.obs_names.isin(o).any() for o in others)
-            if not query and mod.n_obs and all(map(len, others)) and others and disjoint:
+            shared = (mod.obs_names.isin(o).any() for o in others)
+            if not query and mod.n_obs and others and all(map(len, others)) and not any(shared):
                 raise InputError(
                     f"modality {name!r} ({data_type}) shares no cell name with the other "
                     f"modalities (e.g. {mod.obs_names[0]!r} vs {others[0][0]!r}), so no cell "
@@ -194,13 +194,14 @@ def _warn_unmeasured_proteins(matrix, proteins, batches: np.ndarray, present: np
     proteins per batch; MultiVAE does not).
     """
     unmeasured = []
+    detected = row_and_column_sums(matrix, binary=True, column_rows=present)[1]
     for batch in pd.unique(batches[present]):
         in_batch = present & (batches == batch)
         others = present & ~in_batch
         if not others.any():
             continue
         detected_in = row_and_column_sums(matrix, binary=True, column_rows=in_batch)[1]
-        rate = row_and_column_sums(matrix, binary=True, column_rows=others)[1] / others.sum()
+        rate = (detected - detected_in) / others.sum()
         # At least 10 detections expected in the batch: none by chance has odds below 1e-4.
         absent = (detected_in == 0) & (rate >= 0.1) & (rate * in_batch.sum() >= 10)
         unmeasured += [f"{proteins[j]!r} in {batch!r}" for j in np.flatnonzero(absent)]

@@ -17,8 +17,10 @@ from scvi.model._utils import (
     scrna_raw_counts_properties,
 )
 from scvi.model.base._de_core import _de_core
+from scvi.model.base._log_likelihood import compute_reconstruction_error
 from scvi.model.base._save_load import _initialize_model
 from scvi.module._constants import MODULE_KEYS
+from scvi.train._logger import SimpleLogger
 
 __all__ = [
     "MODULE_KEYS",
@@ -27,9 +29,11 @@ __all__ = [
     "_SCVI_UUID_KEY",
     "_SETUP_ARGS_KEY",
     "_SETUP_METHOD_NAME",
+    "SimpleLogger",
     "_assign_adata_uuid",
     "_de_core",
     "_initialize_model",
+    "compute_reconstruction_error",
     "parse_device_args",
     "registry_key_to_default_dtype",
     "scatac_raw_counts_properties",

@@ -19,7 +19,7 @@ import zipfile
 from contextlib import contextmanager, nullcontext
 from copy import deepcopy
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import uuid4
 
 import anndata
@@ -48,9 +48,6 @@ from scgexp.data._checks import (
     renamed_categories,
     still_counts,
 )
-
-if TYPE_CHECKING:
-    from scvi._types import AnnOrMuData
 
 logger = logging.getLogger(__name__)
 
@@ -543,7 +540,9 @@ class SafeSaveMixin:
         return registry
 
     @classmethod
-    def _set_up_like_reference(cls, adata: AnnOrMuData, registry: dict, **transfer_kwargs):
+    def _set_up_like_reference(
+        cls, adata: anndata.AnnData | mudata.MuData, registry: dict, **transfer_kwargs
+    ):
         """Register ``adata`` with a trained model's setup (``registry``)."""
         if adata.is_view:
             raise InputError(
@@ -563,7 +562,7 @@ class SafeSaveMixin:
     def load(
         cls,
         dir_path: str,
-        adata: AnnOrMuData | None = None,
+        adata: anndata.AnnData | mudata.MuData | None = None,
         accelerator: str = "auto",
         device: int | str = "auto",
         prefix: str | None = None,

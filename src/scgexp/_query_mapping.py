@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import warnings
 from copy import deepcopy
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -30,9 +29,6 @@ from scgexp.data._mudata import _rows_at
 #: Below this share of the reference's features a query is mapped with a warning (as scvi-tools).
 MIN_SHARED_FEATURES = 0.8
 
-if TYPE_CHECKING:
-    from scvi._types import AnnOrMuData
-
 
 class QueryMappingMixin:
     """``load_query_data``: a trained model extended to the query's new batches (scArches)."""
@@ -45,7 +41,7 @@ class QueryMappingMixin:
     @classmethod
     def load_query_data(
         cls,
-        adata: AnnOrMuData,
+        adata: AnnData | MuData,
         reference_model,
         accelerator: str = "auto",
         device: int | str = "auto",

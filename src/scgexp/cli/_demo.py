@@ -23,6 +23,7 @@ from sklearn.metrics import (
 )
 
 import scgexp
+from scgexp.data._checks import dense
 
 logger = logging.getLogger(__name__)
 
@@ -446,7 +447,7 @@ observed log-normalised counts {np.nanmedian(gene_r):.3f} (mean {np.nanmean(gene
 
 def _rna_prediction_r(predicted, counts) -> np.ndarray:
     """Per-gene Pearson r of log1p(predicted per 10k) against log1p(observed counts per 10k)."""
-    counts = np.asarray(counts.toarray() if hasattr(counts, "toarray") else counts)
+    counts = dense(counts)
     observed = np.log1p(counts / np.maximum(counts.sum(1, keepdims=True), 1) * 1e4)
     predicted = np.log1p(np.asarray(predicted))  # MultiVAE.predict gives RNA per 10k counts
     return np.array(

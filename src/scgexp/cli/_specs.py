@@ -45,9 +45,6 @@ class ModelSpec:
     options: tuple[str, ...]
 
 
-_BATCH_SIZE = 1024  # samples per forward pass, as DGEX.predict
-
-
 def _require(adata, options: dict, name: str) -> None:
     key = options.get(name)
     if key is not None and key not in adata.obs:
@@ -74,7 +71,7 @@ def _dgex_results(model: DGEX, adata: anndata.AnnData, options: dict) -> anndata
     """
     flags = {"rank_map": options.get("rank_map", False)}
     flags["fill_missing"] = options.get("fill_missing", False)
-    batches = model._landmark_batches(adata, None, batch_size=_BATCH_SIZE, **flags)
+    batches = model._landmark_batches(adata, None, batch_size=None, **flags)
     outputs = model._outputs(batches, ("landmarks", "mean", "std", "z"))  # one rank mapping
     landmarks = outputs["landmarks"]
     present = model._landmark_positions(adata) >= 0
@@ -98,11 +95,7 @@ def _dgex_results(model: DGEX, adata: anndata.AnnData, options: dict) -> anndata
     landmark_std[:, ~present] = training_std[~present]  # filled with the mean: the spread of it
     out.layers["dgex_std"] = np.hstack([landmark_std, outputs["std"]])
     out.obsm["X_dgex"] = outputs["z"]
-    out.uns["dgex"] = {
-        "rank_map": model._rank_mode(flags["rank_map"]) or False,
-        "n_landmarks": len(model.landmark_names),
-        "filled_landmarks": np.asarray(model.landmark_names[~present], dtype=str),
-    }
+    out.uns["dgex"] = model._prediction_info(adata, flags["rank_map"])
     return out
 
 

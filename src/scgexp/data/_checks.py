@@ -235,7 +235,6 @@ def check_matrix(
     if not np.issubdtype(matrix.dtype, np.number) or np.issubdtype(
         matrix.dtype, np.complexfloating
     ):
-        target = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
         fix = (
             f" Store it as numbers: {target} = {target}.astype(np.float32) (counts 0 and 1)."
             if matrix.dtype == bool

@@ -7,6 +7,8 @@ import scanpy as sc
 from anndata import AnnData
 from scipy import sparse
 
+from scgexp.data._checks import dense
+
 
 def pbmc68k_counts() -> AnnData:
     """Return 700 real 10x PBMCs × 765 genes as raw counts, with cell types.
@@ -34,7 +36,7 @@ def pbmc68k_counts() -> AnnData:
     """
     reduced = sc.datasets.pbmc68k_reduced()
     raw = reduced.raw.to_adata()
-    lognorm = raw.X.toarray() if sparse.issparse(raw.X) else np.asarray(raw.X)
+    lognorm = dense(raw.X)
     totals = reduced.obs["n_counts"].to_numpy(dtype=np.float64)[:, None]
     counts = np.round(np.expm1(lognorm) / 1e4 * totals).astype(np.float32)
     keep = counts.sum(axis=0) > 0

@@ -484,7 +484,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
                     self._check_units(block[:, used], used)
             yield torch.as_tensor(block, dtype=torch.float32, device=self.device)
 
-    def _check_units(self, landmarks: np.ndarray, present: np.ndarray) -> None:
+    def _check_units(self, landmarks: np.ndarray, used: np.ndarray) -> None:
         """Warn when new landmark values are clearly not in the training units.
 
         Two signs: the median landmark's mean lies more than 2 training standard deviations
@@ -493,9 +493,9 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         a model trained on their log). Data in the training units score far below both
         (``benchmarks/dgex_units_check.py``).
         """
-        mean = self.module.landmark_mean.cpu().numpy()[present]
-        scale = self.module.landmark_scale.cpu().numpy()[present]
-        quantiles = self.module.landmark_quantiles.cpu().numpy()[present]
+        mean = self.module.landmark_mean.cpu().numpy()[used]
+        scale = self.module.landmark_scale.cpu().numpy()[used]
+        quantiles = self.module.landmark_quantiles.cpu().numpy()[used]
         shift = float(np.median(np.abs(landmarks.mean(0) - mean) / scale))
         outside = float(
             np.mean((landmarks > quantiles[:, -1] + scale) | (landmarks < quantiles[:, 0] - scale))
@@ -515,7 +515,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         if rank_map in (None, False):
             return None
         if rank_map in (True, "gene", "sample"):
-            return "gene" if rank_map is True or rank_map == 1 else rank_map
+            return "gene" if rank_map == 1 else rank_map
         raise InputError(f"rank_map must be False, True, 'gene' or 'sample', not {rank_map!r}.")
 
     @staticmethod
@@ -604,13 +604,17 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         )
         if return_std:
             predicted.layers["std"] = outputs["std"]
-        filled = self.landmark_names[self._landmark_positions(source) < 0]
-        predicted.uns["dgex"] = {
+        predicted.uns["dgex"] = self._prediction_info(source, rank_map)
+        return predicted
+
+    def _prediction_info(self, adata: AnnData, rank_map) -> dict:
+        """``uns["dgex"]`` of a prediction: its rank mapping and the landmarks filled."""
+        filled = self.landmark_names[self._landmark_positions(adata) < 0]
+        return {
             "rank_map": self._rank_mode(rank_map) or False,
             "n_landmarks": len(self.landmark_names),
             "filled_landmarks": np.asarray(filled, dtype=str),
         }
-        return predicted
 
     @torch.inference_mode()
     def _outputs(self, batches: Iterator[torch.Tensor], keep: tuple[str, ...]) -> dict:

@@ -44,6 +44,7 @@ from scgexp.data._checks import (
     check_library_size,
     check_matrix,
     check_obs_keys,
+    check_option,
     check_setup_arguments,
     check_size_factors,
     dense,
@@ -352,11 +353,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         **module_kwargs,
     ):
         super().__init__(adata, registry)
-        if invariance not in (None, "auto", "mi", "adversarial", "both"):
-            raise ValueError(
-                "invariance must be None, 'auto', 'mi', 'adversarial' or 'both', "
-                f"not {invariance!r}."
-            )
+        check_option("invariance", invariance, (None, "auto", "mi", "adversarial", "both"))
         if invariance == "auto":
             invariance = "adversarial" if self.summary_stats.n_batch > 1 else None
             module_kwargs.setdefault("invariance_depth", False)
@@ -416,17 +413,21 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
     def _modality_name(self, modality: str) -> str:
         return self.registry_["setup_args"]["modalities"][_LAYER_ARGS[modality]]
 
-    def _flagged_present(self, modality: str) -> np.ndarray | None:
-        """The registered presence flag of ``modality`` as in training (> 0.5), or ``None``."""
+    def _flagged_present(self, modality: str, manager=None) -> np.ndarray | None:
+        """The registered presence flag of ``modality`` (> 0.5), or ``None``.
+
+        ``manager``: the data's :class:`~scvi.data.AnnDataManager`; ``None``: training data's.
+        """
+        manager = manager or self.adata_manager
         key = PRESENCE_KEYS[modality]
-        if key not in self.adata_manager.data_registry:
+        if key not in manager.data_registry:
             return None
-        flag = np.asarray(self.adata_manager.get_from_registry(key), dtype=np.float64)
+        flag = np.asarray(manager.get_from_registry(key), dtype=np.float64)
         return flag.reshape(-1) > 0.5
 
-    def _has_counts(self, modality: str, row_sums: np.ndarray) -> np.ndarray:
+    def _has_counts(self, modality: str, row_sums: np.ndarray, manager=None) -> np.ndarray:
         """Cells that have ``modality`` and counts in it: rows flagged missing are never read."""
-        flag = self._flagged_present(modality)
+        flag = self._flagged_present(modality, manager)
         return row_sums > 0 if flag is None else (row_sums > 0) & flag
 
     def _init_depth(self) -> None:
@@ -551,7 +552,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         check_setup_arguments(cls.setup_mudata, kwargs)
         setup_method_args = cls._get_setup_method_args(**locals())
         query = kwargs.get("source_registry") is not None
-        cls._check_data(mdata, setup_method_args["setup_args"], query=query)
+        names = cls._check_data(mdata, setup_method_args["setup_args"], query=query)
         if query:
             cls._check_known_categories(
                 mdata,
@@ -560,7 +561,6 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
             )
         modalities = dict(modalities)
         presence_keys = dict(presence_keys or {})
-        names = _check_modalities(mdata, modalities)
         layers = {"rna": rna_layer, "atac": atac_layer, "protein": protein_layer}
         fields = [
             MuDataCategoricalObsField(
@@ -606,19 +606,17 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         cls.register_manager(adata_manager)
 
     @classmethod
-    def _check_data(cls, mdata: MuData, setup_args: dict, query: bool = False) -> None:
+    def _check_data(cls, mdata: MuData, setup_args: dict, query: bool = False) -> dict:
         """Checks shared by setup and new data: cells aligned, counts, ``obs`` columns.
+
+        Returns the modality name of each data type (as :func:`_check_modalities`).
 
         Only training data must give every cell some data: a query cell without any is encoded
         from nothing, as in scvi-tools.
         """
         modalities = setup_args["modalities"]
         names = _check_modalities(mdata, modalities)
-        layers = {
-            "rna": setup_args.get("rna_layer"),
-            "atac": setup_args.get("atac_layer"),
-            "protein": setup_args.get("protein_layer"),
-        }
+        layers = {m: setup_args.get(_LAYER_ARGS[m]) for m in MODALITIES}
         _check_cells_aligned(mdata, names, query)
         row_sums = {}
         for data_type, name in names.items():
@@ -688,6 +686,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
                     "counts, as in scvi-tools; multiply relative size factors (about 1) by the "
                     "median total count."
                 )
+        return names
 
     @staticmethod
     def _check_known_categories(
@@ -951,7 +950,6 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         transform_batch,
         batch_size: int | None,
         n_samples: int,
-        use_modalities: Sequence[str] | None = None,
         draw: bool = False,
     ) -> np.ndarray:
         """Normalised output of ``target`` (see the public methods), averaged over draws.
@@ -961,7 +959,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         self._check_modality(target, allow_none=False)
         codes = batch_codes(transform_batch, self.registry_)  # several: averaged, as MULTIVI
         out = []
-        for tensors, inference in self._batches(adata, indices, batch_size, use_modalities):
+        for tensors, inference in self._batches(adata, indices, batch_size):
             generative_input = self.module._get_generative_input(tensors, inference)
             generative_input["library"] = {}
             draws = []
@@ -1144,10 +1142,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         key = DATA_KEYS[target]
         matrix = manager.get_from_registry(key)
         totals = row_and_column_sums(matrix)[0]  # in row blocks: backed data too
-        has_data = totals > 0
-        if PRESENCE_KEYS[target] in manager.data_registry:
-            flag = np.asarray(manager.get_from_registry(PRESENCE_KEYS[target]), dtype=float)
-            has_data &= flag.reshape(-1) > 0.5
+        has_data = self._has_counts(target, totals, manager)
         # NB protein outputs are at the median library; the test compares counts at the mean
         # library of each group's cells (scvi-tools decodes a group's cells in each call).
         median = None

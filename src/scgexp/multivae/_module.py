@@ -463,15 +463,12 @@ class MultiVAEModule(BaseModuleClass):
                 mask = torch.zeros_like(mask)
             mean, var = self.encoders[m](self.encoder_input(m, x), *cats)
             means[m], variances[m], masks[m] = mean, var, mask
-            if m == "rna":
-                if self.use_size_factor_key and size_factor is not None:
-                    library[m] = torch.log(size_factor.reshape(-1, 1).clamp(min=1e-8))
-                else:
-                    library[m] = torch.log(x.sum(-1, keepdim=True).clamp(min=1.0))
-            elif m == "atac":
+            if m == "atac":
                 n_open = (x > 0).float().sum(-1, keepdim=True).clamp(min=1.0)
                 library[m] = torch.log(n_open / self.atac_median_open)
-            else:
+            elif m == "rna" and self.use_size_factor_key and size_factor is not None:
+                library[m] = torch.log(size_factor.reshape(-1, 1).clamp(min=1e-8))
+            else:  # total counts
                 library[m] = torch.log(x.sum(-1, keepdim=True).clamp(min=1.0))
         if not means:
             raise ValueError("inference needs the counts of at least one modality.")

@@ -202,15 +202,12 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         totals, peak_totals = row_and_column_sums(matrix)
         log_reference = np.log(np.maximum(totals, 1.0)).mean()
         if self.module.likelihood == "bernoulli":
-            frequency = cells_open / max(len(totals), 1)
-            frequency = np.clip(frequency, 1e-5, 1 - 1e-5)
+            frequency = np.clip(cells_open / len(totals), 1e-5, 1 - 1e-5)
             bias = np.log(frequency / (1 - frequency))
+            input_total = np.exp(values[:, 0]).mean()
         else:  # rate_ij = exp(bias_j) * total_i / reference total
             exposure = np.sum(np.maximum(totals, 1.0) / np.exp(log_reference))
             bias = np.log(np.maximum(peak_totals / exposure, 1e-5))
-        if self.module.likelihood == "bernoulli":
-            input_total = np.exp(values[:, 0]).mean()
-        else:
             input_total = row_and_column_sums(matrix, log1p=True)[0].mean()
         copy_into(
             self.module,

@@ -14,6 +14,7 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 from torch.nn.functional import binary_cross_entropy_with_logits
 
+from scgexp.data._checks import check_option
 from scgexp.nn import Invariance, InvarianceInputs, InvarianceMethod
 
 logger = logging.getLogger(__name__)
@@ -83,8 +84,7 @@ class SAILERModule(BaseModuleClass):
         normalize_input: bool = True,
     ):
         super().__init__()
-        if likelihood not in ("bernoulli", "poisson"):
-            raise ValueError(f"likelihood must be 'bernoulli' or 'poisson', not {likelihood!r}.")
+        check_option("likelihood", likelihood, ("bernoulli", "poisson"))
         self.n_input = n_input
         self.n_batch = n_batch
         self.n_latent = n_latent

@@ -10,9 +10,8 @@ import warnings
 from scvi import settings
 from scvi.model.base import UnsupervisedTrainingMixin
 from scvi.train import SaveCheckpoint
-from scvi.train._logger import SimpleLogger
 
-from scgexp._compat import validate_data_split
+from scgexp._compat import SimpleLogger, validate_data_split
 from scgexp._io import _load_weights, _read_saved_model
 from scgexp._warn import warn_user
 from scgexp.data._checks import InputError, cell_positions

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,7 @@ from scvi.data.fields import (
 from scvi.model.base import BaseModelClass, RNASeqMixin
 from scvi.utils import de_dsp, setup_anndata_dsp
 
+from scgexp._compat import compute_reconstruction_error
 from scgexp._differential import count_statistics, differential, draw_indices, read_rows
 from scgexp._io import SafeSaveMixin
 from scgexp._query_mapping import QueryMappingMixin
@@ -43,9 +44,6 @@ from scgexp.data._fields import CategoricalJointObsField
 from scgexp.nn._tensors import copy_into
 from scgexp.train import TrainingMixin
 from scgexp.zinb._module import ZINBAutoencoderModule
-
-if TYPE_CHECKING:
-    from scvi._types import Number
 
 logger = logging.getLogger(__name__)
 
@@ -332,8 +330,7 @@ class ZINBAutoencoder(
         """
         if max_epochs is None:
             max_epochs = int(min(300, max(20, round(3e6 / max(self.summary_stats.n_cells, 1)))))
-        if optimizer not in ("Adam", "RMSprop"):
-            raise ValueError(f"optimizer must be 'Adam' or 'RMSprop', not {optimizer!r}.")
+        check_option("optimizer", optimizer, ("Adam", "RMSprop"))
         plan_kwargs = {
             "lr": lr,
             "weight_decay": weight_decay,
@@ -425,8 +422,6 @@ class ZINBAutoencoder(
         --------
         >>> model.get_reconstruction_error(indices=model.validation_indices)
         """
-        from scvi.model.base._log_likelihood import compute_reconstruction_error
-
         loader = self._inference_loader(adata, indices, batch_size)
         return compute_reconstruction_error(self.module, loader, return_mean=return_mean)
 
@@ -451,7 +446,7 @@ class ZINBAutoencoder(
         self,
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
-        transform_batch: Sequence[Number | str] | Number | str | None = None,
+        transform_batch: Sequence[float | str] | float | str | None = None,
         gene_list: Sequence[str] | None = None,
         library_size: float | Literal["latent"] = "latent",
         batch_size: int | None = None,
@@ -615,7 +610,7 @@ class ZINBAutoencoder(
         indices: Sequence[int] | None = None,
         batch_size: int | None = None,
         rna_size_factor: float = 1000,
-        transform_batch: Sequence[Number | str] | Number | str | None = None,
+        transform_batch: Sequence[float | str] | float | str | None = None,
         correlation_type: Literal["spearman", "pearson"] = "spearman",
     ) -> pd.DataFrame:
         """Gene-gene correlation of the denoised expression across cells.
@@ -702,7 +697,7 @@ class ZINBAutoencoder(
         self,
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
-        transform_batch: Number | str | None = None,
+        transform_batch: float | str | None = None,
         batch_size: int | None = None,
     ) -> dict[str, np.ndarray]:
         """Parameters of each count's fitted distribution.
@@ -780,7 +775,7 @@ class ZINBAutoencoder(
         self,
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
-        transform_batch: Number | str | None = None,
+        transform_batch: float | str | None = None,
         n_samples: int = 1,
         gene_list: Sequence[str] | None = None,
         batch_size: int | None = None,

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.functional import softplus
 
 from scgexp._compat import MODULE_KEYS
+from scgexp.data._checks import check_option
 
 logger = logging.getLogger(__name__)
 
@@ -81,12 +82,8 @@ class ZINBAutoencoderModule(BaseModuleClass):
         linear_bottleneck: bool = True,
     ):
         super().__init__()
-        if gene_likelihood not in ("zinb", "nb", "poisson"):
-            raise ValueError(
-                f"gene_likelihood must be 'zinb', 'nb' or 'poisson', not {gene_likelihood!r}."
-            )
-        if dispersion not in ("gene", "gene-cell"):
-            raise ValueError(f"dispersion must be 'gene' or 'gene-cell', not {dispersion!r}.")
+        check_option("gene_likelihood", gene_likelihood, ("zinb", "nb", "poisson"))
+        check_option("dispersion", dispersion, ("gene", "gene-cell"))
         self.n_input = n_input
         self.n_batch = n_batch
         self.n_latent = n_latent
@@ -189,7 +186,7 @@ class ZINBAutoencoderModule(BaseModuleClass):
         cat_covs: torch.Tensor | None = None,
         transform_batch: int | None = None,
     ) -> dict[str, torch.distributions.Distribution]:
-        """Output distribution ``px`` (with ``mu``, ``theta``, ``zi_logits``, ``scale``)."""
+        """Output distribution ``px``: ZINB (``mu``, ``theta``, ``zi_logits``), NB or Poisson."""
         if transform_batch is not None:
             batch_index = torch.full_like(batch_index, int(transform_batch))
         hidden = self.decoder(z, *self._cat_list(batch_index, cat_covs))

@@ -225,7 +225,8 @@ def test_multivae_query_with_batch_aware_encoder():
     _train(reference_model, max_epochs=5)
     before = _state(reference_model)
     model = MultiVAE.load_query_data(query, reference_model)
-    _train(model, max_epochs=5)
+    with pytest.warns(UserWarning, match="ends before the KL weight is full"):  # it trains
+        model.train(max_epochs=5, enable_progress_bar=False)
     changed = {k: v for k, v in _changed(before, model).items() if "invariance." not in k}
     assert set(changed.values()) == {"grown"}  # the covariate columns, of encoders too
     assert {k for k in changed if k.startswith("encoders.")} == {
@@ -331,17 +332,26 @@ def test_single_batch_sailer_reference_with_adversary():
     assert model.module.invariance.classifiers[0][-1].out_features == 2  # now a batch head
 
 
-def test_multivae_protein_background_of_a_new_batch_learns():
+def _protein_reference(n_batches: int):
+    """A MultiVAE (RNA + protein, mixture) trained on batches 0 and 1; the other batches."""
     scvi.settings.seed = 0
-    data = simulate_multiome(n_cells=450, n_genes=40, n_peaks=60, n_proteins=5, n_batches=3)
+    data = simulate_multiome(
+        n_cells=450, n_genes=40, n_peaks=60, n_proteins=5, n_batches=n_batches
+    )
     data = md.MuData({"rna": data["rna"].copy(), "prot": data["prot"].copy()})
     data.obs["batch"] = data["rna"].obs["batch"].to_numpy()
-    reference, query = _split(data)
+    known = data.obs["batch"].isin(["batch_0", "batch_1"]).to_numpy()
+    reference, query = data[known].copy(), data[~known].copy()
     MultiVAE.setup_mudata(
         reference, batch_key="batch", modalities={"rna_layer": "rna", "protein_layer": "prot"}
     )
     reference_model = MultiVAE(reference, n_latent=4, protein_likelihood="mixture")
     _train(reference_model, max_epochs=3)
+    return reference_model, query
+
+
+def test_multivae_protein_background_of_a_new_batch_learns():
+    reference_model, query = _protein_reference(n_batches=3)
     old = reference_model.module.protein_log_background.detach().clone()
     model = MultiVAE.load_query_data(query, reference_model)
     background = model.module.protein_log_background
@@ -351,6 +361,20 @@ def test_multivae_protein_background_of_a_new_batch_learns():
     _train(model, max_epochs=3)
     np.testing.assert_array_equal(background.detach()[:, :2], old)
     assert not torch.equal(background.detach()[:, 2], start)
+
+
+def test_multivae_new_batch_without_protein_takes_the_reference_background():
+    # Nothing in the query trains its background: from its zero counts it stayed at 1 count
+    # and its denoised protein came out about 25 times too low (real CITE-seq, 5k onto 10k).
+    reference_model, query = _protein_reference(n_batches=4)
+    query["prot"].X[(query.obs["batch"] == "batch_3").to_numpy()] = 0  # batch_2 has protein
+    mean = reference_model.module.protein_log_background.detach().mean(1)
+    model = MultiVAE.load_query_data(query, reference_model)
+    background = model.module.protein_log_background.detach()
+    torch.testing.assert_close(background[:, 3], mean)
+    assert not torch.allclose(background[:, 2], mean)  # from its own counts
+    _train(model, max_epochs=2)
+    torch.testing.assert_close(background[:, 3], mean)
 
 
 def _multivae_reference():
@@ -368,8 +392,12 @@ def _multivae_reference():
 def test_multivae_query_without_one_modality_trains():
     reference_model, query = _multivae_reference()
     query["atac"].X = query["atac"].X * 0  # RNA-only query cells
-    model = MultiVAE.load_query_data(query, reference_model)
-    _train(model, max_epochs=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # numpy's, on statistics of no cell
+        model = MultiVAE.load_query_data(query, reference_model)
+    with warnings.catch_warnings():  # a frozen encoder: the KL weight changes nothing
+        warnings.filterwarnings("error", message=".*KL weight is full.*")
+        model.train(max_epochs=2, enable_progress_bar=False)
     assert model.is_trained_
 
 
@@ -438,6 +466,12 @@ def test_wrong_model_folder_names_the_right_loader(zinb_split, tmp_path):
         ZINBAutoencoder.load_query_data(query.copy(), str(tmp_path / "dgex"))
     with pytest.raises(InputError, match=r"ZINBAutoencoder\.load_query_data\(\.\.\.\)"):
         SAILER.load_query_data(query.copy(), str(tmp_path / "zinb"))
+    with pytest.raises(InputError, match=r"ZINBAutoencoder\.prepare_query_anndata\(\.\.\.\)"):
+        MultiVAE.prepare_query_mudata(md.MuData({"rna": query.copy()}), str(tmp_path / "zinb"))
+    multivae, _ = _multivae_reference()
+    multivae.save(tmp_path / "multivae")
+    with pytest.raises(InputError, match=r"MultiVAE\.prepare_query_mudata\(\.\.\.\)"):
+        ZINBAutoencoder.prepare_query_anndata(query.copy(), str(tmp_path / "multivae"))
 
 
 def _dropout_rates(model) -> list[float]:
@@ -686,9 +720,23 @@ def test_prepare_query_mudata_pads_each_modality(tmp_path):
     reference_model, query = _multivae_reference()
     with pytest.raises(InputError, match=r"reads MuData; use MultiVAE\.prepare_query_mudata"):
         MultiVAE.prepare_query_anndata(query["rna"], reference_model)
-    with pytest.raises(InputError, match=r"no modality 'atac'.*pad_modalities"):
-        MultiVAE.prepare_query_mudata(md.MuData({"rna": query["rna"]}), reference_model)
     rna, atac = query["rna"], query["atac"]
+    rna_only = md.MuData({"rna": rna.copy()})
+    rna_only.obs["batch"] = query.obs["batch"].to_numpy()
+    with pytest.warns(UserWarning, match=r"no modality 'atac'.*all-zero rows"):
+        added = MultiVAE.prepare_query_mudata(rna_only, reference_model, inplace=False)
+    assert list(rna_only.mod) == ["rna"]  # left as it was
+    assert added["atac"].var_names.equals(pd.Index(reference_model.training_var_names["atac"]))
+    assert added["atac"].obs_names.equals(added.obs_names)
+    assert added["atac"].X.nnz == 0
+    rna_only_model = MultiVAE.load_query_data(added, reference_model)
+    _train(rna_only_model, max_epochs=2)
+    np.testing.assert_allclose(  # the cells' latent from their RNA alone
+        rna_only_model.get_latent_representation(),
+        rna_only_model.get_latent_representation(query, modality="rna"),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     with pytest.raises(InputError, match="view of another MuData"):
         MultiVAE.prepare_query_mudata(query[:10], reference_model)
     partial = query.copy()

@@ -533,6 +533,9 @@ class SafeSaveMixin:
 
             if not hasattr(getattr(scgexp.model, saved, None), method):
                 method = "load"
+            elif method.startswith("prepare_query_"):  # the one for the saved model's data
+                mudata_model = registry.get(_SETUP_METHOD_NAME) == "setup_mudata"
+                method = f"prepare_query_{'mudata' if mudata_model else 'anndata'}"
             raise InputError(
                 f"{dir_path} holds a {saved} model, not a {cls.__name__}; load it with "
                 f"{saved}.{method}(...)."

@@ -56,7 +56,9 @@ class QueryMappingMixin:
         query is registered with the reference's setup and its new batch (and categorical
         covariate) categories are added. Weights that read the categories get columns for the
         new ones, starting at zero; other parameters kept per category (MultiVAE's protein
-        background, an invariance adversary's outputs) start from a fresh initialisation.
+        background, an invariance adversary's outputs) start from a fresh initialisation, except
+        that a new batch whose cells have no protein data takes the mean protein background of
+        the reference's batches (nothing in the query could train it).
         Training then changes only these new entries (the encoder's only with
         ``encode_covariates=True``) and any invariance adversary, which learns to recognise
         the new batches; everything else, batch-norm statistics included, stays the
@@ -132,6 +134,7 @@ class QueryMappingMixin:
         cls._set_up_like_reference(adata, registry, extend_categories=True)
         model = _initialize_model(cls, adata, registry, attr_dict, None)
         new_parts = _load_with_new_categories(reference.module, model.module)
+        model._start_untrainable_entries(new_parts)
         if not unfrozen:
             if not any(mask.any() for mask in new_parts.values()):
                 _put_back(adata, before)  # refused: the query as it was
@@ -151,6 +154,20 @@ class QueryMappingMixin:
         model.to_device(torch_device)
         model.module.eval()
         return model
+
+    def _trains_encoder(self) -> bool:
+        """Whether training changes the encoder, so that the KL weight matters.
+
+        Not in a frozen query model whose encoder reads no new category.
+        """
+        return self._reference_entries is None or any(
+            parameter.requires_grad
+            for name, parameter in self.module.named_parameters()
+            if "encoder" in name.split(".")[0]
+        )
+
+    def _start_untrainable_entries(self, new_parts: dict) -> None:
+        """Set new-category entries that the query's data cannot train (a model's hook)."""
 
     @classmethod
     def prepare_query_anndata(
@@ -225,13 +242,14 @@ class QueryMappingMixin:
 
         :meth:`prepare_query_anndata` for each modality the model was trained on (as
         scvi-tools' :meth:`~scvi.model.MULTIVI.prepare_query_mudata`); other modalities are
-        left as they are.
+        left as they are. A modality the query lacks is added with all-zero rows, read as
+        missing (with a warning), so that its cells are mapped from their other modalities.
 
         Parameters
         ----------
         mdata
-            Query data, in memory, with the reference's modalities (a modality may hold no
-            cells; :func:`scgexp.data.pad_modalities` then gives it all-zero rows).
+            Query data, in memory (a modality holding only some cells:
+            :func:`scgexp.data.pad_modalities` first gives it all-zero rows for the others).
         reference_model
             A model of this class, or the folder it was saved to.
         return_reference_var_names
@@ -268,23 +286,25 @@ class QueryMappingMixin:
                 "The query is a view of another MuData, which cannot be changed in place; pass "
                 "`mdata.copy()`, or use inplace=False."
             )
+        setup_args = cls._reference_registry(reference_model, prefix)["setup_args"]
         absent = [key for key in features if key not in mdata.mod]
         if absent:
-            raise InputError(
-                f"The MuData has no modality {absent[0]!r}, which the model was trained on "
-                f"(modalities: {list(mdata.mod)}). For a query without that data, add it as an "
-                "AnnData with no cells and the model's features (listed by "
-                "return_reference_var_names=True), then pad it: "
-                "`mdata = scgexp.data.pad_modalities(mdata)`."
+            warn_user(
+                f"The query has no modality {', '.join(map(repr, absent))}, which the model was "
+                "trained on: added with all-zero rows, read as missing (the model infers it from "
+                "the other modalities)."
             )
         prepared = {
             key: _with_features(mdata.mod[key], pd.Index(names), False, f"modality {key!r}: ")
             for key, names in features.items()
+            if key in mdata.mod
         }
         masks = mdata.var.iloc[:0].copy()  # the global var's columns and types, before update
         target = mdata if inplace else mdata.copy()
         for key, modality in prepared.items():
             target.mod[key] = modality
+        for key in absent:
+            target.mod[key] = _missing_modality(target.obs_names, features[key], key, setup_args)
         with warnings.catch_warnings():  # mudata's notice of a future default
             warnings.filterwarnings("ignore", r"From 0\.4 \.update\(\)", FutureWarning)
             target.update()
@@ -294,6 +314,18 @@ class QueryMappingMixin:
     @classmethod
     def _reference_features(cls, reference_model, prefix: str | None, method: str) -> dict:
         """The reference's features per modality (``None``: AnnData), from a model or folder."""
+        return {
+            key: [str(name) for name in names]
+            for key, names in registered_features(
+                cls._reference_registry(reference_model, prefix, method)
+            ).items()
+        }
+
+    @classmethod
+    def _reference_registry(
+        cls, reference_model, prefix: str | None, method: str = "prepare_query_mudata"
+    ) -> dict:
+        """The reference's registry, from a model or the folder it was saved to."""
         if isinstance(reference_model, str | os.PathLike):
             source = os.fspath(reference_model)
             attr_dict = _read_attributes(source, _file_names(prefix))["attr_dict"]
@@ -305,10 +337,22 @@ class QueryMappingMixin:
                 f"reference_model must be a {cls.__name__} or the folder it was saved to, not "
                 f"{type(reference_model).__name__}."
             )
-        return {
-            key: [str(name) for name in names]
-            for key, names in registered_features(registry).items()
-        }
+        return registry
+
+
+def _missing_modality(cells: pd.Index, features: list, name: str, setup_args: dict) -> AnnData:
+    """A modality the query lacks: all-zero rows (read as missing) in ``X`` and its layer."""
+    zeros = sparse.csr_matrix((len(cells), len(features)), dtype=np.float32)
+    modality = AnnData(X=zeros, obs=pd.DataFrame(index=cells), var=pd.DataFrame(index=features))
+    data_type = next(
+        arg.removesuffix("_layer")
+        for arg, value in setup_args["modalities"].items()
+        if value == name and arg.endswith("_layer")
+    )
+    layer = setup_args.get(f"{data_type}_layer")
+    if layer is not None:
+        modality.layers[layer] = zeros.copy()
+    return modality
 
 
 def _same_type(original, matrix):

@@ -220,6 +220,39 @@ def test_fit_and_predict_multivae(tmp_path):
     assert "no modality 'chromatin'" in result.output
 
 
+def test_map_rna_only_cells_onto_a_multiome_model(tmp_path):
+    import mudata
+
+    data = scgexp.data.simulate_multiome(n_cells=300, n_genes=40, n_peaks=80, n_batches=3)
+    new = (data.obs["batch"] == "batch_2").to_numpy()
+    data[~new].copy().write(tmp_path / "reference.h5mu")
+    rna_only = mudata.MuData({"rna": data[new]["rna"].copy()})  # the usual file: no ATAC at all
+    rna_only.obs["batch"] = "batch_2"
+    rna_only.write(tmp_path / "query.h5mu")
+    model_dir = tmp_path / "model"
+    fit = ["fit", "multivae", tmp_path / "reference.h5mu", "--out", tmp_path / "r.h5mu"]
+    result = _invoke(*fit, "--model-dir", model_dir, "--batch-key", "batch", "--epochs", 2)
+    assert result.exit_code == 0, result.output
+    output = tmp_path / "q.h5mu"
+    result = _invoke("map", model_dir, tmp_path / "query.h5mu", "--out", output, "--epochs", 2)
+    assert result.exit_code == 1
+    assert "no modality 'atac'" in result.output
+    assert "prepare_query_mudata is `--fill-missing`" in result.output
+    with pytest.warns(UserWarning, match="no modality 'atac'"):
+        result = _invoke(
+            "map", model_dir, tmp_path / "query.h5mu", "--out", output, "--epochs", 2,
+            "--fill-missing",
+        )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    mapped = mudata.read_h5mu(output)
+    assert mapped.obsm["X_multivae"].shape == (new.sum(), 20)
+    assert np.isnan(mapped.obsm["X_multivae_atac"]).all()  # no cell has ATAC
+    assert mapped["atac"].layers["multivae_accessibility"].shape == (new.sum(), 80)
+    for adata in (mapped, *mapped.mod.values(), mudata.read_h5mu(tmp_path / "r.h5mu")):
+        assert "_scvi_batch" not in adata.obs  # scvi-tools' setup bookkeeping
+        assert "_scvi_uuid" not in adata.uns
+
+
 def test_fit_and_predict_zinb(counts_file, tmp_path):
     out = tmp_path / "denoised.h5ad"
     model_dir = tmp_path / "zinb_model"

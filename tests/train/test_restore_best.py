@@ -94,6 +94,11 @@ def test_restoring_the_first_epoch_after_several_warns():
     trainer.current_epoch = 4  # four epochs done
     with pytest.warns(UserWarning, match="learning rate may be too high"):
         callback.on_train_end(trainer, pl_module)
+    query = RestoreBestWeights("validation_loss", query=True)  # a frozen scArches query model
+    trainer = _validate(query, pl_module, [1.0, 2.0, 3.0, 4.0])
+    trainer.current_epoch = 4
+    with pytest.warns(UserWarning, match="new entries may have had little left to learn"):
+        query.on_train_end(trainer, pl_module)
     callback.best_epoch = 2
     with warnings.catch_warnings():
         warnings.simplefilter("error")

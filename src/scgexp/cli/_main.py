@@ -78,6 +78,7 @@ def _write(data, output: Path) -> None:
     """
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.stem}.partial{output.suffix}")
+    _drop_setup_entries(data)
     try:
         data.write(partial)
         os.replace(partial, output)
@@ -87,6 +88,23 @@ def _write(data, output: Path) -> None:
         raise OSError(error.errno, os.strerror(error.errno), str(output)) from error
     finally:
         partial.unlink(missing_ok=True)
+
+
+def _drop_setup_entries(data) -> None:
+    """Remove scvi-tools' setup bookkeeping (``obs["_scvi_batch"]``, ``uns["_scvi_uuid"]``...).
+
+    It only ties the data to this process's models; the saved model re-registers new data.
+    """
+    from scvi import REGISTRY_KEYS
+
+    from scgexp._compat import _MANAGER_UUID_KEY, _SCVI_UUID_KEY
+
+    columns = {f"_scvi_{key}" for key in (REGISTRY_KEYS.BATCH_KEY, REGISTRY_KEYS.LABELS_KEY)}
+    for adata in (data, *getattr(data, "mod", {}).values()):
+        setup = [c for c in adata.obs.columns if str(c).split(":")[-1] in columns]
+        adata.obs = adata.obs.drop(columns=setup)
+        for key in (_SCVI_UUID_KEY, _MANAGER_UUID_KEY):
+            adata.uns.pop(key, None)
 
 
 def _save_and_write(model, folder: Path, results, output: Path) -> None:

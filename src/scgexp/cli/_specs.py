@@ -88,7 +88,7 @@ def _dgex_results(model: DGEX, adata: anndata.AnnData, options: dict) -> anndata
         ),
         obsm=dict(adata.obsm),  # the same samples: per-sample annotations carry over
         obsp=dict(adata.obsp),
-        uns={k: v for k, v in adata.uns.items() if not k.startswith("_scvi_")},  # setup's
+        uns=dict(adata.uns),
     )
     landmark_std = np.zeros_like(landmarks, dtype=np.float32)  # measured: no prediction error
     training_std = model.module.landmark_scale.cpu().numpy()

@@ -830,7 +830,8 @@ def check_feature_names(adata, registry: dict) -> None:
                 f"(modalities: {list(adata.mod)}). Add it, with the training features (for new "
                 "data it may hold only the cells that have that data, or none: `mdata = "
                 "scgexp.data.pad_modalities(mdata)` gives the others all-zero rows, read as "
-                "missing)."
+                "missing). For a query without that data, `MultiVAE.prepare_query_mudata(mdata, "
+                "model)` adds it with all-zero rows."
             )
         target = adata.mod[mod_key] if mod_key is not None else adata
         if target.var_names.equals(pd.Index(names)):  # the usual case, without conversions

@@ -464,7 +464,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
             {
                 # complementary log-log: the inverse of p = 1 - exp(-exp(x))
                 "region_factor": np.log(-np.log1p(-frequency)),
-                "atac_median_open": np.median(n_open[cells]),
+                "atac_median_open": np.median(n_open[cells] if cells.any() else n_open),
             },
         )
 
@@ -479,6 +479,24 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         if self.module.protein_likelihood == "mixture":
             low = np.quantile(counts, 0.2, axis=0) if len(counts) else np.ones(counts.shape[1])
             copy_into(self.module, {"protein_log_background": np.log1p(low)[:, None]})
+
+    def _start_untrainable_entries(self, new_parts: dict) -> None:
+        """A query's new batch without protein data: the reference batches' mean background.
+
+        Started from the query's (absent) counts, its background would stay at 1 count and its
+        denoised protein would come out many times too low.
+        """
+        new = new_parts.get("protein_log_background")
+        if new is None or not new.any():
+            return
+        new = new.any(0).cpu().numpy()  # per batch
+        counts = self.adata_manager.get_from_registry(REGISTRY_KEYS.PROTEIN_EXP_KEY)
+        has_protein = self._has_counts("protein", row_and_column_sums(counts)[0])
+        batches = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY))
+        unmeasured = new & ~np.isin(np.arange(len(new)), batches.reshape(-1)[has_protein])
+        background = self.module.protein_log_background
+        with torch.no_grad():
+            background[:, unmeasured] = background[:, ~new].mean(1, keepdim=True)
 
     @classmethod
     def setup_anndata(cls, adata: AnnData, *args, **kwargs) -> None:
@@ -836,7 +854,8 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
             plan_kwargs.setdefault("n_epochs_warmup", 0)
         if gradient_clip_val is not None:  # TrainingMixin routes it to an invariance plan
             trainer_kwargs.setdefault("gradient_clip_val", gradient_clip_val)
-        warn_if_annealing_unfinished(max_epochs, plan_kwargs)
+        if self._trains_encoder():  # else the KL weight changes nothing
+            warn_if_annealing_unfinished(max_epochs, plan_kwargs)
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
         return super().train(
             max_epochs=max_epochs,

@@ -368,7 +368,8 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
             warmups = plan_kwargs["n_epochs_warmup"] + (plan_kwargs["n_epochs_kl_warmup"] or 0)
             early_stopping_patience += warmups
             early_stopping_patience = min(early_stopping_patience, max_epochs)
-        warn_if_annealing_unfinished(max_epochs, plan_kwargs)
+        if self._trains_encoder():  # else the KL weight changes nothing
+            warn_if_annealing_unfinished(max_epochs, plan_kwargs)
         trainer_kwargs.setdefault("early_stopping_monitor", "elbo_validation")
         return super().train(
             max_epochs=max_epochs,

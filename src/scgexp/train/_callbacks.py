@@ -26,11 +26,15 @@ class RestoreBestWeights(pl.Callback):
         name contains "validation", else at the end of each training epoch.
     mode
         ``"min"`` or ``"max"``.
+    query
+        A frozen scArches query model is trained: only its new entries learn, so a best
+        first epoch means more often that there was little to learn than a high learning rate.
     """
 
-    def __init__(self, monitor: str, mode: str = "min"):
+    def __init__(self, monitor: str, mode: str = "min", query: bool = False):
         super().__init__()
         self.monitor = monitor
+        self.query = query
         self.sign = 1.0 if mode == "min" else -1.0
         self.best_score: float | None = None
         self.best_epoch: int | None = None
@@ -75,11 +79,17 @@ class RestoreBestWeights(pl.Callback):
                 self.best_score,
             )
             if self.best_epoch == 0 and trainer.current_epoch >= 3:
+                cause = (
+                    "The query's new entries may have had little left to learn (the reference "
+                    "already fits it), or the learning rate is too high for them: try a lower "
+                    "one (train(lr=...))."
+                    if self.query
+                    else "The learning rate may be too high: try a lower one (train(lr=...))."
+                )
                 warn_user(
                     f"{self.monitor} was best after the first epoch and got worse in the "
                     f"{trainer.current_epoch - 1} epochs after it, so the model restored has had "
-                    "one epoch of training. The learning rate may be too high: try a lower one "
-                    "(train(lr=...))."
+                    f"one epoch of training. {cause}"
                 )
 
 

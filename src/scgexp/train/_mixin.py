@@ -190,6 +190,7 @@ class TrainingMixin(UnsupervisedTrainingMixin):
             restore = RestoreBestWeights(
                 kwargs.get("early_stopping_monitor", "elbo_validation"),
                 mode=kwargs.get("early_stopping_mode", "min"),
+                query=getattr(self, "_reference_entries", None) is not None,
             )
             kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), restore]
         if getattr(self, "_reference_entries", None):  # a query model from load_query_data

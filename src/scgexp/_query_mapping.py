@@ -213,7 +213,9 @@ class QueryMappingMixin:
         >>> ZINBAutoencoder.prepare_query_anndata(query, "reference_model")
         >>> query_model = ZINBAutoencoder.load_query_data(query, "reference_model")
         """
-        features = cls._reference_features(reference_model, prefix, "prepare_query_anndata")
+        features = _features(
+            cls._reference_registry(reference_model, prefix, "prepare_query_anndata")
+        )
         if None not in features:
             raise InputError(
                 f"{cls.__name__} reads MuData; use {cls.__name__}.prepare_query_mudata(mdata, "
@@ -269,7 +271,8 @@ class QueryMappingMixin:
         >>> MultiVAE.prepare_query_mudata(query, "reference_model")
         >>> query_model = MultiVAE.load_query_data(query, "reference_model")
         """
-        features = cls._reference_features(reference_model, prefix, "prepare_query_mudata")
+        registry = cls._reference_registry(reference_model, prefix, "prepare_query_mudata")
+        features = _features(registry)
         if None in features:
             raise InputError(
                 f"{cls.__name__} reads AnnData; use {cls.__name__}.prepare_query_anndata(adata, "
@@ -286,7 +289,6 @@ class QueryMappingMixin:
                 "The query is a view of another MuData, which cannot be changed in place; pass "
                 "`mdata.copy()`, or use inplace=False."
             )
-        setup_args = cls._reference_registry(reference_model, prefix)["setup_args"]
         absent = [key for key in features if key not in mdata.mod]
         if absent:
             warn_user(
@@ -304,7 +306,9 @@ class QueryMappingMixin:
         for key, modality in prepared.items():
             target.mod[key] = modality
         for key in absent:
-            target.mod[key] = _missing_modality(target.obs_names, features[key], key, setup_args)
+            target.mod[key] = _missing_modality(
+                target.obs_names, features[key], key, registry["setup_args"]
+            )
         with warnings.catch_warnings():  # mudata's notice of a future default
             warnings.filterwarnings("ignore", r"From 0\.4 \.update\(\)", FutureWarning)
             target.update()
@@ -312,19 +316,7 @@ class QueryMappingMixin:
         return None if inplace else target
 
     @classmethod
-    def _reference_features(cls, reference_model, prefix: str | None, method: str) -> dict:
-        """The reference's features per modality (``None``: AnnData), from a model or folder."""
-        return {
-            key: [str(name) for name in names]
-            for key, names in registered_features(
-                cls._reference_registry(reference_model, prefix, method)
-            ).items()
-        }
-
-    @classmethod
-    def _reference_registry(
-        cls, reference_model, prefix: str | None, method: str = "prepare_query_mudata"
-    ) -> dict:
+    def _reference_registry(cls, reference_model, prefix: str | None, method: str) -> dict:
         """The reference's registry, from a model or the folder it was saved to."""
         if isinstance(reference_model, str | os.PathLike):
             source = os.fspath(reference_model)
@@ -338,6 +330,11 @@ class QueryMappingMixin:
                 f"{type(reference_model).__name__}."
             )
         return registry
+
+
+def _features(registry: dict) -> dict[str | None, list[str]]:
+    """A model's features per modality (``None``: AnnData), as strings."""
+    return {key: [str(n) for n in names] for key, names in registered_features(registry).items()}
 
 
 def _missing_modality(cells: pd.Index, features: list, name: str, setup_args: dict) -> AnnData:

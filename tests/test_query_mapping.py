@@ -762,5 +762,28 @@ def test_prepare_query_mudata_pads_each_modality(tmp_path):
     assert model.get_latent_representation().shape == (partial.n_obs, 4)
 
 
+def test_prepare_query_mudata_flags_an_added_modality_missing():
+    scvi.settings.seed = 0
+    reference, query = _split(
+        simulate_multiome(n_cells=300, n_genes=30, n_peaks=40, n_batches=3, seed=2)
+    )
+    presence_keys = {"rna": "has_rna", "atac": "has_atac"}
+    MultiVAE.setup_mudata(
+        reference, batch_key="batch", modalities=RNA_ATAC, presence_keys=presence_keys
+    )
+    reference_model = MultiVAE(reference, n_latent=4)
+    _train(reference_model, max_epochs=2)
+    rna_only = md.MuData({"rna": query["rna"].copy()})
+    rna_only.obs["batch"] = query.obs["batch"].to_numpy()
+    rna_only.obs["has_rna"] = True
+    with pytest.warns(UserWarning, match="no modality 'atac'"):
+        MultiVAE.prepare_query_mudata(rna_only, reference_model)
+    assert not rna_only.obs["has_atac"].any()
+    assert rna_only.obs["has_rna"].all()
+    model = MultiVAE.load_query_data(rna_only, reference_model)
+    _train(model, max_epochs=2)
+    assert model.get_latent_representation().shape == (rna_only.n_obs, 4)
+
+
 def _dense(matrix) -> np.ndarray:
     return matrix.toarray() if scipy_sparse.issparse(matrix) else np.asarray(matrix)

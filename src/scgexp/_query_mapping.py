@@ -245,7 +245,8 @@ class QueryMappingMixin:
         :meth:`prepare_query_anndata` for each modality the model was trained on (as
         scvi-tools' :meth:`~scvi.model.MULTIVI.prepare_query_mudata`); other modalities are
         left as they are. A modality the query lacks is added with all-zero rows, read as
-        missing (with a warning), so that its cells are mapped from their other modalities.
+        missing (with a warning; ``False`` in its ``presence_keys`` column if the model reads
+        one and ``obs`` lacks it), so that its cells are mapped from their other modalities.
 
         Parameters
         ----------
@@ -305,13 +306,17 @@ class QueryMappingMixin:
         target = mdata if inplace else mdata.copy()
         for key, modality in prepared.items():
             target.mod[key] = modality
+        setup_args = registry["setup_args"]
         for key in absent:
-            target.mod[key] = _missing_modality(
-                target.obs_names, features[key], key, registry["setup_args"]
-            )
+            target.mod[key] = _missing_modality(target.obs_names, features[key], key, setup_args)
         with warnings.catch_warnings():  # mudata's notice of a future default
             warnings.filterwarnings("ignore", r"From 0\.4 \.update\(\)", FutureWarning)
             target.update()
+        presence_keys = setup_args.get("presence_keys") or {}
+        for key in absent:  # flagged missing where the model reads flags
+            flag = presence_keys.get(_data_type(key, setup_args))
+            if flag is not None and flag not in target.obs:
+                target.obs[flag] = False
         _false_where_missing(target.var, masks)
         return None if inplace else target
 
@@ -337,16 +342,20 @@ def _features(registry: dict) -> dict[str | None, list[str]]:
     return {key: [str(n) for n in names] for key, names in registered_features(registry).items()}
 
 
+def _data_type(modality: str, setup_args: dict) -> str:
+    """The data type ("rna", "atac" or "protein") that a MuData model reads from ``modality``."""
+    return next(
+        arg.removesuffix("_layer")
+        for arg, name in setup_args["modalities"].items()
+        if name == modality and arg.endswith("_layer")
+    )
+
+
 def _missing_modality(cells: pd.Index, features: list, name: str, setup_args: dict) -> AnnData:
     """A modality the query lacks: all-zero rows (read as missing) in ``X`` and its layer."""
     zeros = sparse.csr_matrix((len(cells), len(features)), dtype=np.float32)
     modality = AnnData(X=zeros, obs=pd.DataFrame(index=cells), var=pd.DataFrame(index=features))
-    data_type = next(
-        arg.removesuffix("_layer")
-        for arg, value in setup_args["modalities"].items()
-        if value == name and arg.endswith("_layer")
-    )
-    layer = setup_args.get(f"{data_type}_layer")
+    layer = setup_args.get(f"{_data_type(name, setup_args)}_layer")
     if layer is not None:
         modality.layers[layer] = zeros.copy()
     return modality

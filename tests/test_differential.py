@@ -67,6 +67,8 @@ def test_groups_without_cells_are_skipped_or_refused_by_name(trained):
     first = data.obs["cell_type"].cat.categories[0]
     with pytest.raises(InputError, match="'unused'"):
         _de(model, data, group1=first, group2="unused")
+    with pytest.raises(InputError, match="also in group1: a group compared with itself"):
+        _de(model, data, group1=first, group2=first)
     with pytest.raises(InputError, match="idx1 selects no cells"):
         model.differential_expression(data, idx1=np.zeros(data.n_obs, bool), silent=True)
     for every_cell in (np.ones(data.n_obs, bool), np.arange(data.n_obs)):

@@ -90,6 +90,10 @@ def groups_with_cells(obs: pd.DataFrame, arguments: dict) -> dict:
             )
         return dict(arguments, group1=with_cells)
     named = [group1] if isinstance(group1, str) or not isinstance(group1, Iterable) else group1
+    if group2 is not None and group2 in named:
+        raise InputError(
+            f"group2={group2!r} is also in group1: a group compared with itself finds nothing."
+        )
     for group in [*named, *([] if group2 is None else [group2])]:
         if sizes.get(group, 0) == 0:
             raise InputError(
@@ -203,7 +207,7 @@ def accessibility_table(result: pd.DataFrame, mode: str, fdr_target: float) -> p
     change = mode == "change"
     table = {
         "prob_da": result["proba_de"] if change else result["proba_m1"],
-        "is_da_fdr": result[f"is_de_fdr_{fdr_target}"] if change else None,
+        "is_da_fdr": result[f"is_de_fdr_{fdr_target}"] if change else None,  # as PEAKVI
         "bayes_factor": result["bayes_factor"],
         "effect_size": result["scale2"] - result["scale1"],
     }

@@ -23,7 +23,7 @@ from scvi.nn import FCLayers
 from scgexp._compat import _initialize_model, parse_device_args
 from scgexp._io import _file_names, _load_weights, _read_attributes, _read_saved_model
 from scgexp._warn import warn_user
-from scgexp.data._checks import InputError, registered_features
+from scgexp.data._checks import InputError, naming_hint, registered_features
 from scgexp.data._mudata import _rows_at
 
 #: Below this share of the reference's features a query is mapped with a warning (as scvi-tools).
@@ -418,9 +418,8 @@ def _with_features(adata: AnnData, names: pd.Index, inplace: bool, where: str) -
     found = int((positions >= 0).sum())
     if found == 0:
         raise InputError(
-            f"{where}none of the model's {len(names)} features ({', '.join(names[:3])}, ...) "
-            f"are in the query ({', '.join(present[:3])}, ...). Name them as the reference "
-            "does (e.g. gene symbols or Ensembl IDs)."
+            f"{where}none of the model's {len(names)} features are in the query."
+            + naming_hint(names, present)
         )
     missing = names[positions < 0]
     if len(missing):

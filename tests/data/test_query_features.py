@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -108,6 +109,20 @@ def test_sailer_reordered_peaks_are_refused():
     with pytest.raises(InputError, match="another order"):
         model.get_latent_representation(query[:, query.var_names[::-1]].copy())
     assert model.get_latent_representation(query).shape == (60, 4)
+    # Peaks named chr:start-end for a model of chr_start_end: the message gives the renaming.
+    renamed = query.copy()
+    renamed.var_names = renamed.var_names.str.replace(r"_(\d+)_", r":\1-", regex=True)
+    for call in (
+        model.get_latent_representation,
+        lambda a: SAILER.prepare_query_anndata(a, model),
+    ):
+        with pytest.raises(InputError, match="none of the model's 120 features") as refused:
+            call(renamed)
+        fix = re.search(r"`adata.var_names = (.+?)`", str(refused.value))[1]
+        adata = renamed  # the fix, as a user pastes it
+        renamed.var_names = eval(fix)
+        assert renamed.var_names.equals(query.var_names)
+        renamed.var_names = renamed.var_names.str.replace(r"_(\d+)_", r":\1-", regex=True)
 
 
 def test_multivae_reordered_modality_is_refused_and_predict_reads_column_major():

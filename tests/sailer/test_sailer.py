@@ -92,8 +92,9 @@ def test_likelihoods(adata, likelihood):
     as_1 = model.get_normalized_accessibility(transform_batch="batch_1", return_numpy=True)
     np.testing.assert_allclose(as_0[in_batch_0], accessibility[in_batch_0], rtol=1e-5)
     assert not np.allclose(as_0, as_1, rtol=1e-3)
-    with pytest.raises(InputError, match="takes one batch, not list"):
-        model.get_normalized_accessibility(transform_batch=["batch_0", "batch_1"])
+    # Several batches: the mean of the values decoded as each (as ZINBAutoencoder, MultiVAE).
+    averaged = model.get_normalized_accessibility(transform_batch=["batch_0", "batch_1"])
+    np.testing.assert_allclose(averaged, (as_0 + as_1) / 2, rtol=1e-5, atol=1e-7)
     deep = model.get_normalized_accessibility(
         indices=[0, 1], depth=adata.n_vars, return_numpy=True
     )
@@ -200,6 +201,12 @@ def test_bad_inputs(adata):
     adata.obs.loc[adata.obs_names[3], "frip"] = np.nan
     with pytest.raises(InputError, match="NaN"):
         SAILER.setup_anndata(adata, continuous_covariate_keys=["frip"])
+    adata.obs["frip"] = 0.5
+    # A key named twice: a numpy broadcasting error at init, or one confounder counted twice.
+    with pytest.raises(InputError, match=r"'frip' is named twice \(continuous_covariate_keys, "):
+        SAILER.setup_anndata(adata, continuous_covariate_keys=["frip", "frip"])
+    with pytest.raises(InputError, match=r"'batch' is named twice \(batch_key, categorical_"):
+        SAILER.setup_anndata(adata, batch_key="batch", categorical_covariate_keys=["batch"])
     with pytest.raises(InputError, match="likelihood must be 'bernoulli' or 'poisson'"):
         SAILER.setup_anndata(adata) or SAILER(adata, likelihood="nb")
     # Named as the model's arguments (the shared component's "method" read as another name).
@@ -207,6 +214,12 @@ def test_bad_inputs(adata):
         SAILER(adata, invariance="MI")
     with pytest.raises(InputError, match="invariance_weight must be 0 or more"):
         SAILER(adata, invariance_weight=-1.0)
+
+
+def test_transform_batch_without_batch_key_says_so(adata):
+    model = _train(adata, setup_kwargs={"batch_key": None})
+    with pytest.raises(InputError, match=r"set up without batch_key.*transform_batch=None"):
+        model.get_normalized_accessibility(transform_batch="batch_0")
 
 
 def test_single_batch_warns_and_trains(adata):
@@ -266,6 +279,26 @@ def test_depth_is_a_number_of_open_peaks(adata):
         model.get_normalized_accessibility(indices=cells, depth=typical, return_numpy=True),
         rtol=1e-4,
         atol=1e-6,
+    )
+
+
+def test_a_depth_holds_continuous_covariates_at_their_training_means(adata):
+    # Covariates such as FRiP follow depth: each cell's own values brought its depth back
+    # (real SNARE-seq, a depth-like covariate: row sums at depth="median" 20 to 76).
+    n_open = np.asarray((adata.X > 0).sum(1)).ravel()
+    adata.obs["log_fragments"] = np.log(n_open) + np.random.default_rng(0).normal(0, 0.1, N_CELLS)
+    model = _train(adata, setup_kwargs={"continuous_covariate_keys": ["log_fragments"]})
+    other = adata.copy()
+    other.obs["log_fragments"] = other.obs["log_fragments"].to_numpy()[::-1]
+    for depth in ("median", 20):
+        np.testing.assert_allclose(
+            model.get_normalized_accessibility(other, depth=depth, return_numpy=True),
+            model.get_normalized_accessibility(adata, depth=depth, return_numpy=True),
+            rtol=1e-5,
+        )
+    assert not np.allclose(  # each cell's own depth: its own covariates too
+        model.get_normalized_accessibility(other, return_numpy=True),
+        model.get_normalized_accessibility(adata, return_numpy=True),
     )
 
 

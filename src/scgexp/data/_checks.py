@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 from numbers import Real
 from typing import TYPE_CHECKING, Literal
 
@@ -762,6 +763,29 @@ def registered_n_cats_per_cov(registry: dict) -> list[int] | None:
     return list(state.get("n_cats_per_key", [])) if state else None
 
 
+def check_distinct_keys(setup_args: dict) -> None:
+    """Refuse an ``obs`` column named twice among the batch key and the covariate keys.
+
+    scvi-tools registers it twice: a repeated continuous key failed with a numpy broadcasting
+    error, and a repeated categorical one was one confounder counted twice.
+
+    Examples
+    --------
+    >>> check_distinct_keys({"batch_key": "plate", "continuous_covariate_keys": ["frip"]})
+    """
+    named: dict[str, list[str]] = {}
+    for argument in ("batch_key", "categorical_covariate_keys", "continuous_covariate_keys"):
+        keys = setup_args.get(argument)
+        for key in [keys] if isinstance(keys, str) else keys or []:
+            named.setdefault(key, []).append(argument)
+    for key, arguments in named.items():
+        if len(arguments) > 1:
+            raise InputError(
+                f"obs column {key!r} is named twice ({', '.join(arguments)}); name each column "
+                "once."
+            )
+
+
 #: What scvi-tools passes a setup method when it registers new data like the training data.
 _TRANSFER_ARGUMENTS = ("source_registry", "extend_categories", "allow_missing_labels")
 
@@ -844,6 +868,11 @@ def check_feature_names(adata, registry: dict) -> None:
         missing = expected.difference(present, sort=False)
         model = registry.get(_MODEL_NAME_KEY, "Model")
         prepare = "prepare_query_mudata" if mod_key is not None else "prepare_query_anndata"
+        if len(missing) == len(expected) and len(present):
+            raise InputError(
+                f"{where}none of the model's {len(expected)} features are in the data."
+                + naming_hint(expected, present)
+            )
         if len(missing):
             raise InputError(
                 f"{where}{len(missing)} of the model's {len(expected)} features are missing from "
@@ -868,6 +897,24 @@ def check_feature_names(adata, registry: dict) -> None:
             f"`{model}.load(dir).training_var_names{key}`"
             + (f"; or `{model}.{prepare}(data, model)`." if model in _PREPARES_QUERIES else ".")
         )
+
+
+#: A genomic interval named with its separators: chr1:100-200, chr1_100_200, chr1-100-200.
+_INTERVAL = re.compile(r"^(.+?)([:_-])(\d+)([:_-])(\d+)$")
+
+
+def naming_hint(expected: Sequence[str], present: Sequence[str]) -> str:
+    """How the data's feature names differ from the model's, when none of them match."""
+    hint = f" The model names features like {expected[0]!r}, the data like {present[0]!r}"
+    model, data = _INTERVAL.match(str(expected[0])), _INTERVAL.match(str(present[0]))
+    if model and data and (model[2], model[4]) != (data[2], data[4]):
+        pattern = rf"^(.+){re.escape(data[2])}(\d+){re.escape(data[4])}(\d+)$"
+        return (
+            f"{hint}: rename the peaks as the model does, e.g. `adata.var_names = "
+            f"adata.var_names.str.replace(r'{pattern}', r'\\1{model[2]}\\2{model[4]}\\3', "
+            "regex=True)`."
+        )
+    return f"{hint} (e.g. gene symbols against Ensembl IDs); name them as the model does."
 
 
 def check_query(
@@ -925,5 +972,10 @@ def batch_code(transform_batch, registry: dict) -> int | None:
             "average over batches)."
         )
     if transform_batch not in batches:
+        if registry["setup_args"].get("batch_key") is None:  # its one default category only
+            raise InputError(
+                f"transform_batch={transform_batch!r}, but this model was set up without "
+                "batch_key, so it decodes every cell alike; leave transform_batch=None."
+            )
         raise InputError(f"{transform_batch!r} is not a batch of this model; batches: {batches}.")
     return batches.index(transform_batch)

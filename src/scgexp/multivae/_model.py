@@ -39,6 +39,7 @@ from scgexp.data._checks import (
     InputError,
     batch_code,
     batch_codes,
+    check_distinct_keys,
     check_feature_names,
     check_known_categories,
     check_library_size,
@@ -569,6 +570,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         """
         check_setup_arguments(cls.setup_mudata, kwargs)
         setup_method_args = cls._get_setup_method_args(**locals())
+        check_distinct_keys(setup_method_args["setup_args"])
         query = kwargs.get("source_registry") is not None
         names = cls._check_data(mdata, setup_method_args["setup_args"], query=query)
         if query:

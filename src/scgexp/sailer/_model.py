@@ -32,8 +32,9 @@ from scgexp._query_mapping import QueryMappingMixin
 from scgexp._warn import warn_user
 from scgexp.data._checks import (
     InputError,
-    batch_code,
+    batch_codes,
     cell_positions,
+    check_distinct_keys,
     check_known_categories,
     check_obs_keys,
     check_option,
@@ -257,6 +258,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         """
         check_setup_arguments(cls.setup_anndata, kwargs)
         setup_method_args = cls._get_setup_method_args(**locals())
+        check_distinct_keys(setup_method_args["setup_args"])
         source_registry = kwargs.get("source_registry")  # load(dir, adata=...): a query
         query = source_registry is not None
         check_setup_counts(adata, layer, query)
@@ -386,7 +388,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         self,
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
-        transform_batch: str | None = None,
+        transform_batch: str | Sequence[str] | None = None,
         depth: float | Literal["median"] | None = None,
         batch_size: int | None = None,
         return_numpy: bool = False,
@@ -401,11 +403,18 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         indices
             Cells to use; ``None``: all.
         transform_batch
-            Decode every cell as this batch; ``None``: each cell's own.
+            Decode every cell as this batch, or average the values decoded as each of several
+            batches; ``None``: each cell's own. With few cells per batch (a few hundred), the
+            decoder's batch weights also carry that batch's sampling noise, so the values
+            decoded as one batch differ from another's by more than its biology: average over
+            all batches (``model.adata.obs[batch_key].unique()``) for values of none in
+            particular.
         depth
             Number of open peaks to decode every cell at; ``"median"``: a typical training
             cell's depth (the geometric mean of their open peaks, which is close to the median);
-            ``None``: each cell's own depth.
+            ``None``: each cell's own depth. With a depth, continuous covariates are held at
+            their training means too: covariates such as FRiP or TSS enrichment follow depth,
+            so each cell's own values would bring its depth back.
         batch_size
             Cells per forward pass.
         return_numpy
@@ -427,7 +436,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         """
         self._check_if_trained(warn=False)
         adata = self._validate_anndata(adata)
-        code = batch_code(transform_batch, self.registry_)
+        codes = batch_codes(transform_batch, self.registry_)
         loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
         module = self.module
         module.eval()
@@ -451,11 +460,8 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
             generative_inputs = module._get_generative_input(tensors, inference_outputs)
             if use_z_mean:
                 generative_inputs["z"] = inference_outputs["qz"].loc
-            if code is not None:
-                generative_inputs["batch_index"] = torch.full_like(
-                    generative_inputs["batch_index"], code
-                )
-            if depth is not None:
+            if depth is not None:  # covariates at their training means (log depth's too)
+                generative_inputs["cont_confounders"][:] = module.confounder_mean
                 generative_inputs["cont_confounders"][:, 0] = log_depth
                 # Poisson's count offset: a typical training cell's total, scaled with depth
                 # (total counts in proportion to open peaks); None keeps each cell's own.
@@ -463,9 +469,16 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
                 generative_inputs["log_total"] = torch.full_like(
                     generative_inputs["log_total"], float(log_total)
                 )
-            logits = module.generative(**generative_inputs)["px"]
-            values = torch.sigmoid(logits) if module.likelihood == "bernoulli" else logits.exp()
-            out.append(values.cpu().numpy())
+            values = 0.0
+            for code in codes:
+                if code is not None:
+                    generative_inputs["batch_index"] = torch.full_like(
+                        generative_inputs["batch_index"], code
+                    )
+                logits = module.generative(**generative_inputs)["px"]
+                bernoulli = module.likelihood == "bernoulli"
+                values += torch.sigmoid(logits) if bernoulli else logits.exp()
+            out.append((values / len(codes)).cpu().numpy())
         result = np.concatenate(out)
         if return_numpy:
             return result
@@ -496,9 +509,9 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         r"""Differential accessibility between two groups of cells, as scvi-tools' PEAKVI.
 
         Posterior samples of :meth:`get_normalized_accessibility` (one latent sample per
-        cell), decoded at one read depth, so that groups sequenced to different depths do not
-        differ for that reason alone. Columns as
-        :meth:`scvi.model.PEAKVI.differential_accessibility`.
+        cell), decoded at one read depth (and continuous covariates at their training means),
+        so that groups sequenced to different depths do not differ for that reason alone.
+        Columns as :meth:`scvi.model.PEAKVI.differential_accessibility`.
 
         Parameters
         ----------
@@ -516,7 +529,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
             smaller ``delta`` there), with ``change_fn="log-fold"`` a log2 fold change.
         depth
             Number of open peaks every cell is decoded at; ``"median"``: a typical training
-            cell's; ``None``: each cell's own (depth differences then count).
+            cell's; ``None``: each cell's own (depth and covariate differences then count).
         %(de_batch_size)s
         %(de_all_stats)s
         %(de_batch_correction)s
@@ -533,12 +546,12 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         Returns
         -------
         :class:`~pandas.DataFrame` indexed by peak: ``prob_da`` (probability of differential
-        accessibility), ``is_da_fdr`` (passes the FDR target; ``mode="change"`` only),
-        ``bayes_factor``, ``effect_size`` (group 2 minus group 1, estimated), ``emp_effect``
-        (the same in observed detection rates), ``est_prob1``/``est_prob2`` (estimated, as
-        :meth:`get_normalized_accessibility`) and ``emp_prob1``/``emp_prob2`` (share of the
-        group's cells where the peak has reads); ``emp_*`` with ``all_stats=True`` only. With
-        ``groupby``, the ``comparison``, ``group1`` and ``group2`` of each row: one block per
+        accessibility), ``is_da_fdr`` (passes the FDR target; empty with ``mode="vanilla"``, as
+        PEAKVI), ``bayes_factor``, ``effect_size`` (group 2 minus group 1, estimated),
+        ``emp_effect`` (the same in observed detection rates), ``est_prob1``/``est_prob2``
+        (estimated, as :meth:`get_normalized_accessibility`) and ``emp_prob1``/``emp_prob2`` (share
+        of the group's cells where the peak has reads); ``emp_*`` with ``all_stats=True`` only.
+        With ``groupby``, the ``comparison``, ``group1`` and ``group2`` of each row: one block per
         group of ``group1`` (``group1=None``: each group against the rest).
 
         Examples

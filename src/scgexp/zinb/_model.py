@@ -29,6 +29,7 @@ from scgexp._warn import warn_user
 from scgexp.data._checks import (
     InputError,
     batch_codes,
+    check_distinct_keys,
     check_known_categories,
     check_library_size,
     check_obs_keys,
@@ -237,6 +238,7 @@ class ZINBAutoencoder(
         """
         check_setup_arguments(cls.setup_anndata, kwargs)
         setup_method_args = cls._get_setup_method_args(**locals())
+        check_distinct_keys(setup_method_args["setup_args"])
         query = kwargs.get("source_registry") is not None  # load(dir, adata=...)
         check_setup_counts(adata, layer, query)
         categorical = [k for k in [batch_key, *(categorical_covariate_keys or [])] if k]

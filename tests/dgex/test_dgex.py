@@ -639,6 +639,21 @@ def test_landmark_constant_in_training_is_read_at_its_training_value(bulk):
             )
 
 
+def test_target_constant_in_training_warns_of_its_near_zero_std(bulk):
+    # Real CellBench, 30 training cells: 8 targets all zero; predicted std about 1e-5 while 8%
+    # of their held-out values were not zero, so ranking by std picked exactly these genes.
+    train, test = bulk
+    train = train.copy()
+    flat = np.flatnonzero(~train.var["landmark"])[:3]
+    train.X[:, flat] = 0.0
+    DGEX.setup_anndata(train)
+    with pytest.warns(UserWarning, match=r"3 target genes have one value in every training"):
+        model = DGEX(train, n_hidden=16)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    std = model.predict(test[:, test.var["landmark"].to_numpy()].copy(), return_std=True)
+    assert std.layers["std"][:, :3].max() < 1e-3 < np.median(std.layers["std"])
+
+
 def test_constant_landmarks_are_judged_on_every_training_sample():
     """Quantiles come from 50,000 sampled rows; the range (and constancy) from all of them."""
     adata = scgexp.data.simulate_bulk_expression(

@@ -172,14 +172,24 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         quantiles = np.quantile(landmarks, np.linspace(0, 1, N_QUANTILES), axis=0).T
         # the range of all rows (the others may come from a subsample)
         quantiles[:, 0], quantiles[:, -1] = low[landmark_index], high[landmark_index]
-        constant = quantiles[:, 0] == quantiles[:, -1]
-        if constant.any():
-            names = ", ".join(map(repr, self.landmark_names[constant][:5]))
-            warn_user(
-                f"{int(constant.sum())} landmark genes have one value in every training sample "
-                f"(e.g. {names}): the model cannot learn how they act, so it reads them at that "
-                "value in new data too (their measured values do not change predictions)."
-            )
+        consequences = {
+            "landmark": "the model cannot learn how they act, so it reads them at that value in "
+            "new data too (their measured values do not change predictions).",
+            "target": "the model predicts that value for them with a standard deviation of "
+            "about 0, which no training sample tested. Leave them out of the data, or train on "
+            "samples where they vary.",
+        }
+        for kind, index, names in (
+            ("landmark", landmark_index, self.landmark_names),
+            ("target", target_index, self.target_names),
+        ):
+            constant = low[index] == high[index]
+            if constant.any():
+                warn_user(
+                    f"{int(constant.sum())} {kind} genes have one value in every training "
+                    f"sample (e.g. {', '.join(map(repr, names[constant][:5]))}): "
+                    + consequences[kind]
+                )
         copy_into(
             self.module,
             {
@@ -408,7 +418,8 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
             raise InputError(
                 f"None of the {len(missing)} landmark genes is in the data (first: "
                 f"{', '.join(missing[:5])}). Are the genes named the same way as in training "
-                "(e.g. symbols vs Ensembl IDs)? Rename var_names to match."
+                "(e.g. symbols vs Ensembl IDs; letter case; Ensembl version suffixes)? Rename "
+                "var_names to match."
             )
         # Only the landmark values are read (other genes may hold NaN, e.g. unmeasured
         # targets), in row blocks, never registered with scvi-tools: any memory order will do.

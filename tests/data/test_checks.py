@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import anndata
@@ -45,6 +46,40 @@ def test_check_matrix_finds_bad_values_past_the_first_row(bad, message, dense):
         adata.X = np.asarray(values)
     with pytest.raises(InputError, match=message):
         check_matrix(adata, counts=True)
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_counts_off_whole_numbers_are_refused_with_the_rounding_to_paste(dense):
+    # Counts through a float conversion (2.99999) were called "log-normalised data?", with
+    # advice to pass layer=, which the user had done.
+    counts = np.array([[0.0, 3.0], [2.0, 7.0]])
+    adata = _adata(counts, layer="counts")
+    adata.layers["counts"].data = np.expm1(np.log1p(adata.layers["counts"].data) * (1 + 1e-6))
+    if dense:
+        adata.layers["counts"] = adata.layers["counts"].toarray()
+    with pytest.raises(InputError, match="float conversion") as refused:
+        check_matrix(adata, layer="counts", counts=True)
+    fix = re.search(rf"`([^`]+)` if {'dense' if dense else 'sparse'}", str(refused.value))[1]
+    exec(fix.replace("; ", "\n"))  # as a user pastes it
+    check_matrix(adata, layer="counts", counts=True)
+    np.testing.assert_array_equal(sparse.csr_matrix(adata.layers["counts"]).toarray(), counts)
+    adata.layers["counts"] = adata.layers["counts"] * 40.5  # expected counts of an EM quantifier
+    with pytest.raises(InputError, match="EM quantifier"):
+        check_matrix(adata, layer="counts", counts=True)
+
+
+def test_tiny_and_missing_looking_training_categories_warn_by_name():
+    # scvi-tools' own warning names its internal column and a code ("Category 3 in
+    # adata.obs['_scvi_batch']"); NaN turned into the text 'nan' was accepted as a batch.
+    adata = _adata(np.ones((10, 2)))
+    adata.obs["batch"] = ["a"] * 6 + ["lonely"] + ["nan"] * 3
+    with pytest.warns(UserWarning, match=r"fewer than 3 cells: \{'lonely': 1\}"):
+        check_obs_keys(adata, categorical=["batch"], allow_unused_categories=False)
+    with pytest.warns(UserWarning, match=r"category 'nan' \(3 cells\).*missing value"):
+        check_obs_keys(adata, categorical=["batch"], allow_unused_categories=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_obs_keys(adata, categorical=["batch"])  # new data: not for training
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])

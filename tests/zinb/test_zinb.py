@@ -359,6 +359,10 @@ def test_bad_options(adata):
         ZINBAutoencoder(adata, likelihood="gaussian")  # the argument's name, not the module's
     with pytest.raises(ValueError, match="dispersion"):
         ZINBAutoencoder(adata, dispersion="gene-batch")
+    with pytest.raises(InputError, match="likelihood=, not gene_likelihood="):
+        ZINBAutoencoder(adata, gene_likelihood="nb")  # scvi-tools' name: a TypeError
+    with pytest.raises(InputError, match="ridge_lambda must be 0 or more"):
+        ZINBAutoencoder(adata, ridge_lambda=-1.0)
     model = ZINBAutoencoder(adata)
     with pytest.raises(ValueError, match="optimizer"):
         model.train(max_epochs=1, optimizer="SGD")

@@ -86,6 +86,34 @@ def check_option(name: str, value, choices: tuple) -> None:
     raise InputError(f"{name} must be {listed}, not {value!r}.")
 
 
+def _non_integer(values: np.ndarray, layer: str | None, counts_fix: str) -> str:
+    """What non-integer values in a count matrix probably are, and what to do about them."""
+    values = np.ravel(values)
+    off = np.abs(values - np.round(values))
+    example = float(values[np.argmax(off)])
+    location = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    rounding = (
+        f"round them: `m = {location}; m.data = np.rint(m.data)` if sparse, "
+        f"`{location} = np.rint({location})` if dense."
+    )
+    if off.max() < 0.01:
+        return (
+            f"holds values off whole numbers by up to {off.max():.1g} (e.g. {example:.7g}: counts "
+            f"after a float conversion?), but the count likelihoods need whole numbers; {rounding}"
+        )
+    if values.max() > 50:  # log-normalised values stay far below
+        return (
+            f"holds fractional values (e.g. {example:.4g}): normalised values (counts per "
+            "million?) or expected counts from an EM quantifier such as salmon or alevin? The "
+            f"count likelihoods need raw counts. {counts_fix} Expected counts may be rounded: "
+            + rounding
+        )
+    return (
+        f"holds non-integer values (e.g. {example:.4g}: log-normalised data?), but raw counts "
+        f"are required. {counts_fix}"
+    )
+
+
 def dense(block) -> np.ndarray:
     """A block of rows as a numpy array (densifies a sparse block)."""
     return block.toarray() if sparse.issparse(block) else np.asarray(block)
@@ -277,10 +305,7 @@ def check_matrix(
                     f"{where}{name} has negative values, but raw counts are required. {counts_fix}"
                 )
             if values.size and np.any(values != np.round(values)):
-                raise InputError(
-                    f"{where}{name} holds non-integer values (log-normalised data?), but raw "
-                    f"counts are required. {counts_fix}"
-                )
+                raise InputError(f"{where}{name} {_non_integer(values, layer, counts_fix)}")
         abs_chunk = abs(chunk)
         row_sums[offset : offset + chunk.shape[0]] = np.asarray(
             abs_chunk.sum(axis=1, dtype=np.float64)
@@ -321,6 +346,24 @@ def check_setup_counts(adata: AnnData, layer: str | None, query: bool) -> np.nda
         allow_empty_features=query or "warn",
         layer_argument=None if query else "layer",
     )
+
+
+def _warn_about_categories(sizes: pd.Series, column: str) -> None:
+    """Warn about training categories of fewer than 3 cells, or named like a missing value."""
+    small = {str(c): int(n) for c, n in sizes.items() if 0 < n < 3}
+    if small:
+        warn_user(
+            f"{column} has categories of fewer than 3 cells: {small}. Their weights are learnt "
+            "from those cells alone, or not at all when the validation split takes them all; "
+            "merge them into a larger group, or drop those cells."
+        )
+    missing = [c for c in sizes.index if str(c).strip().lower() in ("nan", "none", "na", "")]
+    if missing:
+        warn_user(
+            f"{column} has the category {missing[0]!r} ({int(sizes[missing[0]])} cells), "
+            "which looks like a missing value turned into text (e.g. by .astype(str)); it is "
+            "modelled as one more group. Give those cells their category, or drop them."
+        )
 
 
 def check_obs_keys(
@@ -379,6 +422,8 @@ def check_obs_keys(
                     "for a larger study). A model would decode them from untrained weights; drop "
                     f"them with obs[{key!r}] = obs[{key!r}].cat.remove_unused_categories()."
                 )
+        if not allow_unused_categories:
+            _warn_about_categories(values.value_counts(), f"{where}obs[{key!r}]")
     for key in continuous or []:
         values = adata.obs[key]
         if not pd.api.types.is_numeric_dtype(values):

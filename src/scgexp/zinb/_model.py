@@ -127,6 +127,13 @@ class ZINBAutoencoder(
     ):
         check_option("likelihood", likelihood, ("zinb", "nb", "poisson"))
         check_option("dispersion", dispersion, ("gene", "gene-cell"))
+        if "gene_likelihood" in model_kwargs:  # scvi-tools' name; a TypeError in the module
+            raise InputError(
+                "ZINBAutoencoder takes the count distribution as likelihood=, not "
+                "gene_likelihood= (scvi-tools' name for it)."
+            )
+        if not ridge_lambda >= 0:  # a negative penalty rewards dropout everywhere
+            raise InputError(f"ridge_lambda must be 0 or more, not {ridge_lambda!r}.")
         super().__init__(adata, registry)
         n_cats_per_cov = registered_n_cats_per_cov(self.registry_)
         use_size_factor_key = self.registry_["setup_args"].get("size_factor_key") is not None

@@ -775,11 +775,15 @@ def test_prepare_query_mudata_flags_an_added_modality_missing():
     _train(reference_model, max_epochs=2)
     rna_only = md.MuData({"rna": query["rna"].copy()})
     rna_only.obs["batch"] = query.obs["batch"].to_numpy()
-    rna_only.obs["has_rna"] = True
+    rna_only.obs["has_atac"] = True  # e.g. copied from the reference's obs: wrong here
+    misnamed = md.MuData({"gex": query["rna"].copy()})
+    with pytest.raises(InputError, match=r"none of the model's modalities \['rna', 'atac'\]"):
+        MultiVAE.prepare_query_mudata(misnamed, reference_model)  # else encoded from nothing
     with pytest.warns(UserWarning, match="no modality 'atac'"):
         MultiVAE.prepare_query_mudata(rna_only, reference_model)
     assert not rna_only.obs["has_atac"].any()
-    assert rna_only.obs["has_rna"].all()
+    has_counts = np.asarray(query["rna"].X.sum(1)).ravel() > 0  # the flag setup would ask for
+    np.testing.assert_array_equal(rna_only.obs["has_rna"].to_numpy(), has_counts)
     model = MultiVAE.load_query_data(rna_only, reference_model)
     _train(model, max_epochs=2)
     assert model.get_latent_representation().shape == (rna_only.n_obs, 4)

@@ -23,7 +23,13 @@ from scvi.nn import FCLayers
 from scgexp._compat import _initialize_model, parse_device_args
 from scgexp._io import _file_names, _load_weights, _read_attributes, _read_saved_model
 from scgexp._warn import warn_user
-from scgexp.data._checks import InputError, naming_hint, registered_features
+from scgexp.data._checks import (
+    InputError,
+    get_matrix,
+    naming_hint,
+    registered_features,
+    row_and_column_sums,
+)
 from scgexp.data._mudata import _rows_at
 
 #: Below this share of the reference's features a query is mapped with a warning (as scvi-tools).
@@ -291,11 +297,16 @@ class QueryMappingMixin:
                 "`mdata.copy()`, or use inplace=False."
             )
         absent = [key for key in features if key not in mdata.mod]
+        if len(absent) == len(features):
+            raise InputError(
+                f"The query has none of the model's modalities {list(features)} (it has "
+                f"{list(mdata.mod)}); name its modalities as the reference's."
+            )
         if absent:
             warn_user(
                 f"The query has no modality {', '.join(map(repr, absent))}, which the model was "
                 "trained on: added with all-zero rows, read as missing (the model infers it from "
-                "the other modalities)."
+                "the other modalities; its presence flag, if the model reads one, is False)."
             )
         prepared = {
             key: _with_features(mdata.mod[key], pd.Index(names), False, f"modality {key!r}: ")
@@ -313,10 +324,20 @@ class QueryMappingMixin:
             warnings.filterwarnings("ignore", r"From 0\.4 \.update\(\)", FutureWarning)
             target.update()
         presence_keys = setup_args.get("presence_keys") or {}
-        for key in absent:  # flagged missing where the model reads flags
-            flag = presence_keys.get(_data_type(key, setup_args))
-            if flag is not None and flag not in target.obs:
-                target.obs[flag] = False
+        for key in features:  # the flags the model reads: absent modalities are missing
+            data_type = _data_type(key, setup_args)
+            flag = presence_keys.get(data_type)
+            layer = setup_args.get(f"{data_type}_layer")
+            modality = target.mod[key]
+            if flag is None or (key not in absent and flag in target.obs):
+                continue
+            if key not in absent and layer is not None and layer not in modality.layers:
+                continue  # setup names the missing layer
+            present = pd.Series(False, index=target.obs_names)
+            if key not in absent:
+                totals = row_and_column_sums(get_matrix(modality, layer))[0]
+                present[modality.obs_names] = totals > 0  # cells with counts
+            target.obs[flag] = present.to_numpy()
         _false_where_missing(target.var, masks)
         return None if inplace else target
 

@@ -66,6 +66,10 @@ def test_counts_off_whole_numbers_are_refused_with_the_rounding_to_paste(dense):
     adata.layers["counts"] = adata.layers["counts"] * 40.5  # expected counts of an EM quantifier
     with pytest.raises(InputError, match="EM quantifier"):
         check_matrix(adata, layer="counts", counts=True)
+    adata.layers["counts"] = adata.layers["counts"] / 1e5  # proportions: rounding zeroes them
+    with pytest.raises(InputError, match="log-normalised data") as refused:
+        check_matrix(adata, layer="counts", counts=True)
+    assert "np.rint" not in str(refused.value)
 
 
 def test_tiny_and_missing_looking_training_categories_warn_by_name():
@@ -73,6 +77,7 @@ def test_tiny_and_missing_looking_training_categories_warn_by_name():
     # adata.obs['_scvi_batch']"); NaN turned into the text 'nan' was accepted as a batch.
     adata = _adata(np.ones((10, 2)))
     adata.obs["batch"] = ["a"] * 6 + ["lonely"] + ["nan"] * 3
+    adata.obs["treatment"] = ["None"] * 5 + ["drug"] * 5  # a real level, not a missing value
     with pytest.warns(UserWarning, match=r"fewer than 3 cells: \{'lonely': 1\}"):
         check_obs_keys(adata, categorical=["batch"], allow_unused_categories=False)
     with pytest.warns(UserWarning, match=r"category 'nan' \(3 cells\).*missing value"):
@@ -80,6 +85,7 @@ def test_tiny_and_missing_looking_training_categories_warn_by_name():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_obs_keys(adata, categorical=["batch"])  # new data: not for training
+        check_obs_keys(adata, categorical=["treatment"], allow_unused_categories=False)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])

@@ -95,6 +95,8 @@ def test_likelihoods(adata, likelihood):
     # Several batches: the mean of the values decoded as each (as ZINBAutoencoder, MultiVAE).
     averaged = model.get_normalized_accessibility(transform_batch=["batch_0", "batch_1"])
     np.testing.assert_allclose(averaged, (as_0 + as_1) / 2, rtol=1e-5, atol=1e-7)
+    with_own = model.get_normalized_accessibility(transform_batch=["batch_1", None])  # own last
+    np.testing.assert_allclose(with_own, (accessibility + as_1) / 2, rtol=1e-5, atol=1e-7)
     deep = model.get_normalized_accessibility(
         indices=[0, 1], depth=adata.n_vars, return_numpy=True
     )
@@ -299,6 +301,15 @@ def test_a_depth_holds_continuous_covariates_at_their_training_means(adata):
     assert not np.allclose(  # each cell's own depth: its own covariates too
         model.get_normalized_accessibility(other, return_numpy=True),
         model.get_normalized_accessibility(adata, return_numpy=True),
+    )
+    # The covariate at its training mean: a cell whose own value is that mean decodes alike.
+    at_mean = adata[:1].copy()
+    at_mean.obs["log_fragments"] = float(model.module.confounder_mean[1])
+    np.testing.assert_allclose(
+        model.get_normalized_accessibility(at_mean, depth=int(n_open[0]), return_numpy=True),
+        model.get_normalized_accessibility(at_mean, return_numpy=True),
+        rtol=1e-5,
+        atol=1e-7,
     )
 
 

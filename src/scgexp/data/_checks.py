@@ -96,7 +96,7 @@ def _non_integer(values: np.ndarray, layer: str | None, counts_fix: str) -> str:
         f"round them: `m = {location}; m.data = np.rint(m.data)` if sparse, "
         f"`{location} = np.rint({location})` if dense."
     )
-    if off.max() < 0.01:
+    if off.max() < 0.01 and np.all(np.abs(values[values != 0]) >= 0.5):  # rounding keeps them
         return (
             f"holds values off whole numbers by up to {off.max():.1g} (e.g. {example:.7g}: counts "
             f"after a float conversion?), but the count likelihoods need whole numbers; {rounding}"
@@ -357,7 +357,7 @@ def _warn_about_categories(sizes: pd.Series, column: str) -> None:
             "from those cells alone, or not at all when the validation split takes them all; "
             "merge them into a larger group, or drop those cells."
         )
-    missing = [c for c in sizes.index if str(c).strip().lower() in ("nan", "none", "na", "")]
+    missing = [c for c in sizes.index if str(c).lower() == "nan"]  # NaN through .astype(str)
     if missing:
         warn_user(
             f"{column} has the category {missing[0]!r} ({int(sizes[missing[0]])} cells), "

@@ -570,7 +570,8 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         """
         check_setup_arguments(cls.setup_mudata, kwargs)
         setup_method_args = cls._get_setup_method_args(**locals())
-        check_distinct_keys(setup_method_args["setup_args"])
+        if kwargs.get("source_registry") is None:  # models saved before may repeat one
+            check_distinct_keys(setup_method_args["setup_args"])
         query = kwargs.get("source_registry") is not None
         names = cls._check_data(mdata, setup_method_args["setup_args"], query=query)
         if query:

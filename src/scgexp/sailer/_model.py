@@ -258,7 +258,8 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         """
         check_setup_arguments(cls.setup_anndata, kwargs)
         setup_method_args = cls._get_setup_method_args(**locals())
-        check_distinct_keys(setup_method_args["setup_args"])
+        if kwargs.get("source_registry") is None:  # models saved before may repeat one
+            check_distinct_keys(setup_method_args["setup_args"])
         source_registry = kwargs.get("source_registry")  # load(dir, adata=...): a query
         query = source_registry is not None
         check_setup_counts(adata, layer, query)
@@ -470,11 +471,11 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
                     generative_inputs["log_total"], float(log_total)
                 )
             values = 0.0
+            own_batch = generative_inputs["batch_index"]
             for code in codes:
-                if code is not None:
-                    generative_inputs["batch_index"] = torch.full_like(
-                        generative_inputs["batch_index"], code
-                    )
+                generative_inputs["batch_index"] = (
+                    own_batch if code is None else torch.full_like(own_batch, code)
+                )
                 logits = module.generative(**generative_inputs)["px"]
                 bernoulli = module.likelihood == "bernoulli"
                 values += torch.sigmoid(logits) if bernoulli else logits.exp()

@@ -245,7 +245,8 @@ class ZINBAutoencoder(
         """
         check_setup_arguments(cls.setup_anndata, kwargs)
         setup_method_args = cls._get_setup_method_args(**locals())
-        check_distinct_keys(setup_method_args["setup_args"])
+        if kwargs.get("source_registry") is None:  # models saved before may repeat one
+            check_distinct_keys(setup_method_args["setup_args"])
         query = kwargs.get("source_registry") is not None  # load(dir, adata=...)
         check_setup_counts(adata, layer, query)
         categorical = [k for k in [batch_key, *(categorical_covariate_keys or [])] if k]

@@ -251,8 +251,10 @@ class QueryMappingMixin:
         :meth:`prepare_query_anndata` for each modality the model was trained on (as
         scvi-tools' :meth:`~scvi.model.MULTIVI.prepare_query_mudata`); other modalities are
         left as they are. A modality the query lacks is added with all-zero rows, read as
-        missing (with a warning; ``False`` in its ``presence_keys`` column if the model reads
-        one and ``obs`` lacks it), so that its cells are mapped from their other modalities.
+        missing (with a warning), so that its cells are mapped from their other modalities.
+        Where the model reads ``presence_keys``, an added modality's flag is set to ``False``
+        and a present modality without its flag column gets one from its counts (``True`` for
+        cells with counts); a query with none of the model's modalities is refused.
 
         Parameters
         ----------

@@ -438,6 +438,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         self._check_if_trained(warn=False)
         adata = self._validate_anndata(adata)
         codes = batch_codes(transform_batch, self.registry_)
+        bernoulli = self.module.likelihood == "bernoulli"
         loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
         module = self.module
         module.eval()
@@ -477,7 +478,6 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
                     own_batch if code is None else torch.full_like(own_batch, code)
                 )
                 logits = module.generative(**generative_inputs)["px"]
-                bernoulli = module.likelihood == "bernoulli"
                 values += torch.sigmoid(logits) if bernoulli else logits.exp()
             out.append((values / len(codes)).cpu().numpy())
         result = np.concatenate(out)

@@ -302,7 +302,8 @@ class QueryMappingMixin:
         if len(absent) == len(features):
             raise InputError(
                 f"The query has none of the model's modalities {list(features)} (it has "
-                f"{list(mdata.mod)}); name its modalities as the reference's."
+                f"{list(mdata.mod)}); rename those that hold the same data: `mdata = "
+                f"mudata.MuData({{{', '.join(f'{k!r}: mdata[...]' for k in features)}}})`."
             )
         if absent:
             warn_user(

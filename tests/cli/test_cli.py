@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import warnings
 from pathlib import Path
 
@@ -190,6 +191,16 @@ def test_fit_and_predict_multivae(tmp_path):
     lean_data = mudata.read_h5mu(lean)
     assert not [key for mod in lean_data.mod.values() for key in mod.layers if "multivae" in key]
     np.testing.assert_allclose(lean_data.obsm["X_multivae_rna"], fitted.obsm["X_multivae_rna"])
+    # Modalities under other names: renaming is the fix, not --fill-missing.
+    data = mudata.read_h5mu(path)
+    mudata.MuData({"GeneExpr": data["rna"], "Peaks": data["atac"]}).write(tmp_path / "x.h5mu")
+    for extra in ((), ("--fill-missing",)):
+        result = _invoke(
+            "predict", model_dir, tmp_path / "x.h5mu", "--out", tmp_path / "y.h5mu", *extra
+        )
+        assert result.exit_code == 1
+        assert "rename th" in result.output
+        assert "is `--fill-missing`" not in result.output
     # An AnnData is refused for MultiVAE, and a modality that does not exist is named.
     result = CliRunner().invoke(
         main,
@@ -246,8 +257,19 @@ def test_map_rna_only_cells_onto_a_multiome_model(tmp_path):
     assert result.exit_code == 0, result.output
     mapped = mudata.read_h5mu(output)
     assert mapped.obsm["X_multivae"].shape == (new.sum(), 20)
-    assert np.isnan(mapped.obsm["X_multivae_atac"]).all()  # no cell has ATAC
-    assert mapped["atac"].layers["multivae_accessibility"].shape == (new.sum(), 80)
+    assert mapped.mod.keys() == {"rna"}  # the added all-zero ATAC is not written as data
+    assert "X_multivae_atac" not in mapped.obsm
+    assert mapped.uns["multivae"]["modalities"] == {"rna_layer": "rna"}
+    assert mapped["rna"].layers["multivae_normalized"].shape == (new.sum(), 40)
+    assert mapped.obs.columns.equals(rna_only.obs.columns)
+    rna_only.obs["batch"] = "batch_0"  # a known batch: predict, as map, leaves out the ATAC
+    rna_only.write(tmp_path / "known.h5mu")
+    predicted = tmp_path / "p.h5mu"
+    result = _invoke(
+        "predict", model_dir, tmp_path / "known.h5mu", "--out", predicted, "--fill-missing"
+    )
+    assert result.exit_code == 0, result.output
+    assert mudata.read_h5mu(predicted).mod.keys() == {"rna"}
     for adata in (mapped, *mapped.mod.values(), mudata.read_h5mu(tmp_path / "r.h5mu")):
         assert "_scvi_batch" not in adata.obs  # scvi-tools' setup bookkeeping
         assert "_scvi_uuid" not in adata.uns
@@ -283,6 +305,11 @@ def test_fit_and_predict_zinb(counts_file, tmp_path):
     assert result.exit_code == 0, result.output
     again = ad.read_h5ad(tmp_path / "again.h5ad")
     np.testing.assert_allclose(again.obsm["X_zinb"], fitted.obsm["X_zinb"], rtol=1e-5)
+    upper = tmp_path / "COUNTS.H5AD"  # suffixes in capitals, as some systems write them
+    shutil.copy(counts_file, upper)
+    result = _invoke("predict", model_dir, upper, "--out", tmp_path / "AGAIN.H5AD")
+    assert result.exit_code == 0, result.output
+    assert ad.read_h5ad(tmp_path / "AGAIN.H5AD").obsm["X_zinb"].shape == (150, 32)
     # --latent-only leaves out the dense cells x genes layer.
     lean = tmp_path / "lean.h5ad"
     result = _invoke("predict", model_dir, counts_file, "--out", lean, "--latent-only")
@@ -696,10 +723,13 @@ def test_stream_mode_leaves_the_input_on_disk(model_name, counts_file, tmp_path,
 
     monkeypatch.setitem(MODELS, model_name, dataclasses.replace(spec, results=results))
     out = tmp_path / "streamed.h5ad"
-    result = _invoke(
-        "fit", model_name, path, "--out", out, "--epochs", "1", "--data-mode", "stream"
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _invoke(
+            "fit", model_name, path, "--out", out, "--epochs", "1", "--data-mode", "stream"
+        )
     assert result.exit_code == 0, result.output
+    assert not [w for w in caught if "IterableDataset" in str(w.message)]  # loads in-process
     assert backed == [True]
     streamed, original = ad.read_h5ad(out), ad.read_h5ad(path)
     assert f"X_{model_name}" in streamed.obsm
@@ -802,6 +832,7 @@ def test_existing_outputs_are_replaced_only_with_overwrite(counts_file, tmp_path
 
 def test_warnings_are_one_line_naming_the_command_s_flags():
     from scgexp.cli._main import _run, _with_flags, predict
+    from scgexp.train._plans import warn_if_annealing_unfinished
 
     formatted, formatwarning = [], warnings.formatwarning
 
@@ -813,12 +844,20 @@ def test_warnings_are_one_line_naming_the_command_s_flags():
         _run(warn)
     _run(warn)  # outside a command: every flag is named
     assert formatted == [
-        "UserWarning: Pass lr= or layer= to change it.\n",
+        "UserWarning: Pass lr= or layer= to change it. (On the command line, `scgexp predict` "
+        "has no flag for lr= or layer=: use the Python API.)\n",
         "UserWarning: Pass lr= or layer= to change it. (On the command line, lr= is --lr; "
         "layer= is --layer.)\n",
     ]
     assert warnings.formatwarning is formatwarning  # restored
     assert _with_flags("lr=") == "lr= (On the command line, lr= is --lr.)"
+    with pytest.warns(UserWarning, match="KL weight") as record:  # the KL annealing advice
+        warn_if_annealing_unfinished(2, {"n_epochs_kl_warmup": 50})
+    with click.Context(main.commands["fit"]):
+        assert _with_flags(str(record[0].message)).endswith(
+            "(On the command line, max_epochs= is --epochs; `scgexp fit` has no flag for "
+            "n_epochs_kl_warmup=: use the Python API.)"
+        )
 
 
 def test_device_errors_point_to_the_device_flags(counts_file, tmp_path, monkeypatch):

@@ -243,11 +243,14 @@ def test_registered_counts_normalised_in_place_are_refused():
         model.get_latent_representation()
 
 
-def test_query_obs_columns_are_checked(zinb):
+def test_query_obs_columns_are_checked(zinb, tmp_path):
     query = zinb.adata.copy()
     del query.obs["batch"]
     with pytest.raises(InputError, match="no column 'batch'"):
         zinb.get_latent_representation(query)
+    zinb.save(tmp_path / "model")
+    with pytest.raises(InputError, match=r"'batch', which the model was trained with \(its batch"):
+        ZINBAutoencoder.load(tmp_path / "model", adata=query)
     query = zinb.adata.copy()
     query.obs["donor"] = "d9"  # a covariate category the decoder has no input for
     with pytest.raises(InputError, match="not trained with: 'd9'"):

@@ -434,6 +434,19 @@ def test_a_key_only_in_a_modality_says_how_to_read_it():
         MultiVAE.setup_mudata(joined, batch_key="plate", modalities=RNA_ATAC)
     joined.obs["plate"] = joined["rna"].obs["plate"]  # the message's other fix
     MultiVAE.setup_mudata(joined, batch_key="plate", modalities=RNA_ATAC)
+    model = MultiVAE(joined, n_latent=4)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    query = md.MuData({"rna": rna, "atac": atac})  # again with 'plate' in rna's obs only
+    with pytest.raises(InputError, match=r"`mdata.obs\['plate'\] = mdata\['rna'\]"):
+        model.predict(query, source="rna", target="atac")
+
+
+def test_data_not_set_up_is_refused_naming_setup_mudata():
+    mdata = _mdata()
+    with pytest.raises(InputError, match="obs has no column 'nope'"):
+        MultiVAE.setup_mudata(mdata, batch_key="nope", modalities=RNA_ATAC)
+    with pytest.raises(InputError, match=r"MuData with MultiVAE.setup_mudata first"):
+        MultiVAE(mdata)
 
 
 def test_refuses_mismatched_obs():

@@ -32,7 +32,7 @@ def _read(path: Path, backed: bool = False):
     if path.is_dir():
         raise InputError(f"{path} is a folder; INPUT must be a {path.suffix or '.h5ad'} file.")
     try:
-        if path.suffix == ".h5ad":
+        if path.suffix.lower() == ".h5ad":
             return anndata.read_h5ad(path, backed="r" if backed else None)
         return mudata.read_h5mu(path, backed=backed)
     except Exception as error:  # h5py/anndata raise many kinds for broken files
@@ -46,15 +46,16 @@ def _check_output(
     model: str | None = None,
     overwrite: bool = False,
 ) -> None:
-    if model is not None and (input_path.suffix == ".h5mu") != (model == "multivae"):
+    suffix = input_path.suffix.lower()  # .H5AD as .h5ad
+    if model is not None and (suffix == ".h5mu") != (model == "multivae"):
         raise InputError(
             f"{input_path}: multivae takes MuData (.h5mu); dgex, zinb and sailer take AnnData "
             "(.h5ad), e.g. one modality written with `mdata['rna'].write_h5ad(...)`."
         )
-    if input_path.suffix not in FILE_TYPES:
+    if suffix not in FILE_TYPES:
         raise InputError(f"{input_path} is neither .h5ad nor .h5mu; convert it to AnnData first.")
-    if output.suffix != input_path.suffix:
-        raise InputError(f"--out must be a {input_path.suffix} file, like the input.")
+    if output.suffix.lower() != suffix:
+        raise InputError(f"--out must be a {suffix} file, like the input.")
     if output.resolve() == input_path.resolve() or (
         output.exists() and input_path.exists() and os.path.samefile(output, input_path)
     ):
@@ -213,8 +214,11 @@ _FLAGS = {
     "fill_missing": "--fill-missing",
     "rank_map": "--rank-map",
     "lr": "--lr",
+    "max_epochs": "--epochs",
     "unfrozen": "--unfrozen",
 }
+# Python arguments that messages name and no command has a flag for.
+_PYTHON_ONLY = ("n_epochs_kl_warmup",)
 # Python calls that messages advise, and the commands that do the same.
 _COMMANDS = {
     ".load_query_data(": ("load_query_data", "scgexp map"),
@@ -241,6 +245,14 @@ def _with_flags(message: str) -> str:
         for call, (method, command) in _COMMANDS.items()
         if call in message and (context is None or f"scgexp {context.info_name}" != command)
     ]
+    unset = [  # named, with no flag here
+        f"{name}="
+        for name in named
+        if name in _PYTHON_ONLY or (name in _FLAGS and available and _FLAGS[name] not in available)
+    ]
+    if unset and context is not None:
+        command = f"`scgexp {context.command.name}`"
+        flags.append(f"{command} has no flag for {' or '.join(unset)}: use the Python API")
     return f"{message} (On the command line, {'; '.join(flags)}.)" if flags else message
 
 
@@ -552,7 +564,7 @@ def predict(
             raise InputError("Pass --rank-map or --rank-map-sample, not both.")
         if spec.key == "dgex" and latent_only:
             raise InputError("--latent-only does not apply to dgex, whose output is predictions.")
-        original = _read(input_path)
+        given = original = _read(input_path)
         if fill_missing and spec.key != "dgex":
             original = _with_model_features(spec, original, model_dir)
         data, own_cells = _padded(original)
@@ -563,7 +575,7 @@ def predict(
             "latent_only": latent_only,
         }
         result = _unpadded(_results(spec, model, data, flags), original, own_cells, spec.key)
-        _write(result, output)
+        _write(_without_added_modalities(result, given, spec.key), output)
 
     _run(action)
     click.echo(f"Wrote {output}")
@@ -625,7 +637,7 @@ def map_query(
                 )
         _check_output(input_path, output, folder, model=spec.key, overwrite=overwrite)
         _check_model_dir(folder, output, spec.cls.__name__, overwrite)
-        original = _read(input_path)
+        given = original = _read(input_path)
         if fill_missing:
             original = _with_model_features(spec, original, reference_dir)
         data, own_cells = _padded(original)
@@ -639,7 +651,11 @@ def map_query(
         _save_and_write(
             model,
             folder,
-            lambda: _unpadded(_results(spec, model, data, flags), original, own_cells, spec.key),
+            lambda: _without_added_modalities(
+                _unpadded(_results(spec, model, data, flags), original, own_cells, spec.key),
+                given,
+                spec.key,
+            ),
             output,
         )
         return folder
@@ -654,6 +670,33 @@ def _with_model_features(spec, data, model_dir: Path):
     if hasattr(data, "mod"):
         return spec.cls.prepare_query_mudata(data, str(model_dir), inplace=False)
     return spec.cls.prepare_query_anndata(data, str(model_dir), inplace=False)
+
+
+def _without_added_modalities(result, given, key: str):
+    """``result`` without the modalities that --fill-missing added to ``given``.
+
+    They hold all-zero rows, read as missing, which the output should not present as measured;
+    their latent (all NaN), ``uns`` entry and presence flags go with them.
+    """
+    added = [name for name in getattr(result, "mod", {}) if name not in given.mod]
+    if not added:
+        return result
+    logger.info(
+        "The output leaves out modality %s, which INPUT lacks (--fill-missing added it as "
+        "all-zero rows to map the cells); predict it in Python, e.g. with "
+        "MultiVAE.get_normalized_accessibility.",
+        ", ".join(map(repr, added)),
+    )
+    modalities = result.uns[key]["modalities"]
+    for arg, name in list(modalities.items()):
+        if name in added:
+            result.obsm.pop(f"X_{key}_{arg.removesuffix('_layer')}", None)
+            del modalities[arg]
+    for name in added:
+        del result.mod[name]
+    result.update()
+    result.obs = result.obs[[c for c in result.obs.columns if c in given.obs.columns]]
+    return result
 
 
 def _within(path: Path, folder: Path) -> bool:

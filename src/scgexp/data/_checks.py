@@ -887,7 +887,16 @@ def check_feature_names(adata, registry: dict) -> None:
     --------
     >>> check_feature_names(query, model.registry_)
     """
-    for mod_key, names in registered_features(registry).items():
+    features = registered_features(registry)
+    trained = [key for key in features if key is not None]
+    if trained and hasattr(adata, "mod") and not set(trained) & set(adata.mod):
+        mods = ", ".join(f'"{key}": mdata["..."]' for key in trained)
+        raise InputError(
+            f"The MuData has none of the modalities the model was trained on ({trained}; it "
+            f"has {list(adata.mod)}). If they hold the same data under other names, rename "
+            f"them: `mdata = mudata.MuData({{{mods}}})`, with each one's name here."
+        )
+    for mod_key, names in features.items():
         if mod_key is not None and not hasattr(adata, "mod"):
             raise InputError(
                 f"This model needs a MuData (it was trained on modality {mod_key!r}), not a "
@@ -896,7 +905,8 @@ def check_feature_names(adata, registry: dict) -> None:
         if mod_key is not None and mod_key not in adata.mod:
             raise InputError(
                 f"The MuData has no modality {mod_key!r}, which the model was trained on "
-                f"(modalities: {list(adata.mod)}). Add it, with the training features (for new "
+                f"(modalities: {list(adata.mod)}; rename the one that holds its data, if any). "
+                "Add it, with the training features (for new "
                 "data it may hold only the cells that have that data, or none: `mdata = "
                 "scgexp.data.pad_modalities(mdata)` gives the others all-zero rows, read as "
                 "missing). For a query without that data, `MultiVAE.prepare_query_mudata(mdata, "

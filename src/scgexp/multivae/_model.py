@@ -709,6 +709,16 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
                 )
         return names
 
+    @classmethod
+    def _get_most_recent_anndata_manager(cls, adata, required: bool = False):
+        try:
+            return super()._get_most_recent_anndata_manager(adata, required)
+        except ValueError as error:  # scvi-tools' message names setup_anndata
+            message = str(error).replace(
+                "AnnData with MultiVAE.setup_anndata", "MuData with MultiVAE.setup_mudata"
+            )
+            raise InputError(message) from None
+
     @staticmethod
     def _check_known_categories(
         mdata: MuData,
@@ -1502,6 +1512,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         else:
             frame = obs
         if key not in frame:
+            _check_keys_in_modalities(data, modalities, {setup_arg: key}, query=True)
             fix = (
                 "Add it, or pass transform_batch= to decode every cell as one batch."
                 if setup_arg == "batch_key"

@@ -214,6 +214,8 @@ class TrainingMixin(UnsupervisedTrainingMixin):
             with warnings.catch_warnings():
                 # Lightning 2.6 on torch >= 2.10 warns about its own internals on every fit.
                 warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)`")
+                # The streamed data set counts its minibatches and always loads in-process.
+                warnings.filterwarnings("ignore", r"Your `IterableDataset` has `__len__`")
                 runner = super().train(*args, datasplitter_kwargs=datasplitter_kwargs, **kwargs)
             self._load_best_saves([c for c, (at_end, _) in checkpoints.items() if at_end])
             return runner

@@ -28,6 +28,7 @@ from scgexp.data._checks import (
     get_matrix,
     naming_hint,
     registered_features,
+    rename_modalities_hint,
     row_and_column_sums,
 )
 from scgexp.data._mudata import _rows_at
@@ -302,8 +303,7 @@ class QueryMappingMixin:
         if len(absent) == len(features):
             raise InputError(
                 f"The query has none of the model's modalities {list(features)} (it has "
-                f"{list(mdata.mod)}); rename those that hold the same data: `mdata = "
-                f"mudata.MuData({{{', '.join(f'{k!r}: mdata[...]' for k in features)}}})`."
+                f"{list(mdata.mod)}). {rename_modalities_hint(features)}"
             )
         if absent:
             warn_user(

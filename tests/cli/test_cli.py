@@ -199,7 +199,7 @@ def test_fit_and_predict_multivae(tmp_path):
             "predict", model_dir, tmp_path / "x.h5mu", "--out", tmp_path / "y.h5mu", *extra
         )
         assert result.exit_code == 1
-        assert "rename th" in result.output
+        assert "rename them: `mdata = mudata.MuData" in result.output
         assert "is `--fill-missing`" not in result.output
     # An AnnData is refused for MultiVAE, and a modality that does not exist is named.
     result = CliRunner().invoke(

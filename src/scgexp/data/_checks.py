@@ -865,6 +865,15 @@ def check_setup_arguments(setup_method, kwargs: dict) -> None:
 _PREPARES_QUERIES = ("ZINBAutoencoder", "SAILER", "MultiVAE")
 
 
+def rename_modalities_hint(names) -> str:
+    """How to give a MuData's modalities the names ``names`` that a model was trained on."""
+    mods = ", ".join(f'"{name}": mdata["..."]' for name in names)
+    return (
+        "If they hold the same data under other names, rename them: "
+        f"`mdata = mudata.MuData({{{mods}}})`, with each one's name here."
+    )
+
+
 def check_feature_names(adata, registry: dict) -> None:
     """Check that new data has the trained model's features, by name and in the same order.
 
@@ -890,11 +899,9 @@ def check_feature_names(adata, registry: dict) -> None:
     features = registered_features(registry)
     trained = [key for key in features if key is not None]
     if trained and hasattr(adata, "mod") and not set(trained) & set(adata.mod):
-        mods = ", ".join(f'"{key}": mdata["..."]' for key in trained)
         raise InputError(
             f"The MuData has none of the modalities the model was trained on ({trained}; it "
-            f"has {list(adata.mod)}). If they hold the same data under other names, rename "
-            f"them: `mdata = mudata.MuData({{{mods}}})`, with each one's name here."
+            f"has {list(adata.mod)}). {rename_modalities_hint(trained)}"
         )
     for mod_key, names in features.items():
         if mod_key is not None and not hasattr(adata, "mod"):

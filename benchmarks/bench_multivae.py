@@ -71,6 +71,7 @@ DATASETS = {
 #: MultiVAE with non-default settings, run with ``--methods "<name>"`` to measure a default.
 VARIANTS = {
     "MultiVAE (no invariance)": {"invariance": None},
+    "MultiVAE (one layer)": {"n_layers_encoder": 1, "n_layers_decoder": 1},
     "MultiVAE (protein mixture)": {"protein_likelihood": "mixture"},
     "MultiVAE (protein mixture, no invariance)": {
         "protein_likelihood": "mixture",

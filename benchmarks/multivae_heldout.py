@@ -47,6 +47,8 @@ VARIANTS = {
     "G": ({"joint": "mixture"}, {}, "mixture of experts"),
     "H": ({"invariance": None}, {}, "no batch adversary"),
     "I": ({"alignment_weight": 0.0}, {}, "no expert alignment"),
+    "J": ({"n_layers_encoder": 1}, {}, "one encoder layer (SCVI's)"),
+    "K": ({"n_layers_encoder": 1, "n_layers_decoder": 1}, {}, "one layer each (SCVI's)"),
     "SCVI": (None, {}, "scvi-tools SCVI on RNA, defaults (10 dimensions)"),
     "SCVI_kl20": (None, {"n_epochs_kl_warmup": 20}, "SCVI, KL warm-up 20 epochs"),
 }

@@ -173,8 +173,10 @@ def per_feature_pearson(predicted: np.ndarray, truth: np.ndarray, per_10k: bool)
 
 
 def knn_baseline(mdata, hidden: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """The classical anchor: a latent space without training, and the hidden modality of the
-    hidden cells as the mean of their nearest observed cells' there."""
+    """The classical anchor: a latent space without training, and the mean of neighbours.
+
+    The hidden modality of each hidden cell is the mean of its nearest observed cells' there.
+    """
     from scipy import sparse
     from sklearn.decomposition import PCA, TruncatedSVD
     from sklearn.feature_extraction.text import TfidfTransformer

@@ -208,7 +208,8 @@ def write_table(results: list[dict], command: str) -> str:
     lines = [
         "# MultiVAE on held-out SNARE-seq cells",
         "",
-        f"Command: `{command}`. {N_CELLS} cells, {N_PEAKS} peaks, 80/20 split by cell type; "
+        f"Command: `{command}`. {N_CELLS} cells, {N_PEAKS} peaks, 80/20 split stratified by "
+        "cell type; "
         f"kNN ({N_NEIGHBOURS}) cell-type accuracy; values: mean over seeds (each seed).",
         "",
         environment_line(results),

@@ -559,18 +559,21 @@ class SafeSaveMixin:
         setup_args = registry[_SETUP_ARGS_KEY]
         for setup_arg in ("batch_key", "categorical_covariate_keys", "continuous_covariate_keys"):
             keys = setup_args.get(setup_arg) or []
-            for key in [keys] if isinstance(keys, str) else keys:
-                if not isinstance(adata, mudata.MuData) and key not in adata.obs:
-                    raise InputError(
-                        f"obs has no column {key!r}, which the model was trained with (its "
-                        f"{setup_arg}). Add it with each cell's value under that name"
-                        + (
-                            "; for batches the model never saw, map the cells with "
-                            f"{cls.__name__}.load_query_data(adata, dir)."
-                            if setup_arg == "batch_key"
-                            else "."
-                        )
+            missing = [
+                k for k in ([keys] if isinstance(keys, str) else keys) if k not in adata.obs
+            ]
+            if missing and not isinstance(adata, mudata.MuData):  # MultiVAE says where to look
+                mapping = setup_arg == "batch_key" and not transfer_kwargs.get("extend_categories")
+                raise InputError(
+                    f"obs has no column {missing[0]!r}, which the model was trained with (its "
+                    f"{setup_arg}). Add it with each cell's value under that name"
+                    + (
+                        "; for batches the model never saw, map the cells with "
+                        f"{cls.__name__}.load_query_data(adata, dir)."
+                        if mapping
+                        else "."
                     )
+                )
         setup_method = getattr(cls, registry.get(_SETUP_METHOD_NAME, "setup_anndata"))
         setup_method(
             adata, source_registry=registry, **transfer_kwargs, **registry[_SETUP_ARGS_KEY]

@@ -199,8 +199,15 @@ def test_fit_and_predict_multivae(tmp_path):
             "predict", model_dir, tmp_path / "x.h5mu", "--out", tmp_path / "y.h5mu", *extra
         )
         assert result.exit_code == 1
-        assert "rename them: `mdata = mudata.MuData" in result.output
+        assert 'rename them: `mdata.mod["rna"] = mdata.mod.pop(' in result.output
         assert "is `--fill-missing`" not in result.output
+    renamed = mudata.read_h5mu(tmp_path / "x.h5mu")  # as the message says
+    renamed.mod["rna"] = renamed.mod.pop("GeneExpr")
+    renamed.mod["atac"] = renamed.mod.pop("Peaks")
+    renamed.update()
+    renamed.write(tmp_path / "renamed.h5mu")
+    result = _invoke("predict", model_dir, tmp_path / "renamed.h5mu", "--out", tmp_path / "r.h5mu")
+    assert result.exit_code == 0, result.output
     # An AnnData is refused for MultiVAE, and a modality that does not exist is named.
     result = CliRunner().invoke(
         main,
@@ -231,7 +238,7 @@ def test_fit_and_predict_multivae(tmp_path):
     assert "no modality 'chromatin'" in result.output
 
 
-def test_map_rna_only_cells_onto_a_multiome_model(tmp_path):
+def test_map_rna_only_cells_onto_a_multiome_model(tmp_path, monkeypatch):
     import mudata
 
     data = scgexp.data.simulate_multiome(n_cells=300, n_genes=40, n_peaks=80, n_batches=3)
@@ -249,6 +256,11 @@ def test_map_rna_only_cells_onto_a_multiome_model(tmp_path):
     assert result.exit_code == 1
     assert "no modality 'atac'" in result.output
     assert "prepare_query_mudata is `--fill-missing`" in result.output
+
+    def not_for_added(*args, **kwargs):
+        raise AssertionError("the added modality's layer is left out, so not computed")
+
+    monkeypatch.setattr(MultiVAE, "get_normalized_accessibility", not_for_added)
     with pytest.warns(UserWarning, match="no modality 'atac'"):
         result = _invoke(
             "map", model_dir, tmp_path / "query.h5mu", "--out", output, "--epochs", 2,

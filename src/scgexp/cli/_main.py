@@ -217,7 +217,7 @@ _FLAGS = {
     "max_epochs": "--epochs",
     "unfrozen": "--unfrozen",
 }
-# Python arguments that messages name and no command has a flag for.
+# Python arguments that messages about training name and no command has a flag for.
 _PYTHON_ONLY = ("n_epochs_kl_warmup",)
 # Python calls that messages advise, and the commands that do the same.
 _COMMANDS = {
@@ -573,6 +573,7 @@ def predict(
             "rank_map": "sample" if rank_map_sample else rank_map,
             "fill_missing": fill_missing,
             "latent_only": latent_only,
+            "added_modalities": _added(original, given),
         }
         result = _unpadded(_results(spec, model, data, flags), original, own_cells, spec.key)
         _write(_without_added_modalities(result, given, spec.key), output)
@@ -647,7 +648,7 @@ def map_query(
         )
         if not _train(model, training):
             return None
-        flags = {"latent_only": latent_only}
+        flags = {"latent_only": latent_only, "added_modalities": _added(original, given)}
         _save_and_write(
             model,
             folder,
@@ -672,30 +673,40 @@ def _with_model_features(spec, data, model_dir: Path):
     return spec.cls.prepare_query_anndata(data, str(model_dir), inplace=False)
 
 
+def _added(data, given) -> list[str]:
+    """The modalities of ``data`` that --fill-missing added to ``given`` (all-zero rows)."""
+    return [name for name in getattr(data, "mod", {}) if name not in given.mod]
+
+
+# What predicts each data type of a MultiVAE in Python, for modalities the output leaves out.
+_PREDICTORS = {
+    "rna": "get_normalized_expression",
+    "atac": "get_normalized_accessibility",
+    "protein": "get_normalized_protein",
+}
+
+
 def _without_added_modalities(result, given, key: str):
     """``result`` without the modalities that --fill-missing added to ``given``.
 
-    They hold all-zero rows, read as missing, which the output should not present as measured;
-    their latent (all NaN), ``uns`` entry and presence flags go with them.
+    They hold all-zero rows, read as missing, which the output should not present as measured
+    (the results for them are not computed: ``added_modalities`` of the spec's options).
     """
-    added = [name for name in getattr(result, "mod", {}) if name not in given.mod]
+    added = _added(result, given)
     if not added:
         return result
+    modalities = result.uns[key]["modalities"]
+    types = {name: arg.removesuffix("_layer") for arg, name in modalities.items()}
     logger.info(
         "The output leaves out modality %s, which INPUT lacks (--fill-missing added it as "
-        "all-zero rows to map the cells); predict it in Python, e.g. with "
-        "MultiVAE.get_normalized_accessibility.",
+        "all-zero rows to map the cells); predict it in Python with %s.",
         ", ".join(map(repr, added)),
+        ", ".join(f"MultiVAE.{_PREDICTORS[types[name]]}" for name in added if name in types),
     )
-    modalities = result.uns[key]["modalities"]
-    for arg, name in list(modalities.items()):
-        if name in added:
-            result.obsm.pop(f"X_{key}_{arg.removesuffix('_layer')}", None)
-            del modalities[arg]
+    result.uns[key]["modalities"] = {a: n for a, n in modalities.items() if n not in added}
     for name in added:
         del result.mod[name]
     result.update()
-    result.obs = result.obs[[c for c in result.obs.columns if c in given.obs.columns]]
     return result
 
 

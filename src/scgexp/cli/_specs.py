@@ -191,8 +191,9 @@ def _multivae_results(model: MultiVAE, mdata, options: dict):
         "atac_layer": ("atac", "multivae_accessibility", model.get_normalized_accessibility),
         "protein_layer": ("protein", "multivae_denoised", model.get_normalized_protein),
     }
+    added = options.get("added_modalities") or ()  # by --fill-missing: left out of the output
     for arg, (data_type, layer, method) in outputs.items():
-        if arg not in modalities:
+        if arg not in modalities or modalities[arg] in added:
             continue
         mdata.obsm[f"X_multivae_{data_type}"] = model.get_latent_representation(
             mdata, modality=data_type

@@ -867,10 +867,11 @@ _PREPARES_QUERIES = ("ZINBAutoencoder", "SAILER", "MultiVAE")
 
 def rename_modalities_hint(names) -> str:
     """How to give a MuData's modalities the names ``names`` that a model was trained on."""
-    mods = ", ".join(f'"{name}": mdata["..."]' for name in names)
+    renames = "; ".join(
+        f'mdata.mod["{name}"] = mdata.mod.pop("<its name here>")' for name in names
+    )
     return (
-        "If they hold the same data under other names, rename them: "
-        f"`mdata = mudata.MuData({{{mods}}})`, with each one's name here."
+        f"If they hold the same data under other names, rename them: `{renames}; mdata.update()`."
     )
 
 

@@ -711,6 +711,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
 
     @classmethod
     def _get_most_recent_anndata_manager(cls, adata, required: bool = False):
+        """scvi-tools' look-up, with a message that names ``setup_mudata``."""
         try:
             return super()._get_most_recent_anndata_manager(adata, required)
         except ValueError as error:  # scvi-tools' message names setup_anndata

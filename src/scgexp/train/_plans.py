@@ -39,7 +39,7 @@ def warn_if_annealing_unfinished(max_epochs: int, plan_kwargs: dict) -> None:
         warn_user(
             f"max_epochs={max_epochs} ends before the KL weight is full (after {warmup} "
             f"warm-up and {annealing} annealing epochs), so the model ends partly annealed. "
-            "Train longer or pass a smaller n_epochs_kl_warmup= (to train)."
+            "Train longer or pass train(n_epochs_kl_warmup=...) a smaller value."
         )
 
 

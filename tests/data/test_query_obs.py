@@ -251,6 +251,11 @@ def test_query_obs_columns_are_checked(zinb, tmp_path):
     zinb.save(tmp_path / "model")
     with pytest.raises(InputError, match=r"'batch', which the model was trained with \(its batch"):
         ZINBAutoencoder.load(tmp_path / "model", adata=query)
+    with pytest.raises(
+        InputError, match=r"the model was trained with \(its batch_key\)\. Add"
+    ) as e:
+        ZINBAutoencoder.load_query_data(query, tmp_path / "model")
+    assert "load_query_data" not in str(e.value)  # the call running: no advice to make it
     query = zinb.adata.copy()
     query.obs["donor"] = "d9"  # a covariate category the decoder has no input for
     with pytest.raises(InputError, match="not trained with: 'd9'"):

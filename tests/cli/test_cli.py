@@ -863,6 +863,11 @@ def test_warnings_are_one_line_naming_the_command_s_flags():
     ]
     assert warnings.formatwarning is formatwarning  # restored
     assert _with_flags("lr=") == "lr= (On the command line, lr= is --lr.)"
+    with click.Context(main.commands["predict"]):  # DGEX's advice for few samples
+        assert _with_flags("rank_map=True needs 10; pass rank_map='sample'").endswith(
+            "(On the command line, rank_map= is --rank-map; rank_map='sample' is "
+            "--rank-map-sample.)"
+        )
     with pytest.warns(UserWarning, match="KL weight") as record:  # the KL annealing advice
         warn_if_annealing_unfinished(2, {"n_epochs_kl_warmup": 50})
     with click.Context(main.commands["fit"]):

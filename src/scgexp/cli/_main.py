@@ -217,6 +217,8 @@ _FLAGS = {
     "max_epochs": "--epochs",
     "unfrozen": "--unfrozen",
 }
+# Python argument values that have a flag of their own.
+_VALUE_FLAGS = {"rank_map='sample'": "--rank-map-sample"}
 # Python arguments that messages about training name and no command has a flag for.
 _PYTHON_ONLY = ("n_epochs_kl_warmup",)
 # Python calls that messages advise, and the commands that do the same.
@@ -239,6 +241,11 @@ def _with_flags(message: str) -> str:
         f"{name}= is {_FLAGS[name]}"
         for name in named
         if name in _FLAGS and (available is None or _FLAGS[name] in available)
+    ]
+    flags += [
+        f"{value} is {flag}"
+        for value, flag in _VALUE_FLAGS.items()
+        if value in message and (available is None or flag in available)
     ]
     flags += [
         f"{method} is `{command}`"

@@ -557,12 +557,13 @@ class SafeSaveMixin:
         except InputError as error:
             raise InputError(f"{error}{cls._load_hint}") from None
         setup_args = registry[_SETUP_ARGS_KEY]
-        for setup_arg in ("batch_key", "categorical_covariate_keys", "continuous_covariate_keys"):
+        obs_args = ("batch_key", "categorical_covariate_keys", "continuous_covariate_keys")
+        for setup_arg in () if isinstance(adata, mudata.MuData) else obs_args:  # MultiVAE: own
             keys = setup_args.get(setup_arg) or []
             missing = [
                 k for k in ([keys] if isinstance(keys, str) else keys) if k not in adata.obs
             ]
-            if missing and not isinstance(adata, mudata.MuData):  # MultiVAE says where to look
+            if missing:
                 mapping = setup_arg == "batch_key" and not transfer_kwargs.get("extend_categories")
                 raise InputError(
                     f"obs has no column {missing[0]!r}, which the model was trained with (its "

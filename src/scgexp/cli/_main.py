@@ -582,8 +582,9 @@ def predict(
             "latent_only": latent_only,
             "added_modalities": _added(original, given),
         }
+        added = flags["added_modalities"]
         result = _unpadded(_results(spec, model, data, flags), original, own_cells, spec.key)
-        _write(_without_added_modalities(result, given, spec.key), output)
+        _write(_without_added_modalities(result, added, spec.key), output)
 
     _run(action)
     click.echo(f"Wrote {output}")
@@ -655,13 +656,14 @@ def map_query(
         )
         if not _train(model, training):
             return None
-        flags = {"latent_only": latent_only, "added_modalities": _added(original, given)}
+        added = _added(original, given)
+        flags = {"latent_only": latent_only, "added_modalities": added}
         _save_and_write(
             model,
             folder,
             lambda: _without_added_modalities(
                 _unpadded(_results(spec, model, data, flags), original, own_cells, spec.key),
-                given,
+                added,
                 spec.key,
             ),
             output,
@@ -693,13 +695,12 @@ _PREDICTORS = {
 }
 
 
-def _without_added_modalities(result, given, key: str):
-    """``result`` without the modalities that --fill-missing added to ``given``.
+def _without_added_modalities(result, added: list[str], key: str):
+    """``result`` without the modalities ``added`` by --fill-missing (see :func:`_added`).
 
     They hold all-zero rows, read as missing, which the output should not present as measured
     (the results for them are not computed: ``added_modalities`` of the spec's options).
     """
-    added = _added(result, given)
     if not added:
         return result
     modalities = result.uns[key]["modalities"]

@@ -101,6 +101,22 @@ def fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def lsi(counts, n_components: int = 20, seed: int = 0) -> np.ndarray:
+    """LSI of peaks: TF-IDF of the binarised matrix, truncated SVD, first component dropped.
+
+    scikit-learn's ``TfidfTransformer`` scales each cell to unit length, so the first
+    component, which follows depth, is the only one dropped. 20 components, as in
+    ``bench_multivae.py``'s kNN baseline.
+    """
+    from scipy import sparse
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfTransformer
+
+    binary = (sparse.csr_matrix(counts) > 0).astype(np.float32)
+    tfidf = TfidfTransformer().fit_transform(binary)
+    return TruncatedSVD(n_components + 1, random_state=seed).fit_transform(tfidf)[:, 1:]
+
+
 def best_leiden(adata, labels: np.ndarray, resolutions: np.ndarray, seed: int = 0) -> dict:
     """NMI and ARI of the Leiden clustering (over ``resolutions``) with the best NMI, as scib does.
 

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import best_leiden, environment_line, fmt, run_isolated
+from _common import best_leiden, environment_line, fmt, lsi, run_isolated
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "multimodal"
@@ -178,14 +178,11 @@ def knn_baseline(mdata, hidden: np.ndarray, name: str) -> tuple[np.ndarray, np.n
     The hidden modality of each hidden cell is the mean of its nearest observed cells' there.
     """
     from scipy import sparse
-    from sklearn.decomposition import PCA, TruncatedSVD
-    from sklearn.feature_extraction.text import TfidfTransformer
+    from sklearn.decomposition import PCA
     from sklearn.neighbors import NearestNeighbors
 
     if name == "snareseq":  # RNA from ATAC
-        peaks = (sparse.csr_matrix(mdata["atac"].X) > 0).astype(np.float32)
-        tfidf = TfidfTransformer().fit_transform(peaks)
-        latent = TruncatedSVD(21, random_state=SEED).fit_transform(tfidf)[:, 1:]
+        latent = lsi(mdata["atac"].X, seed=SEED)
         target = sparse.csr_matrix(mdata["rna"].X)
         sums = np.maximum(np.asarray(target.sum(1)).ravel(), 1.0)
         target = np.asarray(sparse.diags(1e4 / sums) @ target.toarray())  # per 10k

@@ -14,9 +14,14 @@ eigenvalues, averaged over cells), which sets the ceiling.
 Run from the project root after ``python benchmarks/bench_sailer.py``::
 
     python benchmarks/sailer_batch_asw.py   # writes benchmarks/results/sailer_batch_asw.md
+
+``--methods NAME ...`` recomputes only those methods' rows; the table keeps the others as they
+were.
 """
 
 from __future__ import annotations
+
+import argparse
 
 import numpy as np
 from _common import fmt
@@ -46,13 +51,26 @@ def within_type_dimensions(latent: np.ndarray, labels: np.ndarray) -> float:
     return total / len(labels)
 
 
+def previous_rows(out) -> dict[tuple[str, str], str]:
+    """The table's existing rows by (data set, method), as written."""
+    if not out.exists():
+        return {}
+    cells = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| ")]
+    return {(c[0][2:], c[1]): " | ".join(c) for c in cells if c[0] != "| data set"}
+
+
 def main() -> None:
     import scib_metrics
 
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=METHODS)
+    methods = parser.parse_args().methods
+    out = RESULTS / "sailer_batch_asw.md"
+    kept = previous_rows(out)
     rows = []
     for name in DATASETS:
         adata = None
-        for method in METHODS:
+        for method in methods:
             path = latent_path(name, method)
             if not path.exists():
                 continue
@@ -90,12 +108,12 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        lines.append(
+        kept[row["dataset"], row["method"]] = (
             f"| {row['dataset']} | {row['method']} | {fmt(row['real'])} | "
             f"{fmt(row['ceiling'])} ± {fmt(row['ceiling_sd'])} | "
             f"{fmt(row['ceiling'] - row['real'])} | {fmt(row['dims'], 1)} | {row['n_latent']} |"
         )
-    out = RESULTS / "sailer_batch_asw.md"
+    lines += [kept[key] for key in ((n, m) for n in DATASETS for m in METHODS) if key in kept]
     out.write_text("\n".join(lines) + "\n")
     print(out.read_text())
 

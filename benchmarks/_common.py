@@ -104,9 +104,9 @@ def fmt(value, digits: int = 3) -> str:
 def lsi(counts, n_components: int = 20, seed: int = 0) -> np.ndarray:
     """LSI of peaks: TF-IDF of the binarised matrix, truncated SVD, first component dropped.
 
-    scikit-learn's ``TfidfTransformer`` scales each cell to unit length, so the first
-    component, which follows depth, is the only one dropped. 20 components, as in
-    ``bench_multivae.py``'s kNN baseline.
+    scikit-learn's ``TfidfTransformer`` (smooth IDF, each cell scaled to unit length). The
+    first component follows depth. Used by ``bench_sailer.py`` (its LSI anchor) and
+    ``bench_multivae.py`` (the kNN baseline).
     """
     from scipy import sparse
     from sklearn.decomposition import TruncatedSVD

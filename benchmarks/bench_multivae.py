@@ -13,11 +13,11 @@ RNA + protein (CITE-seq, 400 PBMCs): the proteins of one batch are hidden (total
 imputation setting), both models train, then predict the hidden proteins from RNA (decoded as
 the batch with proteins); per-protein Pearson of log1p values; batch silhouette of the latent.
 
-A classical anchor without training (``--methods "kNN baseline"``): the LSI of ATAC (TF-IDF,
-truncated SVD, first component dropped, as Signac) or the PCA of log-normalised RNA (CITE-seq)
-as latent space, and each hidden cell's prediction the mean of its 15 nearest cells with the
-hidden modality there (scikit-learn). A cell-independent prediction (the mean profile) has
-per-feature Pearson 0 by construction.
+A classical anchor without training (``--methods "kNN baseline"``): the LSI of ATAC
+(scikit-learn TF-IDF, truncated SVD, first component dropped; ``_common.lsi``) or the PCA of
+log-normalised RNA (CITE-seq) as latent space, and each hidden cell's prediction the mean of
+its 15 nearest cells with the hidden modality there (scikit-learn). A cell-independent
+prediction (the mean profile) has per-feature Pearson 0 by construction.
 
 Each (dataset, method) runs in its own process, so peak memory is per method.
 

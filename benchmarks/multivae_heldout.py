@@ -169,7 +169,8 @@ def run_one(variant: str, seed: str, queue) -> None:
     result["joint"] = knn_scores(latents, labels)
     epochs = len(model.history["elbo_train"])
     result.update(epochs=epochs, s_per_epoch=result["train_s"] / epochs)
-    # The classical anchors: LSI of ATAC, and the RNA of its nearest training cells.
+    # The classical anchors: LSI of ATAC, and the RNA of its nearest training cells. The same
+    # LSI as ``_common.lsi``, but fitted on the training cells and applied to the held-out ones.
     tfidf = TfidfTransformer()
     binary_train, binary_held = ((x > 0).astype(np.float32) for x in (atac_train, atac_held))
     svd = TruncatedSVD(21, random_state=0).fit(tfidf.fit_transform(binary_train))

@@ -15,8 +15,8 @@ Run from the project root after ``python benchmarks/bench_sailer.py``::
 
     python benchmarks/sailer_batch_asw.py   # writes benchmarks/results/sailer_batch_asw.md
 
-``--methods NAME ...`` recomputes only those methods' rows; the table keeps the others as they
-were.
+``--methods NAME ...`` recomputes only those methods' rows (from the latents on disk) and keeps
+the other methods' rows as they were.
 """
 
 from __future__ import annotations
@@ -56,17 +56,17 @@ def previous_rows(out) -> dict[tuple[str, str], str]:
     if not out.exists():
         return {}
     cells = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| ")]
-    return {(c[0][2:], c[1]): " | ".join(c) for c in cells if c[0] != "| data set"}
+    return {(c[0][2:], c[1]): " | ".join(c) for c in cells if c[1] != "method"}
 
 
 def main() -> None:
     import scib_metrics
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     methods = parser.parse_args().methods
     out = RESULTS / "sailer_batch_asw.md"
-    kept = previous_rows(out)
+    kept = {key: row for key, row in previous_rows(out).items() if key[1] not in methods}
     rows = []
     for name in DATASETS:
         adata = None

@@ -2,9 +2,9 @@
 
 On sparse scATAC-seq the best-resolution Leiden NMI / ARI of one latent moves by several
 hundredths between training seeds. This script reads the latents that ``bench_sailer.py``
-saved and reports the 5-fold cross-validated accuracy of a 15-nearest-neighbour classifier of
-cell types (scikit-learn; folds stratified by cell type, in the data's order), per data set and
-method.
+saved and rewrites its table from them: the 5-fold cross-validated accuracy of a
+15-nearest-neighbour classifier of cell types (scikit-learn; folds stratified by cell type, in
+the data's order), per data set and method.
 
 Run from the project root after ``python benchmarks/bench_sailer.py``::
 

@@ -21,6 +21,7 @@ from _common import environment_line, run_isolated, store_result
 from bench_zinb import METHODS, RESULTS, run_one
 
 KEYS = [("pearson", 3), ("spearman", 3), ("nmi", 3), ("ari", 3), ("silhouette_label", 3)]
+KEYS += [("knn_accuracy", 3)]
 KEYS += [("silhouette_batch", 3), ("epochs", 0)]
 
 

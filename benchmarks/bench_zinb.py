@@ -5,8 +5,8 @@ method trains on the corrupted matrix, and on the hidden entries we compare log1
 count) with log1p(true count) (Pearson, Spearman) and report the median absolute error.
 Latent space (from the same models): NMI/ARI of Leiden clusters against cell types (best over
 resolutions, as scib does), cell-type silhouette and batch silhouette (scib-metrics), and the
-5-fold accuracy of a 15-nearest-neighbour classifier of cell types (in the raw rows and
-``zinb_seeds.py``'s table).
+5-fold accuracy of a 15-nearest-neighbour classifier of cell types (in the raw JSON rows it
+writes, and in ``zinb_seeds.py``'s table).
 Cost: seconds per epoch (equal batch size), seconds to early stop, peak RSS of the process.
 
 Data: CellBench (batch = plate) and the 10x PBMCs the issue names, plus two held-out checks

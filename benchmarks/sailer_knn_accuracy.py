@@ -14,16 +14,11 @@ Run from the project root after ``python benchmarks/bench_sailer.py``::
 from __future__ import annotations
 
 import numpy as np
-from _common import fmt
+from _common import fmt, knn_accuracy
 from bench_sailer import DATASETS, METHODS, RESULTS, latent_path, load
-
-N_NEIGHBOURS = 15
 
 
 def main() -> None:
-    from sklearn.model_selection import cross_val_score
-    from sklearn.neighbors import KNeighborsClassifier
-
     lines = [
         "# Cell types by nearest neighbours (SAILER benchmark latents)",
         "",
@@ -41,7 +36,7 @@ def main() -> None:
         labels = load(name).obs["cell_type"].astype(str).to_numpy()
         for method in found:
             latent = np.load(latent_path(name, method))
-            scores = cross_val_score(KNeighborsClassifier(N_NEIGHBOURS), latent, labels, cv=5)
+            scores = knn_accuracy(latent, labels)
             lines.append(
                 f"| {name} | {method} | {fmt(float(scores.mean()))} ± {fmt(float(scores.std()))} |"
             )

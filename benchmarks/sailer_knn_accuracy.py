@@ -1,10 +1,13 @@
-"""Cell types from each SAILER benchmark latent by nearest neighbours (steadier than Leiden).
+"""What nearest neighbours in each SAILER benchmark latent predict: cell type, depth, batch.
 
 On sparse scATAC-seq the best-resolution Leiden NMI / ARI of one latent moves by several
-hundredths between training seeds. This script reads the latents that ``bench_sailer.py``
-saved and rewrites its table from them: the 5-fold cross-validated accuracy of a
-15-nearest-neighbour classifier of cell types (scikit-learn; folds stratified by cell type, in
-the data's order), per data set and method.
+hundredths between training seeds, and the mutual information with depth is a mean over single
+dimensions. This script reads the latents that ``bench_sailer.py`` saved and rewrites its table
+from them, per data set and method: the 5-fold cross-validated accuracy of a 15-nearest-neighbour
+classifier of cell types (scikit-learn; folds stratified by cell type, in the data's order), and
+two measures of the whole latent from ``sailer_latent_width.py``: the cross-validated R² of log
+depth predicted by 15 nearest neighbours (0 or below: no depth a neighbour can use) and the
+balanced accuracy of the batch predicted the same way (chance: 1 / number of batches).
 
 Run from the project root after ``python benchmarks/bench_sailer.py``::
 
@@ -16,29 +19,36 @@ from __future__ import annotations
 import numpy as np
 from _common import fmt, knn_accuracy
 from bench_sailer import DATASETS, METHODS, RESULTS, latent_path, load
+from sailer_latent_width import whole_latent_metrics
 
 
 def main() -> None:
     lines = [
-        "# Cell types by nearest neighbours (SAILER benchmark latents)",
+        "# Cell types, depth and batch by nearest neighbours (SAILER benchmark latents)",
         "",
         "Command: `python benchmarks/sailer_knn_accuracy.py` (reads the latents saved by "
-        "`python benchmarks/bench_sailer.py`). Accuracy of a 15-nearest-neighbour classifier "
-        "of cell types, 5-fold cross-validation stratified by cell type (mean ± sd over folds).",
+        "`python benchmarks/bench_sailer.py`). 15-nearest-neighbour predictors, 5-fold "
+        "cross-validation: accuracy of cell types (folds stratified by cell type; mean ± sd "
+        "over folds), R² of log depth (0 or below: no depth a neighbour can use) and balanced "
+        "accuracy of the batch (chance: 1 / number of batches).",
         "",
-        "| data set | method | kNN accuracy |",
-        "|---|---|---|",
+        "| data set | method | kNN accuracy | depth R² | batch balanced accuracy (chance) |",
+        "|---|---|---|---|---|",
     ]
     for name in DATASETS:
         found = [m for m in METHODS if latent_path(name, m).exists()]
         if not found:
             continue
-        labels = load(name).obs["cell_type"].astype(str).to_numpy()
+        adata = load(name)
+        labels = adata.obs["cell_type"].astype(str).to_numpy()
+        chance = 1 / adata.obs["batch"].nunique()
         for method in found:
             latent = np.load(latent_path(name, method))
             scores = knn_accuracy(latent, labels)
+            whole = whole_latent_metrics(adata, latent)
             lines.append(
-                f"| {name} | {method} | {fmt(float(scores.mean()))} ± {fmt(float(scores.std()))} |"
+                f"| {name} | {method} | {fmt(float(scores.mean()))} ± {fmt(float(scores.std()))} "
+                f"| {fmt(whole['depth_r2'])} | {fmt(whole['batch_accuracy'])} ({fmt(chance)}) |"
             )
             print(lines[-1], flush=True)
     out = RESULTS / "sailer_knn_accuracy.md"

@@ -33,12 +33,14 @@ KEYS = [  # (result key, column title)
 ]
 
 
-def whole_latent_metrics(dataset: str, latent: np.ndarray) -> dict:
-    """Depth R² and batch balanced accuracy of 15-NN predictors from the whole latent (5-fold)."""
+def whole_latent_metrics(adata, latent: np.ndarray) -> dict:
+    """Depth R² and batch balanced accuracy of 15-NN predictors from the whole latent (5-fold).
+
+    ``adata``: the benchmark data set (``bench_sailer.load``) that ``latent`` embeds.
+    """
     from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score
     from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 
-    adata = load(dataset)
     log_depth = noisy_log_depth(adata)
     batches = adata.obs["batch"].astype(str).to_numpy()
     folds = KFold(5, shuffle=True, random_state=0)
@@ -93,12 +95,13 @@ def main() -> None:
     args = parser.parse_args()
     cache = RESULTS / "sailer_latent_width_raw.json"
     rows: list[dict] = []
+    adata = load(args.dataset)
     for seed in args.seeds:
         for method in METHODS:
             result = run_isolated(run_one, args.dataset, method, seed)
             result["train_seed"] = seed
             latent = np.load(latent_path(args.dataset, method, seed))
-            result.update(whole_latent_metrics(args.dataset, latent))
+            result.update(whole_latent_metrics(adata, latent))
             rows = store_result(cache, result, ("dataset", "method", "train_seed"))
             print(f"{method} seed {seed}: {result['mi_depth']:.4f} nats", flush=True)
     text = write_table(rows, args.dataset)

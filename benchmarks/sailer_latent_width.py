@@ -7,7 +7,7 @@ this script trains, on the benchmark's simulator with its budget and metrics
 (``bench_sailer.run_one``), SAILER, PEAKVI and PEAKVI with a 10-dimensional latent, and adds
 two measures of the whole latent space: the cross-validated R² of log depth predicted from it
 by 15 nearest neighbours, and the cross-validated balanced accuracy of the batch predicted the
-same way (chance: 0.5 for the simulator's two batches).
+same way (chance: 1/3 for the simulator's three batches).
 
 Run from the project root (about 2 minutes per seed and method on one CPU thread)::
 
@@ -64,8 +64,8 @@ def write_table(rows: list[dict], dataset: str) -> str:
         f"`{dataset}`; data, budget and metrics as in `bench_sailer.py`). Mean ± SD over the "
         "training seeds; depth R²: 15-nearest-neighbour regression of log depth from the "
         "latent, 5-fold cross-validated (0 or below: no depth information a neighbour can "
-        "use); batch balanced accuracy likewise (chance 0.5; below it, a cell's neighbours "
-        "lean to the other batch).",
+        "use); batch balanced accuracy likewise (chance 0.333; below it, a cell's neighbours "
+        "lean to the other batches).",
         "",
         environment_line(rows),
         "",

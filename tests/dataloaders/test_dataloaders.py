@@ -200,7 +200,7 @@ def test_standard_loader_trains_backed_data_as_in_memory(adata, tmp_path):
     np.testing.assert_allclose(latents[0], latents[1], rtol=1e-4, atol=1e-4)
 
 
-def test_indices_as_a_list_of_bools_or_empty(adata):
+def test_indices_as_a_list_of_bools_empty_or_bad(adata):
     model = _zinb(adata, max_epochs=1)
     mask = np.zeros(adata.n_obs, dtype=bool)
     mask[[3, 50, 120]] = True
@@ -208,8 +208,26 @@ def test_indices_as_a_list_of_bools_or_empty(adata):
     frame = model.get_normalized_expression(indices=mask.tolist())
     assert list(frame.index) == list(expected.index)
     np.testing.assert_allclose(frame.to_numpy(), expected.to_numpy(), rtol=1e-5)
-    with pytest.raises(InputError, match="indices selects no cells"):
-        model.get_latent_representation(indices=[])
+    for empty in ([], np.zeros(adata.n_obs, dtype=bool)):
+        with pytest.raises(InputError, match="indices selects no cells"):
+            model.get_latent_representation(indices=empty)
+    # Negative positions count from the end, as in numpy; small integer types do not overflow.
+    expected = model.get_latent_representation(indices=[3, adata.n_obs - 1])
+    for indices in ([3, -1], np.array([3, -1], dtype=np.int8)):
+        np.testing.assert_allclose(model.get_latent_representation(indices=indices), expected)
+    # scvi-tools read a shorter mask as the first cells, names and fractions failed in numpy.
+    bad = {
+        f"boolean mask of length 50, but the data have {adata.n_obs} cells": np.ones(50, bool),
+        "holds text values": list(adata.obs_names[:3]),
+        "holds float64 values": [0.0, 1.5],
+        "out of range": [adata.n_obs],
+        "must be a list or array of cells": 3,
+    }
+    for message, indices in bad.items():
+        with pytest.raises(InputError, match=message):
+            model.get_latent_representation(indices=indices)
+    with pytest.raises(InputError, match="boolean mask of length 50"):
+        model.get_normalized_expression(indices=np.ones(50, bool))
 
 
 def test_backed_csc_is_refused(adata, tmp_path):

@@ -209,6 +209,9 @@ def test_bad_inputs(adata):
         SAILER.setup_anndata(adata, continuous_covariate_keys=["frip", "frip"])
     with pytest.raises(InputError, match=r"'batch' is named twice \(batch_key, categorical_"):
         SAILER.setup_anndata(adata, batch_key="batch", categorical_covariate_keys=["batch"])
+    # One string was read letter by letter ("obs has no column 'f'").
+    with pytest.raises(InputError, match=r"pass continuous_covariate_keys=\['frip'\], not"):
+        SAILER.setup_anndata(adata, continuous_covariate_keys="frip")
     with pytest.raises(InputError, match="likelihood must be 'bernoulli' or 'poisson'"):
         SAILER.setup_anndata(adata) or SAILER(adata, likelihood="nb")
     # Named as the model's arguments (the shared component's "method" read as another name).

@@ -298,6 +298,8 @@ def test_refuses_empty_cells_and_missing_keys(adata):
         ZINBAutoencoder.setup_anndata(empty)
     with pytest.raises(InputError, match="no column 'plate'"):
         ZINBAutoencoder.setup_anndata(adata, batch_key="plate")
+    with pytest.raises(InputError, match=r"pass categorical_covariate_keys=\['batch'\]"):
+        ZINBAutoencoder.setup_anndata(adata, categorical_covariate_keys="batch")
     adata.obs["sf"] = -1.0
     with pytest.raises(InputError, match="positive"):
         ZINBAutoencoder.setup_anndata(adata, size_factor_key="sf")

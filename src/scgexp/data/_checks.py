@@ -472,20 +472,68 @@ def mean_and_scale(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.where(std > 1e-9 * np.abs(mean), std, 1.0)
 
 
-def cell_positions(indices) -> np.ndarray:
-    """``indices`` (positions, or a boolean mask as an array or list) as positions.
+def cell_positions(indices, n_obs: int) -> np.ndarray:
+    """``indices`` (positions, or a boolean mask as an array or list) as positions in ``n_obs``.
+
+    Refuses what scvi-tools would misread: a mask of another length (taken as positions of its
+    first cells), names, fractions, or positions out of range. Negative positions count from
+    the end, as in numpy.
+
+    Parameters
+    ----------
+    indices
+        Integer positions or a boolean mask, one value per cell (list, array, pandas or torch).
+    n_obs
+        Number of cells in the data that ``indices`` selects from.
+
+    Returns
+    -------
+    The selected cells' positions, from 0 to ``n_obs - 1``.
 
     Examples
     --------
-    >>> cell_positions([True, False, True])
+    >>> cell_positions([True, False, True], n_obs=3)
     array([0, 2])
     """
+    what = (
+        f"pass integer positions (0 to {n_obs - 1}, or negative from the end) or a boolean "
+        f"mask of length {n_obs}, one value per cell"
+    )
+    try:
+        one_dimensional = not isinstance(indices, str) and np.ndim(indices) == 1
+    except ValueError:  # nested lists of unequal lengths
+        one_dimensional = False
+    if not one_dimensional:
+        raise InputError(f"indices must be a list or array of cells; {what}.")
     positions = np.asarray(indices)
+    if positions.dtype == object:  # e.g. a pandas Series of object dtype
+        kind = pd.api.types.infer_dtype(positions, skipna=False)
+        if kind in ("integer", "boolean"):
+            positions = positions.astype(np.int64 if kind == "integer" else bool)
     if positions.dtype == bool:  # scvi-tools reads numpy masks only
+        if len(positions) != n_obs:
+            raise InputError(
+                f"indices is a boolean mask of length {len(positions)}, but the data have "
+                f"{n_obs} cells; {what}."
+            )
         positions = np.flatnonzero(positions)
     if positions.size == 0:
         raise InputError("indices selects no cells; pass at least one cell.")
-    return positions
+    if not np.issubdtype(positions.dtype, np.integer):
+        if positions.dtype.kind in "US" or pd.api.types.infer_dtype(positions) == "string":
+            kind = "text"
+        elif positions.dtype == object:
+            kind = f"{pd.api.types.infer_dtype(positions, skipna=False)} (object)"
+        else:
+            kind = str(positions.dtype)
+        raise InputError(
+            f"indices holds {kind} values; {what} (cell names to positions: "
+            "`adata.obs_names.get_indexer(names)`)."
+        )
+    if positions.min() < -n_obs or positions.max() >= n_obs:
+        raise InputError(f"indices has positions out of range for {n_obs} cells; {what}.")
+    positions = positions.astype(np.intp)  # small integer types would overflow below
+    return np.where(positions < 0, positions + n_obs, positions)
 
 
 def check_library_size(
@@ -812,12 +860,19 @@ def check_distinct_keys(setup_args: dict) -> None:
     """Refuse an ``obs`` column named twice among the batch key and the covariate keys.
 
     scvi-tools registers it twice: a repeated continuous key failed with a numpy broadcasting
-    error, and a repeated categorical one was one confounder counted twice.
+    error, and a repeated categorical one was one confounder counted twice. Also refuses a
+    covariate key list given as one string, which was read letter by letter.
 
     Examples
     --------
     >>> check_distinct_keys({"batch_key": "plate", "continuous_covariate_keys": ["frip"]})
     """
+    for argument in ("categorical_covariate_keys", "continuous_covariate_keys"):
+        if isinstance(keys := setup_args.get(argument), str):
+            raise InputError(
+                f"{argument} takes a list of obs columns: pass {argument}=[{keys!r}], not "
+                f"the string {keys!r}."
+            )
     named: dict[str, list[str]] = {}
     for argument in ("batch_key", "categorical_covariate_keys", "continuous_covariate_keys"):
         keys = setup_args.get(argument)

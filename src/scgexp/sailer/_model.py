@@ -630,7 +630,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         from sklearn.feature_selection import mutual_info_classif, mutual_info_regression
 
         adata = self._validate_anndata(adata)
-        cells = np.arange(adata.n_obs) if indices is None else cell_positions(indices)
+        cells = np.arange(adata.n_obs) if indices is None else cell_positions(indices, adata.n_obs)
         rng = np.random.default_rng(random_state)
         if max_cells is not None and len(cells) > max_cells:
             cells = np.sort(rng.choice(cells, max_cells, replace=False))

@@ -71,6 +71,8 @@ def test_groups_without_cells_are_skipped_or_refused_by_name(trained):
         _de(model, data, group1=first, group2=first)
     with pytest.raises(InputError, match="idx1 selects no cells"):
         model.differential_expression(data, idx1=np.zeros(data.n_obs, bool), silent=True)
+    with pytest.raises(InputError, match="idx2 is a boolean mask of length 5, but the data"):
+        model.differential_expression(data, idx1=[0, 1], idx2=np.ones(5, bool), silent=True)
     for every_cell in (np.ones(data.n_obs, bool), np.arange(data.n_obs)):
         with pytest.raises(InputError, match="idx1 selects every cell"):
             model.differential_expression(data, idx1=every_cell, silent=True)

@@ -10,7 +10,7 @@ import pandas as pd
 from scipy import sparse
 
 from scgexp._compat import _de_core
-from scgexp.data._checks import InputError
+from scgexp.data._checks import InputError, cell_positions
 
 logger = logging.getLogger(__name__)
 
@@ -52,18 +52,15 @@ def groups_with_cells(obs: pd.DataFrame, arguments: dict) -> dict:
     categories that have cells are compared; named groups and ``idx1``/``idx2`` without cells
     are refused by name.
     """
+    arguments = dict(arguments)
     for name in ("idx1", "idx2"):
         cells = arguments[name]
-        if cells is not None and not isinstance(cells, str):
-            cells = np.asarray(cells)
-            if not (cells.any() if cells.dtype == bool else cells.size):
-                raise InputError(f"{name} selects no cells; give it the cells of the group.")
+        if cells is not None and not isinstance(cells, str):  # (a string is a query)
+            arguments[name] = cell_positions(cells, len(obs), name)
     if arguments["idx1"] is not None:
         cells = arguments["idx1"]
         if arguments["idx2"] is None and not isinstance(cells, str):
-            cells = np.asarray(cells)
-            n_cells = int(cells.sum()) if cells.dtype == bool else len(np.unique(cells))
-            if n_cells == len(obs):
+            if len(np.unique(cells)) == len(obs):
                 raise InputError("idx1 selects every cell: no others to compare with.")
         return arguments
     groupby, group1, group2 = arguments["groupby"], arguments["group1"], arguments["group2"]

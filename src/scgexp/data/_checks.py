@@ -472,7 +472,7 @@ def mean_and_scale(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.where(std > 1e-9 * np.abs(mean), std, 1.0)
 
 
-def cell_positions(indices, n_obs: int) -> np.ndarray:
+def cell_positions(indices, n_obs: int, name: str = "indices") -> np.ndarray:
     """``indices`` (positions, or a boolean mask as an array or list) as positions in ``n_obs``.
 
     Refuses what scvi-tools would misread: a mask of another length (taken as positions of its
@@ -485,6 +485,8 @@ def cell_positions(indices, n_obs: int) -> np.ndarray:
         Integer positions or a boolean mask, one value per cell (list, array, pandas or torch).
     n_obs
         Number of cells in the data that ``indices`` selects from.
+    name
+        The argument as the caller's user passes it, for the error messages.
 
     Returns
     -------
@@ -504,7 +506,7 @@ def cell_positions(indices, n_obs: int) -> np.ndarray:
     except ValueError:  # nested lists of unequal lengths
         one_dimensional = False
     if not one_dimensional:
-        raise InputError(f"indices must be a list or array of cells; {what}.")
+        raise InputError(f"{name} must be a list or array of cells; {what}.")
     positions = np.asarray(indices)
     if positions.dtype == object:  # e.g. a pandas Series of object dtype
         kind = pd.api.types.infer_dtype(positions, skipna=False)
@@ -513,12 +515,12 @@ def cell_positions(indices, n_obs: int) -> np.ndarray:
     if positions.dtype == bool:  # scvi-tools reads numpy masks only
         if len(positions) != n_obs:
             raise InputError(
-                f"indices is a boolean mask of length {len(positions)}, but the data have "
+                f"{name} is a boolean mask of length {len(positions)}, but the data have "
                 f"{n_obs} cells; {what}."
             )
         positions = np.flatnonzero(positions)
     if positions.size == 0:
-        raise InputError("indices selects no cells; pass at least one cell.")
+        raise InputError(f"{name} selects no cells; pass at least one cell.")
     if not np.issubdtype(positions.dtype, np.integer):
         if positions.dtype.kind in "US" or pd.api.types.infer_dtype(positions) == "string":
             kind = "text"
@@ -527,11 +529,11 @@ def cell_positions(indices, n_obs: int) -> np.ndarray:
         else:
             kind = str(positions.dtype)
         raise InputError(
-            f"indices holds {kind} values; {what} (cell names to positions: "
+            f"{name} holds {kind} values; {what} (cell names to positions: "
             "`adata.obs_names.get_indexer(names)`)."
         )
     if positions.min() < -n_obs or positions.max() >= n_obs:
-        raise InputError(f"indices has positions out of range for {n_obs} cells; {what}.")
+        raise InputError(f"{name} has positions out of range for {n_obs} cells; {what}.")
     positions = positions.astype(np.intp)  # small integer types would overflow below
     return np.where(positions < 0, positions + n_obs, positions)
 

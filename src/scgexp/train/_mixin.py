@@ -46,8 +46,9 @@ class TrainingMixin(UnsupervisedTrainingMixin):
 
     def _make_data_loader(self, adata, indices=None, batch_size=None, shuffle=False, **kwargs):
         """scvi-tools' inference loader; backed rows come in the order of ``indices``."""
-        if indices is not None:
-            indices = cell_positions(indices, (self.adata if adata is None else adata).n_obs)
+        data = self.adata if adata is None else adata  # None: scvi-tools says what to pass
+        if indices is not None and data is not None:
+            indices = cell_positions(indices, data.n_obs)
         return in_requested_order(
             super()._make_data_loader(
                 adata, indices=indices, batch_size=batch_size, shuffle=shuffle, **kwargs

@@ -98,6 +98,29 @@ def noisy_log_depth(adata) -> np.ndarray:
     return np.log(n_open + rng.uniform(0, 1, size=adata.n_obs))
 
 
+def whole_latent_metrics(adata, latent: np.ndarray) -> dict:
+    """Depth R² and batch balanced accuracy of 15-NN predictors from the whole latent (5-fold).
+
+    ``adata``: the benchmark data set (``load``) that ``latent`` embeds.
+    """
+    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+
+    log_depth = noisy_log_depth(adata)
+    batches = adata.obs["batch"].astype(str).to_numpy()
+    folds = KFold(5, shuffle=True, random_state=0)
+    r2 = cross_val_score(KNeighborsRegressor(15), latent, log_depth, cv=folds, scoring="r2")
+    stratified = StratifiedKFold(5, shuffle=True, random_state=0)
+    accuracy = cross_val_score(
+        KNeighborsClassifier(15), latent, batches, cv=stratified, scoring="balanced_accuracy"
+    )
+    return {
+        "n_latent": latent.shape[1],
+        "depth_r2": float(r2.mean()),
+        "batch_accuracy": float(accuracy.mean()),
+    }
+
+
 def latent_metrics(adata, latent: np.ndarray) -> dict:
     import scanpy as sc
     import scib_metrics

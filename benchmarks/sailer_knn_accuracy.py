@@ -5,9 +5,9 @@ hundredths between training seeds, and the mutual information with depth is a me
 dimensions. This script reads the latents that ``bench_sailer.py`` saved and rewrites its table
 from them, per data set and method: the 5-fold cross-validated accuracy of a 15-nearest-neighbour
 classifier of cell types (scikit-learn; folds stratified by cell type, in the data's order), and
-two measures of the whole latent from ``sailer_latent_width.py``: the cross-validated R² of log
-depth predicted by 15 nearest neighbours (0 or below: no depth a neighbour can use) and the
-balanced accuracy of the batch predicted the same way (chance: 1 / number of batches).
+two measures of the whole latent (``bench_sailer.whole_latent_metrics``): the cross-validated
+R² of log depth predicted by 15 nearest neighbours (0 or below: no depth a neighbour can use)
+and the balanced accuracy of the batch predicted the same way (chance: 1 / number of batches).
 
 Run from the project root after ``python benchmarks/bench_sailer.py``::
 
@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 from _common import fmt, knn_accuracy
-from bench_sailer import DATASETS, METHODS, RESULTS, latent_path, load
-from sailer_latent_width import whole_latent_metrics
+from bench_sailer import DATASETS, METHODS, RESULTS, latent_path, load, whole_latent_metrics
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import argparse
 
 import numpy as np
 from _common import environment_line, run_isolated, store_result
-from bench_sailer import RESULTS, latent_path, load, noisy_log_depth, run_one
+from bench_sailer import RESULTS, latent_path, load, run_one, whole_latent_metrics
 
 METHODS = ["SAILER", "PEAKVI", "PEAKVI (n_latent=10)"]
 KEYS = [  # (result key, column title)
@@ -31,29 +31,6 @@ KEYS = [  # (result key, column title)
     ("nmi", "NMI"),
     ("ari", "ARI"),
 ]
-
-
-def whole_latent_metrics(adata, latent: np.ndarray) -> dict:
-    """Depth R² and batch balanced accuracy of 15-NN predictors from the whole latent (5-fold).
-
-    ``adata``: the benchmark data set (``bench_sailer.load``) that ``latent`` embeds.
-    """
-    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score
-    from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
-
-    log_depth = noisy_log_depth(adata)
-    batches = adata.obs["batch"].astype(str).to_numpy()
-    folds = KFold(5, shuffle=True, random_state=0)
-    r2 = cross_val_score(KNeighborsRegressor(15), latent, log_depth, cv=folds, scoring="r2")
-    stratified = StratifiedKFold(5, shuffle=True, random_state=0)
-    accuracy = cross_val_score(
-        KNeighborsClassifier(15), latent, batches, cv=stratified, scoring="balanced_accuracy"
-    )
-    return {
-        "n_latent": latent.shape[1],
-        "depth_r2": float(r2.mean()),
-        "batch_accuracy": float(accuracy.mean()),
-    }
 
 
 def write_table(rows: list[dict], dataset: str) -> str:

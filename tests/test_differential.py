@@ -84,3 +84,24 @@ def test_groups_without_cells_are_skipped_or_refused_by_name(trained):
     with pytest.raises(InputError, match="cells in 1 group only"):
         model.differential_expression(data, groupby="one", silent=True)
     assert list(data.obs.columns) == [*adata.obs.columns, "one"]  # nothing else written
+
+
+def test_repeated_feature_names_keep_their_rows():
+    """Symbols from read_10x_h5 repeat; scvi-tools' FDR step failed on them in "change" mode."""
+    import scvi
+
+    def fit_and_test(adata):
+        scvi.settings.seed = 0
+        ZINBAutoencoder.setup_anndata(adata)
+        model = ZINBAutoencoder(adata, n_hidden=16, n_latent=4)
+        model.train(max_epochs=2, enable_progress_bar=False)
+        scvi.settings.seed = 0
+        return _de(model, adata, group1="type_0", mode="change")
+
+    unique = simulate_scrna(n_cells=200, n_genes=30, seed=0)
+    repeated = unique.copy()
+    names = np.array([f"gene_{i % 7}" for i in range(unique.n_vars)])
+    repeated.var_names = names
+    expected, table = fit_and_test(unique), fit_and_test(repeated)
+    assert list(table.index) == list(names[unique.var_names.get_indexer(expected.index)])
+    np.testing.assert_array_equal(table.to_numpy(), expected.to_numpy())

@@ -111,17 +111,20 @@ def differential(
 
     scvi-tools writes ``_scvi_temp_de`` into ``obs`` for ``idx1``/``idx2`` and deletes it
     on success only; afterwards ``obs`` holds what it held before, whatever happened.
+    Repeated feature names (``read_10x_h5`` without ``var_names_make_unique``) are kept:
+    scvi-tools' FDR step cannot align them, so it works on positions and the names return after.
     """
     obs = adata_manager.adata.obs
     arguments = groups_with_cells(obs, arguments)
     saved = obs[_TEMP_KEY].copy() if _TEMP_KEY in obs else None
+    names = pd.Index(col_names)
     try:
-        return _de_core(
+        result = _de_core(
             adata_manager=adata_manager,
             model_fn=model_fn,
             representation_fn=representation_fn,
             all_stats_fn=all_stats_fn,
-            col_names=col_names,
+            col_names=names if names.is_unique else pd.RangeIndex(len(names)),
             fdr=arguments["fdr_target"],
             **{key: arguments[key] for key in _DE_ARGUMENTS},
             **arguments["kwargs"],
@@ -132,6 +135,9 @@ def differential(
             obs[_TEMP_KEY] = saved
         elif _TEMP_KEY in obs:
             del obs[_TEMP_KEY]
+    if not names.is_unique:
+        result.index = names[result.index]
+    return result
 
 
 def read_rows(matrix, cells):

@@ -58,6 +58,8 @@ def test_prefix_lets_models_share_a_folder_and_registry_reads_the_safe_files(tmp
             loaded.get_latent_representation(), model.get_latent_representation()
         )
     assert ZINBAutoencoder.load(tmp_path, prefix="first_").adata.n_obs == adata.n_obs
+    with pytest.raises(FileNotFoundError, match="prefix='first_' or 'second_'"):
+        ZINBAutoencoder.load(tmp_path)
     registry = ZINBAutoencoder.load_registry(tmp_path, prefix="second_")
     assert registry["setup_args"]["batch_key"] == "batch"
     ZINBAutoencoder.view_setup_args(tmp_path, prefix="first_")

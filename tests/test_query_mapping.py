@@ -160,6 +160,11 @@ def test_query_mapping_refuses_what_would_mislead(zinb_split):
         SAILER.load_query_data(query.copy(), reference_model)
     with pytest.raises(InputError, match="in another order"):
         ZINBAutoencoder.load_query_data(query[:, ::-1].copy(), reference_model)
+    # scvi-tools' arguments say what does their work here.
+    with pytest.raises(InputError, match=r"ZINBAutoencoder.prepare_query_anndata\(query"):
+        ZINBAutoencoder.load_query_data(query, reference_model, inplace_subset_query_vars=True)
+    with pytest.raises(InputError, match="unfrozen=True trains every weight"):
+        ZINBAutoencoder.load_query_data(query, reference_model, freeze_expression=False)
 
 
 def test_single_batch_reference_keeps_decoding_its_batch():

@@ -121,8 +121,15 @@ def _read_attributes(dir_path: str, files: dict[str, str]) -> dict:
     """A saved model's ``attributes.json``, with clear errors for a missing or damaged file."""
     path = os.path.join(dir_path, files[ATTRIBUTES_FILE])
     if not os.path.exists(path):
+        others = [
+            repr(name[: -len(ATTRIBUTES_FILE)] or None)
+            for name in (sorted(os.listdir(dir_path)) if os.path.isdir(dir_path) else [])
+            if name.endswith(ATTRIBUTES_FILE) and name != files[ATTRIBUTES_FILE]
+        ]
+        hint = f"; the folder has models saved with prefix={' or '.join(others)}" if others else ""
         raise FileNotFoundError(
-            f"No saved scgexp model in {str(dir_path)!r} ({files[ATTRIBUTES_FILE]} is missing)."
+            f"No saved scgexp model in {str(dir_path)!r} ({files[ATTRIBUTES_FILE]} is "
+            f"missing{hint})."
         )
     try:
         with open(path) as handle:

@@ -55,6 +55,7 @@ class QueryMappingMixin:
         prefix: str | None = None,
         unfrozen: bool = False,
         freeze_dropout: bool = False,
+        **scvi_arguments,
     ):
         """A copy of a trained model, extended to the query's batches, to train on the query.
 
@@ -94,6 +95,9 @@ class QueryMappingMixin:
             norm as usual.
         freeze_dropout
             Switch dropout off (also with ``unfrozen``).
+        **scvi_arguments
+            scvi-tools' other arguments (``freeze_expression``, ...) are refused with what
+            does their work here.
 
         Returns
         -------
@@ -108,6 +112,21 @@ class QueryMappingMixin:
         >>> query_model.train(max_epochs=100)
         >>> query.obsm["X_zinb"] = query_model.get_latent_representation()
         """
+        for name in scvi_arguments:
+            if name == "inplace_subset_query_vars":
+                prepare = "mudata" if isinstance(adata, MuData) else "anndata"
+                fix = (
+                    "give the query the reference's features first with "
+                    f"{cls.__name__}.prepare_query_{prepare}(query, reference)"
+                )
+            elif name.startswith("freeze_"):
+                fix = (
+                    "only the query's new entries train, as with scvi-tools' defaults; "
+                    "unfrozen=True trains every weight, freeze_dropout=True turns dropout off"
+                )
+            else:
+                raise InputError(f"load_query_data() has no argument {name!r}.")
+            raise InputError(f"load_query_data() has no {name!r}: {fix}.")
         _, _, torch_device = parse_device_args(
             accelerator=accelerator,
             devices=device,

@@ -108,6 +108,11 @@ def test_latent(bulk, trained):
     # Indices in scvi-tools' second place would have been taken as a layer name.
     with pytest.raises(InputError, match=r"pass them as adata, e.g. model.predict\(adata"):
         trained.get_latent_representation(train, [0, 1])
+    np.testing.assert_allclose(
+        trained.get_latent_representation(indices=[5, 1]), z[[5, 1]], rtol=1e-5, atol=1e-6
+    )
+    with pytest.raises(NotImplementedError, match=r"use model.predict\(adata\)"):
+        trained.get_normalized_expression()
 
 
 def test_sparse_input_matches_dense(bulk):
@@ -150,6 +155,8 @@ def test_save_load_round_trip(bulk, trained, tmp_path, capsys):
     loaded = DGEX.load(tmp_path / "model")
     assert loaded.adata is None
     np.testing.assert_array_equal(loaded.predict(test).X, trained.predict(test).X)
+    with pytest.raises(InputError, match="loaded without data; pass adata="):
+        loaded.get_latent_representation(indices=[0])
     trained.save(tmp_path / "with_data", save_anndata=True)
     with_data = DGEX.load(tmp_path / "with_data")
     np.testing.assert_array_equal(

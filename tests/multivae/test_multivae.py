@@ -127,6 +127,13 @@ def test_rows_flagged_missing_do_not_change_the_initial_model():
         torch.testing.assert_close(states[1][name], value, msg=name)
 
 
+def test_refuses_arguments_of_other_models():
+    mdata = _mdata(n_cells=50)
+    MultiVAE.setup_mudata(mdata, batch_key="batch", modalities=RNA_ATAC)
+    with pytest.raises(InputError, match=r"MultiVAE has no argument 'n_genes'\. Its arguments: "):
+        MultiVAE(mdata, n_genes=80)
+
+
 def test_refuses_a_modality_no_training_cell_has():
     mdata = _mdata()
     mdata.obs["has_atac"] = False
@@ -1056,6 +1063,17 @@ def test_outputs_follow_indices_gene_list_n_samples_and_give_mean():
     assert np.isfinite(draw).all()
     assert not np.allclose(draw, latent)
     assert not np.allclose(model.get_latent_representation(give_mean=False), draw)
+    # scvi-tools' return_dist and MULTIVI's modality names.
+    means, variances = model.get_latent_representation(indices=cells, return_dist=True)
+    np.testing.assert_allclose(means, latent[cells], rtol=1e-5, atol=1e-6)
+    assert (variances > 0).all()
+    np.testing.assert_array_equal(model.get_latent_representation(modality="joint"), latent)
+    np.testing.assert_array_equal(
+        model.get_latent_representation(modality="accessibility"),
+        model.get_latent_representation(modality="atac"),
+    )
+    with pytest.raises(InputError, match=r"\['rna', 'atac'\] \(None: all of them\)"):
+        model.get_latent_representation(modality="protein")
     # n_samples > 1: an average over posterior draws, not the decoded mean.
     torch.manual_seed(0)
     averaged = model.get_normalized_expression(n_samples=10, return_numpy=True)

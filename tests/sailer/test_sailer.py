@@ -195,6 +195,14 @@ def test_save_load_and_query(adata, tmp_path):
 
 
 def test_bad_inputs(adata):
+    # PEAKVI's arguments named the module's __init__ in a TypeError.
+    SAILER.setup_anndata(adata, batch_key="batch")
+    with pytest.raises(InputError, match=r"SAILER has no argument 'n_layers_encoder'"):
+        SAILER(adata, n_layers_encoder=2)
+    with pytest.raises(InputError, match=r"'n_laten'; did you mean 'n_latent'\? Its arg"):
+        SAILER(adata, n_laten=5)
+    with pytest.raises(InputError, match="n_batch is set from the data registered by SAILER's"):
+        SAILER(adata, n_batch=3)
     logged = adata.copy()
     logged.X = logged.X.log1p()
     with pytest.raises(InputError, match="non-integer"):
@@ -258,6 +266,14 @@ def test_accessibility_arguments_apply_to_the_chosen_cells(adata):
     )
     assert isinstance(part, np.ndarray)
     np.testing.assert_allclose(part, as_1[cells], rtol=1e-5, atol=1e-7)
+    peaks = [adata.var_names[9], adata.var_names[2]]  # PEAKVI's region_list, in this order
+    chosen = model.get_normalized_accessibility(indices=cells, region_list=peaks)
+    assert list(chosen.columns) == peaks
+    np.testing.assert_allclose(chosen.to_numpy(), full[cells][:, [9, 2]], rtol=1e-5, atol=1e-7)
+    with pytest.raises(InputError, match="1 peaks the model does not have: chrX"):
+        model.get_normalized_accessibility(region_list=[peaks[0], "chrX"])
+    with pytest.raises(InputError, match="not a mask"):
+        model.get_normalized_accessibility(region_list=np.ones(adata.n_vars, bool))
     # use_z_mean=False decodes one posterior sample per cell: around the mean, not at it.
     torch.manual_seed(0)
     samples = np.stack(

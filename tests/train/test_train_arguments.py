@@ -33,6 +33,29 @@ def test_unknown_plan_kwargs_are_refused(zinb):
     assert not zinb.is_trained
 
 
+def test_arguments_of_scvi_tools_models_trains_say_where_they_go(zinb):
+    """MULTIVI/PEAKVI take plan settings in train(); Lightning's TypeError named no fix."""
+    with pytest.raises(InputError, match=r"plan_kwargs=\{'n_steps_kl_warmup'"):
+        zinb.train(max_epochs=1, n_steps_kl_warmup=10)
+    with pytest.raises(InputError, match="ZINBAutoencoder has no adversarial penalty"):
+        zinb.train(max_epochs=1, adversarial_mixing=False)
+    with pytest.raises(InputError, match=r"no argument 'max_epoch'\. Did you mean 'max_epochs'"):
+        zinb.train(max_epoch=1)
+    adata = simulate_scatac(n_cells=100, n_peaks=300, seed=0)
+    SAILER.setup_anndata(adata, batch_key="batch")
+    sailer = SAILER(adata)
+    with pytest.raises(InputError, match="larger batch_size instead of accumulate_grad"):
+        sailer.train(max_epochs=1, accumulate_grad_batches=2)
+    with pytest.raises(InputError, match=r"SAILER\(adata, invariance=...\)"):
+        sailer.train(max_epochs=1, adversarial_classifier=True)
+    # The schedule sets the loss's KL weight at every step: a fixed one was silently replaced.
+    for kwargs in ({"kl_weight": 0.0}, {"plan_kwargs": {"kl_weight": 0.0}}):
+        with pytest.raises(InputError, match="max_kl_weight"):
+            sailer.train(max_epochs=1, **kwargs)
+    assert not zinb.is_trained
+    zinb.train(max_epochs=1, ckpt_path=None, enable_progress_bar=False)  # scvi-tools' TrainRunner
+
+
 def test_scvi_tools_configs_are_refused_not_overridden(zinb):
     """trainer_config/plan_config rank below the models' own defaults in scvi-tools, so
     early_stopping_mode="max" there would stop on the highest loss and restore the lowest."""
@@ -73,8 +96,13 @@ def test_a_failed_training_call_leaves_the_outputs_alone(zinb):
     """Training mode left on after an error would update batch-norm statistics in outputs."""
     zinb.train(max_epochs=1, enable_progress_bar=False)
     latent = zinb.get_latent_representation()
-    with pytest.raises(TypeError, match="enable_progres_bar"):
-        zinb.train(max_epochs=1, enable_progres_bar=False)
+
+    class Fails(Callback):
+        def on_train_batch_start(self, *args):
+            raise RuntimeError("failed in training")
+
+    with pytest.raises(RuntimeError, match="failed in training"):
+        zinb.train(max_epochs=1, enable_progress_bar=False, callbacks=[Fails()])
     assert not zinb.module.training
     np.testing.assert_array_equal(zinb.get_latent_representation(), latent)
 

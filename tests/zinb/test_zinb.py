@@ -427,7 +427,14 @@ def test_indices_and_transform_batch_reach_every_output(adata):
     np.testing.assert_allclose(
         model.get_latent_representation(indices=cells), latent[cells], rtol=1e-5, atol=1e-6
     )
+    # scvi-tools' arguments: the same deterministic values, or a refusal saying why.
+    np.testing.assert_array_equal(model.get_latent_representation(give_mean=False), latent)
+    with pytest.raises(InputError, match="no distribution to return"):
+        model.get_latent_representation(return_dist=True)
     full = model.get_normalized_expression()
+    pd.testing.assert_frame_equal(model.get_normalized_expression(n_samples=5), full)
+    with pytest.raises(InputError, match="every sample would be the same"):
+        model.get_normalized_expression(n_samples=5, return_mean=False)
     part = model.get_normalized_expression(indices=cells)
     assert list(part.index) == list(adata.obs_names[cells])
     np.testing.assert_allclose(part.to_numpy(), full.to_numpy()[cells], rtol=1e-5)

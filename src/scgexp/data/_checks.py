@@ -918,6 +918,48 @@ def check_setup_arguments(setup_method, kwargs: dict) -> None:
     )
 
 
+#: Module arguments that the models fill in from the registered data.
+_SET_FROM_THE_DATA = {
+    "n_input",
+    "n_features",
+    "n_batch",
+    "n_cats_per_cov",
+    "n_continuous_cov",
+    "use_size_factor_key",
+    "landmark_index",
+    "target_index",
+}
+
+
+def check_model_arguments(model_cls, module_cls, kwargs: dict, set_by_model=()) -> None:
+    """Refuse keyword arguments that neither a model nor its module has.
+
+    Models pass ``**kwargs`` on to their module, whose ``TypeError`` named the module's
+    ``__init__`` and not the model (e.g. MULTIVI's ``n_genes`` given to MultiVAE).
+    ``set_by_model``: module arguments the model fills in from its own (not listed).
+    """
+    parameters = inspect.signature(model_cls.__init__).parameters.values()
+    names = [p.name for p in parameters if p.kind == p.POSITIONAL_OR_KEYWORD][3:]  # not data
+    module_names = [
+        name
+        for name in list(inspect.signature(module_cls.__init__).parameters)[1:]
+        if name not in names and name not in _SET_FROM_THE_DATA and name not in set_by_model
+    ]
+    for key in kwargs:
+        if key in _SET_FROM_THE_DATA:
+            raise InputError(
+                f"{key} is set from the data registered by {model_cls.__name__}'s setup; "
+                "leave it out."
+            )
+        if key not in module_names:
+            close = difflib.get_close_matches(key, names + module_names, n=1)
+            raise InputError(
+                f"{model_cls.__name__} has no argument {key!r}"
+                + (f"; did you mean {close[0]!r}?" if close else ".")
+                + f" Its arguments: {', '.join(names + module_names)}."
+            )
+
+
 #: Models with ``prepare_query_anndata`` / ``prepare_query_mudata``.
 _PREPARES_QUERIES = ("ZINBAutoencoder", "SAILER", "MultiVAE")
 

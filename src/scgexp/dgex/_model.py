@@ -21,7 +21,9 @@ from scgexp._io import SafeSaveMixin
 from scgexp._warn import warn_user
 from scgexp.data._checks import (
     InputError,
+    cell_positions,
     check_matrix,
+    check_model_arguments,
     check_setup_arguments,
     dense,
     get_matrix,
@@ -33,7 +35,7 @@ from scgexp.nn._tensors import copy_into
 from scgexp.train import TrainingMixin
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +115,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         linear_skip: bool = True,
         **model_kwargs,
     ):
+        check_model_arguments(type(self), self._module_cls, model_kwargs)
         super().__init__(adata, registry)
         state = self.get_state_registry(LANDMARK_REGISTRY_KEY)
         self.landmark_names = pd.Index(state["landmark_names"])
@@ -650,16 +653,33 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         fill_missing: bool = False,
         rank_map: bool | Literal["gene", "sample"] = False,
         batch_size: int = 1024,
+        indices: Sequence[int] | None = None,
     ) -> np.ndarray:
         """Last hidden layer's activations, one row per sample (for ``obsm["X_dgex"]``).
 
-        Parameters are those of :meth:`predict`. For some samples only, pass
-        ``adata[indices]``.
+        Parameters
+        ----------
+        adata, layer, fill_missing, rank_map, batch_size
+            As in :meth:`predict`.
+        indices
+            Samples to use, as ``adata[indices]`` (so ``rank_map`` ranks among these samples);
+            ``None``: all.
 
         Examples
         --------
         >>> adata.obsm["X_dgex"] = model.get_latent_representation()
         >>> sc.pp.neighbors(adata, use_rep="X_dgex")
         """
+        data = self.adata if adata is None else adata
+        if indices is not None and data is not None:  # without data: the message to pass it
+            adata = data[cell_positions(indices, data.n_obs)]
         batches = self._landmark_batches(adata, layer, fill_missing, rank_map, batch_size)
         return self._outputs(batches, ("z",))["z"]
+
+    def get_normalized_expression(self, *args, **kwargs):
+        """Not available: DGEX infers target genes from landmarks, with :meth:`predict`."""
+        raise NotImplementedError(
+            "DGEX infers the target genes from the landmarks: use model.predict(adata), an "
+            "AnnData of the target genes in the training units (return_std=True adds their "
+            "uncertainty)."
+        )

@@ -44,6 +44,7 @@ from scgexp.data._checks import (
     check_known_categories,
     check_library_size,
     check_matrix,
+    check_model_arguments,
     check_obs_keys,
     check_option,
     check_setup_arguments,
@@ -80,6 +81,7 @@ _MODALITY_ARGS = (
     "continuous_covariate_keys",
 )
 _STAT_KEYS = {"rna": "n_vars", "atac": "n_atac", "protein": "n_proteins"}
+_MULTIVI_MODALITIES = {"joint": None, "expression": "rna", "accessibility": "atac"}
 
 
 def _obs(mdata: MuData | AnnData, modalities: dict, arg: str) -> MuData | AnnData:
@@ -353,6 +355,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         invariance_weight: float = 1.0,
         **module_kwargs,
     ):
+        check_model_arguments(type(self), self._module_cls, module_kwargs)
         super().__init__(adata, registry)
         check_option("invariance", invariance, (None, "auto", "mi", "adversarial", "both"))
         if invariance == "auto":
@@ -909,7 +912,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         if modality not in self.data_modalities:
             raise InputError(
                 f"{argument}={modality!r} is not a data type of this model; it uses "
-                f"{self.data_modalities}."
+                f"{self.data_modalities}{' (None: all of them)' if allow_none else ''}."
             )
 
     def _batches(
@@ -936,7 +939,8 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         modality: Literal["rna", "atac", "protein"] | None = None,
         give_mean: bool = True,
         batch_size: int | None = None,
-    ) -> np.ndarray:
+        return_dist: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Joint (or one modality's) latent representation, one row per cell.
 
         Parameters
@@ -948,31 +952,41 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         modality
             ``None``: the joint posterior of all the modalities each cell has. ``"rna"``,
             ``"atac"`` or ``"protein"``: the posterior from that modality alone (as for a cell
-            that had only it); cells missing it get rows of NaN.
+            that had only it); cells missing it get rows of NaN. MULTIVI's names work too:
+            ``"joint"``, ``"expression"``, ``"accessibility"``.
         give_mean
             Posterior mean; ``False``: one draw.
         batch_size
             Cells per forward pass.
+        return_dist
+            Return the posterior's means and variances instead, as scvi-tools' models do.
 
         Returns
         -------
-        Array of shape ``(n_cells, n_latent)``.
+        Array of shape ``(n_cells, n_latent)``, or two (means, variances).
 
         Examples
         --------
         >>> mdata.obsm["X_multivae"] = model.get_latent_representation()
         >>> mdata.obsm["X_multivae_atac"] = model.get_latent_representation(modality="atac")
         """
+        if isinstance(modality, str) and _MULTIVI_MODALITIES.get(modality, "") in (
+            None,
+            *self.data_modalities,
+        ):  # MULTIVI's name of a data type this model has
+            modality = _MULTIVI_MODALITIES[modality]
         self._check_modality(modality)
         use = [modality] if modality is not None else None
-        latent = []
+        keys = ("qzm", "qzv") if return_dist else ("qzm" if give_mean else "z",)
+        latent = {key: [] for key in keys}
         for _, outputs in self._batches(adata, indices, batch_size, use):
-            z = outputs["qzm"] if give_mean else outputs["z"]
-            z = z.cpu().numpy().astype(np.float32)
-            if modality is not None:
-                z[~outputs["masks"][modality].cpu().numpy()] = np.nan
-            latent.append(z)
-        return np.concatenate(latent)
+            for key in keys:
+                z = outputs[key].cpu().numpy().astype(np.float32)
+                if modality is not None:
+                    z[~outputs["masks"][modality].cpu().numpy()] = np.nan
+                latent[key].append(z)
+        arrays = tuple(np.concatenate(parts) for parts in latent.values())
+        return arrays if return_dist else arrays[0]
 
     @torch.inference_mode()
     def _decoded(

@@ -36,6 +36,7 @@ from scgexp.data._checks import (
     cell_positions,
     check_distinct_keys,
     check_known_categories,
+    check_model_arguments,
     check_obs_keys,
     check_option,
     check_query,
@@ -133,6 +134,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         invariance_weight: float = 1.0,
         **model_kwargs,
     ):
+        check_model_arguments(type(self), self._module_cls, model_kwargs)
         check_option("likelihood", likelihood, ("bernoulli", "poisson"))
         check_option("invariance", invariance, (None, "mi", "adversarial", "both"))
         if not invariance_weight >= 0:
@@ -395,6 +397,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         batch_size: int | None = None,
         return_numpy: bool = False,
         use_z_mean: bool = True,
+        region_list: Sequence[str] | None = None,
     ) -> pd.DataFrame | np.ndarray:
         """Imputed accessibility of every peak, decoded with the confounders held fixed.
 
@@ -423,6 +426,9 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
             Return an array instead of a DataFrame (cells × peaks, with names).
         use_z_mean
             Decode each cell's posterior mean; ``False``: one sample of its posterior.
+        region_list
+            Return these peaks only, in this order; ``None``: all. (PEAKVI's keeps the data's
+            order and skips names it does not know; this refuses them.)
 
         Returns
         -------
@@ -439,6 +445,27 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         self._check_if_trained(warn=False)
         adata = self._validate_anndata(adata)
         codes = batch_codes(transform_batch, self.registry_)
+        peaks = adata.var_names
+        if isinstance(region_list, str):
+            raise InputError(f"region_list must be a list of peak names: [{region_list!r}].")
+        if region_list is not None:
+            if not peaks.is_unique:
+                raise InputError(
+                    "region_list picks peaks by name, and the data's peak names repeat: run "
+                    "adata.var_names_make_unique() first, or select columns afterwards."
+                )
+            peaks = pd.Index(region_list)
+            if peaks.dtype == bool:
+                raise InputError(
+                    "region_list takes peak names, not a mask: adata.var_names[mask]."
+                )
+            unknown = peaks.difference(adata.var_names)
+            if len(unknown):
+                raise InputError(
+                    f"region_list names {len(unknown)} peaks the model does not have: "
+                    f"{', '.join(map(str, unknown[:10]))}."
+                )
+        columns = adata.var_names.get_indexer(peaks) if region_list is not None else slice(None)
         bernoulli = self.module.likelihood == "bernoulli"
         loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
         module = self.module
@@ -480,12 +507,12 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
                 )
                 logits = module.generative(**generative_inputs)["px"]
                 values += torch.sigmoid(logits) if bernoulli else logits.exp()
-            out.append((values / len(codes)).cpu().numpy())
+            out.append((values / len(codes))[:, columns].cpu().numpy())
         result = np.concatenate(out)
         if return_numpy:
             return result
         names = adata.obs_names if indices is None else adata.obs_names[np.asarray(indices)]
-        return pd.DataFrame(result, index=names, columns=adata.var_names)
+        return pd.DataFrame(result, index=names, columns=peaks)
 
     @de_dsp.dedent
     def differential_accessibility(

@@ -7,9 +7,10 @@ import inspect
 import logging
 import warnings
 
+from lightning.pytorch import Trainer as TrainerBase
 from scvi import settings
 from scvi.model.base import UnsupervisedTrainingMixin
-from scvi.train import SaveCheckpoint
+from scvi.train import SaveCheckpoint, Trainer
 
 from scgexp._compat import SimpleLogger, validate_data_split
 from scgexp._io import _load_weights, _read_saved_model
@@ -22,6 +23,11 @@ from scgexp.train._plans import InvarianceTrainingPlan
 from scgexp.train._trainingplan import TrainingDivergedError, TrainingPlan
 
 logger = logging.getLogger(__name__)
+
+_KL_WEIGHT = (
+    "The KL weight follows the plan's warm-up schedule at every step: set its final value "
+    "with plan_kwargs={'max_kl_weight': ...} (and n_epochs_kl_warmup= for the warm-up)."
+)
 
 # Lightning precisions that keep the weights in float32 ("-true" and 64 cast them).
 _PRECISIONS = {"32", "32-true", "16", "16-mixed", "bf16", "bf16-mixed"}
@@ -55,8 +61,8 @@ class TrainingMixin(UnsupervisedTrainingMixin):
             )
         )
 
-    def _check_plan_kwargs(self, plan_kwargs: dict | None) -> None:
-        """Refuse unknown ``plan_kwargs``: scvi-tools would pass them to the loss, unread."""
+    def _plan_parameters(self) -> set[str]:
+        """Names the training plan or the module's loss reads from ``plan_kwargs``."""
         known = set()
         callables = [
             c.__dict__["__init__"]
@@ -68,12 +74,68 @@ class TrainingMixin(UnsupervisedTrainingMixin):
             known |= {
                 p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
             }
-        known -= {"self", "module", "tensors", "inference_outputs", "generative_outputs"}
+        # The loss's kl_weight is set by the plan's schedule at each step (max_kl_weight).
+        internal = {"self", "module", "tensors", "inference_outputs", "generative_outputs"}
+        return known - internal - {"kl_weight"}
+
+    def _has_kl_weight(self) -> bool:
+        return "kl_weight" in inspect.signature(self.module.loss).parameters
+
+    def _check_plan_kwargs(self, plan_kwargs: dict | None) -> None:
+        """Refuse unknown ``plan_kwargs``: scvi-tools would pass them to the loss, unread."""
+        known = self._plan_parameters()
         for key in plan_kwargs or {}:
+            if key == "kl_weight" and self._has_kl_weight():
+                raise InputError(_KL_WEIGHT)
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1)
                 hint = f" Did you mean {close[0]!r}?" if close else ""
                 raise InputError(f"plan_kwargs has an unknown argument {key!r}.{hint}")
+
+    def _check_train_arguments(self, kwargs: dict) -> None:
+        """Refuse what no part of training reads, before Lightning's bare ``TypeError``.
+
+        scvi-tools' models take some training-plan settings directly (MULTIVI's
+        ``adversarial_mixing``, ``n_steps_kl_warmup``); here they go in ``plan_kwargs``.
+        """
+        accepted = {"ckpt_path"}  # scvi-tools' TrainRunner takes it out for Trainer.fit
+        for function in (UnsupervisedTrainingMixin.train, Trainer.__init__, TrainerBase.__init__):
+            parameters = inspect.signature(function).parameters.values()
+            accepted |= {p.name for p in parameters if p.kind != p.VAR_KEYWORD}
+        plan = self._plan_parameters()
+        name = type(self).__name__
+        for key in kwargs:
+            if key in accepted:
+                continue
+            if key == "kl_weight" and self._has_kl_weight():
+                raise InputError(_KL_WEIGHT)
+            if key.startswith("adversarial"):
+                has_invariance = "invariance" in inspect.signature(type(self).__init__).parameters
+                raise InputError(
+                    f"train() has no {key!r}: "
+                    + (
+                        f"{name} chooses its latent penalty when built, "
+                        f"{name}(adata, invariance=...)."
+                        if has_invariance
+                        else f"{name} has no adversarial penalty."
+                    )
+                )
+            if key in plan:
+                raise InputError(
+                    f"{key!r} is a training-plan setting: pass it as "
+                    f"train(plan_kwargs={{{key!r}: ...}})."
+                )
+            close = difflib.get_close_matches(key, accepted | plan, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise InputError(f"train() has no argument {key!r}.{hint}")
+        if issubclass(self._training_plan_cls, InvarianceTrainingPlan) and (
+            kwargs.get("accumulate_grad_batches", 1) != 1
+        ):
+            raise InputError(
+                f"{name} trains with Lightning's manual optimisation (for its invariance "
+                "penalty), which cannot accumulate gradients over minibatches: pass a larger "
+                "batch_size instead of accumulate_grad_batches."
+            )
 
     def train(
         self,
@@ -88,9 +150,11 @@ class TrainingMixin(UnsupervisedTrainingMixin):
         without early stopping or a learning-rate schedule on the validation loss. Each call is
         a new run, as in scvi-tools: the weights carry over and ``history`` is appended to, but
         the optimiser and the schedules (warm-up, KL annealing, learning rate) start again.
-        Unknown ``plan_kwargs``, ``max_epochs < 1``, ``batch_size < 2``, splits with fewer
-        than 2 training cells, and scvi-tools' ``trainer_config``/``plan_config`` (which rank
-        below the models' own defaults; pass their settings as arguments) are refused.
+        Arguments that no part of training reads (with the closest name, or where a
+        training-plan setting goes), unknown ``plan_kwargs``, ``max_epochs < 1``,
+        ``batch_size < 2``, splits with fewer than 2 training cells, and scvi-tools'
+        ``trainer_config``/``plan_config`` (which rank below the models' own defaults; pass
+        their settings as arguments) are refused.
         ``logger=False`` keeps an in-memory logger that writes nothing (a learning-rate schedule
         on the validation loss needs one), and scvi-tools'
         ``SaveCheckpoint(load_best_on_end=True)`` loads its best save at the end.
@@ -124,6 +188,7 @@ class TrainingMixin(UnsupervisedTrainingMixin):
                 )
         self._validate_anndata()  # registered data changed since setup would train on moved genes
         self._check_plan_kwargs(kwargs.get("plan_kwargs"))
+        self._check_train_arguments(kwargs)
         max_epochs, batch_size = kwargs.get("max_epochs"), kwargs.get("batch_size")
         precision = kwargs.get("precision")
         if precision is not None and str(precision) not in _PRECISIONS:

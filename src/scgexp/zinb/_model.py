@@ -32,6 +32,7 @@ from scgexp.data._checks import (
     check_distinct_keys,
     check_known_categories,
     check_library_size,
+    check_model_arguments,
     check_obs_keys,
     check_option,
     check_query,
@@ -132,6 +133,7 @@ class ZINBAutoencoder(
                 "ZINBAutoencoder takes the count distribution as likelihood=, not "
                 "gene_likelihood= (scvi-tools' name for it)."
             )
+        check_model_arguments(type(self), self._module_cls, model_kwargs, ("gene_likelihood",))
         if not ridge_lambda >= 0:  # a negative penalty rewards dropout everywhere
             raise InputError(f"ridge_lambda must be 0 or more, not {ridge_lambda!r}.")
         super().__init__(adata, registry)
@@ -375,6 +377,8 @@ class ZINBAutoencoder(
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
         batch_size: int | None = None,
+        give_mean: bool = True,
+        return_dist: bool = False,
     ) -> np.ndarray:
         """Return the bottleneck activations, one row per cell (for ``obsm``, then scanpy).
 
@@ -386,6 +390,9 @@ class ZINBAutoencoder(
             Cells to use; ``None``: all.
         batch_size
             Cells per forward pass (``None``: scvi's default).
+        give_mean, return_dist
+            As in scvi-tools' models. The bottleneck is deterministic: ``give_mean`` changes
+            nothing, and ``return_dist=True`` is refused (there is no distribution).
 
         Returns
         -------
@@ -397,6 +404,11 @@ class ZINBAutoencoder(
         >>> sc.pp.neighbors(adata, use_rep="X_zinb")
         >>> sc.tl.leiden(adata)
         """
+        if return_dist:
+            raise InputError(
+                "ZINBAutoencoder is a deterministic autoencoder: its latent is one point per "
+                "cell, with no distribution to return. Leave return_dist=False."
+            )
         return self._encoded("z", adata, indices, batch_size)
 
     @torch.inference_mode()
@@ -462,6 +474,8 @@ class ZINBAutoencoder(
         batch_size: int | None = None,
         return_numpy: bool = False,
         silent: bool = True,
+        n_samples: int = 1,
+        return_mean: bool = True,
     ) -> pd.DataFrame | np.ndarray:
         """Denoised expression: the fitted mean of every count.
 
@@ -485,6 +499,10 @@ class ZINBAutoencoder(
             Return an array instead of a DataFrame (cells × genes, with names).
         silent
             Hide the progress bar over ``transform_batch`` values.
+        n_samples, return_mean
+            As in scvi-tools' models. The autoencoder's output is deterministic, so the mean
+            over samples is the output itself; ``return_mean=False`` with ``n_samples > 1`` is
+            refused (for sampled counts use :meth:`posterior_predictive_sample`).
 
         Returns
         -------
@@ -498,6 +516,13 @@ class ZINBAutoencoder(
         ... )
         """
         self._check_if_trained(warn=False)
+        if not n_samples >= 1:
+            raise InputError(f"n_samples must be at least 1, not {n_samples!r}.")
+        if n_samples > 1 and not return_mean:
+            raise InputError(
+                "ZINBAutoencoder's denoised values are deterministic: every sample would be the "
+                "same. Leave return_mean=True, or use posterior_predictive_sample() for counts."
+            )
         order = self._gene_order(gene_list)
         check_library_size(library_size, allow_latent=True)
         batch_codes(transform_batch, self.registry_)  # scvi-tools' message lists no batches

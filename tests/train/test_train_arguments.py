@@ -41,6 +41,8 @@ def test_arguments_of_scvi_tools_models_trains_say_where_they_go(zinb):
         zinb.train(max_epochs=1, adversarial_mixing=False)
     with pytest.raises(InputError, match=r"no argument 'max_epoch'\. Did you mean 'max_epochs'"):
         zinb.train(max_epoch=1)
+    with pytest.raises(InputError, match="Did you mean 'lr'"):
+        zinb.train(max_epochs=1, learning_rate=1e-3)
     adata = simulate_scatac(n_cells=100, n_peaks=300, seed=0)
     SAILER.setup_anndata(adata, batch_key="batch")
     sailer = SAILER(adata)

@@ -24,6 +24,8 @@ from scgexp.train._trainingplan import TrainingDivergedError, TrainingPlan
 
 logger = logging.getLogger(__name__)
 
+#: Other libraries' names for training arguments, which difflib matches badly.
+_OTHER_NAMES = {"learning_rate": ["lr"], "epochs": ["max_epochs"], "n_epochs": ["max_epochs"]}
 _KL_WEIGHT = (
     "The KL weight follows the plan's warm-up schedule at every step: set its final value "
     "with plan_kwargs={'max_kl_weight': ...} (and n_epochs_kl_warmup= for the warm-up)."
@@ -125,7 +127,7 @@ class TrainingMixin(UnsupervisedTrainingMixin):
                     f"{key!r} is a training-plan setting: pass it as "
                     f"train(plan_kwargs={{{key!r}: ...}})."
                 )
-            close = difflib.get_close_matches(key, accepted | plan, n=1)
+            close = _OTHER_NAMES.get(key) or difflib.get_close_matches(key, accepted | plan, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise InputError(f"train() has no argument {key!r}.{hint}")
         if issubclass(self._training_plan_cls, InvarianceTrainingPlan) and (

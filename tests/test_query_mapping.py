@@ -163,6 +163,7 @@ def test_query_mapping_refuses_what_would_mislead(zinb_split):
     # scvi-tools' arguments say what does their work here.
     with pytest.raises(InputError, match=r"ZINBAutoencoder.prepare_query_anndata\(query"):
         ZINBAutoencoder.load_query_data(query, reference_model, inplace_subset_query_vars=True)
+    ZINBAutoencoder.load_query_data(query.copy(), reference_model, inplace_subset_query_vars=False)
     with pytest.raises(InputError, match="unfrozen=True trains every weight"):
         ZINBAutoencoder.load_query_data(query, reference_model, freeze_expression=False)
 

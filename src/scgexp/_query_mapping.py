@@ -112,7 +112,9 @@ class QueryMappingMixin:
         >>> query_model.train(max_epochs=100)
         >>> query.obsm["X_zinb"] = query_model.get_latent_representation()
         """
-        for name in scvi_arguments:
+        for name, value in scvi_arguments.items():
+            if name == "inplace_subset_query_vars" and value is False:
+                continue  # scvi-tools' default: the query is used as given, as here
             if name == "inplace_subset_query_vars":
                 prepare = "mudata" if isinstance(adata, MuData) else "anndata"
                 fix = (

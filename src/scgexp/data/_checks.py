@@ -918,6 +918,15 @@ def check_setup_arguments(setup_method, kwargs: dict) -> None:
     )
 
 
+def check_unique_names(names, argument: str) -> None:
+    """Refuse picking features by name (``gene_list``, ...) where the names repeat."""
+    if not pd.Index(names).is_unique:
+        raise InputError(
+            f"{argument} picks features by name, and the data's feature names repeat: run "
+            "adata.var_names_make_unique() before setup, or select columns afterwards."
+        )
+
+
 #: Module arguments that the models fill in from the registered data.
 _SET_FROM_THE_DATA = {
     "n_input",

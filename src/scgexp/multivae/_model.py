@@ -49,6 +49,7 @@ from scgexp.data._checks import (
     check_option,
     check_setup_arguments,
     check_size_factors,
+    check_unique_names,
     dense,
     get_matrix,
     mean_and_scale,
@@ -1032,10 +1033,11 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
 
     def _frame(self, values, target, feature_list, adata, indices, return_numpy):
         names = self._var_names(target)
+        argument = {"rna": "gene_list", "atac": "region_list"}.get(target, "protein_list")
         if isinstance(feature_list, str):
-            argument = {"rna": "gene_list", "atac": "region_list"}.get(target, "protein_list")
             raise InputError(f"{argument} must be a list of names: [{feature_list!r}].")
         if feature_list is not None:
+            check_unique_names(names, argument)
             missing = [f for f in feature_list if f not in set(names)]
             if missing:
                 raise InputError(

@@ -42,6 +42,7 @@ from scgexp.data._checks import (
     check_query,
     check_setup_arguments,
     check_setup_counts,
+    check_unique_names,
     mean_and_scale,
     registered_n_cats_per_cov,
     row_and_column_sums,
@@ -449,11 +450,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         if isinstance(region_list, str):
             raise InputError(f"region_list must be a list of peak names: [{region_list!r}].")
         if region_list is not None:
-            if not peaks.is_unique:
-                raise InputError(
-                    "region_list picks peaks by name, and the data's peak names repeat: run "
-                    "adata.var_names_make_unique() first, or select columns afterwards."
-                )
+            check_unique_names(peaks, "region_list")
             peaks = pd.Index(region_list)
             if peaks.dtype == bool:
                 raise InputError(

@@ -39,6 +39,7 @@ from scgexp.data._checks import (
     check_setup_arguments,
     check_setup_counts,
     check_size_factors,
+    check_unique_names,
     registered_n_cats_per_cov,
     row_and_column_sums,
 )
@@ -797,6 +798,7 @@ class ZINBAutoencoder(
             raise InputError(f"gene_list must be a list of gene names: [{gene_list!r}].")
         trained = self.registry_["field_registries"][REGISTRY_KEYS.X_KEY]["state_registry"]
         names = pd.Index(trained["column_names"])
+        check_unique_names(names, "gene_list")
         unknown = pd.Index(gene_list).difference(names)
         if len(unknown):
             raise InputError(

@@ -123,8 +123,9 @@ class QueryMappingMixin:
                 )
             elif name.startswith("freeze_"):
                 fix = (
-                    "only the query's new entries train, as with scvi-tools' defaults; "
-                    "unfrozen=True trains every weight, freeze_dropout=True turns dropout off"
+                    "here only the query's new entries train (scvi-tools' defaults also train "
+                    "the decoder's batch norm); unfrozen=True trains every weight, "
+                    "freeze_dropout=True turns dropout off"
                 )
             else:
                 raise InputError(f"load_query_data() has no argument {name!r}.")

@@ -918,13 +918,39 @@ def check_setup_arguments(setup_method, kwargs: dict) -> None:
     )
 
 
-def check_unique_names(names, argument: str) -> None:
-    """Refuse picking features by name (``gene_list``, ...) where the names repeat."""
-    if not pd.Index(names).is_unique:
+_FEATURES = {"gene_list": "genes", "region_list": "peaks", "protein_list": "proteins"}
+
+
+def feature_positions(names, wanted, argument: str, known_at: str = "") -> np.ndarray:
+    """Positions in ``names`` of the features ``wanted``, in its order (``gene_list``, ...).
+
+    A single name, a boolean mask, names that are not features of the model (``known_at``:
+    where the user finds those), and data whose feature names repeat (a name would be
+    ambiguous) are refused.
+
+    Examples
+    --------
+    >>> feature_positions(["a", "b", "c"], ["c", "a"], "gene_list")
+    array([2, 0])
+    """
+    if isinstance(wanted, str):
+        raise InputError(f"{argument} must be a list of names: [{wanted!r}].")
+    names, wanted = pd.Index(names), pd.Index(wanted)
+    if wanted.dtype == bool:
+        raise InputError(f"{argument} takes names, not a mask: var_names[mask].")
+    if not names.is_unique:
         raise InputError(
             f"{argument} picks features by name, and the data's feature names repeat: run "
             "adata.var_names_make_unique() before setup, or select columns afterwards."
         )
+    unknown = wanted.difference(names)
+    if len(unknown):
+        raise InputError(
+            f"{argument} names {len(unknown)} {_FEATURES.get(argument, 'features')} the model "
+            f"does not have: {', '.join(map(str, unknown[:10]))}"
+            + (f"; the model's are {known_at}." if known_at else ".")
+        )
+    return names.get_indexer(wanted)
 
 
 #: Module arguments that the models fill in from the registered data.

@@ -49,8 +49,8 @@ from scgexp.data._checks import (
     check_option,
     check_setup_arguments,
     check_size_factors,
-    check_unique_names,
     dense,
+    feature_positions,
     get_matrix,
     mean_and_scale,
     read_dense,
@@ -1034,18 +1034,10 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
     def _frame(self, values, target, feature_list, adata, indices, return_numpy):
         names = self._var_names(target)
         argument = {"rna": "gene_list", "atac": "region_list"}.get(target, "protein_list")
-        if isinstance(feature_list, str):
-            raise InputError(f"{argument} must be a list of names: [{feature_list!r}].")
         if feature_list is not None:
-            check_unique_names(names, argument)
-            missing = [f for f in feature_list if f not in set(names)]
-            if missing:
-                raise InputError(
-                    f"Not features of {target}: {missing[:10]}; the model's are "
-                    f"model.training_var_names[{self._modality_name(target)!r}]."
-                )
-            position = pd.Index(names).get_indexer(feature_list)
-            values, names = values[:, position], pd.Index(feature_list)
+            known_at = f"model.training_var_names[{self._modality_name(target)!r}]"
+            position = feature_positions(names, feature_list, argument, known_at)
+            values, names = values[:, position], pd.Index(names)[position]
         if return_numpy:
             return values
         obs_names = (adata if adata is not None else self.adata).obs_names

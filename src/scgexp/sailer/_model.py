@@ -42,7 +42,7 @@ from scgexp.data._checks import (
     check_query,
     check_setup_arguments,
     check_setup_counts,
-    check_unique_names,
+    feature_positions,
     mean_and_scale,
     registered_n_cats_per_cov,
     row_and_column_sums,
@@ -446,23 +446,10 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         self._check_if_trained(warn=False)
         adata = self._validate_anndata(adata)
         codes = batch_codes(transform_batch, self.registry_)
-        peaks = adata.var_names
-        if isinstance(region_list, str):
-            raise InputError(f"region_list must be a list of peak names: [{region_list!r}].")
+        peaks, columns = adata.var_names, slice(None)
         if region_list is not None:
-            check_unique_names(peaks, "region_list")
-            peaks = pd.Index(region_list)
-            if peaks.dtype == bool:
-                raise InputError(
-                    "region_list takes peak names, not a mask: adata.var_names[mask]."
-                )
-            unknown = peaks.difference(adata.var_names)
-            if len(unknown):
-                raise InputError(
-                    f"region_list names {len(unknown)} peaks the model does not have: "
-                    f"{', '.join(map(str, unknown[:10]))}."
-                )
-        columns = adata.var_names.get_indexer(peaks) if region_list is not None else slice(None)
+            columns = feature_positions(peaks, region_list, "region_list")
+            peaks = peaks[columns]
         bernoulli = self.module.likelihood == "bernoulli"
         loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
         module = self.module

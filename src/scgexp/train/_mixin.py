@@ -80,36 +80,32 @@ class TrainingMixin(UnsupervisedTrainingMixin):
         internal = {"self", "module", "tensors", "inference_outputs", "generative_outputs"}
         return known - internal - {"kl_weight"}
 
-    def _has_kl_weight(self) -> bool:
-        return "kl_weight" in inspect.signature(self.module.loss).parameters
-
-    def _check_plan_kwargs(self, plan_kwargs: dict | None) -> None:
-        """Refuse unknown ``plan_kwargs``: scvi-tools would pass them to the loss, unread."""
-        known = self._plan_parameters()
-        for key in plan_kwargs or {}:
-            if key == "kl_weight" and self._has_kl_weight():
-                raise InputError(_KL_WEIGHT)
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise InputError(f"plan_kwargs has an unknown argument {key!r}.{hint}")
-
     def _check_train_arguments(self, kwargs: dict) -> None:
         """Refuse what no part of training reads, before Lightning's bare ``TypeError``.
 
-        scvi-tools' models take some training-plan settings directly (MULTIVI's
-        ``adversarial_mixing``, ``n_steps_kl_warmup``); here they go in ``plan_kwargs``.
+        Unknown ``plan_kwargs`` (scvi-tools would pass them to the loss, unread) and training
+        arguments that are none of scvi-tools' or Lightning's. scvi-tools' models take some
+        plan settings directly (MULTIVI's ``adversarial_mixing``, ``n_steps_kl_warmup``); here
+        they go in ``plan_kwargs``.
         """
+        plan = self._plan_parameters()
+        has_kl_weight = "kl_weight" in inspect.signature(self.module.loss).parameters
+        for key in kwargs.get("plan_kwargs") or {}:
+            if key == "kl_weight" and has_kl_weight:
+                raise InputError(_KL_WEIGHT)
+            if key not in plan:
+                close = difflib.get_close_matches(key, plan, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise InputError(f"plan_kwargs has an unknown argument {key!r}.{hint}")
         accepted = {"ckpt_path"}  # scvi-tools' TrainRunner takes it out for Trainer.fit
         for function in (UnsupervisedTrainingMixin.train, Trainer.__init__, TrainerBase.__init__):
             parameters = inspect.signature(function).parameters.values()
             accepted |= {p.name for p in parameters if p.kind != p.VAR_KEYWORD}
-        plan = self._plan_parameters()
         name = type(self).__name__
         for key in kwargs:
             if key in accepted:
                 continue
-            if key == "kl_weight" and self._has_kl_weight():
+            if key == "kl_weight" and has_kl_weight:
                 raise InputError(_KL_WEIGHT)
             if key.startswith("adversarial"):
                 has_invariance = "invariance" in inspect.signature(type(self).__init__).parameters
@@ -189,7 +185,6 @@ class TrainingMixin(UnsupervisedTrainingMixin):
                     f"it); pass its settings as train({instead.format(name)})."
                 )
         self._validate_anndata()  # registered data changed since setup would train on moved genes
-        self._check_plan_kwargs(kwargs.get("plan_kwargs"))
         self._check_train_arguments(kwargs)
         max_epochs, batch_size = kwargs.get("max_epochs"), kwargs.get("batch_size")
         precision = kwargs.get("precision")

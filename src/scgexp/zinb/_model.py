@@ -39,7 +39,7 @@ from scgexp.data._checks import (
     check_setup_arguments,
     check_setup_counts,
     check_size_factors,
-    check_unique_names,
+    feature_positions,
     registered_n_cats_per_cov,
     row_and_column_sums,
 )
@@ -794,18 +794,9 @@ class ZINBAutoencoder(
         """
         if gene_list is None:
             return None
-        if isinstance(gene_list, str):
-            raise InputError(f"gene_list must be a list of gene names: [{gene_list!r}].")
         trained = self.registry_["field_registries"][REGISTRY_KEYS.X_KEY]["state_registry"]
-        names = pd.Index(trained["column_names"])
-        check_unique_names(names, "gene_list")
-        unknown = pd.Index(gene_list).difference(names)
-        if len(unknown):
-            raise InputError(
-                f"gene_list names {len(unknown)} genes the model does not have: "
-                f"{', '.join(map(str, unknown[:10]))}."
-            )
-        order = names[names.isin(gene_list)].get_indexer(gene_list)
+        positions = feature_positions(trained["column_names"], gene_list, "gene_list")
+        order = np.unique(positions).searchsorted(positions)  # in scvi-tools' output
         return None if np.array_equal(order, np.arange(len(order))) else order
 
     def posterior_predictive_sample(

@@ -482,8 +482,9 @@ def run_demo(out_dir: Path, epochs: int | None = None, accelerator: str = "auto"
 
     Examples
     --------
+    >>> from pathlib import Path
     >>> from scgexp.cli._demo import run_demo
-    >>> run_demo(Path("scgexp_demo"), epochs=5)
+    >>> report = run_demo(Path("scgexp_demo"), epochs=5)  # doctest: +SKIP
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

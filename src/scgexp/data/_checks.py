@@ -803,6 +803,8 @@ def renamed_categories(adata_manager, keys: list[str]) -> dict[str, dict]:
 
     Examples
     --------
+    >>> batch = adata.obs["batch"]  # the model was trained with batch_0 and batch_1
+    >>> adata.obs["batch"] = batch.cat.rename_categories(["Donor A", "Donor B"])
     >>> renamed_categories(model.adata_manager, ["batch"])
     {'batch': {'Donor A': 'batch_0', 'Donor B': 'batch_1'}}
     """
@@ -903,7 +905,8 @@ def check_setup_arguments(setup_method, kwargs: dict) -> None:
     --------
     >>> check_setup_arguments(ZINBAutoencoder.setup_anndata, {"continuous_covariate_keys": ["x"]})
     Traceback (most recent call last):
-    InputError: ZINBAutoencoder.setup_anndata has no argument 'continuous_covariate_keys'...
+    ...
+    scgexp.data._checks.InputError: ZINBAutoencoder.setup_anndata has no argument...
     """
     unknown = [key for key in kwargs if key not in _TRANSFER_ARGUMENTS]
     if not unknown:

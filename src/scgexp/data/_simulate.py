@@ -104,7 +104,7 @@ def simulate_bulk_expression(
     Examples
     --------
     >>> adata = scgexp.data.simulate_bulk_expression(n_samples=500, seed=1)
-    >>> adata.var["landmark"].sum()
+    >>> int(adata.var["landmark"].sum())
     200
     """
     _check_arguments(

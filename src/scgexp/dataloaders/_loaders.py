@@ -77,7 +77,8 @@ class InMemoryDataLoader(DataLoader):
     --------
     >>> store = TensorStore(model.adata_manager)
     >>> loader = InMemoryDataLoader(store, np.arange(store.n_obs), batch_size=256, shuffle=True)
-    >>> next(iter(loader))["X"].shape
+    >>> next(iter(loader))["X"].shape  # 256 cells x the model's genes
+    torch.Size([256, 500])
     """
 
     def __init__(
@@ -255,7 +256,9 @@ class StreamingDataLoader(DataLoader):
     Examples
     --------
     >>> adata = anndata.read_h5ad("atlas.h5ad", backed="r")
-    >>> model.train(data_mode="stream")   # uses this loader
+    >>> ZINBAutoencoder.setup_anndata(adata)
+    >>> model = ZINBAutoencoder(adata)
+    >>> model.train(data_mode="stream")  # uses this loader
     """
 
     def __init__(

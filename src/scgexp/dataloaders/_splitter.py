@@ -102,7 +102,8 @@ class DataSplitter(ScviDataSplitter):
 
     >>> splitter = DataSplitter(model.adata_manager, data_mode="memory", batch_size=256)
     >>> splitter.setup()
-    >>> next(iter(splitter.train_dataloader()))["X"].shape
+    >>> next(iter(splitter.train_dataloader()))["X"].shape  # 256 cells x the model's genes
+    torch.Size([256, 500])
     """
 
     def __init__(

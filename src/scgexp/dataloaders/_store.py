@@ -119,7 +119,8 @@ class TensorStore:
     Examples
     --------
     >>> store = TensorStore(model.adata_manager, torch.device("cpu"))
-    >>> store.batch(torch.arange(128))["X"].shape
+    >>> store.batch(torch.arange(128))["X"].shape  # 128 cells x the model's genes
+    torch.Size([128, 500])
     """
 
     def __init__(

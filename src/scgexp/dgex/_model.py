@@ -301,7 +301,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
 
         Examples
         --------
-        >>> scgexp.data.mark_landmarks(adata, landmark_genes)
+        >>> n_landmarks = scgexp.data.mark_landmarks(adata, landmark_genes)
         >>> scgexp.model.DGEX.setup_anndata(adata, layer="log1p", landmark_key="landmark")
         """
         check_setup_arguments(cls.setup_anndata, kwargs)
@@ -352,7 +352,8 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
 
         Examples
         --------
-        >>> model.train(max_epochs=100, accelerator="gpu", devices=1)
+        >>> model.train(max_epochs=100)
+        >>> model.train(max_epochs=100, accelerator="gpu", devices=1)  # doctest: +SKIP
         """
         plan_kwargs = {
             "lr": lr,

@@ -634,7 +634,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
 
         Examples
         --------
-        >>> model.confounder_information()
+        >>> model.confounder_information()  # doctest: +SKIP
         log_open_peaks    0.012
         batch             0.004
         Name: mutual_information, dtype: float64

@@ -39,7 +39,10 @@ class TrainingPlan(ScviTrainingPlan):
     >>> class MyModel(scvi.model.SCVI):
     ...     _training_plan_cls = scgexp.train.TrainingPlan
     >>> MyModel.setup_anndata(adata)
-    >>> MyModel(adata).train(devices=2, strategy="ddp_find_unused_parameters_true")
+    >>> MyModel(adata).train(max_epochs=10)
+    >>> MyModel(adata).train(  # doctest: +SKIP
+    ...     devices=2, strategy="ddp_find_unused_parameters_true"
+    ... )
     """
 
     def forward(self, *args, **kwargs):

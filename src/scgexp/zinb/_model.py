@@ -671,7 +671,7 @@ class ZINBAutoencoder(
         Examples
         --------
         >>> correlation = model.get_feature_correlation_matrix()
-        >>> correlation["CD3E"].sort_values().tail()
+        >>> correlation["CD3E"].drop("CD3E").sort_values().tail()
         """
         check_option("correlation_type", correlation_type, ("spearman", "pearson"))
         check_library_size(rna_size_factor, name="rna_size_factor")

@@ -270,6 +270,8 @@ def test_map_rna_only_cells_onto_a_multiome_model(tmp_path, monkeypatch):
     mapped = mudata.read_h5mu(output)
     assert mapped.obsm["X_multivae"].shape == (new.sum(), 20)
     assert mapped.mod.keys() == {"rna"}  # the added all-zero ATAC is not written as data
+    assert set(mapped.obsm) == {"rna", "X_multivae", "X_multivae_rna"}  # no mask for ATAC
+    assert set(mapped.varm) == {"rna"}
     assert "X_multivae_atac" not in mapped.obsm
     assert mapped.uns["multivae"]["modalities"] == {"rna_layer": "rna"}
     assert mapped["rna"].layers["multivae_normalized"].shape == (new.sum(), 40)
@@ -281,7 +283,9 @@ def test_map_rna_only_cells_onto_a_multiome_model(tmp_path, monkeypatch):
         "predict", model_dir, tmp_path / "known.h5mu", "--out", predicted, "--fill-missing"
     )
     assert result.exit_code == 0, result.output
-    assert mudata.read_h5mu(predicted).mod.keys() == {"rna"}
+    predicted = mudata.read_h5mu(predicted)
+    assert predicted.mod.keys() == {"rna"}
+    assert "atac" not in predicted.obsm
     for adata in (mapped, *mapped.mod.values(), mudata.read_h5mu(tmp_path / "r.h5mu")):
         assert "_scvi_batch" not in adata.obs  # scvi-tools' setup bookkeeping
         assert "_scvi_uuid" not in adata.uns
@@ -568,6 +572,8 @@ def test_fit_is_seeded(counts_file, tmp_path):
         (["fit", "zinb", "{folder}", "--out", "{out}"], "is a folder; INPUT must be a .h5ad file"),
         (["fit", "zinb", "{counts}", "--out", "{existing}"], "exists; pass --overwrite"),
         (["fit", "zinb", "{mudata}", "--out", "{out_mu}"], "take AnnData (.h5ad)"),
+        (["fit", "multivae", "{counts}", "--out", "{out_mu}"], "mudata.MuData({'rna': rna"),
+        (["fit", "zinb", "{mudata_as_h5ad}", "--out", "{out}"], "holds MuData: rename it to"),
         (["fit", "zinb", "{counts}", "--out", "{txt}/out.h5ad"], "cannot be written to"),
         (["fit", "zinb", "{counts}", "--out", "{link}"], "never overwrites its input"),
         (
@@ -577,6 +583,8 @@ def test_fit_is_seeded(counts_file, tmp_path):
     ],
 )
 def test_errors_are_one_line_and_leave_input_untouched(counts_file, tmp_path, args, message):
+    import mudata
+
     (tmp_path / "table.txt").write_text("not data")
     names = {
         "missing": tmp_path / "nope.h5ad",
@@ -594,6 +602,8 @@ def test_errors_are_one_line_and_leave_input_untouched(counts_file, tmp_path, ar
     names["link"] = tmp_path / "hard_link.h5ad"
     names["link"].hardlink_to(counts_file)  # another name for the input file
     adata = ad.read_h5ad(counts_file)
+    names["mudata_as_h5ad"] = tmp_path / "mudata.h5ad"
+    mudata.MuData({"rna": adata}).write(names["mudata_as_h5ad"])
     adata.obs["library"] = np.asarray(adata.X.sum(1)).ravel() / 7.0
     adata.write_h5ad(counts_file)
     before = counts_file.read_bytes()
@@ -663,6 +673,12 @@ def test_model_dir_is_checked_before_training(counts_file, bulk_file, tmp_path, 
     args = ["fit", "zinb", str(counts_file), "--out", str(out), "--model-dir", str(folder)]
     assert "remove it or choose another --model-dir" in CliRunner().invoke(main, args).output
     assert result.output.strip().count("\n") == 0
+
+
+def test_seed_out_of_numpy_range_is_refused_by_name(counts_file, tmp_path):
+    result = _invoke("fit", "zinb", counts_file, "--out", tmp_path / "o.h5ad", "--seed", -1)
+    assert result.exit_code == 2
+    assert "Invalid value for '--seed'" in result.output
 
 
 def test_unknown_model_is_refused(counts_file, tmp_path):
@@ -868,6 +884,10 @@ def test_warnings_are_one_line_naming_the_command_s_flags():
             "(On the command line, rank_map= is --rank-map; rank_map='sample' is "
             "--rank-map-sample.)"
         )
+    with click.Context(main.commands["fit"]):  # a CSC file on disk: read it into memory
+        assert _with_flags("or load it with `adata.to_memory()`.").endswith(
+            "(On the command line, `adata.to_memory()` is --data-mode memory.)"
+        )
     with pytest.warns(UserWarning, match="KL weight") as record:  # the KL annealing advice
         warn_if_annealing_unfinished(2, {"n_epochs_kl_warmup": 50})
     with click.Context(main.commands["fit"]):
@@ -890,7 +910,9 @@ def test_device_errors_point_to_the_device_flags(counts_file, tmp_path, monkeypa
     assert "No supported gpu backend found! (Check --accelerator, --devices" in result.output
 
 
-def test_multivae_on_modalities_with_different_cells(tmp_path):
+def test_multivae_on_modalities_with_different_cells(tmp_path, caplog):
+    import logging
+
     import mudata
 
     sim = scgexp.data.simulate_multiome(n_cells=150, n_genes=40, n_peaks=80, seed=0)
@@ -915,6 +937,18 @@ def test_multivae_on_modalities_with_different_cells(tmp_path):
     assert result.exit_code == 0, result.output
     again = mudata.read_h5mu(predicted)
     np.testing.assert_allclose(again.obsm["X_multivae"], fitted.obsm["X_multivae"], rtol=1e-5)
+    # The same cells in another order in one modality: read in order, not called missing.
+    reordered = mudata.MuData({"rna": sim["rna"][::-1].copy(), "atac": sim["atac"].copy()})
+    reordered.obs["batch"] = sim.obs["batch"].loc[reordered.obs_names].to_numpy()
+    reordered.write(tmp_path / "reordered.h5mu")
+    with caplog.at_level(logging.INFO, logger="scgexp.cli"):
+        result = _invoke(
+            "predict", tmp_path / "joint_multivae_model", tmp_path / "reordered.h5mu",
+            "--out", tmp_path / "reordered_out.h5mu",
+        )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "hold the MuData's cells in another order" in caplog.text
+    assert "Cells missing a modality" not in caplog.text
     streamed = ["fit", "multivae", path, "--out", tmp_path / "s.h5mu", "--data-mode", "stream"]
     result = CliRunner().invoke(main, [str(a) for a in streamed])
     assert result.exit_code == 1

@@ -70,6 +70,10 @@ def test_counts_off_whole_numbers_are_refused_with_the_rounding_to_paste(dense):
     with pytest.raises(InputError, match="log-normalised data") as refused:
         check_matrix(adata, layer="counts", counts=True)
     assert "np.rint" not in str(refused.value)
+    assert "layer='counts')" not in str(refused.value)  # the layer the user already named
+    adata.layers["normalised"] = adata.layers["counts"]
+    with pytest.raises(InputError, match=re.escape("(e.g. layer='counts')")):
+        check_matrix(adata, layer="normalised", counts=True)
 
 
 def test_tiny_and_missing_looking_training_categories_warn_by_name():

@@ -36,7 +36,27 @@ def _read(path: Path, backed: bool = False):
             return anndata.read_h5ad(path, backed="r" if backed else None)
         return mudata.read_h5mu(path, backed=backed)
     except Exception as error:  # h5py/anndata raise many kinds for broken files
+        kind = _file_kind(path)
+        if kind is not None and kind != path.suffix.lower():
+            raise InputError(
+                f"{path} holds {'MuData' if kind == '.h5mu' else 'AnnData'}: rename it to "
+                f"{path.with_suffix(kind).name}."
+            ) from error
         raise InputError(f"{path} could not be read as {path.suffix}: {error}") from error
+
+
+def _file_kind(path: Path) -> str | None:
+    """``.h5mu`` or ``.h5ad`` from the file's own encoding, or None where it cannot be read."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as file:
+            encoding = file.attrs.get("encoding-type")
+    except Exception:  # not HDF5, or unreadable: the caller's message stands
+        return None
+    return {"MuData": ".h5mu", "anndata": ".h5ad"}.get(
+        encoding.decode() if isinstance(encoding, bytes) else encoding
+    )
 
 
 def _check_output(
@@ -48,9 +68,14 @@ def _check_output(
 ) -> None:
     suffix = input_path.suffix.lower()  # .H5AD as .h5ad
     if model is not None and (suffix == ".h5mu") != (model == "multivae"):
+        example = (
+            "e.g. `mudata.MuData({'rna': rna, 'atac': atac}).write('data.h5mu')`"
+            if model == "multivae"
+            else "e.g. one modality written with `mdata['rna'].write_h5ad(...)`"
+        )
         raise InputError(
             f"{input_path}: multivae takes MuData (.h5mu); dgex, zinb and sailer take AnnData "
-            "(.h5ad), e.g. one modality written with `mdata['rna'].write_h5ad(...)`."
+            f"(.h5ad), {example}."
         )
     if suffix not in FILE_TYPES:
         raise InputError(f"{input_path} is neither .h5ad nor .h5mu; convert it to AnnData first.")
@@ -147,12 +172,20 @@ def _padded(data, backed: bool = False):
         )
     from scgexp.data import pad_modalities
 
-    missing = ", ".join(f"{name!r} {data.n_obs - len(cells)}" for name, cells in own.items())
-    logger.info(
-        "Cells missing a modality (%s) get an all-zero row there, read as missing; the output "
-        "keeps each modality's own cells.",
-        missing,
-    )
+    missing = {name: data.n_obs - len(cells) for name, cells in own.items()}
+    if any(missing.values()):
+        logger.info(
+            "Cells missing a modality (%s) get an all-zero row there, read as missing; the "
+            "output keeps each modality's own cells.",
+            ", ".join(f"{name!r} {count}" for name, count in missing.items() if count),
+        )
+    reordered = [name for name, count in missing.items() if not count]
+    if reordered:
+        logger.info(
+            "Modalities %s hold the MuData's cells in another order; they are read in its "
+            "order, and the output keeps each modality's own.",
+            ", ".join(map(repr, reordered)),
+        )
     return pad_modalities(data, flag_prefix=None), own
 
 
@@ -218,7 +251,10 @@ _FLAGS = {
     "unfrozen": "--unfrozen",
 }
 # Python argument values that have a flag of their own.
-_VALUE_FLAGS = {"rank_map='sample'": "--rank-map-sample"}
+_VALUE_FLAGS = {
+    "rank_map='sample'": "--rank-map-sample",
+    "`adata.to_memory()`": "--data-mode memory",
+}
 # Python arguments that messages about training name and no command has a flag for.
 _PYTHON_ONLY = ("n_epochs_kl_warmup",)
 # Python calls that messages advise, and the commands that do the same.
@@ -245,7 +281,7 @@ def _with_flags(message: str) -> str:
     flags += [
         f"{value} is {flag}"
         for value, flag in _VALUE_FLAGS.items()
-        if value in message and (available is None or flag in available)
+        if value in message and (available is None or flag.split()[0] in available)
     ]
     flags += [
         f"{method} is `{command}`"
@@ -329,7 +365,7 @@ def _training_options(command):
             "--seed",
             default=0,
             show_default=True,
-            type=int,
+            type=click.IntRange(0, 2**32 - 1),
             help="Random seed (scvi.settings.seed): a rerun with the same seed, data, device "
             "and package versions trains the same model.",
         ),
@@ -714,6 +750,9 @@ def _without_added_modalities(result, added: list[str], key: str):
     result.uns[key]["modalities"] = {a: n for a, n in modalities.items() if n not in added}
     for name in added:
         del result.mod[name]
+        # MuData's membership masks: update() keeps them, and readers take them as measured cells
+        result.obsm.pop(name, None)
+        result.varm.pop(name, None)
     result.update()
     return result
 

@@ -260,7 +260,7 @@ def check_matrix(
             "avoids this.",
         )
     if matrix.shape[0] == 0 or matrix.shape[1] == 0:
-        raise InputError(f"{where}{name} has shape {matrix.shape}: there is nothing to train on.")
+        raise InputError(f"{where}{name} has shape {matrix.shape}: no cells or no features.")
     if not np.issubdtype(matrix.dtype, np.number) or np.issubdtype(
         matrix.dtype, np.complexfloating
     ):
@@ -275,10 +275,8 @@ def check_matrix(
     if layer_argument is None:
         counts_fix = f"The model reads {name}: store the raw counts there."
     else:
-        counts_fix = (
-            f"Pass {layer_argument}= naming the layer with raw counts (e.g. "
-            f"{layer_argument}='counts')."
-        )
+        example = f" (e.g. {layer_argument}='counts')" if layer != "counts" else ""
+        counts_fix = f"Pass {layer_argument}= naming the layer with raw counts{example}."
     if counts and getattr(adata, "raw", None) is not None:
         target = "adata.layers['counts']"
         if layer_argument is None:  # the model's own place

@@ -523,6 +523,14 @@ def test_single_category_covariate_last_in_both_reference_and_query():
     old, new = reference_model.module.state_dict()[key], model.module.state_dict()[key]
     np.testing.assert_array_equal(new[:, :-1], old)  # [latent 3 | batch 2 → 3 | site: none]
     assert not new[:, -1].any()
+    # A refused query (known categories only) gets no scvi-tools entries, in obsm neither.
+    known = anndata.AnnData(
+        reference.X[:40].copy(), obs=reference.obs[["batch", "site"]].iloc[:40].copy(),
+        var=reference.var.copy(), layers={"counts": reference.layers["counts"][:40].copy()},
+    )  # fmt: skip
+    with pytest.raises(InputError, match="nothing to learn"):
+        ZINBAutoencoder.load_query_data(known, reference_model)
+    assert not [key for key in (*known.obs, *known.obsm, *known.uns) if key.startswith("_scvi")]
 
 
 def test_every_layer_that_reads_the_categories_keeps_their_columns():
@@ -793,6 +801,10 @@ def test_prepare_query_mudata_flags_an_added_modality_missing():
     model = MultiVAE.load_query_data(rna_only, reference_model)
     _train(model, max_epochs=2)
     assert model.get_latent_representation().shape == (rna_only.n_obs, 4)
+    flagged_anew = rna_only.copy()  # every added all-zero row flagged as measured
+    flagged_anew.obs["has_atac"] = True
+    with pytest.warns(UserWarning, match=r"\d+ cells flagged present have an all-zero row"):
+        model.get_latent_representation(flagged_anew)
 
 
 def _dense(matrix) -> np.ndarray:

@@ -509,11 +509,12 @@ def _with_features(adata: AnnData, names: pd.Index, inplace: bool, where: str) -
 
 
 def _registration_entries(data) -> list[tuple]:
-    """scvi-tools' ``_scvi_*`` entries in the obs and uns of ``data`` and its modalities."""
+    """scvi-tools' ``_scvi_*`` entries in the obs, obsm and uns of ``data`` and its modalities."""
     return [
         (
             frame,
             {k: frame.obs[k].copy() for k in frame.obs if k.startswith("_scvi_")},
+            {k: frame.obsm[k] for k in frame.obsm if k.startswith("_scvi_")},
             {k: frame.uns[k] for k in frame.uns if k.startswith("_scvi_")},
         )
         for frame in (data, *getattr(data, "mod", {}).values())
@@ -522,11 +523,14 @@ def _registration_entries(data) -> list[tuple]:
 
 def _put_back(data, entries: list[tuple]) -> None:
     """Undo a registration: the ``_scvi_*`` entries as :func:`_registration_entries` saw them."""
-    for frame, obs, uns in entries:
+    for frame, obs, obsm, uns in entries:
         added = [k for k in frame.obs if k.startswith("_scvi_") and k not in obs]
         frame.obs.drop(columns=added, inplace=True)
         for key, column in obs.items():
             frame.obs[key] = column
+        for key in [k for k in frame.obsm if k.startswith("_scvi_") and k not in obsm]:
+            del frame.obsm[key]
+        frame.obsm.update(obsm)
         for key in [k for k in frame.uns if k.startswith("_scvi_") and k not in uns]:
             del frame.uns[key]
         frame.uns.update(uns)

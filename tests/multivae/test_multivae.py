@@ -593,6 +593,34 @@ def test_padded_modalities_train_and_keep_the_original(tmp_path):
     padded.write(tmp_path / "padded.h5mu")
     padded["rna"].varm["loadings"][0, 0] = 5  # shares no arrays with the input
     assert rna.varm["loadings"][0, 0] == 1
+    # Padding again keeps each cell's flags; what the cells' rows hold elsewhere is kept too.
+    again = pad_modalities(padded)
+    for name in ("rna", "atac"):
+        assert (again.obs[f"has_{name}"] == padded.obs[f"has_{name}"]).all()
+        assert not again.obs[f"has_{name}"].all()
+    mosaic = md.MuData({"rna": rna.copy(), "atac": atac})
+    mosaic["rna"].raw = mosaic["rna"].copy()
+    mosaic["rna"].layers["counts_only"] = mosaic["rna"].X.copy()
+    mosaic["rna"].X = None  # counts in a layer only
+    mosaic.mod["gone"] = atac[:10].copy()
+    mosaic.update()
+    del mosaic.mod["gone"]
+    mosaic.update()  # mudata keeps obsm["gone"], its map of that modality's cells
+    assert "gone" in mosaic.obsm
+    mosaic.obsp["graph"] = sparse.identity(mosaic.n_obs, format="csr")
+    mosaic.varm["weights"] = np.ones((mosaic.n_vars, 2))
+    mosaic.var["selected"] = True
+    padded = pad_modalities(mosaic)
+    assert padded["rna"].X is None
+    assert padded["rna"].raw.shape == (padded.n_obs, rna.n_vars)
+    assert (padded.obsp["graph"] != mosaic.obsp["graph"]).nnz == 0
+    np.testing.assert_array_equal(padded.varm["weights"], mosaic.varm["weights"])
+    assert padded.var["selected"].all()
+    assert "gone" not in padded.obsm
+    assert "gone" not in padded.varm
+    padded.obs["has_rna"] = "yes"
+    with pytest.raises(InputError, match="is not a True / False column"):
+        pad_modalities(padded)
     with pytest.raises(InputError, match="takes a MuData; got AnnData"):
         pad_modalities(rna)
     backed = md.read_h5mu(tmp_path / "padded.h5mu", backed=True)
@@ -719,6 +747,9 @@ def test_refuses_bad_requests():
     query = mdata["atac"].copy()
     query.obs["batch"] = "batch_9"
     with pytest.raises(InputError, match=r"not trained with.*Relabel those.*load_query_data"):
+        model.predict(query, source="atac", target="rna")
+    query.obs["batch"] = pd.Series(["batch_0", None] * (query.n_obs // 2), dtype="category").values
+    with pytest.raises(InputError, match=r"obs\['batch'\] is missing for \d+ cells"):
         model.predict(query, source="atac", target="rna")
     with pytest.raises(ValueError, match="joint"):
         MultiVAE(mdata, joint="sum")

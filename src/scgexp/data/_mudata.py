@@ -45,15 +45,27 @@ def _padded_modality(adata: AnnData, cells: pd.Index) -> AnnData:
             obsm[key] = value.reindex(cells)
         else:
             obsm[key] = _rows_at(value, positions, fill=0 if sparse.issparse(value) else np.nan)
+    raw = None
+    if adata.raw is not None:  # rows of the same cells, so padded the same way
+        raw = {"X": _rows_at(adata.raw.X, positions), "var": adata.raw.var.copy()}
+        raw["varm"] = {key: value.copy() for key, value in adata.raw.varm.items()}
     return AnnData(
-        X=_rows_at(adata.X, positions),
+        X=None if adata.X is None else _rows_at(adata.X, positions),
         obs=_reindexed_obs(adata.obs, cells),
         var=adata.var.copy(),
         layers={key: _rows_at(value, positions) for key, value in adata.layers.items()},
         obsm=obsm,
         varm={key: value.copy() for key, value in adata.varm.items()},
         uns=deepcopy(dict(adata.uns)),
+        raw=raw,
     )
+
+
+def _is_membership_mask(value) -> bool:
+    """Whether an ``obsm`` / ``varm`` entry looks like MuData's map of a modality's members."""
+    shape = np.shape(value)
+    is_bool = isinstance(value, np.ndarray) and value.dtype == np.bool_
+    return is_bool and (len(shape) == 1 or shape[1:] == (1,))
 
 
 def pad_modalities(mdata: MuData, flag_prefix: str | None = "has_") -> MuData:
@@ -65,8 +77,9 @@ def pad_modalities(mdata: MuData, flag_prefix: str | None = "has_") -> MuData:
     This adds those rows to ``X`` and every layer (sparse stays sparse, dtypes are kept),
     reindexes each modality's ``obs`` (missing values for the added cells; boolean columns
     become pandas' nullable ``"boolean"``) and ``obsm`` (NaN rows, zero rows if sparse);
-    ``obsp`` and ``varp`` graphs, which would be wrong for the new cells, are not carried over.
-    ``mdata`` itself is not changed, and the copy shares no arrays with it.
+    the modalities' ``obsp`` and ``varp`` graphs, which would be wrong for the new cells, are not
+    carried over (the MuData's own are: its cells do not change). ``mdata`` itself is not
+    changed, and the copy shares no arrays with it.
 
     Parameters
     ----------
@@ -75,7 +88,9 @@ def pad_modalities(mdata: MuData, flag_prefix: str | None = "has_") -> MuData:
     flag_prefix
         Adds a boolean ``obs[f"{flag_prefix}{modality}"]`` column per modality, ``True`` where
         the cell has it, to pass as MultiVAE's ``presence_keys``; ``None``: no flags (MultiVAE
-        then counts a cell with an all-zero row as missing that modality).
+        then counts a cell with an all-zero row as missing that modality). Where ``mdata``
+        already has such a column (data padded before), a cell keeps it only if it was
+        ``True`` there too.
 
     Returns
     -------
@@ -112,15 +127,37 @@ def pad_modalities(mdata: MuData, flag_prefix: str | None = "has_") -> MuData:
                 f"Modality {name!r} has {len(unknown)} cells the MuData does not list (e.g. "
                 f"{list(unknown[:3])}); call `mdata.update()` first."
             )
+    flags = {}
+    for name, adata in mdata.mod.items() if flag_prefix is not None else ():
+        key, flags[name] = f"{flag_prefix}{name}", cells.isin(adata.obs_names)
+        if key in mdata.obs:
+            before = mdata.obs[key]
+            if not pd.api.types.is_bool_dtype(before):
+                raise InputError(
+                    f"mdata.obs[{key!r}] exists and is not a True / False column; rename or "
+                    "drop it, or pass another flag_prefix=."
+                )
+            flags[name] &= before.fillna(False).to_numpy(dtype=bool)
     modalities = {name: _padded_modality(adata, cells) for name, adata in mdata.mod.items()}
     with warnings.catch_warnings():  # mudata's notice of a future default
         warnings.filterwarnings("ignore", r"From 0\.4 \.update\(\)", FutureWarning)
         padded = MuData(modalities)
         padded.obs = mdata.obs.copy()
-    # (obsm[<modality>] is MuData's own map of which cells each modality holds)
-    padded.obsm.update({k: v.copy() for k, v in mdata.obsm.items() if k not in mdata.mod})
+        if padded.var_names.equals(mdata.var_names):
+            padded.var = mdata.var.copy()
+    for mapping, own in ((padded.obsm, mdata.obsm), (padded.varm, mdata.varm)):
+        # MuData's maps of which cells and features each modality holds are its own; those
+        # of a modality deleted before (masks that update() leaves behind) are dropped.
+        mapping.update(
+            {
+                key: value.copy()
+                for key, value in own.items()
+                if key not in mdata.mod and not _is_membership_mask(value)
+            }
+        )
+    padded.obsp.update({key: value.copy() for key, value in mdata.obsp.items()})
+    padded.varp.update({key: value.copy() for key, value in mdata.varp.items()})
     padded.uns.update(deepcopy(dict(mdata.uns)))
-    if flag_prefix is not None:
-        for name, adata in mdata.mod.items():
-            padded.obs[f"{flag_prefix}{name}"] = cells.isin(adata.obs_names)
+    for name, flag in flags.items():
+        padded.obs[f"{flag_prefix}{name}"] = flag
     return padded

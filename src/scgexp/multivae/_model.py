@@ -755,12 +755,14 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
                 key = presence_keys[data_type]
                 present = _presence_flag(mdata.obs, key, data_type)
                 # Shallow query cells may have no reads in the peaks: for queries only counts
-                # that a flag makes the model ignore warn (on every call that reads them).
+                # that a flag makes the model ignore warn (on every call that reads them), and
+                # a data type flagged present with no counts at all (e.g. flags set anew).
+                n_empty = int((present & ~has_counts).sum())
                 for n, what, warn in (
                     (
-                        int((present & ~has_counts).sum()),
+                        n_empty,
                         "flagged present have an all-zero row",
-                        not query,
+                        not query or n_empty == int(present.sum()),
                     ),
                     (
                         int((~present & has_counts).sum()),
@@ -1487,6 +1489,13 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         codes = []
         for key in keys:
             column = self._column(data, obs, setup_arg, key)
+            if column.isna().any():  # e.g. a modality pad_modalities filled: its added rows
+                raise InputError(
+                    f"obs[{key!r}] is missing for {int(column.isna().sum())} cells (rows that "
+                    "pad_modalities added to a modality have none). Give those cells theirs, "
+                    f"e.g. from the MuData's obs, or leave them out: `data[data.obs[{key!r}]"
+                    ".notna()]`."
+                )
             known = pd.Index(np.asarray(mappings[key]))
             position = known.get_indexer(column.astype(str) if known.dtype == object else column)
             if (position < 0).any():

@@ -805,6 +805,12 @@ def test_prepare_query_mudata_flags_an_added_modality_missing():
     flagged_anew.obs["has_atac"] = True
     with pytest.warns(UserWarning, match=r"\d+ cells flagged present have an all-zero row"):
         model.get_latent_representation(flagged_anew)
+    assert flagged_anew.n_obs >= 10
+    shallow = flagged_anew[:1].copy()  # one cell without peak reads: a shallow cell, quiet
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.get_latent_representation(shallow)
+    assert not [w for w in caught if "flagged present" in str(w.message)]
 
 
 def _dense(matrix) -> np.ndarray:

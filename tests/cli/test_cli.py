@@ -573,7 +573,9 @@ def test_fit_is_seeded(counts_file, tmp_path):
         (["fit", "zinb", "{counts}", "--out", "{existing}"], "exists; pass --overwrite"),
         (["fit", "zinb", "{mudata}", "--out", "{out_mu}"], "take AnnData (.h5ad)"),
         (["fit", "multivae", "{counts}", "--out", "{out_mu}"], "mudata.MuData({'rna': rna"),
-        (["fit", "zinb", "{mudata_as_h5ad}", "--out", "{out}"], "holds MuData: rename it to"),
+        (["fit", "zinb", "{mudata_as_h5ad}", "--out", "{out}"], "a MuData: for multivae, rename"),
+        (["fit", "multivae", "{mudata_as_h5ad}", "--out", "{out_mu}"], "rename it to mudata.h5mu"),
+        (["fit", "multivae", "{anndata_as_h5mu}", "--out", "{out_mu}"], "holds an AnnData: for"),
         (["fit", "zinb", "{counts}", "--out", "{txt}/out.h5ad"], "cannot be written to"),
         (["fit", "zinb", "{counts}", "--out", "{link}"], "never overwrites its input"),
         (
@@ -604,6 +606,8 @@ def test_errors_are_one_line_and_leave_input_untouched(counts_file, tmp_path, ar
     adata = ad.read_h5ad(counts_file)
     names["mudata_as_h5ad"] = tmp_path / "mudata.h5ad"
     mudata.MuData({"rna": adata}).write(names["mudata_as_h5ad"])
+    names["anndata_as_h5mu"] = tmp_path / "anndata.h5mu"
+    adata.write_h5ad(names["anndata_as_h5mu"])
     adata.obs["library"] = np.asarray(adata.X.sum(1)).ravel() / 7.0
     adata.write_h5ad(counts_file)
     before = counts_file.read_bytes()

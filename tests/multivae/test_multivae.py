@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import warnings
 
 import anndata as ad
@@ -618,8 +619,20 @@ def test_padded_modalities_train_and_keep_the_original(tmp_path):
     assert padded.var["selected"].all()
     assert "gone" not in padded.obsm
     assert "gone" not in padded.varm
+    padded.obsm["is_doublet"] = np.zeros((padded.n_obs, 1), dtype=bool)  # a user's, kept
+    padded.obs["has_rna"] = padded.obs["has_rna"].astype(int)  # read as MultiVAE reads flags
+    assert (pad_modalities(padded).obs["has_rna"] == padded.obs["has_rna"].astype(bool)).all()
+    assert "is_doublet" in pad_modalities(padded).obsm
+    padded.obs["has_rna"] = padded.obs["has_rna"].astype("boolean")
+    padded.obs.loc[padded.obs_names[:3], "has_rna"] = pd.NA
+    with pytest.raises(InputError, match="has missing values"):
+        pad_modalities(padded)
     padded.obs["has_rna"] = "yes"
-    with pytest.raises(InputError, match="is not a True / False column"):
+    with pytest.raises(InputError, match="must be boolean"):
+        pad_modalities(padded)
+    del padded.obs["has_rna"]
+    padded.mod["rna"] = padded["rna"][:, ::-1].copy()  # features reordered, no update()
+    with pytest.raises(InputError, match=r"call `mdata.update\(\)` first"):
         pad_modalities(padded)
     with pytest.raises(InputError, match="takes a MuData; got AnnData"):
         pad_modalities(rna)
@@ -749,8 +762,11 @@ def test_refuses_bad_requests():
     with pytest.raises(InputError, match=r"not trained with.*Relabel those.*load_query_data"):
         model.predict(query, source="atac", target="rna")
     query.obs["batch"] = pd.Series(["batch_0", None] * (query.n_obs // 2), dtype="category").values
-    with pytest.raises(InputError, match=r"obs\['batch'\] is missing for \d+ cells"):
+    with pytest.raises(InputError, match=r"obs\['batch'\] is missing for \d+ cells") as refused:
         model.predict(query, source="atac", target="rna")
+    names = {"adata": query}
+    exec(re.search(r"`(.+)`", str(refused.value))[1], names)  # the advice, as pasted
+    assert model.predict(names["adata"], source="atac", target="rna").n_obs == query.n_obs // 2
     with pytest.raises(ValueError, match="joint"):
         MultiVAE(mdata, joint="sum")
     with pytest.raises(ValueError, match="invariance"):

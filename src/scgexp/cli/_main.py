@@ -38,10 +38,7 @@ def _read(path: Path, backed: bool = False):
     except Exception as error:  # h5py/anndata raise many kinds for broken files
         kind = _file_kind(path)
         if kind is not None and kind != path.suffix.lower():
-            raise InputError(
-                f"{path} holds {'MuData' if kind == '.h5mu' else 'AnnData'}: rename it to "
-                f"{path.with_suffix(kind).name}."
-            ) from error
+            raise InputError(_misnamed(path, kind)) from error
         raise InputError(f"{path} could not be read as {path.suffix}: {error}") from error
 
 
@@ -59,6 +56,20 @@ def _file_kind(path: Path) -> str | None:
     )
 
 
+def _misnamed(path: Path, kind: str) -> str:
+    """Advice for a file whose content (``kind``) is not what its name says."""
+    if kind == ".h5mu":
+        return (
+            f"{path} holds a MuData: for multivae, rename it to {path.with_suffix(kind).name}; "
+            "dgex, zinb and sailer read one modality, e.g. `mdata['rna'].write_h5ad(...)`."
+        )
+    return (
+        f"{path} holds an AnnData: for dgex, zinb or sailer, rename it to "
+        f"{path.with_suffix(kind).name}; multivae needs a MuData, e.g. "
+        "`mudata.MuData({'rna': rna, 'atac': atac}).write('data.h5mu')`."
+    )
+
+
 def _check_output(
     input_path: Path,
     output: Path,
@@ -68,6 +79,9 @@ def _check_output(
 ) -> None:
     suffix = input_path.suffix.lower()  # .H5AD as .h5ad
     if model is not None and (suffix == ".h5mu") != (model == "multivae"):
+        kind = _file_kind(input_path) if input_path.is_file() else None
+        if kind is not None and kind != suffix:
+            raise InputError(_misnamed(input_path, kind))
         example = (
             "e.g. `mudata.MuData({'rna': rna, 'atac': atac}).write('data.h5mu')`"
             if model == "multivae"

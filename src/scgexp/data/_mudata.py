@@ -127,33 +127,37 @@ def pad_modalities(mdata: MuData, flag_prefix: str | None = "has_") -> MuData:
                 f"Modality {name!r} has {len(unknown)} cells the MuData does not list (e.g. "
                 f"{list(unknown[:3])}); call `mdata.update()` first."
             )
+    from scgexp.multivae._model import _presence_flag  # (the multivae package imports this)
+
     flags = {}
     for name, adata in mdata.mod.items() if flag_prefix is not None else ():
         key, flags[name] = f"{flag_prefix}{name}", cells.isin(adata.obs_names)
-        if key in mdata.obs:
-            before = mdata.obs[key]
-            if not pd.api.types.is_bool_dtype(before):
-                raise InputError(
-                    f"mdata.obs[{key!r}] exists and is not a True / False column; rename or "
-                    "drop it, or pass another flag_prefix=."
-                )
-            flags[name] &= before.fillna(False).to_numpy(dtype=bool)
+        if key in mdata.obs:  # read as MultiVAE reads it; missing or text values are refused
+            flags[name] &= _presence_flag(mdata.obs, key, name)
+    if not mdata.var_names.equals(pd.Index([v for a in mdata.mod.values() for v in a.var_names])):
+        raise InputError(
+            "The MuData's features differ from its modalities' (changed after it was built); "
+            "call `mdata.update()` first."
+        )
+    # MuData's maps of which cells and features each modality holds are its own; those of a
+    # modality deleted before (kept by update(), in obsm and varm alike) are left out.
+    stale = {
+        key
+        for key in mdata.obsm
+        if key not in mdata.mod
+        and key in mdata.varm
+        and _is_membership_mask(mdata.obsm[key])
+        and _is_membership_mask(mdata.varm[key])
+    }
     modalities = {name: _padded_modality(adata, cells) for name, adata in mdata.mod.items()}
     with warnings.catch_warnings():  # mudata's notice of a future default
         warnings.filterwarnings("ignore", r"From 0\.4 \.update\(\)", FutureWarning)
         padded = MuData(modalities)
         padded.obs = mdata.obs.copy()
-        if padded.var_names.equals(mdata.var_names):
-            padded.var = mdata.var.copy()
+        padded.var = mdata.var.copy()
     for mapping, own in ((padded.obsm, mdata.obsm), (padded.varm, mdata.varm)):
-        # MuData's maps of which cells and features each modality holds are its own; those
-        # of a modality deleted before (masks that update() leaves behind) are dropped.
         mapping.update(
-            {
-                key: value.copy()
-                for key, value in own.items()
-                if key not in mdata.mod and not _is_membership_mask(value)
-            }
+            {k: v.copy() for k, v in own.items() if k not in mdata.mod and k not in stale}
         )
     padded.obsp.update({key: value.copy() for key, value in mdata.obsp.items()})
     padded.varp.update({key: value.copy() for key, value in mdata.varp.items()})

@@ -756,13 +756,14 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
                 present = _presence_flag(mdata.obs, key, data_type)
                 # Shallow query cells may have no reads in the peaks: for queries only counts
                 # that a flag makes the model ignore warn (on every call that reads them), and
-                # a data type flagged present with no counts at all (e.g. flags set anew).
+                # a data type flagged present in 10 or more cells without any counts there
+                # (e.g. flags set anew on an added modality).
                 n_empty = int((present & ~has_counts).sum())
                 for n, what, warn in (
                     (
                         n_empty,
                         "flagged present have an all-zero row",
-                        not query or n_empty == int(present.sum()),
+                        not query or n_empty == int(present.sum()) >= 10,
                     ),
                     (
                         int((~present & has_counts).sum()),
@@ -1490,12 +1491,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         for key in keys:
             column = self._column(data, obs, setup_arg, key)
             if column.isna().any():  # e.g. a modality pad_modalities filled: its added rows
-                raise InputError(
-                    f"obs[{key!r}] is missing for {int(column.isna().sum())} cells (rows that "
-                    "pad_modalities added to a modality have none). Give those cells theirs, "
-                    f"e.g. from the MuData's obs, or leave them out: `data[data.obs[{key!r}]"
-                    ".notna()]`."
-                )
+                raise InputError(self._missing_values_message(data, setup_arg, key, column))
             known = pd.Index(np.asarray(mappings[key]))
             position = known.get_indexer(column.astype(str) if known.dtype == object else column)
             if (position < 0).any():
@@ -1516,6 +1512,21 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
                 )
             codes.append(position)
         return codes
+
+    def _missing_values_message(self, data, setup_arg: str, key: str, column) -> str:
+        """Where ``column`` (read for ``setup_arg``) lacks values, and how to fill them in."""
+        n = int(column.isna().sum())
+        if not isinstance(data, MuData):
+            fix = f"Give those cells theirs, or leave them out: `adata = adata[adata.obs[{key!r}]"
+            fix += ".notna()].copy()`."
+        else:
+            modality = self.registry_["setup_args"]["modalities"].get(setup_arg)
+            where = "mdata.obs" if modality is None else f"mdata[{modality!r}].obs"
+            fix = f"Fill in {where}[{key!r}] for those cells first."
+        return (
+            f"obs[{key!r}] is missing for {n} cells (rows that pad_modalities added to a "
+            f"modality have none). {fix}"
+        )
 
     def _column(self, data, obs: pd.DataFrame, setup_arg: str, key: str) -> pd.Series:
         modalities = self.registry_["setup_args"]["modalities"]

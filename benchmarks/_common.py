@@ -151,3 +151,11 @@ def best_leiden(adata, labels: np.ndarray, resolutions: np.ndarray, seed: int = 
         if nmi > best["nmi"]:
             best = {"nmi": nmi, "ari": adjusted_rand_score(labels, adata.obs["cluster"])}
     return {"nmi": float(best["nmi"]), "ari": float(best["ari"])}
+
+
+def previous_rows(out) -> dict[tuple[str, str], str]:
+    """The table's existing rows by (data set, method), as written."""
+    if not out.exists():
+        return {}
+    cells = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| ")]
+    return {(c[0][2:], c[1]): " | ".join(c) for c in cells if c[1] != "method"}

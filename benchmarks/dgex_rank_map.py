@@ -16,6 +16,7 @@ Run from the project root (writes ``results/dgex_rank_map.md``)::
 
 from __future__ import annotations
 
+import argparse
 import warnings
 
 import numpy as np
@@ -83,4 +84,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help
     main()

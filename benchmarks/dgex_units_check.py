@@ -15,6 +15,8 @@ Run from the project root (writes ``results/dgex_units_check.md``)::
 
 from __future__ import annotations
 
+import argparse
+
 import anndata as ad
 import numpy as np
 import scanpy as sc
@@ -78,4 +80,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help
     main()

@@ -26,6 +26,7 @@ Run from the project root (about 12 minutes on two CPU cores)::
 
 from __future__ import annotations
 
+import argparse
 import warnings
 from pathlib import Path
 
@@ -208,4 +209,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help
     main()

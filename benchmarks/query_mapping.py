@@ -37,6 +37,7 @@ Run from the project root (about 10 minutes on two CPU cores)::
 
 from __future__ import annotations
 
+import argparse
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -457,4 +458,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help
     main()

@@ -15,6 +15,7 @@ Run from the project root (about 30 seconds on one CPU thread)::
 
 from __future__ import annotations
 
+import argparse
 import warnings
 from pathlib import Path
 
@@ -99,4 +100,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help
     main()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from _common import fmt
+from _common import fmt, previous_rows
 from bench_sailer import DATASETS, METHODS, RESULTS, SEED, latent_path, load
 
 N_SHUFFLES = 5
@@ -51,14 +51,6 @@ def within_type_dimensions(latent: np.ndarray, labels: np.ndarray) -> float:
     return total / len(labels)
 
 
-def previous_rows(out) -> dict[tuple[str, str], str]:
-    """The table's existing rows by (data set, method), as written."""
-    if not out.exists():
-        return {}
-    cells = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| ")]
-    return {(c[0][2:], c[1]): " | ".join(c) for c in cells if c[1] != "method"}
-
-
 def main() -> None:
     import scib_metrics
 
@@ -66,13 +58,15 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     methods = parser.parse_args().methods
     out = RESULTS / "sailer_batch_asw.md"
-    kept = {key: row for key, row in previous_rows(out).items() if key[1] not in methods}
+    kept = previous_rows(out)  # rows without a latent on disk (not rerun) stay as they were
     rows = []
     for name in DATASETS:
         adata = None
         for method in methods:
             path = latent_path(name, method)
             if not path.exists():
+                if (name, method) in kept:
+                    print(f"No latent for {name} / {method}: its earlier row is kept.")
                 continue
             adata = load(name) if adata is None else adata
             labels = adata.obs["cell_type"].astype(str).to_numpy()

@@ -16,12 +16,17 @@ Run from the project root after ``python benchmarks/bench_sailer.py``::
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
-from _common import fmt, knn_accuracy
+from _common import fmt, knn_accuracy, previous_rows
 from bench_sailer import DATASETS, METHODS, RESULTS, latent_path, load, whole_latent_metrics
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    out = RESULTS / "sailer_knn_accuracy.md"
+    kept = previous_rows(out)  # rows without a latent on disk (not rerun) stay as they were
     lines = [
         "# Cell types, depth and batch by nearest neighbours (SAILER benchmark latents)",
         "",
@@ -36,6 +41,9 @@ def main() -> None:
     ]
     for name in DATASETS:
         found = [m for m in METHODS if latent_path(name, m).exists()]
+        for method in set(METHODS) - set(found):
+            if (name, method) in kept:
+                print(f"No latent for {name} / {method}: its earlier row is kept.")
         if not found:
             continue
         adata = load(name)
@@ -45,12 +53,12 @@ def main() -> None:
             latent = np.load(latent_path(name, method))
             scores = knn_accuracy(latent, labels)
             whole = whole_latent_metrics(adata, latent)
-            lines.append(
+            kept[name, method] = (
                 f"| {name} | {method} | {fmt(float(scores.mean()))} ± {fmt(float(scores.std()))} "
                 f"| {fmt(whole['depth_r2'])} | {fmt(whole['batch_accuracy'])} ({fmt(chance)}) |"
             )
-            print(lines[-1], flush=True)
-    out = RESULTS / "sailer_knn_accuracy.md"
+            print(kept[name, method], flush=True)
+    lines += [kept[key] for key in ((n, m) for n in DATASETS for m in METHODS) if key in kept]
     out.write_text("\n".join(lines) + "\n")
 
 

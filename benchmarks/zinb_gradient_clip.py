@@ -9,6 +9,7 @@ This trains the default and ``gradient_clip_val=None`` on the 700 PBMCs of
 
 from __future__ import annotations
 
+import argparse
 import logging
 import warnings
 from pathlib import Path
@@ -48,4 +49,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help
     main()

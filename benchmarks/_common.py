@@ -159,3 +159,10 @@ def previous_rows(out) -> dict[tuple[str, str], str]:
         return {}
     cells = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| ")]
     return {(c[0][2:], c[1]): " | ".join(c) for c in cells if c[1] != "method"}
+
+
+def shared_file(path):
+    """``path`` (under ``../shared/data``), or a stop that says the shared data are needed."""
+    if not path.exists():
+        raise SystemExit(f"{path} is absent; this benchmark needs ../shared/data.")
+    return path

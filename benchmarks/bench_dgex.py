@@ -32,6 +32,7 @@ import pandas as pd
 import scanpy as sc
 import scvi
 import torch
+from _common import shared_file
 from sklearn.linear_model import LinearRegression, Ridge, RidgeCV
 from sklearn.neighbors import KNeighborsRegressor
 
@@ -148,11 +149,11 @@ def figures(name: str, results: dict, truth: np.ndarray, gene_names) -> None:
 
 
 def load_cellbench():
-    adata = ad.read_h5ad(DATA / "scrna" / "cellbench_5celllines_celseq2_3plates.h5ad")
+    adata = ad.read_h5ad(shared_file(DATA / "scrna" / "cellbench_5celllines_celseq2_3plates.h5ad"))
     sc.pp.normalize_total(adata, target_sum=1e4)
     sc.pp.log1p(adata)
-    landmarks = pd.read_csv(DATA / "dgex" / "dgex_landmarks_943_gpl96.tsv", sep="\t")
-    targets = pd.read_csv(DATA / "dgex" / "dgex_targets_9520_gpl96.tsv", sep="\t")
+    landmarks = pd.read_csv(shared_file(DATA / "dgex" / "dgex_landmarks_943_gpl96.tsv"), sep="\t")
+    targets = pd.read_csv(shared_file(DATA / "dgex" / "dgex_targets_9520_gpl96.tsv"), sep="\t")
     keep = adata.var_names.isin(landmarks["ensembl"]) | adata.var_names.isin(targets["ensembl"])
     adata = adata[:, keep].copy()
     scgexp.data.mark_landmarks(adata, landmarks["ensembl"])
@@ -211,7 +212,7 @@ def task_bulk(model_kwargs, n_train: int) -> dict:
 
 
 def task_l1000(model) -> dict:
-    l1000 = ad.read_h5ad(DATA / "dgex" / "cmap_l1000_level3_A375_377x978.h5ad")
+    l1000 = ad.read_h5ad(shared_file(DATA / "dgex" / "cmap_l1000_level3_A375_377x978.h5ad"))
     _, landmarks = load_cellbench()
     symbol_to_ensembl = dict(zip(landmarks["symbol"], landmarks["ensembl"], strict=True))
     l1000 = l1000[:, l1000.var_names.isin(symbol_to_ensembl)].copy()

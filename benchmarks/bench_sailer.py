@@ -33,7 +33,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import best_leiden, environment_line, fmt, lsi, run_isolated, slug, store_result
+from _common import (
+    best_leiden,
+    environment_line,
+    fmt,
+    lsi,
+    run_isolated,
+    shared_file,
+    slug,
+    store_result,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "multimodal"
@@ -73,7 +82,9 @@ def load(name: str):
     else:
         import mudata
 
-        adata = mudata.read_h5mu(DATA / "snareseq_mouse_cortex_rna_atac_10309.h5mu")["atac"]
+        adata = mudata.read_h5mu(shared_file(DATA / "snareseq_mouse_cortex_rna_atac_10309.h5mu"))[
+            "atac"
+        ]
         adata = adata[np.asarray(adata.X.sum(1)).ravel() > 0].copy()
         if name in ("snareseq_small", "snareseq_1500"):
             n_cells = 400 if name == "snareseq_small" else 1500
@@ -322,8 +333,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=None, help="default: per data set")
     parser.add_argument("--no-figures", action="store_true")
     args = parser.parse_args()
-    if not DATA.is_dir():
-        raise SystemExit(f"{DATA} is absent; the benchmark needs ../shared/data.")
+    if not DATA.is_dir() and any(name.startswith("snareseq") for name in args.datasets):
+        raise SystemExit(f"{DATA} is absent; the SNARE-seq data sets need ../shared/data.")
     RESULTS.mkdir(parents=True, exist_ok=True)
     FIGURES.mkdir(parents=True, exist_ok=True)
     cache = RESULTS / "sailer_raw.json"

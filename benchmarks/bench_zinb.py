@@ -30,7 +30,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import best_leiden, environment_line, fmt, knn_accuracy, run_isolated, slug
+from _common import (
+    best_leiden,
+    environment_line,
+    fmt,
+    knn_accuracy,
+    run_isolated,
+    shared_file,
+    slug,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -84,8 +92,8 @@ def read_counts(name: str):
     if "modality" in spec:
         import mudata
 
-        return mudata.read_h5mu(DATA / spec["file"])[spec["modality"]].copy()
-    return ad.read_h5ad(DATA / spec["file"])
+        return mudata.read_h5mu(shared_file(DATA / spec["file"]))[spec["modality"]].copy()
+    return ad.read_h5ad(shared_file(DATA / spec["file"]))
 
 
 def load_corrupted(name: str):

@@ -20,6 +20,7 @@ import argparse
 import anndata as ad
 import numpy as np
 import scanpy as sc
+from _common import shared_file
 from bench_dgex import DATA, RESULTS, load_cellbench
 
 
@@ -44,7 +45,7 @@ def main() -> None:
     for line in adata.obs["cell_line"].unique():
         rows = test & (adata.obs["cell_line"] == line)
         lines.append(f"p3, {line}: {shift(adata[rows].X[:, is_landmark])}")
-    raw = ad.read_h5ad(DATA / "scrna" / "cellbench_5celllines_celseq2_3plates.h5ad")
+    raw = ad.read_h5ad(shared_file(DATA / "scrna" / "cellbench_5celllines_celseq2_3plates.h5ad"))
     raw = raw[raw.obs["batch"] == "p3"][:, names].copy()
     lines.append(f"raw counts: {shift(raw.X.toarray())}")
     for i in range(0, raw.n_obs, 50):
@@ -56,7 +57,7 @@ def main() -> None:
     unlogged = raw.copy()
     sc.pp.normalize_total(unlogged, target_sum=1e4)
     lines.append(f"per 10,000, not logged: {shift(unlogged.X.toarray())}")
-    l1000 = ad.read_h5ad(DATA / "dgex" / "cmap_l1000_level3_A375_377x978.h5ad")
+    l1000 = ad.read_h5ad(shared_file(DATA / "dgex" / "cmap_l1000_level3_A375_377x978.h5ad"))
     symbol_to_ensembl = dict(zip(landmarks["symbol"], landmarks["ensembl"], strict=True))
     l1000 = l1000[:, l1000.var_names.isin(symbol_to_ensembl)].copy()
     l1000.var_names = [symbol_to_ensembl[s] for s in l1000.var_names]

@@ -911,9 +911,14 @@ def check_setup_arguments(setup_method, kwargs: dict) -> None:
         return
     parameters = inspect.signature(setup_method).parameters.values()
     names = [p.name for p in parameters if p.kind == p.POSITIONAL_OR_KEYWORD][1:]  # not the data
-    close = difflib.get_close_matches(unknown[0], names, n=1)
-    raise InputError(
-        f"{setup_method.__qualname__} has no argument {unknown[0]!r}"
+    raise InputError(_no_argument(setup_method.__qualname__, unknown[0], names))
+
+
+def _no_argument(owner: str, key: str, names: list[str]) -> str:
+    """``owner`` has no ``key``: the closest of its argument ``names``, and all of them."""
+    close = difflib.get_close_matches(key, names, n=1)
+    return (
+        f"{owner} has no argument {key!r}"
         + (f"; did you mean {close[0]!r}?" if close else ".")
         + f" Its arguments: {', '.join(names)}."
     )
@@ -988,12 +993,7 @@ def check_model_arguments(model_cls, module_cls, kwargs: dict, set_by_model=()) 
                 "leave it out."
             )
         if key not in module_names:
-            close = difflib.get_close_matches(key, names + module_names, n=1)
-            raise InputError(
-                f"{model_cls.__name__} has no argument {key!r}"
-                + (f"; did you mean {close[0]!r}?" if close else ".")
-                + f" Its arguments: {', '.join(names + module_names)}."
-            )
+            raise InputError(_no_argument(model_cls.__name__, key, names + module_names))
 
 
 #: Models with ``prepare_query_anndata`` / ``prepare_query_mudata``.

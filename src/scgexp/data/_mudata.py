@@ -61,6 +61,25 @@ def _padded_modality(adata: AnnData, cells: pd.Index) -> AnnData:
     )
 
 
+def _presence_flag(obs: pd.DataFrame, key: str, data_type: str) -> np.ndarray:
+    """A ``presence_keys`` column as booleans (above 0.5, as in training); unreadable: refused."""
+    column = obs[key]
+    if not pd.api.types.is_numeric_dtype(column):  # bool and nullable boolean are numeric
+        raise InputError(
+            f"obs[{key!r}] must be boolean (True where the cell has {data_type} data), not "
+            f"{column.dtype}. If it holds True/False values, convert them with "
+            f"`obs[{key!r}] = obs[{key!r}].astype(bool)` (text such as 'False' would become "
+            "True: map it first)."
+        )
+    values = column.astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+    if not np.isfinite(values).all():
+        raise InputError(
+            f"obs[{key!r}] has missing values (or infinite ones); set each cell's flag to True or "
+            "False first."
+        )
+    return values > 0.5
+
+
 def _is_membership_mask(value) -> bool:
     """Whether an ``obsm`` / ``varm`` entry looks like MuData's map of a modality's members."""
     shape = np.shape(value)
@@ -127,8 +146,6 @@ def pad_modalities(mdata: MuData, flag_prefix: str | None = "has_") -> MuData:
                 f"Modality {name!r} has {len(unknown)} cells the MuData does not list (e.g. "
                 f"{list(unknown[:3])}); call `mdata.update()` first."
             )
-    from scgexp.multivae._model import _presence_flag  # (the multivae package imports this)
-
     flags = {}
     for name, adata in mdata.mod.items() if flag_prefix is not None else ():
         key, flags[name] = f"{flag_prefix}{name}", cells.isin(adata.obs_names)

@@ -59,6 +59,7 @@ from scgexp.data._checks import (
     take_columns,
 )
 from scgexp.data._fields import MuDataCategoricalJointObsField
+from scgexp.data._mudata import _presence_flag
 from scgexp.multivae._module import DATA_KEYS, MODALITIES, PRESENCE_KEYS, MultiVAEModule
 from scgexp.nn._tensors import copy_into
 from scgexp.train import (
@@ -118,25 +119,6 @@ def _check_keys_in_modalities(mdata, modalities: dict, setup_args: dict, query: 
                     f"mdata.obs has no column {key!r}, but modality {holders} "
                     f"{'has' if len(owners) == 1 else 'have'}: {fix}."
                 )
-
-
-def _presence_flag(obs: pd.DataFrame, key: str, data_type: str) -> np.ndarray:
-    """A ``presence_keys`` column as booleans (above 0.5, as in training); unreadable: refused."""
-    column = obs[key]
-    if not pd.api.types.is_numeric_dtype(column):  # bool and nullable boolean are numeric
-        raise InputError(
-            f"obs[{key!r}] must be boolean (True where the cell has {data_type} data), not "
-            f"{column.dtype}. If it holds True/False values, convert them with "
-            f"`obs[{key!r}] = obs[{key!r}].astype(bool)` (text such as 'False' would become "
-            "True: map it first)."
-        )
-    values = column.astype("Float64").to_numpy(dtype=float, na_value=np.nan)
-    if not np.isfinite(values).all():
-        raise InputError(
-            f"obs[{key!r}] has missing values (or infinite ones); set each cell's flag to True or "
-            "False first."
-        )
-    return values > 0.5
 
 
 def _check_cells_aligned(mdata: MuData, names: dict[str, str], query: bool = False) -> None:

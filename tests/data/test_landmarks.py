@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+
 import anndata
 import h5py
 import numpy as np
@@ -40,7 +42,7 @@ def test_gct12_description_version_and_sample_count(tmp_path):
     path.write_text("#1.2\n2\t2\nName\tDescription\ts1\ts2\ng1\tfirst\t1\t2\ng2\tsecond\t3\t4\n")
     assert scgexp.data.read_gct(path).var["description"].tolist() == ["first", "second"]
     path.write_text("#1.2\n2\t3\nName\tDescription\ts1\ts2\ng1\tx\t1\t2\ng2\ty\t3\t4\n")
-    with pytest.raises(scgexp.data.InputError, match="2 genes × 3 samples"):
+    with pytest.raises(scgexp.data.InputError, match="line 3 holds 4 fields, not the 5"):
         scgexp.data.read_gct(path)
     path.write_text("Name\tDescription\ts1\nx\ty\t1\n")
     with pytest.raises(scgexp.data.InputError, match="not a GCT file"):
@@ -100,3 +102,76 @@ def test_mark_landmarks_matches_integer_var_names_as_text():
     adata.var_names = pd.Index([1000, 1001, 1002, 1003])
     assert scgexp.data.mark_landmarks(adata, [1000, "1003"]) == 2
     assert adata.var["landmark"].tolist() == [True, False, False, True]
+
+
+def test_gct12_rows_ending_in_a_tab_duplicate_ids_and_quotes_are_read_as_written(tmp_path):
+    path = tmp_path / "x.gct"
+    # Tabs ending the data lines only, a repeated sample id, quotes (GCT has no quoting) and
+    # a line of tabs as Excel leaves: pandas' defaults shifted, renamed or merged these.
+    path.write_text(
+        '#1.2\n2\t3\nName\tDescription\ts1\ts2\ts1\ng1\t"ring" finger\t1\t2\t3\t\n'
+        'g2\t"B\t4\t5\t-666\t\n\t\t\t\t\n'
+    )
+    with pytest.warns(UserWarning, match="Observation names are not unique"):
+        adata = scgexp.data.read_gct(path)
+    assert list(adata.obs_names) == ["s1", "s2", "s1"]
+    assert list(adata.var_names) == ["g1", "g2"]
+    assert adata.var["description"].tolist() == ['"ring" finger', '"B']
+    np.testing.assert_array_equal(adata.X, [[1, 4], [2, 5], [3, np.nan]])  # -666: missing
+    path.write_text("#1.2\n3\t2\nName\tDescription\ts1\ts2\ng1\tx\t1\t2\ng2\ty\t3\t4\n")
+    with pytest.raises(scgexp.data.InputError, match="declares 3 genes on line 2 but holds 2"):
+        scgexp.data.read_gct(path)
+
+
+def test_missing_value_marker_in_metadata_is_nan(tmp_path):
+    gct = tmp_path / "x.gct"
+    gct.write_text(GCT13.replace("\t0\t10\n", "\t-666\t10\n").replace("g2\tB", "g2\t-666"))
+    adata = scgexp.data.read_gct(gct)
+    assert adata.obs["dose"].isna().tolist() == [True, False]
+    assert adata.var["symbol"].isna().tolist() == [False, True, False]
+    gctx = tmp_path / "x.gctx"
+    with h5py.File(gctx, "w") as handle:
+        handle["0/DATA/0/matrix"] = np.ones((2, 3), dtype=np.float32)
+        handle["0/META/ROW/id"] = np.array(["g1", "g2", "g3"], dtype="S")
+        handle["0/META/COL/id"] = np.array(["s1", "s2"], dtype="S")
+        handle["0/META/COL/pert_time"] = np.array([24, -666], dtype=np.int32)
+        handle["0/META/COL/pert_dose"] = np.array([-666.0, 10.0])
+        handle["0/META/ROW/symbol"] = np.array(["A", "-666", "C"], dtype="S")
+    adata = scgexp.data.read_gctx(gctx)
+    np.testing.assert_array_equal(adata.obs["pert_time"], [24, np.nan])
+    assert adata.obs["pert_dose"].isna().tolist() == [True, False]
+    assert adata.var["symbol"].isna().tolist() == [False, True, False]
+
+
+def test_gzipped_or_missing_gctx_says_what_to_do(tmp_path):
+    gctx = tmp_path / "x.gctx"
+    with h5py.File(gctx, "w") as handle:
+        handle["0/DATA/0/matrix"] = np.ones((2, 3), dtype=np.float32)
+    gzipped = tmp_path / "x.gctx.gz"
+    gzipped.write_bytes(gzip.compress(gctx.read_bytes()))
+    with pytest.raises(scgexp.data.InputError, match="gunzip it first"):
+        scgexp.data.read_gctx(gzipped)
+    with pytest.raises(scgexp.data.InputError, match="read it with read_gctx after gunzipping"):
+        scgexp.data.read_gct(gzipped)
+    with pytest.raises(FileNotFoundError, match="No file"):
+        scgexp.data.read_gctx(tmp_path / "absent.gctx")
+
+
+def test_select_landmarks_marks_only_the_chosen_among_repeated_names():
+    values = np.random.default_rng(0).normal(size=(40, 12)).astype(np.float32)
+    adata = anndata.AnnData(values)
+    adata.var_names = [f"g{i % 6}" for i in range(12)]
+    assert len(scgexp.data.select_landmarks(adata, 3)) == 3
+    assert adata.var["landmark"].sum() == 3
+
+
+def test_landmark_rows_without_the_identifier_are_left_out_with_a_warning(tmp_path):
+    path = tmp_path / "geneinfo_beta.txt"
+    path.write_text(
+        "gene_id\tgene_symbol\tensembl_id\tfeature_space\n"
+        "5720\tPSME1\tENSG00000092010\tlandmark\n466\tATF1\t\tlandmark\n"
+        "6009\tRHEB\tENSG00000106615\tinferred\n"
+    )
+    assert scgexp.data.read_landmark_genes(path) == ["PSME1", "ATF1"]
+    with pytest.warns(UserWarning, match="1 of 2 landmark rows have no 'ensembl_id'"):
+        assert scgexp.data.read_landmark_genes(path, "ensembl_id") == ["ENSG00000092010"]

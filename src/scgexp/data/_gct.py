@@ -6,8 +6,9 @@ metadata. The readers return AnnData oriented samples × genes, as scverse expec
 
 from __future__ import annotations
 
+import csv
 import gzip
-from functools import partial
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -24,94 +25,111 @@ def _decode(values) -> np.ndarray:
     return values
 
 
-# pandas' default missing-value markers, applied to the matrix only (identifiers stay text).
+# pandas' default missing-value markers and cmapPy's -666, applied to the matrix only.
 _MISSING = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND"]
 _MISSING += ["1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
+_MISSING += ["-666", "-666.0"]
 
 
-def _without_trailing_tab(table: pd.DataFrame) -> pd.DataFrame:
-    """Drop the unnamed, empty last column that a tab at the end of every line adds."""
-    last = table.columns[-1]
-    unnamed = not isinstance(last, str) or last.startswith("Unnamed:")
-    if unnamed and (table[last].str.strip() == "").all():
-        return table.iloc[:, :-1]
-    return table
+def _metadata_missing_as_nan(table: pd.DataFrame) -> pd.DataFrame:
+    """The Connectivity Map's missing-value marker -666 (text or number) as NaN, as cmapPy does."""
+    return table.mask(table.isin(["-666", "-666.0", -666]))
+
+
+def _file_start(path: str, compression: str | None) -> bytes:
+    opener = gzip.open if compression else open
+    with opener(path, "rb") as handle:
+        return handle.read(4)
 
 
 def read_gct(path: str) -> AnnData:
     """Read a GCT file (version 1.2 or 1.3, plain or gzipped) as samples × genes.
 
-    Identifiers are read as text (``00123`` stays ``00123``); the matrix must match the size
-    on the file's second line, so a truncated file is refused.
+    Fields are read as written (GCT has no quoting); identifiers stay text (``00123`` stays
+    ``00123``); the Connectivity Map's missing-value marker -666 becomes NaN, in the matrix and
+    in the metadata, as cmapPy reads it. The matrix must match the sizes on the file's second
+    line, so a truncated file is refused.
 
     Examples
     --------
     >>> adata = scgexp.data.read_gct("profiles.gct.gz")
     """
-    with open(path, "rb") as handle:
-        magic = handle.read(4)
-    if magic.startswith(b"\x89HDF"):
-        raise InputError(f"{path} is a GCTX (HDF5) file; read it with read_gctx.")
-    compression = "gzip" if magic.startswith(b"\x1f\x8b") else None
+    compression = "gzip" if _file_start(path, None).startswith(b"\x1f\x8b") else None
+    if _file_start(path, compression).startswith(b"\x89HDF"):
+        gunzip = " after gunzipping it" if compression else ""
+        raise InputError(f"{path} is a GCTX (HDF5) file; read it with read_gctx{gunzip}.")
     opener = gzip.open if compression else open
     with opener(path, "rt") as handle:
         version = handle.readline().strip()
         dims = handle.readline().strip().split("\t")
-    if version not in ("#1.2", "#1.3"):
-        raise InputError(f"{path} is not a GCT file (first line {version!r}, not '#1.2'/'#1.3').")
-    n_sizes = 2 if version == "#1.2" else 4
-    if len(dims) < n_sizes or not all(d.strip().isdigit() for d in dims[:n_sizes]):
-        raise InputError(
-            f"{path}: a GCT {version[1:]} file's second line holds {n_sizes} sizes separated by "
-            f"tabs (rows, columns{', row and column metadata fields' * (n_sizes == 4)}), not "
-            f"{chr(9).join(dims)!r}."
-        )
-    # All text first: identifiers stay as written; only the matrix becomes numbers.
-    read = partial(
-        pd.read_csv,
+        if version not in ("#1.2", "#1.3"):
+            raise InputError(
+                f"{path} is not a GCT file (first line {version!r}, not '#1.2'/'#1.3')."
+            )
+        n_sizes = 2 if version == "#1.2" else 4
+        if len(dims) < n_sizes or not all(d.strip().isdigit() for d in dims[:n_sizes]):
+            raise InputError(
+                f"{path}: a GCT {version[1:]} file's second line holds {n_sizes} sizes separated "
+                f"by tabs (rows, columns{', row and column metadata fields' * (n_sizes == 4)}), "
+                f"not {chr(9).join(dims)!r}."
+            )
+        n_genes, n_samples = int(dims[0]), int(dims[1])
+        n_row_meta, n_col_meta = (1, 0) if version == "#1.2" else (int(dims[2]), int(dims[3]))
+        width = 1 + n_row_meta + n_samples
+        for number, line in enumerate(handle, start=3):
+            line = line.rstrip("\r\n")
+            n_fields = line.count("\t") + 1
+            if line.endswith("\t") and n_fields == width + 1:
+                n_fields = width  # a tab ending the line
+            if line.strip() and n_fields != width:
+                raise InputError(
+                    f"{path}: line {number} holds {n_fields} fields, not the {width} that line 2 "
+                    f"declares (an identifier, {n_row_meta} metadata field(s), {n_samples} "
+                    "values)."
+                )
+    # All text first (identifiers stay as written; only the matrix becomes numbers), with a
+    # spare column for the tab that may end a line.
+    raw = pd.read_csv(
         path,
         sep="\t",
         skiprows=2,
+        header=None,
+        names=range(width + 1),
+        index_col=False,
         compression=compression,
         dtype=str,
         keep_default_na=False,
+        quoting=csv.QUOTE_NONE,
+    ).iloc[:, :width]
+    raw = raw[~raw.map(str.strip).eq("").all(axis=1)]  # lines of tabs only, as Excel leaves
+    header = raw.iloc[0].tolist()
+    obs = pd.DataFrame(
+        {
+            row.iloc[0]: row.iloc[1 + n_row_meta :].to_numpy()
+            for _, row in raw.iloc[1 : 1 + n_col_meta].iterrows()
+        },
+        index=pd.Index(header[1 + n_row_meta :], dtype=str),
+    )
+    body = raw.iloc[1 + n_col_meta :]
+    var = pd.DataFrame(
+        body.iloc[:, 1 : 1 + n_row_meta].to_numpy(),
+        index=pd.Index(body.iloc[:, 0].to_numpy(), dtype=str),
+        columns=header[1 : 1 + n_row_meta],
     )
     if version == "#1.2":
-        table = _without_trailing_tab(read())
-        table = table.set_index(table.columns[0])
-        var = table.iloc[:, :1].rename(columns=lambda c: c.lower())
-        matrix = table.iloc[:, 1:]
-        obs = pd.DataFrame(index=matrix.columns.astype(str))
-    else:
-        n_row_meta, n_col_meta = int(dims[2]), int(dims[3])
-        raw = _without_trailing_tab(read(header=None))
-        header = raw.iloc[0].tolist()
-        sample_ids = header[1 + n_row_meta :]
-        col_meta = raw.iloc[1 : 1 + n_col_meta]
-        obs = pd.DataFrame(
-            {row.iloc[0]: row.iloc[1 + n_row_meta :].to_numpy() for _, row in col_meta.iterrows()},
-            index=pd.Index(sample_ids, dtype=str),
+        var = var.rename(columns=str.lower)  # "Description"
+    if len(body) != n_genes:
+        raise InputError(
+            f"{path} declares {n_genes} genes on line 2 but holds {len(body)} gene lines: is the "
+            "file complete, and are the sizes on line 2 right?"
         )
-        body = raw.iloc[1 + n_col_meta :]
-        var = pd.DataFrame(
-            body.iloc[:, 1 : 1 + n_row_meta].to_numpy(),
-            index=body.iloc[:, 0].astype(str).to_numpy(),
-            columns=header[1 : 1 + n_row_meta],
-        )
-        matrix = body.iloc[:, 1 + n_row_meta :]
-        matrix.index = var.index
+    matrix = body.iloc[:, 1 + n_row_meta :]
     try:
         values = matrix.mask(matrix.isin(_MISSING)).to_numpy(dtype=np.float32).T
-        declared = [int(n) for n in dims[:2]]
     except ValueError as error:
-        raise InputError(f"{path} holds a value that is not a number: {error}") from None
-    if declared != list(values.shape[::-1]):
-        raise InputError(
-            f"{path} declares {dims[0]} genes × {dims[1]} samples on its second line but holds "
-            f"{values.shape[1]} × {values.shape[0]} (truncated?)."
-        )
-    var.index = var.index.astype(str)
-    return AnnData(X=values, obs=obs, var=var)
+        hint = " (are the metadata sizes on line 2 right?)" * (version == "#1.3")
+        raise InputError(f"{path} holds a value that is not a number{hint}: {error}") from None
+    return AnnData(X=values, obs=_metadata_missing_as_nan(obs), var=_metadata_missing_as_nan(var))
 
 
 def read_gctx(path: str) -> AnnData:
@@ -126,6 +144,10 @@ def read_gctx(path: str) -> AnnData:
     --------
     >>> adata = scgexp.data.read_gctx("level3_subset.gctx")
     """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"No file {path}.")
+    if _file_start(path, None).startswith(b"\x1f\x8b"):
+        raise InputError(f"{path} is gzipped: gunzip it first (GCTX files are HDF5).")
     try:
         handle = h5py.File(path, "r")
     except OSError as error:
@@ -151,4 +173,4 @@ def read_gctx(path: str) -> AnnData:
                 f"{path}: matrix shape {matrix.shape} fits neither {len(obs)} samples × "
                 f"{len(var)} genes nor its transpose."
             )
-    return AnnData(X=matrix, obs=obs, var=var)
+    return AnnData(X=matrix, obs=_metadata_missing_as_nan(obs), var=_metadata_missing_as_nan(var))

@@ -119,7 +119,13 @@ def read_landmark_genes(path: str, id_column: str | None = None) -> list[str]:
         id_column = candidates[0]
     if id_column not in table:
         raise InputError(f"{path} has no column {id_column!r} (columns: {list(table)}).")
-    return table[id_column].dropna().str.strip().tolist()
+    genes = table[id_column].dropna().str.strip()
+    if len(genes) < len(table):
+        warn_user(
+            f"{path}: {len(table) - len(genes)} of {len(table)} landmark rows have no "
+            f"{id_column!r} and are left out; another id_column= may name them all."
+        )
+    return genes.tolist()
 
 
 def select_landmarks(
@@ -187,5 +193,5 @@ def select_landmarks(
     ]
     names = adata.var_names[chosen].tolist()
     if key is not None:
-        adata.var[key] = adata.var_names.isin(names)
+        adata.var[key] = np.isin(np.arange(adata.n_vars), chosen)  # by position
     return names

@@ -815,3 +815,23 @@ def test_prepare_query_mudata_flags_an_added_modality_missing():
 
 def _dense(matrix) -> np.ndarray:
     return matrix.toarray() if scipy_sparse.issparse(matrix) else np.asarray(matrix)
+
+
+def test_a_model_whose_features_share_a_name_is_matched_by_position_only():
+    adata = simulate_scrna(n_cells=150, n_genes=30, n_batches=2, seed=0)
+    names = list(adata.var_names)
+    names[1] = names[0]  # read_10x_h5 without var_names_make_unique()
+    adata.var_names = names
+    ZINBAutoencoder.setup_anndata(adata, layer="counts", batch_key="batch")
+    model = ZINBAutoencoder(adata, n_hidden=8, n_latent=2)
+    _train(model, max_epochs=1)
+    query = anndata.AnnData(
+        obs=adata.obs[["batch"]], var=adata.var[[]], layers={"counts": adata.layers["counts"]}
+    )
+    prepared = ZINBAutoencoder.prepare_query_anndata(query, model, inplace=False)
+    np.testing.assert_array_equal(  # the two genes keep their own counts
+        prepared.layers["counts"].toarray(), adata.layers["counts"].toarray()
+    )
+    query.var_names_make_unique()  # what the query's own check advises
+    with pytest.raises(InputError, match="features that share a name"):
+        ZINBAutoencoder.prepare_query_anndata(query, model, inplace=False)

@@ -434,30 +434,21 @@ def _false_where_missing(frame: pd.DataFrame, original: pd.DataFrame) -> None:
             frame[column] = frame[column].astype("boolean").fillna(False).astype(bool)
 
 
-def _with_features(adata: AnnData, names: pd.Index, inplace: bool, where: str) -> AnnData:
-    """``adata`` with exactly the features ``names`` (zeros where absent); ``adata`` if it has.
-
-    Returns a new AnnData sharing no arrays with ``adata`` (``adata`` itself when its features
-    are already ``names`` and ``inplace``).
-    """
-    if not isinstance(adata, AnnData):
-        raise InputError(f"{where}expected an AnnData; got {type(adata).__name__}.")
-    if adata.isbacked:
-        raise InputError(f"{where}read the query into memory first: `adata = adata.to_memory()`.")
-    if inplace and adata.is_view:
+def _feature_positions(present: pd.Index, names: pd.Index, where: str) -> np.ndarray:
+    """Position of each of the model's features ``names`` among ``present`` (-1: absent)."""
+    if names.has_duplicates:
         raise InputError(
-            f"{where}the query is a view of another AnnData, which cannot be changed in place; "
-            "pass `adata.copy()`, or use inplace=False."
+            f"{where}the model has features that share a name "
+            f"({', '.join(names[names.duplicated()].unique()[:5])}), so the query's cannot be "
+            "matched to them by name: give the query the model's features in the model's order "
+            "(as the training data had them)."
         )
-    present = pd.Index(np.asarray(adata.var_names, dtype=str))
     repeated = present[present.duplicated()].intersection(names)
     if len(repeated):
         raise InputError(
             f"{where}the query has features of the model more than once ({', '.join(repeated[:5])}"
             "); make them unique (`adata.var_names_make_unique()`) or keep one of each."
         )
-    if inplace and present.equals(names):
-        return adata
     unique = ~present.duplicated(keep=False)
     positions = pd.Index(present[unique]).get_indexer(names)
     positions = np.where(positions >= 0, np.flatnonzero(unique)[positions], -1)
@@ -480,6 +471,31 @@ def _with_features(adata: AnnData, names: pd.Index, inplace: bool, where: str) -
                 else ""
             )
         )
+    return positions
+
+
+def _with_features(adata: AnnData, names: pd.Index, inplace: bool, where: str) -> AnnData:
+    """``adata`` with exactly the features ``names`` (zeros where absent); ``adata`` if it has.
+
+    Returns a new AnnData sharing no arrays with ``adata`` (``adata`` itself when its features
+    are already ``names`` and ``inplace``).
+    """
+    if not isinstance(adata, AnnData):
+        raise InputError(f"{where}expected an AnnData; got {type(adata).__name__}.")
+    if adata.isbacked:
+        raise InputError(f"{where}read the query into memory first: `adata = adata.to_memory()`.")
+    if inplace and adata.is_view:
+        raise InputError(
+            f"{where}the query is a view of another AnnData, which cannot be changed in place; "
+            "pass `adata.copy()`, or use inplace=False."
+        )
+    present = pd.Index(np.asarray(adata.var_names, dtype=str))
+    if present.equals(names):  # the model's features in its order, repeated names included
+        if inplace:
+            return adata
+        positions = np.arange(len(names))
+    else:
+        positions = _feature_positions(present, names, where)
     var = adata.var.reset_index(drop=True).reindex(positions)  # added rows: missing values
     _false_where_missing(var, adata.var)
     var.index = pd.Index(names, name=adata.var_names.name)

@@ -216,6 +216,15 @@ def test_new_categories_of_another_type_are_refused(known, values, shown):
         )
 
 
+@pytest.mark.parametrize("allow_new_categories", [False, True])
+def test_a_query_without_a_batch_for_some_cells_is_told_so(allow_new_categories):
+    query = _with_batch(pd.Categorical(["a", None, None]))
+    with pytest.raises(InputError, match=r"missing for 2 of 3 cells.*\.notna\(\)\]\.copy"):
+        check_known_categories(
+            query, _batch_registry(["a", "b"]), allow_new_categories=allow_new_categories
+        )
+
+
 def test_setup_refuses_an_argument_it_does_not_have():
     from scgexp.data import simulate_bulk_expression, simulate_multiome, simulate_scatac
     from scgexp.model import DGEX, SAILER, MultiVAE, ZINBAutoencoder

@@ -430,7 +430,7 @@ def test_read_gctx_and_gct(tmp_path):
     gct.write_text(excel.replace("#1.2\t", "#1.2"))
     np.testing.assert_array_equal(scgexp.data.read_gct(gct).X, table.X)
     gct.write_text(v12.replace("2\t2\n", "3\t2\n", 1))
-    with pytest.raises(InputError, match="declares 3 genes × 2 samples"):
+    with pytest.raises(InputError, match="declares 3 genes on line 2 but holds 2"):
         scgexp.data.read_gct(gct)
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import warnings
 
+import anndata
 import numpy as np
 import pandas as pd
 import pytest
@@ -310,6 +311,25 @@ def test_refuses_empty_cells_and_missing_keys(adata):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ZINBAutoencoder.setup_anndata(adata, size_factor_key="sf")
+
+
+def test_library_sizes_as_size_factors_warn_on_new_data_too(adata):
+    totals = np.asarray(adata.layers["counts"].sum(1)).ravel()
+    adata.obs["sf"] = totals / np.median(totals)
+    ZINBAutoencoder.setup_anndata(adata, layer="counts", batch_key="batch", size_factor_key="sf")
+    model = ZINBAutoencoder(adata)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(max_epochs=1, enable_progress_bar=False)
+    query = anndata.AnnData(
+        obs=adata.obs[["batch"]].assign(sf=totals), var=adata.var[[]], layers=dict(adata.layers)
+    )
+    with pytest.warns(UserWarning, match="looks like library sizes in counts"):
+        model.get_latent_representation(query)
+    query.obs["sf"] /= query.obs["sf"].median()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.get_latent_representation(query)
 
 
 def test_genes_without_counts_warn_in_training_data_only(adata, tmp_path):

@@ -628,6 +628,17 @@ def check_known_categories(
             )
         known = pd.Index(np.asarray(known))
         values = obs[key]
+        if values.isna().any():
+            raise InputError(
+                f"{column}[{key!r}] ({setup_arg} of the trained model) is missing for "
+                f"{int(values.isna().sum())} of {len(values)} cells. Give those cells one of "
+                "the model's categories, or leave them out"
+                + (
+                    f": `query = query[query.obs[{key!r}].notna()].copy()`."
+                    if modality is None
+                    else "."
+                )
+            )
         unknown = pd.unique(values[~values.isin(known)])
         as_text = pd.Index(map(str, unknown)).isin(known.map(str))
         type_differs = len(unknown) and as_text.all()

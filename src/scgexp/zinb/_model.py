@@ -53,6 +53,17 @@ logger = logging.getLogger(__name__)
 _CHUNK = 4096
 
 
+def _warn_if_library_sizes(adata: AnnData, size_factor_key: str | None) -> None:
+    """Warn when size factors look like scvi-tools' library sizes in counts (median > 50)."""
+    if size_factor_key is not None and (median := adata.obs[size_factor_key].median()) > 50:
+        warn_user(
+            f"obs[{size_factor_key!r}] has median {median:.3g}, which looks like library "
+            "sizes in counts (scvi-tools' size_factor_key). ZINBAutoencoder's size factor is "
+            "relative, about 1 for a typical cell: divide by the median, "
+            f"adata.obs[{size_factor_key!r}] / adata.obs[{size_factor_key!r}].median()."
+        )
+
+
 class ZINBAutoencoder(
     QueryMappingMixin, SafeSaveMixin, RNASeqMixin, TrainingMixin, BaseModelClass
 ):
@@ -255,13 +266,7 @@ class ZINBAutoencoder(
         categorical = [k for k in [batch_key, *(categorical_covariate_keys or [])] if k]
         check_obs_keys(adata, categorical=categorical, allow_unused_categories=query)
         check_size_factors(adata, size_factor_key)
-        if size_factor_key is not None and (median := adata.obs[size_factor_key].median()) > 50:
-            warn_user(
-                f"obs[{size_factor_key!r}] has median {median:.3g}, which looks like library "
-                "sizes in counts (scvi-tools' size_factor_key). ZINBAutoencoder's size factor is "
-                "relative, about 1 for a typical cell: divide by the median, "
-                f"adata.obs[{size_factor_key!r}] / adata.obs[{size_factor_key!r}].median()."
-            )
+        _warn_if_library_sizes(adata, size_factor_key)
         if query:
             check_known_categories(
                 adata,
@@ -281,6 +286,7 @@ class ZINBAutoencoder(
     def _check_new_data(self, adata: AnnData) -> None:
         # scvi-tools' wording for unknown categories names no fix.
         check_query(adata, self.registry_, self.module.encode_covariates)
+        _warn_if_library_sizes(adata, self.registry_["setup_args"].get("size_factor_key"))
 
     def train(
         self,

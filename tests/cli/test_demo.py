@@ -3,18 +3,38 @@
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
+import anndata
 import numpy as np
 import pytest
 from scipy import sparse
 
-from scgexp.cli._demo import _compare, _rna_prediction_r, run_demo
+from scgexp.cli._demo import _compare, _rna_prediction_r, _stopped, run_demo
+from scgexp.train import RestoreBestWeights
 
 
 def test_compare_says_which_is_better():
     assert _compare("A", 0.990, "B", 0.986, lower_is_better=True).startswith("A is on par")
     assert _compare("A", 0.90, "B", 0.95, lower_is_better=True).startswith("A is better")
     assert _compare("A", 0.60, "B", 0.70).startswith("A is worse")
+
+
+@pytest.mark.parametrize(
+    ("n_epochs", "best_epoch", "said"),
+    [
+        (10, 9, "10 epochs (the epoch limit; mae_validation still improving at the limit"),
+        (10, 4, "10 epochs (the epoch limit; the weights of epoch 5, the best by mae_valid"),
+        (6, 2, "6 epochs (early stopping; the weights of epoch 3, the best by mae_validation"),
+        (6, None, "6 epochs (early stopping; the last epoch's weights kept)"),
+    ],
+)
+def test_stopped_says_which_weights_are_kept(n_epochs, best_epoch, said):
+    restore = RestoreBestWeights("mae_validation")
+    restore.best_epoch = best_epoch
+    trainer = SimpleNamespace(max_epochs=10, callbacks=[restore])
+    model = SimpleNamespace(history={"mae_validation": [0.0] * n_epochs}, trainer=trainer)
+    assert _stopped(model, "mae_validation").startswith(said)
 
 
 def test_rna_prediction_r_reads_predictions_per_10k_counts():
@@ -33,11 +53,16 @@ def test_demo_writes_a_report_whose_figures_exist(tmp_path):
     command = "scgexp demo --out DIR --epochs 2 --accelerator cpu"
     assert f"Reproduce: `{command}` (seed 0; CPU;" in report
     # Two epochs end at the limit, not by early stopping, and the report says so.
-    assert report.count("2 epochs (the epoch limit;") == 3
+    assert report.count("2 epochs (the epoch limit;") == 4
     assert "early stopping;" not in report
+    assert "Above\nthat floor SAILER's latent holds" in report
     assert "The joint latent's ARI is" in report
     figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert len(figures) == 8
     for figure in figures:
         assert (tmp_path / figure).stat().st_size > 10_000
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["report.md", *figures])
+    written = ["report.md", "pbmc68k_zinb.h5ad", *figures]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(written)
+    pbmc = anndata.read_h5ad(tmp_path / "pbmc68k_zinb.h5ad")
+    assert {"X_zinb", "X_umap"} <= set(pbmc.obsm)
+    assert "zinb_denoised" in pbmc.layers

@@ -167,7 +167,11 @@ def test_modality_combinations(modalities, protein_likelihood, capsys):
     mdata = _mdata(n_proteins=12)
     model = _train(mdata, modalities=modalities, protein_likelihood=protein_likelihood)
     print(model)
-    assert "MultiVAE" in capsys.readouterr().out
+    summary = " ".join(capsys.readouterr().out.split())  # rich wraps lines
+    assert "MultiVAE" in summary
+    # Each modality's likelihood, and none for a modality the model lacks.
+    assert (f"protein {protein_likelihood}" in summary) == ("protein_layer" in modalities)
+    assert ("RNA zinb" in summary) == ("rna_layer" in modalities)
     assert model.get_latent_representation().shape == (200, 8)
     outputs = {
         "rna_layer": (model.get_normalized_expression, "rna"),

@@ -384,9 +384,15 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
             if "protein" in n_features:
                 self._init_protein()
         sizes = ", ".join(f"{m} {n}" for m, n in n_features.items())
+        likelihoods = {
+            "rna": f"RNA {gene_likelihood}",
+            "atac": "ATAC bernoulli",
+            "protein": f"protein {protein_likelihood}",
+        }
+        likelihoods = ", ".join(likelihoods[m] for m in likelihoods if m in n_features)
         self._model_summary_string = (
             f"MultiVAE: {sizes} features; {n_latent} latent dims, {n_hidden} hidden units; "
-            f"joint posterior {joint}; RNA {gene_likelihood}, protein {protein_likelihood}; "
+            f"joint posterior {joint}; {likelihoods}; "
             f"{stats.n_batch} batch(es); invariance {invariance}"
         )
         self.init_params_ = self._get_init_params(locals())

@@ -175,3 +175,12 @@ def test_landmark_rows_without_the_identifier_are_left_out_with_a_warning(tmp_pa
     assert scgexp.data.read_landmark_genes(path) == ["PSME1", "ATF1"]
     with pytest.warns(UserWarning, match="1 of 2 landmark rows have no 'ensembl_id'"):
         assert scgexp.data.read_landmark_genes(path, "ensembl_id") == ["ENSG00000092010"]
+
+
+def test_gene_info_with_a_capitalised_column_or_commas(tmp_path):
+    path = tmp_path / "genes.txt"
+    path.write_text("Symbol\tpr_is_lm\nPSME1\t1\nRHEB\t0\n")
+    assert scgexp.data.read_landmark_genes(path) == ["PSME1"]
+    path.write_text("gene_symbol,feature_space\nPSME1,landmark\n")
+    with pytest.raises(scgexp.data.InputError, match="looks comma-separated"):
+        scgexp.data.read_landmark_genes(path)

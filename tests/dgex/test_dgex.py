@@ -181,6 +181,10 @@ def test_missing_landmarks(bulk, trained):
     assert caught[0].filename == __file__  # the warning points at the caller's line
     assert list(filled.uns["dgex"]["filled_landmarks"]) == list(landmark)
     assert len(trained.predict(test).uns["dgex"]["filled_landmarks"]) == 0
+    renamed = test.copy()
+    renamed.var_names = [f"ENSG{i:011d}" for i in range(renamed.n_vars)]
+    with pytest.raises(InputError, match=r"names them like 'gene\d+', the data like 'ENSG0+'"):
+        trained.predict(renamed)
 
 
 def test_rank_map_needs_several_samples(bulk, trained):

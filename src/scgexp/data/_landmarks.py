@@ -107,7 +107,13 @@ def read_landmark_genes(path: str, id_column: str | None = None) -> list[str]:
             raise InputError(f"{path}: no row is marked as a landmark in column {column!r}.")
     if id_column is None:
         names = ("pr_gene_symbol", "gene_symbol", "symbol", "pr_gene_id", "gene_id")
-        candidates = [c for c in names if c in table]
+        by_name = {str(c).strip().lower(): c for c in table.columns}  # "Symbol" too
+        candidates = [by_name[n] for n in names if n in by_name]
+        if not candidates and table.shape[1] == 1 and "," in str(table.columns[0]):
+            raise InputError(
+                f"{path} looks comma-separated; gene_info tables are tab-separated. Read it with "
+                "`pd.read_csv(path)` and take the landmark column, or save it with tabs."
+            )
         if not candidates and table.shape[1] == 1:  # id_column= would drop its first gene
             raise InputError(
                 f"{path} has one column, headed {table.columns[0]!r}: for a plain list of genes "

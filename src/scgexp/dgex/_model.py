@@ -424,6 +424,12 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
                 f"{', '.join(missing[:5])}). Are the genes named the same way as in training "
                 "(e.g. symbols vs Ensembl IDs; letter case; Ensembl version suffixes)? Rename "
                 "var_names to match."
+                + (
+                    f" The model names them like {missing[0]!r}, the data like "
+                    f"{str(adata.var_names[0])!r}."
+                    if adata.n_vars
+                    else ""
+                )
             )
         # Only the landmark values are read (other genes may hold NaN, e.g. unmeasured
         # targets), in row blocks, never registered with scvi-tools: any memory order will do.

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import anndata
 import numpy as np
+import pandas as pd
 import pytest
 
 from scgexp._compat import scrna_raw_counts_properties
+from scgexp._differential import accessibility_table
 from scgexp.data import InputError, simulate_scrna
 from scgexp.model import ZINBAutoencoder
 
@@ -108,3 +110,21 @@ def test_repeated_feature_names_keep_their_rows():
     # Picking genes by a repeated name is ambiguous: refused with the fix, not pandas' error.
     with pytest.raises(InputError, match="var_names_make_unique"):
         model.get_normalized_expression(gene_list=["gene_1"])
+
+
+def test_accessibility_effect_is_group2_minus_group1_as_peakvi():
+    result = pd.DataFrame(
+        {
+            "proba_de": [0.9, 0.1],
+            "is_de_fdr_0.05": [True, False],
+            "bayes_factor": [2.0, -2.0],
+            "scale1": [0.1, 0.5],
+            "scale2": [0.4, 0.3],
+            "emp_mean1": [0.0, 0.6],
+            "emp_mean2": [0.5, 0.2],
+        }
+    )
+    table = accessibility_table(result, mode="change", fdr_target=0.05)
+    np.testing.assert_allclose(table["effect_size"], [0.3, -0.2])
+    np.testing.assert_allclose(table["emp_effect"], [0.5, -0.4])
+    assert table["is_da_fdr"].tolist() == [True, False]

@@ -34,6 +34,7 @@ def _adata(values, layer=None):
         (np.nan, "NaN or infinite"),
         (np.inf, "NaN or infinite"),
         (-1.0, "negative values"),
+        (-5.0, "negative values"),
         (1.5, "non-integer values"),
     ],
 )

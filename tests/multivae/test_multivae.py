@@ -19,6 +19,7 @@ from torch.distributions import Normal, kl_divergence
 from scgexp.data import InputError, pad_modalities, simulate_multiome
 from scgexp.multivae import MultiVAE
 from scgexp.multivae._module import PoissonDetection
+from scgexp.train import TrainingMixin
 
 RNA_ATAC = {"rna_layer": "rna", "atac_layer": "atac"}
 RNA_PROT = {"rna_layer": "rna", "protein_layer": "prot"}
@@ -1340,3 +1341,31 @@ def test_differential_protein_mixture_is_not_rescaled():
     idx1 = np.arange(120) < 60
     de = model.differential_protein(idx1=idx1, idx2=~idx1, silent=True)
     np.testing.assert_allclose(de[["scale1", "scale2"]], 1.1, rtol=1e-6)
+
+
+def test_model_arguments_reach_the_module_and_trainer(monkeypatch):
+    mdata = _mdata(n_cells=64, n_genes=40, n_peaks=80)
+    MultiVAE.setup_mudata(mdata, batch_key="batch", modalities=RNA_ATAC)
+    model = MultiVAE(mdata, alignment_weight=0.25, invariance="mi", invariance_weight=0.3)
+    assert model.module.alignment_weight == 0.25
+    assert model.module.invariance.weight == 0.3
+    passed = {}
+    monkeypatch.setattr(TrainingMixin, "train", lambda self, **kwargs: passed.update(kwargs))
+    model.train(max_epochs=50, early_stopping_patience=3)
+    assert passed["early_stopping_patience"] == 3
+
+
+def test_joint_alignment_leaves_the_joint_posterior_alone():
+    """Each encoder learns to reach the joint posterior; the joint is not pulled to its view."""
+    mdata = _mdata(n_cells=64, n_genes=40, n_peaks=80)
+    MultiVAE.setup_mudata(mdata, batch_key="batch", modalities=RNA_ATAC)
+    model = MultiVAE(mdata, alignment="joint", invariance=None)
+    module = model.module.eval()
+    tensors = next(iter(model._make_data_loader(mdata, batch_size=64)))
+    outputs = module.inference(**module._get_inference_input(tensors))
+    outputs["qzm"] = outputs["qzm"].detach().requires_grad_()
+    outputs["qzv"] = outputs["qzv"].detach().requires_grad_()
+    module.alignment_loss(outputs).sum().backward()
+    assert outputs["qzm"].grad is None
+    assert outputs["qzv"].grad is None
+    assert any(p.grad is not None for p in module.parameters())  # the encoders do learn

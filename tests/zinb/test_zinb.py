@@ -143,6 +143,13 @@ def test_covariates_and_size_factor(adata):
     doubled = model.get_likelihood_parameters(adata=adata.copy())["mean"]
     ratio = doubled.sum(1) / params["mean"].sum(1)
     np.testing.assert_allclose(ratio, 2.0, rtol=0.2)
+    # encode_covariates: the encoder reads the covariates, so relabelled cells encode otherwise.
+    assert model.module.encode_covariates
+    relabelled = adata.copy()
+    relabelled.obs["donor"] = relabelled.obs["donor"].map({"d0": "d1", "d1": "d0"})
+    assert not np.allclose(
+        model.get_latent_representation(relabelled), model.get_latent_representation(), atol=1e-4
+    )
 
 
 def test_standardisation_stats_sparse_equals_dense(adata):

@@ -20,10 +20,12 @@ from scgexp.train import TrainingDivergedError
 class _RecordKLWeight(Callback):
     def __init__(self):
         self.weights: list[float] = []
+        self.invariance_factors: list[float] = []
         self.learning_rates: list[float] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.weights.append(pl_module.loss_kwargs["kl_weight"])  # what this minibatch used
+        self.invariance_factors.append(pl_module.invariance_factor)
 
     def on_train_epoch_start(self, trainer, pl_module):
         self.learning_rates.append(trainer.optimizers[0].param_groups[0]["lr"])
@@ -72,6 +74,7 @@ def test_kl_weight_ramps_or_cycles_by_minibatch_and_the_learning_rate_decays(
     else:
         expected = np.where(progress < 0, 0, np.minimum(progress % 2, 1))
     np.testing.assert_allclose(recorder.weights, expected)
+    np.testing.assert_array_equal(recorder.invariance_factors, progress >= 0)  # off in warm-up
     np.testing.assert_allclose(recorder.learning_rates, 1e-3 * 0.5 ** np.arange(4))
 
 

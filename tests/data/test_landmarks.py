@@ -179,8 +179,22 @@ def test_landmark_rows_without_the_identifier_are_left_out_with_a_warning(tmp_pa
 
 def test_gene_info_with_a_capitalised_column_or_commas(tmp_path):
     path = tmp_path / "genes.txt"
-    path.write_text("Symbol\tpr_is_lm\nPSME1\t1\nRHEB\t0\n")
-    assert scgexp.data.read_landmark_genes(path) == ["PSME1"]
+    for flag in ("pr_is_lm", "PR_IS_LM"):
+        path.write_text(f"Symbol\t{flag}\nPSME1\t1\nRHEB\t0\n")
+        assert scgexp.data.read_landmark_genes(path) == ["PSME1"]
     path.write_text("gene_symbol,feature_space\nPSME1,landmark\n")
     with pytest.raises(scgexp.data.InputError, match="looks comma-separated"):
         scgexp.data.read_landmark_genes(path)
+
+
+def test_gct_blank_lines_of_any_width_encodings_and_an_empty_body(tmp_path):
+    path = tmp_path / "x.gct"
+    # A byte-order mark, a line of more tabs than fields (Excel), a non-ASCII description.
+    text = "\ufeff#1.2\n1\t2\nName\tDescription\ts1\ts2\n\t\t\t\t\t\ng1\tρ subunit\t1\t2\n"
+    path.write_bytes(text.encode("utf-8"))
+    adata = scgexp.data.read_gct(path)
+    assert adata.var["description"].tolist() == ["ρ subunit"]
+    np.testing.assert_array_equal(adata.X, [[1], [2]])
+    path.write_text("#1.2\n2\t2\n")
+    with pytest.raises(scgexp.data.InputError, match="ends after its sizes"):
+        scgexp.data.read_gct(path)

@@ -183,7 +183,7 @@ def test_missing_landmarks(bulk, trained):
     assert len(trained.predict(test).uns["dgex"]["filled_landmarks"]) == 0
     renamed = test.copy()
     renamed.var_names = [f"ENSG{i:011d}" for i in range(renamed.n_vars)]
-    with pytest.raises(InputError, match=r"names them like 'gene\d+', the data like 'ENSG0+'"):
+    with pytest.raises(InputError, match=r"first: gene\d+.*names its genes like 'ENSG0+'"):
         trained.predict(renamed)
 
 

@@ -308,7 +308,8 @@ def _zinb_section(out: Path, epochs: int | None, accelerator: str) -> str:
         for m in ("NMI", "ARI")
     )
     n_latent = adata.obsm["X_zinb"].shape[1]
-    keeps = f": the {n_latent}-unit bottleneck keeps the cell-type structure PCA finds" * kept
+    keeps = f": the {n_latent}-unit bottleneck keeps the cell-type structure PCA finds"
+    keeps = keeps if kept else ""
     correlations = {"raw": cell_r(raw), "denoised": cell_r(denoised)}
     denoising = _compare(
         "the denoised values' correlation",
@@ -321,9 +322,8 @@ def _zinb_section(out: Path, epochs: int | None, accelerator: str) -> str:
 
 Real data: the same {adata.n_obs} PBMCs as counts (rebuilt from the normalised values scanpy
 ships, see `pbmc68k_counts`); {_stopped(model, "train_loss")} in {seconds:.1f} s. Leiden
-clusters of each
-representation against the 10 cell types (`bulk_labels` of scanpy's `pbmc68k_reduced`, coarse
-labels of the original study):
+clusters of each representation against the {adata.obs["cell_type"].nunique()} cell types
+(`bulk_labels` of scanpy's `pbmc68k_reduced`, coarse labels of the original study):
 
 {_table(scores)}
 
@@ -427,17 +427,18 @@ def _sailer_section(out: Path, epochs: int | None, accelerator: str) -> str:
         if nmi.min() > 0.9
         else f"SAILER's cell-type NMI is {nmi.iloc[0]:.2f} against {nmi.iloc[1]:.2f}"
     )
-    return f"""## SAILER: scATAC-seq latent space without depth and batch
+    return f"""## SAILER: less depth and batch in an scATAC-seq latent space
 
 Simulated scATAC-seq (`scgexp.data.simulate_scatac`, {adata.n_obs:,} cells,
 {adata.n_vars:,} peaks, {adata.obs["cell_type"].nunique()} cell types) in which sequencing depth
 (measured as the log number of open peaks per cell, the depth SAILER uses)
-differs between the two batches and between cells. SAILER (invariance penalties, depth and
-batch given to the decoder, depth-normalised encoder input) against the same conditional VAE
-without penalties, reading the raw binarised peaks (`normalize_input=False`): the comparison is
-of SAILER's design as a whole (the SAILER page of the documentation separates the penalties in
-an ablation). Mutual information (MI) with each confounder is SAILER's metric (mean over latent
-dimensions, scikit-learn's estimator); lower is more invariant.
+differs between the {adata.obs["batch"].nunique()} batches and between cells. SAILER (invariance
+penalties, depth and batch given to the decoder, depth-normalised encoder input) against the
+same conditional VAE without penalties, reading the raw binarised peaks
+(`normalize_input=False`): the comparison is of SAILER's design as a whole (the SAILER page of
+the documentation separates the penalties in an ablation). Mutual information (MI) with each
+confounder is SAILER's metric (mean over latent dimensions, scikit-learn's estimator); lower is
+more invariant.
 
 {_table(scores)}
 

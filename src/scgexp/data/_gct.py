@@ -37,6 +37,7 @@ def _metadata_missing_as_nan(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _file_start(path: str, compression: str | None) -> bytes:
+    """The first 4 bytes of the file (decompressed with ``compression``)."""
     opener = gzip.open if compression else open
     with opener(path, "rb") as handle:
         return handle.read(4)
@@ -59,7 +60,8 @@ def read_gct(path: str) -> AnnData:
         gunzip = " after gunzipping it" if compression else ""
         raise InputError(f"{path} is a GCTX (HDF5) file; read it with read_gctx{gunzip}.")
     opener = gzip.open if compression else open
-    with opener(path, "rt") as handle:
+    # utf-8-sig: Excel's byte-order mark; undecodable bytes do not change the tab counts.
+    with opener(path, "rt", encoding="utf-8-sig", errors="replace") as handle:
         version = handle.readline().strip()
         dims = handle.readline().strip().split("\t")
         if version not in ("#1.2", "#1.3"):
@@ -68,20 +70,24 @@ def read_gct(path: str) -> AnnData:
             )
         n_sizes = 2 if version == "#1.2" else 4
         if len(dims) < n_sizes or not all(d.strip().isdigit() for d in dims[:n_sizes]):
+            sizes = "rows, columns" + (", row and column metadata fields" if n_sizes == 4 else "")
             raise InputError(
                 f"{path}: a GCT {version[1:]} file's second line holds {n_sizes} sizes separated "
-                f"by tabs (rows, columns{', row and column metadata fields' * (n_sizes == 4)}), "
-                f"not {chr(9).join(dims)!r}."
+                f"by tabs ({sizes}), not {chr(9).join(dims)!r}."
             )
         n_genes, n_samples = int(dims[0]), int(dims[1])
         n_row_meta, n_col_meta = (1, 0) if version == "#1.2" else (int(dims[2]), int(dims[3]))
         width = 1 + n_row_meta + n_samples
+        blank = []  # lines of spaces or tabs only, as Excel leaves (0-based, for pandas)
         for number, line in enumerate(handle, start=3):
             line = line.rstrip("\r\n")
+            if not line.strip():
+                blank.append(number - 1)
+                continue
             n_fields = line.count("\t") + 1
             if line.endswith("\t") and n_fields == width + 1:
                 n_fields = width  # a tab ending the line
-            if line.strip() and n_fields != width:
+            if n_fields != width:
                 raise InputError(
                     f"{path}: line {number} holds {n_fields} fields, not the {width} that line 2 "
                     f"declares (an identifier, {n_row_meta} metadata field(s), {n_samples} "
@@ -92,7 +98,7 @@ def read_gct(path: str) -> AnnData:
     raw = pd.read_csv(
         path,
         sep="\t",
-        skiprows=2,
+        skiprows=[0, 1, *blank],
         header=None,
         names=range(width + 1),
         index_col=False,
@@ -101,7 +107,8 @@ def read_gct(path: str) -> AnnData:
         keep_default_na=False,
         quoting=csv.QUOTE_NONE,
     ).iloc[:, :width]
-    raw = raw[~raw.map(str.strip).eq("").all(axis=1)]  # lines of tabs only, as Excel leaves
+    if raw.empty:
+        raise InputError(f"{path} ends after its sizes: line 3 should name the samples.")
     header = raw.iloc[0].tolist()
     obs = pd.DataFrame(
         {
@@ -127,7 +134,7 @@ def read_gct(path: str) -> AnnData:
     try:
         values = matrix.mask(matrix.isin(_MISSING)).to_numpy(dtype=np.float32).T
     except ValueError as error:
-        hint = " (are the metadata sizes on line 2 right?)" * (version == "#1.3")
+        hint = " (are the metadata sizes on line 2 right?)" if version == "#1.3" else ""
         raise InputError(f"{path} holds a value that is not a number{hint}: {error}") from None
     return AnnData(X=values, obs=_metadata_missing_as_nan(obs), var=_metadata_missing_as_nan(var))
 

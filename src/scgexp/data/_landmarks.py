@@ -98,16 +98,17 @@ def read_landmark_genes(path: str, id_column: str | None = None) -> list[str]:
     >>> genes = scgexp.data.read_landmark_genes("GSE92742_Broad_LINCS_gene_info.txt")
     """
     table = pd.read_csv(path, sep="\t", dtype=str)
+    by_name = {str(c).strip().lower(): c for c in table.columns}  # "Symbol", "PR_IS_LM" too
     flags = {"pr_is_lm": {"1", "1.0", "TRUE", "Y"}, "pr_is_lmark": {"Y", "1", "TRUE"}}
     flags["feature_space"] = {"LANDMARK"}
-    column = next((c for c in flags if c in table), None)
-    if column is not None:
-        table = table[table[column].str.strip().str.upper().isin(flags[column])]
+    flag = next((c for c in flags if c in by_name), None)
+    if flag is not None:
+        column = by_name[flag]
+        table = table[table[column].str.strip().str.upper().isin(flags[flag])]
         if table.empty:
             raise InputError(f"{path}: no row is marked as a landmark in column {column!r}.")
     if id_column is None:
         names = ("pr_gene_symbol", "gene_symbol", "symbol", "pr_gene_id", "gene_id")
-        by_name = {str(c).strip().lower(): c for c in table.columns}  # "Symbol" too
         candidates = [by_name[n] for n in names if n in by_name]
         if not candidates and table.shape[1] == 1 and "," in str(table.columns[0]):
             raise InputError(

@@ -425,8 +425,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
                 "(e.g. symbols vs Ensembl IDs; letter case; Ensembl version suffixes)? Rename "
                 "var_names to match."
                 + (
-                    f" The model names them like {missing[0]!r}, the data like "
-                    f"{str(adata.var_names[0])!r}."
+                    f" The data names its genes like {str(adata.var_names[0])!r}."
                     if adata.n_vars
                     else ""
                 )

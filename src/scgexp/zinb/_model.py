@@ -53,15 +53,27 @@ logger = logging.getLogger(__name__)
 _CHUNK = 4096
 
 
-def _warn_if_library_sizes(adata: AnnData, size_factor_key: str | None) -> None:
-    """Warn when size factors look like scvi-tools' library sizes in counts (median > 50)."""
-    if size_factor_key is not None and (median := adata.obs[size_factor_key].median()) > 50:
-        warn_user(
-            f"obs[{size_factor_key!r}] has median {median:.3g}, which looks like library "
-            "sizes in counts (scvi-tools' size_factor_key). ZINBAutoencoder's size factor is "
-            "relative, about 1 for a typical cell: divide by the median, "
-            f"adata.obs[{size_factor_key!r}] / adata.obs[{size_factor_key!r}].median()."
-        )
+def _warn_if_library_sizes(
+    adata: AnnData, size_factor_key: str | None, median_total: float | None = None
+) -> None:
+    """Warn when size factors look like scvi-tools' library sizes in counts (median > 50).
+
+    ``median_total``: the trained model's median total count, for new data (else the data's
+    own median is the reference).
+    """
+    if size_factor_key is None or (median := adata.obs[size_factor_key].median()) <= 50:
+        return
+    column = f"adata.obs[{size_factor_key!r}]"
+    fix = (
+        f"divide by the median, {column} / {column}.median()"
+        if median_total is None
+        else f"divide by the training cells' median total count, {column} / {median_total:.6g}"
+    )
+    warn_user(
+        f"obs[{size_factor_key!r}] has median {median:.3g}, which looks like library sizes in "
+        "counts (scvi-tools' size_factor_key). ZINBAutoencoder's size factor is relative, about "
+        f"1 for a typical cell: {fix}."
+    )
 
 
 class ZINBAutoencoder(
@@ -286,7 +298,11 @@ class ZINBAutoencoder(
     def _check_new_data(self, adata: AnnData) -> None:
         # scvi-tools' wording for unknown categories names no fix.
         check_query(adata, self.registry_, self.module.encode_covariates)
-        _warn_if_library_sizes(adata, self.registry_["setup_args"].get("size_factor_key"))
+        _warn_if_library_sizes(
+            adata,
+            self.registry_["setup_args"].get("size_factor_key"),
+            float(self.module.median_total),
+        )
 
     def train(
         self,

@@ -4,7 +4,7 @@
 # Uses the active virtualenv/conda environment if there is one (not conda's base), else
 # creates ./.venv.
 # Installs the CPU build of torch 2.13.0 only when the environment has no torch at all, so an
-# existing (e.g. CUDA) torch is kept. Then installs scgexp (editable) with the extras given as
+# existing (e.g. CUDA) torch >= 2.4 is kept; an older one stops the script (pip would replace it). Then installs scgexp (editable) with the extras given as
 # the first argument (e.g. "test" or "test,docs").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,11 +30,17 @@ fi
 "$py" -m pip --version >/dev/null 2>&1 || "$py" -m ensurepip --upgrade >&2
 pip_install() { "$py" -m pip install --quiet --disable-pip-version-check "$@" >&2; }
 
-if ! "$py" -c "import torch" 2>/dev/null; then
+# Installed, not importable: a torch that fails to import is the user's to mend, never replaced.
+torch_version=$("$py" -c 'import importlib.metadata as m; print(m.version("torch"))' 2>/dev/null || true)
+if [ -z "$torch_version" ]; then
   echo "No torch found: installing the CPU build of torch 2.13.0" >&2
   # The CPU wheel from the indexes/wheelhouses pip is configured with; else PyTorch's CPU index.
   pip_install "torch==2.13.0+cpu" 2>/dev/null \
     || pip_install "torch==2.13.0" --index-url "${SCGEXP_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
+elif ! "$py" -c 'import sys; v = sys.argv[1].split("+")[0].split("."); sys.exit((int(v[0]), int(v[1])) < (2, 4))' "$torch_version"; then
+  echo "torch $torch_version is older than the 2.4 scgexp needs, and pip would replace it with" \
+    "PyPI's CUDA build. Upgrade it for your CUDA version first, or use another environment." >&2
+  exit 1
 fi
 if [ -n "$extras" ]; then
   pip_install -e ".[$extras]"

@@ -134,6 +134,11 @@ def test_refuses_arguments_of_other_models():
     MultiVAE.setup_mudata(mdata, batch_key="batch", modalities=RNA_ATAC)
     with pytest.raises(InputError, match=r"MultiVAE has no argument 'n_genes'\. Its arguments: "):
         MultiVAE(mdata, n_genes=80)
+    # scvi-tools' VAEMixin methods that read a single-modality posterior say why they are absent.
+    model = MultiVAE(mdata)
+    for method in (model.get_aggregated_posterior, model.differential_abundance):
+        with pytest.raises(NotImplementedError, match="no aggregated posterior"):
+            method()
 
 
 def test_refuses_a_modality_no_training_cell_has():

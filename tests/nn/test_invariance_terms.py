@@ -117,3 +117,6 @@ def test_discriminator_loss_sums_cross_entropies_and_per_confounder_mean_squared
         + ((invariance.regressor(z) - continuous) ** 2).mean(0).sum()
     )
     torch.testing.assert_close(invariance.discriminator_loss(inputs.detach()), expected)
+    # Without a discriminator ("mi"), the loss is 0, as documented.
+    mi = Invariance(2, n_cats_per_key=[2, 2], n_continuous=3, method="mi")
+    assert mi.discriminator_loss(inputs.detach()).item() == 0.0

@@ -235,6 +235,12 @@ def test_transform_batch_without_batch_key_says_so(adata):
         model.get_normalized_accessibility(transform_batch="batch_0")
 
 
+def test_expression_points_to_accessibility(adata):
+    SAILER.setup_anndata(adata)
+    with pytest.raises(NotImplementedError, match="get_normalized_accessibility"):
+        SAILER(adata).get_normalized_expression()
+
+
 def test_single_batch_warns_and_trains(adata):
     adata.obs["batch"] = "only"
     with pytest.warns(UserWarning, match="single category"):

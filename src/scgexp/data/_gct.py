@@ -51,6 +51,16 @@ def read_gct(path: str) -> AnnData:
     in the metadata, as cmapPy reads it. The matrix must match the sizes on the file's second
     line, so a truncated file is refused.
 
+    Parameters
+    ----------
+    path
+        The ``.gct`` or gzipped ``.gct.gz`` file.
+
+    Returns
+    -------
+    AnnData of samples × genes (float32 ``X``), with the column metadata in ``obs`` and the row
+    metadata in ``var`` (GCT 1.2: ``var["description"]``), all as text.
+
     Examples
     --------
     >>> adata = scgexp.data.read_gct("profiles.gct.gz")
@@ -146,6 +156,17 @@ def read_gctx(path: str) -> AnnData:
     in ``/0/META/ROW`` and column metadata in ``/0/META/COL`` (each holding an ``id`` dataset).
     The whole matrix is read into memory (float32): the full GSE92742 Level 5 file needs about
     23 GB, Level 3 about 60 GB; subset such files first (e.g. cmapPy's ``parse(rid=, cid=)``).
+    A square matrix is read as stored (samples × genes); -666 in the metadata becomes NaN.
+
+    Parameters
+    ----------
+    path
+        The ``.gctx`` file (gunzipped).
+
+    Returns
+    -------
+    AnnData of samples × genes (float32 ``X``), with the column metadata in ``obs`` and the row
+    metadata in ``var``.
 
     Examples
     --------

@@ -202,11 +202,31 @@ def simulate_scrna(
     with gene-wise inverse dispersion; extra technical dropout removes a count with probability
     ``dropout / (1 + mean)``, stronger for lowly expressed entries.
 
+    Parameters
+    ----------
+    n_cells
+        Number of cells.
+    n_cell_types
+        Number of cell types (each cell drawn uniformly).
+    n_batches
+        Number of batches (``batch_0``, ``batch_1``, ...), drawn independently of cell type.
+    n_genes
+        Number of genes.
+    n_latent
+        Dimensions of the cell-state space.
+    dropout
+        Strength of the extra technical dropout, from 0 (none) to 1.
+    library_log_mean
+        Mean of the log library size (8: about 3,000 counts per cell).
+    seed
+        Seed of the random generator.
+
     Returns
     -------
     AnnData with counts (float32 CSR) in ``X`` and ``layers["counts"]``, the true NB means in
     ``layers["true_mean"]`` (dense), ``obs["cell_type"]``, ``obs["batch"]``,
-    ``obs["library_size"]`` (true) and ``uns["simulation"]``.
+    ``obs["library_size"]`` (true), the true cell states in ``obsm["true_state"]`` and
+    ``uns["simulation"]``.
 
     Examples
     --------
@@ -283,6 +303,23 @@ def simulate_scatac(
     strongly confounded, as when libraries are sequenced to different depths; shifted depths
     are capped at 1 (with the default range, from the third batch on).
 
+    Parameters
+    ----------
+    n_cells
+        Number of cells.
+    n_cell_types
+        Number of cell types (each cell drawn uniformly).
+    n_batches
+        Number of batches (``batch_0``, ``batch_1``, ...), drawn independently of cell type.
+    n_peaks
+        Number of peaks.
+    n_latent
+        Dimensions of the cell-state space.
+    depth_range
+        Low and high capture depth before the batch shift, ``0 < low <= high <= 1``.
+    seed
+        Seed of the random generator.
+
     Returns
     -------
     AnnData with fragment counts (float32 CSR) in ``X``, ``obs["cell_type"]``, ``obs["batch"]``,
@@ -350,9 +387,19 @@ def simulate_multiome(
 
     Parameters
     ----------
+    n_cells
+        Number of cells.
+    n_cell_types
+        Number of cell types (each cell drawn uniformly).
+    n_batches
+        Number of batches (``batch_0``, ``batch_1``, ...), drawn independently of cell type.
+    n_genes, n_peaks, n_proteins
+        Number of features of each modality (no protein modality with ``n_proteins=0``).
     missing_fraction
         Share of cells whose ATAC (first half of those cells) or RNA (second half) is missing:
         their rows are all zero and ``obs["has_<modality>"]`` is ``False``.
+    seed
+        Seed of the random generator.
 
     Returns
     -------

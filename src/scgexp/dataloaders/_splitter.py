@@ -26,6 +26,9 @@ from scgexp.dataloaders._store import (
 
 logger = logging.getLogger(__name__)
 
+#: How ``train(data_mode=...)`` reads the data: ``"memory"`` (tensors loaded once),
+#: ``"stream"`` (minibatches read from a backed file), ``"standard"`` (scvi-tools' loader) or
+#: ``"auto"`` (stream for backed data, else memory when it fits, else standard).
 DataMode = Literal["auto", "memory", "stream", "standard"]
 _MODES = ("auto", "memory", "stream", "standard")
 
@@ -41,11 +44,23 @@ def _free_bytes(device: torch.device) -> int | None:
 
 
 def resolve_data_mode(adata_manager, mode: DataMode, device: torch.device) -> str:
-    """The data path ``"auto"`` stands for, given the data and the training device.
+    """The data path ``mode`` stands for, given the data and the training device.
 
-    ``"stream"`` when the registered matrix lives on disk (a backed AnnData); ``"memory"``
-    when the registered arrays take at most half the free memory of ``device``; otherwise
-    ``"standard"`` (scvi-tools' :class:`~scvi.dataloaders.AnnDataLoader`).
+    Parameters
+    ----------
+    adata_manager
+        The manager of the registered data.
+    mode
+        A :data:`DataMode`; only ``"auto"`` is resolved, the others are checked and returned.
+    device
+        The training device.
+
+    Returns
+    -------
+    ``"memory"``, ``"stream"`` or ``"standard"``. For ``"auto"``: ``"stream"`` when the
+    registered matrix lives on disk (a backed AnnData); ``"memory"`` when the registered arrays
+    take at most half the free memory of ``device``; otherwise ``"standard"`` (scvi-tools'
+    :class:`~scvi.dataloaders.AnnDataLoader`).
 
     Examples
     --------

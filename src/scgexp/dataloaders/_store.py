@@ -104,8 +104,8 @@ class TensorStore:
     Sparse matrices stay sparse (scipy CSR on the CPU, CSR tensors on an accelerator);
     :meth:`batch` densifies only the rows of one minibatch, with the same dtypes and values
     scvi-tools' :class:`~scvi.data.AnnTorchDataset` would return. Arrays on disk (a backed
-    AnnData's ``X``) are left out: pass them to :class:`~scgexp.dataloaders.StreamingDataLoader`
-    instead.
+    AnnData's ``X``) are refused, or left out with ``skip_backed=True``, for
+    :class:`~scgexp.dataloaders.StreamingDataLoader` to read.
 
     Parameters
     ----------
@@ -114,7 +114,8 @@ class TensorStore:
     device
         Where the tensors live (the training device).
     skip_backed
-        Leave arrays that live on disk out instead of reading them into memory.
+        ``False``: an array on disk raises ``ValueError`` (load the data into memory first).
+        ``True``: such arrays are left out (in :attr:`backed`), for streaming.
 
     Examples
     --------

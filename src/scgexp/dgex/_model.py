@@ -84,7 +84,8 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         original D-GEX); the network then learns only the nonlinear remainder. On by default:
         it keeps DGEX at least as good as linear regression on small data.
     **model_kwargs
-        Passed to :class:`~scgexp.dgex.DGEXModule`.
+        None accepted: every setting of :class:`~scgexp.dgex.DGEXModule` is an
+        argument above or comes from setup; others are refused with the closest name.
 
     Examples
     --------
@@ -292,9 +293,10 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         Parameters
         ----------
         %(param_adata)s
-        %(param_layer)s
-            Values can be in any units (log2 microarray intensities, log1p-normalised counts);
-            predictions come back in the same units.
+        layer
+            Key in ``adata.layers`` of the values to use; ``None``: ``X``. Values can be in any
+            units (log2 microarray intensities, log1p-normalised counts); predictions come back
+            in the same units.
         landmark_key
             Boolean column of ``adata.var``: ``True`` for landmark (input) genes, ``False`` for
             target genes. See :func:`scgexp.data.mark_landmarks`.

@@ -536,7 +536,9 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         %(param_mdata)s
         rna_layer, atac_layer, protein_layer
             Layer of the modality with raw counts; ``None``: its ``X``.
-        %(param_batch_key)s
+        batch_key
+            Column with each cell's batch, in ``mdata.obs`` or, if ``modalities`` names one
+            for ``"batch_key"``, in that modality's ``obs``. ``None``: one batch.
         size_factor_key
             Numerical ``obs`` column with each cell's RNA size factor: its library size in
             counts, as in scvi-tools (a warning says so when the values look relative, e.g.
@@ -922,6 +924,17 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
             inputs = self.module._get_inference_input(tensors)
             outputs = self.module.inference(**inputs, use_modalities=use_modalities)
             yield tensors, outputs
+
+    def get_aggregated_posterior(self, *args, **kwargs):
+        """Not available: scvi-tools' version reads a single-modality posterior."""
+        raise NotImplementedError(
+            "MultiVAE has no aggregated posterior (scvi-tools' differential_abundance); its "
+            "joint latent is get_latent_representation(return_dist=True)."
+        )
+
+    def differential_abundance(self, *args, **kwargs):
+        """Not available: it needs :meth:`get_aggregated_posterior`, which MultiVAE lacks."""
+        self.get_aggregated_posterior()
 
     @torch.inference_mode()
     def get_latent_representation(

@@ -57,6 +57,8 @@ from torch.nn.functional import cross_entropy, one_hot
 
 logger = logging.getLogger(__name__)
 
+#: An invariance penalty: the pairwise-KL bound (``"mi"``), a discriminator
+#: (``"adversarial"``) or both.
 InvarianceMethod = Literal["mi", "adversarial", "both"]
 _METHODS = ("mi", "adversarial", "both")
 _VAR_MIN = 1e-6
@@ -314,8 +316,10 @@ class Invariance(nn.Module):
         Scalar tensor (0 without a discriminator).
         """
         self._check(inputs)
-        cross_entropies, squared_errors = self._adversary_terms(inputs)
         loss = inputs.qz.loc.new_zeros(())
+        if not self.use_adversary:
+            return loss
+        cross_entropies, squared_errors = self._adversary_terms(inputs)
         for ce in cross_entropies:
             loss = loss + ce
         if squared_errors is not None:

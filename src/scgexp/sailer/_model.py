@@ -388,6 +388,13 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
             **trainer_kwargs,
         )
 
+    def get_normalized_expression(self, *args, **kwargs):
+        """Not available: SAILER models peaks; see :meth:`get_normalized_accessibility`."""
+        raise NotImplementedError(
+            "SAILER models accessibility: use model.get_normalized_accessibility() (imputed open "
+            "probabilities, at one depth and batch if asked)."
+        )
+
     @torch.inference_mode()
     def get_normalized_accessibility(
         self,

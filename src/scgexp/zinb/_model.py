@@ -121,7 +121,8 @@ class ZINBAutoencoder(
         mean), so that distances between cells in the latent space are not distorted by batch
         norm and ReLU. ``False``: DCA's bottleneck (batch norm and ReLU, like the hidden layers).
     **model_kwargs
-        Passed to :class:`~scgexp.zinb.ZINBAutoencoderModule`.
+        None accepted: every setting of :class:`~scgexp.zinb.ZINBAutoencoderModule` is an
+        argument above or comes from setup; others are refused with the closest name.
 
     Examples
     --------

@@ -4,8 +4,9 @@
 # Uses the active virtualenv/conda environment if there is one (not conda's base), else
 # creates ./.venv.
 # Installs the CPU build of torch 2.13.0 only when the environment has no torch at all, so an
-# existing (e.g. CUDA) torch >= 2.4 is kept; an older one stops the script (pip would replace it). Then installs scgexp (editable) with the extras given as
-# the first argument (e.g. "test" or "test,docs").
+# existing (e.g. CUDA) torch >= 2.4 is kept; an older one stops the script (pip would replace
+# it). Then installs scgexp (editable) with the extras given as the first argument (e.g. "test"
+# or "test,docs").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"

@@ -134,11 +134,6 @@ def test_refuses_arguments_of_other_models():
     MultiVAE.setup_mudata(mdata, batch_key="batch", modalities=RNA_ATAC)
     with pytest.raises(InputError, match=r"MultiVAE has no argument 'n_genes'\. Its arguments: "):
         MultiVAE(mdata, n_genes=80)
-    # scvi-tools' VAEMixin methods that read a single-modality posterior say why they are absent.
-    model = MultiVAE(mdata)
-    for method in (model.get_aggregated_posterior, model.differential_abundance):
-        with pytest.raises(NotImplementedError, match="no aggregated posterior"):
-            method()
 
 
 def test_refuses_a_modality_no_training_cell_has():
@@ -1374,3 +1369,15 @@ def test_joint_alignment_leaves_the_joint_posterior_alone():
     assert outputs["qzm"].grad is None
     assert outputs["qzv"].grad is None
     assert any(p.grad is not None for p in module.parameters())  # the encoders do learn
+
+
+def test_differential_abundance_scores_cells_highest_under_their_own_type():
+    """scvi-tools' VAEMixin method on the joint posterior: each cell's log density under each
+    cell type's aggregated posterior, highest for its own type."""
+    mdata = _mdata(n_cells=300)
+    model = _train(mdata, max_epochs=30)
+    model.differential_abundance(sample_key="cell_type")
+    log_probs = mdata.obsm["da_log_probs"]
+    assert log_probs.shape == (300, mdata.obs["cell_type"].nunique())
+    best = log_probs.idxmax(axis=1).to_numpy()
+    assert np.mean(best == mdata.obs["cell_type"].to_numpy()) > 0.8

@@ -48,12 +48,17 @@ def test_invariance_removes_depth():
             adata, max_epochs=60, invariance=invariance, normalize_input=invariance is not None
         )
         info = model.confounder_information()
+        floor = model.confounder_information(shuffle=True)
         latent = model.get_latent_representation()
         scores[invariance] = (
             info["log_open_peaks"],
             silhouette_score(latent, adata.obs.cell_type),
+            floor["log_open_peaks"],
         )
     assert scores["both"][0] < 0.5 * scores[None][0]
+    # Shuffled depth: the estimator's floor, far below what the plain VAE's latent holds.
+    assert scores[None][2] < 0.2 * scores[None][0]
+    assert scores["both"][2] < scores["both"][0]
     assert scores["both"][1] > scores[None][1] - 0.02
     assert scores["both"][1] > 0.3
 

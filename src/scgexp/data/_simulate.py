@@ -305,20 +305,16 @@ def simulate_scatac(
 
     Parameters
     ----------
-    n_cells
-        Number of cells.
-    n_cell_types
-        Number of cell types (each cell drawn uniformly).
-    n_batches
-        Number of batches (``batch_0``, ``batch_1``, ...), drawn independently of cell type.
+    n_cells, n_cell_types, n_batches
+        As in :func:`simulate_scrna`.
     n_peaks
         Number of peaks.
     n_latent
-        Dimensions of the cell-state space.
+        As in :func:`simulate_scrna`.
     depth_range
         Low and high capture depth before the batch shift, ``0 < low <= high <= 1``.
     seed
-        Seed of the random generator.
+        As in :func:`simulate_scrna`.
 
     Returns
     -------
@@ -387,19 +383,15 @@ def simulate_multiome(
 
     Parameters
     ----------
-    n_cells
-        Number of cells.
-    n_cell_types
-        Number of cell types (each cell drawn uniformly).
-    n_batches
-        Number of batches (``batch_0``, ``batch_1``, ...), drawn independently of cell type.
+    n_cells, n_cell_types, n_batches
+        As in :func:`simulate_scrna`.
     n_genes, n_peaks, n_proteins
         Number of features of each modality (no protein modality with ``n_proteins=0``).
     missing_fraction
         Share of cells whose ATAC (first half of those cells) or RNA (second half) is missing:
         their rows are all zero and ``obs["has_<modality>"]`` is ``False``.
     seed
-        Seed of the random generator.
+        As in :func:`simulate_scrna`.
 
     Returns
     -------

@@ -915,26 +915,18 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         indices: Sequence[int] | None,
         batch_size: int | None,
         use_modalities: Sequence[str] | None = None,
+        dataloader: Iterator[dict] | None = None,
     ) -> Iterator[tuple[dict, dict]]:
         self._check_if_trained(warn=False)
-        mdata = self._validate_anndata(mdata)
-        loader = self._make_data_loader(adata=mdata, indices=indices, batch_size=batch_size)
+        loader = dataloader
+        if loader is None:
+            mdata = self._validate_anndata(mdata)
+            loader = self._make_data_loader(adata=mdata, indices=indices, batch_size=batch_size)
         self.module.eval()
         for tensors in loader:
             inputs = self.module._get_inference_input(tensors)
             outputs = self.module.inference(**inputs, use_modalities=use_modalities)
             yield tensors, outputs
-
-    def get_aggregated_posterior(self, *args, **kwargs):
-        """Not available: scvi-tools' version reads a single-modality posterior."""
-        raise NotImplementedError(
-            "MultiVAE has no aggregated posterior (scvi-tools' differential_abundance); its "
-            "joint latent is get_latent_representation(return_dist=True)."
-        )
-
-    def differential_abundance(self, *args, **kwargs):
-        """Not available: it needs :meth:`get_aggregated_posterior`, which MultiVAE lacks."""
-        self.get_aggregated_posterior()
 
     @torch.inference_mode()
     def get_latent_representation(
@@ -945,6 +937,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         give_mean: bool = True,
         batch_size: int | None = None,
         return_dist: bool = False,
+        dataloader: Iterator[dict] | None = None,
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Joint (or one modality's) latent representation, one row per cell.
 
@@ -965,6 +958,9 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
             Cells per forward pass.
         return_dist
             Return the posterior's means and variances instead, as scvi-tools' models do.
+        dataloader
+            Minibatches to encode instead of ``adata`` / ``indices`` (scvi-tools'
+            ``get_aggregated_posterior`` and ``differential_abundance`` pass one).
 
         Returns
         -------
@@ -984,7 +980,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         use = [modality] if modality is not None else None
         keys = ("qzm", "qzv") if return_dist else ("qzm" if give_mean else "z",)
         latent = {key: [] for key in keys}
-        for _, outputs in self._batches(adata, indices, batch_size, use):
+        for _, outputs in self._batches(adata, indices, batch_size, use, dataloader):
             for key in keys:
                 z = outputs[key].cpu().numpy().astype(np.float32)
                 if modality is not None:

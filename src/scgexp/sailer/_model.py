@@ -607,6 +607,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         max_cells: int | None = 10_000,
         n_neighbors: int = 3,
         random_state: int = 0,
+        shuffle: bool = False,
     ) -> pd.Series:
         """Mean mutual information (nats) between each latent dimension and each confounder.
 
@@ -634,6 +635,10 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
             Seed for the subsample, the depth noise and the estimator. The noise is drawn in
             row order, so the same cells in another order (or another seed) give values a few
             thousandths of a nat apart: compare latents on the same data and seed.
+        shuffle
+            Shuffle the confounders across cells first: the estimator's floor for this latent,
+            what it returns for unrelated values (more for tightly clustered latents). Subtract
+            it to compare latents by what they really hold.
 
         Returns
         -------
@@ -657,6 +662,8 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         continuous = self._raw_continuous(adata)[cells]
         n_open = np.round(np.exp(continuous[:, 0]))
         continuous[:, 0] = np.log(n_open + rng.uniform(0, 1, size=len(n_open)))
+        order = rng.permutation(len(cells)) if shuffle else np.arange(len(cells))
+        continuous = continuous[order]
         manager = self.get_anndata_manager(adata, required=True)
         categorical = []
         if self.registry_["setup_args"].get("batch_key") is not None:
@@ -669,7 +676,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         for column in continuous.T:
             values.append(float(np.mean(mutual_info_regression(latent, column, **kwargs))))
         for codes in categorical:
-            codes = np.asarray(codes).reshape(-1)[cells]
+            codes = np.asarray(codes).reshape(-1)[cells][order]
             if len(np.unique(codes)) < 2:
                 values.append(0.0)
                 continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import warnings
 import zipfile
@@ -383,3 +384,24 @@ def test_damaged_registry_or_data_file_gives_clear_errors(saved, tmp_path):
         InputError, match=r"damaged scgexp model.*attributes\.json has no registry"
     ):
         ZINBAutoencoder.load(tmp_path)
+
+
+def test_scvi_tools_loading_extras_are_refused_by_name(saved, tmp_path, capsys):
+    """A model loaded without data shows its saved setup; no route unpickles."""
+    model, _, folder = saved
+    bare = ZINBAutoencoder.load(folder, prefix="a_")
+    bare.view_anndata_setup()
+    shown = capsys.readouterr().out
+    assert "loaded without data" in shown
+    assert "'batch_key': 'batch'" in shown
+    assert "n_vars: 40" in shown
+    model.view_anndata_setup()  # with data: scvi-tools' own summary
+    with pytest.raises(InputError, match=r"backup_url.*Download the folder first"):
+        ZINBAutoencoder.load(folder, prefix="a_", backup_url="https://example.org/model.pt")
+    legacy = tmp_path / "legacy"  # scvi-tools' converter would unpickle what it finds here
+    legacy.mkdir()
+    with open(legacy / "attr.pkl", "wb") as file:
+        pickle.dump({"note": "pickled"}, file)
+    with pytest.raises(InputError, match="no legacy save format to convert"):
+        ZINBAutoencoder.convert_legacy_save(legacy, tmp_path / "converted")
+    assert not (tmp_path / "converted").exists()

@@ -395,7 +395,7 @@ def _multivae_reference():
     return reference_model, query
 
 
-def test_multivae_query_without_one_modality_trains():
+def test_multivae_query_without_one_modality_trains(tmp_path):
     reference_model, query = _multivae_reference()
     query["atac"].X = query["atac"].X * 0  # RNA-only query cells
     with warnings.catch_warnings():
@@ -405,6 +405,11 @@ def test_multivae_query_without_one_modality_trains():
         warnings.filterwarnings("error", message=".*KL weight is full.*")
         model.train(max_epochs=2, enable_progress_bar=False)
     assert model.is_trained_
+    untrained = MultiVAE.load_query_data(query, reference_model)
+    untrained.save(tmp_path / "query_model")  # loaded again, it trains (in full)
+    loaded = MultiVAE.load(tmp_path / "query_model", adata=query)
+    _train(loaded, max_epochs=1)
+    assert loaded.is_trained_
 
 
 @pytest.mark.parametrize("route", ["deepcopy", "pickle", "weight decay", "AdamW"])
@@ -835,3 +840,97 @@ def test_a_model_whose_features_share_a_name_is_matched_by_position_only():
     query.var_names_make_unique()  # what the query's own check advises
     with pytest.raises(InputError, match="features that share a name"):
         ZINBAutoencoder.prepare_query_anndata(query, model, inplace=False)
+
+
+def test_prepare_query_mudata_gives_an_added_modality_the_columns_read_there():
+    scvi.settings.seed = 0
+    data = simulate_multiome(n_cells=300, n_genes=30, n_peaks=40, n_batches=3, seed=2)
+    data.obs["sf"] = np.asarray(data["rna"].X.sum(1)).ravel()
+    data["rna"].obs["sf"] = data.obs["sf"].to_numpy()
+    reference, query = _split(data)
+    reference["rna"].obs["batch"] = reference.obs["batch"].to_numpy()
+    modalities = {**RNA_ATAC, "batch_key": "rna", "size_factor_key": "rna"}
+    MultiVAE.setup_mudata(
+        reference, batch_key="batch", size_factor_key="sf", modalities=modalities
+    )
+    reference_model = MultiVAE(reference, n_latent=4)
+    _train(reference_model, max_epochs=2)
+
+    atac_only = md.MuData({"atac": query["atac"].copy()})  # its batch in the ATAC obs only
+    atac_only["atac"].obs["batch"] = query.obs["batch"].to_numpy()
+    with pytest.warns(UserWarning, match="no modality 'rna'"):
+        MultiVAE.prepare_query_mudata(atac_only, reference_model)
+    assert (atac_only["rna"].obs["batch"] == "batch_2").all()
+    assert (atac_only["rna"].obs["sf"] == 1.0).all()  # not read for cells without RNA
+    model = MultiVAE.load_query_data(atac_only, reference_model)
+    _train(model, max_epochs=1)
+    assert np.isfinite(model.get_latent_representation()).all()
+
+    in_mdata_obs = query.copy()  # the column where the model does not read it
+    del in_mdata_obs["rna"].obs["batch"]
+    with pytest.raises(InputError, match=r"`mdata\['rna'\].obs\['batch'\] = mdata.obs"):
+        MultiVAE.load_query_data(in_mdata_obs, reference_model)
+
+
+def test_size_factors_of_cells_without_rna_may_be_any_positive_number():
+    scvi.settings.seed = 0
+    data = simulate_multiome(n_cells=300, n_genes=30, n_peaks=40, n_batches=3, seed=2)
+    data.obs["sf"] = np.asarray(data["rna"].X.sum(1)).ravel()
+    reference, query = _split(data)
+    MultiVAE.setup_mudata(reference, batch_key="batch", size_factor_key="sf", modalities=RNA_ATAC)
+    reference_model = MultiVAE(reference, n_latent=4)
+    _train(reference_model, max_epochs=2)
+    known = query.copy()
+    known.obs["batch"] = "batch_0"
+    known["rna"].X[:10] = 0  # ten cells without RNA, and no size factor
+    known.obs.loc[known.obs_names[:10], "sf"] = 0.0
+    with pytest.raises(InputError, match=r"10 cells without RNA counts\. It is not read for them"):
+        reference_model.get_latent_representation(known)
+    known.obs["sf"] = known.obs["sf"].where(known.obs["sf"] > 0, 1.0)  # the fix it names
+    latent = reference_model.get_latent_representation(known)
+    known.obs.loc[known.obs_names[:10], "sf"] = 1e6
+    np.testing.assert_array_equal(reference_model.get_latent_representation(known), latent)
+    atac_only = md.MuData({"atac": query["atac"].copy()})  # size factor added: 1
+    atac_only.obs["batch"] = "batch_0"
+    with pytest.warns(UserWarning, match="no modality 'rna'"):
+        MultiVAE.prepare_query_mudata(atac_only, reference_model)
+    assert (atac_only.obs["sf"] == 1.0).all()
+    assert reference_model.get_latent_representation(atac_only).shape == (atac_only.n_obs, 4)
+
+
+def test_covariates_far_from_the_training_values_warn():
+    scvi.settings.seed = 0
+    data = simulate_scatac(n_cells=300, n_peaks=100, n_batches=2, seed=1)
+    sc.pp.filter_cells(data, min_counts=1)
+    data.obs["tss"] = np.random.default_rng(0).normal(10, 2, data.n_obs)
+    SAILER.setup_anndata(data, batch_key="batch", continuous_covariate_keys=["tss"])
+    model = SAILER(data, n_latent=4)
+    _train(model, max_epochs=1)
+    query = data[:50].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the training cells' own values: quiet
+        model.get_latent_representation(query)
+    query.obs["tss"] *= 100  # e.g. from another tool, in other units
+    with pytest.warns(UserWarning, match=r"obs\['tss'\] has median .* training standard dev"):
+        model.get_normalized_accessibility(query)
+
+
+def test_query_messages_name_the_model_the_order_and_the_modality_names():
+    reference_model, query = _multivae_reference()
+    with pytest.raises(InputError, match=r"`MultiVAE\.load_query_data\(query, model\)`"):
+        reference_model.get_latent_representation(query)
+    order = np.random.default_rng(0).permutation(query.n_obs)
+    reordered = md.MuData({"rna": query["rna"].copy(), "atac": query["atac"][order].copy()})
+    with pytest.raises(
+        InputError,
+        match=r"'atac' .* do not match the MuData's \(the same cells in another order\)",
+    ):
+        MultiVAE.load_query_data(reordered, reference_model)
+    misnamed = md.MuData({"gex": query["rna"].copy(), "atac": query["atac"].copy()})
+    with pytest.warns(
+        UserWarning, match=r"The query's 'gex' is not read\. .*mdata\.mod\[\"rna\"\]"
+    ):
+        MultiVAE.prepare_query_mudata(misnamed, reference_model)
+    one_cell = MultiVAE.load_query_data(query[:1].copy(), reference_model)
+    with pytest.raises(InputError, match="Train on at least 2 cells"):
+        one_cell.train(max_epochs=1)

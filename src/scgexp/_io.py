@@ -506,6 +506,39 @@ class SafeSaveMixin:
             print(f"    {key}={value!r},")
         print(")")
 
+    def view_anndata_setup(self, adata=None, hide_state_registries: bool = False) -> None:
+        """Print the setup of ``adata`` (default: the model's data) with this model.
+
+        A model loaded without data prints its saved setup arguments and sizes.
+
+        Examples
+        --------
+        >>> model.view_anndata_setup()
+        """
+        if adata is None and self.adata is None:
+            print(f"{type(self).__name__} loaded without data, set up with")
+            self.view_setup_method_args()
+            fields = self.registry_["field_registries"].values()
+            for name, value in {
+                k: v for f in fields for k, v in f["summary_stats"].items()
+            }.items():
+                print(f"    {name}: {value}")
+            return
+        super().view_anndata_setup(adata, hide_state_registries=hide_state_registries)
+
+    @classmethod
+    def convert_legacy_save(cls, *args, **kwargs):
+        """Refused: scvi-tools' legacy format is pickled, and scgexp never wrote it.
+
+        scvi-tools' version unpickles the folder it converts (running any code it holds).
+        """
+        raise InputError(
+            f"{cls.__name__} has no legacy save format to convert: scgexp models are saved with "
+            f"weights as tensors only since their first version; load them with "
+            f"{cls.__name__}.load(dir). (scvi-tools' convert_legacy_save unpickles the folder "
+            "it reads, so scgexp does not offer it.)"
+        )
+
     @property
     def training_var_names(self) -> list[str] | dict[str, list[str]]:
         """The features the model was trained on, in order (per modality for MuData).
@@ -595,6 +628,7 @@ class SafeSaveMixin:
         accelerator: str = "auto",
         device: int | str = "auto",
         prefix: str | None = None,
+        **scvi_kwargs,
     ):
         """Load a model saved with :meth:`save`.
 
@@ -610,11 +644,24 @@ class SafeSaveMixin:
             Where to put the model, as in :meth:`scvi.model.base.BaseModelClass.load`.
         prefix
             The ``prefix`` the model was saved with.
+        **scvi_kwargs
+            scvi-tools' ``backup_url``, ``datamodule`` and ``allowed_classes_names_list`` are
+            refused (a model is loaded from a local folder, without unpickling).
 
         Examples
         --------
         >>> model = Model.load("my_model", adata=query)
         """
+        if scvi_kwargs:
+            download = (
+                " Download the folder first and pass its path."
+                if scvi_kwargs.get("backup_url")
+                else ""
+            )
+            raise InputError(
+                f"scgexp's load does not take {', '.join(sorted(scvi_kwargs))}: it reads a "
+                f"folder written by save (dir_path, adata, accelerator, device, prefix).{download}"
+            )
         _, _, torch_device = parse_device_args(
             accelerator=accelerator,
             devices=device,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from copy import deepcopy
+from functools import reduce
 
 import numpy as np
 import pandas as pd
@@ -42,8 +43,9 @@ class QueryMappingMixin:
 
     #: Set by :meth:`load_query_data`: parameters of which only some entries train.
     _reference_entries: dict | None = None
-    #: Set by :meth:`load_query_data`: lets MultiVAE train a query that lacks a modality.
-    _mapped_query = False
+    #: Set by :meth:`load_query_data` (and saved): lets MultiVAE train a query that lacks a
+    #: modality.
+    mapped_query_ = False
 
     @classmethod
     def load_query_data(
@@ -178,7 +180,7 @@ class QueryMappingMixin:
             for layer in model.module.modules():
                 if isinstance(layer, torch.nn.Dropout):
                     layer.p = 0.0
-        model._mapped_query = True
+        model.mapped_query_ = True
         model.is_trained_ = False
         model.to_device(torch_device)
         model.module.eval()
@@ -274,7 +276,10 @@ class QueryMappingMixin:
         :meth:`prepare_query_anndata` for each modality the model was trained on (as
         scvi-tools' :meth:`~scvi.model.MULTIVI.prepare_query_mudata`); other modalities are
         left as they are. A modality the query lacks is added with all-zero rows, read as
-        missing (with a warning), so that its cells are mapped from their other modalities.
+        missing (with a warning), so that its cells are mapped from their other modalities;
+        the ``obs`` columns the model reads there (``modalities={"batch_key": ...}``) are
+        copied from the query's ``obs`` or other modalities, and a size factor the query lacks
+        is 1 (it is not read for cells without RNA).
         Where the model reads ``presence_keys``, an added modality's flag is set to ``False``
         and a present modality without its flag column gets one from its counts (``True`` for
         cells with counts); a query with none of the model's modalities is refused.
@@ -328,10 +333,18 @@ class QueryMappingMixin:
                 f"{list(mdata.mod)}). {rename_modalities_hint(features)}"
             )
         if absent:
+            unused = [key for key in mdata.mod if key not in features]
             warn_user(
                 f"The query has no modality {', '.join(map(repr, absent))}, which the model was "
                 "trained on: added with all-zero rows, read as missing (the model infers it from "
                 "the other modalities; its presence flag, if the model reads one, is False)."
+                + (
+                    f" The query's {', '.join(map(repr, unused))} "
+                    f"{'is' if len(unused) == 1 else 'are'} not read. "
+                    + rename_modalities_hint(absent)
+                    if unused
+                    else ""
+                )
             )
         prepared = {
             key: _with_features(mdata.mod[key], pd.Index(names), False, f"modality {key!r}: ")
@@ -345,6 +358,12 @@ class QueryMappingMixin:
         setup_args = registry["setup_args"]
         for key in absent:
             target.mod[key] = _missing_modality(target.obs_names, features[key], key, setup_args)
+            _copy_read_columns(target, key, setup_args)
+        size_factor_key = setup_args.get("size_factor_key")
+        in_obs = setup_args["modalities"].get("size_factor_key") is None
+        if setup_args["modalities"].get("rna_layer") in absent and size_factor_key and in_obs:
+            if size_factor_key not in target.obs:  # not read for cells without RNA
+                target.obs[size_factor_key] = 1.0
         with warnings.catch_warnings():  # mudata's notice of a future default
             warnings.filterwarnings("ignore", r"From 0\.4 \.update\(\)", FutureWarning)
             target.update()
@@ -405,6 +424,32 @@ def _missing_modality(cells: pd.Index, features: list, name: str, setup_args: di
     if layer is not None:
         modality.layers[layer] = zeros.copy()
     return modality
+
+
+_OBS_ARGS = (
+    "batch_key",
+    "categorical_covariate_keys",
+    "continuous_covariate_keys",
+    "size_factor_key",
+)
+
+
+def _copy_read_columns(mdata: MuData, name: str, setup_args: dict) -> None:
+    """Give added modality ``name`` the ``obs`` columns the model reads there.
+
+    Each comes from the query's own ``obs`` or another modality's; a size factor the query
+    lacks is 1 (not read for cells without RNA).
+    """
+    added = mdata.mod[name]
+    sources = [mdata.obs, *(m.obs for n, m in mdata.mod.items() if n != name)]
+    for arg in _OBS_ARGS:
+        keys = setup_args.get(arg) or [] if setup_args["modalities"].get(arg) == name else []
+        for key in [keys] if isinstance(keys, str) else keys:
+            found = [obs[key].reindex(added.obs_names) for obs in sources if key in obs]
+            if found:
+                added.obs[key] = reduce(pd.Series.combine_first, found)
+            elif arg == "size_factor_key" and name == setup_args["modalities"].get("rna_layer"):
+                added.obs[key] = 1.0
 
 
 def _same_type(original, matrix):

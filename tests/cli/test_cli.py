@@ -14,7 +14,7 @@ from click.testing import CliRunner
 import scgexp
 from scgexp.cli import main
 from scgexp.cli._specs import MODELS
-from scgexp.model import DGEX, MultiVAE, ZINBAutoencoder
+from scgexp.model import DGEX, SAILER, MultiVAE, ZINBAutoencoder
 
 
 @pytest.fixture
@@ -360,6 +360,35 @@ def _zinb_reference(tmp_path, n_cells: int, n_genes: int, n_batches: int, epochs
     )
     assert result.exit_code == 0, result.output
     return reference_dir, query_file
+
+
+def test_outputs_leave_out_scvi_tools_covariate_bookkeeping(tmp_path):
+    data = scgexp.data.simulate_scatac(n_cells=150, n_peaks=100, seed=0)
+    data.obs["tss"] = np.random.default_rng(0).normal(10, 2, data.n_obs)
+    data.obs["kit"] = np.where(np.arange(data.n_obs) % 2, "v1", "v2")
+    path = tmp_path / "atac.h5ad"
+    data.write_h5ad(path)
+    SAILER.setup_anndata(
+        data,
+        batch_key="batch",
+        categorical_covariate_keys=["kit"],
+        continuous_covariate_keys=["tss"],
+    )
+    model = SAILER(data, n_latent=4)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    model.save(tmp_path / "model")
+    data.obs["batch"] = "new"  # for map
+    data.write_h5ad(tmp_path / "new.h5ad")
+    for command, file, *options in (
+        ("predict", path),
+        ("map", tmp_path / "new.h5ad", "--epochs", 1),
+    ):
+        out = tmp_path / f"{command}.h5ad"
+        result = _invoke(command, tmp_path / "model", file, "--out", out, *options)
+        assert result.exit_code == 0, result.output
+        written = ad.read_h5ad(out)
+        assert set(written.obsm) == {"X_sailer"}  # not obsm["_scvi_extra_continuous_covs"]
+        assert not [c for c in written.obs if c.startswith("_scvi")]
 
 
 def test_map_trains_a_new_batch_and_leaves_the_reference(tmp_path):

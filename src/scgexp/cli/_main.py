@@ -131,7 +131,7 @@ def _write(data, output: Path) -> None:
 
 
 def _drop_setup_entries(data) -> None:
-    """Remove scvi-tools' setup bookkeeping (``obs["_scvi_batch"]``, ``uns["_scvi_uuid"]``...).
+    """Remove scvi-tools' setup bookkeeping (``obs["_scvi_batch"]``, ``obsm``, ``uns``).
 
     It only ties the data to this process's models; the saved model re-registers new data.
     """
@@ -143,6 +143,8 @@ def _drop_setup_entries(data) -> None:
     for adata in (data, *getattr(data, "mod", {}).values()):
         setup = [c for c in adata.obs.columns if str(c).split(":")[-1] in columns]
         adata.obs = adata.obs.drop(columns=setup)
+        for key in [k for k in adata.obsm if str(k).startswith("_scvi_extra_")]:
+            del adata.obsm[key]
         for key in (_SCVI_UUID_KEY, _MANAGER_UUID_KEY):
             adata.uns.pop(key, None)
 

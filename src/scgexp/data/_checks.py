@@ -456,6 +456,32 @@ def check_obs_keys(
             )
 
 
+def warn_outside_training(
+    obs: pd.DataFrame, keys: Sequence[str], mean: np.ndarray, scale: np.ndarray, where: str = ""
+) -> None:
+    """Warn where new cells' continuous covariates lie far from the training cells' values.
+
+    The model standardises them with the training mean and standard deviation; a column whose
+    median lands more than 10 standard deviations away (e.g. computed by another tool, in
+    other units) is decoded far outside anything the model learned from.
+
+    Examples
+    --------
+    >>> warn_outside_training(query.obs, ["tss"], np.array([10.0]), np.array([2.0]))
+    """
+    for key, centre, spread in zip(keys, mean, scale, strict=True):
+        median = float(np.median(obs[key].to_numpy(float))) if len(obs) else centre
+        distance = (median - centre) / spread
+        if abs(distance) > 10:
+            warn_user(
+                f"{where}obs[{key!r}] has median {median:.3g}, {abs(distance):.0f} training "
+                f"standard deviations from the training cells' mean {centre:.3g} (standard "
+                f"deviation {spread:.3g}): outputs decoded for these cells extrapolate far from "
+                "anything the model learned. Check the column is computed as for the training "
+                "cells (same tool and units)."
+            )
+
+
 def mean_and_scale(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Column means and standard deviations of ``values`` (scale 1 where a column is constant).
 
@@ -551,10 +577,27 @@ def check_library_size(
         raise InputError(f"{name} must be {allowed} (e.g. 1e4), not {library_size!r}.")
 
 
-def check_size_factors(adata: AnnData, key: str | None) -> None:
-    """Check that ``obs[key]`` (if given) holds a finite, positive size factor for every cell."""
+def check_size_factors(
+    adata: AnnData, key: str | None, without_counts: np.ndarray | None = None
+) -> None:
+    """Check that ``obs[key]`` (if given) holds a finite, positive size factor for every cell.
+
+    ``without_counts``: cells that have no counts of the data type the size factor scales
+    (MultiVAE's cells without RNA); their size factor is not read but must be a number too,
+    which the message says when only they lack one.
+    """
     if key is None:
         return
+    if without_counts is not None and key in adata.obs:
+        values = adata.obs[key]
+        numbers = values.to_numpy(float) if pd.api.types.is_numeric_dtype(values) else None
+        bad = None if numbers is None else ~(np.isfinite(numbers) & (numbers > 0))
+        if bad is not None and bad.any() and not bad[~without_counts].any():
+            raise InputError(
+                f"obs[{key!r}] has no positive size factor for {int(bad.sum())} cells without "
+                "RNA counts. It is not read for them, but must be a positive number: "
+                f"`obs[{key!r}] = obs[{key!r}].where(obs[{key!r}] > 0, 1.0)`."
+            )
     check_obs_keys(adata, continuous=[key])
     if np.any(adata.obs[key].to_numpy(float) <= 0):
         n_bad = int(np.sum(adata.obs[key].to_numpy(float) <= 0))
@@ -666,7 +709,8 @@ def check_known_categories(
             shown = ", ".join(map(repr, _plain(unknown[:10])))
             fix = (
                 "Give these cells one of those categories, add theirs to the model with "
-                "`Model.load_query_data(query, model)` and train it on them (scArches: only "
+                f"`{registry.get('model_name', 'Model')}.load_query_data(query, model)` and "
+                "train it on them (scArches: only "
                 "the new categories' weights learn), or train a model that includes them."
             )
             relabel = (

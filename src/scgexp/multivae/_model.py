@@ -33,7 +33,7 @@ from scgexp._differential import (
     read_rows,
 )
 from scgexp._io import SafeSaveMixin
-from scgexp._query_mapping import QueryMappingMixin
+from scgexp._query_mapping import _OBS_ARGS, QueryMappingMixin
 from scgexp._warn import warn_user
 from scgexp.data._checks import (
     InputError,
@@ -57,6 +57,7 @@ from scgexp.data._checks import (
     registered_n_cats_per_cov,
     row_and_column_sums,
     take_columns,
+    warn_outside_training,
 )
 from scgexp.data._fields import MuDataCategoricalJointObsField
 from scgexp.data._mudata import _presence_flag
@@ -94,14 +95,24 @@ def _obs(mdata: MuData | AnnData, modalities: dict, arg: str) -> MuData | AnnDat
 
 
 def _check_keys_in_modalities(mdata, modalities: dict, setup_args: dict, query: bool) -> None:
-    """Refuse a key read from ``mdata.obs`` that only a modality's obs has, naming the fix."""
+    """Refuse a key missing where it is read but held elsewhere in ``mdata``, naming the fix."""
     if not isinstance(mdata, MuData):
         return
-    for arg in ("batch_key", "categorical_covariate_keys", "continuous_covariate_keys"):
+    for arg in _OBS_ARGS:
         keys = setup_args.get(arg) or []
-        if modalities.get(arg) is not None:
+        keys = [keys] if isinstance(keys, str) else keys
+        reader = modalities.get(arg)
+        if reader is not None:  # read from a modality's obs
+            for key in keys:
+                if reader in mdata.mod and key not in mdata.mod[reader].obs and key in mdata.obs:
+                    raise InputError(
+                        f"mdata[{reader!r}].obs has no column {key!r}, where the model reads "
+                        f"its {arg} (modalities={{..., {arg!r}: {reader!r}}} at setup), but "
+                        f"mdata.obs has: copy it, `mdata[{reader!r}].obs[{key!r}] = "
+                        f"mdata.obs[{key!r}]`."
+                    )
             continue
-        for key in [keys] if isinstance(keys, str) else keys:
+        for key in keys:
             owners = [m for m in mdata.mod if key not in mdata.obs and key in mdata.mod[m].obs]
             if owners:
                 column = f"mdata[{owners[0]!r}].obs[{key!r}]"
@@ -140,12 +151,21 @@ def _check_cells_aligned(mdata: MuData, names: dict[str, str], query: bool = Fal
                     "are the same cells, make the names match (e.g. strip a prefix or suffix), "
                     "then `mdata.update()`."
                 )
+            reordered = mod.n_obs == mdata.n_obs and mod.obs_names.sort_values().equals(
+                mdata.obs_names.sort_values()
+            )
+            shared = int(mod.obs_names.isin(mdata.obs_names).sum())
+            found = (
+                "the same cells in another order"
+                if reordered
+                else f"{mod.n_obs} cells, {shared} of them among the MuData's {mdata.n_obs}"
+            )
             raise InputError(
                 f"modality {name!r} ({data_type}): its cells do not match the MuData's "
-                f"({mod.n_obs} vs {mdata.n_obs} cells, or another order). MultiVAE needs every "
-                "modality to hold every cell in the same order: `mdata = "
-                "scgexp.data.pad_modalities(mdata)` gives cells missing a modality an all-zero "
-                "row there and flags them in obs['has_<modality>'] (for presence_keys)."
+                f"({found}). MultiVAE needs every modality to hold every cell in the MuData's "
+                "order: `mdata = scgexp.data.pad_modalities(mdata)` puts them in that order and "
+                "gives cells missing a modality an all-zero row there, flagged in "
+                "obs['has_<modality>'] (for presence_keys)."
             )
 
 
@@ -689,8 +709,8 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         )
         size_factor_key = setup_args.get("size_factor_key")
         source = _obs(mdata, modalities, "size_factor_key")
-        check_size_factors(source, size_factor_key)
         totals = row_sums.get("rna")
+        check_size_factors(source, size_factor_key, None if totals is None else totals == 0)
         if size_factor_key is not None and totals is not None and (totals > 0).any():
             factor = float(np.median(source.obs[size_factor_key]))
             total = float(np.median(totals[totals > 0]))
@@ -845,7 +865,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         >>> model.train(max_epochs=100)
         >>> model.history["validation_loss"].tail()
         """
-        if self._modalities_without_cells and not (self.is_trained_ or self._mapped_query):
+        if self._modalities_without_cells and not (self.is_trained_ or self.mapped_query_):
             names = ", ".join(map(repr, self._modalities_without_cells))
             raise InputError(
                 f"No training cell has {names} data (all rows are empty or flagged absent); set "
@@ -894,8 +914,17 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         # scvi-tools compares only feature counts and reads cells by position: check names,
         # cell alignment, counts, obs columns and categories first.
         check_feature_names(adata, self.registry_)
-        self._check_data(adata, self.registry_["setup_args"], query=True)
+        setup_args = self.registry_["setup_args"]
+        self._check_data(adata, setup_args, query=True)
         self._check_known_categories(adata, self.registry_, self.module.encode_covariates)
+        keys = setup_args.get("continuous_covariate_keys") or []
+        if keys:
+            warn_outside_training(
+                _obs(adata, setup_args["modalities"], "continuous_covariate_keys").obs,
+                keys,
+                self.module.cont_cov_mean.cpu().numpy(),
+                self.module.cont_cov_scale.cpu().numpy(),
+            )
 
     # -- outputs on registered data -------------------------------------------------------------
     def _check_modality(

@@ -46,6 +46,7 @@ from scgexp.data._checks import (
     mean_and_scale,
     registered_n_cats_per_cov,
     row_and_column_sums,
+    warn_outside_training,
 )
 from scgexp.data._fields import CategoricalJointObsField
 from scgexp.nn import InvarianceMethod
@@ -301,6 +302,14 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
     def _check_new_data(self, adata: AnnData) -> None:
         # scvi-tools' wording for unknown categories names no fix.
         check_query(adata, self.registry_, encoder_reads_covariates=False)
+        keys = self.registry_["setup_args"].get("continuous_covariate_keys") or []
+        module = self.module
+        warn_outside_training(
+            adata.obs,
+            keys,
+            module.confounder_mean[1:].cpu().numpy(),
+            module.confounder_scale[1:].cpu().numpy(),
+        )
 
     def train(
         self,

@@ -213,7 +213,12 @@ class TrainingMixin(UnsupervisedTrainingMixin):
         if n_train < 2:
             raise InputError(
                 f"The split leaves {n_train} training cell(s) of {self.adata.n_obs}; training "
-                "needs at least 2. Raise train_size or use more cells."
+                "needs at least 2. "
+                + (
+                    "Raise train_size (1.0: no validation cells) or use more cells."
+                    if self.adata.n_obs >= 2
+                    else "Train on at least 2 cells."
+                )
             )
         # Lightning warns on every small data set whose epoch has fewer steps than its interval.
         # (A one-cell last minibatch is left out by the splitter.)

@@ -577,7 +577,7 @@ def test_fit_is_seeded(counts_file, tmp_path):
             "layer 'raw' does not exist (layers: 'counts', 'true_mean'). Pass layer= naming an "
             "existing layer. (On the command line, layer= is --layer.)",
         ),
-        (["fit", "dgex", "{counts}", "--out", "{out}"], "var has no column 'landmark'"),
+        (["fit", "dgex", "{counts}", "--out", "{out}"], "line, landmark_key= is --landmark-key"),
         (
             [
                 "fit",

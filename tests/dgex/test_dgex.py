@@ -268,6 +268,11 @@ def test_rank_map_reads_backed_data_in_any_gene_order(bulk, trained, tmp_path):
         ("all_marked", "nothing to predict"),
         ("nan", "NaN or infinite"),
         ("bad_layer", "layer 'logcounts' does not exist"),
+        (
+            "zero_one",
+            r"must be boolean .*: `adata.var\['landmark'\] = adata.var\['landmark'\] == 1`",
+        ),
+        ("text", r"must be boolean .*\.str\.lower\(\) == 'true'`"),
     ],
 )
 def test_bad_setup(bulk, change, message):
@@ -283,6 +288,9 @@ def test_bad_setup(bulk, change, message):
         adata.X[0, 0] = np.nan
     elif change == "bad_layer":
         layer = "logcounts"
+    elif change in ("zero_one", "text"):  # as some tools write marks
+        marks = adata.var["landmark"]
+        adata.var["landmark"] = marks.astype(int) if change == "zero_one" else marks.astype(str)
     before = adata.copy()
     with pytest.raises(InputError, match=message):
         DGEX.setup_anndata(adata, layer=layer)

@@ -67,21 +67,25 @@ def _dgex_results(model: DGEX, adata: anndata.AnnData, options: dict) -> anndata
     training units throughout: observed values, rank-mapped onto the training distribution with
     ``rank_map`` (the observed ones stay in the input file), and with ``fill_missing`` the
     training mean for landmarks absent from ``adata``, flagged in ``var["filled"]``, listed in
-    ``uns["dgex"]`` and given their training standard deviation in ``layers["dgex_std"]``.
+    ``uns["dgex"]`` and given their training scale (standard deviation + 1e-3 for log
+    expression, as the model standardises them) in ``layers["dgex_std"]``.
     """
     flags = {"rank_map": options.get("rank_map", False)}
     flags["fill_missing"] = options.get("fill_missing", False)
     batches = model._landmark_batches(adata, None, batch_size=None, **flags)
-    outputs = model._outputs(batches, ("landmarks", "mean", "std", "z"))  # one rank mapping
-    landmarks = outputs["landmarks"]
     present = model._landmark_positions(adata) >= 0
-    n_targets = len(model.target_names)
+    n_landmarks, n_targets = len(present), len(model.target_names)
+    values = np.empty((adata.n_obs, n_landmarks + n_targets), np.float32)
+    std = np.zeros_like(values)  # measured landmarks: no prediction error
+    into = {"landmarks": values[:, :n_landmarks], "mean": values[:, n_landmarks:]}
+    into["std"] = std[:, n_landmarks:]  # written in place, one rank mapping
+    outputs = model._outputs(batches, ("landmarks", "mean", "std", "z"), into=into)
     out = anndata.AnnData(
-        X=np.hstack([landmarks, outputs["mean"]]).astype(np.float32),
+        X=values,
         obs=adata.obs.copy(),
         var=pd.DataFrame(
             {
-                "landmark": [True] * len(present) + [False] * n_targets,
+                "landmark": [True] * n_landmarks + [False] * n_targets,
                 "filled": np.concatenate([~present, np.zeros(n_targets, dtype=bool)]),
             },
             index=list(model.landmark_names) + list(model.target_names),
@@ -90,10 +94,9 @@ def _dgex_results(model: DGEX, adata: anndata.AnnData, options: dict) -> anndata
         obsp=dict(adata.obsp),
         uns=dict(adata.uns),
     )
-    landmark_std = np.zeros_like(landmarks, dtype=np.float32)  # measured: no prediction error
     training_std = model.module.landmark_scale.cpu().numpy()
-    landmark_std[:, ~present] = training_std[~present]  # filled with the mean: the spread of it
-    out.layers["dgex_std"] = np.hstack([landmark_std, outputs["std"]])
+    std[:, np.flatnonzero(~present)] = training_std[~present]  # filled with the mean: its spread
+    out.layers["dgex_std"] = std
     out.obsm["X_dgex"] = outputs["z"]
     out.uns["dgex"] = model._prediction_info(adata, flags["rank_map"])
     return out

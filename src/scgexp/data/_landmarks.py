@@ -10,7 +10,7 @@ import pandas as pd
 from scipy import linalg
 
 from scgexp._warn import warn_user
-from scgexp.data._checks import InputError, get_matrix, read_dense
+from scgexp.data._checks import InputError, dense, get_matrix, read_dense
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -135,6 +135,12 @@ def read_landmark_genes(path: str, id_column: str | None = None) -> list[str]:
     return genes.tolist()
 
 
+def _float_blocks(matrix, rows: int = 4096):
+    """``matrix`` (dense, sparse or backed) as float64 arrays of ``rows`` rows each."""
+    for start in range(0, matrix.shape[0], rows):
+        yield dense(matrix[start : start + rows]).astype(np.float64)
+
+
 def select_landmarks(
     adata: AnnData,
     n_landmarks: int,
@@ -179,14 +185,32 @@ def select_landmarks(
     matrix = get_matrix(adata, layer)
     if not (isinstance(n_landmarks, int | np.integer) and 0 < n_landmarks < adata.n_vars):
         raise InputError(f"n_landmarks must be a whole number from 1 to {adata.n_vars - 1}.")
-    values = read_dense(matrix).astype(np.float64)  # float64 also for sparse float32 data
-    if not np.isfinite(values).all():
-        raise InputError("The data hold NaN or infinite values; fill or drop them first.")
-    std = values.std(axis=0)
-    scaled = (values - values.mean(axis=0)) / np.where(std > 0, std, 1.0)
-    n_components = min(n_components or n_landmarks, *scaled.shape)
-    _, singular_values, vt = linalg.svd(scaled, full_matrices=False)
-    loadings = vt[:n_components] * singular_values[:n_components, None]
+    n_obs, n_vars = matrix.shape
+    total = np.zeros(n_vars)
+    for block in _float_blocks(matrix):
+        if not np.isfinite(block).all():
+            raise InputError("The data hold NaN or infinite values; fill or drop them first.")
+        total += block.sum(0)
+    mean = total / n_obs
+    std = np.sqrt(sum(((block - mean) ** 2).sum(0) for block in _float_blocks(matrix)) / n_obs)
+    scale = np.where(std > 0, std, 1.0)
+    n_components = min(n_components or n_landmarks, n_obs, n_vars)
+    if n_obs < n_vars:  # samples × genes is the smaller matrix: its SVD
+        scaled = (read_dense(matrix).astype(np.float64) - mean) / scale
+        _, singular_values, vt = linalg.svd(scaled, full_matrices=False)
+        loadings = vt[:n_components] * singular_values[:n_components, None]
+    else:  # the genes' Gram matrix, a block of rows at a time (never all rows densified)
+        gram = np.zeros((n_vars, n_vars))
+        for block in _float_blocks(matrix):
+            scaled = (block - mean) / scale
+            gram += scaled.T @ scaled
+        eigenvalues, eigenvectors = linalg.eigh(gram)
+        order = np.argsort(-eigenvalues)[:n_components]
+        # eigenvalues at rounding level are zero axes (singular values of scaled)
+        top = eigenvalues[order[0]] if n_components else 0.0
+        squares = np.where(eigenvalues[order] > top * n_vars * np.finfo(float).eps, 1.0, 0.0)
+        singular_values = np.sqrt(np.maximum(eigenvalues[order], 0.0) * squares)
+        loadings = eigenvectors[:, order].T * singular_values[:, None]
     _, r, pivots = linalg.qr(loadings, mode="economic", pivoting=True)
     # QR ranks only as many genes as the loadings have independent directions; after those its
     # pivots follow column order, so the rest of the panel is the most variable other genes.

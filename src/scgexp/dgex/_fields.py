@@ -37,13 +37,26 @@ class LandmarkField(BaseAnnDataField):
     def validate_field(self, adata: AnnData) -> None:
         key = self.attr_key
         if key not in adata.var:
+            columns = ", ".join(map(repr, adata.var.columns)) or "none"
             raise InputError(
-                f"var has no column {key!r}. Mark the landmark genes first, e.g. "
+                f"var has no column {key!r} (its columns: {columns}). Name the column that "
+                "marks the landmark genes with landmark_key=, or mark them first, e.g. "
                 f"`scgexp.data.mark_landmarks(adata, genes, key={key!r})`."
             )
         column = adata.var[key]
         if not pd.api.types.is_bool_dtype(column):
-            raise InputError(f"var[{key!r}] must be boolean (True for landmark genes).")
+            values = set(column.dropna().astype(str).str.lower())
+            fix = f"e.g. `adata.var[{key!r}] = adata.var[{key!r}].isin([...])`"
+            if values <= {"0", "1", "0.0", "1.0"}:
+                fix = f"`adata.var[{key!r}] = adata.var[{key!r}] == 1`"
+            elif values <= {"true", "false"}:
+                fix = (
+                    f"`adata.var[{key!r}] = adata.var[{key!r}].astype(str).str.lower() == 'true'`"
+                )
+            raise InputError(
+                f"var[{key!r}] holds {column.dtype} values; it must be boolean (True for "
+                f"landmark genes, False for targets): {fix}."
+            )
         if column.isna().any():
             raise InputError(
                 f"var[{key!r}] has {int(column.isna().sum())} missing values; mark each gene "

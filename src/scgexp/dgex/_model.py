@@ -172,7 +172,12 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         rows = np.arange(n_obs)
         if n_obs > _MAX_QUANTILE_ROWS:
             rows = np.sort(np.random.default_rng(0).choice(n_obs, _MAX_QUANTILE_ROWS, False))
-        landmarks = dense(matrix[rows][:, landmark_index])
+        landmarks = np.concatenate(  # a block of rows at a time
+            [
+                dense(matrix[rows[start : start + _CHUNK]][:, landmark_index])
+                for start in range(0, len(rows), _CHUNK)
+            ]
+        )
         quantiles = np.quantile(landmarks, np.linspace(0, 1, N_QUANTILES), axis=0).T
         # the range of all rows (the others may come from a subsample)
         quantiles[:, 0], quantiles[:, -1] = low[landmark_index], high[landmark_index]
@@ -462,7 +467,11 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         fill_missing: bool,
         rank_map: bool | str,
         batch_size: int | None,
-    ) -> Iterator[torch.Tensor]:
+    ) -> tuple[int, Iterator[torch.Tensor]]:
+        """The number of samples, and their landmarks in blocks of ``batch_size``.
+
+        Arguments are checked now; the blocks are read as they are drawn.
+        """
         if layer is not None and not isinstance(layer, str):
             raise InputError(
                 f"layer must be a layer name or None, not {type(layer).__name__}. For some "
@@ -494,17 +503,21 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
             n_used = int(used.sum())
             grid = np.linspace(0.0, 1.0, n_used) if n_used > 1 else np.array([0.5])
             reference = np.quantile(quantiles[used].ravel(), grid)
-        for start in range(0, matrix.shape[0], batch_size):
-            block = np.tile(landmark_mean, (min(batch_size, matrix.shape[0] - start), 1))
-            if values is not None:
-                block[:, used] = values[start : start + batch_size]
-            else:
-                block[:, used] = dense(matrix[start : start + batch_size][:, positions[used]])
-                if mode == "sample":
-                    block[:, used] = self._rank_map_samples(block[:, used], reference)
-                elif start == 0 and used.any():
-                    self._check_units(block[:, used], used)
-            yield torch.as_tensor(block, dtype=torch.float32, device=self.device)
+
+        def blocks() -> Iterator[torch.Tensor]:
+            for start in range(0, matrix.shape[0], batch_size):
+                block = np.tile(landmark_mean, (min(batch_size, matrix.shape[0] - start), 1))
+                if values is not None:
+                    block[:, used] = values[start : start + batch_size]
+                else:
+                    block[:, used] = dense(matrix[start : start + batch_size][:, positions[used]])
+                    if mode == "sample":
+                        block[:, used] = self._rank_map_samples(block[:, used], reference)
+                    elif start == 0 and used.any():
+                        self._check_units(block[:, used], used)
+                yield torch.as_tensor(block, dtype=torch.float32, device=self.device)
+
+        return matrix.shape[0], blocks()
 
     def _check_units(self, landmarks: np.ndarray, used: np.ndarray) -> None:
         """Warn when new landmark values are clearly not in the training units.
@@ -639,19 +652,36 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         }
 
     @torch.inference_mode()
-    def _outputs(self, batches: Iterator[torch.Tensor], keep: tuple[str, ...]) -> dict:
+    def _outputs(
+        self,
+        batches: tuple[int, Iterator[torch.Tensor]],
+        keep: tuple[str, ...],
+        into: dict[str, np.ndarray] | None = None,
+    ) -> dict:
         """``keep`` of the module's outputs (``mean``, ``std``, ``z``) and of the ``landmarks``.
 
-        In one pass over the :meth:`_landmark_batches` ``batches`` (one rank mapping).
+        In one pass over the :meth:`_landmark_batches` ``batches`` (one rank mapping), each
+        written into an array made for all samples, or into ``into``'s array (e.g. columns of
+        a larger one), so that memory holds the outputs once.
         """
         self._check_if_trained(warn=False)
         self.module.eval()
-        parts: dict[str, list] = {key: [] for key in keep}
-        for landmarks in batches:
+        n_obs, blocks = batches
+        widths = {
+            "mean": len(self.target_names),
+            "std": len(self.target_names),
+            "landmarks": len(self.landmark_names),
+            "z": self.module.mean_head.in_features,  # the last hidden layer
+        }
+        results = {key: np.empty((n_obs, widths[key]), np.float32) for key in keep}
+        results |= into or {}
+        start = 0
+        for landmarks in blocks:
             outputs = self.module.predict(landmarks) | {"landmarks": landmarks}
             for key in keep:
-                parts[key].append(outputs[key].cpu().numpy())
-        return {key: np.concatenate(values) for key, values in parts.items()}
+                results[key][start : start + len(landmarks)] = outputs[key].cpu().numpy()
+            start += len(landmarks)
+        return results
 
     @torch.inference_mode()
     def get_latent_representation(

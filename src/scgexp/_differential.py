@@ -53,6 +53,12 @@ def groups_with_cells(obs: pd.DataFrame, arguments: dict) -> dict:
     are refused by name.
     """
     arguments = dict(arguments)
+    batches_named = arguments["batchid1"] is not None or arguments["batchid2"] is not None
+    if batches_named and not arguments["batch_correction"]:  # scvi: "Inconsistent batch policy"
+        raise InputError(
+            "batchid1 / batchid2 name the batches each group is decoded in, which needs "
+            "batch_correction=True; pass it, or leave them out (each cell in its own batch)."
+        )
     for name in ("idx1", "idx2"):
         cells = arguments[name]
         if cells is not None and not isinstance(cells, str):  # (a string is a query)

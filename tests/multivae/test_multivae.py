@@ -1275,7 +1275,7 @@ def test_differential_protein_finds_cell_type_proteins():
         _train(_mdata()).differential_protein(groupby="cell_type")
 
 
-def test_differential_expression_leaves_the_data_as_it_was():
+def test_differential_expression_leaves_the_data_as_it_was(monkeypatch):
     mdata = _mdata(n_cells=120, missing_fraction=0.2)
     model = _train(mdata, setup_kwargs={"presence_keys": PRESENCE})
     columns = list(mdata.obs.columns)
@@ -1283,14 +1283,24 @@ def test_differential_expression_leaves_the_data_as_it_was():
         warnings.simplefilter("error", RuntimeWarning)  # no 1 / 0 for cells without RNA
         model.differential_expression(groupby="cell_type", silent=True)
     mask = np.arange(mdata.n_obs) < 50
-    with pytest.raises(ValueError, match="Inconsistent batch policy"):  # scvi-tools' own check
+    with pytest.raises(ValueError, match="needs batch_correction=True"):  # scvi: "Inconsistent"
         model.differential_accessibility(idx1=mask, batchid1=["batch_0"], silent=True)
     assert list(mdata.obs.columns) == columns
     # scvi-tools' temporary column would replace a column of that name: it is put back.
     mdata.obs["_scvi_temp_de"] = "mine"
     model.differential_expression(idx1=mask, silent=True)
-    with pytest.raises(ValueError, match="Inconsistent batch policy"):
+    with pytest.raises(ValueError, match="needs batch_correction=True"):
         model.differential_expression(idx1=mask, batchid1=["batch_0"], silent=True)
+    assert (mdata.obs["_scvi_temp_de"] == "mine").all()
+
+    def fails_after_writing(*args, **kwargs):  # as scvi-tools does on an error
+        mdata.obs["_scvi_temp_de"] = "scvi's"
+        raise ValueError("failed inside scvi-tools")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("scgexp._differential._de_core", fails_after_writing)
+        with pytest.raises(ValueError, match="inside scvi-tools"):
+            model.differential_expression(idx1=mask, silent=True)
     assert (mdata.obs["_scvi_temp_de"] == "mine").all()
     # A group without RNA: its observed statistics are NaN, the rest is computed.
     no_rna = ~mdata.obs["has_rna"].to_numpy()

@@ -206,10 +206,10 @@ def select_landmarks(
             gram += scaled.T @ scaled
         eigenvalues, eigenvectors = linalg.eigh(gram)
         order = np.argsort(-eigenvalues)[:n_components]
-        # eigenvalues at rounding level are zero axes (singular values of scaled)
+        # eigenvalues (squared singular values) at rounding level are axes of no variation
         top = eigenvalues[order[0]] if n_components else 0.0
-        squares = np.where(eigenvalues[order] > top * n_vars * np.finfo(float).eps, 1.0, 0.0)
-        singular_values = np.sqrt(np.maximum(eigenvalues[order], 0.0) * squares)
+        kept = eigenvalues[order] > top * n_vars * np.finfo(float).eps
+        singular_values = np.sqrt(np.where(kept, eigenvalues[order], 0.0))
         loadings = eigenvectors[:, order].T * singular_values[:, None]
     _, r, pivots = linalg.qr(loadings, mode="economic", pivoting=True)
     # QR ranks only as many genes as the loadings have independent directions; after those its

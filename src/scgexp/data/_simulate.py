@@ -276,7 +276,7 @@ def _atac_counts(rng, state, batch, n_peaks, n_batches, depth):
     batch_effect = rng.normal(0.0, 0.5, size=(n_batches, n_peaks))
     logits = peak_base + state @ loadings + batch_effect[batch]
     open_prob = 1.0 / (1.0 + np.exp(-logits))
-    # A peak that is open is sampled with a probability that grows with sequencing depth.
+    # Detection grows with the peak's openness (relative to the cell's mean) and the depth.
     capture = 1.0 - np.exp(-depth[:, None] * open_prob / open_prob.mean(axis=1, keepdims=True))
     observed = rng.random(open_prob.shape) < capture
     counts = observed * (1 + rng.poisson(0.3 * depth[:, None], size=observed.shape))
@@ -295,13 +295,15 @@ def simulate_scatac(
     """Simulate scATAC-seq peak counts whose read depth is confounded with batch (for SAILER).
 
     Generative model: cells get a latent state from their cell type (as in
-    :func:`simulate_scrna`); peak ``p`` is open with probability
-    ``sigmoid(b_p + z_c · W_p + beta_{batch(c), p})``; an open peak is captured with probability
-    ``1 - exp(-d_c * open / mean(open))`` where ``d_c`` is the cell's depth; captured peaks carry
-    ``1 + Poisson(0.3 d_c)`` fragments. Depth is log-uniform within ``depth_range`` (at most 1)
-    and shifted by batch (batch ``b`` is about ``2**b`` times deeper), so depth and batch are
-    strongly confounded, as when libraries are sequenced to different depths; shifted depths
-    are capped at 1 (with the default range, from the third batch on).
+    :func:`simulate_scrna`); peak ``p``'s openness in cell ``c`` is
+    ``open = sigmoid(b_p + z_c · W_p + beta_{batch(c), p})``, and the peak is detected with
+    probability ``1 - exp(-d_c * open / mean_p(open))``, where ``d_c`` is the cell's depth (one
+    draw: openness is not sampled first, so ``open`` ranks peaks but is not itself the chance
+    of detection); detected peaks carry ``1 + Poisson(0.3 d_c)`` fragments. Depth is
+    log-uniform within ``depth_range`` (at most 1) and shifted by batch (batch ``b`` is about
+    ``2**b`` times deeper), so depth and batch are strongly confounded, as when libraries are
+    sequenced to different depths; shifted depths are capped at 1 (with the default range,
+    from the third batch on).
 
     Parameters
     ----------
@@ -319,7 +321,8 @@ def simulate_scatac(
     Returns
     -------
     AnnData with fragment counts (float32 CSR) in ``X``, ``obs["cell_type"]``, ``obs["batch"]``,
-    ``obs["depth"]`` (true capture depth), ``layers["true_open"]`` and ``uns["simulation"]``.
+    ``obs["depth"]`` (true capture depth), ``layers["true_open"]`` (the openness ``open``)
+    and ``uns["simulation"]``.
 
     Examples
     --------

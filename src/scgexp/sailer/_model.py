@@ -574,8 +574,10 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
 
         Returns
         -------
-        :class:`~pandas.DataFrame` indexed by peak: ``prob_da`` (probability of differential
-        accessibility), ``is_da_fdr`` (passes the FDR target; empty with ``mode="vanilla"``, as
+        :class:`~pandas.DataFrame` indexed by peak: ``prob_da`` (``mode="change"``: probability
+        that the effect's size exceeds ``delta``; ``"vanilla"``: probability that group 1's
+        accessibility exceeds group 2's, as PEAKVI's, so values near 0 are differences too),
+        ``is_da_fdr`` (passes the FDR target; empty with ``mode="vanilla"``, as
         PEAKVI), ``bayes_factor``, ``effect_size`` (group 2 minus group 1, estimated),
         ``emp_effect`` (the same in observed detection rates), ``est_prob1``/``est_prob2``
         (estimated, as :meth:`get_normalized_accessibility`) and ``emp_prob1``/``emp_prob2`` (share

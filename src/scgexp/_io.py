@@ -389,6 +389,15 @@ class SafeSaveMixin:
 
     def _validate_anndata(self, adata=None, copy_if_view: bool = True):
         if adata is not None and adata is not self.adata:
+            if (
+                copy_if_view
+                and isinstance(adata, anndata.AnnData)
+                and adata.is_view
+                and adata.isbacked
+            ):
+                # scvi-tools copies a view, which anndata cannot do for a backed one: read the
+                # view's cells into memory instead (the copy it would have made)
+                adata = adata.to_memory()
             self._check_new_data(adata)
         if adata is None and self.adata is None:
             raise InputError(

@@ -175,6 +175,15 @@ def test_backed_rows_come_in_the_order_of_indices(adata, tmp_path):
         rtol=1e-5,
         atol=1e-6,
     )
+    view = backed[[0, 2, 5, 9]]  # anndata cannot copy a backed view, as scvi-tools would
+    np.testing.assert_allclose(
+        model.get_latent_representation(view),
+        model.get_latent_representation(adata[[0, 2, 5, 9]].copy()),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    assert view.is_view
+    assert view.isbacked
     peaks = simulate_scatac(n_cells=100, n_peaks=80, seed=0)
     SAILER.setup_anndata(peaks, batch_key="batch")
     sailer = SAILER(peaks, n_latent=4)
@@ -308,6 +317,22 @@ def test_stream_without_shuffle_serves_every_row_in_order(backed_store):
     indices = np.arange(0, 600, 2)  # 25 of our rows per 50-row block < batch_size
     loader = StreamingDataLoader(backed_store, indices, batch_size=64, block_rows=50)
     np.testing.assert_array_equal(_rows(loader), indices)
+
+
+def test_loaders_refuse_misspelt_and_impossible_arguments(backed_store, adata):
+    with pytest.raises(InputError, match=r"\['bufer_blocks'\] .*takes block_rows and"):
+        StreamingDataLoader(backed_store, np.arange(10), bufer_blocks=4)
+    for name in ("block_rows", "buffer_blocks"):
+        with pytest.raises(InputError, match=f"{name} must be a whole number of at least 1"):
+            StreamingDataLoader(backed_store, np.arange(10), **{name: 0})
+    ZINBAutoencoder.setup_anndata(adata)
+    model = ZINBAutoencoder(adata)
+    with pytest.raises(InputError, match=r"\['block_size'\]"):  # scvi-tools' loader: TypeError
+        model.train(max_epochs=1, data_mode="memory", datasplitter_kwargs={"block_size": 9})
+    loader = InMemoryDataLoader(  # what scvi-tools' loader takes passes
+        TensorStore(model.adata_manager), np.arange(10), num_workers=0, pin_memory=False
+    )
+    assert len(next(iter(loader))["X"]) == 10
 
 
 def test_stream_keeps_a_one_row_last_batch(backed_store):

@@ -235,7 +235,8 @@ def check_matrix(
     if isinstance(matrix, CSCDataset):
         raise InputError(
             f"{where}{name} is stored on disk column by column (CSC), so every minibatch would "
-            "read the whole file. Rewrite it as CSR, or load it with `adata.to_memory()`."
+            "read the whole file. Rewrite it as CSR, or load it into memory (`adata."
+            "to_memory()`; a MuData: `mudata.read_h5mu(path)`)."
         )
     target = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     if not (sparse.issparse(matrix) or isinstance(matrix, np.ndarray | CSRDataset | h5py.Dataset)):

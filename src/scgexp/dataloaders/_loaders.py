@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-from scgexp.data._checks import dense
+from scgexp.data._checks import InputError, dense
 from scgexp.dataloaders._store import TensorStore
 
 if TYPE_CHECKING:
@@ -30,6 +31,26 @@ def _replicas() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def check_loader_arguments(kwargs: dict) -> None:
+    """Refuse loader arguments that neither scvi-tools' nor torch's loader takes (typos).
+
+    scvi-tools' own loader refuses them; the scgexp loaders ignore the ones they do not use.
+    """
+    from scvi.dataloaders import AnnDataLoader
+
+    known = {
+        *inspect.signature(AnnDataLoader.__init__).parameters,
+        *inspect.signature(DataLoader.__init__).parameters,
+    }
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise InputError(
+            f"Unknown data loader argument(s) {unknown} (from datasplitter_kwargs?). The "
+            "streaming loader takes block_rows and buffer_blocks; the others, scvi-tools' "
+            "AnnDataLoader's (e.g. batch_size, num_workers)."
+        )
 
 
 class _StoreRows(Dataset):
@@ -93,6 +114,7 @@ class InMemoryDataLoader(DataLoader):
     ):
         from scvi.dataloaders import BatchDistributedSampler
 
+        check_loader_arguments(kwargs)
         dataset = _StoreRows(store, indices)
         if distributed_sampler:
             sampler = BatchDistributedSampler(
@@ -248,10 +270,13 @@ class StreamingDataLoader(DataLoader):
     block_rows
         Rows per contiguous read.
     buffer_blocks
-        Blocks pooled and shuffled together; memory is about
-        ``block_rows * buffer_blocks`` rows.
+        Blocks pooled and shuffled together; memory peaks at about twice
+        ``block_rows * buffer_blocks`` rows (the pool and its shuffled copy). Rows mix only
+        within the pool: for a file grouped by sample or cell type, raise ``buffer_blocks``
+        (or write the file in a shuffled order).
     **kwargs
-        Accepted for compatibility with :class:`scvi.dataloaders.AnnDataLoader` and ignored.
+        Accepted for compatibility with :class:`scvi.dataloaders.AnnDataLoader` and ignored;
+        names neither it nor torch's ``DataLoader`` takes (typos) are refused.
 
     Examples
     --------
@@ -273,6 +298,10 @@ class StreamingDataLoader(DataLoader):
         buffer_blocks: int = 8,
         **kwargs,
     ):
+        check_loader_arguments(kwargs)
+        for name, value in (("block_rows", block_rows), ("buffer_blocks", buffer_blocks)):
+            if not (isinstance(value, int | np.integer) and value >= 1):
+                raise InputError(f"{name} must be a whole number of at least 1, not {value!r}.")
         stream = _BlockStream(
             store,
             indices,

@@ -71,9 +71,14 @@ def resolve_data_mode(adata_manager, mode: DataMode, device: torch.device) -> st
         raise ValueError(f"data_mode must be one of {_MODES}, not {mode!r}.")
     backed = any(is_backed(a) for a, _ in registered_arrays(adata_manager).values())
     if mode == "memory" and backed:
+        load = (
+            "`mdata = mudata.read_h5mu(path)`"  # a MuData has no to_memory()
+            if hasattr(adata_manager.adata, "mod")
+            else "`adata.to_memory()`"
+        )
         raise ValueError(
             "data_mode='memory' needs the data in memory, but it is backed on disk. Use "
-            "data_mode='stream', or load it first with `adata.to_memory()`."
+            f"data_mode='stream', or load it first with {load}."
         )
     if mode != "auto":
         return mode

@@ -677,7 +677,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         results |= into or {}
         start = 0
         for landmarks in blocks:
-            outputs = self.module.predict(landmarks) | {"landmarks": landmarks}
+            outputs = self.module.predict(landmarks, keep) | {"landmarks": landmarks}
             for key in keep:
                 results[key][start : start + len(landmarks)] = outputs[key].cpu().numpy()
             start += len(landmarks)

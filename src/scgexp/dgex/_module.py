@@ -137,15 +137,20 @@ class DGEXModule(BaseModuleClass):
         )
 
     @torch.inference_mode()
-    def predict(self, landmarks: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Targets in training units (and their standard deviation) from raw landmark values."""
+    def predict(
+        self, landmarks: torch.Tensor, keep: tuple[str, ...] = ("z", "mean", "std")
+    ) -> dict[str, torch.Tensor]:
+        """Targets in training units (and their standard deviation) from raw landmark values.
+
+        ``keep``: the outputs wanted; the output heads run only for ``"mean"`` or ``"std"``.
+        """
         inference_outputs = self.inference(landmarks)
-        outputs = self.generative(**inference_outputs)
-        return {
-            "z": inference_outputs["z"],
-            "mean": outputs["mean"] * self.target_scale + self.target_mean,
-            "std": torch.exp(0.5 * outputs["log_var"]) * self.target_scale,
-        }
+        outputs = {"z": inference_outputs["z"]}
+        if "mean" in keep or "std" in keep:
+            generated = self.generative(**inference_outputs)
+            outputs["mean"] = generated["mean"] * self.target_scale + self.target_mean
+            outputs["std"] = torch.exp(0.5 * generated["log_var"]) * self.target_scale
+        return outputs
 
     @torch.inference_mode()
     def sample(self, tensors: dict[str, torch.Tensor], n_samples: int = 1) -> torch.Tensor:

@@ -1711,12 +1711,14 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
             scale = 1e4 if target == "rna" else 1.0
             mean = self._decode(target, inference["qzm"], *covariates) * scale
             means.append(mean.cpu().numpy())
-            if n_samples > 1:
-                draws = [
-                    self._decode(target, inference["qz"].sample(), *covariates) * scale
-                    for _ in range(n_samples)
-                ]
-                stds.append(torch.stack(draws).std(0).cpu().numpy())
+            if n_samples > 1:  # the draws' standard deviation, updated as they come (Welford)
+                draw_mean, squares = torch.zeros_like(mean), torch.zeros_like(mean)
+                for count in range(1, n_samples + 1):
+                    draw = self._decode(target, inference["qz"].sample(), *covariates) * scale
+                    delta = draw - draw_mean
+                    draw_mean += delta / count
+                    squares += delta * (draw - draw_mean)
+                stds.append(torch.sqrt(squares / (n_samples - 1)).cpu().numpy())
         var = pd.DataFrame(index=self._var_names(target).copy())
         result = AnnData(
             np.concatenate(means).astype(np.float32), obs=pd.DataFrame(index=obs.index.copy())

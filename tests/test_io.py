@@ -17,7 +17,7 @@ import torch
 
 from scgexp._io import _decode, _encode, _sha256
 from scgexp.data import InputError, simulate_scrna
-from scgexp.model import SAILER
+from scgexp.model import SAILER, MultiVAE
 from scgexp.zinb import ZINBAutoencoder
 
 
@@ -398,6 +398,8 @@ def test_scvi_tools_loading_extras_are_refused_by_name(saved, tmp_path, capsys):
     model.view_anndata_setup()  # with data: scvi-tools' own summary
     with pytest.raises(InputError, match=r"backup_url.*Download the folder first"):
         ZINBAutoencoder.load(folder, prefix="a_", backup_url="https://example.org/model.pt")
+    with pytest.raises(InputError, match=r"backup_url.*Download the folder first"):
+        MultiVAE.load(folder, prefix="a_", backup_url="https://example.org/model.pt")
     legacy = tmp_path / "legacy"  # scvi-tools' converter would unpickle what it finds here
     legacy.mkdir()
     with open(legacy / "attr.pkl", "wb") as file:

@@ -886,8 +886,14 @@ def test_size_factors_of_cells_without_rna_may_be_any_positive_number():
     known.obs.loc[known.obs_names[:10], "sf"] = 0.0
     with pytest.raises(InputError, match=r"10 cells without RNA counts\. It is not read for them"):
         reference_model.get_latent_representation(known)
-    known.obs["sf"] = known.obs["sf"].where(known.obs["sf"] > 0, 1.0)  # the fix it names
-    latent = reference_model.get_latent_representation(known)
+    known.obs.loc[known.obs_names[:3], "sf"] = np.inf
+    with pytest.raises(InputError, match="10 cells without RNA") as refused:
+        reference_model.get_latent_representation(known)
+    line = refused.value.args[0].split("`")[1]  # the fix the message gives, run on known.obs
+    exec(line.replace("obs[", "known.obs["))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the median size factor is that of cells with RNA
+        latent = reference_model.get_latent_representation(known)
     known.obs.loc[known.obs_names[:10], "sf"] = 1e6
     np.testing.assert_array_equal(reference_model.get_latent_representation(known), latent)
     atac_only = md.MuData({"atac": query["atac"].copy()})  # size factor added: 1
@@ -898,7 +904,7 @@ def test_size_factors_of_cells_without_rna_may_be_any_positive_number():
     assert reference_model.get_latent_representation(atac_only).shape == (atac_only.n_obs, 4)
 
 
-def test_covariates_far_from_the_training_values_warn():
+def test_covariates_far_from_the_training_values_warn(tmp_path):
     scvi.settings.seed = 0
     data = simulate_scatac(n_cells=300, n_peaks=100, n_batches=2, seed=1)
     sc.pp.filter_cells(data, min_counts=1)
@@ -911,8 +917,15 @@ def test_covariates_far_from_the_training_values_warn():
         warnings.simplefilter("error")  # the training cells' own values: quiet
         model.get_latent_representation(query)
     query.obs["tss"] *= 100  # e.g. from another tool, in other units
-    with pytest.warns(UserWarning, match=r"obs\['tss'\] has median .* training standard dev"):
+    far = r"obs\['tss'\] has median .* training standard dev"
+    with pytest.warns(UserWarning, match=far):
         model.get_normalized_accessibility(query)
+    model.save(tmp_path / "model")
+    with pytest.warns(UserWarning, match=far):
+        SAILER.load(tmp_path / "model", adata=query.copy())
+    query.obs["batch"] = "new"
+    with pytest.warns(UserWarning, match=far):
+        SAILER.load_query_data(query, model)
 
 
 def test_query_messages_name_the_model_the_order_and_the_modality_names():

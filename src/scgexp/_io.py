@@ -703,6 +703,8 @@ class SafeSaveMixin:
             cls, adata if adata is not None else False, registry, attr_dict, None
         )
         _load_weights(model.module, state, f"{str(dir_path)!r} holds a {cls.__name__}")
+        if adata is not None and hasattr(model, "_warn_outside_training"):
+            model._warn_outside_training(adata)  # continuous covariates far from training
         model.to_device(torch_device)
         model.module.eval()
         return model

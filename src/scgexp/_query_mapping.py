@@ -181,6 +181,8 @@ class QueryMappingMixin:
                 if isinstance(layer, torch.nn.Dropout):
                     layer.p = 0.0
         model.mapped_query_ = True
+        if hasattr(model, "_warn_outside_training"):  # continuous covariates far from training
+            model._warn_outside_training(adata)
         model.is_trained_ = False
         model.to_device(torch_device)
         model.module.eval()
@@ -443,7 +445,7 @@ def _copy_read_columns(mdata: MuData, name: str, setup_args: dict) -> None:
     added = mdata.mod[name]
     sources = [mdata.obs, *(m.obs for n, m in mdata.mod.items() if n != name)]
     for arg in _OBS_ARGS:
-        keys = setup_args.get(arg) or [] if setup_args["modalities"].get(arg) == name else []
+        keys = (setup_args.get(arg) or []) if setup_args["modalities"].get(arg) == name else []
         for key in [keys] if isinstance(keys, str) else keys:
             found = [obs[key].reindex(added.obs_names) for obs in sources if key in obs]
             if found:

@@ -198,3 +198,10 @@ def test_gct_blank_lines_of_any_width_encodings_and_an_empty_body(tmp_path):
     path.write_text("#1.2\n2\t2\n")
     with pytest.raises(scgexp.data.InputError, match="ends after its sizes"):
         scgexp.data.read_gct(path)
+
+
+def test_select_landmarks_leaves_out_constant_genes():
+    values = np.random.default_rng(0).normal(size=(5000, 40))
+    values[:, [5, 7]] = 0.1, 1 / 3  # constant: a rounding residue is no axis of variation
+    panel = scgexp.data.select_landmarks(anndata.AnnData(values), 10, key=None)
+    assert not {"5", "7"} & set(panel)

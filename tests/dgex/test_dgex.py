@@ -268,10 +268,8 @@ def test_rank_map_reads_backed_data_in_any_gene_order(bulk, trained, tmp_path):
         ("all_marked", "nothing to predict"),
         ("nan", "NaN or infinite"),
         ("bad_layer", "layer 'logcounts' does not exist"),
-        (
-            "zero_one",
-            r"must be boolean .*: `adata.var\['landmark'\] = adata.var\['landmark'\] == 1`",
-        ),
+        ("zero_one", r"must be boolean .*pd\.to_numeric\(adata\.var\['landmark'\]\) == 1`"),
+        ("zero_one_text", r"must be boolean .*pd\.to_numeric\(adata\.var\['landmark'\]\) == 1`"),
         ("text", r"must be boolean .*\.str\.lower\(\) == 'true'`"),
     ],
 )
@@ -288,13 +286,20 @@ def test_bad_setup(bulk, change, message):
         adata.X[0, 0] = np.nan
     elif change == "bad_layer":
         layer = "logcounts"
-    elif change in ("zero_one", "text"):  # as some tools write marks
+    elif change in ("zero_one", "zero_one_text", "text"):  # as some tools write marks
         marks = adata.var["landmark"]
-        adata.var["landmark"] = marks.astype(int) if change == "zero_one" else marks.astype(str)
+        adata.var["landmark"] = {
+            "zero_one": marks.astype(int),
+            "zero_one_text": marks.astype(int).astype(str),
+            "text": marks.astype(str),
+        }[change]
     before = adata.copy()
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(InputError, match=message) as refused:
         DGEX.setup_anndata(adata, layer=layer)
     np.testing.assert_array_equal(adata.X, before.X)
+    if change in ("zero_one", "zero_one_text", "text"):  # the line the message gives works
+        exec(str(refused.value).split("`")[1], {"adata": adata, "pd": pd})
+        DGEX.setup_anndata(adata, layer=layer)
 
 
 def test_nan_at_predict(bulk, trained):

@@ -597,7 +597,8 @@ def check_size_factors(
             raise InputError(
                 f"obs[{key!r}] has no positive size factor for {int(bad.sum())} cells without "
                 "RNA counts. It is not read for them, but must be a positive number: "
-                f"`obs[{key!r}] = obs[{key!r}].where(obs[{key!r}] > 0, 1.0)`."
+                f"`obs[{key!r}] = obs[{key!r}].where(np.isfinite(obs[{key!r}]) & "
+                f"(obs[{key!r}] > 0), 1.0)`."
             )
     check_obs_keys(adata, continuous=[key])
     if np.any(adata.obs[key].to_numpy(float) <= 0):

@@ -193,6 +193,7 @@ def select_landmarks(
         total += block.sum(0)
     mean = total / n_obs
     std = np.sqrt(sum(((block - mean) ** 2).sum(0) for block in _float_blocks(matrix)) / n_obs)
+    std[std <= 1e-10 * np.abs(mean)] = 0.0  # constant genes keep a rounding residue
     scale = np.where(std > 0, std, 1.0)
     n_components = min(n_components or n_landmarks, n_obs, n_vars)
     if n_obs < n_vars:  # samples × genes is the smaller matrix: its SVD

@@ -47,9 +47,9 @@ class LandmarkField(BaseAnnDataField):
         if not pd.api.types.is_bool_dtype(column):
             values = set(column.dropna().astype(str).str.lower())
             fix = f"e.g. `adata.var[{key!r}] = adata.var[{key!r}].isin([...])`"
-            if values <= {"0", "1", "0.0", "1.0"}:
-                fix = f"`adata.var[{key!r}] = adata.var[{key!r}] == 1`"
-            elif values <= {"true", "false"}:
+            if values and values <= {"0", "1", "0.0", "1.0"}:
+                fix = f"`adata.var[{key!r}] = pd.to_numeric(adata.var[{key!r}]) == 1`"
+            elif values and values <= {"true", "false"}:
                 fix = (
                     f"`adata.var[{key!r}] = adata.var[{key!r}].astype(str).str.lower() == 'true'`"
                 )

@@ -712,7 +712,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         totals = row_sums.get("rna")
         check_size_factors(source, size_factor_key, None if totals is None else totals == 0)
         if size_factor_key is not None and totals is not None and (totals > 0).any():
-            factor = float(np.median(source.obs[size_factor_key]))
+            factor = float(np.median(source.obs[size_factor_key].to_numpy()[totals > 0]))
             total = float(np.median(totals[totals > 0]))
             if not 0.1 < factor / total < 10:
                 warn_user(
@@ -917,6 +917,10 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         setup_args = self.registry_["setup_args"]
         self._check_data(adata, setup_args, query=True)
         self._check_known_categories(adata, self.registry_, self.module.encode_covariates)
+        self._warn_outside_training(adata)
+
+    def _warn_outside_training(self, adata: MuData) -> None:
+        setup_args = self.registry_["setup_args"]
         keys = setup_args.get("continuous_covariate_keys") or []
         if keys:
             warn_outside_training(
@@ -1753,6 +1757,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         device: int | str = "auto",
         adata: MuData | None = None,
         prefix: str | None = None,
+        **scvi_kwargs,
     ):
         """Load a model saved with :meth:`save`.
 
@@ -1769,6 +1774,8 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
             Alias of ``mdata`` (the scvi-tools name).
         prefix
             The ``prefix`` the model was saved with.
+        **scvi_kwargs
+            Refused by name, as in the other models' ``load``.
 
         Examples
         --------
@@ -1780,4 +1787,5 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
             accelerator=accelerator,
             device=device,
             prefix=prefix,
+            **scvi_kwargs,
         )

@@ -302,13 +302,14 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
     def _check_new_data(self, adata: AnnData) -> None:
         # scvi-tools' wording for unknown categories names no fix.
         check_query(adata, self.registry_, encoder_reads_covariates=False)
-        keys = self.registry_["setup_args"].get("continuous_covariate_keys") or []
-        module = self.module
+        self._warn_outside_training(adata)
+
+    def _warn_outside_training(self, adata: AnnData) -> None:
         warn_outside_training(
             adata.obs,
-            keys,
-            module.confounder_mean[1:].cpu().numpy(),
-            module.confounder_scale[1:].cpu().numpy(),
+            self.registry_["setup_args"].get("continuous_covariate_keys") or [],
+            self.module.confounder_mean[1:].cpu().numpy(),
+            self.module.confounder_scale[1:].cpu().numpy(),
         )
 
     def train(

@@ -375,6 +375,9 @@ class SafeSaveMixin:
     def _check_new_data(self, adata) -> None:
         """Model-specific checks of data other than the model's own, before scvi-tools' own."""
 
+    def _warn_outside_training(self, adata) -> None:
+        """Warn where new data's continuous covariates lie far from the training values."""
+
     @classmethod
     def register_manager(cls, adata_manager) -> None:
         adata_manager.written_codes = _written_codes(adata_manager)
@@ -703,8 +706,8 @@ class SafeSaveMixin:
             cls, adata if adata is not None else False, registry, attr_dict, None
         )
         _load_weights(model.module, state, f"{str(dir_path)!r} holds a {cls.__name__}")
-        if adata is not None and hasattr(model, "_warn_outside_training"):
-            model._warn_outside_training(adata)  # continuous covariates far from training
+        if adata is not None:
+            model._warn_outside_training(adata)
         model.to_device(torch_device)
         model.module.eval()
         return model

@@ -181,8 +181,7 @@ class QueryMappingMixin:
                 if isinstance(layer, torch.nn.Dropout):
                     layer.p = 0.0
         model.mapped_query_ = True
-        if hasattr(model, "_warn_outside_training"):  # continuous covariates far from training
-            model._warn_outside_training(adata)
+        model._warn_outside_training(adata)
         model.is_trained_ = False
         model.to_device(torch_device)
         model.module.eval()

@@ -10,7 +10,7 @@ import pandas as pd
 from scipy import linalg
 
 from scgexp._warn import warn_user
-from scgexp.data._checks import InputError, dense, get_matrix, read_dense
+from scgexp.data._checks import InputError, _row_chunks, dense, get_matrix, read_dense
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -135,10 +135,9 @@ def read_landmark_genes(path: str, id_column: str | None = None) -> list[str]:
     return genes.tolist()
 
 
-def _float_blocks(matrix, rows: int = 4096):
-    """``matrix`` (dense, sparse or backed) as float64 arrays of ``rows`` rows each."""
-    for start in range(0, matrix.shape[0], rows):
-        yield dense(matrix[start : start + rows]).astype(np.float64)
+def _float_blocks(matrix):
+    """``matrix`` (dense, sparse or backed) as float64 arrays, a block of rows at a time."""
+    return (dense(chunk).astype(np.float64) for chunk in _row_chunks(matrix))
 
 
 def select_landmarks(

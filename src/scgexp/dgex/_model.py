@@ -673,8 +673,11 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
             "landmarks": len(self.landmark_names),
             "z": self.module.mean_head.in_features,  # the last hidden layer
         }
-        results = {key: np.empty((n_obs, widths[key]), np.float32) for key in keep}
-        results |= into or {}
+        into = into or {}
+        results = {
+            key: into[key] if key in into else np.empty((n_obs, widths[key]), np.float32)
+            for key in keep
+        }
         start = 0
         for landmarks in blocks:
             outputs = self.module.predict(landmarks, keep) | {"landmarks": landmarks}

@@ -76,13 +76,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _LAYER_ARGS = {m: f"{m}_layer" for m in MODALITIES}
-_MODALITY_ARGS = (
-    *_LAYER_ARGS.values(),
-    "batch_key",
-    "size_factor_key",
-    "categorical_covariate_keys",
-    "continuous_covariate_keys",
-)
+_MODALITY_ARGS = (*_LAYER_ARGS.values(), *_OBS_ARGS)
 _STAT_KEYS = {"rna": "n_vars", "atac": "n_atac", "protein": "n_proteins"}
 _MULTIVI_MODALITIES = {"joint": None, "expression": "rna", "accessibility": "atac"}
 

@@ -400,6 +400,8 @@ def test_scvi_tools_loading_extras_are_refused_by_name(saved, tmp_path, capsys):
         ZINBAutoencoder.load(folder, prefix="a_", backup_url="https://example.org/model.pt")
     with pytest.raises(InputError, match=r"backup_url.*Download the folder first"):
         MultiVAE.load(folder, prefix="a_", backup_url="https://example.org/model.pt")
+    with pytest.raises(FileNotFoundError, match="local folder: download it first"):
+        ZINBAutoencoder.load("https://example.org/model")
     legacy = tmp_path / "legacy"  # scvi-tools' converter would unpickle what it finds here
     legacy.mkdir()
     with open(legacy / "attr.pkl", "wb") as file:

@@ -689,6 +689,15 @@ def test_prepare_query_refusals_say_what_to_do(zinb_split, tmp_path):
     repeated = sc.concat([query[:, :3], query], axis=1, merge="first")
     with pytest.raises(InputError, match="more than once"):
         ZINBAutoencoder.prepare_query_anndata(repeated, reference_model, inplace=False)
+    # numpy's IndexError before: no features, or none with a name of its own
+    with pytest.raises(InputError, match="has no features"):
+        ZINBAutoencoder.prepare_query_anndata(query[:, :0].copy(), reference_model, inplace=False)
+    unnamed = query.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # anndata: names not unique
+        unnamed.var_names = ["gene"] * unnamed.n_vars
+    with pytest.raises(InputError, match="none of the model's 150 features"):
+        ZINBAutoencoder.prepare_query_anndata(unnamed, reference_model, inplace=False)
     with pytest.raises(InputError, match="view"):
         ZINBAutoencoder.prepare_query_anndata(query[:10], reference_model)
     with pytest.raises(
@@ -758,6 +767,9 @@ def test_prepare_query_mudata_pads_each_modality(tmp_path):
     )
     with pytest.raises(InputError, match="view of another MuData"):
         MultiVAE.prepare_query_mudata(query[:10], reference_model)
+    no_peaks = md.MuData({"rna": rna.copy(), "atac": atac[:, :0].copy()})
+    with pytest.raises(InputError, match=r"'atac': the query has no features.*without it"):
+        MultiVAE.prepare_query_mudata(no_peaks, reference_model, inplace=False)
     partial = query.copy()
     partial.mod["rna"], partial.mod["atac"] = rna[:, 3:].copy(), atac[:, ::-1].copy()
     partial.update()

@@ -127,6 +127,8 @@ def _read_attributes(dir_path: str, files: dict[str, str]) -> dict:
             if name.endswith(ATTRIBUTES_FILE) and name != files[ATTRIBUTES_FILE]
         ]
         hint = f"; the folder has models saved with prefix={' or '.join(others)}" if others else ""
+        if "://" in str(dir_path):
+            hint += "; models are read from a local folder: download it first"
         raise FileNotFoundError(
             f"No saved scgexp model in {str(dir_path)!r} ({files[ATTRIBUTES_FILE]} is "
             f"missing{hint})."

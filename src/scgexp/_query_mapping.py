@@ -52,6 +52,7 @@ class QueryMappingMixin:
         cls,
         adata: AnnData | MuData,
         reference_model,
+        *,
         accelerator: str = "auto",
         device: int | str = "auto",
         prefix: str | None = None,
@@ -495,9 +496,16 @@ def _feature_positions(present: pd.Index, names: pd.Index, where: str) -> np.nda
             f"{where}the query has features of the model more than once ({', '.join(repeated[:5])}"
             "); make them unique (`adata.var_names_make_unique()`) or keep one of each."
         )
+    if not len(present):
+        raise InputError(
+            f"{where}the query has no features (its var is empty); give it the model's "
+            f"{len(names)} features"
+            + (", or build the query without it (it is then added as missing)." if where else ".")
+        )
     unique = ~present.duplicated(keep=False)
     positions = pd.Index(present[unique]).get_indexer(names)
-    positions = np.where(positions >= 0, np.flatnonzero(unique)[positions], -1)
+    matched = positions >= 0
+    positions[matched] = np.flatnonzero(unique)[positions[matched]]
     found = int((positions >= 0).sum())
     if found == 0:
         raise InputError(

@@ -105,9 +105,12 @@ def test_latent(bulk, trained):
     assert z.shape == (train.n_obs, 256)
     assert np.isfinite(z).all()
     np.testing.assert_allclose(trained.get_latent_representation(batch_size=None), z, rtol=1e-5)
-    # Indices in scvi-tools' second place would have been taken as a layer name.
+    # Indices in scvi-tools' second place, where predict reads a layer name.
+    np.testing.assert_allclose(
+        trained.get_latent_representation(train, [0, 1]), z[[0, 1]], rtol=1e-5, atol=1e-6
+    )
     with pytest.raises(InputError, match=r"pass them as adata, e.g. model.predict\(adata"):
-        trained.get_latent_representation(train, [0, 1])
+        trained.predict(train, [0, 1])
     np.testing.assert_allclose(
         trained.get_latent_representation(indices=[5, 1]), z[[5, 1]], rtol=1e-5, atol=1e-6
     )

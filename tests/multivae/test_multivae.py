@@ -779,6 +779,20 @@ def test_refuses_bad_requests():
     assert torch.get_num_threads() == 1
 
 
+def test_predict_names_a_batch_column_of_another_type():
+    mdata = _mdata(n_cells=120)
+    mdata.obs["batch"] = pd.Categorical(mdata.obs["batch"]).codes.astype(int)
+    model = _train(mdata, max_epochs=1)
+    query = _mdata(n_cells=40, seed=1)
+    query.obs["batch"] = pd.Categorical(query.obs["batch"]).codes.astype(str)
+    # It advised relabelling or load_query_data, which refuses them too.
+    with pytest.raises(InputError, match="Only the type differs") as refused:
+        model.predict(query, source="atac", target="rna")
+    names = {"query": query}
+    exec(re.search(r"`(.+)`", str(refused.value))[1], names)  # the advice, as pasted
+    assert model.predict(query, source="atac", target="rna").n_obs == query.n_obs
+
+
 def test_predict_gives_nan_for_cells_without_the_source():
     mdata = _mdata(missing_fraction=0.3)
     model = _train(mdata, setup_kwargs={"presence_keys": PRESENCE})

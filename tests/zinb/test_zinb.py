@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import warnings
 
 import anndata
@@ -308,6 +309,16 @@ def test_refuses_empty_cells_and_missing_keys(adata):
         ZINBAutoencoder.setup_anndata(adata, batch_key="plate")
     with pytest.raises(InputError, match=r"pass categorical_covariate_keys=\['batch'\]"):
         ZINBAutoencoder.setup_anndata(adata, categorical_covariate_keys="batch")
+    unlabelled = adata.copy()
+    unlabelled.obs["batch"] = unlabelled.obs["batch"].astype(object)
+    unlabelled.obs.loc[unlabelled.obs_names[:2], "batch"] = None
+    with pytest.raises(InputError, match="has missing values") as refused:
+        ZINBAutoencoder.setup_anndata(unlabelled, batch_key="batch")
+    assert "MuData" not in str(refused.value)  # MultiVAE's advice for padded cells
+    names = {"adata": unlabelled}
+    exec(re.search(r"`(.+)`", str(refused.value))[1], names)  # the advice, as pasted
+    ZINBAutoencoder.setup_anndata(names["adata"], batch_key="batch")
+    assert names["adata"].n_obs == adata.n_obs - 2
     adata.obs["sf"] = -1.0
     with pytest.raises(InputError, match="positive"):
         ZINBAutoencoder.setup_anndata(adata, size_factor_key="sf")

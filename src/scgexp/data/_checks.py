@@ -371,11 +371,13 @@ def check_obs_keys(
     continuous: Sequence[str] | None = None,
     where: str = "",
     allow_unused_categories: bool = True,
+    in_mudata: bool = False,
 ) -> None:
     """Check that ``obs`` columns exist, and that continuous ones are finite numbers.
 
     ``allow_unused_categories=False`` (training data) also refuses categories without cells,
-    which a model would register but never learn.
+    which a model would register but never learn. ``in_mudata``: ``adata`` is a MuData or one
+    of its modalities (the advice for missing categories then covers padded cells).
 
     Examples
     --------
@@ -394,9 +396,14 @@ def check_obs_keys(
                 f"{where}obs[{key!r}] has missing values ({n_missing} cell"
                 f"{'s' * (n_missing > 1)}); "
                 "give those cells their category or remove them (a made-up category such as "
-                "'unknown' would be modelled as one more group). In a MuData, cells padded into "
-                "a modality may have theirs in another modality's obs: combine the columns, "
-                "e.g. `mdata['rna'].obs[key].combine_first(mdata['atac'].obs[key])`."
+                "'unknown' would be modelled as one more group)"
+                + (
+                    ". In a MuData, cells padded into a modality may have theirs in another "
+                    "modality's obs: combine the columns, e.g. "
+                    "`mdata['rna'].obs[key].combine_first(mdata['atac'].obs[key])`."
+                    if in_mudata
+                    else f": `adata = adata[adata.obs[{key!r}].notna()].copy()`."
+                )
             )
         if pd.api.types.is_float_dtype(values) and np.any(values != np.round(values)):
             raise InputError(
@@ -686,11 +693,7 @@ def check_known_categories(
             )
         unknown = pd.unique(values[~values.isin(known)])
         as_text = pd.Index(map(str, unknown)).isin(known.map(str))
-        type_differs = len(unknown) and as_text.all()
-        dtype = "str" if known.dtype == object else known.dtype.name
-        convert = f"astype({dtype!r})"
-        if dtype == "bool":  # astype(bool) would turn the text "False" into True
-            convert = "map({'True': True, 'False': False})"
+        convert = _conversion(known, column, key)
         if allow_new_categories:
             kinds = {_kind(value) for value in known}
             mixed = [
@@ -703,8 +706,7 @@ def check_known_categories(
                 raise InputError(
                     f"obs[{key!r}] holds {shown}, of another type than "
                     f"the model's categories {known.tolist()}: convert the column to the training "
-                    f"type, `{column}[{key!r}] = {column}[{key!r}].{convert}` (new categories "
-                    "need that type too)."
+                    f"type, `{convert}` (new categories need that type too)."
                 )
             continue
         if len(unknown):
@@ -733,15 +735,29 @@ def check_known_categories(
                     "embedded the same whichever category they get: for the latent representation "
                     + relabel
                 )
-            if type_differs:
-                fix = (
-                    "Only the type differs (text against numbers): convert the column to the "
-                    f"training type, `{column}[{key!r}] = {column}[{key!r}].{convert}`."
-                )
+            if as_text.all():
+                fix = only_the_type_differs(known, column, key)
             raise InputError(
                 f"obs[{key!r}] has categories the model was not trained with: {shown}. The "
                 f"decoder only knows {known.tolist()}. {fix}"
             )
+
+
+def _conversion(known: pd.Index, column: str, key: str) -> str:
+    """The line that gives ``column[key]`` the type of the ``known`` categories."""
+    dtype = "str" if known.dtype == object else known.dtype.name
+    convert = f"astype({dtype!r})"
+    if dtype == "bool":  # astype(bool) would turn the text "False" into True
+        convert = "map({'True': True, 'False': False})"
+    return f"{column}[{key!r}] = {column}[{key!r}].{convert}"
+
+
+def only_the_type_differs(known: pd.Index, column: str, key: str) -> str:
+    """Advice for categories that match the ``known`` ones as text but not in type."""
+    return (
+        "Only the type differs (text against numbers): convert the column to the training "
+        f"type, `{_conversion(known, column, key)}`."
+    )
 
 
 def _plain(values) -> list:
@@ -945,6 +961,9 @@ def check_distinct_keys(setup_args: dict) -> None:
             )
 
 
+#: Parameter kinds a caller can pass by name.
+_NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
 #: What scvi-tools passes a setup method when it registers new data like the training data.
 _TRANSFER_ARGUMENTS = ("source_registry", "extend_categories", "allow_missing_labels")
 
@@ -967,7 +986,7 @@ def check_setup_arguments(setup_method, kwargs: dict) -> None:
     if not unknown:
         return
     parameters = inspect.signature(setup_method).parameters.values()
-    names = [p.name for p in parameters if p.kind == p.POSITIONAL_OR_KEYWORD][1:]  # not the data
+    names = [p.name for p in parameters if p.kind in _NAMED][1:]  # not the data
     raise InputError(_no_argument(setup_method.__qualname__, unknown[0], names))
 
 
@@ -1037,7 +1056,7 @@ def check_model_arguments(model_cls, module_cls, kwargs: dict, set_by_model=()) 
     ``set_by_model``: module arguments the model fills in from its own (not listed).
     """
     parameters = inspect.signature(model_cls.__init__).parameters.values()
-    names = [p.name for p in parameters if p.kind == p.POSITIONAL_OR_KEYWORD][3:]  # not data
+    names = [p.name for p in parameters if p.kind in _NAMED][3:]  # not data
     module_names = [
         name
         for name in list(inspect.signature(module_cls.__init__).parameters)[1:]

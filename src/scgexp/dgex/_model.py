@@ -290,6 +290,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         cls,
         adata: AnnData,
         layer: str | None = None,
+        *,
         landmark_key: str = "landmark",
         **kwargs,
     ) -> None:
@@ -325,6 +326,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
     def train(
         self,
         max_epochs: int = 200,
+        *,
         batch_size: int = 256,
         early_stopping: bool = True,
         early_stopping_patience: int = 15,
@@ -690,21 +692,24 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
     def get_latent_representation(
         self,
         adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        *,
         layer: str | None = None,
         fill_missing: bool = False,
         rank_map: bool | Literal["gene", "sample"] = False,
         batch_size: int = 1024,
-        indices: Sequence[int] | None = None,
     ) -> np.ndarray:
         """Last hidden layer's activations, one row per sample (for ``obsm["X_dgex"]``).
 
         Parameters
         ----------
-        adata, layer, fill_missing, rank_map, batch_size
+        adata
             As in :meth:`predict`.
         indices
             Samples to use, as ``adata[indices]`` (so ``rank_map`` ranks among these samples);
             ``None``: all.
+        layer, fill_missing, rank_map, batch_size
+            As in :meth:`predict`.
 
         Examples
         --------

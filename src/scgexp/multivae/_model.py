@@ -53,6 +53,7 @@ from scgexp.data._checks import (
     feature_positions,
     get_matrix,
     mean_and_scale,
+    only_the_type_differs,
     read_dense,
     registered_n_cats_per_cov,
     row_and_column_sums,
@@ -531,6 +532,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         size_factor_key: str | None = None,
         categorical_covariate_keys: list[str] | None = None,
         continuous_covariate_keys: list[str] | None = None,
+        *,
         presence_keys: dict[str, str] | None = None,
         modalities: dict[str, str] | None = None,
         **kwargs,
@@ -683,6 +685,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
             _obs(mdata, modalities, "batch_key"),
             categorical=[batch_key] if batch_key else [],
             allow_unused_categories=query,
+            in_mudata=True,
         )
         if batch_key and "protein" in names and not query:
             protein = mdata.mod[names["protein"]]
@@ -696,6 +699,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
             _obs(mdata, modalities, "categorical_covariate_keys"),
             categorical=setup_args.get("categorical_covariate_keys"),
             allow_unused_categories=query,
+            in_mudata=True,
         )
         check_obs_keys(
             _obs(mdata, modalities, "continuous_covariate_keys"),
@@ -811,6 +815,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
     def train(
         self,
         max_epochs: int | None = None,
+        *,
         batch_size: int = 128,
         early_stopping: bool = True,
         early_stopping_patience: int = 15,
@@ -959,6 +964,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
     def get_latent_representation(
         self,
         adata: MuData | None = None,
+        *,
         indices: Sequence[int] | None = None,
         modality: Literal["rna", "atac", "protein"] | None = None,
         give_mean: bool = True,
@@ -1076,6 +1082,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         self,
         adata: MuData | None = None,
         indices: Sequence[int] | None = None,
+        *,
         transform_batch: str | Sequence[str] | None = None,
         gene_list: Sequence[str] | None = None,
         library_size: float = 1.0,
@@ -1125,6 +1132,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         self,
         adata: MuData | None = None,
         indices: Sequence[int] | None = None,
+        *,
         transform_batch: str | Sequence[str] | None = None,
         region_list: Sequence[str] | None = None,
         n_samples: int = 1,
@@ -1517,9 +1525,16 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
             if column.isna().any():  # e.g. a modality pad_modalities filled: its added rows
                 raise InputError(self._missing_values_message(data, setup_arg, key, column))
             known = pd.Index(np.asarray(mappings[key]))
-            position = known.get_indexer(column.astype(str) if known.dtype == object else column)
+            position = known.get_indexer(column)
             if (position < 0).any():
                 unknown = pd.unique(column[position < 0])[:10]
+                if pd.Index(map(str, unknown)).isin(known.map(str)).all():
+                    modality = self.registry_["setup_args"]["modalities"].get(setup_arg)
+                    where = "query.obs" if modality is None else f"query[{modality!r}].obs"
+                    raise InputError(
+                        f"obs[{key!r}] holds {pd.Series(unknown).tolist()}; the model knows "
+                        f"{known.tolist()}. " + only_the_type_differs(known, where, key)
+                    )
                 fix = "Relabel those cells to known categories"
                 if not self.module.encode_covariates:
                     fix += (
@@ -1749,6 +1764,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         mdata: MuData | None = None,
         accelerator: str = "auto",
         device: int | str = "auto",
+        *,
         adata: MuData | None = None,
         prefix: str | None = None,
         **scvi_kwargs,

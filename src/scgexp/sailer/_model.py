@@ -231,6 +231,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
     def setup_anndata(
         cls,
         adata: AnnData,
+        *,
         layer: str | None = None,
         batch_key: str | None = None,
         categorical_covariate_keys: list[str] | None = None,
@@ -315,6 +316,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
     def train(
         self,
         max_epochs: int | None = None,
+        *,
         batch_size: int = 128,
         early_stopping: bool = True,
         early_stopping_patience: int = 20,
@@ -410,6 +412,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         self,
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
+        *,
         transform_batch: str | Sequence[str] | None = None,
         depth: float | Literal["median"] | None = None,
         batch_size: int | None = None,
@@ -526,6 +529,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         idx2: Sequence[int] | Sequence[bool] | str | None = None,
         mode: Literal["vanilla", "change"] = "change",
         delta: float = 0.05,
+        *,
         depth: float | Literal["median"] | None = "median",
         batch_size: int | None = None,
         all_stats: bool = True,

@@ -245,6 +245,7 @@ class ZINBAutoencoder(
         adata: AnnData,
         layer: str | None = None,
         batch_key: str | None = None,
+        *,
         size_factor_key: str | None = None,
         categorical_covariate_keys: list[str] | None = None,
         **kwargs,
@@ -308,6 +309,7 @@ class ZINBAutoencoder(
     def train(
         self,
         max_epochs: int | None = None,
+        *,
         batch_size: int = 128,
         early_stopping: bool = True,
         early_stopping_patience: int = 15,
@@ -400,6 +402,7 @@ class ZINBAutoencoder(
         self,
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
+        *,
         batch_size: int | None = None,
         give_mean: bool = True,
         return_dist: bool = False,
@@ -441,6 +444,7 @@ class ZINBAutoencoder(
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
         batch_size: int | None = None,
+        *,
         return_mean: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Negative log-likelihood of the counts under the decoded distribution (lower: better).
@@ -495,6 +499,7 @@ class ZINBAutoencoder(
         transform_batch: Sequence[float | str] | float | str | None = None,
         gene_list: Sequence[str] | None = None,
         library_size: float | Literal["latent"] = "latent",
+        *,
         batch_size: int | None = None,
         return_numpy: bool = False,
         silent: bool = True,
@@ -667,6 +672,7 @@ class ZINBAutoencoder(
         self,
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
+        *,
         batch_size: int | None = None,
         rna_size_factor: float = 1000,
         transform_batch: Sequence[float | str] | float | str | None = None,
@@ -756,6 +762,7 @@ class ZINBAutoencoder(
         self,
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
+        *,
         transform_batch: float | str | None = None,
         batch_size: int | None = None,
     ) -> dict[str, np.ndarray]:

@@ -35,7 +35,7 @@ def test_positional_arguments_match_scvi_tools(model_class, scvi_class):
     # A call written for scvi-tools, e.g. get_likelihood_parameters(adata, None, 1) (n_samples
     # there), must not bind its values to other arguments here: past the shared leading
     # arguments, the rest are keyword-only.
-    shared = [name for name in dir(model_class) if not name.startswith("_")]
+    shared = ["__init__", *(name for name in dir(model_class) if not name.startswith("_"))]
     shared = [name for name in shared if callable(getattr(scvi_class, name, None))]
     assert {"get_latent_representation", "train", "load"} <= set(shared)
     for name in shared:

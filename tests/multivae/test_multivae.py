@@ -679,6 +679,10 @@ def test_refuses_bad_modalities():
         MultiVAE.setup_mudata(mdata, layer="counts", extend_categories=False, modalities=RNA_ATAC)
     with pytest.raises(InputError, match="no column 'plate'"):
         MultiVAE.setup_mudata(mdata, batch_key="plate", modalities=RNA_ATAC)
+    # TOTALVI's order (rna_layer, protein_layer): the protein layer was read from X instead.
+    rna_protein = {"rna_layer": "rna", "protein_layer": "atac"}
+    with pytest.raises(InputError, match=r"atac_layer='counts' is given.*protein_layer='counts'"):
+        MultiVAE.setup_mudata(mdata, "counts", "counts", modalities=rna_protein)
     with pytest.raises(InputError, match="presence_keys"):
         MultiVAE.setup_mudata(mdata, presence_keys={"protein": "has_rna"}, modalities=RNA_ATAC)
     MultiVAE.setup_mudata(mdata, modalities=RNA_ATAC)

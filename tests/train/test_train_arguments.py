@@ -33,6 +33,21 @@ def test_unknown_plan_kwargs_are_refused(zinb):
     assert not zinb.is_trained
 
 
+def test_a_setting_given_to_train_and_in_plan_kwargs_is_refused(zinb):
+    # scvi-tools keeps train()'s value, scgexp had kept plan_kwargs': neither said so.
+    with pytest.raises(InputError, match=r"lr is given twice.*train\(lr=\.\.\.\)"):
+        zinb.train(max_epochs=1, lr=1e-2, plan_kwargs={"lr": 1e-4})
+    adata = simulate_scatac(n_cells=100, n_peaks=300, seed=0)
+    SAILER.setup_anndata(adata, batch_key="batch")
+    sailer = SAILER(adata)
+    with pytest.raises(InputError, match="n_epochs_warmup is given twice"):
+        sailer.train(max_epochs=1, n_epochs_warmup=3, plan_kwargs={"n_epochs_warmup": 2})
+    # The same value twice, or plan_kwargs beside train()'s default, are one setting.
+    zinb.train(max_epochs=1, lr=1e-2, plan_kwargs={"lr": 1e-2}, enable_progress_bar=False)
+    zinb.train(max_epochs=1, plan_kwargs={"lr": 1e-4}, enable_progress_bar=False)
+    assert zinb.trainer.optimizers[0].param_groups[0]["lr"] == 1e-4
+
+
 def test_arguments_of_scvi_tools_models_trains_say_where_they_go(zinb):
     """MULTIVI/PEAKVI take plan settings in train(); Lightning's TypeError named no fix."""
     with pytest.raises(InputError, match=r"plan_kwargs=\{'n_steps_kl_warmup'"):

@@ -108,6 +108,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         adata: AnnData | None = None,
         registry: dict | None = None,
         n_hidden: int = 2000,
+        *,
         n_layers: int = 2,
         dropout_rate: float = 0.1,
         activation: Literal["tanh", "relu", "gelu", "leaky_relu"] = "tanh",
@@ -364,15 +365,17 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         >>> model.train(max_epochs=100)
         >>> model.train(max_epochs=100, accelerator="gpu", devices=1)  # doctest: +SKIP
         """
-        plan_kwargs = {
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "reduce_lr_on_plateau": True,
-            "lr_scheduler_metric": "mae_validation",
-            "lr_patience": max(2, early_stopping_patience // 3),
-            "lr_factor": 0.5,
-            **(plan_kwargs or {}),
-        }
+        plan_kwargs = self._plan_settings(
+            {
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "reduce_lr_on_plateau": True,
+                "lr_scheduler_metric": "mae_validation",
+                "lr_patience": max(2, early_stopping_patience // 3),
+                "lr_factor": 0.5,
+            },
+            plan_kwargs,
+        )
         callbacks = list(trainer_kwargs.pop("callbacks", []))
         if self.module.skip is not None and self.ridge_alpha_ is None:
             callbacks.append(_RidgeStart(self))

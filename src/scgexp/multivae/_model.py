@@ -338,6 +338,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
     def __init__(
         self,
         adata: MuData | None = None,
+        *,
         registry: dict | None = None,
         n_hidden: int = 128,
         n_latent: int = 20,
@@ -578,8 +579,21 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         ...     mdata, batch_key="batch", modalities={"rna_layer": "rna", "atac_layer": "atac"}
         ... )
         """
-        check_setup_arguments(cls.setup_mudata, kwargs)
         setup_method_args = cls._get_setup_method_args(**locals())
+        check_setup_arguments(cls.setup_mudata, kwargs)
+        layers = {"rna": rna_layer, "atac": atac_layer, "protein": protein_layer}
+        unread = [
+            f"{data_type}_layer={layer!r}"
+            for data_type, layer in layers.items()
+            if layer is not None and f"{data_type}_layer" not in (modalities or {})
+        ]
+        if modalities is not None and unread:
+            raise InputError(
+                f"{', '.join(unread)} is given, but modalities names no modality for it, so it "
+                f"would not be read (modalities: {modalities}). Name the layers by keyword, "
+                "e.g. protein_layer='counts' (TOTALVI's setup_mudata takes protein_layer second; "
+                "here atac_layer is)."
+            )
         if kwargs.get("source_registry") is None:  # models saved before may repeat one
             check_distinct_keys(setup_method_args["setup_args"])
         query = kwargs.get("source_registry") is not None
@@ -592,7 +606,6 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
             )
         modalities = dict(modalities)
         presence_keys = dict(presence_keys or {})
-        layers = {"rna": rna_layer, "atac": atac_layer, "protein": protein_layer}
         fields = [
             MuDataCategoricalObsField(
                 REGISTRY_KEYS.BATCH_KEY, batch_key, mod_key=modalities.get("batch_key")
@@ -872,12 +885,14 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
             )
         if max_epochs is None:
             max_epochs = int(min(500, max(50, round(2e6 / max(self.summary_stats.n_cells, 1)))))
-        plan_kwargs = {
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "n_epochs_kl_warmup": n_epochs_kl_warmup,
-            **(plan_kwargs or {}),
-        }
+        plan_kwargs = self._plan_settings(
+            {
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "n_epochs_kl_warmup": n_epochs_kl_warmup,
+            },
+            plan_kwargs,
+        )
         self._training_plan_cls = TrainingPlan
         if self.module.invariance is not None:
             self._training_plan_cls = InvarianceTrainingPlan
@@ -1104,7 +1119,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
             Decode every cell as this batch (batch-corrected values), or average the values
             decoded as each of several batches; ``None``: its own.
         gene_list
-            Return these genes only.
+            Return these genes only, in this order (scvi-tools keeps the data's order).
         library_size
             Scale the expression proportions to this total (e.g. ``1e4``).
         n_samples
@@ -1150,7 +1165,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         adata, indices, transform_batch, n_samples, batch_size, return_numpy
             As in :meth:`get_normalized_expression`.
         region_list
-            Return these regions only.
+            Return these regions only, in this order (scvi-tools keeps the data's order).
 
         Returns
         -------
@@ -1183,7 +1198,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         adata, indices, transform_batch, n_samples, batch_size, return_numpy
             As in :meth:`get_normalized_expression`.
         protein_list
-            Return these proteins only.
+            Return these proteins only, in this order (scvi-tools keeps the data's order).
 
         Returns
         -------

@@ -126,6 +126,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
     def __init__(
         self,
         adata: AnnData | None = None,
+        *,
         registry: dict | None = None,
         n_hidden: int | None = None,
         n_hidden_inner: int = 100,
@@ -374,13 +375,15 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         """
         if max_epochs is None:
             max_epochs = int(min(400, max(50, round(2e6 / max(self.summary_stats.n_cells, 1)))))
-        plan_kwargs = {
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "n_epochs_warmup": n_epochs_warmup,
-            "n_epochs_kl_warmup": n_epochs_kl_warmup,
-            **(plan_kwargs or {}),
-        }
+        plan_kwargs = self._plan_settings(
+            {
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "n_epochs_warmup": n_epochs_warmup,
+                "n_epochs_kl_warmup": n_epochs_kl_warmup,
+            },
+            plan_kwargs,
+        )
         if early_stopping:
             # Longer by the warm-ups' length, over which the rising KL weight worsens the ELBO.
             # (plan_kwargs may set them too)

@@ -135,6 +135,23 @@ class TrainingMixin(UnsupervisedTrainingMixin):
                 "batch_size instead of accumulate_grad_batches."
             )
 
+    def _plan_settings(self, own: dict, plan_kwargs: dict | None) -> dict:
+        """The training plan's settings: the model's (``own``), updated by ``plan_kwargs``.
+
+        A setting given to ``train`` itself (not at its default) and, with another value, in
+        ``plan_kwargs`` is refused: scvi-tools keeps the ``train`` argument, this package had
+        kept the ``plan_kwargs`` one, and neither is what every user expects.
+        """
+        parameters = inspect.signature(type(self).train).parameters.values()
+        defaults = {p.name: p.default for p in parameters}
+        for key, value in (plan_kwargs or {}).items():
+            if key in defaults and key in own and own[key] not in (defaults[key], value):
+                raise InputError(
+                    f"{key} is given twice, {own[key]!r} to train() and {value!r} in "
+                    f"plan_kwargs; pass it once, as train({key}=...)."
+                )
+        return {**own, **(plan_kwargs or {})}
+
     def train(
         self,
         *args,

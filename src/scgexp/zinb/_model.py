@@ -144,6 +144,7 @@ class ZINBAutoencoder(
         n_latent: int = 32,
         n_layers: int = 1,
         dropout_rate: float = 0.2,
+        *,
         likelihood: Literal["zinb", "nb", "poisson"] = "zinb",
         dispersion: Literal["gene", "gene-cell"] = "gene",
         encode_covariates: bool = False,
@@ -369,15 +370,17 @@ class ZINBAutoencoder(
         if max_epochs is None:
             max_epochs = int(min(300, max(20, round(3e6 / max(self.summary_stats.n_cells, 1)))))
         check_option("optimizer", optimizer, ("Adam", "RMSprop"))
-        plan_kwargs = {
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "reduce_lr_on_plateau": True,
-            "lr_scheduler_metric": "validation_loss",
-            "lr_patience": lr_patience,
-            "lr_factor": 0.1,
-            **(plan_kwargs or {}),
-        }
+        plan_kwargs = self._plan_settings(
+            {
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "reduce_lr_on_plateau": True,
+                "lr_scheduler_metric": "validation_loss",
+                "lr_patience": lr_patience,
+                "lr_factor": 0.1,
+            },
+            plan_kwargs,
+        )
         if optimizer == "RMSprop":  # with the final lr and weight decay, plan_kwargs' included
             final_lr, final_decay = plan_kwargs["lr"], plan_kwargs["weight_decay"]
             plan_kwargs.setdefault("optimizer", "Custom")

@@ -188,6 +188,9 @@ def test_missing_landmarks(bulk, trained):
     renamed.var_names = [f"ENSG{i:011d}" for i in range(renamed.n_vars)]
     with pytest.raises(InputError, match=r"first: gene\d+.*names its genes like 'ENSG0+'"):
         trained.predict(renamed)
+    for fill_missing in (False, True):  # numpy's IndexError before
+        with pytest.raises(InputError, match="None of the 60 landmark genes"):
+            trained.predict(test[:, :0].copy(), fill_missing=fill_missing)
 
 
 def test_rank_map_needs_several_samples(bulk, trained):

@@ -681,7 +681,7 @@ def test_refuses_bad_modalities():
         MultiVAE.setup_mudata(mdata, batch_key="plate", modalities=RNA_ATAC)
     # TOTALVI's order (rna_layer, protein_layer): the protein layer was read from X instead.
     rna_protein = {"rna_layer": "rna", "protein_layer": "atac"}
-    with pytest.raises(InputError, match=r"atac_layer='counts' is given.*protein_layer='counts'"):
+    with pytest.raises(InputError, match=r"atac_layer='counts': given.*protein_layer='counts'"):
         MultiVAE.setup_mudata(mdata, "counts", "counts", modalities=rna_protein)
     with pytest.raises(InputError, match="presence_keys"):
         MultiVAE.setup_mudata(mdata, presence_keys={"protein": "has_rna"}, modalities=RNA_ATAC)
@@ -795,6 +795,38 @@ def test_predict_names_a_batch_column_of_another_type():
     names = {"query": query}
     exec(re.search(r"`(.+)`", str(refused.value))[1], names)  # the advice, as pasted
     assert model.predict(query, source="atac", target="rna").n_obs == query.n_obs
+    # Cells are encoded with their own batch: transform_batch (the decoder's) does not cover it.
+    query.obs["batch"] = query.obs["batch"].astype(str)
+    with pytest.raises(InputError, match="Only the type differs"):
+        model.predict(query, source="atac", target="rna", transform_batch=0)
+    # Read from a modality: the advice names it in a MuData, the AnnData's own obs otherwise.
+    mdata = _mdata(n_cells=120)
+    mdata["rna"].obs["batch"] = pd.Categorical(mdata.obs["batch"]).codes.astype(int)
+    model = _train(mdata, modalities={**RNA_ATAC, "batch_key": "rna"}, max_epochs=1)
+    atac = query["atac"].copy()
+    atac.obs["batch"] = query.obs["batch"].to_numpy()
+    with pytest.raises(InputError, match=r"`query\.obs\['batch'\] = ") as refused:
+        model.predict(atac, source="atac", target="rna")
+    exec(re.search(r"`(.+)`", str(refused.value))[1], {"query": atac})
+    assert model.predict(atac, source="atac", target="rna").n_obs == atac.n_obs
+    unnamed = atac.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # anndata: names not unique
+        unnamed.var_names = ["peak"] * unnamed.n_vars
+    with pytest.raises(InputError, match="lacks 150 of the 150 features"):  # numpy's IndexError
+        model.predict(unnamed, source="atac", target="rna")
+
+
+def test_a_saved_setup_from_before_the_unread_layer_check_still_loads(tmp_path):
+    mdata = _mdata(n_cells=100)
+    model = _train(mdata, max_epochs=1)
+    model.save(tmp_path / "model")
+    attributes = tmp_path / "model" / "attributes.json"
+    saved = attributes.read_text()  # as saved with TOTALVI's order before the check
+    attributes.write_text(saved.replace('["protein_layer", null]', '["protein_layer", "counts"]'))
+    loaded = MultiVAE.load(tmp_path / "model", mdata=_mdata(n_cells=60, seed=1))
+    assert loaded.registry_["setup_args"]["protein_layer"] == "counts"
+    assert loaded.get_latent_representation().shape == (60, 8)
 
 
 def test_predict_gives_nan_for_cells_without_the_source():

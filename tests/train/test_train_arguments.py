@@ -42,6 +42,8 @@ def test_a_setting_given_to_train_and_in_plan_kwargs_is_refused(zinb):
     sailer = SAILER(adata)
     with pytest.raises(InputError, match="n_epochs_warmup is given twice"):
         sailer.train(max_epochs=1, n_epochs_warmup=3, plan_kwargs={"n_epochs_warmup": 2})
+    with pytest.raises(InputError, match="gradient_clip_val is given twice"):  # the plan clips
+        sailer.train(max_epochs=1, gradient_clip_val=1.0, plan_kwargs={"gradient_clip_val": 50.0})
     # The same value twice, or plan_kwargs beside train()'s default, are one setting.
     zinb.train(max_epochs=1, lr=1e-2, plan_kwargs={"lr": 1e-2}, enable_progress_bar=False)
     zinb.train(max_epochs=1, plan_kwargs={"lr": 1e-4}, enable_progress_bar=False)

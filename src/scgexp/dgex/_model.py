@@ -406,7 +406,9 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
             )
         first = ~names.duplicated()
         positions = names[first].get_indexer(landmarks)
-        return np.where(positions >= 0, np.flatnonzero(first)[positions], -1)
+        found = positions >= 0  # (np.where would index an empty array with -1)
+        positions[found] = np.flatnonzero(first)[positions[found]]
+        return positions
 
     def _landmark_matrix(
         self, adata: AnnData | None, layer: str | None, fill_missing: bool

@@ -262,6 +262,10 @@ def _check_modalities(mdata: MuData, modalities: dict | None) -> dict[str, str]:
     return {m: modalities[_LAYER_ARGS[m]] for m in used}
 
 
+class _CategoryTypeError(InputError):
+    """Categories that match the model's as text but not in type (``"0"`` against ``0``)."""
+
+
 class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseModelClass):
     """Multimodal VAE: a joint latent space of RNA, ATAC and protein, with mosaic cells.
 
@@ -587,10 +591,12 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
             for data_type, layer in layers.items()
             if layer is not None and f"{data_type}_layer" not in (modalities or {})
         ]
-        if modalities is not None and unread:
+        # (not for the setup of a saved model, which may hold one from before this check)
+        if modalities is not None and unread and kwargs.get("source_registry") is None:
             raise InputError(
-                f"{', '.join(unread)} is given, but modalities names no modality for it, so it "
-                f"would not be read (modalities: {modalities}). Name the layers by keyword, "
+                f"{', '.join(unread)}: given, but modalities names no modality for "
+                f"{'it' if len(unread) == 1 else 'them'}, so not read (modalities: {modalities}). "
+                "Name the layers by keyword, "
                 "e.g. protein_layer='counts' (TOTALVI's setup_mudata takes protein_layer second; "
                 "here atac_layer is)."
             )
@@ -1182,6 +1188,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         self,
         adata: MuData | None = None,
         indices: Sequence[int] | None = None,
+        *,
         transform_batch: str | Sequence[str] | None = None,
         protein_list: Sequence[str] | None = None,
         n_samples: int = 1,
@@ -1512,7 +1519,8 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
                 )
             unique = np.flatnonzero(~repeated)
             position = adata.var_names[unique].get_indexer(trained)
-            position = np.where(position >= 0, unique[position], -1)
+            found = position >= 0  # (np.where would index an empty array with -1)
+            position[found] = unique[position[found]]
             if (position < 0).any():
                 absent = ", ".join(map(str, trained[position < 0][:5]))
                 raise InputError(
@@ -1545,8 +1553,9 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
                 unknown = pd.unique(column[position < 0])[:10]
                 if pd.Index(map(str, unknown)).isin(known.map(str)).all():
                     modality = self.registry_["setup_args"]["modalities"].get(setup_arg)
-                    where = "query.obs" if modality is None else f"query[{modality!r}].obs"
-                    raise InputError(
+                    in_modality = isinstance(data, MuData) and modality is not None
+                    where = f"query[{modality!r}].obs" if in_modality else "query.obs"
+                    raise _CategoryTypeError(
                         f"obs[{key!r}] holds {pd.Series(unknown).tolist()}; the model knows "
                         f"{known.tolist()}. " + only_the_type_differs(known, where, key)
                     )
@@ -1687,6 +1696,8 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
                 (batch,) = self._codes(
                     mdata_new, obs, "batch_key", REGISTRY_KEYS.BATCH_KEY, [setup_args["batch_key"]]
                 )
+            except _CategoryTypeError:  # the cells' own batches, in another type
+                raise
             except InputError:  # no batch column, or batches the model has not seen
                 if code is None:
                     raise

@@ -135,17 +135,19 @@ class TrainingMixin(UnsupervisedTrainingMixin):
                 "batch_size instead of accumulate_grad_batches."
             )
 
-    def _plan_settings(self, own: dict, plan_kwargs: dict | None) -> dict:
+    def _plan_settings(self, own: dict, plan_kwargs: dict | None, given=()) -> dict:
         """The training plan's settings: the model's (``own``), updated by ``plan_kwargs``.
 
-        A setting given to ``train`` itself (not at its default) and, with another value, in
-        ``plan_kwargs`` is refused: scvi-tools keeps the ``train`` argument, this package had
-        kept the ``plan_kwargs`` one, and neither is what every user expects.
+        A setting given to ``train`` itself (not at its default; ``given``: Lightning arguments
+        ``train`` has no parameter for) and, with another value, in ``plan_kwargs`` is refused:
+        scvi-tools keeps the ``train`` argument, this package had kept the ``plan_kwargs`` one,
+        and neither is what every user expects.
         """
         parameters = inspect.signature(type(self).train).parameters.values()
         defaults = {p.name: p.default for p in parameters}
         for key, value in (plan_kwargs or {}).items():
-            if key in defaults and key in own and own[key] not in (defaults[key], value):
+            default = defaults.get(key, inspect.Parameter.empty if key in given else own.get(key))
+            if key in own and own[key] not in (default, value):
                 raise InputError(
                     f"{key} is given twice, {own[key]!r} to train() and {value!r} in "
                     f"plan_kwargs; pass it once, as train({key}=...)."
@@ -266,10 +268,8 @@ class TrainingMixin(UnsupervisedTrainingMixin):
         if issubclass(self._training_plan_cls, InvarianceTrainingPlan) and (
             kwargs.get("gradient_clip_val") is not None
         ):  # Lightning cannot clip under manual optimisation: the plan clips itself
-            kwargs["plan_kwargs"] = {
-                "gradient_clip_val": kwargs.pop("gradient_clip_val"),
-                **(kwargs.get("plan_kwargs") or {}),
-            }
+            clip = {"gradient_clip_val": kwargs.pop("gradient_clip_val")}
+            kwargs["plan_kwargs"] = self._plan_settings(clip, kwargs.get("plan_kwargs"), clip)
         restore = None
         if kwargs.get("early_stopping") and self._restore_best_weights:
             restore = RestoreBestWeights(

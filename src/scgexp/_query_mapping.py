@@ -28,6 +28,7 @@ from scgexp.data._checks import (
     InputError,
     get_matrix,
     naming_hint,
+    positions_among,
     registered_features,
     rename_modalities_hint,
     row_and_column_sums,
@@ -502,10 +503,7 @@ def _feature_positions(present: pd.Index, names: pd.Index, where: str) -> np.nda
             f"{len(names)} features"
             + (", or build the query without it (it is then added as missing)." if where else ".")
         )
-    unique = ~present.duplicated(keep=False)
-    positions = pd.Index(present[unique]).get_indexer(names)
-    matched = positions >= 0
-    positions[matched] = np.flatnonzero(unique)[positions[matched]]
+    positions = positions_among(pd.Index(present), ~present.duplicated(keep=False), names)
     found = int((positions >= 0).sum())
     if found == 0:
         raise InputError(

@@ -1003,6 +1003,20 @@ def _no_argument(owner: str, key: str, names: list[str]) -> str:
 _FEATURES = {"gene_list": "genes", "region_list": "peaks", "protein_list": "proteins"}
 
 
+def positions_among(present: pd.Index, kept: np.ndarray, names) -> np.ndarray:
+    """Column of each of ``names`` in ``present``, among the columns ``kept`` marks (-1: none).
+
+    Examples
+    --------
+    >>> positions_among(pd.Index(["a", "b", "a", "c"]), np.array([1, 1, 0, 1], bool), ["c", "x"])
+    array([ 3, -1])
+    """
+    positions = present[kept].get_indexer(names)
+    found = positions >= 0  # (np.where would index an empty array with -1)
+    positions[found] = np.flatnonzero(kept)[positions[found]]
+    return positions
+
+
 def feature_positions(names, wanted, argument: str, known_at: str = "") -> np.ndarray:
     """Positions in ``names`` of the features ``wanted``, in its order (``gene_list``, ...).
 

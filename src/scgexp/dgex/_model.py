@@ -27,6 +27,7 @@ from scgexp.data._checks import (
     check_setup_arguments,
     dense,
     get_matrix,
+    positions_among,
     take_columns,
 )
 from scgexp.dgex._fields import LANDMARK_REGISTRY_KEY, LandmarkField
@@ -404,11 +405,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
                 f"{', '.join(repeated[:5])}); keep one column per landmark (e.g. average a "
                 "gene's probes)."
             )
-        first = ~names.duplicated()
-        positions = names[first].get_indexer(landmarks)
-        found = positions >= 0  # (np.where would index an empty array with -1)
-        positions[found] = np.flatnonzero(first)[positions[found]]
-        return positions
+        return positions_among(names, ~names.duplicated(), landmarks)
 
     def _landmark_matrix(
         self, adata: AnnData | None, layer: str | None, fill_missing: bool

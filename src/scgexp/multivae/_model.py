@@ -54,6 +54,7 @@ from scgexp.data._checks import (
     get_matrix,
     mean_and_scale,
     only_the_type_differs,
+    positions_among,
     read_dense,
     registered_n_cats_per_cov,
     row_and_column_sums,
@@ -1517,10 +1518,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
                     f"{source} ({name!r}) holds trained features more than once: "
                     f"{', '.join(map(str, clash[:10]))}. Make var names unique first."
                 )
-            unique = np.flatnonzero(~repeated)
-            position = adata.var_names[unique].get_indexer(trained)
-            found = position >= 0  # (np.where would index an empty array with -1)
-            position[found] = unique[position[found]]
+            position = positions_among(adata.var_names, ~repeated, trained)
             if (position < 0).any():
                 absent = ", ".join(map(str, trained[position < 0][:5]))
                 raise InputError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import warnings
 
 import anndata
 import h5py
@@ -205,3 +206,40 @@ def test_select_landmarks_leaves_out_constant_genes():
     values[:, [5, 7]] = 0.1, 1 / 3  # constant: a rounding residue is no axis of variation
     panel = scgexp.data.select_landmarks(anndata.AnnData(values), 10, key=None)
     assert not {"5", "7"} & set(panel)
+
+
+def test_read_landmark_genes_from_gct_and_gctx(tmp_path):
+    """LINCS Level 3 files carry pr_is_lm in their row metadata: a number in GCTX, text in GCT."""
+    ids, symbols, is_landmark = ["5720", "466", "6009"], ["PSME1", "ATF1", "RHEB"], [1, 0, 1]
+    gctx = tmp_path / "level3.gctx"
+    with h5py.File(gctx, "w") as handle:
+        handle["0/DATA/0/matrix"] = np.zeros((2, 3), dtype=np.float32)
+        handle["0/META/ROW/id"] = np.array(ids, dtype="S")
+        handle["0/META/ROW/pr_gene_symbol"] = np.array(symbols, dtype="S")
+        handle["0/META/ROW/pr_is_lm"] = np.array(is_landmark, dtype=np.int64)
+        handle["0/META/COL/id"] = np.array(["s1", "s2"], dtype="S")
+    rows = [f"{i}\t{s}\t{m}\t0\t0" for i, s, m in zip(ids, symbols, is_landmark, strict=True)]
+    gct_text = "#1.3\n3\t2\t2\t0\nid\tpr_gene_symbol\tpr_is_lm\ts1\ts2\n" + "\n".join(rows)
+    gct = tmp_path / "level3.gct"
+    gct.write_text(gct_text)
+    gzipped = tmp_path / "level3.gct.gz"
+    gzipped.write_bytes(gzip.compress(gct_text.encode()))
+    for path in (gctx, gct, gzipped):
+        assert scgexp.data.read_landmark_genes(path) == ["PSME1", "RHEB"]
+        assert scgexp.data.read_landmark_genes(path, id_column="id") == ["5720", "6009"]
+    # Without a landmark column every row is a landmark; GCT 1.2's identifiers are the rows'.
+    plain = tmp_path / "plain.gct"
+    plain.write_text("#1.2\n2\t1\nName\tDescription\ts1\nG1\tfirst\t1\nG2\tsecond\t2\n")
+    assert scgexp.data.read_landmark_genes(plain) == ["G1", "G2"]
+
+
+def test_select_landmarks_warns_when_it_replaces_a_marking():
+    adata = scgexp.data.simulate_bulk_expression(n_samples=60, n_landmarks=5, n_targets=25)
+    before = adata.var["landmark"].copy()
+    with pytest.warns(UserWarning, match=r"var\['landmark'\] held another marking"):
+        panel = scgexp.data.select_landmarks(adata, 5)
+    assert not adata.var["landmark"].equals(before)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert scgexp.data.select_landmarks(adata, 5) == panel  # the same marking again
+        scgexp.data.select_landmarks(adata, 5, key="designed")

@@ -172,27 +172,11 @@ def read_gctx(path: str) -> AnnData:
     --------
     >>> adata = scgexp.data.read_gctx("level3_subset.gctx")
     """
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"No file {path}.")
-    if _file_start(path, None).startswith(b"\x1f\x8b"):
-        raise InputError(f"{path} is gzipped: gunzip it first (GCTX files are HDF5).")
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as error:
-        raise InputError(f"{path} is not a GCTX (HDF5) file: {error}") from error
-    with handle:
+    with _open_gctx(path) as handle:
         if "0/DATA/0/matrix" not in handle:
             raise InputError(f"{path} has no /0/DATA/0/matrix dataset; is it a GCTX file?")
         matrix = np.asarray(handle["0/DATA/0/matrix"], dtype=np.float32)
-        tables = {}
-        for side in ("ROW", "COL"):
-            if f"0/META/{side}/id" not in handle:
-                raise InputError(f"{path} has no /0/META/{side}/id dataset; is it a GCTX file?")
-            group = handle[f"0/META/{side}"]
-            ids = _decode(group["id"][()])
-            columns = {k: _decode(group[k][()]) for k in group if k != "id"}
-            tables[side] = pd.DataFrame(columns, index=pd.Index(ids.astype(str)))
-    var, obs = tables["ROW"], tables["COL"]
+        var, obs = (_gctx_metadata(handle, side, path) for side in ("ROW", "COL"))
     if matrix.shape != (len(obs), len(var)):
         if matrix.shape == (len(var), len(obs)):
             matrix = matrix.T
@@ -202,3 +186,45 @@ def read_gctx(path: str) -> AnnData:
                 f"{len(var)} genes nor its transpose."
             )
     return AnnData(X=matrix, obs=_metadata_missing_as_nan(obs), var=_metadata_missing_as_nan(var))
+
+
+def _open_gctx(path: str) -> h5py.File:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"No file {path}.")
+    if _file_start(path, None).startswith(b"\x1f\x8b"):
+        raise InputError(f"{path} is gzipped: gunzip it first (GCTX files are HDF5).")
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        raise InputError(f"{path} is not a GCTX (HDF5) file: {error}") from error
+
+
+def _gctx_metadata(handle: h5py.File, side: str, path: str) -> pd.DataFrame:
+    """Row (``"ROW"``, genes) or column (``"COL"``, samples) metadata, indexed by ``id``."""
+    if f"0/META/{side}/id" not in handle:
+        raise InputError(f"{path} has no /0/META/{side}/id dataset; is it a GCTX file?")
+    group = handle[f"0/META/{side}"]
+    ids = _decode(group["id"][()])
+    columns = {k: _decode(group[k][()]) for k in group if k != "id"}
+    return pd.DataFrame(columns, index=pd.Index(ids.astype(str)))
+
+
+def is_gct_or_gctx(path: str) -> bool:
+    """Whether the file (gzipped or not) starts as a GCT or GCTX file does."""
+    compression = "gzip" if _file_start(path, None).startswith(b"\x1f\x8b") else None
+    return _file_start(path, compression).startswith((b"\x89HDF", b"#1.2", b"#1.3"))
+
+
+def read_gene_table(path: str) -> pd.DataFrame:
+    """The genes (rows) of a GCT or GCTX file and their metadata; a GCTX's matrix is not read.
+
+    Returns a table with the row identifiers in column ``id`` and the row metadata, all as text
+    (-666 as NaN), as ``read_landmark_genes`` reads a ``gene_info`` table.
+    """
+    if _file_start(path, None).startswith(b"\x89HDF"):
+        with _open_gctx(path) as handle:
+            var = _metadata_missing_as_nan(_gctx_metadata(handle, "ROW", path))
+    else:
+        var = read_gct(path).var
+    text = var.astype(object).where(var.isna(), var.astype(str))  # 1 and "1" alike
+    return text.rename_axis("row_id" if "id" in text else "id").reset_index()

@@ -105,6 +105,8 @@ def test_latent(bulk, trained):
     assert z.shape == (train.n_obs, 256)
     assert np.isfinite(z).all()
     np.testing.assert_allclose(trained.get_latent_representation(batch_size=None), z, rtol=1e-5)
+    for give_mean in (True, False):  # as scvi-tools' models are called; no dropout here
+        np.testing.assert_array_equal(trained.get_latent_representation(give_mean=give_mean), z)
     # Indices in scvi-tools' second place, where predict reads a layer name.
     np.testing.assert_allclose(
         trained.get_latent_representation(train, [0, 1]), z[[0, 1]], rtol=1e-5, atol=1e-6
@@ -178,6 +180,10 @@ def test_missing_landmarks(bulk, trained):
     partial = test[:, ~test.var_names.isin(landmark)].copy()
     with pytest.raises(InputError, match="3 of 60 landmark genes are missing"):
         trained.predict(partial)
+    kept = test.var_names[test.var["landmark"]][-1]  # 59 missing: every one named
+    with pytest.raises(InputError, match="59 of 60") as error:
+        trained.predict(test[:, [kept]].copy())
+    assert all(gene in str(error.value) for gene in trained.landmark_names.drop(kept))
     with pytest.warns(UserWarning, match="filled with their training mean") as caught:
         filled = trained.predict(partial, fill_missing=True)
     assert np.isfinite(filled.X).all()
@@ -311,9 +317,16 @@ def test_bad_setup(bulk, change, message):
 def test_nan_at_predict(bulk, trained):
     _, test = bulk
     broken = test.copy()
-    broken.X[3, np.flatnonzero(broken.var["landmark"])[0]] = np.inf
-    with pytest.raises(InputError, match="NaN or infinite"):
+    landmark = np.flatnonzero(broken.var["landmark"])[1]
+    broken.X[3, landmark] = np.inf
+    broken.X[3, np.flatnonzero(~broken.var["landmark"])[0]] = np.nan  # a target: not read
+    where = f"first: observation '{broken.obs_names[3]}', variable '{broken.var_names[landmark]}'"
+    with pytest.raises(InputError, match=f"NaN or infinite values \\({where}\\)"):
         trained.predict(broken)
+    as_sparse = broken[:, ::-1].copy()  # another gene order, sparse
+    as_sparse.X = sparse.csr_matrix(as_sparse.X)
+    with pytest.raises(InputError, match=where):
+        trained.predict(as_sparse)
 
 
 def test_gaussian_loss_and_gene_variance(bulk):
@@ -362,26 +375,51 @@ def test_mse_variance_head_does_not_train_the_mean():
         torch.testing.assert_close(full, squared_error_only)
 
 
-def test_select_landmarks_beats_random_panels():
+def _panel_beats_random_panels(train, test, n_landmarks, alpha):
+    """select_landmarks' panel predicts genes outside every panel better than random panels."""
     from sklearn.linear_model import Ridge
 
-    adata = scgexp.data.simulate_bulk_expression(
-        n_samples=800, n_landmarks=10, n_targets=290, n_programs=15, seed=3
-    )
-    train, test = adata[:600], adata[600:]
+    chosen = scgexp.data.select_landmarks(train.copy(), n_landmarks=n_landmarks, key=None)
+    assert len(chosen) == len(set(chosen)) == n_landmarks
+    rng = np.random.default_rng(0)
+    random_panels = [rng.choice(train.var_names, n_landmarks, replace=False) for _ in range(5)]
+    targets = ~train.var_names.isin(np.concatenate([chosen, *random_panels]))
 
     def panel_error(panel):
-        mask = adata.var_names.isin(panel)
-        fit = Ridge(alpha=1.0).fit(train.X[:, mask], train.X[:, ~mask])
-        return np.abs(fit.predict(test.X[:, mask]) - test.X[:, ~mask]).mean()
+        mask = train.var_names.isin(panel)
+        fit = Ridge(alpha=alpha).fit(train.X[:, mask], train.X[:, targets])
+        return np.abs(fit.predict(test.X[:, mask]) - test.X[:, targets]).mean()
 
-    chosen = scgexp.data.select_landmarks(train.copy(), n_landmarks=30, key=None)
-    assert len(chosen) == 30
-    rng = np.random.default_rng(0)
-    random_errors = [
-        panel_error(rng.choice(adata.var_names, 30, replace=False)) for _ in range(10)
-    ]
-    assert panel_error(chosen) < np.median(random_errors)
+    random_errors = [panel_error(panel) for panel in random_panels]
+    assert panel_error(chosen) < min(random_errors), (panel_error(chosen), random_errors)
+
+
+@pytest.mark.parametrize(("n_programs", "n_landmarks"), [(15, 30), (20, 100)])
+def test_select_landmarks_beats_random_panels(n_programs, n_landmarks):
+    """Also with more landmarks than programs: spanning noise axes picked the noisiest genes."""
+    adata = scgexp.data.simulate_bulk_expression(
+        n_samples=900, n_landmarks=100, n_targets=500, n_programs=n_programs, seed=3
+    )
+    _panel_beats_random_panels(adata[:700], adata[700:], n_landmarks, alpha=1.0)
+
+
+@pytest.mark.shared_data
+def test_select_landmarks_beats_random_panels_on_single_cells(shared_data):
+    import scanpy as sc
+
+    path = shared_data / "scrna" / "cellbench_5celllines_celseq2_3plates.h5ad"
+    if not path.exists():
+        pytest.skip(f"{path} is absent")
+    adata = anndata.read_h5ad(path)
+    sc.pp.filter_genes(adata, min_cells=20)
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    sc.pp.highly_variable_genes(adata, n_top_genes=1500, subset=True)
+    adata.X = adata.X.toarray()
+    plate = adata.obs["batch"].astype(str)
+    train, test = adata[plate != "p3"], adata[plate == "p3"]
+    for n_landmarks in (30, 200):
+        _panel_beats_random_panels(train, test, n_landmarks, alpha=10.0)
 
 
 def test_select_landmarks_beyond_the_rank_takes_the_most_variable_genes():

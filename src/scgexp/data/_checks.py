@@ -176,6 +176,17 @@ def _values(chunk) -> np.ndarray:
     return np.asarray(chunk)
 
 
+def _first_non_finite(chunk) -> tuple[int, int]:
+    """Row and column of the first NaN or infinite entry of a dense or sparse block."""
+    if sparse.issparse(chunk):
+        coo = sparse.coo_matrix(chunk)
+        bad = np.flatnonzero(~np.isfinite(coo.data))
+        order = np.lexsort((coo.col[bad], coo.row[bad]))
+        return int(coo.row[bad][order[0]]), int(coo.col[bad][order[0]])
+    rows, cols = np.nonzero(~np.isfinite(np.asarray(chunk)))
+    return int(rows[0]), int(cols[0])
+
+
 def check_matrix(
     adata: AnnData,
     layer: str | None = None,
@@ -294,8 +305,12 @@ def check_matrix(
             chunk = chunk[:, columns]
         values = _values(chunk)
         if not np.all(np.isfinite(values)):
+            row, column = _first_non_finite(chunk)
+            column = column if columns is None else columns[column]
             raise InputError(
-                f"{where}{name} contains NaN or infinite values. Remove or impute them first; "
+                f"{where}{name} contains NaN or infinite values (first: "
+                f"observation {adata.obs_names[offset + row]!r}, "
+                f"variable {adata.var_names[column]!r}). Remove or impute them first; "
                 "scgexp does not change your data."
             )
         if counts:
@@ -1060,6 +1075,30 @@ _SET_FROM_THE_DATA = {
     "landmark_index",
     "target_index",
 }
+
+
+def check_architecture(dropout_rate: float, **sizes) -> None:
+    """Refuse layer sizes and counts that are not positive whole numbers, and bad dropout rates.
+
+    Torch built zero-width or missing layers from such sizes without a word; a dropout rate
+    must lie in [0, 1).
+
+    Examples
+    --------
+    >>> check_architecture(0.1, n_hidden=128, n_layers=0)
+    Traceback (most recent call last):
+    ...
+    scgexp.data._checks.InputError: n_layers must be a positive whole number, not 0.
+    """
+    for name, value in sizes.items():
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1
+        ):
+            raise InputError(f"{name} must be a positive whole number, not {value!r}.")
+    if isinstance(dropout_rate, bool) or not (
+        isinstance(dropout_rate, int | float | np.number) and 0 <= dropout_rate < 1
+    ):
+        raise InputError(f"dropout_rate must lie in [0, 1), not {dropout_rate!r}.")
 
 
 def check_model_arguments(model_cls, module_cls, kwargs: dict, set_by_model=()) -> None:

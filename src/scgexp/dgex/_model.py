@@ -22,6 +22,7 @@ from scgexp._warn import warn_user
 from scgexp.data._checks import (
     InputError,
     cell_positions,
+    check_architecture,
     check_matrix,
     check_model_arguments,
     check_setup_arguments,
@@ -119,6 +120,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         **model_kwargs,
     ):
         check_model_arguments(type(self), self._module_cls, model_kwargs)
+        check_architecture(dropout_rate, n_hidden=n_hidden, n_layers=n_layers)
         super().__init__(adata, registry)
         state = self.get_state_registry(LANDMARK_REGISTRY_KEY)
         self.landmark_names = pd.Index(state["landmark_names"])
@@ -454,9 +456,14 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
             if not fill_missing:
                 raise InputError(
                     f"{len(missing)} of {len(self.landmark_names)} landmark genes are missing "
-                    f"from the data: {', '.join(missing[:20])}"
-                    f"{' ...' if len(missing) > 20 else ''}"
-                    ". Add them, or pass fill_missing=True to use their training mean."
+                    f"from the data: {', '.join(missing[:100])}"
+                    + (
+                        f" and {len(missing) - 100} more (all: `model.landmark_names.difference("
+                        "adata.var_names)`)"
+                        if len(missing) > 100
+                        else ""
+                    )
+                    + ". Add them, or pass fill_missing=True to use their training mean."
                 )
             warn_user(
                 f"{len(missing)} of {len(self.landmark_names)} landmark genes are missing; "
@@ -700,6 +707,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         fill_missing: bool = False,
         rank_map: bool | Literal["gene", "sample"] = False,
         batch_size: int = 1024,
+        give_mean: bool = True,
     ) -> np.ndarray:
         """Last hidden layer's activations, one row per sample (for ``obsm["X_dgex"]``).
 
@@ -712,6 +720,9 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
             ``None``: all.
         layer, fill_missing, rank_map, batch_size
             As in :meth:`predict`.
+        give_mean
+            Accepted as scvi-tools' models take it; the hidden layer is deterministic (dropout
+            is off), so both values give the same activations.
 
         Examples
         --------

@@ -39,6 +39,7 @@ from scgexp.data._checks import (
     InputError,
     batch_code,
     batch_codes,
+    check_architecture,
     check_distinct_keys,
     check_feature_names,
     check_known_categories,
@@ -360,6 +361,13 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         **module_kwargs,
     ):
         check_model_arguments(type(self), self._module_cls, module_kwargs)
+        check_architecture(
+            dropout_rate,
+            n_hidden=n_hidden,
+            n_latent=n_latent,
+            n_layers_encoder=n_layers_encoder,
+            n_layers_decoder=n_layers_decoder,
+        )
         super().__init__(adata, registry)
         check_option("invariance", invariance, (None, "auto", "mi", "adversarial", "both"))
         if invariance == "auto":

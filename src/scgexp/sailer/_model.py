@@ -34,6 +34,7 @@ from scgexp.data._checks import (
     InputError,
     batch_codes,
     cell_positions,
+    check_architecture,
     check_distinct_keys,
     check_known_categories,
     check_model_arguments,
@@ -138,6 +139,9 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         **model_kwargs,
     ):
         check_model_arguments(type(self), self._module_cls, model_kwargs)
+        check_architecture(
+            dropout_rate, n_hidden=n_hidden, n_hidden_inner=n_hidden_inner, n_latent=n_latent
+        )
         check_option("likelihood", likelihood, ("bernoulli", "poisson"))
         check_option("invariance", invariance, (None, "mi", "adversarial", "both"))
         if not invariance_weight >= 0:

@@ -29,6 +29,7 @@ from scgexp._warn import warn_user
 from scgexp.data._checks import (
     InputError,
     batch_codes,
+    check_architecture,
     check_distinct_keys,
     check_known_categories,
     check_library_size,
@@ -160,6 +161,7 @@ class ZINBAutoencoder(
                 "gene_likelihood= (scvi-tools' name for it)."
             )
         check_model_arguments(type(self), self._module_cls, model_kwargs, ("gene_likelihood",))
+        check_architecture(dropout_rate, n_hidden=n_hidden, n_latent=n_latent, n_layers=n_layers)
         if not ridge_lambda >= 0:  # a negative penalty rewards dropout everywhere
             raise InputError(f"ridge_lambda must be 0 or more, not {ridge_lambda!r}.")
         super().__init__(adata, registry)

@@ -148,6 +148,10 @@ def test_fit_and_predict_sailer(tmp_path):
     )
     assert result.exit_code != 0
     assert "--rank-map and --rank-map-sample apply to DGEX models only" in result.output
+    result = CliRunner().invoke(
+        main, ["predict", str(model_dir), str(path), "--out", str(refused), "--layer", "counts"]
+    )
+    assert "--layer applies to DGEX models only; a SAILER reads the layer it" in result.output
     assert not refused.exists()
 
 
@@ -263,9 +267,15 @@ def test_map_rna_only_cells_onto_a_multiome_model(tmp_path, monkeypatch):
     monkeypatch.setattr(MultiVAE, "get_normalized_accessibility", not_for_added)
     with pytest.warns(UserWarning, match="no modality 'atac'"):
         result = _invoke(
-            "map", model_dir, tmp_path / "query.h5mu", "--out", output, "--epochs", 2,
+            "map",
+            model_dir,
+            tmp_path / "query.h5mu",
+            "--out",
+            output,
+            "--epochs",
+            2,
             "--fill-missing",
-        )  # fmt: skip
+        )
     assert result.exit_code == 0, result.output
     mapped = mudata.read_h5mu(output)
     assert mapped.obsm["X_multivae"].shape == (new.sum(), 20)
@@ -898,17 +908,17 @@ def test_warnings_are_one_line_naming_the_command_s_flags():
     formatted, formatwarning = [], warnings.formatwarning
 
     def warn():
-        message = UserWarning("Pass lr= or layer= to change it.")
+        message = UserWarning("Pass lr= or unfrozen= to change it.")
         formatted.append(warnings.formatwarning(message, UserWarning, "deep/file.py", 7))
 
-    with click.Context(predict):  # predict has neither --lr nor --layer
+    with click.Context(predict):  # predict has neither --lr nor --unfrozen
         _run(warn)
     _run(warn)  # outside a command: every flag is named
     assert formatted == [
-        "UserWarning: Pass lr= or layer= to change it. (On the command line, `scgexp predict` "
-        "has no flag for lr= or layer=: use the Python API.)\n",
-        "UserWarning: Pass lr= or layer= to change it. (On the command line, lr= is --lr; "
-        "layer= is --layer.)\n",
+        "UserWarning: Pass lr= or unfrozen= to change it. (On the command line, `scgexp "
+        "predict` has no flag for lr= or unfrozen=: use the Python API.)\n",
+        "UserWarning: Pass lr= or unfrozen= to change it. (On the command line, lr= is --lr; "
+        "unfrozen= is --unfrozen.)\n",
     ]
     assert warnings.formatwarning is formatwarning  # restored
     assert _with_flags("lr=") == "lr= (On the command line, lr= is --lr.)"
@@ -976,9 +986,12 @@ def test_multivae_on_modalities_with_different_cells(tmp_path, caplog):
     reordered.write(tmp_path / "reordered.h5mu")
     with caplog.at_level(logging.INFO, logger="scgexp.cli"):
         result = _invoke(
-            "predict", tmp_path / "joint_multivae_model", tmp_path / "reordered.h5mu",
-            "--out", tmp_path / "reordered_out.h5mu",
-        )  # fmt: skip
+            "predict",
+            tmp_path / "joint_multivae_model",
+            tmp_path / "reordered.h5mu",
+            "--out",
+            tmp_path / "reordered_out.h5mu",
+        )
     assert result.exit_code == 0, result.output
     assert "hold the MuData's cells in another order" in caplog.text
     assert "Cells missing a modality" not in caplog.text
@@ -1111,3 +1124,66 @@ def test_map_pads_a_mosaic_multivae_query(tmp_path):
     assert filled["rna"].n_obs == len(with_rna)
     assert filled["rna"].var_names.equals(query["rna"].var_names)
     assert filled["rna"].layers["multivae_normalized"].shape == (len(with_rna), 40)
+
+
+def test_fit_takes_model_settings_and_batch_size_and_predict_a_layer(
+    bulk_file, tmp_path, monkeypatch
+):
+    calls = []
+    train = DGEX.train
+    monkeypatch.setattr(DGEX, "train", lambda self, **kw: calls.append(kw) or train(self, **kw))
+    out = tmp_path / "fitted.h5ad"
+    settings = ["--model-arg", "n_hidden=16", "--model-arg", "n_layers=1"]
+    settings += ["--model-arg", "loss=gaussian", "--model-arg", "dropout_rate=0.0"]
+    result = _invoke(
+        "fit", "dgex", bulk_file, "--out", out, "--epochs", "2", *settings, "--batch-size", "32"
+    )
+    assert result.exit_code == 0, result.output
+    model = DGEX.load(tmp_path / "fitted_dgex_model")
+    chosen = {"n_hidden": 16, "n_layers": 1, "loss": "gaussian", "dropout_rate": 0.0}
+    assert {k: model.init_params_["non_kwargs"][k] for k in chosen} == chosen
+    assert calls[0]["batch_size"] == 32
+    assert calls[0]["max_epochs"] == 2
+    for bad, message in (
+        ("nhidden=5", "n_hidden"),  # the closest name
+        ("n_hidden", "is not NAME=VALUE"),
+        ("n_hidden=0", "n_hidden must be a positive whole number"),
+    ):
+        result = CliRunner().invoke(
+            main,
+            [
+                "fit",
+                "dgex",
+                str(bulk_file),
+                "--out",
+                str(out),
+                "--overwrite",
+                "--model-arg",
+                bad,
+            ],
+        )
+        assert result.exit_code != 0
+        assert message in result.output, result.output
+
+    # predict --layer: the landmark values from a layer, X holding something else.
+    new = ad.read_h5ad(bulk_file)[:40]
+    new.layers["log2"] = new.X.copy()
+    new.X = np.zeros_like(new.X)
+    new_path = tmp_path / "layered.h5ad"
+    new.write_h5ad(new_path)
+    predicted = tmp_path / "predicted.h5ad"
+    assert (
+        _invoke(
+            "predict",
+            tmp_path / "fitted_dgex_model",
+            new_path,
+            "--out",
+            predicted,
+            "--layer",
+            "log2",
+        ).exit_code
+        == 0
+    )
+    expected = model.predict(ad.read_h5ad(bulk_file)[:40].copy())
+    targets = ~ad.read_h5ad(predicted).var["landmark"].to_numpy()
+    np.testing.assert_allclose(ad.read_h5ad(predicted).X[:, targets], expected.X, rtol=1e-5)

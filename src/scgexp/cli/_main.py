@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 import re
@@ -264,6 +265,7 @@ _FLAGS = {
     "rank_map": "--rank-map",
     "lr": "--lr",
     "max_epochs": "--epochs",
+    "batch_size": "--batch-size",
     "unfrozen": "--unfrozen",
 }
 # Python argument values that have a flag of their own.
@@ -365,6 +367,12 @@ def _training_options(command):
             help="Learning rate (default: the model's).",
         ),
         click.option(
+            "--batch-size",
+            default=None,
+            type=click.IntRange(1),
+            help="Minibatch size (default: the model's).",
+        ),
+        click.option(
             "--accelerator",
             default="auto",
             show_default=True,
@@ -391,6 +399,20 @@ def _training_options(command):
     return command
 
 
+def _model_arguments(values: tuple[str, ...]) -> dict:
+    """``NAME=VALUE`` pairs as keyword arguments: VALUE as a Python literal, else as text."""
+    arguments = {}
+    for value in values:
+        name, sep, text = value.partition("=")
+        if not sep or not name.isidentifier():
+            raise click.BadParameter(f"{value!r} is not NAME=VALUE, e.g. n_hidden=1000.")
+        try:
+            arguments[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            arguments[name] = text  # e.g. loss=gaussian
+    return arguments
+
+
 def _train(model, training: dict, **train_kwargs) -> bool:
     """Train with the options of :func:`_training_options`; False in all but the first process.
 
@@ -406,6 +428,8 @@ def _train(model, training: dict, **train_kwargs) -> bool:
         train_kwargs["max_epochs"] = training["epochs"]
     if training["lr"] is not None:
         train_kwargs["lr"] = training["lr"]
+    if training["batch_size"] is not None:
+        train_kwargs["batch_size"] = training["batch_size"]
     # scvi-tools writes the training history of several processes to disk, by default into
     # ./lightning_logs; a pipeline's working folder is no place for it.
     with tempfile.TemporaryDirectory(prefix="scgexp_logs_") as logs:
@@ -500,6 +524,16 @@ def demo(out_dir: Path, epochs: int | None, accelerator: str) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Where to save the trained model (default: next to --out).",
 )
+@click.option(
+    "--model-arg",
+    "model_args",
+    multiple=True,
+    metavar="NAME=VALUE",
+    callback=lambda _context, _param, values: _model_arguments(values),
+    help="A setting of the model's constructor, e.g. --model-arg n_hidden=1000 --model-arg "
+    "loss=gaussian (repeatable; VALUE as a Python literal, else as text). The settings are "
+    "those of the model's class in the Python documentation.",
+)
 @_training_options
 @click.option(
     "--data-mode",
@@ -528,6 +562,7 @@ def fit(
     data_mode,
     overwrite,
     latent_only,
+    model_args,
     **training,
 ) -> None:
     """Train MODEL on INPUT (.h5ad/.h5mu); write results to --out and save the model."""
@@ -560,7 +595,7 @@ def fit(
         data, own_cells = _padded(original, data_mode == "stream")
         spec.setup(data, options)
         scvi.settings.seed = training["seed"]
-        model = spec.cls(data)
+        model = spec.cls(data, **model_args)
         if not _train(model, training, data_mode=data_mode):
             return None
         _save_and_write(
@@ -592,6 +627,12 @@ def fit(
     help="DGEX: as --rank-map, but each sample's landmarks ranked among themselves (for a "
     "platform effect shared by all genes, in one cell line or tissue, or few samples).",
 )
+@click.option(
+    "--layer",
+    default=None,
+    help="DGEX: layer of INPUT with the landmark values (default: the training layer if INPUT "
+    "has it, else X). The other models read the layer they were trained on.",
+)
 @_fill_missing(
     help="dgex: fill landmarks absent from INPUT with their training mean (with a warning); "
     "zinb, sailer, multivae: " + _ADD_MISSING
@@ -608,6 +649,7 @@ def predict(
     output: Path,
     rank_map: bool,
     rank_map_sample: bool,
+    layer: str | None,
     fill_missing: bool,
     overwrite: bool,
     latent_only: bool,
@@ -621,6 +663,11 @@ def predict(
             raise InputError("--rank-map and --rank-map-sample apply to DGEX models only.")
         if rank_map and rank_map_sample:
             raise InputError("Pass --rank-map or --rank-map-sample, not both.")
+        if spec.key != "dgex" and layer is not None:
+            raise InputError(
+                f"--layer applies to DGEX models only; a {spec.cls.__name__} reads the layer it "
+                "was trained on."
+            )
         if spec.key == "dgex" and latent_only:
             raise InputError("--latent-only does not apply to dgex, whose output is predictions.")
         given = original = _read(input_path)
@@ -630,6 +677,7 @@ def predict(
         model = spec.cls.load(str(model_dir), adata=None if spec.key == "dgex" else data)
         flags = {
             "rank_map": "sample" if rank_map_sample else rank_map,
+            "layer": layer,
             "fill_missing": fill_missing,
             "latent_only": latent_only,
             "added_modalities": _added(original, given),

@@ -72,7 +72,7 @@ def _dgex_results(model: DGEX, adata: anndata.AnnData, options: dict) -> anndata
     """
     flags = {"rank_map": options.get("rank_map", False)}
     flags["fill_missing"] = options.get("fill_missing", False)
-    batches = model._landmark_batches(adata, None, batch_size=None, **flags)
+    batches = model._landmark_batches(adata, options.get("layer"), batch_size=None, **flags)
     present = model._landmark_positions(adata) >= 0
     n_landmarks, n_targets = len(present), len(model.target_names)
     values = np.empty((adata.n_obs, n_landmarks + n_targets), np.float32)

@@ -166,7 +166,9 @@ def select_landmarks(
     larger than the data's rank) the rest of the panel is the most variable other genes. Such a
     panel predicts the other genes better than random panels of the same size, on simulated
     bulk and on real single-cell data alike (the DGEX notebook and tests compare them), and
-    does not depend on the genes' units.
+    does not depend on the genes' units. Memory: with fewer samples than genes the standardised
+    samples × genes matrix is held (float64) for its SVD; otherwise a genes × genes matrix is
+    accumulated a block of rows at a time (20,000 genes: 3.2 GB) and decomposed.
 
     Parameters
     ----------

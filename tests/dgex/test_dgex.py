@@ -738,3 +738,19 @@ def test_constant_landmarks_are_judged_on_every_training_sample():
         warnings.simplefilter("error")
         model = DGEX(adata, n_hidden=8)
     assert model.module.landmark_quantiles[0, -1] == 8.0
+
+
+def test_a_best_first_epoch_on_linear_data_names_the_ridge_start():
+    """The ridge start already fits linear targets: not a learning rate too high."""
+    rng = np.random.default_rng(0)
+    landmarks = rng.normal(size=(150, 20))
+    targets = 0.3 * landmarks @ rng.normal(size=(20, 200)) + rng.normal(size=(150, 200))
+    adata = anndata.AnnData(np.c_[landmarks, targets].astype(np.float32))
+    adata.var["landmark"] = np.arange(220) < 20
+    DGEX.setup_anndata(adata)
+    model = DGEX(adata)
+    with pytest.warns(UserWarning, match="best after the first epoch") as caught:
+        model.train(max_epochs=40, early_stopping=True, enable_progress_bar=False)
+    message = next(str(w.message) for w in caught if "first epoch" in str(w.message))
+    assert "starts from ridge regression" in message
+    assert "may be too high" not in message

@@ -148,6 +148,17 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         self.ridge_alpha_ = None
         self.init_params_ = self._get_init_params(locals())
 
+    def _first_epoch_cause(self) -> str | None:
+        if self.module.skip is None:
+            return None
+        return (
+            "Training starts from ridge regression on the landmarks (linear_skip=True): on "
+            "these data the network found nothing to add to it, and the model restored is "
+            "about that linear fit. Expected when the targets depend on the landmarks about "
+            "linearly or the samples are few; a lower learning rate (train(lr=...)) may still "
+            "let the network find a nonlinear part."
+        )
+
     def get_state_registry(self, registry_key: str) -> dict:
         """State of a registered field, also for a model loaded without data."""
         return self.registry_["field_registries"][registry_key]["state_registry"]

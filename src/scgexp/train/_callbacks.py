@@ -29,12 +29,22 @@ class RestoreBestWeights(pl.Callback):
     query
         A frozen scArches query model is trained: only its new entries learn, so a best
         first epoch means more often that there was little to learn than a high learning rate.
+    first_epoch_cause
+        The model's own likely cause of a best first epoch, said instead of a high learning
+        rate (e.g. DGEX's ridge start that training cannot improve on).
     """
 
-    def __init__(self, monitor: str, mode: str = "min", query: bool = False):
+    def __init__(
+        self,
+        monitor: str,
+        mode: str = "min",
+        query: bool = False,
+        first_epoch_cause: str | None = None,
+    ):
         super().__init__()
         self.monitor = monitor
         self.query = query
+        self.first_epoch_cause = first_epoch_cause
         self.sign = 1.0 if mode == "min" else -1.0
         self.best_score: float | None = None
         self.best_epoch: int | None = None
@@ -79,7 +89,7 @@ class RestoreBestWeights(pl.Callback):
                 self.best_score,
             )
             if self.best_epoch == 0 and trainer.current_epoch >= 3:
-                cause = (
+                cause = self.first_epoch_cause or (
                     "The query's new entries may have had little left to learn (the reference "
                     "already fits it), or the learning rate is too high for them: try a lower "
                     "one (train(lr=...))."

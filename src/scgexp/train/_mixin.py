@@ -154,6 +154,10 @@ class TrainingMixin(UnsupervisedTrainingMixin):
                 )
         return {**own, **(plan_kwargs or {})}
 
+    def _first_epoch_cause(self) -> str | None:
+        """What a best first epoch most likely means for this model; ``None``: the default."""
+        return None
+
     def train(
         self,
         *args,
@@ -276,6 +280,7 @@ class TrainingMixin(UnsupervisedTrainingMixin):
                 kwargs.get("early_stopping_monitor", "elbo_validation"),
                 mode=kwargs.get("early_stopping_mode", "min"),
                 query=getattr(self, "_reference_entries", None) is not None,
+                first_epoch_cause=self._first_epoch_cause(),
             )
             kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), restore]
         if getattr(self, "_reference_entries", None):  # a query model from load_query_data

@@ -244,40 +244,38 @@ def select_landmarks(
 def _greedy_column_subset(loadings: np.ndarray, outside: np.ndarray, n_columns: int) -> list[int]:
     """Greedy column subset selection on ``loadings`` (axes × genes, scaled by singular value).
 
-    With ``R`` the loadings' residual after projecting out the chosen columns, a column's score
-    ``||R.T r_j||**2 / (||r_j||**2 + outside_j)`` is how much choosing it removes from the
-    residual of all columns; ``outside`` is each column's energy beyond the axes (its own, as
-    if uncorrelated with the others), without which a column of tiny loadings would score by
-    their direction alone. ``M = R R.T`` and ``R.T M`` are updated by rank-one terms, so a step
-    costs ``axes × genes``. Stops early when the residual has no direction left.
+    With ``r_j`` a column's residual after projecting out the chosen columns' directions, its
+    score ``r_j.T M r_j / (||r_j||**2 + outside_j)`` (``M``: the residual loadings' Gram
+    matrix) is how much choosing it removes from the residual of all columns; ``outside`` is
+    each column's energy beyond the axes (its own, as if uncorrelated with the others), without
+    which a column of tiny loadings would score by their direction alone. The loadings' rows
+    are orthogonal, so numerator and denominator change by rank-one terms computed from the
+    unchanged loadings: a step reads them once (``axes × genes``). Stops early when the
+    residual has no direction left.
     """
-    residual = loadings.copy()
-    gram = residual @ residual.T  # axes × axes
-    gram_residual = gram @ residual
-    norms = (residual * residual).sum(0)
+    axis_energy = (loadings**2).sum(1)  # squared singular values
+    norms = (loadings**2).sum(0)
+    explained = axis_energy @ loadings**2
     floor = norms.max(initial=0.0) * 1e-10  # residual norms at rounding level: explained
+    basis = np.zeros((loadings.shape[0], n_columns))  # orthonormal directions chosen so far
     chosen: list[int] = []
     while len(chosen) < n_columns:
-        norms = (residual * residual).sum(0)
         usable = norms > floor
         usable[chosen] = False
         if not usable.any():
             break
-        scores = np.where(
-            usable,
-            (residual * gram_residual).sum(0) / np.where(usable, norms + outside, 1),
-            -np.inf,
-        )
+        scores = np.where(usable, explained / np.where(usable, norms + outside, 1), -np.inf)
         best = int(np.argmax(scores))
+        taken = basis[:, : len(chosen)]
+        direction = loadings[:, best].copy()
+        for _ in range(2):  # Gram-Schmidt, twice for orthogonality in floating point
+            direction -= taken @ (taken.T @ direction)
+        direction /= np.linalg.norm(direction)
+        along = axis_energy * direction  # M @ direction
+        along -= taken @ (taken.T @ along)
+        weights, projected = (loadings.T @ np.column_stack([direction, along])).T
+        explained -= 2 * weights * projected - (direction @ along) * weights**2
+        norms -= weights**2
+        basis[:, len(chosen)] = direction
         chosen.append(best)
-        direction = residual[:, best] / np.sqrt(norms[best])
-        weights = residual.T @ direction  # the columns' components along it
-        projected = gram_residual.T @ direction
-        along = gram @ direction
-        spread = direction @ along
-        gram_residual -= np.outer(direction, projected) + np.outer(along, weights)
-        gram_residual += spread * np.outer(direction, weights)
-        gram -= np.outer(direction, along) + np.outer(along, direction)
-        gram += spread * np.outer(direction, direction)
-        residual -= np.outer(direction, weights)
     return chosen

@@ -65,3 +65,18 @@ def test_dropout_rate_must_lie_in_zero_to_one(make, dropout_rate):
     with pytest.raises(InputError, match=r"dropout_rate must lie in \[0, 1\)"):
         model_cls(data, dropout_rate=dropout_rate)
     model_cls(data, dropout_rate=0)  # no dropout
+
+
+def test_models_saved_before_the_check_still_load(tmp_path, monkeypatch):
+    """scvi's FCLayers built one layer for n_layers=0: such saved models load as they were."""
+    import scgexp.dgex._model
+
+    model_cls, data = _dgex()
+    with monkeypatch.context() as patched:
+        patched.setattr(scgexp.dgex._model, "check_architecture", lambda *args, **kwargs: None)
+        model = model_cls(data, n_layers=0, n_hidden=8)
+    model.save(tmp_path / "old")
+    loaded = model_cls.load(tmp_path / "old", adata=data)
+    assert loaded.init_params_["non_kwargs"]["n_layers"] == 0
+    with pytest.raises(InputError, match="n_layers must be a positive whole number"):
+        model_cls(data, n_layers=0)

@@ -1148,6 +1148,7 @@ def test_fit_takes_model_settings_and_batch_size_and_predict_a_layer(
         ("nhidden=5", "n_hidden"),  # the closest name
         ("n_hidden", "is not NAME=VALUE"),
         ("n_hidden=0", "n_hidden must be a positive whole number"),
+        ("registry={}", "registry is set by scgexp fit from INPUT"),  # skipped standardising
     ):
         result = CliRunner().invoke(
             main,
@@ -1187,3 +1188,21 @@ def test_fit_takes_model_settings_and_batch_size_and_predict_a_layer(
     expected = model.predict(ad.read_h5ad(bulk_file)[:40].copy())
     targets = ~ad.read_h5ad(predicted).var["landmark"].to_numpy()
     np.testing.assert_allclose(ad.read_h5ad(predicted).X[:, targets], expected.X, rtol=1e-5)
+
+    # Lower-case words are Python's values: as text, "false" was true.
+    result = _invoke(
+        "fit",
+        "dgex",
+        bulk_file,
+        "--out",
+        out,
+        "--overwrite",
+        "--epochs",
+        "1",
+        "--model-arg",
+        "linear_skip=false",
+        "--model-arg",
+        "n_hidden=8",
+    )
+    assert result.exit_code == 0, result.output
+    assert DGEX.load(tmp_path / "fitted_dgex_model").module.skip is None

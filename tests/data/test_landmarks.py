@@ -243,3 +243,23 @@ def test_select_landmarks_warns_when_it_replaces_a_marking():
         warnings.simplefilter("error")
         assert scgexp.data.select_landmarks(adata, 5) == panel  # the same marking again
         scgexp.data.select_landmarks(adata, 5, key="designed")
+
+
+def test_landmark_tables_from_open_files_bom_gct_and_gctx_ids_with_missing_values(tmp_path):
+    import io
+
+    table = io.StringIO("pr_gene_symbol\tpr_is_lm\nA\t1\nB\t0\n")  # pandas reads these
+    assert scgexp.data.read_landmark_genes(table) == ["A"]
+    bom = tmp_path / "excel.gct"
+    bom.write_bytes(b"\xef\xbb\xbf#1.2\n1\t1\nName\tDescription\ts1\nG1\tx\t1\n")
+    assert scgexp.data.read_landmark_genes(bom) == ["G1"]
+    gctx = tmp_path / "ids.gctx"
+    with h5py.File(gctx, "w") as handle:
+        handle["0/DATA/0/matrix"] = np.zeros((1, 3), dtype=np.float32)
+        handle["0/META/ROW/id"] = np.array(["r1", "r2", "r3"], dtype="S")
+        handle["0/META/ROW/pr_gene_id"] = np.array([5720, -666, 466])  # -666: missing
+        handle["0/META/ROW/ID"] = np.array(["m1", "m2", "m3"], dtype="S")  # metadata "ID"
+        handle["0/META/COL/id"] = np.array(["s1"], dtype="S")
+    with pytest.warns(UserWarning, match="1 of 3 landmark rows have no 'pr_gene_id'"):
+        assert scgexp.data.read_landmark_genes(gctx) == ["5720", "466"]  # not "5720.0"
+    assert scgexp.data.read_landmark_genes(gctx, id_column="rid") == ["r1", "r2", "r3"]

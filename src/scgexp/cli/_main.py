@@ -399,16 +399,30 @@ def _training_options(command):
     return command
 
 
+_WORDS = {"true": True, "false": False, "none": None, "null": None}  # YAML's and JSON's too
+
+
 def _model_arguments(values: tuple[str, ...]) -> dict:
-    """``NAME=VALUE`` pairs as keyword arguments: VALUE as a Python literal, else as text."""
+    """``NAME=VALUE`` pairs as keyword arguments: VALUE as a Python literal, else as text.
+
+    ``true``/``false``/``none`` in any case are the Python values (as text, ``"false"`` would
+    count as true).
+    """
     arguments = {}
     for value in values:
         name, sep, text = value.partition("=")
         if not sep or not name.isidentifier():
             raise click.BadParameter(f"{value!r} is not NAME=VALUE, e.g. n_hidden=1000.")
+        if name in ("adata", "mdata", "registry"):
+            raise click.BadParameter(
+                f"{name} is set by scgexp fit from INPUT, not by --model-arg."
+            )
+        if text.strip().lower() in _WORDS:
+            arguments[name] = _WORDS[text.strip().lower()]
+            continue
         try:
             arguments[name] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             arguments[name] = text  # e.g. loss=gaussian
     return arguments
 

@@ -1077,11 +1077,12 @@ _SET_FROM_THE_DATA = {
 }
 
 
-def check_architecture(dropout_rate: float, **sizes) -> None:
+def check_architecture(dropout_rate: float, loading: bool = False, **sizes) -> None:
     """Refuse layer sizes and counts that are not positive whole numbers, and bad dropout rates.
 
     Torch built zero-width or missing layers from such sizes without a word; a dropout rate
-    must lie in [0, 1).
+    must lie in [0, 1). ``loading``: a saved model is rebuilt as it was (models saved before
+    this check still load).
 
     Examples
     --------
@@ -1090,6 +1091,8 @@ def check_architecture(dropout_rate: float, **sizes) -> None:
     ...
     scgexp.data._checks.InputError: n_layers must be a positive whole number, not 0.
     """
+    if loading:
+        return
     for name, value in sizes.items():
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import os
 from pathlib import Path
 
 import h5py
@@ -36,11 +37,11 @@ def _metadata_missing_as_nan(table: pd.DataFrame) -> pd.DataFrame:
     return table.mask(table.isin(["-666", "-666.0", -666]))
 
 
-def _file_start(path: str, compression: str | None) -> bytes:
-    """The first 4 bytes of the file (decompressed with ``compression``)."""
+def _file_start(path: str, compression: str | None, size: int = 4) -> bytes:
+    """The first ``size`` bytes of the file (decompressed with ``compression``)."""
     opener = gzip.open if compression else open
     with opener(path, "rb") as handle:
-        return handle.read(4)
+        return handle.read(size)
 
 
 def read_gct(path: str) -> AnnData:
@@ -209,22 +210,35 @@ def _gctx_metadata(handle: h5py.File, side: str, path: str) -> pd.DataFrame:
     return pd.DataFrame(columns, index=pd.Index(ids.astype(str)))
 
 
-def is_gct_or_gctx(path: str) -> bool:
-    """Whether the file (gzipped or not) starts as a GCT or GCTX file does."""
+def is_gct_or_gctx(path) -> bool:
+    """Whether ``path`` is a local file (gzipped or not) that starts as GCT or GCTX files do.
+
+    URLs and open files are not (pandas reads those).
+    """
+    if not isinstance(path, str | os.PathLike) or not Path(path).is_file():
+        return False
     compression = "gzip" if _file_start(path, None).startswith(b"\x1f\x8b") else None
-    return _file_start(path, compression).startswith((b"\x89HDF", b"#1.2", b"#1.3"))
+    start = _file_start(path, compression, size=7).removeprefix(b"\xef\xbb\xbf")  # Excel's BOM
+    return start.startswith((b"\x89HDF", b"#1.2", b"#1.3"))
 
 
 def read_gene_table(path: str) -> pd.DataFrame:
     """The genes (rows) of a GCT or GCTX file and their metadata; a GCTX's matrix is not read.
 
-    Returns a table with the row identifiers in column ``id`` and the row metadata, all as text
-    (-666 as NaN), as ``read_landmark_genes`` reads a ``gene_info`` table.
+    Returns a table with the row identifiers in column ``id`` (``rid`` where a metadata column
+    is named id) and the row metadata, all as text (-666 as NaN), as ``read_landmark_genes``
+    reads a ``gene_info`` table. Whole numbers stay whole (Entrez ID 5720, not 5720.0, also in
+    a column where -666 made the others floats).
     """
     if _file_start(path, None).startswith(b"\x89HDF"):
         with _open_gctx(path) as handle:
             var = _metadata_missing_as_nan(_gctx_metadata(handle, "ROW", path))
     else:
         var = read_gct(path).var
-    text = var.astype(object).where(var.isna(), var.astype(str))  # 1 and "1" alike
-    return text.rename_axis("row_id" if "id" in text else "id").reset_index()
+    text = pd.DataFrame(index=var.index)
+    for name, column in var.items():
+        if column.dtype.kind == "f" and (column.dropna() % 1 == 0).all():
+            column = column.astype("Int64")
+        text[name] = column.astype(str).where(column.notna(), np.nan)  # 1 and "1" alike
+    clash = any(str(name).strip().lower() == "id" for name in text.columns)
+    return text.rename_axis("rid" if clash else "id").reset_index()

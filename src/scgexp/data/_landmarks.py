@@ -95,7 +95,8 @@ def read_landmark_genes(path: str, id_column: str | None = None) -> list[str]:
         file, e.g. a LINCS Level 3 file.
     id_column
         Column with the identifiers to return. Default: ``pr_gene_symbol``, ``gene_symbol`` or
-        ``symbol``, ``pr_gene_id``, ``gene_id``, then (GCT/GCTX) ``id``, the first that exists.
+        ``symbol``, ``pr_gene_id``, ``gene_id``, then (GCT/GCTX) the row identifiers, the first
+        that exists.
 
     Examples
     --------
@@ -116,7 +117,7 @@ def read_landmark_genes(path: str, id_column: str | None = None) -> list[str]:
         if table.empty:
             raise InputError(f"{path}: no row is marked as a landmark in column {column!r}.")
     if id_column is None:
-        names = ("pr_gene_symbol", "gene_symbol", "symbol", "pr_gene_id", "gene_id", "id")
+        names = ("pr_gene_symbol", "gene_symbol", "symbol", "pr_gene_id", "gene_id", "rid", "id")
         candidates = [by_name[n] for n in names if n in by_name]
         if not candidates and table.shape[1] == 1 and "," in str(table.columns[0]):
             raise InputError(
@@ -162,13 +163,14 @@ def select_landmarks(
     most reduces what linear regression on the chosen genes leaves unexplained of all genes
     (the Frobenius norm of the residual). The residual is tracked in the top ``n_components``
     principal axes, so each step costs ``n_components × genes``. Genes whose variation the
-    chosen ones already explain are never picked again; when the axes are used up (a panel
-    larger than the data's rank) the rest of the panel is the most variable other genes. Such a
-    panel predicts the other genes better than random panels of the same size, on simulated
-    bulk and on real single-cell data alike (the DGEX notebook and tests compare them), and
-    does not depend on the genes' units. Memory: with fewer samples than genes the standardised
-    samples × genes matrix is held (float64) for its SVD; otherwise a genes × genes matrix is
-    accumulated a block of rows at a time (20,000 genes: 3.2 GB) and decomposed.
+    chosen ones already explain are never picked again. Such a panel predicts the other genes
+    better than random panels of the same size, on simulated bulk and on real single-cell data
+    alike (the DGEX notebook and tests compare them), and does not depend on the genes' units.
+    Only when the axes are used up (a panel larger than the data's rank or ``n_components``)
+    is the rest of the panel the most variable other genes, in the data's units. Memory: with
+    fewer samples than genes the standardised samples × genes matrix is held (float64) for its
+    SVD; otherwise a genes × genes matrix is accumulated a block of rows at a time (20,000
+    genes: 3.2 GB) and decomposed.
 
     Parameters
     ----------
@@ -194,8 +196,15 @@ def select_landmarks(
     >>> panel = scgexp.data.select_landmarks(adata, n_landmarks=100)
     """
     matrix = get_matrix(adata, layer)
-    if not (isinstance(n_landmarks, int | np.integer) and 0 < n_landmarks < adata.n_vars):
+    if isinstance(n_landmarks, bool) or not (
+        isinstance(n_landmarks, int | np.integer) and 0 < n_landmarks < adata.n_vars
+    ):
         raise InputError(f"n_landmarks must be a whole number from 1 to {adata.n_vars - 1}.")
+    if n_components is not None and (
+        isinstance(n_components, bool)
+        or not (isinstance(n_components, int | np.integer) and n_components > 0)
+    ):
+        raise InputError(f"n_components must be a positive whole number, not {n_components!r}.")
     n_obs, n_vars = matrix.shape
     total = np.zeros(n_vars)
     for block in _float_blocks(matrix):

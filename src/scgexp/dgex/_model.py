@@ -120,7 +120,9 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         **model_kwargs,
     ):
         check_model_arguments(type(self), self._module_cls, model_kwargs)
-        check_architecture(dropout_rate, n_hidden=n_hidden, n_layers=n_layers)
+        check_architecture(
+            dropout_rate, registry is not None, n_hidden=n_hidden, n_layers=n_layers
+        )
         super().__init__(adata, registry)
         state = self.get_state_registry(LANDMARK_REGISTRY_KEY)
         self.landmark_names = pd.Index(state["landmark_names"])

@@ -140,7 +140,11 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
     ):
         check_model_arguments(type(self), self._module_cls, model_kwargs)
         check_architecture(
-            dropout_rate, n_hidden=n_hidden, n_hidden_inner=n_hidden_inner, n_latent=n_latent
+            dropout_rate,
+            registry is not None,
+            n_hidden=n_hidden,
+            n_hidden_inner=n_hidden_inner,
+            n_latent=n_latent,
         )
         check_option("likelihood", likelihood, ("bernoulli", "poisson"))
         check_option("invariance", invariance, (None, "mi", "adversarial", "both"))

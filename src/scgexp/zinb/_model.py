@@ -161,7 +161,13 @@ class ZINBAutoencoder(
                 "gene_likelihood= (scvi-tools' name for it)."
             )
         check_model_arguments(type(self), self._module_cls, model_kwargs, ("gene_likelihood",))
-        check_architecture(dropout_rate, n_hidden=n_hidden, n_latent=n_latent, n_layers=n_layers)
+        check_architecture(
+            dropout_rate,
+            registry is not None,
+            n_hidden=n_hidden,
+            n_latent=n_latent,
+            n_layers=n_layers,
+        )
         if not ridge_lambda >= 0:  # a negative penalty rewards dropout everywhere
             raise InputError(f"ridge_lambda must be 0 or more, not {ridge_lambda!r}.")
         super().__init__(adata, registry)

@@ -158,7 +158,7 @@ def select_landmarks(
 ) -> list[str]:
     """Design a landmark panel from data: the genes that best predict all the others.
 
-    Method: greedy column subset selection (Farahat, Ghodsi & Kamel 2011). The genes are
+    Method: greedy column subset selection :cite:p:`Farahat2011`. The genes are
     standardised; one after another, the gene is chosen that, added to those already chosen,
     most reduces what linear regression on the chosen genes leaves unexplained of all genes
     (the Frobenius norm of the residual). The residual is tracked in the top ``n_components``

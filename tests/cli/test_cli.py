@@ -1206,3 +1206,10 @@ def test_fit_takes_model_settings_and_batch_size_and_predict_a_layer(
     )
     assert result.exit_code == 0, result.output
     assert DGEX.load(tmp_path / "fitted_dgex_model").module.skip is None
+
+
+def test_model_arguments_are_python_literals_else_text():
+    from scgexp.cli._main import _model_arguments
+
+    parsed = _model_arguments(("a=1e3", "b=FALSE", "c=None", "d=relu", "e={[]: 1}", "f='x y'"))
+    assert parsed == {"a": 1000.0, "b": False, "c": None, "d": "relu", "e": "{[]: 1}", "f": "x y"}

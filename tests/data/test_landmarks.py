@@ -263,3 +263,17 @@ def test_landmark_tables_from_open_files_bom_gct_and_gctx_ids_with_missing_value
     with pytest.warns(UserWarning, match="1 of 3 landmark rows have no 'pr_gene_id'"):
         assert scgexp.data.read_landmark_genes(gctx) == ["5720", "466"]  # not "5720.0"
     assert scgexp.data.read_landmark_genes(gctx, id_column="rid") == ["r1", "r2", "r3"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"n_landmarks": True}, "n_landmarks must be a whole number"),
+        ({"n_landmarks": 3, "n_components": -1}, "n_components must be a positive whole number"),
+        ({"n_landmarks": 3, "n_components": 1.5}, "n_components must be a positive whole number"),
+    ],
+)
+def test_select_landmarks_refuses_sizes_that_are_not_whole_numbers(arguments, message):
+    adata = scgexp.data.simulate_bulk_expression(n_samples=30, n_landmarks=5, n_targets=10)
+    with pytest.raises(scgexp.data.InputError, match=message):
+        scgexp.data.select_landmarks(adata, key=None, **arguments)

@@ -13,7 +13,8 @@ from lightning.pytorch.callbacks import Callback
 
 from scgexp.data import simulate_bulk_expression, simulate_scatac, simulate_scrna
 from scgexp.model import DGEX, SAILER, ZINBAutoencoder
-from scgexp.train import RestoreBestWeights
+from scgexp.train import RestoreBestWeights, TrainingMixin
+from scgexp.train._callbacks import QUERY_FIRST_EPOCH_CAUSE
 
 
 def _callbacks(model) -> list[RestoreBestWeights]:
@@ -94,7 +95,12 @@ def test_restoring_the_first_epoch_after_several_warns():
     trainer.current_epoch = 4  # four epochs done
     with pytest.warns(UserWarning, match="learning rate may be too high"):
         callback.on_train_end(trainer, pl_module)
-    query = RestoreBestWeights("validation_loss", query=True)  # a frozen scArches query model
+    query_model = SimpleNamespace(_reference_entries={})  # from load_query_data
+    assert TrainingMixin._first_epoch_cause(query_model) == QUERY_FIRST_EPOCH_CAUSE
+    assert TrainingMixin._first_epoch_cause(SimpleNamespace()) is None
+    query = RestoreBestWeights(  # a frozen scArches query model, as TrainingMixin builds it
+        "validation_loss", first_epoch_cause=QUERY_FIRST_EPOCH_CAUSE
+    )
     trainer = _validate(query, pl_module, [1.0, 2.0, 3.0, 4.0])
     trainer.current_epoch = 4
     with pytest.warns(UserWarning, match="new entries may have had little left to learn"):

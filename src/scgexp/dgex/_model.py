@@ -121,7 +121,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
     ):
         check_model_arguments(type(self), self._module_cls, model_kwargs)
         check_architecture(
-            dropout_rate, registry is not None, n_hidden=n_hidden, n_layers=n_layers
+            dropout_rate, loading=registry is not None, n_hidden=n_hidden, n_layers=n_layers
         )
         super().__init__(adata, registry)
         state = self.get_state_registry(LANDMARK_REGISTRY_KEY)

@@ -363,7 +363,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         check_model_arguments(type(self), self._module_cls, module_kwargs)
         check_architecture(
             dropout_rate,
-            registry is not None,
+            loading=registry is not None,
             n_hidden=n_hidden,
             n_latent=n_latent,
             n_layers_encoder=n_layers_encoder,

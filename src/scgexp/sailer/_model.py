@@ -141,7 +141,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         check_model_arguments(type(self), self._module_cls, model_kwargs)
         check_architecture(
             dropout_rate,
-            registry is not None,
+            loading=registry is not None,
             n_hidden=n_hidden,
             n_hidden_inner=n_hidden_inner,
             n_latent=n_latent,

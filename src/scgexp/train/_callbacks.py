@@ -14,6 +14,14 @@ from scgexp._warn import warn_user
 logger = logging.getLogger(__name__)
 
 
+# A frozen scArches query model trains only its new entries: a best first epoch means more
+# often that there was little to learn than a high learning rate.
+QUERY_FIRST_EPOCH_CAUSE = (
+    "The query's new entries may have had little left to learn (the reference already fits "
+    "it), or the learning rate is too high for them: try a lower one (train(lr=...))."
+)
+
+
 class RestoreBestWeights(pl.Callback):
     """Keep the module's weights from the epoch with the best ``monitor`` value, restore at end.
 
@@ -26,24 +34,15 @@ class RestoreBestWeights(pl.Callback):
         name contains "validation", else at the end of each training epoch.
     mode
         ``"min"`` or ``"max"``.
-    query
-        A frozen scArches query model is trained: only its new entries learn, so a best
-        first epoch means more often that there was little to learn than a high learning rate.
     first_epoch_cause
-        The model's own likely cause of a best first epoch, said instead of a high learning
-        rate (e.g. DGEX's ridge start that training cannot improve on).
+        The model's likely cause of a best first epoch, said instead of a high learning rate
+        (e.g. :data:`QUERY_FIRST_EPOCH_CAUSE`, or DGEX's ridge start that training cannot
+        improve on).
     """
 
-    def __init__(
-        self,
-        monitor: str,
-        mode: str = "min",
-        query: bool = False,
-        first_epoch_cause: str | None = None,
-    ):
+    def __init__(self, monitor: str, mode: str = "min", first_epoch_cause: str | None = None):
         super().__init__()
         self.monitor = monitor
-        self.query = query
         self.first_epoch_cause = first_epoch_cause
         self.sign = 1.0 if mode == "min" else -1.0
         self.best_score: float | None = None
@@ -90,11 +89,7 @@ class RestoreBestWeights(pl.Callback):
             )
             if self.best_epoch == 0 and trainer.current_epoch >= 3:
                 cause = self.first_epoch_cause or (
-                    "The query's new entries may have had little left to learn (the reference "
-                    "already fits it), or the learning rate is too high for them: try a lower "
-                    "one (train(lr=...))."
-                    if self.query
-                    else "The learning rate may be too high: try a lower one (train(lr=...))."
+                    "The learning rate may be too high: try a lower one (train(lr=...))."
                 )
                 warn_user(
                     f"{self.monitor} was best after the first epoch and got worse in the "

@@ -18,7 +18,11 @@ from scgexp._warn import warn_user
 from scgexp.data._checks import InputError, cell_positions
 from scgexp.dataloaders import DataMode, DataSplitter
 from scgexp.dataloaders._loaders import in_requested_order
-from scgexp.train._callbacks import KeepReferenceEntries, RestoreBestWeights
+from scgexp.train._callbacks import (
+    QUERY_FIRST_EPOCH_CAUSE,
+    KeepReferenceEntries,
+    RestoreBestWeights,
+)
 from scgexp.train._plans import InvarianceTrainingPlan
 from scgexp.train._trainingplan import TrainingDivergedError, TrainingPlan
 
@@ -156,6 +160,8 @@ class TrainingMixin(UnsupervisedTrainingMixin):
 
     def _first_epoch_cause(self) -> str | None:
         """What a best first epoch most likely means for this model; ``None``: the default."""
+        if getattr(self, "_reference_entries", None) is not None:
+            return QUERY_FIRST_EPOCH_CAUSE
         return None
 
     def train(
@@ -279,7 +285,6 @@ class TrainingMixin(UnsupervisedTrainingMixin):
             restore = RestoreBestWeights(
                 kwargs.get("early_stopping_monitor", "elbo_validation"),
                 mode=kwargs.get("early_stopping_mode", "min"),
-                query=getattr(self, "_reference_entries", None) is not None,
                 first_epoch_cause=self._first_epoch_cause(),
             )
             kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), restore]

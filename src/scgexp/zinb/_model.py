@@ -163,7 +163,7 @@ class ZINBAutoencoder(
         check_model_arguments(type(self), self._module_cls, model_kwargs, ("gene_likelihood",))
         check_architecture(
             dropout_rate,
-            registry is not None,
+            loading=registry is not None,
             n_hidden=n_hidden,
             n_latent=n_latent,
             n_layers=n_layers,

@@ -267,6 +267,14 @@ def test_query_obs_columns_are_checked(zinb, tmp_path):
     query.obs["size_factor"] = np.nan
     with pytest.raises(InputError, match="NaN"):
         zinb.get_normalized_expression(query)
+    # Positive but 0 in float32 (inf counts, then a "lower the learning rate" divergence),
+    # or True read as 1.0.
+    query.obs["size_factor"] = 1e-40
+    with pytest.raises(InputError, match=r"below 1\.2e-38, which float32 cannot divide by"):
+        zinb.get_normalized_expression(query)
+    query.obs["size_factor"] = True
+    with pytest.raises(InputError, match="holds True/False, not size factors"):
+        zinb.get_normalized_expression(query)
 
 
 def _relabelled(data, key: str, value: str):

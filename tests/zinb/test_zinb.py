@@ -403,6 +403,14 @@ def test_bad_options(adata):
         ZINBAutoencoder(adata, gene_likelihood="nb")  # scvi-tools' name: a TypeError
     with pytest.raises(InputError, match="ridge_lambda must be 0 or more"):
         ZINBAutoencoder(adata, ridge_lambda=-1.0)
+    # Settings a likelihood has no use for were accepted, ignored and shown in the summary.
+    with pytest.raises(InputError, match="likelihood='poisson' has no dispersion"):
+        ZINBAutoencoder(adata, likelihood="poisson", dispersion="gene-cell")
+    with pytest.raises(InputError, match="which likelihood='nb' does not have"):
+        ZINBAutoencoder(adata, likelihood="nb", ridge_lambda=1.0)
+    summary = str(ZINBAutoencoder(adata, likelihood="poisson"))
+    assert "dispersion" not in summary
+    assert "ridge" not in summary
     model = ZINBAutoencoder(adata)
     with pytest.raises(ValueError, match="optimizer"):
         model.train(max_epochs=1, optimizer="SGD")
@@ -480,6 +488,11 @@ def test_indices_and_transform_batch_reach_every_output(adata):
     np.testing.assert_allclose(
         model.get_likelihood_parameters(indices=cells)["mean"], params["mean"][cells], rtol=1e-5
     )
+    # scvi-tools' arguments (a TypeError before); the mean of samples is the one value.
+    averaged = model.get_likelihood_parameters(n_samples=3, give_mean=True)
+    np.testing.assert_array_equal(averaged["mean"], params["mean"])
+    with pytest.raises(InputError, match="every sample would be the same"):
+        model.get_likelihood_parameters(n_samples=3)
     # μ decoded as batch_1 is the denoised expression decoded as batch_1.
     as_1 = model.get_normalized_expression(transform_batch="batch_1", return_numpy=True)
     np.testing.assert_allclose(

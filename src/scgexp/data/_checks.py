@@ -20,6 +20,7 @@ from scvi import REGISTRY_KEYS
 
 from scgexp._compat import _MODEL_NAME_KEY
 from scgexp._warn import warn_user
+from scgexp.nn import Invariance
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -622,12 +623,24 @@ def check_size_factors(
                 f"`obs[{key!r}] = obs[{key!r}].where(np.isfinite(obs[{key!r}]) & "
                 f"(obs[{key!r}] > 0), 1.0)`."
             )
-    check_obs_keys(adata, continuous=[key])
-    if np.any(adata.obs[key].to_numpy(float) <= 0):
-        n_bad = int(np.sum(adata.obs[key].to_numpy(float) <= 0))
+    if pd.api.types.is_bool_dtype(adata.obs[key]):
         raise InputError(
-            f"obs[{key!r}] must hold positive size factors; {n_bad} cells have 0 or less "
-            "(e.g. cells without counts: remove them first)."
+            f"obs[{key!r}] holds True/False, not size factors (positive numbers, usually a "
+            "cell's total count over the median total)."
+        )
+    check_obs_keys(adata, continuous=[key])
+    values = adata.obs[key].to_numpy(float)
+    if np.any(values <= 0):
+        raise InputError(
+            f"obs[{key!r}] must hold positive size factors; {int(np.sum(values <= 0))} cells "
+            "have 0 or less (e.g. cells without counts: remove them first)."
+        )
+    tiny = np.finfo(np.float32).tiny  # smaller ones are 0 to the model's float32 arithmetic
+    if np.any(values < tiny):
+        raise InputError(
+            f"obs[{key!r}] has {int(np.sum(values < tiny))} size factors below {tiny:.1e}, "
+            "which float32 cannot divide by; size factors are usually near 1 (a cell's total "
+            "count over the median total)."
         )
 
 
@@ -1126,6 +1139,49 @@ def check_model_arguments(model_cls, module_cls, kwargs: dict, set_by_model=()) 
             )
         if key not in module_names:
             raise InputError(_no_argument(model_cls.__name__, key, names + module_names))
+
+
+#: Invariance arguments a model sets itself, and what sets them.
+_INVARIANCE_SET_BY_MODEL = {
+    "method": "the model's invariance=",
+    "weight": "the model's invariance_weight=",
+    "n_latent": "the model's n_latent=",
+    "n_cats_per_key": "setup_anndata's batch and covariate keys",
+    "n_continuous": "setup_anndata's continuous covariates (depth is always one)",
+}
+
+
+def check_invariance_kwargs(invariance, invariance_kwargs) -> None:
+    """Refuse ``invariance_kwargs`` that :class:`scgexp.nn.Invariance` lacks or would ignore.
+
+    The model sets the penalty's method, weight and sizes itself; what remains (the
+    adversarial weight and the discriminator heads' sizes) concerns the adversary only, so it
+    is refused without one rather than ignored.
+    """
+    if invariance_kwargs is None:
+        return
+    if not isinstance(invariance_kwargs, dict):
+        raise InputError(
+            f"invariance_kwargs must be a dict, not {type(invariance_kwargs).__name__}."
+        )
+    names = [
+        name
+        for name in list(inspect.signature(Invariance.__init__).parameters)[1:]
+        if name not in _INVARIANCE_SET_BY_MODEL
+    ]
+    for key in invariance_kwargs:
+        if key in _INVARIANCE_SET_BY_MODEL:
+            raise InputError(
+                f"invariance_kwargs cannot set {key!r}: {_INVARIANCE_SET_BY_MODEL[key]} does."
+            )
+        if key not in names:
+            raise InputError(_no_argument("invariance_kwargs", key, names))
+    if invariance_kwargs and invariance not in ("adversarial", "both"):
+        raise InputError(
+            f"invariance_kwargs {sorted(invariance_kwargs)} set the adversary, which "
+            f"invariance={invariance!r} does not have: pass invariance='adversarial' or "
+            "'both', or leave them out."
+        )
 
 
 #: Models with ``prepare_query_anndata`` / ``prepare_query_mudata``.

@@ -36,6 +36,7 @@ from scgexp.data._checks import (
     cell_positions,
     check_architecture,
     check_distinct_keys,
+    check_invariance_kwargs,
     check_known_categories,
     check_model_arguments,
     check_obs_keys,
@@ -148,6 +149,8 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         )
         check_option("likelihood", likelihood, ("bernoulli", "poisson"))
         check_option("invariance", invariance, (None, "mi", "adversarial", "both"))
+        if registry is None:  # saved models load as built
+            check_invariance_kwargs(invariance, model_kwargs.get("invariance_kwargs"))
         if not invariance_weight >= 0:
             raise InputError(f"invariance_weight must be 0 or more, not {invariance_weight!r}.")
         super().__init__(adata, registry)
@@ -352,7 +355,8 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         ----------
         max_epochs
             Upper bound on epochs. ``None``: 400 (SAILER's) for up to 5,000 cells, fewer for
-            more cells (``2e6 / n_cells``, at least 50).
+            more cells (``2e6 / n_cells``), but at least the warm-ups and the patience (80 by
+            default, reached from 25,000 cells), so that the KL weight is annealed in full.
         batch_size
             Minibatch size (SAILER: 100–400). The ``"mi"`` penalty compares all pairs of cells
             in a minibatch.
@@ -381,8 +385,6 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         >>> model.train(max_epochs=200, early_stopping=True)
         >>> model.history["elbo_validation"].tail()
         """
-        if max_epochs is None:
-            max_epochs = int(min(400, max(50, round(2e6 / max(self.summary_stats.n_cells, 1)))))
         plan_kwargs = self._plan_settings(
             {
                 "lr": lr,
@@ -392,10 +394,13 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
             },
             plan_kwargs,
         )
+        # (plan_kwargs may set the warm-ups too)
+        warmups = plan_kwargs["n_epochs_warmup"] + (plan_kwargs["n_epochs_kl_warmup"] or 0)
+        if max_epochs is None:
+            max_epochs = int(min(400, round(2e6 / max(self.summary_stats.n_cells, 1))))
+            max_epochs = max(max_epochs, warmups + early_stopping_patience)
         if early_stopping:
             # Longer by the warm-ups' length, over which the rising KL weight worsens the ELBO.
-            # (plan_kwargs may set them too)
-            warmups = plan_kwargs["n_epochs_warmup"] + (plan_kwargs["n_epochs_kl_warmup"] or 0)
             early_stopping_patience += warmups
             early_stopping_patience = min(early_stopping_patience, max_epochs)
         if self._trains_encoder():  # else the KL weight changes nothing

@@ -30,12 +30,16 @@ _PLATEAU_ARGS = (
 
 
 def warn_if_annealing_unfinished(max_epochs: int, plan_kwargs: dict) -> None:
-    """Warn when training ends before the KL weight reaches its full value."""
-    if plan_kwargs.get("kl_cycle_epochs") is not None:
-        return
+    """Warn when training ends before the KL weight (and the invariance penalty) apply in full."""
     warmup = plan_kwargs.get("n_epochs_warmup") or 0
     annealing = plan_kwargs.get("n_epochs_kl_warmup") or 0
-    if max_epochs < warmup + annealing:
+    if max_epochs <= warmup:
+        warn_user(
+            f"max_epochs={max_epochs} ends within the {warmup} reconstruction-only warm-up "
+            "epochs, so the model trains without its KL term or any invariance penalty. "
+            "Train longer or pass train(n_epochs_warmup=...) a smaller value."
+        )
+    elif plan_kwargs.get("kl_cycle_epochs") is None and max_epochs < warmup + annealing:
         warn_user(
             f"max_epochs={max_epochs} ends before the KL weight is full (after {warmup} "
             f"warm-up and {annealing} annealing epochs), so the model ends partly annealed. "

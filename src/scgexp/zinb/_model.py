@@ -170,6 +170,18 @@ class ZINBAutoencoder(
         )
         if not ridge_lambda >= 0:  # a negative penalty rewards dropout everywhere
             raise InputError(f"ridge_lambda must be 0 or more, not {ridge_lambda!r}.")
+        if registry is None:  # settings the likelihood has no use for were ignored
+            if likelihood == "poisson" and dispersion != "gene":
+                raise InputError(
+                    f"likelihood='poisson' has no dispersion, so dispersion={dispersion!r} would "
+                    "be ignored: leave it out, or pick likelihood='nb' or 'zinb'."
+                )
+            if likelihood != "zinb" and ridge_lambda:
+                raise InputError(
+                    f"ridge_lambda penalises the dropout probability, which "
+                    f"likelihood={likelihood!r} does not have: leave it out, or pick "
+                    "likelihood='zinb'."
+                )
         super().__init__(adata, registry)
         n_cats_per_cov = registered_n_cats_per_cov(self.registry_)
         use_size_factor_key = self.registry_["setup_args"].get("size_factor_key") is not None
@@ -195,8 +207,10 @@ class ZINBAutoencoder(
         self._model_summary_string = (
             f"ZINBAutoencoder: {self.summary_stats.n_vars} genes, {n_hidden}-{n_latent}-{n_hidden}"
             f" units ({n_layers} hidden layer(s) per side, {bottleneck} bottleneck), likelihood "
-            f"{likelihood}, dispersion "
-            f"{dispersion}, {self.summary_stats.n_batch} batch(es), ridge {ridge_lambda}"
+            f"{likelihood}"
+            + (f", dispersion {dispersion}" if likelihood != "poisson" else "")
+            + f", {self.summary_stats.n_batch} batch(es)"
+            + (f", ridge {ridge_lambda}" if likelihood == "zinb" else "")
         )
         self.init_params_ = self._get_init_params(locals())
 
@@ -776,6 +790,8 @@ class ZINBAutoencoder(
         *,
         transform_batch: float | str | None = None,
         batch_size: int | None = None,
+        n_samples: int = 1,
+        give_mean: bool = False,
     ) -> dict[str, np.ndarray]:
         """Parameters of each count's fitted distribution.
 
@@ -789,6 +805,10 @@ class ZINBAutoencoder(
             Decode every cell as this batch; ``None``: each cell's own.
         batch_size
             Cells per forward pass.
+        n_samples, give_mean
+            As in scvi-tools' models. The autoencoder is deterministic: the mean of any number
+            of samples (``give_mean=True``) is the one value; several samples without it are
+            refused, since each would be the same.
 
         Returns
         -------
@@ -802,6 +822,12 @@ class ZINBAutoencoder(
         >>> adata.layers["dropout"] = params["dropout"]
         """
         self._check_if_trained(warn=False)
+        if n_samples != 1 and not give_mean:
+            raise InputError(
+                f"n_samples={n_samples!r}: the autoencoder is deterministic, so every sample "
+                "would be the same; leave n_samples at 1 (posterior_predictive_sample draws "
+                "counts)."
+            )
         adata = self._validate_anndata(adata)
         single = isinstance(transform_batch, str | int | float | np.generic)
         if not (transform_batch is None or single):

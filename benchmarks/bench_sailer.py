@@ -132,6 +132,47 @@ def whole_latent_metrics(adata, latent: np.ndarray) -> dict:
     }
 
 
+def run_seeds(dataset: str, methods: list[str], seeds: list[int], cache) -> list[dict]:
+    """Train each method at each training seed (``run_one``, each in its own process).
+
+    Adds the whole-latent metrics to each row and caches it in ``cache`` (JSON, one row per
+    data set, method and seed); returns all cached rows.
+    """
+    adata = load(dataset)
+    rows: list[dict] = []
+    for seed in seeds:
+        for method in methods:
+            result = run_isolated(run_one, dataset, method, seed)
+            result["train_seed"] = seed
+            latent = np.load(latent_path(dataset, method, seed))
+            result.update(whole_latent_metrics(adata, latent))
+            rows = store_result(cache, result, ("dataset", "method", "train_seed"))
+            print(f"{method} seed {seed}: depth R² {result['depth_r2']:.3f}", flush=True)
+    return rows
+
+
+def mean_sd_table(rows: list[dict], methods: list[str], keys: list[tuple[str, str]]) -> list[str]:
+    """Markdown table lines: one row per method, each ``(key, title)`` as mean ± SD over seeds."""
+    lines = [
+        "| method | seeds | " + " | ".join(title for _, title in keys) + " |",
+        "|---|---|" + "---|" * len(keys),
+    ]
+    for method in methods:
+        own = [r for r in rows if r["method"] == method]
+        if not own:
+            continue
+        cells = []
+        for key, _ in keys:
+            values = np.array([r[key] for r in own], dtype=float)
+            digits = 0 if key == "n_latent" else 4 if key == "mi_depth" else 3
+            cells.append(
+                f"{values.mean():.{digits}f}"
+                + (f" ± {values.std(ddof=1):.{digits}f}" if len(values) > 1 and digits else "")
+            )
+        lines.append(f"| {method} | {len(own)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def latent_metrics(adata, latent: np.ndarray) -> dict:
     import scanpy as sc
     import scib_metrics

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-from _common import environment_line, run_isolated, store_result
-from bench_sailer import RESULTS, latent_path, load, run_one, whole_latent_metrics
+from _common import environment_line
+from bench_sailer import RESULTS, mean_sd_table, run_seeds
 
 METHODS = ["SAILER", "PEAKVI", "PEAKVI (n_latent=10)"]
 KEYS = [  # (result key, column title)
@@ -46,22 +45,9 @@ def write_table(rows: list[dict], dataset: str) -> str:
         "",
         environment_line(rows),
         "",
-        "| method | seeds | " + " | ".join(title for _, title in KEYS) + " |",
-        "|---|---|" + "---|" * len(KEYS),
     ]
-    for method in METHODS:
-        own = [r for r in rows if r["method"] == method and r["dataset"] == dataset]
-        if not own:
-            continue
-        cells = []
-        for key, _ in KEYS:
-            values = np.array([r[key] for r in own], dtype=float)
-            digits = 0 if key == "n_latent" else 4 if key == "mi_depth" else 3
-            cells.append(
-                f"{values.mean():.{digits}f}"
-                + (f" ± {values.std(ddof=1):.{digits}f}" if len(values) > 1 and digits else "")
-            )
-        lines.append(f"| {method} | {len(own)} | " + " | ".join(cells) + " |")
+    own = [r for r in rows if r["dataset"] == dataset]
+    lines += mean_sd_table(own, METHODS, KEYS)
     return "\n".join(lines) + "\n"
 
 
@@ -71,16 +57,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="simulated")
     args = parser.parse_args()
     cache = RESULTS / "sailer_latent_width_raw.json"
-    rows: list[dict] = []
-    adata = load(args.dataset)
-    for seed in args.seeds:
-        for method in METHODS:
-            result = run_isolated(run_one, args.dataset, method, seed)
-            result["train_seed"] = seed
-            latent = np.load(latent_path(args.dataset, method, seed))
-            result.update(whole_latent_metrics(adata, latent))
-            rows = store_result(cache, result, ("dataset", "method", "train_seed"))
-            print(f"{method} seed {seed}: {result['mi_depth']:.4f} nats", flush=True)
+    rows = run_seeds(args.dataset, METHODS, args.seeds, cache)
     text = write_table(rows, args.dataset)
     (RESULTS / "sailer_latent_width.md").write_text(text)
     print(text)

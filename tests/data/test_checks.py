@@ -263,3 +263,21 @@ def test_setup_refuses_an_argument_it_does_not_have():
         ZINBAutoencoder.setup_anndata(cases[0][1], layr="counts")
     transfer = {"source_registry": None, "extend_categories": True, "allow_missing_labels": True}
     check_setup_arguments(ZINBAutoencoder.setup_anndata, transfer)
+
+
+def test_setup_refuses_views_before_reading_the_data():
+    """scvi-tools' ``ValueError`` named ``adata`` (also for a MuData), after the count checks."""
+    from scgexp.data import simulate_bulk_expression, simulate_multiome, simulate_scatac
+    from scgexp.model import DGEX, SAILER, MultiVAE, ZINBAutoencoder
+
+    cases = [
+        (ZINBAutoencoder.setup_anndata, simulate_scrna(n_cells=40, n_genes=20), "adata"),
+        (SAILER.setup_anndata, simulate_scatac(n_cells=40, n_peaks=50), "adata"),
+        (DGEX.setup_anndata, simulate_bulk_expression(60, 10, 20), "adata"),
+    ]
+    for setup, data, name in cases:
+        with pytest.raises(InputError, match=rf"a view cannot hold; pass a copy: `{name} = "):
+            setup(data[:30])
+    mdata = simulate_multiome(n_cells=40, n_genes=20, n_peaks=30)
+    with pytest.raises(InputError, match=r"a view cannot hold; pass a copy: `mdata = mdata\["):
+        MultiVAE.setup_mudata(mdata[:30], modalities={"rna_layer": "rna"})

@@ -76,6 +76,8 @@ def test_mosaic_cells_train_on_what_they_have():
     assert np.isfinite(joint).all()
     rna_only = model.get_latent_representation(modality="rna")
     np.testing.assert_array_equal(np.isnan(rna_only).any(1), ~has_rna)
+    # MULTIVI's call: the modality second, by position and by MULTIVI's name.
+    np.testing.assert_array_equal(model.get_latent_representation(None, "expression"), rna_only)
     # Flagged-missing rows are ignored: garbage counts there change neither latent nor loss.
     altered = mdata.copy()
     rna = altered["rna"].X.toarray()

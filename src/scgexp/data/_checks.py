@@ -996,12 +996,13 @@ _NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONL
 _TRANSFER_ARGUMENTS = ("source_registry", "extend_categories", "allow_missing_labels")
 
 
-def check_setup_arguments(setup_method, kwargs: dict) -> None:
-    """Refuse keyword arguments that ``setup_method`` does not have.
+def check_setup_arguments(setup_method, kwargs: dict, data=None) -> None:
+    """Refuse keyword arguments that ``setup_method`` does not have, and views as ``data``.
 
     Setup methods pass ``**kwargs`` on to scvi-tools for its own transfers of a trained setup;
     anything else raised scvi-tools' ``TypeError``, which names neither the method nor its
-    arguments.
+    arguments. A view (of an AnnData, a MuData or one of its modalities) got scvi-tools'
+    ``ValueError`` naming ``adata``, after every check of the counts had run.
 
     Examples
     --------
@@ -1010,6 +1011,13 @@ def check_setup_arguments(setup_method, kwargs: dict) -> None:
     ...
     scgexp.data._checks.InputError: ZINBAutoencoder.setup_anndata has no argument...
     """
+    views = [data, *getattr(data, "mod", {}).values()] if data is not None else []
+    if any(view.is_view for view in views):
+        name = "mdata" if hasattr(data, "mod") else "adata"
+        raise InputError(
+            f"{setup_method.__qualname__} registers fields in the data, which a view cannot "
+            f"hold; pass a copy: `{name} = {name}[...].copy()`."
+        )
     unknown = [key for key in kwargs if key not in _TRANSFER_ARGUMENTS]
     if not unknown:
         return

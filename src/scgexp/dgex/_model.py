@@ -329,7 +329,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         >>> n_landmarks = scgexp.data.mark_landmarks(adata, landmark_genes)
         >>> scgexp.model.DGEX.setup_anndata(adata, layer="log1p", landmark_key="landmark")
         """
-        check_setup_arguments(cls.setup_anndata, kwargs)
+        check_setup_arguments(cls.setup_anndata, kwargs, adata)
         setup_method_args = cls._get_setup_method_args(**locals())
         check_matrix(adata, layer, allow_empty_cells=True)
         anndata_fields = [

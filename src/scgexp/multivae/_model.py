@@ -594,7 +594,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         ... )
         """
         setup_method_args = cls._get_setup_method_args(**locals())
-        check_setup_arguments(cls.setup_mudata, kwargs)
+        check_setup_arguments(cls.setup_mudata, kwargs, mdata)
         layers = {"rna": rna_layer, "atac": atac_layer, "protein": protein_layer}
         unread = [
             f"{data_type}_layer={layer!r}"
@@ -995,9 +995,9 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
     def get_latent_representation(
         self,
         adata: MuData | None = None,
+        modality: Literal["rna", "atac", "protein"] | None = None,
         *,
         indices: Sequence[int] | None = None,
-        modality: Literal["rna", "atac", "protein"] | None = None,
         give_mean: bool = True,
         batch_size: int | None = None,
         return_dist: bool = False,
@@ -1009,13 +1009,13 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         ----------
         adata
             MuData organised like the training data; ``None``: the training data.
-        indices
-            Cells to use; ``None``: all.
         modality
             ``None``: the joint posterior of all the modalities each cell has. ``"rna"``,
             ``"atac"`` or ``"protein"``: the posterior from that modality alone (as for a cell
             that had only it); cells missing it get rows of NaN. MULTIVI's names work too:
-            ``"joint"``, ``"expression"``, ``"accessibility"``.
+            ``"joint"``, ``"expression"``, ``"accessibility"``; second, as in MULTIVI.
+        indices
+            Cells to use; ``None``: all.
         give_mean
             Posterior mean; ``False``: one draw.
         batch_size

@@ -275,7 +275,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         --------
         >>> SAILER.setup_anndata(adata, layer="counts", batch_key="batch")
         """
-        check_setup_arguments(cls.setup_anndata, kwargs)
+        check_setup_arguments(cls.setup_anndata, kwargs, adata)
         setup_method_args = cls._get_setup_method_args(**locals())
         if kwargs.get("source_registry") is None:  # models saved before may repeat one
             check_distinct_keys(setup_method_args["setup_args"])

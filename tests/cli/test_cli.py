@@ -938,6 +938,12 @@ def test_warnings_are_one_line_naming_the_command_s_flags():
             "(On the command line, max_epochs= is --epochs; `scgexp fit` has no flag for "
             "n_epochs_kl_warmup=: use the Python API.)"
         )
+    with pytest.warns(UserWarning, match="warm-up") as record:  # ends inside the warm-up
+        warn_if_annealing_unfinished(2, {"n_epochs_warmup": 10})
+    with click.Context(main.commands["fit"]):
+        assert _with_flags(str(record[0].message)).endswith(
+            "`scgexp fit` has no flag for n_epochs_warmup=: use the Python API.)"
+        )
 
 
 def test_device_errors_point_to_the_device_flags(counts_file, tmp_path, monkeypatch):

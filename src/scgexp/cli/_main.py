@@ -274,7 +274,7 @@ _VALUE_FLAGS = {
     "`adata.to_memory()`": "--data-mode memory",
 }
 # Python arguments that messages about training name and no command has a flag for.
-_PYTHON_ONLY = ("n_epochs_kl_warmup",)
+_PYTHON_ONLY = ("n_epochs_warmup", "n_epochs_kl_warmup")
 # Python calls that messages advise, and the commands that do the same.
 _COMMANDS = {
     ".load_query_data(": ("load_query_data", "scgexp map"),

@@ -696,9 +696,13 @@ def test_model_dir_is_checked_before_training(counts_file, bulk_file, tmp_path, 
 
     monkeypatch.setattr(MODELS["zinb"].cls, "train", no_training)
     out = tmp_path / "z.h5ad"
+    scvi_tools_model = tmp_path / "scvi_model"  # scvi-tools' save without data: model.pt alone
+    scvi_tools_model.mkdir()
+    (scvi_tools_model / "model.pt").write_bytes(b"the user's model")
     cases = [
         (folder, "holds a saved DGEX model, which would be replaced"),
         (out, "--model-dir must differ from --out"),
+        (scvi_tools_model, "holds a model.pt that is not a saved scgexp model"),
     ]
     args = ["fit", "dgex", bulk_file, "--out", tmp_path / "d2.h5ad", "--model-dir", folder]
     result = CliRunner().invoke(main, [str(a) for a in args])
@@ -710,6 +714,7 @@ def test_model_dir_is_checked_before_training(counts_file, bulk_file, tmp_path, 
         )
         assert result.exit_code != 0
         assert message in result.output, result.output
+    assert (scvi_tools_model / "model.pt").read_bytes() == b"the user's model"
     (folder / "attributes.json").write_text("{not json")
     result = CliRunner().invoke(main, ["predict", str(folder), str(bulk_file), "--out", str(out)])
     assert "holds a damaged scgexp model" in result.output

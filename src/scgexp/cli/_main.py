@@ -871,10 +871,15 @@ def _saved_registry(model_dir: Path) -> dict:
 
 def _check_model_dir(folder: Path, output: Path, model_name: str, overwrite: bool) -> None:
     """Before training: ``fit --overwrite`` may replace a saved model of its own kind there."""
-    from scgexp._io import ADATA_FILE, ATTRIBUTES_FILE, MDATA_FILE
+    from scgexp._io import ADATA_FILE, ATTRIBUTES_FILE, MDATA_FILE, MODEL_FILE
 
     if folder.resolve() == output.resolve():  # click refuses an existing file (INPUT)
         raise InputError("--model-dir must differ from --out.")
+    if (folder / MODEL_FILE).exists() and not (folder / ATTRIBUTES_FILE).exists():
+        raise InputError(  # e.g. an scvi-tools model saved without its data: not ours to replace
+            f"{folder} holds a {MODEL_FILE} that is not a saved scgexp model (no "
+            f"{ATTRIBUTES_FILE}), which would be replaced; choose another --model-dir."
+        )
     if (folder / ATTRIBUTES_FILE).exists():
         try:
             saved = _saved_registry(folder)["model_name"]

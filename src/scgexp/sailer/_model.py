@@ -99,9 +99,9 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         ``"mi"``, ``"adversarial"``, ``"both"`` (default) or ``None``. On simulated data with
         depth confounded with batch, the adversary (alone or with ``"mi"``) leaves no depth
         that nearest neighbours can read from the latent, while ``"mi"`` alone leaves more
-        than no penalty (it separates cell types best after ``"both"``); by SAILER's metric,
-        the mean information per dimension, only the two together remove most of it (see the
-        docs' ablation).
+        than no penalty (also on SNARE-seq; it separates cell types best after ``"both"``);
+        by SAILER's metric, the mean information per dimension, only the two together remove
+        most of it (see the docs' ablation).
     invariance_weight
         Weight ``λ`` of the penalty, with the loss written per cell (SAILER's 1 sums the
         ELBO over the minibatch but averages the pairwise term: about 1 / batch size here;

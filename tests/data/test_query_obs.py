@@ -275,6 +275,9 @@ def test_query_obs_columns_are_checked(zinb, tmp_path):
     query.obs["size_factor"] = True
     with pytest.raises(InputError, match="holds True/False, not size factors"):
         zinb.get_normalized_expression(query)
+    del query.obs["size_factor"]
+    with pytest.raises(InputError, match="no column 'size_factor'"):
+        zinb.get_normalized_expression(query)
 
 
 def _relabelled(data, key: str, value: str):

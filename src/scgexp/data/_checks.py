@@ -623,7 +623,7 @@ def check_size_factors(
                 f"`obs[{key!r}] = obs[{key!r}].where(np.isfinite(obs[{key!r}]) & "
                 f"(obs[{key!r}] > 0), 1.0)`."
             )
-    if pd.api.types.is_bool_dtype(adata.obs[key]):
+    if key in adata.obs and pd.api.types.is_bool_dtype(adata.obs[key]):
         raise InputError(
             f"obs[{key!r}] holds True/False, not size factors (positive numbers, usually a "
             "cell's total count over the median total)."

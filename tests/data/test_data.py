@@ -176,7 +176,7 @@ def test_row_and_column_sums_of_float16_counts_do_not_overflow():
         (scgexp.data.simulate_multiome, {"n_proteins": True}, "n_proteins must be a whole"),
         (scgexp.data.simulate_scrna, {"n_genes": True}, "n_genes must be a positive whole"),
         (scgexp.data.simulate_scatac, {"depth_range": (0.1,)}, "must be \\(low, high\\)"),
-        (scgexp.data.simulate_multiome, {"missing_fraction": 1.5}, "between 0 and 1"),
+        (scgexp.data.simulate_multiome, {"missing_fraction": 1.5}, "from 0 to 1"),
     ],
 )
 def test_simulators_refuse_bad_arguments(simulate, kwargs, message):

@@ -277,3 +277,56 @@ def test_select_landmarks_refuses_sizes_that_are_not_whole_numbers(arguments, me
     adata = scgexp.data.simulate_bulk_expression(n_samples=30, n_landmarks=5, n_targets=10)
     with pytest.raises(scgexp.data.InputError, match=message):
         scgexp.data.select_landmarks(adata, key=None, **arguments)
+
+
+def test_gct_and_gene_info_with_latin1_bytes_are_read(tmp_path):
+    gct = tmp_path / "latin1.gct"
+    gct.write_bytes(b"#1.2\n1\t1\nName\tDescription\tS1\ng1\t\xb5 subunit\t1\n")
+    adata = scgexp.data.read_gct(gct)
+    assert adata.var["description"].tolist() == ["\ufffd subunit"]
+    np.testing.assert_array_equal(adata.X, [[1]])
+    table = tmp_path / "gene_info.txt"
+    table.write_bytes(b"pr_gene_symbol\tpr_gene_title\tpr_is_lm\nPSME1\t\xb5 subunit\t1\n")
+    assert scgexp.data.read_landmark_genes(table) == ["PSME1"]
+
+
+@pytest.mark.parametrize("kind", ["row", "column"])
+def test_gct_with_a_repeated_metadata_name_is_refused(tmp_path, kind):
+    path = tmp_path / "x.gct"
+    twice = ("\ttype\t", "\tsymbol\t") if kind == "row" else ("cell", "dose")
+    text = GCT13.replace(*twice)
+    path.write_text(text)
+    with pytest.raises(scgexp.data.InputError, match=rf"{kind} metadata field\(s\) \['"):
+        scgexp.data.read_gct(path)
+
+
+def test_mark_landmarks_keeps_other_columns():
+    adata = anndata.AnnData(
+        np.ones((2, 3)), var=pd.DataFrame({"symbol": ["A", "B", "C"]}, index=["e1", "e2", "e3"])
+    )
+    with pytest.raises(scgexp.data.InputError, match="overwrite the gene_column"):
+        scgexp.data.mark_landmarks(adata, ["A"], key="symbol", gene_column="symbol")
+    with pytest.raises(scgexp.data.InputError, match=r"var\['symbol'\] holds other data"):
+        scgexp.data.mark_landmarks(adata, ["e1"], key="symbol")
+    assert adata.var["symbol"].tolist() == ["A", "B", "C"]
+    scgexp.data.mark_landmarks(adata, ["A"], gene_column="symbol")
+    scgexp.data.mark_landmarks(adata, ["B"], gene_column="symbol")  # a marking is re-marked
+    assert adata.var["landmark"].tolist() == [False, True, False]
+
+
+def test_select_landmarks_refuses_ambiguous_names_too_few_cells_and_constant_data():
+    adata = scgexp.data.simulate_bulk_expression(n_samples=60, n_landmarks=10, n_targets=30)
+    repeated = adata.copy()
+    repeated.var_names = ["g"] * repeated.n_vars
+    with pytest.raises(scgexp.data.InputError, match="pass key= to mark the panel by position"):
+        scgexp.data.select_landmarks(repeated, 5, key=None)
+    with pytest.raises(scgexp.data.InputError, match="2 or more cells or samples, not 1"):
+        scgexp.data.select_landmarks(adata[:1].copy(), 5, key=None)
+    with pytest.raises(scgexp.data.InputError, match="No gene varies"):
+        scgexp.data.select_landmarks(anndata.AnnData(np.ones((10, 6))), 2, key=None)
+    # Two genes vary: a panel of 3 holds those two, never a constant gene.
+    values = np.ones((10, 6))
+    values[:, [1, 4]] = np.random.default_rng(0).normal(size=(10, 2))
+    with pytest.warns(UserWarning, match="Only 2 genes vary"):
+        panel = scgexp.data.select_landmarks(anndata.AnnData(values), 3, key=None)
+    assert sorted(panel) == ["1", "4"]

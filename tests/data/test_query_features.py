@@ -65,6 +65,18 @@ def test_missing_genes_are_named(zinb, tmp_path):
         ZINBAutoencoder.load(tmp_path / "zinb", adata=subset)
 
 
+def test_names_in_another_letter_case_are_told_so(zinb):
+    model, query = zinb
+    upper = query.copy()
+    upper.var_names = upper.var_names.str.upper()
+    with pytest.raises(InputError, match=r"differ in letter case.*str\.upper\(\)"):
+        model.get_latent_representation(upper)
+    other = query.copy()
+    other.var_names = [f"ENSG{i:011d}" for i in range(other.n_vars)]
+    with pytest.raises(InputError, match="gene symbols against Ensembl IDs"):
+        model.get_latent_representation(other)
+
+
 def test_load_refuses_a_view_with_the_fix(zinb, tmp_path):
     model, query = zinb
     model.save(tmp_path / "zinb")

@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+import pytest
 
 import scgexp
 from scgexp.data._simulate import _bulk_parameters
@@ -147,3 +148,22 @@ def test_multiome_missing_halves_and_shared_cell_types():
         distance = ((x[:, None, :] - centres.to_numpy()[None]) ** 2).sum(-1)
         accuracy = (centres.index.to_numpy()[distance.argmin(1)] == types[rows]).mean()
         assert accuracy > 0.9, (name, accuracy)
+
+
+@pytest.mark.parametrize(
+    ("simulator", "kwargs", "message"),
+    [
+        ("simulate_bulk_expression", {"noise_sd": float("nan")}, "noise_sd must be a number"),
+        ("simulate_bulk_expression", {"noise_sd": "0.3"}, "noise_sd must be a number"),
+        ("simulate_scrna", {"library_log_mean": 50}, "library_log_mean must be a number from 0"),
+        ("simulate_scrna", {"library_log_mean": float("nan")}, "library_log_mean must be"),
+        ("simulate_scrna", {"dropout": "0.3"}, "dropout must be a number from 0 to 1"),
+        ("simulate_scrna", {"seed": -1}, "seed must be a non-negative whole number"),
+        ("simulate_scrna", {"seed": 1.5}, "seed must be a non-negative whole number"),
+        ("simulate_scatac", {"depth_range": "ab"}, "depth_range must be"),
+        ("simulate_multiome", {"missing_fraction": True}, "missing_fraction must be a number"),
+    ],
+)
+def test_simulator_arguments_are_checked_by_name(simulator, kwargs, message):
+    with pytest.raises(scgexp.data.InputError, match=message):
+        getattr(scgexp.data, simulator)(**kwargs)

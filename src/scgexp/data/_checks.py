@@ -321,7 +321,8 @@ def check_matrix(
                 )
             if values.size and np.any(values != np.round(values)):
                 raise InputError(f"{where}{name} {_non_integer(values, layer, counts_fix)}")
-        abs_chunk = abs(chunk)
+        # abs(int8 -128) is -128: signed integers as float64 first
+        abs_chunk = abs(chunk.astype(np.float64) if chunk.dtype.kind == "i" else chunk)
         row_sums[offset : offset + chunk.shape[0]] = np.asarray(
             abs_chunk.sum(axis=1, dtype=np.float64)
         ).ravel()
@@ -1307,6 +1308,12 @@ def naming_hint(expected: Sequence[str], present: Sequence[str]) -> str:
             f"{hint}: rename the peaks as the model does, e.g. `adata.var_names = "
             f"adata.var_names.str.replace(r'{pattern}', r'\\1{model[2]}\\2{model[4]}\\3', "
             "regex=True)`."
+        )
+    if {str(name).lower() for name in expected} & {str(name).lower() for name in present}:
+        return (
+            f"{hint}: the names differ in letter case (e.g. mouse 'Cd3e' against human 'CD3E'); "
+            "name them as the model does, e.g. `adata.var_names = adata.var_names.str.upper()` "
+            "when the model's are upper case."
         )
     return f"{hint} (e.g. gene symbols against Ensembl IDs); name them as the model does."
 

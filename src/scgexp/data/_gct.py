@@ -117,10 +117,21 @@ def read_gct(path: str) -> AnnData:
         dtype=str,
         keep_default_na=False,
         quoting=csv.QUOTE_NONE,
+        encoding="utf-8-sig",
+        encoding_errors="replace",  # as the first pass: e.g. a Latin-1 "µ" in a description
     ).iloc[:, :width]
     if raw.empty:
         raise InputError(f"{path} ends after its sizes: line 3 should name the samples.")
     header = raw.iloc[0].tolist()
+    row_fields = header[1 : 1 + n_row_meta]
+    col_fields = raw.iloc[1 : 1 + n_col_meta, 0].tolist()
+    for kind, fields in (("row", row_fields), ("column", col_fields)):
+        repeated = sorted({f for f in fields if fields.count(f) > 1})
+        if repeated:
+            raise InputError(
+                f"{path} names the {kind} metadata field(s) {repeated} more than once; one of "
+                "each would be lost. Rename them in the file so that each name is unique."
+            )
     obs = pd.DataFrame(
         {
             row.iloc[0]: row.iloc[1 + n_row_meta :].to_numpy()
@@ -132,7 +143,7 @@ def read_gct(path: str) -> AnnData:
     var = pd.DataFrame(
         body.iloc[:, 1 : 1 + n_row_meta].to_numpy(),
         index=pd.Index(body.iloc[:, 0].to_numpy(), dtype=str),
-        columns=header[1 : 1 + n_row_meta],
+        columns=row_fields,
     )
     if version == "#1.2":
         var = var.rename(columns=str.lower)  # "Description"

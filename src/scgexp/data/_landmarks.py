@@ -57,6 +57,15 @@ def mark_landmarks(
         )
     if isinstance(genes, str):
         raise InputError(f"genes must be a list of identifiers: [{genes!r}].")
+    if key == gene_column:
+        raise InputError(
+            f"key={key!r} would overwrite the gene_column it matches on; pass another key."
+        )
+    if key in adata.var and not pd.api.types.is_bool_dtype(adata.var[key]):
+        raise InputError(
+            f"var[{key!r}] holds other data ({adata.var[key].dtype}), which the marking would "
+            "replace; pass key= naming another column, or drop that column first."
+        )
     names = (adata.var_names if gene_column is None else adata.var[gene_column]).astype(str)
     wanted = pd.Index(pd.unique(pd.Series(list(genes), dtype=str)))
     is_landmark = np.asarray(pd.Index(names).isin(wanted))
@@ -106,7 +115,9 @@ def read_landmark_genes(path: str, id_column: str | None = None) -> list[str]:
     if is_gct_or_gctx(path):
         table = read_gene_table(path)
     else:
-        table = pd.read_csv(path, sep="\t", dtype=str)
+        table = pd.read_csv(
+            path, sep="\t", dtype=str, encoding="utf-8-sig", encoding_errors="replace"
+        )
     by_name = {str(c).strip().lower(): c for c in table.columns}  # "Symbol", "PR_IS_LM" too
     flags = {"pr_is_lm": {"1", "1.0", "TRUE", "Y"}, "pr_is_lmark": {"Y", "1", "TRUE"}}
     flags["feature_space"] = {"LANDMARK"}
@@ -167,7 +178,8 @@ def select_landmarks(
     better than random panels of the same size, on simulated bulk and on real single-cell data
     alike (the DGEX notebook and tests compare them), and does not depend on the genes' units.
     Only when the axes are used up (a panel larger than the data's rank or ``n_components``)
-    is the rest of the panel the most variable other genes, in the data's units. Memory: with
+    is the rest of the panel the most variable other genes, in the data's units; constant genes
+    are never chosen (the panel is then shorter, with a warning). Memory: with
     fewer samples than genes the standardised samples × genes matrix is held (float64) for its
     SVD; otherwise a genes × genes matrix is accumulated a block of rows at a time (20,000
     genes: 3.2 GB) and decomposed.
@@ -196,6 +208,8 @@ def select_landmarks(
     >>> panel = scgexp.data.select_landmarks(adata, n_landmarks=100)
     """
     matrix = get_matrix(adata, layer)
+    if adata.n_obs < 2:
+        raise InputError(f"A panel needs 2 or more cells or samples, not {adata.n_obs}.")
     if isinstance(n_landmarks, bool) or not (
         isinstance(n_landmarks, int | np.integer) and 0 < n_landmarks < adata.n_vars
     ):
@@ -235,10 +249,24 @@ def select_landmarks(
     outside = np.where(std > 0, n_obs, 0.0) - (loadings**2).sum(0)  # energy beyond the axes
     chosen = _greedy_column_subset(loadings, np.maximum(outside, 0.0), n_landmarks)
     taken = set(chosen)
-    chosen += [g for g in np.argsort(-std, kind="stable") if g not in taken][
-        : n_landmarks - len(chosen)
-    ]
+    varying = [g for g in np.argsort(-std, kind="stable") if std[g] > 0 and g not in taken]
+    chosen += varying[: n_landmarks - len(chosen)]
+    if not chosen:
+        raise InputError("No gene varies across the cells or samples: there is no panel.")
+    if len(chosen) < n_landmarks:
+        warn_user(
+            f"Only {len(chosen)} genes vary in the data, so the panel holds {len(chosen)} genes, "
+            f"not {n_landmarks}: a constant gene predicts nothing."
+        )
     names = adata.var_names[chosen].tolist()
+    if key is None and not adata.var_names.is_unique:
+        shared = sorted(set(names) & set(adata.var_names[adata.var_names.duplicated()]))
+        if shared:
+            raise InputError(
+                f"The panel holds genes whose names repeat in var_names ({shared[:5]}), so the "
+                "names cannot tell them apart; pass key= to mark the panel by position, or call "
+                "adata.var_names_make_unique() first."
+            )
     if key is not None:
         panel = np.isin(np.arange(adata.n_vars), chosen)  # by position
         if key in adata.var and not np.array_equal(adata.var[key].to_numpy(), panel):

@@ -21,14 +21,23 @@ def _names(prefix: str, n: int) -> list[str]:
     return [f"{prefix}{i:05d}" for i in range(n)]
 
 
-def _check_arguments(sizes: dict, fractions: dict | None = None) -> None:
-    """Refuse sizes that are not positive whole numbers and fractions outside [0, 1]."""
+def _check_arguments(sizes: dict, seed, ranges: dict | None = None) -> None:
+    """Refuse bad sizes, seeds and numbers, each by its name.
+
+    Sizes are positive whole numbers, ``seed`` a non-negative whole number or ``None``, and
+    ``ranges`` maps names to ``(value, low, high)``, bounds included.
+    """
     for name, value in sizes.items():
         if isinstance(value, bool) or not (isinstance(value, int | np.integer) and value > 0):
             raise InputError(f"{name} must be a positive whole number, not {value!r}.")
-    for name, value in (fractions or {}).items():
-        if not 0 <= value <= 1:
-            raise InputError(f"{name} must lie between 0 and 1, not {value!r}.")
+    if seed is not None and (
+        isinstance(seed, bool) or not (isinstance(seed, int | np.integer) and seed >= 0)
+    ):
+        raise InputError(f"seed must be a non-negative whole number or None, not {seed!r}.")
+    for name, (value, low, high) in (ranges or {}).items():
+        is_number = isinstance(value, int | float | np.integer | np.floating)
+        if isinstance(value, bool) or not (is_number and low <= value <= high):
+            raise InputError(f"{name} must be a number from {low} to {high}, not {value!r}.")
 
 
 def _bulk_parameters(rng, n_samples, n_genes, n_programs, n_tissues) -> dict[str, np.ndarray]:
@@ -114,10 +123,10 @@ def simulate_bulk_expression(
             "n_targets": n_targets,
             "n_programs": n_programs,
             "n_tissues": n_tissues,
-        }
+        },
+        seed,
+        {"noise_sd": (noise_sd, 0, np.inf)},
     )
-    if noise_sd < 0:
-        raise InputError(f"noise_sd must not be negative, not {noise_sd!r}.")
     rng = np.random.default_rng(seed)
     n_genes = n_landmarks + n_targets
     params = _bulk_parameters(rng, n_samples, n_genes, n_programs, n_tissues)
@@ -217,7 +226,7 @@ def simulate_scrna(
     dropout
         Strength of the extra technical dropout, from 0 (none) to 1.
     library_log_mean
-        Mean of the log library size (8: about 3,000 counts per cell).
+        Mean of the log library size, 0 to 15 (8: about 3,000 counts per cell).
     seed
         Seed of the random generator.
 
@@ -242,7 +251,8 @@ def simulate_scrna(
             "n_batches": n_batches,
             "n_latent": n_latent,
         },
-        {"dropout": dropout},
+        seed,
+        {"dropout": (dropout, 0, 1), "library_log_mean": (library_log_mean, 0, 15)},
     )
     rng = np.random.default_rng(seed)
     cell_type, state = _cell_states(rng, n_cells, n_cell_types, n_latent)
@@ -337,9 +347,15 @@ def simulate_scatac(
             "n_cell_types": n_cell_types,
             "n_batches": n_batches,
             "n_latent": n_latent,
-        }
+        },
+        seed,
     )
-    if len(depth_range) != 2 or not 0 < depth_range[0] <= depth_range[1] <= 1:
+    if (
+        np.ndim(depth_range) != 1
+        or len(depth_range) != 2
+        or not all(isinstance(d, int | float | np.integer | np.floating) for d in depth_range)
+        or not 0 < depth_range[0] <= depth_range[1] <= 1
+    ):
         raise InputError(
             f"depth_range must be (low, high) with 0 < low <= high <= 1, not {depth_range}."
         )
@@ -419,7 +435,8 @@ def simulate_multiome(
             "n_cell_types": n_cell_types,
             "n_batches": n_batches,
         },
-        {"missing_fraction": missing_fraction},
+        seed,
+        {"missing_fraction": (missing_fraction, 0, 1)},
     )
     if isinstance(n_proteins, bool) or not (
         isinstance(n_proteins, int | np.integer) and n_proteins >= 0

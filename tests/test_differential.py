@@ -88,6 +88,34 @@ def test_groups_without_cells_are_skipped_or_refused_by_name(trained):
     assert list(data.obs.columns) == [*adata.obs.columns, "one"]  # nothing else written
 
 
+def test_each_group_against_group2_leaves_group2_out(trained):
+    model, adata = trained
+    categories = list(adata.obs["cell_type"].cat.categories)
+    table = _de(model, adata, group2=categories[0])
+    assert set(table["comparison"]) == {f"{g} vs {categories[0]}" for g in categories[1:]}
+    with pytest.raises(InputError, match=r"No cell has obs\['cell_type'\] == 'unused'"):
+        _de(model, adata, group2="unused")
+
+
+def test_overlapping_or_queried_idx_groups(trained):
+    model, adata = trained
+    types = adata.obs["cell_type"].to_numpy()
+    first, second = adata.obs["cell_type"].cat.categories[:2]
+    in_first, in_second = np.flatnonzero(types == first), np.flatnonzero(types == second)
+    for idx1 in (in_second, np.r_[in_first, in_second]):  # scvi-tools: idx2 wins shared cells
+        with pytest.raises(InputError, match=f"idx1 and idx2 share {len(in_second)} cells"):
+            model.differential_expression(adata, idx1=idx1, idx2=in_second, silent=True)
+    with pytest.raises(InputError, match="idx1 selects every cell"):
+        model.differential_expression(adata, idx1="cell_type == cell_type", silent=True)
+    with pytest.raises(InputError, match="idx2 selects no cells"):
+        model.differential_expression(adata, idx1=in_first, idx2="cell_type == 'x'", silent=True)
+    query = model.differential_expression(
+        adata, idx1=f"cell_type == '{first}'", idx2=f"cell_type == '{second}'", silent=True
+    )
+    positions = model.differential_expression(adata, idx1=in_first, idx2=in_second, silent=True)
+    pd.testing.assert_series_equal(query["raw_mean1"], positions["raw_mean1"])
+
+
 def test_repeated_feature_names_keep_their_rows():
     """Symbols from read_10x_h5 repeat; scvi-tools' FDR step failed on them in "change" mode."""
     import scvi

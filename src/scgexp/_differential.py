@@ -61,13 +61,20 @@ def groups_with_cells(obs: pd.DataFrame, arguments: dict) -> dict:
         )
     for name in ("idx1", "idx2"):
         cells = arguments[name]
-        if cells is not None and not isinstance(cells, str):  # (a string is a query)
+        if isinstance(cells, str):  # a query, e.g. "cell_type == 'B'", as scvi-tools reads it
+            cells = np.flatnonzero(obs.index.isin(obs.query(cells).index))
+        if cells is not None:
             arguments[name] = cell_positions(cells, len(obs), name)
     if arguments["idx1"] is not None:
-        cells = arguments["idx1"]
-        if arguments["idx2"] is None and not isinstance(cells, str):
-            if len(np.unique(cells)) == len(obs):
-                raise InputError("idx1 selects every cell: no others to compare with.")
+        cells, others = np.unique(arguments["idx1"]), arguments["idx2"]
+        if others is None and len(cells) == len(obs):
+            raise InputError("idx1 selects every cell: no others to compare with.")
+        shared = 0 if others is None else len(np.intersect1d(cells, others))
+        if shared:
+            raise InputError(
+                f"idx1 and idx2 share {shared} cells; a cell belongs to one group only (it "
+                "would be counted in idx2 alone). Pass two groups without cells in common."
+            )
         return arguments
     groupby, group1, group2 = arguments["groupby"], arguments["group1"], arguments["group2"]
     if groupby is None:
@@ -86,12 +93,18 @@ def groups_with_cells(obs: pd.DataFrame, arguments: dict) -> dict:
                 f"obs[{groupby!r}] has cells in {len(with_cells)} group only: "
                 "differential expression compares two or more."
             )
+        if group2 is not None and group2 not in with_cells:
+            raise InputError(
+                f"No cell has obs[{groupby!r}] == {group2!r}; groups with cells: "
+                f"{', '.join(repr(g) for g in with_cells)}."
+            )
         if len(with_cells) < len(categories):
             logger.info(
                 "Groups without cells skipped: %s.",
                 ", ".join(str(g) for g in categories if g not in with_cells),
             )
-        return dict(arguments, group1=with_cells)
+        # each group against group2, not group2 against itself
+        return dict(arguments, group1=[g for g in with_cells if g != group2])
     named = [group1] if isinstance(group1, str) or not isinstance(group1, Iterable) else group1
     if group2 is not None and group2 in named:
         raise InputError(

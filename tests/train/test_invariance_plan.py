@@ -10,7 +10,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from scgexp.data import simulate_scatac
+from scgexp.data import InputError, simulate_scatac
 from scgexp.model import SAILER
 from scgexp.train import InvarianceTrainingPlan
 from scgexp.train._plans import warn_if_annealing_unfinished
@@ -83,6 +83,31 @@ def test_gradients_are_clipped_to_the_norm_given(atac):
     # every step was clipped (the loss's gradients are far larger), to the norm, not per entry
     assert max(recorder.norms) <= 1e-2 * (1 + 1e-4)
     assert min(recorder.norms) >= 1e-2 * (1 - 1e-4)
+
+
+def test_gradients_are_clipped_by_value_when_asked(atac):
+    model = SAILER(atac, n_hidden=16, n_latent=4, invariance="both")
+    largest = []
+
+    class _Largest(Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            if optimizer is trainer.optimizers[0]:
+                grads = [p.grad for g in optimizer.param_groups for p in g["params"]]
+                largest.append(max(float(g.abs().max()) for g in grads if g is not None))
+
+    _train(
+        model,
+        max_epochs=1,
+        batch_size=40,
+        n_epochs_warmup=0,
+        callbacks=[_Largest()],
+        gradient_clip_val=1e-3,
+        gradient_clip_algorithm="value",  # Lightning refused the plan's "norm" clipping
+    )
+    assert model.trainer.lightning_module.gradient_clip_algorithm == "value"
+    assert max(largest) == pytest.approx(1e-3)  # each entry at most the value
+    with pytest.raises(InputError, match="'norm' or 'value', not 'max'"):
+        InvarianceTrainingPlan(model.module, gradient_clip_algorithm="max")
 
 
 class _StaleGradients(Callback):

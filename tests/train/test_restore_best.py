@@ -207,3 +207,40 @@ def test_validation_every_second_epoch_is_watched_after_validation():
     assert len(loss) == 4
     best = loss.index[int(np.argmin(loss.to_numpy(dtype=float).ravel()))]
     assert callback.best_epoch == best
+
+
+def test_restore_leaves_out_the_warm_up_and_changes_below_min_delta():
+    model = _train_zinb(
+        early_stopping_patience=10,
+        early_stopping_monitor="validation_loss",
+        early_stopping_warmup_epochs=3,
+    )
+    (callback,) = _callbacks(model)
+    loss = model.history["validation_loss"].to_numpy(dtype=float).ravel()
+    assert callback.best_epoch == 3 + int(loss[3:].argmin())
+    # An improvement smaller than min_delta is none: the epoch kept is the first that gains.
+    huge = _train_zinb(
+        early_stopping_patience=10,
+        early_stopping_monitor="validation_loss",
+        early_stopping_min_delta=1e9,
+    )
+    (callback,) = _callbacks(huge)
+    assert callback.best_epoch == 0
+
+
+def test_multivae_restores_no_epoch_of_its_kl_annealing():
+    from scgexp.data import simulate_multiome
+    from scgexp.model import MultiVAE
+
+    mdata = simulate_multiome(n_cells=150, n_genes=30, n_peaks=40, seed=0)
+    MultiVAE.setup_mudata(
+        mdata, batch_key="batch", modalities={"rna_layer": "rna", "atac_layer": "atac"}
+    )
+    model = MultiVAE(mdata, n_hidden=16, n_latent=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(max_epochs=6, n_epochs_kl_warmup=4, enable_progress_bar=False)
+    (callback,) = _callbacks(model)
+    assert callback.warmup_epochs == 4
+    loss = model.history["validation_loss"].to_numpy(dtype=float).ravel()
+    assert callback.best_epoch == 4 + int(loss[4:].argmin())

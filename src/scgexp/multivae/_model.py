@@ -866,7 +866,9 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
             Minibatch size.
         early_stopping
             Stop when the validation loss has not improved for ``early_stopping_patience``
-            epochs and restore the weights of the best epoch.
+            epochs and restore the weights of the best epoch, counting only the epochs after
+            the KL warm-up (whose rising KL weight worsens the loss; scvi-tools'
+            ``early_stopping_warmup_epochs``, which may be passed to change it).
         early_stopping_patience
             Epochs without improvement before stopping.
         lr, weight_decay
@@ -918,6 +920,8 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         if self._trains_encoder():  # else the KL weight changes nothing
             warn_if_annealing_unfinished(max_epochs, plan_kwargs)
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
+        warmups = plan_kwargs.get("n_epochs_warmup", 0) + (plan_kwargs["n_epochs_kl_warmup"] or 0)
+        trainer_kwargs.setdefault("early_stopping_warmup_epochs", warmups)
         return super().train(
             max_epochs=max_epochs,
             batch_size=batch_size,

@@ -92,6 +92,9 @@ class InvarianceInputs(NamedTuple):
 def pairwise_gaussian_kl(mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
     """Mean ``KL(N(μ_i, σ_i²) ‖ N(μ_j, σ_j²))`` over all ordered pairs ``i ≠ j`` of a minibatch.
 
+    (Moyer's and SAILER's code average over all ``n²`` pairs, ``i = j`` included: ``(n − 1) /
+    n`` times this, within 1% from 100 cells a minibatch.)
+
     The posteriors are diagonal Gaussians. Cost ``O(n² d)`` with matrix products, no loop, in
     float32 also under mixed precision (float16 products of sharp posteriors overflow).
 

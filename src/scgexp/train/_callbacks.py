@@ -38,13 +38,28 @@ class RestoreBestWeights(pl.Callback):
         The model's likely cause of a best first epoch, said instead of a high learning rate
         (e.g. :data:`QUERY_FIRST_EPOCH_CAUSE`, or DGEX's ridge start that training cannot
         improve on).
+    warmup_epochs
+        Epochs never restored, as scvi-tools' ``early_stopping_warmup_epochs`` leaves them out
+        of early stopping (e.g. those of KL annealing, whose loss is not the final one's).
+    min_delta
+        Smallest change of ``monitor`` that counts as an improvement
+        (``early_stopping_min_delta``).
     """
 
-    def __init__(self, monitor: str, mode: str = "min", first_epoch_cause: str | None = None):
+    def __init__(
+        self,
+        monitor: str,
+        mode: str = "min",
+        first_epoch_cause: str | None = None,
+        warmup_epochs: int = 0,
+        min_delta: float = 0.0,
+    ):
         super().__init__()
         self.monitor = monitor
         self.first_epoch_cause = first_epoch_cause
         self.sign = 1.0 if mode == "min" else -1.0
+        self.warmup_epochs = int(warmup_epochs)
+        self.min_delta = abs(float(min_delta))
         self.best_score: float | None = None
         self.best_epoch: int | None = None
         self._best_state: dict[str, torch.Tensor] | None = None
@@ -64,10 +79,15 @@ class RestoreBestWeights(pl.Callback):
     def _keep_if_best(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
             return
+        if trainer.current_epoch < self.warmup_epochs:
+            return
         score = float(trainer.callback_metrics[self.monitor])
         if not math.isfinite(score):
             return  # a diverged epoch is never the best one
-        if self.best_score is None or self.sign * score < self.sign * self.best_score:
+        if (
+            self.best_score is None
+            or self.sign * score < self.sign * self.best_score - self.min_delta
+        ):
             self.best_score, self.best_epoch = score, trainer.current_epoch
             self._best_state = copy.deepcopy(pl_module.module.state_dict())
 

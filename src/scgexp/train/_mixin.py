@@ -256,6 +256,8 @@ class TrainingMixin(UnsupervisedTrainingMixin):
         kwargs.setdefault("log_every_n_steps", max(1, min(10, steps)))
         if n_validation == 0:
             # No validation cells: nothing to stop early on or to schedule the learning rate by.
+            # (Lightning asks for validation batches whenever early stopping is on, so a
+            # training monitor fails there too, as in scvi-tools.)
             if kwargs.get("early_stopping"):
                 fix = (
                     "a train_size below 1"
@@ -279,6 +281,8 @@ class TrainingMixin(UnsupervisedTrainingMixin):
             kwargs.get("gradient_clip_val") is not None
         ):  # Lightning cannot clip under manual optimisation: the plan clips itself
             clip = {"gradient_clip_val": kwargs.pop("gradient_clip_val")}
+            if "gradient_clip_algorithm" in kwargs:
+                clip["gradient_clip_algorithm"] = kwargs.pop("gradient_clip_algorithm")
             kwargs["plan_kwargs"] = self._plan_settings(clip, kwargs.get("plan_kwargs"), clip)
         restore = None
         if kwargs.get("early_stopping") and self._restore_best_weights:
@@ -286,6 +290,8 @@ class TrainingMixin(UnsupervisedTrainingMixin):
                 kwargs.get("early_stopping_monitor", "elbo_validation"),
                 mode=kwargs.get("early_stopping_mode", "min"),
                 first_epoch_cause=self._first_epoch_cause(),
+                warmup_epochs=kwargs.get("early_stopping_warmup_epochs", 0),
+                min_delta=kwargs.get("early_stopping_min_delta", 0.0),
             )
             kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), restore]
         if getattr(self, "_reference_entries", None):  # a query model from load_query_data

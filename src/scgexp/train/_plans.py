@@ -92,7 +92,9 @@ class InvarianceTrainingPlan(TrainingPlan):
         of the SAILER benchmark (one seed), ``"both"`` reached a mutual information with read
         depth of 0.022 nats with 1e-2 against 0.032 with 1e-3 (3e-2: 0.028).
     gradient_clip_val
-        Clip the encoder/decoder gradients to this norm; ``None``: no clipping.
+        Clip the encoder/decoder gradients to this norm (or value); ``None``: no clipping.
+    gradient_clip_algorithm
+        ``"norm"`` or ``"value"``, as Lightning's ``Trainer`` takes it.
     **kwargs
         Other :class:`scvi.train.TrainingPlan` arguments (``optimizer``, ``eps``,
         ``max_kl_weight``, ...) and keyword arguments of the module's ``loss``.
@@ -114,8 +116,14 @@ class InvarianceTrainingPlan(TrainingPlan):
         lr_decay: float | None = 0.995,
         discriminator_lr: float | None = None,
         gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
         **kwargs,
     ):
+        if gradient_clip_algorithm not in (None, "norm", "value"):
+            raise InputError(
+                "gradient_clip_algorithm must be 'norm' or 'value', not "
+                f"{gradient_clip_algorithm!r}."
+            )
         plateau = [k for k in _PLATEAU_ARGS if k in kwargs]
         if kwargs.pop("reduce_lr_on_plateau", False) or plateau:
             raise InputError(
@@ -136,6 +144,7 @@ class InvarianceTrainingPlan(TrainingPlan):
         self.lr_decay = lr_decay
         self.discriminator_lr = 10.0 * lr if discriminator_lr is None else discriminator_lr
         self.gradient_clip_val = gradient_clip_val
+        self.gradient_clip_algorithm = gradient_clip_algorithm or "norm"
         self.automatic_optimization = False
         self._batch_in_epoch = 0
 
@@ -230,7 +239,7 @@ class InvarianceTrainingPlan(TrainingPlan):
             self.clip_gradients(
                 optimizer,
                 gradient_clip_val=self.gradient_clip_val * scale,
-                gradient_clip_algorithm="norm",
+                gradient_clip_algorithm=self.gradient_clip_algorithm,
             )
         optimizer.step()
 

@@ -407,6 +407,15 @@ def test_estimate_counts_sparse_bytes_and_auto_threshold(monkeypatch):
     assert splitter_module.resolve_data_mode(manager, "auto", torch.device("cpu")) == "standard"
 
 
+def test_the_training_copy_of_the_data_is_freed_after_training(adata):
+    # On a GPU the in-memory copy lives on the device: kept by model.trainer, it stayed there.
+    model = _zinb(adata, max_epochs=2, data_mode="memory")
+    assert model.trainer.datamodule.store is None
+    model.train(max_epochs=1, data_mode="memory", enable_progress_bar=False)  # loaded again
+    assert len(model.history["train_loss"]) == 3  # (the history goes on)
+    assert model.trainer.datamodule.store is None
+
+
 def test_memory_mode_survives_a_one_cell_last_batch():
     adata = simulate_scrna(n_cells=143, n_genes=50, seed=0)  # 129 training cells
     ZINBAutoencoder.setup_anndata(adata)

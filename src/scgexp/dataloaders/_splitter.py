@@ -168,6 +168,10 @@ class DataSplitter(ScviDataSplitter):
             # Only small in-memory arrays go to the device; streamed blocks follow per batch.
             self.store = TensorStore(self.adata_manager, "cpu", skip_backed=True)
 
+    def teardown(self, stage: str | None = None):
+        """Free the data loaded for training (on a GPU, the whole in-memory copy)."""
+        self.store = None
+
     def _loader(self, indices, shuffle: bool, drop_last: bool):
         cls = InMemoryDataLoader if self.resolved_mode == "memory" else StreamingDataLoader
         extra = self.stream_kwargs if self.resolved_mode == "stream" else {}

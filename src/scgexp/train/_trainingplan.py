@@ -179,12 +179,10 @@ class TrainingPlan(ScviTrainingPlan):
         The same as ``self.log(name, value, on_step=False, on_epoch=True)`` for each value
         (a mean weighted by minibatch size), without Lightning's work on every step.
         """
-        # float32, as Lightning logs them (under bf16-mixed a bf16 sum would lose small terms)
+        # float32, as Lightning logs them (under bf16-mixed a bf16 sum would lose small terms);
+        # Python numbers (the KL weight) stay on the host: a copy to a GPU would wait for it.
         values = {
-            k: v.detach().float()
-            if torch.is_tensor(v)
-            else torch.tensor(v, dtype=torch.float32, device=self.device)
-            for k, v in values.items()
+            k: v.detach().float() if torch.is_tensor(v) else float(v) for k, v in values.items()
         }
         if self.use_sync_dist:  # see compute_and_log_metrics
             for name, value in values.items():

@@ -121,7 +121,9 @@ class ZINBAutoencoderModule(BaseModuleClass):
         self.disp_head = nn.Linear(n_hidden, n_input) if dispersion == "gene-cell" else None
         self.dropout_head = nn.Linear(n_hidden, n_input) if gene_likelihood == "zinb" else None
         # softplus(0.5413) = 1: start from θ = 1.
-        self.px_r = nn.Parameter(torch.full((n_input,), 0.5413)) if dispersion == "gene" else None
+        # (none for Poisson: a parameter without gradients stops DDP)
+        gene_dispersion = dispersion == "gene" and gene_likelihood != "poisson"
+        self.px_r = nn.Parameter(torch.full((n_input,), 0.5413)) if gene_dispersion else None
 
     # -- inputs -------------------------------------------------------------------------------
     def size_factor(self, x: torch.Tensor, size_factor: torch.Tensor | None) -> torch.Tensor:

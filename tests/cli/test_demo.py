@@ -18,6 +18,7 @@ def test_compare_says_which_is_better():
     assert _compare("A", 0.990, "B", 0.986, lower_is_better=True).startswith("A is on par")
     assert _compare("A", 0.90, "B", 0.95, lower_is_better=True).startswith("A is better")
     assert _compare("A", 0.60, "B", 0.70).startswith("A is worse")
+    assert _compare("A", 0.518, "B", 0.496, tolerance=0.05).startswith("A is on par")
 
 
 @pytest.mark.parametrize(
@@ -55,7 +56,8 @@ def test_demo_writes_a_report_whose_figures_exist(tmp_path):
     # Two epochs end at the limit, not by early stopping, and the report says so.
     assert report.count("2 epochs (the epoch limit;") == 4
     assert "early stopping;" not in report
-    assert "Above\nthat floor SAILER's latent holds" in report
+    assert "SAILER's latent holds " in report
+    assert "## SAILER: depth and batch in an scATAC-seq latent space" in report
     assert "The joint latent's ARI is" in report
     figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert len(figures) == 8
@@ -66,3 +68,12 @@ def test_demo_writes_a_report_whose_figures_exist(tmp_path):
     pbmc = anndata.read_h5ad(tmp_path / "pbmc68k_zinb.h5ad")
     assert {"X_zinb", "X_umap"} <= set(pbmc.obsm)
     assert "zinb_denoised" in pbmc.layers
+    # The clusterings scored (best NMI), not the last resolution tried, and named graphs.
+    from sklearn.metrics import normalized_mutual_info_score
+
+    for key in ("zinb", "pca"):
+        assert f"neighbors_{key}_connectivities" in pbmc.obsp
+        nmi = normalized_mutual_info_score(pbmc.obs["cell_type"], pbmc.obs[f"leiden_{key}"])
+        table = "ZINBAutoencoder latent" if key == "zinb" else "PCA of log-normalised"
+        row = re.search(rf"\| {table} \| ([0-9.]+) \|", report)
+        assert f"{nmi:.3f}" == row.group(1)

@@ -42,10 +42,17 @@ def _table(frame: pd.DataFrame) -> str:
     return "\n".join([header, rule, *rows])
 
 
-def _compare(name: str, value: float, other_name: str, other: float, lower_is_better=False) -> str:
-    """A sentence part saying how ``value`` compares with ``other`` (within 1%: on par)."""
+def _compare(
+    name: str,
+    value: float,
+    other_name: str,
+    other: float,
+    lower_is_better: bool = False,
+    tolerance: float = 0.01,
+) -> str:
+    """A sentence part: how ``value`` compares with ``other`` (within ``tolerance``: on par)."""
     gain = (other - value) if lower_is_better else (value - other)
-    if abs(gain) <= 0.01 * max(abs(other), 1e-12):
+    if abs(gain) <= tolerance * max(abs(other), 1e-12):
         return f"{name} is on par with {other_name} ({value:.3f} vs {other:.3f})"
     word = "better" if gain > 0 else "worse"
     return f"{name} is {word} than {other_name} ({value:.3f} vs {other:.3f})"
@@ -70,23 +77,29 @@ def _stopped(model, metric: str) -> str:
 
 
 def _cluster_scores(adata, rep: str, label: str) -> dict[str, float]:
-    """NMI of Leiden clusters at the best resolution (as scib), ARI there, label silhouette."""
-    sc.pp.neighbors(adata, use_rep=rep, key_added=rep)
-    best = (-1.0, 0.0)
+    """NMI of Leiden clusters at the best resolution (as scib), ARI there, label silhouette.
+
+    The neighbour graph is kept as ``neighbors_zinb`` for ``rep="X_zinb"`` (``uns``, ``obsp``),
+    the clustering scored as ``obs["leiden_zinb"]``.
+    """
+    key = rep.removeprefix("X_")
+    sc.pp.neighbors(adata, use_rep=rep, key_added=f"neighbors_{key}")
+    best = (-1.0, 0.0, None)
     for resolution in np.arange(0.2, 2.01, 0.2):
         sc.tl.leiden(
             adata,
             resolution=resolution,
-            neighbors_key=rep,
-            key_added=f"leiden_{rep}",
+            neighbors_key=f"neighbors_{key}",
+            key_added=f"leiden_{key}",
             flavor="igraph",
             n_iterations=2,
             random_state=0,
         )
-        clusters = adata.obs[f"leiden_{rep}"]
+        clusters = adata.obs[f"leiden_{key}"]
         nmi = normalized_mutual_info_score(adata.obs[label], clusters)
         if nmi > best[0]:
-            best = (nmi, adjusted_rand_score(adata.obs[label], clusters))
+            best = (nmi, adjusted_rand_score(adata.obs[label], clusters), clusters.copy())
+    adata.obs[f"leiden_{key}"] = best[2]  # the clustering scored, not the last one tried
     return {
         "NMI": best[0],
         "ARI": best[1],
@@ -95,7 +108,7 @@ def _cluster_scores(adata, rep: str, label: str) -> dict[str, float]:
 
 
 def _umaps(adata, rep: str, colors: list[str], path: Path, title: str) -> None:
-    sc.tl.umap(adata, neighbors_key=rep, random_state=0)
+    sc.tl.umap(adata, neighbors_key=f"neighbors_{rep.removeprefix('X_')}", random_state=0)
     fig, axes = plt.subplots(1, len(colors), figsize=(5.5 * len(colors), 4.5))
     for ax, color in zip(np.atleast_1d(axes), colors, strict=True):
         sc.pl.umap(adata, color=color, ax=ax, show=False, title=f"{title}: {color}", frameon=False)
@@ -201,9 +214,9 @@ def _dgex_section(out: Path, epochs: int | None, accelerator: str) -> str:
         )
     elif mae["DGEX"] > 1.01 * mae["Ridge (CV)"]:
         context = (
-            f"With {n_train} training cells ridge regression is the better predictor here; "
-            "D-GEX's gain over linear regression needs larger training sets: see the DGEX "
-            "benchmark in the documentation."
+            f"With {n_train} training cells ridge regression is the better predictor here "
+            "(whether more cells or more epochs would change that is not tested in this demo; "
+            "the DGEX benchmark in the documentation measures D-GEX on larger training sets)."
         )
     else:
         weakly = (
@@ -213,8 +226,8 @@ def _dgex_section(out: Path, epochs: int | None, accelerator: str) -> str:
         )
         context = (
             f"With {n_train} training cells a deep network has little to add to its linear "
-            f"path (which starts at the ridge solution){weakly}. D-GEX's gain over linear "
-            "regression needs larger training sets: see the DGEX benchmark in the documentation."
+            f"path (which starts at the ridge solution){weakly}. The DGEX benchmark in the "
+            "documentation measures D-GEX against linear regression on larger training sets."
         )
     return f"""## DGEX: {int(targets.sum())} genes from {len(panel)} landmark genes
 
@@ -276,7 +289,7 @@ def _zinb_section(out: Path, epochs: int | None, accelerator: str) -> str:
         )
 
     sim.obsm["X_zinb"] = sim_model.get_latent_representation()
-    sc.pp.neighbors(sim, use_rep="X_zinb", key_added="X_zinb")
+    sc.pp.neighbors(sim, use_rep="X_zinb", key_added="neighbors_zinb")
     _umaps(
         sim,
         "X_zinb",
@@ -299,11 +312,12 @@ def _zinb_section(out: Path, epochs: int | None, accelerator: str) -> str:
             scores.loc["ZINBAutoencoder latent", metric],
             "PCA's",
             scores.loc["PCA of log-normalised", metric],
+            tolerance=0.05,  # one Leiden run on 700 cells: smaller differences are noise
         )
         for metric in ("NMI", "ARI")
     )
     kept = all(
-        scores.loc["ZINBAutoencoder latent", m] >= 0.99 * scores.loc["PCA of log-normalised", m]
+        scores.loc["ZINBAutoencoder latent", m] >= 0.95 * scores.loc["PCA of log-normalised", m]
         for m in ("NMI", "ARI")
     )
     n_latent = adata.obsm["X_zinb"].shape[1]
@@ -326,9 +340,13 @@ clusters of each representation against the {adata.obs["cell_type"].nunique()} c
 
 {_table(scores)}
 
-On these cells {versus_pca}{keeps}. These cells, with the latent (`obsm["X_zinb"]`), its UMAP
-and the denoised values (`layers["zinb_denoised"]`), are in `pbmc68k_zinb.h5ad`
-(`scanpy.read_h5ad`).
+On these cells {versus_pca}{keeps} (differences under 5% are called on par: one Leiden
+clustering of 700 cells varies by about that much). These cells, with the latent
+(`obsm["X_zinb"]`), its UMAP and the denoised values (`layers["zinb_denoised"]`), are in
+`pbmc68k_zinb.h5ad` (`scanpy.read_h5ad`), as are the PCA of the log-normalised counts
+(`obsm["X_pca"]`; `X` holds the counts), each representation's neighbour graph
+(`neighbors_key="neighbors_zinb"`, `"neighbors_pca"`) and the clusterings scored
+(`obs["leiden_zinb"]`, `obs["leiden_pca"]`).
 
 ![ZINB latent](zinb_umap.png)
 
@@ -354,7 +372,7 @@ def _than(value: float, other: float, tolerance: float = 0.001) -> str:
 def _sailer_section(out: Path, epochs: int | None, accelerator: str) -> str:
     adata = scgexp.data.simulate_scatac(n_cells=1500, n_peaks=2000, seed=0)
     adata.obs["log open peaks"] = np.log(np.asarray((adata.X > 0).sum(1)).ravel())  # depth
-    rows, informations, floors = {}, {}, {}
+    rows, informations, floors, shuffles = {}, {}, {}, {}
     for name, kwargs in (
         ("SAILER", {}),
         ("conditional VAE, no invariance", {"invariance": None, "normalize_input": False}),
@@ -367,9 +385,10 @@ def _sailer_section(out: Path, epochs: int | None, accelerator: str) -> str:
         rep = "X_sailer" if name == "SAILER" else "X_cvae"
         adata.obsm[rep] = model.get_latent_representation()
         informations[name] = model.confounder_information()
-        floors[name] = pd.concat(  # the estimator's floor: confounders shuffled, 3 times
+        shuffles[name] = pd.concat(  # the estimator's floor: confounders shuffled, 3 times
             [model.confounder_information(shuffle=True, random_state=r) for r in range(3)], axis=1
-        ).mean(axis=1)
+        )
+        floors[name] = shuffles[name].mean(axis=1)
         rows[name] = {
             **_cluster_scores(adata, rep, "cell_type"),
             **{
@@ -400,14 +419,21 @@ def _sailer_section(out: Path, epochs: int | None, accelerator: str) -> str:
         for name in informations
     }
     sailer, plain = (above[n] for n in ("SAILER", "conditional VAE, no invariance"))
+    # Differences within twice the floor's spread over the shuffles are the estimator's noise.
+    noise = {
+        k: max(0.001, 2 * max(float(shuffles[n].loc[k].std()) for n in shuffles))
+        for k in ("log_open_peaks", "batch")
+    }
     floor = {k: [f"{floors[n][k]:.4f}" for n in floors] for k in ("log_open_peaks", "batch")}
+    depth_than = _than(sailer["log_open_peaks"], plain["log_open_peaks"], noise["log_open_peaks"])
+    batch_than = _than(sailer["batch"], plain["batch"], noise["batch"])
     silhouettes, nmi = scores["cell-type silhouette"], scores["NMI"]
     found = (
         "both find the cell types (NMI above)"
         if nmi.min() > 0.9
         else f"SAILER's cell-type NMI is {nmi.iloc[0]:.2f} against {nmi.iloc[1]:.2f}"
     )
-    return f"""## SAILER: less depth and batch in an scATAC-seq latent space
+    return f"""## SAILER: depth and batch in an scATAC-seq latent space
 
 Simulated scATAC-seq (`scgexp.data.simulate_scatac`, {adata.n_obs:,} cells,
 {adata.n_vars:,} peaks, {adata.obs["cell_type"].nunique()} cell types) in which sequencing depth
@@ -425,11 +451,11 @@ more invariant.
 The estimator returns small positive values even for unrelated variables: with the confounder
 shuffled it gives {" and ".join(floor["log_open_peaks"])} nats for depth and
 {" and ".join(floor["batch"])} for the batch (SAILER, plain VAE; mean of 3 shuffles). Above
-that floor SAILER's latent holds {_than(sailer["log_open_peaks"], plain["log_open_peaks"])}
-the plain VAE's about depth ({sailer["log_open_peaks"]:.4f} against
-{plain["log_open_peaks"]:.4f} nats) and {_than(sailer["batch"], plain["batch"])} it about the
-batch ({sailer["batch"]:.4f} against {plain["batch"]:.4f}); {found}, and SAILER's separates
-them {"more" if silhouettes.iloc[0] > silhouettes.iloc[1] else "less"} tightly (cell-type
+that floor (differences within twice its spread over the shuffles count as "about as
+much") SAILER's latent holds {depth_than} the plain VAE's about depth
+({sailer["log_open_peaks"]:.4f} against {plain["log_open_peaks"]:.4f} nats) and {batch_than} it
+about the batch ({sailer["batch"]:.4f} against {plain["batch"]:.4f}); {found}, and SAILER's
+separates them {"more" if silhouettes.iloc[0] > silhouettes.iloc[1] else "less"} tightly (cell-type
 silhouette {silhouettes.iloc[0]:.2f} vs {silhouettes.iloc[1]:.2f}).
 
 ![SAILER latent](sailer_umap.png)
@@ -466,7 +492,7 @@ def _multivae_section(out: Path, epochs: int | None, accelerator: str) -> str:
         paired, "RNA + ATAC", np.where(mdata.obs["has_rna"], "RNA only", "ATAC only")
     )
     joint.obsm["X_multivae"] = model.get_latent_representation()
-    sc.pp.neighbors(joint, use_rep="X_multivae", key_added="X_multivae")
+    sc.pp.neighbors(joint, use_rep="X_multivae", key_added="neighbors_multivae")
     _umaps(
         joint,
         "X_multivae",
@@ -549,7 +575,6 @@ def run_demo(out_dir: Path, epochs: int | None = None, accelerator: str = "auto"
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    scvi.settings.seed = 0
     sc.settings.verbosity = 0
     start = time.perf_counter()
     sections = []
@@ -560,6 +585,7 @@ def run_demo(out_dir: Path, epochs: int | None = None, accelerator: str = "auto"
         ("MultiVAE", _multivae_section),
     ):
         logger.info("Demo: training %s ...", name)
+        scvi.settings.seed = 0  # each section as it runs alone (also with --epochs)
         sections.append(section(out_dir, epochs, accelerator))
     minutes = (time.perf_counter() - start) / 60
     report = out_dir / "report.md"

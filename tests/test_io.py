@@ -238,6 +238,19 @@ def test_registered_data_changed_after_setup_is_refused(tmp_path):
     )
 
 
+def test_nan_written_into_dgex_data_after_setup_is_refused():
+    # Not counts, so the counts check skipped it: training blamed the learning rate.
+    from scgexp.data import simulate_bulk_expression
+    from scgexp.model import DGEX
+
+    bulk = simulate_bulk_expression(n_samples=100, n_landmarks=10, n_targets=20, seed=0)
+    DGEX.setup_anndata(bulk)
+    model = DGEX(bulk, n_hidden=16)
+    bulk.X[3, 5] = np.inf
+    with pytest.raises(InputError, match=r"X of the data registered .* NaN or infinite"):
+        model.train(max_epochs=1, enable_progress_bar=False)
+
+
 def test_renamed_categories_are_named_with_the_way_back():
     model, adata = _model()
     expected = model.get_normalized_expression(return_numpy=True)

@@ -41,6 +41,7 @@ from scgexp._compat import (
 )
 from scgexp.data._checks import (
     InputError,
+    all_finite,
     changed_obs_keys,
     check_feature_names,
     obs_location,
@@ -477,15 +478,27 @@ class SafeSaveMixin:
         self._check_registered_data()
 
     def _check_registered_data(self) -> None:
-        """scvi-tools checks data once, at setup; refuse counts normalised in place since."""
+        """scvi-tools checks data once, at setup: refuse data changed in place since.
+
+        Counts normalised, or NaN or infinite values written into a matrix that is not counts.
+        """
         for field in self.adata_manager.fields:
             layer_field = getattr(field, "adata_field", field)  # MuData fields wrap one
-            if not getattr(layer_field, "is_count_data", False):
+            is_counts = getattr(layer_field, "is_count_data", None)
+            if is_counts is None:  # not a matrix of features
                 continue
-            if not still_counts(self.adata_manager.get_from_registry(field.registry_key)):
-                place = "X" if layer_field.attr_key is None else f"layer {layer_field.attr_key!r}"
-                if getattr(field, "mod_key", None) is not None:
-                    place = f"modality {field.mod_key!r} {place}"
+            matrix = self.adata_manager.get_from_registry(field.registry_key)
+            place = "X" if layer_field.attr_key is None else f"layer {layer_field.attr_key!r}"
+            if getattr(field, "mod_key", None) is not None:
+                place = f"modality {field.mod_key!r} {place}"
+            if not is_counts:  # (counts are checked for more below)
+                if not all_finite(matrix):
+                    raise InputError(
+                        f"{place} of the data registered with this model holds NaN or infinite "
+                        "values written after setup; fill or drop them, or pass data without."
+                    )
+                continue
+            if not still_counts(matrix):
                 raise InputError(
                     f"{place} of the data registered with this model no longer holds raw "
                     "counts (normalised in place after setup?). Keep the counts in a layer and "

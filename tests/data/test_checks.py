@@ -286,3 +286,20 @@ def test_setup_refuses_views_before_reading_the_data():
 def test_int8_minimum_is_summed_as_its_magnitude():
     row_sums = check_matrix(anndata.AnnData(np.full((2, 3), -128, np.int8)))
     np.testing.assert_array_equal(row_sums, [384, 384])  # an empty-cell test reads these
+
+
+def test_a_column_mixing_text_and_numbers_is_refused_before_setup_writes():
+    from scgexp.model import ZINBAutoencoder
+
+    adata = simulate_scrna(n_cells=60, n_genes=30, seed=0)
+    adata.obs["plate"] = pd.Series([1, "1"] * 30, dtype=object, index=adata.obs_names)
+    columns = list(adata.obs.columns)
+    for kwargs in ({"batch_key": "plate"}, {"categorical_covariate_keys": ["plate"]}):
+        with pytest.raises(InputError, match=r"mixes text and other values \(e\.g\. '1' and 1\)"):
+            ZINBAutoencoder.setup_anndata(adata, layer="counts", **kwargs)
+        assert list(adata.obs.columns) == columns  # scvi-tools' _scvi_batch not written
+    adata.obs["plate"] = adata.obs["plate"].astype("category")
+    with pytest.raises(InputError, match="mixes text and other values"):
+        ZINBAutoencoder.setup_anndata(adata, layer="counts", batch_key="plate")
+    adata.obs["plate"] = pd.Series([np.str_("a"), "b"] * 30, dtype=object, index=adata.obs_names)
+    ZINBAutoencoder.setup_anndata(adata, layer="counts", batch_key="plate")  # all text

@@ -1443,3 +1443,12 @@ def test_differential_abundance_scores_cells_highest_under_their_own_type():
     assert log_probs.shape == (300, mdata.obs["cell_type"].nunique())
     best = log_probs.idxmax(axis=1).to_numpy()
     assert np.mean(best == mdata.obs["cell_type"].to_numpy()) > 0.8
+
+
+def test_repeated_cell_names_are_refused_as_such():
+    mdata = simulate_multiome(n_cells=60, n_genes=30, n_peaks=40, seed=0)
+    for mod in mdata.mod.values():
+        mod.obs_names = [f"c{i // 2}" for i in range(mod.n_obs)]
+    mdata.update()  # mudata leaves obs["batch"] all NaN: the error blamed missing values
+    with pytest.raises(InputError, match=r"cell names \(obs_names\) repeat.*obs_names_make_u"):
+        MultiVAE.setup_mudata(mdata, batch_key="batch", modalities=RNA_ATAC)

@@ -312,3 +312,16 @@ def test_invariance_plan_clips_unscaled_gradients_under_16_mixed():
         losses[scaled] = model.history["train_loss"].to_numpy(dtype=float).ravel()
     np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)
     assert losses[True][-1] < losses[True][0] - 5
+
+
+@pytest.mark.parametrize("name", ["zinb", "dgex", "sailer", "multivae"])
+def test_inference_refuses_a_batch_size_that_is_not_a_positive_whole_number(name):
+    model = _models()[name]()
+    _train_quietly(model, max_epochs=1)
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(InputError, match=r"batch_size must be a positive number of"):
+            model.get_latent_representation(batch_size=bad)
+    assert model.get_latent_representation(batch_size=7).shape[0] == 150
+    if name == "multivae":
+        with pytest.raises(InputError, match="batch_size must be a positive number of cells"):
+            model.predict(model.adata, source="atac", target="rna", batch_size=0)

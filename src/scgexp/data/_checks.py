@@ -171,6 +171,17 @@ def row_and_column_sums(
     return np.concatenate(rows) if rows else np.zeros(0), columns
 
 
+def all_finite(matrix) -> bool:
+    """Whether a matrix (dense, sparse or backed) holds no NaN or infinite value, read in chunks.
+
+    Examples
+    --------
+    >>> all_finite(adata.X)
+    True
+    """
+    return all(np.isfinite(_values(chunk)).all() for chunk in _row_chunks(matrix))
+
+
 def _values(chunk) -> np.ndarray:
     if sparse.issparse(chunk):
         return np.asarray(chunk.data)
@@ -422,6 +433,17 @@ def check_obs_keys(
                     else f": `adata = adata[adata.obs[{key!r}].notna()].copy()`."
                 )
             )
+        # Text and numbers mixed: 1 and "1" print alike but are different groups.
+        labels = values.cat.categories if isinstance(values.dtype, pd.CategoricalDtype) else values
+        uniques = pd.unique(labels.to_numpy()) if labels.dtype == object else []
+        text = [v for v in uniques if isinstance(v, str)]
+        other = [v for v in uniques if not isinstance(v, str)]
+        if text and other:
+            raise InputError(
+                f"{where}obs[{key!r}] mixes text and other values (e.g. {text[0]!r} and "
+                f"{other[0]!r}), which are different groups even where they print alike; make "
+                f"them one type, e.g. `obs[{key!r}] = obs[{key!r}].astype(str)`."
+            )
         if pd.api.types.is_float_dtype(values) and np.any(values != np.round(values)):
             raise InputError(
                 f"{where}obs[{key!r}] holds continuous values, but a batch or categorical "
@@ -519,6 +541,20 @@ def mean_and_scale(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean, std = values.mean(0), values.std(0)
     # (constant columns keep a rounding residue of about 1e-16 × their value)
     return mean, np.where(std > 1e-9 * np.abs(mean), std, 1.0)
+
+
+def check_batch_size(batch_size, unit: str = "cells") -> None:
+    """Refuse a minibatch size that is not a positive whole number (``None`` is the default).
+
+    Examples
+    --------
+    >>> check_batch_size(256)
+    """
+    if batch_size is not None and (
+        isinstance(batch_size, bool)
+        or not (isinstance(batch_size, int | np.integer) and batch_size > 0)
+    ):
+        raise InputError(f"batch_size must be a positive number of {unit}, not {batch_size!r}.")
 
 
 def cell_positions(indices, n_obs: int, name: str = "indices") -> np.ndarray:

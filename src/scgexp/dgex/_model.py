@@ -23,6 +23,7 @@ from scgexp.data._checks import (
     InputError,
     cell_positions,
     check_architecture,
+    check_batch_size,
     check_matrix,
     check_model_arguments,
     check_setup_arguments,
@@ -501,9 +502,8 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
                 f"layer must be a layer name or None, not {type(layer).__name__}. For some "
                 "samples only, pass them as adata, e.g. model.predict(adata[indices])."
             )
+        check_batch_size(batch_size, "samples")
         batch_size = 1024 if batch_size is None else batch_size
-        if batch_size < 1:
-            raise InputError(f"batch_size must be a positive number of samples, not {batch_size}.")
         mode = self._rank_mode(rank_map)
         matrix, positions = self._landmark_matrix(adata, layer, fill_missing)
         landmark_mean = self.module.landmark_mean.cpu().numpy()

@@ -40,6 +40,7 @@ from scgexp.data._checks import (
     batch_code,
     batch_codes,
     check_architecture,
+    check_batch_size,
     check_distinct_keys,
     check_feature_names,
     check_known_categories,
@@ -676,6 +677,17 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         """
         modalities = setup_args["modalities"]
         names = _check_modalities(mdata, modalities)
+        for where, data in [
+            ("MuData", mdata),
+            *((f"modality {n!r}", mdata.mod[n]) for n in names.values()),
+        ]:
+            if not data.obs_names.is_unique:  # (mudata cannot match such cells across modalities)
+                raise InputError(
+                    f"{where}: cell names (obs_names) repeat, so cells cannot be matched across "
+                    "modalities; make them unique, the same name for the same cell in every "
+                    "modality (where the modalities list the cells in the same order: `for mod "
+                    "in mdata.mod.values(): mod.obs_names_make_unique()`), then `mdata.update()`."
+                )
         layers = {m: setup_args.get(_LAYER_ARGS[m]) for m in MODALITIES}
         _check_cells_aligned(mdata, names, query)
         row_sums = {}
@@ -1628,7 +1640,9 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         if obs.index.has_duplicates or frame.index.has_duplicates:
             raise InputError(
                 f"obs[{key!r}] is matched to the source cells by name, but the cell names are "
-                "not unique. Run `mdata.obs_names_make_unique()` (or rename the cells) first."
+                "not unique. Make them unique, the same name for the same cell in every "
+                "modality (e.g. `mod.obs_names_make_unique()` for each modality whose cells "
+                "come in the same order), then `mdata.update()`."
             )
         column = frame[key].reindex(obs.index)  # the source cells' values, matched by name
         if column.isna().any():
@@ -1691,6 +1705,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         self._check_if_trained(warn=False)
         self._check_modality(source, allow_none=False, argument="source")
         self._check_modality(target, allow_none=False, argument="target")
+        check_batch_size(batch_size)
         if source == target:
             raise InputError(
                 "source and target are the same data type; for denoised values of one data type "

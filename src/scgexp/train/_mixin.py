@@ -15,7 +15,7 @@ from scvi.train import SaveCheckpoint, Trainer
 from scgexp._compat import SimpleLogger, validate_data_split
 from scgexp._io import _load_weights, _read_saved_model
 from scgexp._warn import warn_user
-from scgexp.data._checks import InputError, cell_positions
+from scgexp.data._checks import InputError, cell_positions, check_batch_size
 from scgexp.dataloaders import DataMode, DataSplitter
 from scgexp.dataloaders._loaders import in_requested_order
 from scgexp.train._callbacks import (
@@ -59,6 +59,7 @@ class TrainingMixin(UnsupervisedTrainingMixin):
     def _make_data_loader(self, adata, indices=None, batch_size=None, shuffle=False, **kwargs):
         """scvi-tools' inference loader; backed rows come in the order of ``indices``."""
         data = self.adata if adata is None else adata  # None: scvi-tools says what to pass
+        check_batch_size(batch_size)
         if indices is not None and data is not None:
             indices = cell_positions(indices, data.n_obs)
         return in_requested_order(

@@ -335,7 +335,7 @@ class SafeSaveMixin:
                 "to another folder, or move that file away."
             )
         os.makedirs(dir_path, exist_ok=True)
-        attributes = {"attr_dict": self._saved_attributes(), "var_names": self.training_var_names}
+        attributes = {"attr_dict": self._saved_attributes()}
         state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
 
         def write_attributes(path):  # after the weights, whose checksum load() verifies

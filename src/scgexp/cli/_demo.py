@@ -23,6 +23,7 @@ from sklearn.metrics import (
 )
 
 import scgexp
+from scgexp._differential import per_10k
 from scgexp.data._checks import dense
 from scgexp.train import RestoreBestWeights
 
@@ -140,18 +141,8 @@ def _dgex_section(out: Path, epochs: int | None, accelerator: str) -> str:
     ridge_pred = ridge.predict(test.X[:, ~targets].toarray())
     mean_pred = np.broadcast_to(train.X[:, targets].toarray().mean(0), observed.shape)
 
-    def per_gene_r(pred):  # NaN for genes constant in the held-out cells
-        return np.array(
-            [
-                np.corrcoef(pred[:, j], observed[:, j])[0, 1]
-                if observed[:, j].std() > 0
-                else np.nan
-                for j in range(observed.shape[1])
-            ]
-        )
-
     def gene_r(pred):
-        return np.nanmean(per_gene_r(pred))
+        return np.nanmean(_per_gene_r(pred, observed))
 
     scores = pd.DataFrame(
         {
@@ -164,7 +155,7 @@ def _dgex_section(out: Path, epochs: int | None, accelerator: str) -> str:
     )
     mae = scores["MAE (log1p per 10k)"]
     # Genes at the best, upper-quartile, median and lower-quartile per-gene r: typical ones.
-    r = per_gene_r(predicted.X)
+    r = _per_gene_r(predicted.X, observed)
     ranked = np.flatnonzero(np.isfinite(r))[np.argsort(-r[np.isfinite(r)])]
     shown = ranked[[int(q * (len(ranked) - 1)) for q in (0, 0.25, 0.5, 0.75)]]
     fig, axes = plt.subplots(1, 4, figsize=(16, 4))
@@ -505,10 +496,9 @@ def _multivae_section(out: Path, epochs: int | None, accelerator: str) -> str:
     predicted = model.predict(mdata[paired], source="atac", target="rna").X
     gene_r = _rna_prediction_r(predicted, mdata["rna"].X[paired])
     # An oracle for comparison: each cell's cell-type mean of the observed RNA (per 10k).
-    rna = dense(mdata["rna"].X[paired])
-    per_10k = pd.DataFrame(rna / np.maximum(rna.sum(1, keepdims=True), 1) * 1e4)
+    rna_per_10k = pd.DataFrame(per_10k(dense(mdata["rna"].X[paired])))
     types = mdata.obs["cell_type"].to_numpy()[paired]
-    type_means = per_10k.groupby(types).transform("mean").to_numpy()
+    type_means = rna_per_10k.groupby(types).transform("mean").to_numpy()
     oracle_r = _rna_prediction_r(type_means, mdata["rna"].X[paired])
     gain = np.nanmedian(gene_r) - np.nanmedian(oracle_r)
     versus_oracle = (
@@ -572,8 +562,7 @@ def _single_modality_transfer(mdata, latent: np.ndarray, paired: np.ndarray) -> 
             continue
         counts = mdata[modality.lower()].X[has]
         if modality == "RNA":
-            values = dense(counts)
-            log_norm = np.log1p(values / np.maximum(values.sum(1, keepdims=True), 1) * 1e4)
+            log_norm = np.log1p(per_10k(dense(counts)))
             single = sc.pp.pca(log_norm, n_comps=20, random_state=0)
         else:
             tfidf = TfidfTransformer().fit_transform((counts > 0).astype(np.float32))
@@ -595,11 +584,20 @@ def _single_modality_transfer(mdata, latent: np.ndarray, paired: np.ndarray) -> 
 
 def _rna_prediction_r(predicted, counts) -> np.ndarray:
     """Per-gene Pearson r of log1p(predicted per 10k) against log1p(observed counts per 10k)."""
-    counts = dense(counts)
-    observed = np.log1p(counts / np.maximum(counts.sum(1, keepdims=True), 1) * 1e4)
+    observed = np.log1p(per_10k(dense(counts)))
     predicted = np.log1p(np.asarray(predicted))  # MultiVAE.predict gives RNA per 10k counts
+    return _per_gene_r(predicted, observed)
+
+
+def _per_gene_r(predicted, observed) -> np.ndarray:
+    """Pearson r of each column of ``predicted`` with ``observed``'s (NaN if one is constant)."""
     return np.array(
-        [np.corrcoef(predicted[:, g], observed[:, g])[0, 1] for g in range(observed.shape[1])]
+        [
+            np.corrcoef(predicted[:, g], observed[:, g])[0, 1]
+            if observed[:, g].std() > 0 and predicted[:, g].std() > 0
+            else np.nan
+            for g in range(observed.shape[1])
+        ]
     )
 
 

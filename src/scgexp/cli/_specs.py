@@ -160,11 +160,7 @@ def multivae_modalities(mdata, options: dict) -> dict[str, str]:
 
 
 def _setup_multivae(mdata, options: dict) -> None:
-    if options.get("batch_key") is not None and options["batch_key"] not in mdata.obs:
-        raise InputError(
-            f"mdata.obs has no column {options['batch_key']!r} (--batch-key). "
-            f"Available: {', '.join(mdata.obs.columns) or 'none'}."
-        )
+    _require(mdata, options, "batch_key")
     modalities = multivae_modalities(mdata, options)
     layer = options.get("layer")  # the counts layer of each used modality that has it
     with_layer = [arg for arg, mod in modalities.items() if layer in mdata.mod[mod].layers]

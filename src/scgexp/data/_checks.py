@@ -360,19 +360,46 @@ def check_matrix(
     return row_sums
 
 
-def check_setup_counts(adata: AnnData, layer: str | None, query: bool) -> np.ndarray:
-    """:func:`check_matrix` for the counts at an AnnData model's setup.
+def check_count_setup(
+    adata: AnnData,
+    layer: str | None,
+    setup_args: dict,
+    setup_kwargs: dict,
+    continuous: list[str] | None = None,
+    encoder_reads_covariates: bool | None = None,
+) -> bool:
+    """The checks of an AnnData count model's ``setup_anndata``; returns whether it is a query.
 
-    Training data, or with ``query`` new data registered like it: the layer is then the
-    model's, and features may lack counts.
+    ``setup_kwargs`` holds ``source_registry`` when a saved model registers new data like its
+    own (``load(dir, adata=...)``): the layer is then the model's, features may lack counts and
+    categories must be known (or ``extend_categories``).
     """
-    return check_matrix(
+    registry = setup_kwargs.get("source_registry")
+    query = registry is not None
+    if not query:  # models saved before may repeat one
+        check_distinct_keys(setup_args)
+    check_matrix(
         adata,
         layer,
         counts=True,
         allow_empty_features=query or "warn",
         layer_argument=None if query else "layer",
     )
+    categorical = [setup_args["batch_key"], *(setup_args["categorical_covariate_keys"] or [])]
+    check_obs_keys(
+        adata,
+        categorical=[k for k in categorical if k],
+        continuous=continuous,
+        allow_unused_categories=query,
+    )
+    if query:
+        check_known_categories(
+            adata,
+            registry,
+            encoder_reads_covariates=encoder_reads_covariates,
+            allow_new_categories=setup_kwargs.get("extend_categories", False),
+        )
+    return query
 
 
 def _warn_about_categories(sizes: pd.Series, column: str) -> None:

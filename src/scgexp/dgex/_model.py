@@ -582,11 +582,9 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         """Map each gene's values onto the training distribution by rank (quantile mapping)."""
         mapped = np.empty_like(values, dtype=np.float32)
         grid = np.linspace(0.0, 1.0, quantiles.shape[1])
-        n = values.shape[0]
+        fractions = (rankdata(values, method="average", axis=0) - 1) / max(len(values) - 1, 1)
         for j in range(values.shape[1]):
-            ranks = pd.Series(values[:, j]).rank(method="average").to_numpy()
-            fraction = (ranks - 1) / max(n - 1, 1)
-            mapped[:, j] = np.interp(fraction, grid, quantiles[j])
+            mapped[:, j] = np.interp(fractions[:, j], grid, quantiles[j])
         return mapped
 
     @staticmethod
@@ -609,7 +607,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         return_std: bool = False,
         fill_missing: bool = False,
         rank_map: bool | Literal["gene", "sample"] = False,
-        batch_size: int = 1024,
+        batch_size: int | None = None,
     ) -> AnnData:
         """Predict every target gene from the landmark genes of ``adata``.
 
@@ -719,7 +717,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         layer: str | None = None,
         fill_missing: bool = False,
         rank_map: bool | Literal["gene", "sample"] = False,
-        batch_size: int = 1024,
+        batch_size: int | None = None,
         give_mean: bool = True,
     ) -> np.ndarray:
         """Last hidden layer's activations, one row per sample (for ``obsm["X_dgex"]``).

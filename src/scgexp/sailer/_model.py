@@ -35,15 +35,12 @@ from scgexp.data._checks import (
     batch_codes,
     cell_positions,
     check_architecture,
-    check_distinct_keys,
+    check_count_setup,
     check_invariance_kwargs,
-    check_known_categories,
     check_model_arguments,
-    check_obs_keys,
     check_option,
     check_query,
     check_setup_arguments,
-    check_setup_counts,
     feature_positions,
     mean_and_scale,
     registered_n_cats_per_cov,
@@ -278,27 +275,16 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         """
         check_setup_arguments(cls.setup_anndata, kwargs, adata)
         setup_method_args = cls._get_setup_method_args(**locals())
-        if kwargs.get("source_registry") is None:  # models saved before may repeat one
-            check_distinct_keys(setup_method_args["setup_args"])
-        source_registry = kwargs.get("source_registry")  # load(dir, adata=...): a query
-        query = source_registry is not None
-        check_setup_counts(adata, layer, query)
-        categorical = [k for k in [batch_key, *(categorical_covariate_keys or [])] if k]
-        check_obs_keys(
+        query = check_count_setup(
             adata,
-            categorical=categorical,
+            layer,
+            setup_method_args["setup_args"],
+            kwargs,
             continuous=continuous_covariate_keys,
-            allow_unused_categories=query,
+            encoder_reads_covariates=False,
         )
-        if query:
-            check_known_categories(
-                adata,
-                source_registry,
-                encoder_reads_covariates=False,
-                allow_new_categories=kwargs.get("extend_categories", False),
-            )
-        else:
-            for key in categorical:
+        if not query:
+            for key in [k for k in [batch_key, *(categorical_covariate_keys or [])] if k]:
                 if adata.obs[key].nunique() < 2:
                     warn_user(
                         f"obs[{key!r}] has a single category, so there is nothing to remove "

@@ -113,26 +113,26 @@ class TrainingPlan(ScviTrainingPlan):
             kl_weight = self.kl_weight
             self.loss_kwargs.update({"kl_weight": kl_weight})
             self.log("kl_weight", kl_weight, on_step=True, on_epoch=False)
-        _, _, loss_output = self.forward(batch, loss_kwargs=self.loss_kwargs)
-        n_cells = loss_output.n_obs_minibatch
-        self._add_to_epoch_means("train", {"train_loss": loss_output.loss}, n_cells)
-        self.compute_and_log_metrics(loss_output, self.train_metrics, "train")
-        if loss_output.extra_metrics:  # scvi-tools' autotune with scib-metrics reads these
-            self.prepare_scib_autotune(loss_output.extra_metrics, "training")
-        self._log_epoch_at_last_batch("train", batch_idx)
-        return loss_output.loss
+        return self._epoch_mean_step(batch, batch_idx, "train")
 
     def validation_step(self, batch, batch_idx):
         """scvi-tools' validation step, with the loss logged as an epoch mean (see below)."""
         if self.on_step or not self.on_epoch:
             return super().validation_step(batch, batch_idx)
+        self._epoch_mean_step(batch, batch_idx, "validation")
+
+    def _epoch_mean_step(self, batch, batch_idx, mode: str):
+        """Forward a minibatch; add its loss and metrics to the epoch's means."""
         _, _, loss_output = self.forward(batch, loss_kwargs=self.loss_kwargs)
         n_cells = loss_output.n_obs_minibatch
-        self._add_to_epoch_means("validation", {"validation_loss": loss_output.loss}, n_cells)
-        self.compute_and_log_metrics(loss_output, self.val_metrics, "validation")
-        if loss_output.extra_metrics:
-            self.prepare_scib_autotune(loss_output.extra_metrics, "validation")
-        self._log_epoch_at_last_batch("validation", batch_idx)
+        self._add_to_epoch_means(mode, {f"{mode}_loss": loss_output.loss}, n_cells)
+        metrics = self.train_metrics if mode == "train" else self.val_metrics
+        self.compute_and_log_metrics(loss_output, metrics, mode)
+        if loss_output.extra_metrics:  # scvi-tools' autotune with scib-metrics reads these
+            stage = "training" if mode == "train" else "validation"
+            self.prepare_scib_autotune(loss_output.extra_metrics, stage)
+        self._log_epoch_at_last_batch(mode, batch_idx)
+        return loss_output.loss
 
     def compute_and_log_metrics(self, loss_output, metrics, mode: str):
         """Add a minibatch to the epoch's ELBO and extra metrics, logged in its last step.

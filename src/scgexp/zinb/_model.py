@@ -30,15 +30,12 @@ from scgexp.data._checks import (
     InputError,
     batch_codes,
     check_architecture,
-    check_distinct_keys,
-    check_known_categories,
+    check_count_setup,
     check_library_size,
     check_model_arguments,
-    check_obs_keys,
     check_option,
     check_query,
     check_setup_arguments,
-    check_setup_counts,
     check_size_factors,
     feature_positions,
     registered_n_cats_per_cov,
@@ -296,20 +293,9 @@ class ZINBAutoencoder(
         """
         check_setup_arguments(cls.setup_anndata, kwargs, adata)
         setup_method_args = cls._get_setup_method_args(**locals())
-        if kwargs.get("source_registry") is None:  # models saved before may repeat one
-            check_distinct_keys(setup_method_args["setup_args"])
-        query = kwargs.get("source_registry") is not None  # load(dir, adata=...)
-        check_setup_counts(adata, layer, query)
-        categorical = [k for k in [batch_key, *(categorical_covariate_keys or [])] if k]
-        check_obs_keys(adata, categorical=categorical, allow_unused_categories=query)
+        check_count_setup(adata, layer, setup_method_args["setup_args"], kwargs)
         check_size_factors(adata, size_factor_key)
         _warn_if_library_sizes(adata, size_factor_key)
-        if query:
-            check_known_categories(
-                adata,
-                kwargs["source_registry"],
-                allow_new_categories=kwargs.get("extend_categories", False),
-            )
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),

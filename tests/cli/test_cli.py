@@ -560,6 +560,19 @@ def test_fit_log_has_no_library_notices(bulk_file, tmp_path):
     assert "LeafSpec" not in result.stderr
 
 
+def test_an_error_after_seeding_is_one_line(bulk_file, tmp_path):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "scgexp", "fit", "dgex", bulk_file, "--epochs", "1"]
+    command += ["--out", tmp_path / "out.h5ad", "--model-arg", "n_hiden=16"]
+    result = subprocess.run(list(map(str, command)), capture_output=True, text=True, check=False)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines  # "Seed set to 0" came first
+    assert lines[0].startswith("Error: DGEX has no argument 'n_hiden'; did you mean 'n_hidden'?")
+
+
 def test_fit_is_seeded(counts_file, tmp_path):
     # Unseeded, two identical runs trained from different random starts.
     latents = []

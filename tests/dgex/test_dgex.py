@@ -262,6 +262,34 @@ def test_values_outside_the_training_range_warn(bulk, trained):
         trained.get_latent_representation(spiked)
 
 
+def test_whole_numbers_warn_for_a_model_trained_on_other_values(bulk):
+    # Shallow counts lie inside a log1p range, so only their being whole numbers tells.
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(rng.gamma(0.5, 2.0, 120), (400, 120)).astype(np.float32)
+    log_norm = np.log1p(counts / np.maximum(counts.sum(1, keepdims=True), 1) * 1e4)
+    adata = anndata.AnnData(log_norm)  # sparse-like: most genes' lowest value is 0
+    adata.var["landmark"] = np.arange(120) < 30
+    train, test = adata[:300].copy(), adata[300:].copy()
+    DGEX.setup_anndata(train)
+    model = DGEX(train, n_hidden=32)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.predict(test)  # the training units: no warning
+    raw = anndata.AnnData(counts[300:], var=test.var)
+    with pytest.warns(UserWarning, match="all whole numbers .raw counts"):
+        model.predict(raw)
+    # A model trained on whole numbers takes them.
+    whole = bulk[0].copy()
+    whole.X = np.round(np.clip(whole.X, 0, None))
+    DGEX.setup_anndata(whole)
+    model = DGEX(whole, n_hidden=32)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.predict(whole[:50])
+
+
 def test_rank_map_reads_backed_data_in_any_gene_order(bulk, trained, tmp_path):
     _, test = bulk
     expected = trained.predict(test, rank_map=True).X

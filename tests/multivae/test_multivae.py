@@ -151,7 +151,9 @@ def test_refuses_a_modality_no_training_cell_has():
 def test_all_zero_rows_count_as_missing_without_flags():
     mdata = _mdata(missing_fraction=0.3)
     model = _train(mdata)
-    atac_only = model.get_latent_representation(modality="atac")
+    n_without = int((~mdata.obs["has_atac"]).sum())
+    with pytest.warns(UserWarning, match=f"^{n_without} cells have no atac data; their rows are"):
+        atac_only = model.get_latent_representation(modality="atac")
     np.testing.assert_array_equal(np.isnan(atac_only).any(1), ~mdata.obs["has_atac"].to_numpy())
 
 
@@ -218,6 +220,7 @@ def test_predict_both_directions(source, target):
     assert prediction.shape == (60, full[name[target]].n_vars)
     assert list(prediction.var_names) == list(full[name[target]].var_names)
     assert list(prediction.obs_names) == list(query.obs_names)
+    assert prediction.obs["batch"].equals(query.obs["batch"])  # for scanpy's groupby / colour
     assert np.isfinite(prediction.X).all()
     assert (prediction.layers["std"] > 0).all()  # 0: not a spread over posterior draws
     if target == "rna":

@@ -474,7 +474,9 @@ def _multivae_section(out: Path, epochs: int | None, accelerator: str) -> str:
     rows = {}
     for name, modality in (("joint", None), ("RNA encoder", "rna"), ("ATAC encoder", "atac")):
         rep = f"X_{modality or 'joint'}"
-        cells.obsm[rep] = model.get_latent_representation(modality=modality)[paired]
+        cells.obsm[rep] = model.get_latent_representation(
+            modality=modality, indices=np.flatnonzero(paired)
+        )
         rows[name] = _cluster_scores(cells, rep, "cell_type")
     scores = pd.DataFrame(rows).T
     scores.index.name = "latent (paired cells)"

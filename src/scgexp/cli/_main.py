@@ -486,6 +486,8 @@ def main(verbose: bool) -> None:
     if not verbose:  # Lightning advertises its cloud services on every fit
         for package in ("pytorch", "fabric"):
             logging.getLogger(f"lightning.{package}.utilities.rank_zero").addFilter(_no_tips)
+        # "Seed set to 0" came before errors, which are one line (the seed is --seed's)
+        logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
 
 
 def _no_tips(record: logging.LogRecord) -> bool:

@@ -6,6 +6,7 @@ The checks only read: they never modify ``X``, layers or annotations.
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import re
 from numbers import Real
@@ -1098,6 +1099,36 @@ def _no_argument(owner: str, key: str, names: list[str]) -> str:
         + (f"; did you mean {close[0]!r}?" if close else ".")
         + f" Its arguments: {', '.join(names)}."
     )
+
+
+def refuse_unknown_arguments(**hints: str):
+    """Decorate a public method: a keyword it lacks raises :class:`InputError`, not TypeError.
+
+    The message names the closest argument, all of them, and ``hints[keyword]`` where given
+    (what to do instead of an scvi-tools argument this method does not take).
+
+    Examples
+    --------
+    >>> @refuse_unknown_arguments(threshold="Binarise the values yourself, e.g. `values > 0.5`.")
+    ... def get_normalized_accessibility(self, adata=None, *, depth=None): ...
+    """
+
+    def decorate(method):
+        names = [p.name for p in inspect.signature(method).parameters.values() if p.kind in _NAMED]
+        names = names[1:]  # not self
+
+        @functools.wraps(method)
+        def checked(self, *args, **kwargs):
+            for key in kwargs:
+                if key not in names:
+                    owner = f"{type(self).__name__}.{method.__name__}"
+                    hint = f" {hints[key]}" if key in hints else ""
+                    raise InputError(_no_argument(owner, key, names) + hint)
+            return method(self, *args, **kwargs)
+
+        return checked
+
+    return decorate
 
 
 _FEATURES = {"gene_list": "genes", "region_list": "peaks", "protein_list": "proteins"}

@@ -102,7 +102,8 @@ def simulate_bulk_expression(
     noise_sd
         Standard deviation of the independent measurement noise (log2 units).
     seed
-        Random seed.
+        Random seed. It draws the whole system (the response functions too), not only the
+        samples: for training and new data of one system, split one simulation.
 
     Returns
     -------
@@ -228,7 +229,9 @@ def simulate_scrna(
     library_log_mean
         Mean of the log library size, 0 to 15 (8: about 3,000 counts per cell).
     seed
-        Seed of the random generator.
+        Seed of the random generator. It draws the whole simulated system (cell types,
+        programs, batch effects), not only the cells: for training and new data of one
+        system, split one simulation (e.g. ``adata[:800]`` and ``adata[800:]``).
 
     Returns
     -------

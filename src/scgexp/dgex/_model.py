@@ -30,6 +30,7 @@ from scgexp.data._checks import (
     dense,
     get_matrix,
     positions_among,
+    refuse_unknown_arguments,
     take_columns,
 )
 from scgexp.dgex._fields import LANDMARK_REGISTRY_KEY, LandmarkField
@@ -550,11 +551,25 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         from its training mean (other normalisations or platforms), or more than 5% of the
         values lie over a standard deviation outside the training range (e.g. raw counts for
         a model trained on their log). Data in the training units score far below both
-        (``benchmarks/dgex_units_check.py``).
+        (``benchmarks/dgex_units_check.py``). A third: whole numbers only, for a model trained
+        on values that are not (shallow counts, 0-3 per gene, fall inside a log1p range).
         """
         mean = self.module.landmark_mean.cpu().numpy()[used]
         scale = self.module.landmark_scale.cpu().numpy()[used]
         quantiles = self.module.landmark_quantiles.cpu().numpy()[used]
+        highest = quantiles[:, -1]  # a training sample's value (the lowest is often 0)
+        nonzero = landmarks[landmarks != 0]
+        if (
+            np.mean(highest != np.round(highest)) > 0.5
+            and nonzero.size >= 10
+            and np.all(nonzero == np.round(nonzero))
+        ):
+            warn_user(
+                "These landmark values are all whole numbers (raw counts?), but the model was "
+                "trained on values that are not (e.g. log-normalised). Transform them as the "
+                "training data were."
+            )
+            return
         shift = float(np.median(np.abs(landmarks.mean(0) - mean) / scale))
         outside = float(
             np.mean((landmarks > quantiles[:, -1] + scale) | (landmarks < quantiles[:, 0] - scale))
@@ -599,6 +614,11 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         fraction = (rankdata(values, method="average", axis=1) - 1) / (n - 1)
         return np.interp(fraction, np.linspace(0.0, 1.0, n), reference).astype(np.float32)
 
+    @refuse_unknown_arguments(
+        gene_list="predict returns every target gene: select with `result[:, genes]`.",
+        indices="Pass the samples as `adata[indices]`.",
+        return_numpy="The values are the result's `.X`.",
+    )
     @torch.inference_mode()
     def predict(
         self,
@@ -708,6 +728,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
             start += len(landmarks)
         return results
 
+    @refuse_unknown_arguments()
     @torch.inference_mode()
     def get_latent_representation(
         self,

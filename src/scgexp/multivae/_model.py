@@ -58,6 +58,7 @@ from scgexp.data._checks import (
     only_the_type_differs,
     positions_among,
     read_dense,
+    refuse_unknown_arguments,
     registered_n_cats_per_cov,
     row_and_column_sums,
     take_columns,
@@ -78,6 +79,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 logger = logging.getLogger(__name__)
+
+#: What an scvi-tools user's use_z_mean / return_mean does here.
+_POSTERIOR_MEAN = "n_samples=1 decodes the posterior mean; n_samples > 1 averages that many draws."
 
 _LAYER_ARGS = {m: f"{m}_layer" for m in MODALITIES}
 _MODALITY_ARGS = (*_LAYER_ARGS.values(), *_OBS_ARGS)
@@ -1007,6 +1011,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
             outputs = self.module.inference(**inputs, use_modalities=use_modalities)
             yield tensors, outputs
 
+    @refuse_unknown_arguments()
     @torch.inference_mode()
     def get_latent_representation(
         self,
@@ -1060,12 +1065,20 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         use = [modality] if modality is not None else None
         keys = ("qzm", "qzv") if return_dist else ("qzm" if give_mean else "z",)
         latent = {key: [] for key in keys}
+        n_without = 0
         for _, outputs in self._batches(adata, indices, batch_size, use, dataloader):
+            without = ~outputs["masks"][modality].cpu().numpy() if modality else None
             for key in keys:
                 z = outputs[key].cpu().numpy().astype(np.float32)
                 if modality is not None:
-                    z[~outputs["masks"][modality].cpu().numpy()] = np.nan
+                    z[without] = np.nan
                 latent[key].append(z)
+            n_without += int(without.sum()) if modality else 0
+        if n_without:
+            warn_user(
+                f"{n_without} cells have no {modality} data; their rows are NaN, which "
+                "sc.pp.neighbors refuses. The joint latent (modality=None) has every cell."
+            )
         arrays = tuple(np.concatenate(parts) for parts in latent.values())
         return arrays if return_dist else arrays[0]
 
@@ -1125,6 +1138,12 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
             obs_names = obs_names[np.asarray(indices)]
         return pd.DataFrame(values, index=obs_names, columns=names)
 
+    @refuse_unknown_arguments(
+        use_z_mean=_POSTERIOR_MEAN,
+        return_mean=_POSTERIOR_MEAN,
+        n_samples_overall="Choose cells with indices= (e.g. a random subset).",
+        include_protein_background="Proteins come from get_normalized_protein.",
+    )
     def get_normalized_expression(
         self,
         adata: MuData | None = None,
@@ -1175,6 +1194,12 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         values = self._decoded("rna", adata, indices, transform_batch, batch_size, n_samples)
         return self._frame(values * library_size, "rna", gene_list, adata, indices, return_numpy)
 
+    @refuse_unknown_arguments(
+        use_z_mean=_POSTERIOR_MEAN,
+        threshold="Binarise the values yourself, e.g. `values > 0.5`.",
+        normalize_cells="Every cell is already decoded at a typical training cell's depth.",
+        normalize_regions="Region effects are part of the decoded probability.",
+    )
     def get_normalized_accessibility(
         self,
         adata: MuData | None = None,
@@ -1210,6 +1235,10 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         values = self._decoded("atac", adata, indices, transform_batch, batch_size, n_samples)
         return self._frame(values, "atac", region_list, adata, indices, return_numpy)
 
+    @refuse_unknown_arguments(
+        use_z_mean=_POSTERIOR_MEAN,
+        include_protein_background="Mixture values are the foreground (background removed).",
+    )
     def get_normalized_protein(
         self,
         adata: MuData | None = None,
@@ -1653,6 +1682,7 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
             )
         return column
 
+    @refuse_unknown_arguments()
     @torch.inference_mode()
     def predict(
         self,
@@ -1785,9 +1815,9 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
                     squares += delta * (draw - draw_mean)
                 stds.append(torch.sqrt(squares / (n_samples - 1)).cpu().numpy())
         var = pd.DataFrame(index=self._var_names(target).copy())
-        result = AnnData(
-            np.concatenate(means).astype(np.float32), obs=pd.DataFrame(index=obs.index.copy())
-        )
+        if isinstance(mdata_new, MuData) and mdata_new.obs.index.is_unique:
+            obs = mdata_new.obs.reindex(obs.index)  # cell types, batches: for scanpy
+        result = AnnData(np.concatenate(means).astype(np.float32), obs=obs.copy())
         result.var_names = var.index
         if stds:
             result.layers["std"] = np.concatenate(stds).astype(np.float32)

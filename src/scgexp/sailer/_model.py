@@ -43,6 +43,7 @@ from scgexp.data._checks import (
     check_setup_arguments,
     feature_positions,
     mean_and_scale,
+    refuse_unknown_arguments,
     registered_n_cats_per_cov,
     row_and_column_sums,
     warn_outside_training,
@@ -411,6 +412,13 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
             "probabilities, at one depth and batch if asked)."
         )
 
+    @refuse_unknown_arguments(
+        threshold="Binarise the values yourself, e.g. `values > 0.5`.",
+        normalize_cells="depth='median' decodes every cell at one depth (PEAKVI's "
+        "normalize_cells=True); depth=None at each cell's own.",
+        normalize_regions="Region effects are part of the decoded probability.",
+        n_samples="use_z_mean=False decodes one posterior sample per cell.",
+    )
     @torch.inference_mode()
     def get_normalized_accessibility(
         self,

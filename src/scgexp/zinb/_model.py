@@ -38,6 +38,7 @@ from scgexp.data._checks import (
     check_setup_arguments,
     check_size_factors,
     feature_positions,
+    refuse_unknown_arguments,
     registered_n_cats_per_cov,
     row_and_column_sums,
 )
@@ -409,6 +410,7 @@ class ZINBAutoencoder(
             **trainer_kwargs,
         )
 
+    @refuse_unknown_arguments()
     def get_latent_representation(
         self,
         adata: AnnData | None = None,
@@ -449,6 +451,7 @@ class ZINBAutoencoder(
             )
         return self._encoded("z", adata, indices, batch_size)
 
+    @refuse_unknown_arguments()
     @torch.inference_mode()
     def get_reconstruction_error(
         self,
@@ -503,6 +506,7 @@ class ZINBAutoencoder(
         ]
         return np.concatenate(outputs)
 
+    @refuse_unknown_arguments()
     def get_normalized_expression(
         self,
         adata: AnnData | None = None,
@@ -679,6 +683,7 @@ class ZINBAutoencoder(
             representation_fn=self.get_latent_representation if filter_outlier_cells else None,
         )
 
+    @refuse_unknown_arguments()
     def get_feature_correlation_matrix(
         self,
         adata: AnnData | None = None,
@@ -724,6 +729,7 @@ class ZINBAutoencoder(
         )
         return values.corr(method=correlation_type)
 
+    @refuse_unknown_arguments()
     def get_latent_library_size(
         self,
         adata: AnnData | None = None,
@@ -768,6 +774,7 @@ class ZINBAutoencoder(
             "get_normalized_expression() use its denoised values directly."
         )
 
+    @refuse_unknown_arguments()
     @torch.inference_mode()
     def get_likelihood_parameters(
         self,
@@ -852,6 +859,7 @@ class ZINBAutoencoder(
         order = np.unique(positions).searchsorted(positions)  # in scvi-tools' output
         return None if np.array_equal(order, np.arange(len(order))) else order
 
+    @refuse_unknown_arguments()
     def posterior_predictive_sample(
         self,
         adata: AnnData | None = None,

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import scgexp
-from scgexp.data import _checks, _pbmc, _simulate
+from scgexp.data import _checks, _matrix, _pbmc, _simulate
 from scgexp.model import ZINBAutoencoder
 from scgexp.multivae import _module as multivae_module
 from scgexp.nn import _invariance
@@ -26,7 +26,7 @@ EXAMPLES = [
     _checks.check_option,
     _checks.check_setup_arguments,
     _checks.feature_positions,
-    _checks.mean_and_scale,
+    _matrix.mean_and_scale,
     _pbmc.pbmc68k_counts,
     _simulate.simulate_bulk_expression,
     _simulate.simulate_multiome,

@@ -41,7 +41,6 @@ from scgexp._compat import (
 )
 from scgexp.data._checks import (
     InputError,
-    all_finite,
     changed_obs_keys,
     check_feature_names,
     obs_location,
@@ -49,6 +48,7 @@ from scgexp.data._checks import (
     renamed_categories,
     still_counts,
 )
+from scgexp.data._matrix import all_finite
 
 logger = logging.getLogger(__name__)
 

@@ -28,11 +28,10 @@ from scgexp.data._checks import (
     InputError,
     get_matrix,
     naming_hint,
-    positions_among,
     registered_features,
     rename_modalities_hint,
-    row_and_column_sums,
 )
+from scgexp.data._matrix import positions_among, row_and_column_sums
 from scgexp.data._mudata import _rows_at
 
 #: Below this share of the reference's features a query is mapped with a warning (as scvi-tools).

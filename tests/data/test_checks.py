@@ -18,7 +18,8 @@ from scgexp.data import (
     row_and_column_sums,
     simulate_scrna,
 )
-from scgexp.data._checks import check_known_categories, mean_and_scale, still_counts
+from scgexp.data._checks import check_known_categories, still_counts
+from scgexp.data._matrix import mean_and_scale
 
 
 def _adata(values, layer=None):

@@ -24,7 +24,7 @@ from sklearn.metrics import (
 
 import scgexp
 from scgexp._differential import per_10k
-from scgexp.data._checks import dense
+from scgexp.data._matrix import dense
 from scgexp.train import RestoreBestWeights
 
 logger = logging.getLogger(__name__)

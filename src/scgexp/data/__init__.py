@@ -7,10 +7,10 @@ from scgexp.data._checks import (
     check_matrix,
     check_obs_keys,
     check_query,
-    row_and_column_sums,
 )
 from scgexp.data._gct import read_gct, read_gctx
 from scgexp.data._landmarks import mark_landmarks, read_landmark_genes, select_landmarks
+from scgexp.data._matrix import row_and_column_sums
 from scgexp.data._mudata import pad_modalities
 from scgexp.data._pbmc import pbmc68k_counts
 from scgexp.data._simulate import (

@@ -21,14 +21,16 @@ from scvi import REGISTRY_KEYS
 
 from scgexp._compat import _MODEL_NAME_KEY
 from scgexp._warn import warn_user
+from scgexp.data._matrix import (
+    row_chunks,
+    stored_values,
+)
 from scgexp.nn import Invariance
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Sequence
 
     from anndata import AnnData
-
-_CHUNK_ROWS = 10_000
 
 
 class InputError(ValueError):
@@ -61,14 +63,6 @@ def get_matrix(
         )
         raise InputError(f"{where}layer {layer!r} does not exist (layers: {available}). {fix}")
     return adata.layers[layer]
-
-
-def take_columns(matrix, positions: np.ndarray):
-    """``matrix[:, positions]``, also for a backed dense matrix (h5py needs increasing indices)."""
-    if isinstance(matrix, h5py.Dataset):
-        unique, inverse = np.unique(positions, return_inverse=True)
-        return matrix[:, unique][:, inverse]
-    return matrix[:, positions]
 
 
 def check_option(name: str, value, choices: tuple) -> None:
@@ -114,79 +108,6 @@ def _non_integer(values: np.ndarray, layer: str | None, counts_fix: str) -> str:
         f"holds non-integer values (e.g. {example:.4g}: log-normalised data?), but raw counts "
         f"are required. {counts_fix}"
     )
-
-
-def dense(block) -> np.ndarray:
-    """A block of rows as a numpy array (densifies a sparse block)."""
-    return block.toarray() if sparse.issparse(block) else np.asarray(block)
-
-
-def read_dense(matrix) -> np.ndarray:
-    """A whole (small) matrix as a numpy array, read in row chunks, also when backed on disk."""
-    chunks = [dense(chunk) for chunk in _row_chunks(matrix)]
-    return np.vstack(chunks) if chunks else np.zeros(matrix.shape)
-
-
-def _row_chunks(matrix, chunk_rows: int = _CHUNK_ROWS) -> Iterator[np.ndarray | sparse.spmatrix]:
-    for start in range(0, matrix.shape[0], chunk_rows):
-        yield matrix[start : start + chunk_rows]
-
-
-def row_and_column_sums(
-    matrix, binary: bool = False, log1p: bool = False, column_rows: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column sums of a matrix, read in row chunks (in memory or backed on disk).
-
-    Parameters
-    ----------
-    matrix
-        A numpy array, scipy sparse matrix, or a backed AnnData's ``X``.
-    binary
-        Sum ``matrix > 0`` instead of the values (e.g. open peaks per cell).
-    log1p
-        Sum ``log1p(matrix)`` instead of the values.
-    column_rows
-        Boolean mask of the rows that the column sums count (default: all rows). Row sums are
-        returned for every row.
-
-    Returns
-    -------
-    ``(row_sums, column_sums)`` as float64 arrays.
-
-    Examples
-    --------
-    >>> n_open, cells_open = row_and_column_sums(atac.X, binary=True)
-    """
-    rows, columns, start = [], np.zeros(matrix.shape[1]), 0
-    for chunk in _row_chunks(matrix):
-        if binary:
-            chunk = chunk > 0
-        elif log1p:
-            chunk = chunk.log1p() if sparse.issparse(chunk) else np.log1p(chunk)
-        # Sums in float64: float16 counts would round, and overflow to inf past 65,504.
-        rows.append(np.asarray(chunk.sum(axis=1, dtype=np.float64)).ravel())
-        if column_rows is not None:
-            chunk = chunk[np.asarray(column_rows[start : start + chunk.shape[0]], dtype=bool)]
-        start += rows[-1].shape[0]
-        columns += np.asarray(chunk.sum(axis=0, dtype=np.float64)).ravel()
-    return np.concatenate(rows) if rows else np.zeros(0), columns
-
-
-def all_finite(matrix) -> bool:
-    """Whether a matrix (dense, sparse or backed) holds no NaN or infinite value, read in chunks.
-
-    Examples
-    --------
-    >>> all_finite(adata.X)
-    True
-    """
-    return all(np.isfinite(_values(chunk)).all() for chunk in _row_chunks(matrix))
-
-
-def _values(chunk) -> np.ndarray:
-    if sparse.issparse(chunk):
-        return np.asarray(chunk.data)
-    return np.asarray(chunk)
 
 
 def _first_non_finite(chunk) -> tuple[int, int]:
@@ -313,10 +234,10 @@ def check_matrix(
     row_sums = np.zeros(matrix.shape[0])
     col_sums = np.zeros(matrix.shape[1] if columns is None else len(columns))
     offset = 0
-    for chunk in _row_chunks(matrix):
+    for chunk in row_chunks(matrix):
         if columns is not None:
             chunk = chunk[:, columns]
-        values = _values(chunk)
+        values = stored_values(chunk)
         if not np.all(np.isfinite(values)):
             row, column = _first_non_finite(chunk)
             column = column if columns is None else columns[column]
@@ -555,20 +476,6 @@ def warn_outside_training(
                 "anything the model learned. Check the column is computed as for the training "
                 "cells (same tool and units)."
             )
-
-
-def mean_and_scale(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Column means and standard deviations of ``values`` (scale 1 where a column is constant).
-
-    Examples
-    --------
-    >>> mean_and_scale(np.array([[1.0, 5.0], [3.0, 5.0]]))
-    (array([2., 5.]), array([1., 1.]))
-    """
-    values = np.asarray(values, dtype=np.float64)
-    mean, std = values.mean(0), values.std(0)
-    # (constant columns keep a rounding residue of about 1e-16 × their value)
-    return mean, np.where(std > 1e-9 * np.abs(mean), std, 1.0)
 
 
 def check_batch_size(batch_size, unit: str = "cells") -> None:
@@ -881,7 +788,7 @@ def still_counts(matrix, n_rows: int = 200) -> bool:
     if not sparse.issparse(matrix) and not isinstance(matrix, CSRDataset | CSCDataset):
         n_rows = min(n_rows, max(1, 100_000 // max(n_vars, 1)))
     rows = np.unique(np.linspace(0, n_obs - 1, min(n_rows, n_obs)).astype(int))
-    values = _values(matrix[rows]) if len(rows) else np.zeros(0)
+    values = stored_values(matrix[rows]) if len(rows) else np.zeros(0)
     if values.size == 0:
         return True
     return bool(
@@ -1132,20 +1039,6 @@ def refuse_unknown_arguments(**hints: str):
 
 
 _FEATURES = {"gene_list": "genes", "region_list": "peaks", "protein_list": "proteins"}
-
-
-def positions_among(present: pd.Index, kept: np.ndarray, names) -> np.ndarray:
-    """Column of each of ``names`` in ``present``, among the columns ``kept`` marks (-1: none).
-
-    Examples
-    --------
-    >>> positions_among(pd.Index(["a", "b", "a", "c"]), np.array([1, 1, 0, 1], bool), ["c", "x"])
-    array([ 3, -1])
-    """
-    positions = present[kept].get_indexer(names)
-    found = positions >= 0  # (np.where would index an empty array with -1)
-    positions[found] = np.flatnonzero(kept)[positions[found]]
-    return positions
 
 
 def feature_positions(names, wanted, argument: str, known_at: str = "") -> np.ndarray:

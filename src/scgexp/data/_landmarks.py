@@ -10,8 +10,9 @@ import pandas as pd
 from scipy import linalg
 
 from scgexp._warn import warn_user
-from scgexp.data._checks import InputError, _row_chunks, dense, get_matrix, read_dense
+from scgexp.data._checks import InputError, get_matrix
 from scgexp.data._gct import is_gct_or_gctx, read_gene_table
+from scgexp.data._matrix import dense, read_dense, row_chunks
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -157,7 +158,7 @@ def read_landmark_genes(path: str, id_column: str | None = None) -> list[str]:
 
 def _float_blocks(matrix):
     """``matrix`` (dense, sparse or backed) as float64 arrays, a block of rows at a time."""
-    return (dense(chunk).astype(np.float64) for chunk in _row_chunks(matrix))
+    return (dense(chunk).astype(np.float64) for chunk in row_chunks(matrix))
 
 
 def select_landmarks(

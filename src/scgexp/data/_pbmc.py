@@ -7,7 +7,7 @@ import scanpy as sc
 from anndata import AnnData
 from scipy import sparse
 
-from scgexp.data._checks import dense
+from scgexp.data._matrix import dense
 
 
 def pbmc68k_counts() -> AnnData:

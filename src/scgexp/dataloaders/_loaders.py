@@ -19,7 +19,8 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-from scgexp.data._checks import InputError, dense
+from scgexp.data._checks import InputError
+from scgexp.data._matrix import dense
 from scgexp.dataloaders._store import TensorStore
 
 if TYPE_CHECKING:

@@ -27,12 +27,10 @@ from scgexp.data._checks import (
     check_matrix,
     check_model_arguments,
     check_setup_arguments,
-    dense,
     get_matrix,
-    positions_among,
     refuse_unknown_arguments,
-    take_columns,
 )
+from scgexp.data._matrix import dense, positions_among, take_columns
 from scgexp.dgex._fields import LANDMARK_REGISTRY_KEY, LandmarkField
 from scgexp.dgex._module import N_QUANTILES, DGEXModule
 from scgexp.nn._tensors import copy_into

@@ -51,20 +51,22 @@ from scgexp.data._checks import (
     check_option,
     check_setup_arguments,
     check_size_factors,
-    dense,
     feature_positions,
     get_matrix,
-    mean_and_scale,
     only_the_type_differs,
-    positions_among,
-    read_dense,
     refuse_unknown_arguments,
     registered_n_cats_per_cov,
-    row_and_column_sums,
-    take_columns,
     warn_outside_training,
 )
 from scgexp.data._fields import MuDataCategoricalJointObsField
+from scgexp.data._matrix import (
+    dense,
+    mean_and_scale,
+    positions_among,
+    read_dense,
+    row_and_column_sums,
+    take_columns,
+)
 from scgexp.data._mudata import _presence_flag
 from scgexp.multivae._module import DATA_KEYS, MODALITIES, PRESENCE_KEYS, MultiVAEModule
 from scgexp.nn._tensors import copy_into

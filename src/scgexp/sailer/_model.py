@@ -42,13 +42,12 @@ from scgexp.data._checks import (
     check_query,
     check_setup_arguments,
     feature_positions,
-    mean_and_scale,
     refuse_unknown_arguments,
     registered_n_cats_per_cov,
-    row_and_column_sums,
     warn_outside_training,
 )
 from scgexp.data._fields import CategoricalJointObsField
+from scgexp.data._matrix import mean_and_scale, row_and_column_sums
 from scgexp.nn import InvarianceMethod
 from scgexp.nn._tensors import copy_into
 from scgexp.sailer._module import SAILERModule

@@ -40,9 +40,9 @@ from scgexp.data._checks import (
     feature_positions,
     refuse_unknown_arguments,
     registered_n_cats_per_cov,
-    row_and_column_sums,
 )
 from scgexp.data._fields import CategoricalJointObsField
+from scgexp.data._matrix import row_and_column_sums
 from scgexp.nn._tensors import copy_into
 from scgexp.train import TrainingMixin
 from scgexp.zinb._module import ZINBAutoencoderModule

@@ -8,6 +8,7 @@ from pathlib import Path
 import anndata as ad
 import click
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -1023,6 +1024,55 @@ def test_multivae_on_modalities_with_different_cells(tmp_path, caplog):
     result = CliRunner().invoke(main, [str(a) for a in streamed])
     assert result.exit_code == 1
     assert "cannot pad or reorder on disk" in result.output
+
+
+def test_multivae_batch_kept_in_the_modalities_obs(tmp_path, caplog):
+    # MuData({"rna": rna, "atac": atac}) written as is holds the batch in rna:batch and
+    # atac:batch only; a MuData subset keeps categories without cells. Both needed Python.
+    import logging
+
+    import mudata
+
+    sim = scgexp.data.simulate_multiome(n_cells=150, n_genes=40, n_peaks=80, seed=0)
+    rna, atac = sim["rna"][20:].copy(), sim["atac"][:140].copy()
+    categories = [*sorted(sim.obs["batch"].unique()), "dropped_batch"]
+    for mod in (rna, atac):
+        mod.obs["batch"] = pd.Categorical(sim.obs["batch"].loc[mod.obs_names], categories)
+    path, out = tmp_path / "mosaic.h5mu", tmp_path / "out.h5mu"
+    mudata.MuData({"rna": rna, "atac": atac}).write(path)
+    assert "batch" not in mudata.read_h5mu(path).obs
+    fit = ["fit", "multivae", path, "--out", out, "--batch-key", "batch", "--epochs", "1"]
+    with caplog.at_level(logging.INFO, logger="scgexp.cli"):
+        result = _invoke(*fit)
+    assert result.exit_code == 0, result.output
+    assert "obs['batch']: read from the obs of modalities rna, atac" in caplog.text
+    fitted = mudata.read_h5mu(out)
+    expected = sim.obs["batch"].loc[fitted.obs_names].astype(str)
+    assert (fitted.obs["batch"].astype(str) == expected).all()
+    # An RNA-only query, its batch in the modality's obs only: predict adds the ATAC.
+    mudata.MuData({"rna": rna[:30].copy()}).write(tmp_path / "query.h5mu")
+    predicted = tmp_path / "predicted.h5mu"
+    model_dir = tmp_path / "out_multivae_model"
+    result = _invoke(
+        "predict", model_dir, tmp_path / "query.h5mu", "--out", predicted, "--fill-missing"
+    )
+    assert result.exit_code == 0, result.output
+    assert mudata.read_h5mu(predicted).obsm["X_multivae"].shape == (30, 20)
+    # A subset MuData's obs keeps categories without cells; training leaves them out.
+    subset = mudata.MuData({"rna": sim["rna"].copy(), "atac": sim["atac"].copy()})
+    subset.obs["batch"] = pd.Categorical(sim.obs["batch"], categories)
+    subset.write(tmp_path / "subset.h5mu")
+    fit_subset = [*fit[:2], tmp_path / "subset.h5mu", *fit[3:], "--overwrite"]
+    with caplog.at_level(logging.INFO, logger="scgexp.cli"):
+        result = _invoke(*fit_subset)
+    assert result.exit_code == 0, result.output
+    assert "obs['batch']: categories without cells left out: ['dropped_batch']" in caplog.text
+    # Modalities that disagree about a cell's batch are refused.
+    atac.obs["batch"] = atac.obs["batch"].cat.rename_categories(lambda c: c + "_other")
+    mudata.MuData({"rna": rna, "atac": atac}).write(path)
+    result = CliRunner().invoke(main, [str(a) for a in [*fit, "--overwrite"]])
+    assert result.exit_code == 1
+    assert "obs['batch'] of modalities rna, atac differs for 120 cells" in result.output
 
 
 def test_map_passes_its_options_and_checks_the_model_dir(tmp_path, monkeypatch):

@@ -279,11 +279,12 @@ def test_whole_numbers_warn_for_a_model_trained_on_other_values(bulk):
     raw = anndata.AnnData(counts[300:], var=test.var)
     with pytest.warns(UserWarning, match="all whole numbers .raw counts"):
         model.predict(raw)
-    # A model trained on whole numbers takes them.
+    # A model trained on whole numbers (with a warning, as they are likely counts) takes them.
     whole = bulk[0].copy()
     whole.X = np.round(np.clip(whole.X, 0, None))
     DGEX.setup_anndata(whole)
-    model = DGEX(whole, n_hidden=32)
+    with pytest.warns(UserWarning, match=r"Every training value is a whole number \(raw counts"):
+        model = DGEX(whole, n_hidden=32)
     model.train(max_epochs=1, enable_progress_bar=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 
 import click
+import pandas as pd
 
 from scgexp._warn import warn_user
 from scgexp.data import InputError
@@ -608,6 +609,7 @@ def fit(
         _check_output(input_path, output, folder, model=model_name, overwrite=overwrite)
         _check_model_dir(folder, output, spec.cls.__name__, overwrite)
         original = _read(input_path, backed=data_mode == "stream")
+        _ready_obs(original, options.get("batch_key"), training=True)
         data, own_cells = _padded(original, data_mode == "stream")
         spec.setup(data, options)
         scvi.settings.seed = training["seed"]
@@ -687,6 +689,7 @@ def predict(
         if spec.key == "dgex" and latent_only:
             raise InputError("--latent-only does not apply to dgex, whose output is predictions.")
         given = original = _read(input_path)
+        _ready_obs(original, _saved_registry(model_dir)["setup_args"].get("batch_key"), False)
         if fill_missing and spec.key != "dgex":
             original = _with_model_features(spec, original, model_dir)
         data, own_cells = _padded(original)
@@ -763,6 +766,7 @@ def map_query(
         _check_output(input_path, output, folder, model=spec.key, overwrite=overwrite)
         _check_model_dir(folder, output, spec.cls.__name__, overwrite)
         given = original = _read(input_path)
+        _ready_obs(original, _saved_registry(reference_dir)["setup_args"].get("batch_key"), False)
         if fill_missing:
             original = _with_model_features(spec, original, reference_dir)
         data, own_cells = _padded(original)
@@ -845,6 +849,40 @@ def _within(path: Path, folder: Path) -> bool:
                 os.path.samefile(parent, folder) for parent in candidate.resolve().parents
             )
     return False
+
+
+def _ready_obs(data, key: str | None, training: bool) -> None:
+    """Make INPUT's ``obs[key]`` usable as read (the file itself is never written back).
+
+    A MuData written from modalities keeps a column such as the batch in their ``obs`` only:
+    it is combined into the MuData's ``obs`` (refused where modalities disagree on a cell).
+    Training data keep no categories without cells (a subset MuData keeps them).
+    """
+    if key is None:
+        return
+    holders = [name for name, mod in getattr(data, "mod", {}).items() if key in mod.obs]
+    if key not in data.obs and holders:
+        combined = None
+        for name in holders:
+            values = data.mod[name].obs[key].astype(object).reindex(data.obs_names)
+            if combined is not None:
+                both = combined.notna() & values.notna()
+                if (combined[both] != values[both]).any():
+                    raise InputError(
+                        f"obs[{key!r}] of modalities {', '.join(holders)} differs for "
+                        f"{int((combined[both] != values[both]).sum())} cells; write one "
+                        f"mdata.obs[{key!r}] into INPUT."
+                    )
+                values = combined.combine_first(values)
+            combined = values
+        data.obs[key] = pd.Categorical(combined)
+        logger.info("obs[%r]: read from the obs of modalities %s.", key, ", ".join(holders))
+    column = data.obs.get(key)
+    if training and isinstance(getattr(column, "dtype", None), pd.CategoricalDtype):
+        unused = column.cat.categories[~column.cat.categories.isin(column.unique())]
+        if len(unused):
+            data.obs[key] = column.cat.remove_unused_categories()
+            logger.info("obs[%r]: categories without cells left out: %s.", key, list(unused))
 
 
 def _saved_spec(model_dir: Path):

@@ -177,11 +177,20 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         total = np.zeros(matrix.shape[1])
         total_sq = np.zeros(matrix.shape[1])
         low, high = np.full(matrix.shape[1], np.inf), np.full(matrix.shape[1], -np.inf)
+        whole_numbers = True
         for start in range(0, n_obs, _CHUNK):
             block = dense(matrix[start : start + _CHUNK]).astype(np.float64)
             total += block.sum(0)
             total_sq += (block**2).sum(0)
             low, high = np.minimum(low, block.min(0)), np.maximum(high, block.max(0))
+            whole_numbers = whole_numbers and bool(np.all(block == np.round(block)))
+        if whole_numbers and high.max() > 1:
+            warn_user(
+                "Every training value is a whole number (raw counts?). DGEX fits expression on "
+                "a log scale, as D-GEX did; on counts the most expressed genes dominate its loss. "
+                "Log-normalise first (sc.pp.normalize_total, then sc.pp.log1p), unless these "
+                "are the units to predict."
+            )
         mean = total / n_obs
         std = np.sqrt(np.maximum(total_sq / n_obs - mean**2, 0.0))
         typical = float(np.median(std[std > 0])) if (std > 0).any() else 1.0

@@ -6,14 +6,13 @@ import contextlib
 import os
 import sys
 import warnings
+from importlib.util import find_spec
 
-import click
-import lightning
-import scvi
-import torch
-
-_LIBRARIES = (sys.modules["scgexp"], scvi, torch, lightning, click)
-_INTERNAL = (*(os.path.dirname(module.__file__) for module in _LIBRARIES), contextlib.__file__)
+# Folders of scgexp and the libraries it calls, found without importing them (the command
+# line's --help and argument errors come before any of them is needed).
+_LIBRARIES = ("scgexp", "scvi", "torch", "lightning", "click")
+_FOLDERS = (os.path.dirname(find_spec(name).origin) for name in _LIBRARIES)
+_INTERNAL = (*_FOLDERS, contextlib.__file__)
 
 
 def warn_user(message: str, category: type[Warning] = UserWarning) -> None:

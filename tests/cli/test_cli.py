@@ -543,6 +543,16 @@ def test_python_dash_m_runs_the_command_line():
     assert "predict" in result.stdout
 
 
+def test_help_imports_no_scvi_tools():
+    # scvi-tools and torch take about 9 s to import: --help and usage errors need neither.
+    import subprocess
+    import sys
+
+    code = "import sys; from scgexp.cli import main; print({'scvi', 'torch'} & set(sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "set()", result.stderr
+
+
 def test_fit_log_has_no_library_notices(bulk_file, tmp_path):
     """Lightning's cloud advert and internal deprecation are no news to a pipeline's log."""
     import subprocess

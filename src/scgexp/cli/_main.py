@@ -15,8 +15,8 @@ from pathlib import Path
 import click
 import pandas as pd
 
+from scgexp._errors import InputError
 from scgexp._warn import warn_user
-from scgexp.data import InputError
 
 logger = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from scipy import sparse
 from scvi import REGISTRY_KEYS
 
 from scgexp._compat import _MODEL_NAME_KEY
+from scgexp._errors import InputError
 from scgexp._warn import warn_user
 from scgexp.data._matrix import (
     row_chunks,
@@ -31,10 +32,6 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from anndata import AnnData
-
-
-class InputError(ValueError):
-    """Raised when data given to scgexp cannot be used as it is; the message says what to do."""
 
 
 def get_matrix(
@@ -73,7 +70,7 @@ def check_option(name: str, value, choices: tuple) -> None:
     >>> check_option("loss", "MSE", ("mse", "gaussian"))
     Traceback (most recent call last):
     ...
-    scgexp.data._checks.InputError: loss must be 'mse' or 'gaussian', not 'MSE'.
+    scgexp.data.InputError: loss must be 'mse' or 'gaussian', not 'MSE'.
     """
     if isinstance(value, str | None) and value in choices:
         return
@@ -981,7 +978,7 @@ def check_setup_arguments(setup_method, kwargs: dict, data=None) -> None:
     >>> check_setup_arguments(ZINBAutoencoder.setup_anndata, {"continuous_covariate_keys": ["x"]})
     Traceback (most recent call last):
     ...
-    scgexp.data._checks.InputError: ZINBAutoencoder.setup_anndata has no argument...
+    scgexp.data.InputError: ZINBAutoencoder.setup_anndata has no argument...
     """
     views = [data, *getattr(data, "mod", {}).values()] if data is not None else []
     if any(view.is_view for view in views):
@@ -1098,7 +1095,7 @@ def check_architecture(dropout_rate: float, loading: bool = False, **sizes) -> N
     >>> check_architecture(0.1, n_hidden=128, n_layers=0)
     Traceback (most recent call last):
     ...
-    scgexp.data._checks.InputError: n_layers must be a positive whole number, not 0.
+    scgexp.data.InputError: n_layers must be a positive whole number, not 0.
     """
     if loading:
         return

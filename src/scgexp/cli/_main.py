@@ -675,7 +675,7 @@ def predict(
     """Apply the model saved in MODEL_DIR to INPUT and write results to --out."""
 
     def action():
-        spec = _saved_spec(model_dir)
+        spec, registry = _saved_spec(model_dir)
         _check_output(input_path, output, model=spec.key, overwrite=overwrite)
         if spec.key != "dgex" and (rank_map or rank_map_sample):
             raise InputError("--rank-map and --rank-map-sample apply to DGEX models only.")
@@ -689,7 +689,7 @@ def predict(
         if spec.key == "dgex" and latent_only:
             raise InputError("--latent-only does not apply to dgex, whose output is predictions.")
         given = original = _read(input_path)
-        _ready_obs(original, _saved_registry(model_dir)["setup_args"].get("batch_key"), False)
+        _ready_obs(original, registry["setup_args"].get("batch_key"), training=False)
         if fill_missing and spec.key != "dgex":
             original = _with_model_features(spec, original, model_dir)
         data, own_cells = _padded(original)
@@ -752,7 +752,7 @@ def map_query(
     import scvi
 
     def action():
-        spec = _saved_spec(reference_dir)
+        spec, registry = _saved_spec(reference_dir)
         if spec.key == "dgex":
             raise InputError(
                 "A DGEX model reads no batches, so there is nothing to map; use `scgexp predict`."
@@ -766,7 +766,7 @@ def map_query(
         _check_output(input_path, output, folder, model=spec.key, overwrite=overwrite)
         _check_model_dir(folder, output, spec.cls.__name__, overwrite)
         given = original = _read(input_path)
-        _ready_obs(original, _saved_registry(reference_dir)["setup_args"].get("batch_key"), False)
+        _ready_obs(original, registry["setup_args"].get("batch_key"), training=False)
         if fill_missing:
             original = _with_model_features(spec, original, reference_dir)
         data, own_cells = _padded(original)
@@ -867,11 +867,11 @@ def _ready_obs(data, key: str | None, training: bool) -> None:
             values = data.mod[name].obs[key].astype(object).reindex(data.obs_names)
             if combined is not None:
                 both = combined.notna() & values.notna()
-                if (combined[both] != values[both]).any():
+                differs = int((combined[both] != values[both]).sum())
+                if differs:
                     raise InputError(
-                        f"obs[{key!r}] of modalities {', '.join(holders)} differs for "
-                        f"{int((combined[both] != values[both]).sum())} cells; write one "
-                        f"mdata.obs[{key!r}] into INPUT."
+                        f"obs[{key!r}] of modalities {', '.join(holders)} differs for {differs} "
+                        f"cells; write one mdata.obs[{key!r}] into INPUT."
                     )
                 values = combined.combine_first(values)
             combined = values
@@ -886,7 +886,10 @@ def _ready_obs(data, key: str | None, training: bool) -> None:
 
 
 def _saved_spec(model_dir: Path):
-    """The command line's spec of the model saved in ``model_dir`` (refused if there is none)."""
+    """The command line's spec of the model saved in ``model_dir``, and its registry.
+
+    Refused if there is none.
+    """
     from scgexp._io import ATTRIBUTES_FILE
     from scgexp.cli._specs import spec_for_class
 
@@ -894,7 +897,8 @@ def _saved_spec(model_dir: Path):
         raise InputError(f"{model_dir} does not exist; give the --model-dir of `scgexp fit`.")
     if not (model_dir / ATTRIBUTES_FILE).exists():
         raise InputError(f"{model_dir} holds no saved scgexp model; use `scgexp fit` first.")
-    return spec_for_class(_saved_registry(model_dir)["model_name"])
+    registry = _saved_registry(model_dir)
+    return spec_for_class(registry["model_name"]), registry
 
 
 def _saved_registry(model_dir: Path) -> dict:

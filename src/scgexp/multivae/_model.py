@@ -1069,13 +1069,14 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
         latent = {key: [] for key in keys}
         n_without = 0
         for _, outputs in self._batches(adata, indices, batch_size, use, dataloader):
-            without = ~outputs["masks"][modality].cpu().numpy() if modality else None
+            if modality is not None:
+                without = ~outputs["masks"][modality].cpu().numpy()
+                n_without += int(without.sum())
             for key in keys:
                 z = outputs[key].cpu().numpy().astype(np.float32)
                 if modality is not None:
                     z[without] = np.nan
                 latent[key].append(z)
-            n_without += int(without.sum()) if modality else 0
         if n_without:
             warn_user(
                 f"{n_without} cells have no {modality} data; their rows are NaN, which "

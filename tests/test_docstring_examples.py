@@ -27,6 +27,8 @@ EXAMPLES = [
     _checks.check_setup_arguments,
     _checks.feature_positions,
     _matrix.mean_and_scale,
+    _matrix.row_chunks,
+    _matrix.stored_values,
     _pbmc.pbmc68k_counts,
     _simulate.simulate_bulk_expression,
     _simulate.simulate_multiome,

@@ -292,6 +292,10 @@ def check_count_setup(
     ``setup_kwargs`` holds ``source_registry`` when a saved model registers new data like its
     own (``load(dir, adata=...)``): the layer is then the model's, features may lack counts and
     categories must be known (or ``extend_categories``).
+
+    Examples
+    --------
+    >>> query = check_count_setup(adata, layer, setup_method_args["setup_args"], kwargs)
     """
     registry = setup_kwargs.get("source_registry")
     query = registry is not None

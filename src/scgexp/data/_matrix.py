@@ -35,7 +35,13 @@ def read_dense(matrix) -> np.ndarray:
 
 
 def row_chunks(matrix, chunk_rows: int = _CHUNK_ROWS) -> Iterator[np.ndarray | sparse.spmatrix]:
-    """Blocks of ``chunk_rows`` rows, as stored (dense, sparse, or read from a backed matrix)."""
+    """Blocks of ``chunk_rows`` rows, as stored (dense, sparse, or read from a backed matrix).
+
+    Examples
+    --------
+    >>> [block.shape for block in row_chunks(np.zeros((5, 2)), chunk_rows=2)]
+    [(2, 2), (2, 2), (1, 2)]
+    """
     for start in range(0, matrix.shape[0], chunk_rows):
         yield matrix[start : start + chunk_rows]
 
@@ -92,7 +98,13 @@ def all_finite(matrix) -> bool:
 
 
 def stored_values(chunk) -> np.ndarray:
-    """The values a block stores: a sparse block's non-zero entries, else all of them."""
+    """The values a block stores: a sparse block's non-zero entries, else all of them.
+
+    Examples
+    --------
+    >>> stored_values(sparse.csr_matrix([[0.0, 2.0], [0.0, 0.0]]))
+    array([2.])
+    """
     if sparse.issparse(chunk):
         return np.asarray(chunk.data)
     return np.asarray(chunk)

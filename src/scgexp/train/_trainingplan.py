@@ -70,6 +70,7 @@ class TrainingPlan(ScviTrainingPlan):
 
     def on_train_end(self):
         """Refuse weights that are not finite at the end (no loss reads the last step's)."""
+        super().on_train_end()  # scvi-tools 1.5: undoes compile=True's process-wide dynamo setting
         if not all(torch.isfinite(p).all() for p in self.module.parameters()):
             raise TrainingDivergedError(self._divergence_message())
 
@@ -245,6 +246,22 @@ class TrainingPlan(ScviTrainingPlan):
     def on_validation_epoch_end(self):
         """Log the epoch's validation metrics."""
         self._log_epoch("validation")
+
+    def get_optimizer_creator(self):
+        """scvi-tools' optimiser, not fused when gradients are clipped under a gradient scaler.
+
+        scvi-tools 1.5 builds fused Adam/AdamW by default (``fused_optimizer=True``); a fused
+        optimiser unscales inside ``step()``, so under "16-mixed" Lightning refuses to clip its
+        gradients. (scvi-tools 1.4 has no fused optimiser and ignores the attribute.)
+        """
+        trainer = self._trainer
+        if (
+            trainer is not None
+            and getattr(trainer.precision_plugin, "scaler", None) is not None
+            and (trainer.gradient_clip_val or getattr(self, "gradient_clip_val", None))
+        ):
+            self.fused_optimizer = False
+        return super().get_optimizer_creator()
 
     def configure_optimizers(self):
         """scvi-tools' optimiser and scheduler; a validation plateau steps when validation runs."""

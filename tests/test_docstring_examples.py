@@ -19,6 +19,7 @@ from scgexp.multivae import _module as multivae_module
 from scgexp.nn import _invariance
 
 EXAMPLES = [
+    scgexp._errors.InputError,
     scgexp._warn.warn_user,
     _checks.cell_positions,
     _checks.check_distinct_keys,

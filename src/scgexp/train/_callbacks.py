@@ -44,6 +44,13 @@ class RestoreBestWeights(pl.Callback):
     min_delta
         Smallest change of ``monitor`` that counts as an improvement
         (``early_stopping_min_delta``).
+
+    Examples
+    --------
+    Every scgexp model adds it when it trains with early stopping; an scvi-tools model can too:
+
+    >>> scvi_model = scvi.model.SCVI(adata)
+    >>> scvi_model.train(max_epochs=100, callbacks=[RestoreBestWeights("elbo_validation")])
     """
 
     def __init__(

@@ -50,6 +50,16 @@ class TrainingMixin(UnsupervisedTrainingMixin):
     stopping, validation runs every epoch and the weights of the best epoch (by the early
     stopping metric) are restored at the end (:class:`scgexp.train.RestoreBestWeights`), unless
     a model sets ``_restore_best_weights = False``.
+
+    Examples
+    --------
+    A model of one's own (with its ``setup_anndata``) trains on scgexp's data paths:
+
+    >>> class MyModel(TrainingMixin, BaseModelClass):
+    ...     def __init__(self, adata):
+    ...         super().__init__(adata)
+    ...         self.module = MyModule(n_input=self.summary_stats.n_vars)
+    >>> MyModel(adata).train(max_epochs=50, data_mode="memory")
     """
 
     _data_splitter_cls = DataSplitter

@@ -16,7 +16,15 @@ _ON_PROGRESS_BAR = ("train_loss",)
 
 
 class TrainingDivergedError(RuntimeError):
-    """Raised when the training loss stops being finite; the message says what to change."""
+    """Raised when the training loss stops being finite; the message says what to change.
+
+    Examples
+    --------
+    >>> try:
+    ...     model.train(max_epochs=100)
+    ... except scgexp.train.TrainingDivergedError as error:
+    ...     print(error)  # e.g. a lower learning rate: model.train(plan_kwargs={"lr": ...})
+    """
 
 
 class TrainingPlan(ScviTrainingPlan):

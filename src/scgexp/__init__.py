@@ -7,12 +7,14 @@ import rich.pretty  # noqa: F401  (scvi-tools' view_anndata_setup uses it unimpo
 
 __version__ = version("scgexp")
 __all__ = ["data", "model"]
+# Every public subpackage, as `import scgexp; scgexp.nn.Invariance` expects.
+_SUBPACKAGES = (*__all__, "nn", "train", "dataloaders", "dgex", "zinb", "sailer", "multivae")
 
 
 def __getattr__(name: str):
-    # scgexp.data and scgexp.model import scvi-tools and torch (seconds): on first use, so that
-    # the command line answers --help and argument errors at once.
-    if name in __all__:
+    # They import scvi-tools and torch (seconds): on first use, so that the command line
+    # answers --help and argument errors at once.
+    if name in _SUBPACKAGES:
         module = importlib.import_module(f"scgexp.{name}")
         globals()[name] = module
         return module
@@ -20,4 +22,4 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+    return sorted({*globals(), *_SUBPACKAGES})

@@ -553,6 +553,26 @@ def test_help_imports_no_scvi_tools():
     assert result.stdout.strip() == "set()", result.stderr
 
 
+def test_every_public_subpackage_loads_on_first_use():
+    # A fresh `import scgexp` loads none of them, yet each documented path resolves.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, scgexp; assert 'scvi' not in sys.modules; "
+        "print(scgexp.train.TrainingDivergedError.__name__, scgexp.nn.Invariance.__name__, "
+        "scgexp.dataloaders.DataSplitter.__name__, scgexp.sailer.SAILERModule.__name__, "
+        "scgexp.dgex.DGEXModule.__name__, scgexp.zinb.ZINBAutoencoderModule.__name__, "
+        "scgexp.multivae.MultiVAEModule.__name__, scgexp.model.DGEX.__name__, "
+        "'train' in dir(scgexp))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.split() == [
+        "TrainingDivergedError", "Invariance", "DataSplitter", "SAILERModule", "DGEXModule",
+        "ZINBAutoencoderModule", "MultiVAEModule", "DGEX", "True",
+    ], result.stderr  # fmt: skip
+
+
 def test_fit_log_has_no_library_notices(bulk_file, tmp_path):
     """Lightning's cloud advert and internal deprecation are no news to a pipeline's log."""
     import subprocess

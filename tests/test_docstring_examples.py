@@ -28,6 +28,7 @@ EXAMPLES = [
     _checks.check_setup_arguments,
     _checks.feature_positions,
     _matrix.mean_and_scale,
+    _matrix.named_layers,
     _matrix.row_chunks,
     _matrix.stored_values,
     _pbmc.pbmc68k_counts,

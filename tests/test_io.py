@@ -272,10 +272,10 @@ def test_renamed_categories_are_named_with_the_way_back():
     adata.obs["batch"] = adata.obs["batch"].cat.rename_categories(["batch_0", "batch_1"])
     # Not renamings, and the usual refusal: a category split in two, a missing label, and cells
     # relabelled to a known category.
-    split = adata.obs["batch"].astype(str).to_numpy()
+    split = adata.obs["batch"].astype(str).to_numpy(copy=True)
     split[np.flatnonzero(split == "batch_0")[::2]] = "A"
     split[split == "batch_0"] = "B"
-    missing = adata.obs["batch"].astype(object).to_numpy()
+    missing = adata.obs["batch"].astype(object).to_numpy(copy=True)
     missing[0] = np.nan
     for labels in (split, missing, "batch_0"):
         adata.obs["batch"] = labels

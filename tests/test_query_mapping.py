@@ -582,7 +582,11 @@ def _query_with_other_features(query, n_missing: int = 10):
         np.ones((query.n_obs, 2), dtype=kept.X.dtype),
         obs=pd.DataFrame(index=query.obs_names),
         var=pd.DataFrame(index=["extra_a", "extra_b"]),
-        layers={key: np.ones((query.n_obs, 2), dtype=v.dtype) for key, v in kept.layers.items()},
+        layers={
+            key: np.ones((query.n_obs, 2), dtype=v.dtype)
+            for key, v in kept.layers.items()
+            if key is not None  # anndata >= 0.13 lists X under None
+        },
     )
     other = sc.concat([kept, extra], axis=1, merge="first", uns_merge="first")
     other.layers["counts"] = scipy_sparse.csr_matrix(other.layers["counts"])
@@ -887,7 +891,7 @@ def test_prepare_query_mudata_gives_an_added_modality_the_columns_read_there():
 def test_size_factors_of_cells_without_rna_may_be_any_positive_number():
     scvi.settings.seed = 0
     data = simulate_multiome(n_cells=300, n_genes=30, n_peaks=40, n_batches=3, seed=2)
-    data.obs["sf"] = np.asarray(data["rna"].X.sum(1)).ravel()
+    data.obs["sf"] = np.asarray(data["rna"].X.sum(1), dtype=float).ravel()
     reference, query = _split(data)
     MultiVAE.setup_mudata(reference, batch_key="batch", size_factor_key="sf", modalities=RNA_ATAC)
     reference_model = MultiVAE(reference, n_latent=4)

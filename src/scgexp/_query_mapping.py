@@ -31,7 +31,7 @@ from scgexp.data._checks import (
     registered_features,
     rename_modalities_hint,
 )
-from scgexp.data._matrix import positions_among, row_and_column_sums
+from scgexp.data._matrix import named_layers, positions_among, row_and_column_sums
 from scgexp.data._mudata import _rows_at
 
 #: Below this share of the reference's features a query is mapped with a warning (as scvi-tools).
@@ -563,7 +563,7 @@ def _with_features(adata: AnnData, names: pd.Index, inplace: bool, where: str) -
         uns=deepcopy(dict(adata.uns)),
         obsm={key: value.copy() for key, value in adata.obsm.items()},
         varm=varm,
-        layers={key: _columns_at(value, positions) for key, value in adata.layers.items()},
+        layers={key: _columns_at(value, positions) for key, value in named_layers(adata).items()},
         obsp={key: value.copy() for key, value in adata.obsp.items()},
         varp={
             key: _columns_at(_same_type(value, _rows_at(value, positions)), positions)

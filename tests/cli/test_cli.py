@@ -194,7 +194,7 @@ def test_fit_and_predict_multivae(tmp_path):
     lean = tmp_path / "lean.h5mu"
     assert _invoke("predict", model_dir, path, "--out", lean, "--latent-only").exit_code == 0
     lean_data = mudata.read_h5mu(lean)
-    assert not [key for mod in lean_data.mod.values() for key in mod.layers if "multivae" in key]
+    assert not [k for mod in lean_data.mod.values() for k in mod.layers if k and "multivae" in k]
     np.testing.assert_allclose(lean_data.obsm["X_multivae_rna"], fitted.obsm["X_multivae_rna"])
     # Modalities under other names: renaming is the fix, not --fill-missing.
     data = mudata.read_h5mu(path)

@@ -213,13 +213,15 @@ def _unpadded(result, data, own: dict, key: str):
     That is ``obsm["X_<key>*"]``, ``uns[key]`` and the ``<key>_*`` layers, each modality's at its
     own cells.
     """
+    from scgexp.data._matrix import named_layers
+
     if not own:
         return result
     data.obsm.update({k: v for k, v in result.obsm.items() if k.startswith(f"X_{key}")})
     data.uns[key] = result.uns[key]
     for name, mod in data.mod.items():
         rows = result.mod[name].obs_names.get_indexer(mod.obs_names)
-        for layer, values in result.mod[name].layers.items():
+        for layer, values in named_layers(result.mod[name]).items():
             if layer.startswith(f"{key}_"):
                 mod.layers[layer] = values[rows]
     return data
@@ -227,11 +229,13 @@ def _unpadded(result, data, own: dict, key: str):
 
 def _entries(data) -> dict[str, object]:
     """The obsm, uns and layer entries of an AnnData or MuData (its modalities' layers too)."""
+    from scgexp.data._matrix import named_layers
+
     entries = {f"obsm[{k!r}]": v for k, v in data.obsm.items()}
     entries |= {f"uns[{k!r}]": v for k, v in data.uns.items()}
     for name, adata in getattr(data, "mod", {None: data}).items():
         where = "" if name is None else f"mod[{name!r}]."
-        entries |= {f"{where}layers[{k!r}]": v for k, v in adata.layers.items()}
+        entries |= {f"{where}layers[{k!r}]": v for k, v in named_layers(adata).items()}
     return entries
 
 

@@ -22,10 +22,7 @@ from scvi import REGISTRY_KEYS
 from scgexp._compat import _MODEL_NAME_KEY
 from scgexp._errors import InputError
 from scgexp._warn import warn_user
-from scgexp.data._matrix import (
-    row_chunks,
-    stored_values,
-)
+from scgexp.data._matrix import named_layers, row_chunks, stored_values
 from scgexp.nn import Invariance
 
 if TYPE_CHECKING:
@@ -52,7 +49,7 @@ def get_matrix(
             raise InputError(f"{where}X is empty; {fix}")
         return adata.X
     if layer not in adata.layers:
-        available = ", ".join(map(repr, adata.layers.keys())) or "none"
+        available = ", ".join(map(repr, named_layers(adata))) or "none"
         fix = (
             f"The model was set up with that layer: store the data as layers[{layer!r}]."
             if layer_argument is None

@@ -136,3 +136,15 @@ def positions_among(present: pd.Index, kept: np.ndarray, names) -> np.ndarray:
     found = positions >= 0  # (np.where would index an empty array with -1)
     positions[found] = np.flatnonzero(kept)[positions[found]]
     return positions
+
+
+def named_layers(adata) -> dict:
+    """``adata.layers`` by name: without the ``None`` entry (``X``) of anndata ≥ 0.13.
+
+    Examples
+    --------
+    >>> adata = scgexp.data.simulate_scrna(n_cells=5, n_genes=3)
+    >>> list(named_layers(adata))
+    ['counts', 'true_mean']
+    """
+    return {key: value for key, value in adata.layers.items() if key is not None}

@@ -12,6 +12,7 @@ from mudata import MuData
 from scipy import sparse
 
 from scgexp.data._checks import InputError
+from scgexp.data._matrix import named_layers
 
 
 def _rows_at(matrix, positions: np.ndarray, fill=0):
@@ -53,7 +54,7 @@ def _padded_modality(adata: AnnData, cells: pd.Index) -> AnnData:
         X=None if adata.X is None else _rows_at(adata.X, positions),
         obs=_reindexed_obs(adata.obs, cells),
         var=adata.var.copy(),
-        layers={key: _rows_at(value, positions) for key, value in adata.layers.items()},
+        layers={key: _rows_at(value, positions) for key, value in named_layers(adata).items()},
         obsm=obsm,
         varm={key: value.copy() for key, value in adata.varm.items()},
         uns=deepcopy(dict(adata.uns)),

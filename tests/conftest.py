@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import logging
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -32,3 +34,23 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+@pytest.fixture
+def warnings_as_errors():
+    """A context in which any warning fails the test, as a user would see it.
+
+    Other packages' DeprecationWarnings are hidden from users by Python's default filters, so
+    they are ignored here too (e.g. anndata 0.13's own under pandas 3); one that scgexp's code
+    provokes is attributed to it, and fails.
+    """
+
+    @contextmanager
+    def escalate():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for notice in (DeprecationWarning, PendingDeprecationWarning):
+                warnings.filterwarnings("ignore", category=notice, module=r"(?!scgexp)")
+            yield
+
+    return escalate

@@ -888,10 +888,11 @@ def test_prepare_query_mudata_gives_an_added_modality_the_columns_read_there():
         MultiVAE.load_query_data(in_mdata_obs, reference_model)
 
 
-def test_size_factors_of_cells_without_rna_may_be_any_positive_number():
+def test_size_factors_of_cells_without_rna_may_be_any_positive_number(warnings_as_errors):
     scvi.settings.seed = 0
     data = simulate_multiome(n_cells=300, n_genes=30, n_peaks=40, n_batches=3, seed=2)
-    data.obs["sf"] = np.asarray(data["rna"].X.sum(1), dtype=float).ravel()
+    totals = np.asarray(data["rna"].X.sum(1), dtype=float).ravel()
+    data.obs["sf"] = totals + 0.5  # not whole numbers, which mudata 0.4's copy() makes int64
     reference, query = _split(data)
     MultiVAE.setup_mudata(reference, batch_key="batch", size_factor_key="sf", modalities=RNA_ATAC)
     reference_model = MultiVAE(reference, n_latent=4)
@@ -907,8 +908,7 @@ def test_size_factors_of_cells_without_rna_may_be_any_positive_number():
         reference_model.get_latent_representation(known)
     line = refused.value.args[0].split("`")[1]  # the fix the message gives, run on known.obs
     exec(line.replace("obs[", "known.obs["))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the median size factor is that of cells with RNA
+    with warnings_as_errors():  # the median size factor is that of cells with RNA
         latent = reference_model.get_latent_representation(known)
     known.obs.loc[known.obs_names[:10], "sf"] = 1e6
     np.testing.assert_array_equal(reference_model.get_latent_representation(known), latent)
@@ -920,7 +920,7 @@ def test_size_factors_of_cells_without_rna_may_be_any_positive_number():
     assert reference_model.get_latent_representation(atac_only).shape == (atac_only.n_obs, 4)
 
 
-def test_covariates_far_from_the_training_values_warn(tmp_path):
+def test_covariates_far_from_the_training_values_warn(tmp_path, warnings_as_errors):
     scvi.settings.seed = 0
     data = simulate_scatac(n_cells=300, n_peaks=100, n_batches=2, seed=1)
     sc.pp.filter_cells(data, min_counts=1)
@@ -929,8 +929,7 @@ def test_covariates_far_from_the_training_values_warn(tmp_path):
     model = SAILER(data, n_latent=4)
     _train(model, max_epochs=1)
     query = data[:50].copy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the training cells' own values: quiet
+    with warnings_as_errors():  # the training cells' own values: quiet
         model.get_latent_representation(query)
     query.obs["tss"] *= 100  # e.g. from another tool, in other units
     far = r"obs\['tss'\] has median .* training standard dev"

@@ -591,8 +591,8 @@ def _registration_entries(data) -> list[tuple]:
 def _put_back(data, entries: list[tuple]) -> None:
     """Undo a registration: the ``_scvi_*`` entries as :func:`_registration_entries` saw them."""
     for frame, obs, obsm, uns in entries:
-        added = [k for k in frame.obs if k.startswith("_scvi_") and k not in obs]
-        frame.obs.drop(columns=added, inplace=True)
+        for key in [k for k in frame.obs if k.startswith("_scvi_") and k not in obs]:
+            del frame.obs[key]
         for key, column in obs.items():
             frame.obs[key] = column
         for key in [k for k in frame.obsm if k.startswith("_scvi_") and k not in obsm]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import warnings
 
 import anndata
 import numpy as np
@@ -78,7 +77,7 @@ def test_counts_off_whole_numbers_are_refused_with_the_rounding_to_paste(dense):
         check_matrix(adata, layer="normalised", counts=True)
 
 
-def test_tiny_and_missing_looking_training_categories_warn_by_name():
+def test_tiny_and_missing_looking_training_categories_warn_by_name(warnings_as_errors):
     # scvi-tools' own warning names its internal column and a code ("Category 3 in
     # adata.obs['_scvi_batch']"); NaN turned into the text 'nan' was accepted as a batch.
     adata = _adata(np.ones((10, 2)))
@@ -88,8 +87,7 @@ def test_tiny_and_missing_looking_training_categories_warn_by_name():
         check_obs_keys(adata, categorical=["batch"], allow_unused_categories=False)
     with pytest.warns(UserWarning, match=r"category 'nan' \(3 cells\).*missing value"):
         check_obs_keys(adata, categorical=["batch"], allow_unused_categories=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings_as_errors():
         check_obs_keys(adata, categorical=["batch"])  # new data: not for training
         check_obs_keys(adata, categorical=["treatment"], allow_unused_categories=False)
 
@@ -121,7 +119,7 @@ def test_row_and_column_sums_column_rows_across_chunks():
     np.testing.assert_allclose(columns, values[mask].sum(0))
 
 
-def test_check_obs_keys_refuses_any_non_integer_or_missing_label():
+def test_check_obs_keys_refuses_any_non_integer_or_missing_label(warnings_as_errors):
     """ck14 (refused only if all non-integer), ck29 (refused only if all missing)."""
     adata = simulate_scrna(n_cells=10, n_genes=5)
     adata.obs["plate"] = np.r_[np.ones(9), 1.5]
@@ -147,8 +145,7 @@ def test_check_obs_keys_refuses_any_non_integer_or_missing_label():
     with pytest.warns(UserWarning, match=r"values by about 107%.*obs\['tss'\] - 1e\+07"):
         check_obs_keys(adata, continuous=["tss"])
     adata.obs["kelvin"] = 310.15 + np.linspace(-0.03, 0.03, 10)  # rounded by 0.05%: fine
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings_as_errors():
         check_obs_keys(adata, continuous=["kelvin"])
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import warnings
 
 import anndata
 import h5py
@@ -233,14 +232,13 @@ def test_read_landmark_genes_from_gct_and_gctx(tmp_path):
     assert scgexp.data.read_landmark_genes(plain) == ["G1", "G2"]
 
 
-def test_select_landmarks_warns_when_it_replaces_a_marking():
+def test_select_landmarks_warns_when_it_replaces_a_marking(warnings_as_errors):
     adata = scgexp.data.simulate_bulk_expression(n_samples=60, n_landmarks=5, n_targets=25)
     before = adata.var["landmark"].copy()
     with pytest.warns(UserWarning, match=r"var\['landmark'\] held another marking"):
         panel = scgexp.data.select_landmarks(adata, 5)
     assert not adata.var["landmark"].equals(before)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings_as_errors():
         assert scgexp.data.select_landmarks(adata, 5) == panel  # the same marking again
         scgexp.data.select_landmarks(adata, 5, key="designed")
 

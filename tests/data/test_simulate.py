@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -126,9 +124,8 @@ def test_scatac_depth_batch_effect_and_fragments():
     assert 0.4 < peak_shift.std() < 1.0
 
 
-def test_multiome_missing_halves_and_shared_cell_types():
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # mudata's notices are not the user's business
+def test_multiome_missing_halves_and_shared_cell_types(warnings_as_errors):
+    with warnings_as_errors():  # mudata's notices are not the user's business
         mdata = scgexp.data.simulate_multiome(
             n_cells=300, n_genes=200, n_peaks=400, n_proteins=6, missing_fraction=0.3, seed=0
         )

@@ -205,7 +205,7 @@ def test_rank_map_needs_several_samples(bulk, trained):
         trained.predict(test[:3], rank_map=True)
 
 
-def test_rank_map_recovers_shifted_platform(bulk, trained):
+def test_rank_map_recovers_shifted_platform(bulk, trained, warnings_as_errors):
     _, test = bulk
     reference = trained.predict(test).X
     # A different platform: a monotone distortion of every landmark (here 2**x).
@@ -213,8 +213,7 @@ def test_rank_map_recovers_shifted_platform(bulk, trained):
     shifted.X = np.exp2(shifted.X / 2)
     with pytest.warns(UserWarning, match="do not look like the training data's"):
         naive = trained.predict(shifted).X
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # neither same-unit data nor rank-mapped data warn
+    with warnings_as_errors():  # neither same-unit data nor rank-mapped data warn
         mapped = trained.predict(shifted, rank_map=True).X
         trained.predict(test[:1])
     assert np.abs(mapped - reference).mean() < 0.5 * np.abs(naive - reference).mean()
@@ -262,7 +261,7 @@ def test_values_outside_the_training_range_warn(bulk, trained):
         trained.get_latent_representation(spiked)
 
 
-def test_whole_numbers_warn_for_a_model_trained_on_other_values(bulk):
+def test_whole_numbers_warn_for_a_model_trained_on_other_values(bulk, warnings_as_errors):
     # Shallow counts lie inside a log1p range, so only their being whole numbers tells.
     rng = np.random.default_rng(0)
     counts = rng.poisson(rng.gamma(0.5, 2.0, 120), (400, 120)).astype(np.float32)
@@ -273,8 +272,7 @@ def test_whole_numbers_warn_for_a_model_trained_on_other_values(bulk):
     DGEX.setup_anndata(train)
     model = DGEX(train, n_hidden=32)
     model.train(max_epochs=1, enable_progress_bar=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings_as_errors():
         model.predict(test)  # the training units: no warning
     raw = anndata.AnnData(counts[300:], var=test.var)
     with pytest.warns(UserWarning, match="all whole numbers .raw counts"):
@@ -286,8 +284,7 @@ def test_whole_numbers_warn_for_a_model_trained_on_other_values(bulk):
     with pytest.warns(UserWarning, match=r"Every training value is a whole number \(raw counts"):
         model = DGEX(whole, n_hidden=32)
     model.train(max_epochs=1, enable_progress_bar=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings_as_errors():
         model.predict(whole[:50])
 
 
@@ -707,7 +704,7 @@ def test_data_in_small_units_learn_as_well(bulk):
     assert errors[1e-6] < 0.8
 
 
-def test_landmark_constant_in_training_is_read_at_its_training_value(bulk):
+def test_landmark_constant_in_training_is_read_at_its_training_value(bulk, warnings_as_errors):
     train, test = bulk
     train = train.copy()
     first = np.flatnonzero(train.var["landmark"])[:4]
@@ -717,8 +714,7 @@ def test_landmark_constant_in_training_is_read_at_its_training_value(bulk):
         model = DGEX(train, n_hidden=64, linear_skip=False)
     model.train(max_epochs=2, enable_progress_bar=False)
     landmarks = test[:, test.var["landmark"].to_numpy()].copy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # same units: the 7% constant ones are not "outside"
+    with warnings_as_errors():  # same units: the 7% constant ones are not "outside"
         measured = model.predict(landmarks).X
     landmarks.X[:, 0] = 0.0
     np.testing.assert_array_equal(model.predict(landmarks).X, measured)
@@ -751,7 +747,7 @@ def test_target_constant_in_training_warns_of_its_near_zero_std(bulk):
     assert std.layers["std"][:, :3].max() < 1e-3 < np.median(std.layers["std"])
 
 
-def test_constant_landmarks_are_judged_on_every_training_sample():
+def test_constant_landmarks_are_judged_on_every_training_sample(warnings_as_errors):
     """Quantiles come from 50,000 sampled rows; the range (and constancy) from all of them."""
     adata = scgexp.data.simulate_bulk_expression(
         n_samples=50_100, n_landmarks=5, n_targets=5, n_programs=2, seed=0
@@ -763,8 +759,7 @@ def test_constant_landmarks_are_judged_on_every_training_sample():
     adata.X[:, first] = 0.0
     adata.X[unsampled, first] = 8.0  # varies only in rows the quantiles skip
     DGEX.setup_anndata(adata)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings_as_errors():
         model = DGEX(adata, n_hidden=8)
     assert model.module.landmark_quantiles[0, -1] == 8.0
 

@@ -519,10 +519,9 @@ def test_one_protein_needs_the_mixture_likelihood():
     assert np.ptp(model.get_normalized_protein(return_numpy=True)) > 0
 
 
-def test_warns_about_a_protein_one_batch_did_not_measure():
+def test_warns_about_a_protein_one_batch_did_not_measure(warnings_as_errors):
     mdata = _mdata(n_cells=120, n_proteins=4)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings_as_errors():
         MultiVAE.setup_mudata(mdata, batch_key="batch", modalities=RNA_PROT)
     first = (mdata.obs["batch"] == mdata.obs["batch"].iloc[0]).to_numpy()
     counts = mdata["prot"].X.toarray()
@@ -641,7 +640,7 @@ def test_padded_modalities_train_and_keep_the_original(tmp_path):
     with pytest.raises(InputError, match="must be boolean"):
         pad_modalities(padded)
     del padded.obs["has_rna"]
-    padded.mod["rna"] = padded["rna"][:, ::-1].copy()  # features reordered, no update()
+    padded.mod["rna"] = padded["rna"][:, 1:].copy()  # a feature removed, no update()
     with pytest.raises(InputError, match=r"call `mdata.update\(\)` first"):
         pad_modalities(padded)
     with pytest.raises(InputError, match="takes a MuData; got AnnData"):
@@ -652,6 +651,27 @@ def test_padded_modalities_train_and_keep_the_original(tmp_path):
     rna.obs_names = [*rna.obs_names[:-1], rna.obs_names[0]]
     with pytest.raises(InputError, match="repeated cell names"):
         pad_modalities(md.MuData({"rna": rna, "atac": atac}))
+
+
+def test_padding_matches_the_mudata_features_by_name():
+    sim = _mdata()
+    mosaic = md.MuData({"rna": sim["rna"][30:].copy(), "atac": sim["atac"][:170].copy()})
+    # mudata >= 0.4's update() lists a modality's new features after the other modalities'.
+    mosaic.var = mosaic.var.iloc[np.r_[1 : mosaic.n_vars, 0]].copy()
+    position = mosaic.var_names.map(
+        {name: i for i, name in enumerate([*sim["rna"].var_names, *sim["atac"].var_names])}
+    ).to_numpy(dtype=float)
+    mosaic.var["position"] = position
+    mosaic.varm["weights"] = np.c_[position, -position]
+    mosaic.varp["self"] = sparse.diags(position, format="csr")
+    padded = pad_modalities(mosaic)
+    in_turn = np.arange(mosaic.n_vars)
+    assert padded.var_names.equals(pd.Index([*sim["rna"].var_names, *sim["atac"].var_names]))
+    np.testing.assert_array_equal(padded.var["position"], in_turn)
+    np.testing.assert_array_equal(padded.varm["weights"], np.c_[in_turn, -in_turn])
+    assert sparse.issparse(padded.varp["self"])
+    np.testing.assert_array_equal(padded.varp["self"].toarray(), np.diag(in_turn))
+    assert mosaic.var_names[0] == sim["rna"].var_names[1]  # the input is left as it is
 
 
 def test_elbo_and_reconstruction_error_match_training_history():
@@ -731,13 +751,12 @@ def test_query_cells_without_data_are_encoded_by_get_and_load(tmp_path):
     np.testing.assert_allclose(loaded.get_latent_representation(), expected, rtol=1e-5)
 
 
-def test_size_factor_is_a_library_size_and_relative_factors_warn():
+def test_size_factor_is_a_library_size_and_relative_factors_warn(warnings_as_errors):
     mdata = _mdata()
     totals = np.asarray(mdata["rna"].X.sum(1)).ravel()
     mdata.obs["library"] = totals
     mdata.obs["relative"] = totals / np.median(totals)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings_as_errors():
         warnings.filterwarnings("ignore", "modality 'atac' .* zero in every cell")  # 200 cells
         MultiVAE.setup_mudata(mdata, size_factor_key="library", modalities=RNA_ATAC)
     with pytest.warns(UserWarning, match="size factor is the library size in counts"):

@@ -482,7 +482,7 @@ def test_early_stopping_waits_for_the_warmups_given_in_plan_kwargs(adata, monkey
     assert passed["plan_kwargs"]["n_epochs_kl_warmup"] == 100
 
 
-def test_default_budget_anneals_in_full_on_large_data(monkeypatch):
+def test_default_budget_anneals_in_full_on_large_data(monkeypatch, warnings_as_errors):
     """From 40,000 cells the budget (2e6 / cells, at least 50) ended inside the annealing."""
     adata = simulate_scatac(n_cells=45_000, n_peaks=200, seed=0)
     adata = adata[adata.X.sum(1).A1 > 0].copy()
@@ -490,8 +490,7 @@ def test_default_budget_anneals_in_full_on_large_data(monkeypatch):
     model = SAILER(adata, n_hidden=8)
     passed = {}
     monkeypatch.setattr(TrainingMixin, "train", lambda self, **kwargs: passed.update(kwargs))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no advice about settings the user never chose
+    with warnings_as_errors():  # no advice about settings the user never chose
         model.train()
     assert passed["max_epochs"] == 10 + 50 + 20
     model.train(n_epochs_kl_warmup=100)

@@ -164,9 +164,8 @@ def test_a_non_finite_loss_stops_the_invariance_plan_at_the_end_of_the_epoch(ata
         plan.on_train_epoch_end()
 
 
-def test_cyclical_annealing_does_not_warn_about_the_linear_ramp():
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+def test_cyclical_annealing_does_not_warn_about_the_linear_ramp(warnings_as_errors):
+    with warnings_as_errors():
         warn_if_annealing_unfinished(
             20, {"n_epochs_warmup": 2, "n_epochs_kl_warmup": 50, "kl_cycle_epochs": 4}
         )

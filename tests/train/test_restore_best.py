@@ -88,7 +88,7 @@ def _validate(callback, pl_module, losses) -> SimpleNamespace:
     return trainer
 
 
-def test_restoring_the_first_epoch_after_several_warns():
+def test_restoring_the_first_epoch_after_several_warns(warnings_as_errors):
     pl_module = SimpleNamespace(module=torch.nn.Linear(2, 1))
     callback = RestoreBestWeights("validation_loss")
     trainer = _validate(callback, pl_module, [1.0, 2.0, 3.0, 4.0])
@@ -106,8 +106,7 @@ def test_restoring_the_first_epoch_after_several_warns():
     with pytest.warns(UserWarning, match="new entries may have had little left to learn"):
         query.on_train_end(trainer, pl_module)
     callback.best_epoch = 2
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings_as_errors():
         callback.on_train_end(trainer, pl_module)
 
 

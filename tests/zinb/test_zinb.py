@@ -299,7 +299,7 @@ def test_refuses_log_normalised_and_negative(adata):
         ZINBAutoencoder.setup_anndata(array)
 
 
-def test_refuses_empty_cells_and_missing_keys(adata):
+def test_refuses_empty_cells_and_missing_keys(adata, warnings_as_errors):
     empty = adata.copy()
     empty.X = empty.X.toarray()
     empty.X[3] = 0.0
@@ -326,12 +326,11 @@ def test_refuses_empty_cells_and_missing_keys(adata):
     with pytest.warns(UserWarning, match="looks like library sizes in counts"):
         ZINBAutoencoder.setup_anndata(adata, size_factor_key="sf")
     adata.obs["sf"] /= adata.obs["sf"].median()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings_as_errors():
         ZINBAutoencoder.setup_anndata(adata, size_factor_key="sf")
 
 
-def test_library_sizes_as_size_factors_warn_on_new_data_too(adata):
+def test_library_sizes_as_size_factors_warn_on_new_data_too(adata, warnings_as_errors):
     totals = np.asarray(adata.layers["counts"].sum(1)).ravel()
     adata.obs["sf"] = totals / np.median(totals)
     ZINBAutoencoder.setup_anndata(adata, layer="counts", batch_key="batch", size_factor_key="sf")
@@ -345,20 +344,18 @@ def test_library_sizes_as_size_factors_warn_on_new_data_too(adata):
     with pytest.warns(UserWarning, match=r"training cells' median total count.*/ \d"):
         model.get_latent_representation(query)
     query.obs["sf"] /= np.median(totals)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings_as_errors():
         model.get_latent_representation(query)
 
 
-def test_genes_without_counts_warn_in_training_data_only(adata, tmp_path):
+def test_genes_without_counts_warn_in_training_data_only(adata, tmp_path, warnings_as_errors):
     counts = adata.layers["counts"].toarray()
     counts[:, :2] = 0
     adata.layers["counts"] = sparse.csr_matrix(counts)
     with pytest.warns(UserWarning, match=r"has 2 features that are zero in every cell.*filter_"):
         model = _train(adata, max_epochs=1)
     model.save(tmp_path / "model")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # new cells may lack a gene
+    with warnings_as_errors():  # new cells may lack a gene
         ZINBAutoencoder.load(tmp_path / "model", adata=adata[:40].copy())
 
 

@@ -33,14 +33,14 @@ def _read(path: Path, backed: bool = False):
         raise InputError(f"{path} does not exist.")
     if path.is_dir():
         raise InputError(f"{path} is a folder; INPUT must be a {path.suffix or '.h5ad'} file.")
+    kind = _file_kind(path)  # mudata >= 0.4 reads an AnnData as a MuData without modalities
+    if kind is not None and kind != path.suffix.lower():
+        raise InputError(_misnamed(path, kind))
     try:
         if path.suffix.lower() == ".h5ad":
             return anndata.read_h5ad(path, backed="r" if backed else None)
         return mudata.read_h5mu(path, backed=backed)
     except Exception as error:  # h5py/anndata raise many kinds for broken files
-        kind = _file_kind(path)
-        if kind is not None and kind != path.suffix.lower():
-            raise InputError(_misnamed(path, kind)) from error
         raise InputError(f"{path} could not be read as {path.suffix}: {error}") from error
 
 

@@ -819,7 +819,7 @@ def changed_obs_keys(adata_manager) -> list[str]:
     changed = []
     for obs, key, categories, codes in _encoded_columns(adata_manager):
         _require_column(obs, key)
-        expected = pd.Categorical(obs[key], categories=np.asarray(categories)).codes
+        expected = pd.Index(np.asarray(categories)).get_indexer(obs[key])  # -1: not among them
         if not np.array_equal(expected, codes.astype(expected.dtype, copy=False)):
             changed.append(key)
     registry = adata_manager.data_registry
@@ -881,7 +881,7 @@ def renamed_categories(adata_manager, keys: list[str]) -> dict[str, dict]:
     for obs, key, categories, codes in _encoded_columns(adata_manager):
         if key not in keys or key not in obs or obs[key].isna().any():
             continue
-        known = pd.Categorical(obs[key], categories=np.asarray(categories)).codes >= 0
+        known = pd.Index(np.asarray(categories)).get_indexer(obs[key]) >= 0
         if known.all():
             continue
         pairs = pd.DataFrame({"new": obs[key].to_numpy(dtype=object), "code": codes.ravel()})

@@ -32,6 +32,16 @@ def _rows_at(matrix, positions: np.ndarray, fill=0):
     return np.concatenate([matrix.astype(dtype, copy=False), extra])[positions]
 
 
+def _in_order(value, order: np.ndarray, both: bool = False):
+    """A copy of ``value`` with its rows (``both``: and columns) at ``order``; format kept."""
+    if isinstance(value, pd.DataFrame):
+        return value.iloc[order].copy()
+    if sparse.issparse(value):
+        rows = value.tocsr()[order]
+        return (rows.tocsc()[:, order] if both else rows).asformat(value.format)
+    return np.asarray(value)[np.ix_(order, order) if both else order]
+
+
 def _reindexed_obs(obs: pd.DataFrame, cells: pd.Index) -> pd.DataFrame:
     """``obs`` at ``cells``, missing for new cells; boolean columns stay writable (nullable)."""
     booleans = [column for column in obs.columns if obs[column].dtype == bool]
@@ -152,7 +162,15 @@ def pad_modalities(mdata: MuData, flag_prefix: str | None = "has_") -> MuData:
         key, flags[name] = f"{flag_prefix}{name}", cells.isin(adata.obs_names)
         if key in mdata.obs:  # read as MultiVAE reads it; missing or text values are refused
             flags[name] &= _presence_flag(mdata.obs, key, name)
-    if not mdata.var_names.equals(pd.Index([v for a in mdata.mod.values() for v in a.var_names])):
+    features = pd.Index([v for a in mdata.mod.values() for v in a.var_names])
+    # The padded MuData lists the modalities' features in turn; mudata >= 0.4's update()
+    # appends a modality's new features after the others, so the rows are matched by name.
+    reordered = len(features) == mdata.n_vars and features.isin(mdata.var_names).all()
+    if mdata.var_names.equals(features):
+        order = np.arange(len(features))
+    elif reordered and features.is_unique:
+        order = mdata.var_names.get_indexer(features)
+    else:
         raise InputError(
             "The MuData's features differ from its modalities' (changed after it was built); "
             "call `mdata.update()` first."
@@ -172,13 +190,13 @@ def pad_modalities(mdata: MuData, flag_prefix: str | None = "has_") -> MuData:
         warnings.filterwarnings("ignore", r"From 0\.4 \.update\(\)", FutureWarning)
         padded = MuData(modalities)
         padded.obs = mdata.obs.copy()
-        padded.var = mdata.var.copy()
-    for mapping, own in ((padded.obsm, mdata.obsm), (padded.varm, mdata.varm)):
-        mapping.update(
-            {k: v.copy() for k, v in own.items() if k not in mdata.mod and k not in stale}
-        )
+        padded.var = mdata.var.iloc[order].copy()
+    kept = [key for key in mdata.obsm if key not in mdata.mod and key not in stale]
+    padded.obsm.update({key: mdata.obsm[key].copy() for key in kept})
+    kept = [key for key in mdata.varm if key not in mdata.mod and key not in stale]
+    padded.varm.update({key: _in_order(mdata.varm[key], order) for key in kept})
     padded.obsp.update({key: value.copy() for key, value in mdata.obsp.items()})
-    padded.varp.update({key: value.copy() for key, value in mdata.varp.items()})
+    padded.varp.update({key: _in_order(v, order, both=True) for key, v in mdata.varp.items()})
     padded.uns.update(deepcopy(dict(mdata.uns)))
     for name, flag in flags.items():
         padded.obs[f"{flag_prefix}{name}"] = flag

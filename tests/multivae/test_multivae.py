@@ -672,6 +672,19 @@ def test_padding_matches_the_mudata_features_by_name():
     assert sparse.issparse(padded.varp["self"])
     np.testing.assert_array_equal(padded.varp["self"].toarray(), np.diag(in_turn))
     assert mosaic.var_names[0] == sim["rna"].var_names[1]  # the input is left as it is
+    # Names that modalities share (a gene and its protein, in CITE-seq) are placed by mudata's
+    # varmap after update(), which lists a modality's new feature last from mudata 0.4.
+    rna = sim["rna"][:, :4].copy()
+    prot = ad.AnnData(np.ones((sim.n_obs, 2), dtype=np.float32))
+    prot.obs_names, prot.var_names = sim.obs_names, [rna.var_names[1], "p2"]
+    shared = md.MuData({"rna": rna[:, :3].copy(), "prot": prot})
+    shared.mod["rna"] = rna
+    shared.update()
+    at = {name: np.asarray(shared.varmap[name]).ravel() for name in ("rna", "prot")}
+    pairs = zip(at["rna"], at["prot"], strict=True)
+    shared.var["label"] = [f"rna{r}" if r else f"prot{p}" for r, p in pairs]
+    labels = pad_modalities(shared).var["label"].tolist()
+    assert labels == ["rna1", "rna2", "rna3", "rna4", "prot1", "prot2"]
 
 
 def test_elbo_and_reconstruction_error_match_training_history():

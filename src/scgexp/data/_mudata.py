@@ -34,12 +34,15 @@ def _rows_at(matrix, positions: np.ndarray, fill=0):
 
 def _in_order(value, order: np.ndarray, both: bool = False):
     """A copy of ``value`` with its rows (``both``: and columns) at ``order``; format kept."""
+    if np.array_equal(order, np.arange(len(order))):
+        return value.copy()
     if isinstance(value, pd.DataFrame):
         return value.iloc[order].copy()
     if sparse.issparse(value):
         rows = value.tocsr()[order]
         return (rows.tocsc()[:, order] if both else rows).asformat(value.format)
-    return np.asarray(value)[np.ix_(order, order) if both else order]
+    rows = value[order]  # arrays of any kind: fancy indexing copies
+    return rows[:, order] if both else rows
 
 
 def _reindexed_obs(obs: pd.DataFrame, cells: pd.Index) -> pd.DataFrame:
@@ -96,6 +99,40 @@ def _is_membership_mask(value) -> bool:
     shape = np.shape(value)
     is_bool = isinstance(value, np.ndarray) and value.dtype == np.bool_
     return is_bool and (len(shape) == 1 or shape[1:] == (1,))
+
+
+def _feature_order(mdata: MuData) -> np.ndarray | None:
+    """Rows of ``mdata.var`` holding the modalities' features in turn; None where they differ.
+
+    A new MuData lists them so; mudata >= 0.4's ``update()`` appends a modality's new features
+    after the other modalities'. Its ``varmap`` (each row's 1-based position in a modality)
+    places every row, also of names that modalities share; a ``var`` set by hand is matched by
+    name where names are unique.
+    """
+    features = pd.Index([v for a in mdata.mod.values() for v in a.var_names])
+    if mdata.var_names.equals(features):
+        return np.arange(len(features))
+    order = []
+    for name, adata in mdata.mod.items():
+        positions = np.asarray(mdata.varmap[name]).ravel() if name in mdata.varmap else None
+        if positions is None or len(positions) != mdata.n_vars:
+            break
+        rows = np.flatnonzero(positions)
+        rows = rows[np.argsort(positions[rows])]
+        if not mdata.var_names[rows].equals(adata.var_names):
+            break
+        order.append(rows)
+    else:
+        order = np.concatenate([np.zeros(0, dtype=int), *order])
+        if np.array_equal(np.sort(order), np.arange(mdata.n_vars)):
+            return order
+    if (
+        len(features) == mdata.n_vars
+        and features.is_unique
+        and features.isin(mdata.var_names).all()
+    ):
+        return mdata.var_names.get_indexer(features)
+    return None
 
 
 def pad_modalities(mdata: MuData, flag_prefix: str | None = "has_") -> MuData:
@@ -162,15 +199,8 @@ def pad_modalities(mdata: MuData, flag_prefix: str | None = "has_") -> MuData:
         key, flags[name] = f"{flag_prefix}{name}", cells.isin(adata.obs_names)
         if key in mdata.obs:  # read as MultiVAE reads it; missing or text values are refused
             flags[name] &= _presence_flag(mdata.obs, key, name)
-    features = pd.Index([v for a in mdata.mod.values() for v in a.var_names])
-    # The padded MuData lists the modalities' features in turn; mudata >= 0.4's update()
-    # appends a modality's new features after the others, so the rows are matched by name.
-    reordered = len(features) == mdata.n_vars and features.isin(mdata.var_names).all()
-    if mdata.var_names.equals(features):
-        order = np.arange(len(features))
-    elif reordered and features.is_unique:
-        order = mdata.var_names.get_indexer(features)
-    else:
+    order = _feature_order(mdata)
+    if order is None:
         raise InputError(
             "The MuData's features differ from its modalities' (changed after it was built); "
             "call `mdata.update()` first."

@@ -41,8 +41,8 @@ def warnings_as_errors():
     """A context in which any warning fails the test, as a user would see it.
 
     Other packages' DeprecationWarnings are hidden from users by Python's default filters, so
-    they are ignored here too (e.g. anndata 0.13's own under pandas 3); one that scgexp's code
-    provokes is attributed to it, and fails.
+    they are ignored here too (e.g. anndata 0.13's own under pandas 3); one attributed to a line
+    of scgexp's code (as pandas attributes its own) still fails.
     """
 
     @contextmanager

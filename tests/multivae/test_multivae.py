@@ -656,8 +656,12 @@ def test_padded_modalities_train_and_keep_the_original(tmp_path):
 def test_padding_matches_the_mudata_features_by_name():
     sim = _mdata()
     mosaic = md.MuData({"rna": sim["rna"][30:].copy(), "atac": sim["atac"][:170].copy()})
-    # mudata >= 0.4's update() lists a modality's new features after the other modalities'.
-    mosaic.var = mosaic.var.iloc[np.r_[1 : mosaic.n_vars, 0]].copy()
+    # mudata >= 0.4's update() lists a modality's new features after the other modalities'
+    # (and its varmap says where each one is): the layout of an RNA feature added last.
+    moved = np.r_[1 : mosaic.n_vars, 0]
+    mosaic.var = mosaic.var.iloc[moved].copy()
+    for name in mosaic.mod:
+        mosaic.varmap[name] = np.asarray(mosaic.varmap[name])[moved]
     position = mosaic.var_names.map(
         {name: i for i, name in enumerate([*sim["rna"].var_names, *sim["atac"].var_names])}
     ).to_numpy(dtype=float)

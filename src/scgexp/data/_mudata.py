@@ -106,33 +106,20 @@ def _feature_order(mdata: MuData) -> np.ndarray | None:
 
     A new MuData lists them so; mudata >= 0.4's ``update()`` appends a modality's new features
     after the other modalities'. Its ``varmap`` (each row's 1-based position in a modality)
-    places every row, also of names that modalities share; a ``var`` set by hand is matched by
-    name where names are unique.
+    places every row, also of names that modalities share.
     """
-    features = pd.Index([v for a in mdata.mod.values() for v in a.var_names])
-    if mdata.var_names.equals(features):
-        return np.arange(len(features))
     order = []
     for name, adata in mdata.mod.items():
         positions = np.asarray(mdata.varmap[name]).ravel() if name in mdata.varmap else None
         if positions is None or len(positions) != mdata.n_vars:
-            break
+            return None
         rows = np.flatnonzero(positions)
         rows = rows[np.argsort(positions[rows])]
         if not mdata.var_names[rows].equals(adata.var_names):
-            break
+            return None  # features changed without update()
         order.append(rows)
-    else:
-        order = np.concatenate([np.zeros(0, dtype=int), *order])
-        if np.array_equal(np.sort(order), np.arange(mdata.n_vars)):
-            return order
-    if (
-        len(features) == mdata.n_vars
-        and features.is_unique
-        and features.isin(mdata.var_names).all()
-    ):
-        return mdata.var_names.get_indexer(features)
-    return None
+    order = np.concatenate([np.zeros(0, dtype=int), *order])
+    return order if np.array_equal(np.sort(order), np.arange(mdata.n_vars)) else None
 
 
 def pad_modalities(mdata: MuData, flag_prefix: str | None = "has_") -> MuData:

@@ -1,4 +1,5 @@
-"""Saving and loading (scgexp._io), shared by every model; checked here with ZINBAutoencoder."""
+"""Saving and loading (scgexp._io), shared by every model; checked here with ZINBAutoencoder, and
+the weights and buffers of a load with other cells with every model."""
 
 from __future__ import annotations
 
@@ -16,8 +17,14 @@ import pytest
 import torch
 
 from scgexp._io import _decode, _encode, _sha256
-from scgexp.data import InputError, simulate_scrna
-from scgexp.model import SAILER, MultiVAE
+from scgexp.data import (
+    InputError,
+    simulate_bulk_expression,
+    simulate_multiome,
+    simulate_scatac,
+    simulate_scrna,
+)
+from scgexp.model import DGEX, SAILER, MultiVAE
 from scgexp.zinb import ZINBAutoencoder
 
 
@@ -422,3 +429,72 @@ def test_scvi_tools_loading_extras_are_refused_by_name(saved, tmp_path, capsys):
     with pytest.raises(InputError, match="no legacy save format to convert"):
         ZINBAutoencoder.convert_legacy_save(legacy, tmp_path / "converted")
     assert not (tmp_path / "converted").exists()
+
+
+def _setup_and_train(cls, data, setup, **model_kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # peaks closed in every simulated cell
+        getattr(cls, "setup_mudata" if cls is MultiVAE else "setup_anndata")(data, **setup)
+        model = cls(data, **model_kwargs)
+        model.train(max_epochs=2, enable_progress_bar=False)
+    return model
+
+
+def _zinb(seed):
+    return simulate_scrna(n_cells=100, n_genes=40, n_batches=2, seed=seed)
+
+
+def _sailer(seed):
+    adata = simulate_scatac(n_cells=100, n_peaks=200, seed=seed)
+    adata.obs["tss"] = np.random.default_rng(seed).normal(5.0, 1.0, adata.n_obs)
+    return adata
+
+
+def _dgex(seed):
+    profiles = simulate_bulk_expression(n_samples=100, n_landmarks=10, n_targets=30, seed=0)
+    return profiles[:80].copy() if seed == 0 else profiles[80:].copy()
+
+
+def _multivae(seed):
+    return simulate_multiome(n_cells=100, n_genes=30, n_peaks=100, n_proteins=6, seed=seed)
+
+
+ROUND_TRIPS = {
+    "zinb": (ZINBAutoencoder, _zinb, {"layer": "counts", "batch_key": "batch"}, {}),
+    "dgex": (DGEX, _dgex, {}, {"n_hidden": 16, "loss": "gaussian"}),
+    "sailer_poisson": (
+        SAILER,
+        _sailer,
+        {"batch_key": "batch", "continuous_covariate_keys": ["tss"]},
+        {"likelihood": "poisson", "invariance": "both"},
+    ),
+    "multivae": (
+        MultiVAE,
+        _multivae,
+        {
+            "batch_key": "batch",
+            "modalities": {"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"},
+        },
+        {"invariance": "both"},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", ROUND_TRIPS)
+def test_every_parameter_and_buffer_survives_a_load_with_other_cells(name, tmp_path):
+    """Loading onto query cells keeps the training statistics (depth, size-factor, gene
+    standardisation) the module holds as buffers, persistent or not, and every weight."""
+    cls, make, setup, model_kwargs = ROUND_TRIPS[name]
+    model = _setup_and_train(cls, make(0), setup, **model_kwargs)
+    model.save(tmp_path / "model")
+    query = make(1)
+    loaded = cls.load(tmp_path / "model", query)
+    assert loaded.adata is query
+
+    def tensors(module):
+        return dict(module.named_parameters()) | dict(module.named_buffers())
+
+    expected, got = tensors(model.module), tensors(loaded.module)
+    assert got.keys() == expected.keys()
+    changed = [key for key in expected if not torch.equal(got[key].cpu(), expected[key].cpu())]
+    assert not changed, changed

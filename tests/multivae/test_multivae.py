@@ -1491,3 +1491,51 @@ def test_repeated_cell_names_are_refused_as_such():
     mdata.update()  # mudata leaves obs["batch"] all NaN: the error blamed missing values
     with pytest.raises(InputError, match=r"cell names \(obs_names\) repeat.*obs_names_make_u"):
         MultiVAE.setup_mudata(mdata, batch_key="batch", modalities=RNA_ATAC)
+
+
+def _untrained_module(**model_kwargs):
+    mdata = _mdata(n_cells=64, n_genes=40, n_peaks=80)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # features closed in every simulated cell
+        MultiVAE.setup_mudata(mdata, batch_key="batch", modalities=RNA_ATAC)
+        model = MultiVAE(mdata, n_hidden=16, n_latent=4, **model_kwargs)
+    tensors = next(iter(model._make_data_loader(mdata, batch_size=64)))
+    return model.module, tensors
+
+
+def test_kl_weight_scales_the_kl_of_the_joint_posterior():
+    module, tensors = _untrained_module()
+    module.eval()
+    module.cross_reconstruction_weight = 0.0
+    with torch.no_grad():
+        inference_outputs, generative_outputs = module.forward(tensors, compute_loss=False)
+        losses = {
+            w: module.loss(tensors, inference_outputs, generative_outputs, kl_weight=w)
+            for w in (0.0, 1.0)
+        }
+    kl = losses[1.0].kl_local["kl_z"]
+    assert float(kl.mean()) > 0.1
+    # the loss sums terms a thousand times the KL: float32 keeps about 1e-4 of it
+    torch.testing.assert_close(losses[1.0].loss - losses[0.0].loss, kl.mean(), rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("invariance", ["auto", "mi", "both"])
+def test_invariance_penalises_the_posterior_the_encoders_make(invariance):
+    """The penalty must see the joint posterior itself, not a detached copy, or the encoders
+    would never be pushed towards invariance; ATAC depth is its number of open regions."""
+    module, tensors = _untrained_module(invariance=invariance)
+    inference_outputs = module.inference(**module._get_inference_input(tensors))
+    inputs = module.invariance_inputs(tensors, inference_outputs)
+    assert inputs.qz is inference_outputs["qz"]
+    if invariance != "auto":  # batch only; the pairwise KL has a gradient from the first step
+        module.invariance.penalty(inputs)["penalty"].backward()
+        grads = [p.grad for p in module.encoders.parameters() if p.grad is not None]
+        assert grads
+        assert sum(float(g.abs().sum()) for g in grads) > 0
+        atac = tensors[scvi.REGISTRY_KEYS.ATAC_X_KEY]
+        assert (atac > 1).any()  # fragment counts: their sum is not the open regions
+        i = module.modalities.index("atac")
+        n_open = (atac > 0).float().sum(-1)
+        expected = (torch.log1p(n_open) - module.depth_mean[i]) / module.depth_scale[i]
+        depth_column = module.depth_modalities.index("atac")
+        torch.testing.assert_close(inputs.continuous[:, depth_column], expected)

@@ -508,3 +508,40 @@ def test_training_inside_the_warmup_says_no_penalty_applies(adata):
         history["train_loss"].to_numpy(dtype=float),
         history["reconstruction_loss_train"].to_numpy(dtype=float),
     )
+
+
+def test_confounder_information_is_scikit_learns_estimate_and_shuffling_gives_its_floor(
+    adata, monkeypatch
+):
+    """On a latent planted to hold the batch (dimension 0) and log depth (dimension 1): the
+    values are scikit-learn's estimators on jittered depth, and shuffle=True drops them all."""
+    from sklearn.feature_selection import mutual_info_classif, mutual_info_regression
+
+    SAILER.setup_anndata(adata, batch_key="batch")
+    model = SAILER(adata)
+    noise = np.random.default_rng(1).normal(scale=0.05, size=(adata.n_obs, 2))
+    batch = adata.obs["batch"].cat.codes.to_numpy()
+    n_open = (adata.X > 0).sum(1).A1
+    latent = np.column_stack([batch, np.log(n_open)]) + noise
+    monkeypatch.setattr(
+        model, "get_latent_representation", lambda adata=None, indices=None: latent[indices]
+    )
+    info = model.confounder_information(max_cells=None, random_state=3)
+
+    rng = np.random.default_rng(3)  # the depth's jitter, drawn in row order
+    jittered = np.log(n_open + rng.uniform(0, 1, size=adata.n_obs))
+    kwargs = {"n_neighbors": 3, "random_state": 3}
+    expected = [
+        np.mean(mutual_info_regression(latent, jittered, **kwargs)),
+        np.mean(mutual_info_classif(latent, batch, **kwargs)),
+    ]
+    np.testing.assert_allclose(info.to_numpy(), expected, rtol=1e-6)
+    assert (info > 0.3).all()
+    floor = model.confounder_information(max_cells=None, random_state=3, shuffle=True)
+    assert (floor < 0.2 * info).all(), (info, floor)
+
+
+def test_a_categorical_covariate_with_one_category_warns(adata):
+    adata.obs["donor"] = "d0"
+    with pytest.warns(UserWarning, match=r"obs\['donor'\] has a single category"):
+        SAILER.setup_anndata(adata, batch_key="batch", categorical_covariate_keys=["donor"])

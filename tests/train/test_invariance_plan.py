@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+import scvi
 import torch
 from lightning.pytorch.callbacks import Callback
 
@@ -187,3 +188,35 @@ def test_validation_runs_every_epoch_without_early_stopping_too(atac):
     model = SAILER(atac, n_hidden=16, n_latent=4)
     _train(model, max_epochs=2, n_epochs_warmup=0)
     assert len(model.history["elbo_validation"]) == 2
+
+
+class _EncoderGradient(Callback):
+    """The encoder's gradient at the first encoder/decoder step."""
+
+    def __init__(self):
+        self.gradient = None
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if self.gradient is None and optimizer is trainer.optimizers[0]:
+            self.gradient = torch.cat(
+                [p.grad.flatten() for p in pl_module.module.encoder.parameters()]
+            )
+
+
+def test_the_penalty_reaches_the_encoder_and_the_heads_learn(atac):
+    """Fast checks of what otherwise only the statistical test in tests/sailer shows."""
+    gradients = {}
+    for weight in (0.1, 1.0):
+        scvi.settings.seed = 0
+        model = SAILER(atac, n_hidden=16, n_latent=4, invariance="mi", invariance_weight=weight)
+        recorder = _EncoderGradient()
+        _train(model, max_epochs=1, batch_size=128, n_epochs_warmup=0, callbacks=[recorder])
+        gradients[weight] = recorder.gradient
+    # Same seed, cells and sample of z: only the penalty's weight differs.
+    assert not torch.allclose(gradients[0.1], gradients[1.0])
+
+    model = SAILER(atac, n_hidden=16, n_latent=4, invariance="adversarial")
+    heads = list(model.module.invariance.discriminator_parameters())
+    before = [p.detach().clone() for p in heads]
+    _train(model, max_epochs=1, batch_size=128, n_epochs_warmup=0)
+    assert all(not torch.equal(p, b) for p, b in zip(heads, before, strict=True))

@@ -219,6 +219,14 @@ def test_rank_map_recovers_shifted_platform(bulk, trained, warnings_as_errors):
     assert np.abs(mapped - reference).mean() < 0.5 * np.abs(naive - reference).mean()
 
 
+def test_rank_map_maps_the_training_data_onto_themselves(bulk, trained):
+    """Each landmark onto its own training quantiles: the training samples barely move."""
+    train, _ = bulk
+    plain = trained.predict(train).X
+    mapped = trained.predict(train, rank_map=True).X
+    assert np.abs(mapped - plain).mean() < 0.1 * _targets(train).std(0).mean()
+
+
 def test_rank_map_per_sample_suits_one_tissue_and_single_samples(bulk, trained):
     """Ranks across samples stretch a one-tissue set over the training range; ranks within
     each sample do not depend on the other samples at all."""
@@ -259,6 +267,40 @@ def test_values_outside_the_training_range_warn(bulk, trained):
     spiked.X = np.where(spikes, spiked.X.max(0) + 5 * spiked.X.std(0), spiked.X)
     with pytest.warns(UserWarning, match=r"1\d% of the values lie outside the training range"):
         trained.get_latent_representation(spiked)
+
+
+def test_values_shifted_inside_the_training_range_warn(bulk, trained):
+    # Another normalisation: squeezed and shifted, though still inside the training range.
+    _, test = bulk
+    shifted = test[:, test.var["landmark"]].copy()
+    used = trained.module.landmark_index.numpy()
+    mean = trained.module.landmark_mean.numpy()
+    scale = trained.module.landmark_scale.numpy()
+    order = np.argsort(used)  # the module's landmarks in the data's column order
+    mean, scale = mean[order], scale[order]
+    shifted.X = (mean + 0.3 * (shifted.X - mean) + 2.5 * scale).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"lies 2\.\d training standard deviations"):
+        trained.predict(shifted)
+
+
+def test_linear_start_is_fitted_on_the_training_split_and_stopping_reads_the_mae(
+    bulk, monkeypatch
+):
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    train, _ = bulk
+    DGEX.setup_anndata(train)
+    model = DGEX(train, n_hidden=32, n_layers=1)
+    fitted_rows = []
+    fit = model._initialise_linear_skip
+    monkeypatch.setattr(
+        model, "_initialise_linear_skip", lambda rows: (fitted_rows.append(rows), fit(rows))[1]
+    )
+    model.train(max_epochs=2, enable_progress_bar=False)
+    (rows,) = fitted_rows  # once, on the training cells only: validation stays unseen
+    np.testing.assert_array_equal(np.sort(rows), np.sort(model.train_indices))
+    (stopping,) = [c for c in model.trainer.callbacks if isinstance(c, EarlyStopping)]
+    assert stopping.monitor == "mae_validation"
 
 
 def test_whole_numbers_warn_for_a_model_trained_on_other_values(bulk, warnings_as_errors):

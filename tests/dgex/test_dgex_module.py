@@ -125,3 +125,13 @@ def test_sample_shapes():
     x = _x()
     assert module.sample({"X": x}).shape == (10, 4)
     assert module.sample({"X": x}, n_samples=3).shape == (3, 10, 4)
+
+
+def test_samples_spread_as_the_predicted_standard_deviation():
+    module = _module()
+    x = _x(n=5)
+    torch.manual_seed(0)
+    draws = module.sample({"X": x}, n_samples=20_000)
+    predicted = module.predict(x[:, LANDMARKS])
+    torch.testing.assert_close(draws.mean(0), predicted["mean"], rtol=0, atol=0.1)
+    torch.testing.assert_close(draws.std(0), predicted["std"], rtol=0.05, atol=0)

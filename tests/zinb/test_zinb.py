@@ -136,6 +136,9 @@ def test_covariates_and_size_factor(adata):
         adata, batch_key="batch", size_factor_key="sf", categorical_covariate_keys=["donor"]
     )
     model = ZINBAutoencoder(adata, encode_covariates=True)
+    # The input statistics are taken on counts divided by the registered size factors too.
+    logged = np.log1p(adata.X.toarray() / adata.obs["sf"].to_numpy()[:, None])
+    np.testing.assert_allclose(model.module.input_mean.numpy(), logged.mean(0), rtol=1e-4)
     model.train(max_epochs=1, enable_progress_bar=False)
     params = model.get_likelihood_parameters()
     assert np.isfinite(params["mean"]).all()
@@ -168,6 +171,7 @@ def test_standardisation_stats_sparse_equals_dense(adata):
     size_factor = counts.sum(1, keepdims=True) / np.median(counts.sum(1))
     logged = np.log1p(counts / size_factor)
     np.testing.assert_allclose(sparse_model.module.input_mean.numpy(), logged.mean(0), rtol=1e-4)
+    np.testing.assert_allclose(sparse_model.module.input_scale.numpy(), logged.std(0), rtol=1e-4)
     assert sparse.issparse(adata.layers["counts"])  # the data is left as it was
 
 
@@ -201,8 +205,13 @@ def test_deep_libraries_are_not_capped(adata):
 
 
 def test_differential_expression_finds_the_true_fold_changes(adata):
-    model = _train(adata, max_epochs=30)
     first, second = adata.obs["cell_type"].cat.categories[:2]
+    # The first type sequenced four times as deep: depth must not enter the fold changes
+    # (taken on proportions; on the denoised counts the median would be about 2).
+    counts = adata.layers["counts"].toarray()
+    counts[(adata.obs["cell_type"] == first).to_numpy()] *= 4
+    adata.layers["counts"] = sparse.csr_matrix(counts)
+    model = _train(adata, max_epochs=30)
     truth = adata.layers["true_mean"] / adata.layers["true_mean"].sum(1, keepdims=True)
     types = adata.obs["cell_type"].to_numpy()
     true_lfc = pd.Series(
@@ -213,6 +222,7 @@ def test_differential_expression_finds_the_true_fold_changes(adata):
         groupby="cell_type", group1=first, group2=second, mode="change", silent=True
     )
     assert np.corrcoef(de["lfc_mean"], true_lfc[de.index])[0, 1] > 0.8
+    assert abs(np.median(de["lfc_mean"] - true_lfc[de.index])) < 1.0
     found = de.index[de["is_de_fdr_0.05"]]
     assert len(found) > 10
     assert (true_lfc[found].abs() > 0.5).mean() > 0.8
@@ -552,3 +562,19 @@ def test_every_parameter_is_trained_as_ddp_requires(adata, likelihood, dispersio
     losses.loss.backward()
     unused = [n for n, p in model.module.named_parameters() if p.requires_grad and p.grad is None]
     assert unused == []
+
+
+def test_likelihood_parameters_are_the_dispersion_and_dropout_probability(adata):
+    """Users export θ and π: θ itself (not 1/θ), π the probability of a dropout (not 1 − π)."""
+    model = _train(adata, max_epochs=1)
+    theta = torch.linspace(0.5, 20.0, N_GENES)
+    with torch.no_grad():
+        model.module.px_r.copy_(torch.log(torch.expm1(theta)))  # softplus(px_r) = θ
+        model.module.dropout_head.weight.zero_()
+        model.module.dropout_head.bias.fill_(-2.0)
+    params = model.get_likelihood_parameters()
+    np.testing.assert_allclose(
+        params["dispersions"], np.broadcast_to(theta.numpy(), (N_CELLS, N_GENES)), rtol=1e-4
+    )
+    np.testing.assert_allclose(params["dropout"], 1.0 / (1.0 + np.exp(2.0)), rtol=1e-5)
+    assert model.trainer.gradient_clip_val == 5.0  # the documented default reaches Lightning

@@ -156,3 +156,30 @@ def test_accessibility_effect_is_group2_minus_group1_as_peakvi():
     np.testing.assert_allclose(table["effect_size"], [0.3, -0.2])
     np.testing.assert_allclose(table["emp_effect"], [0.5, -0.4])
     assert table["is_da_fdr"].tolist() == [True, False]
+
+
+def test_idx1_is_group1_and_idx2_is_group2(trained):
+    """Swapped, every fold change would flip: the count means say which group is which."""
+    model, adata = trained
+    types = adata.obs["cell_type"].to_numpy()
+    first, second = adata.obs["cell_type"].cat.categories[:2]
+    idx1, idx2 = np.flatnonzero(types == first), np.flatnonzero(types == second)
+    table = model.differential_expression(adata, idx1=idx1, idx2=idx2, silent=True)
+    table = table.loc[adata.var_names]
+    counts = adata.X.toarray()
+    np.testing.assert_allclose(table["raw_mean1"], counts[idx1].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(table["raw_mean2"], counts[idx2].mean(0), rtol=1e-6)
+    named = _de(model, adata, group1=first, group2=second).loc[adata.var_names]
+    np.testing.assert_allclose(table["scale1"], named["scale1"], rtol=1e-5)
+
+
+def test_fdr_target_is_the_threshold_used(trained):
+    model, adata = trained
+    first = adata.obs["cell_type"].cat.categories[0]
+    table = _de(model, adata, group1=first, mode="change", fdr_target=0.2)
+    assert "is_de_fdr_0.2" in table.columns
+    assert "is_de_fdr_0.05" not in table.columns
+    # Posterior FDR control: the most probable genes whose mean (1 - proba_de) stays <= 0.2.
+    ranked = table.sort_values("proba_de", ascending=False)
+    fdr = (1 - ranked["proba_de"]).cumsum() / np.arange(1, len(ranked) + 1)
+    assert int(table["is_de_fdr_0.2"].sum()) == int((fdr <= 0.2).sum())

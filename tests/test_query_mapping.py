@@ -681,6 +681,25 @@ def test_prepare_query_anndata_puts_features_in_order_and_pads_the_missing(zinb_
     assert query_model.get_latent_representation().shape == (other.n_obs, 8)
 
 
+def test_a_dense_querys_missing_genes_are_zeros_in_x_and_layers(zinb_split):
+    model, query = zinb_split
+    names = pd.Index(model.training_var_names)
+    query = query[:30, 5:].copy()  # the first 5 genes missing
+    query.X = query.X.toarray()
+    query.layers["counts"] = query.layers["counts"].toarray()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the missing genes are named
+        prepared = ZINBAutoencoder.prepare_query_anndata(query, model, inplace=False)
+    missing = ~names.isin(query.var_names)
+    assert missing.sum() == 5
+    for matrix in (prepared.X, prepared.layers["counts"]):
+        assert isinstance(matrix, np.ndarray)
+        np.testing.assert_array_equal(matrix[:, missing], 0)
+    np.testing.assert_array_equal(
+        prepared.layers["counts"][:, ~missing], query[:, names[~missing]].layers["counts"]
+    )
+
+
 def test_prepare_query_refusals_say_what_to_do(zinb_split, tmp_path):
     reference_model, query = zinb_split
     missing = query[:, 5:].copy()

@@ -1317,3 +1317,38 @@ def test_model_arguments_are_python_literals_else_text():
 
     parsed = _model_arguments(("a=1e3", "b=FALSE", "c=None", "d=relu", "e={[]: 1}", "f='x y'"))
     assert parsed == {"a": 1000.0, "b": False, "c": None, "d": "relu", "e": "{[]: 1}", "f": "x y"}
+
+
+def test_predict_puts_result_layers_on_each_modalitys_own_cells(tmp_path):
+    """A modality whose cells come in another order gets its rows by cell name."""
+    import mudata
+
+    sim = scgexp.data.simulate_multiome(n_cells=120, n_genes=40, n_peaks=80, seed=0)
+    path, model_dir = tmp_path / "m.h5mu", tmp_path / "model"
+    sim.write(path)
+    fitted = _invoke(
+        "fit",
+        "multivae",
+        path,
+        "--out",
+        tmp_path / "fit.h5mu",
+        "--model-dir",
+        model_dir,
+        "--epochs",
+        "2",
+    )
+    assert fitted.exit_code == 0, fitted.output
+    reordered = mudata.MuData({"rna": sim["rna"][::-1].copy(), "atac": sim["atac"].copy()})
+    reordered.obs["batch"] = sim.obs["batch"].loc[reordered.obs_names].to_numpy()
+    reordered.write(tmp_path / "r.h5mu")
+    for source, out in ((tmp_path / "r.h5mu", "r_out.h5mu"), (path, "p.h5mu")):
+        assert _invoke("predict", model_dir, source, "--out", tmp_path / out).exit_code == 0
+    expected = mudata.read_h5mu(tmp_path / "p.h5mu")
+    got = mudata.read_h5mu(tmp_path / "r_out.h5mu")
+    assert not got["rna"].obs_names.equals(got["atac"].obs_names)
+    for name, layer in (("rna", "multivae_normalized"), ("atac", "multivae_accessibility")):
+        assert got[name].obs_names.equals(reordered[name].obs_names)  # the input's own order
+        rows = expected[name].obs_names.get_indexer(got[name].obs_names)
+        np.testing.assert_allclose(
+            got[name].layers[layer], expected[name].layers[layer][rows], rtol=1e-5, atol=1e-7
+        )

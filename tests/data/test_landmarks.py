@@ -328,3 +328,21 @@ def test_select_landmarks_refuses_ambiguous_names_too_few_cells_and_constant_dat
     with pytest.warns(UserWarning, match="Only 2 genes vary"):
         panel = scgexp.data.select_landmarks(anndata.AnnData(values), 3, key=None)
     assert sorted(panel) == ["1", "4"]
+
+
+def test_gct_genes_keep_the_file_order_with_their_values(tmp_path):
+    path = tmp_path / "unsorted.gct"
+    path.write_text(
+        "#1.3\n3\t2\t1\t0\nid\tsymbol\ts1\ts2\ng3\tC\t5\t6\ng1\tA\t1\t2\ng2\tB\t3\t4\n"
+    )
+    adata = scgexp.data.read_gct(path)
+    assert list(adata.var_names) == ["g3", "g1", "g2"]
+    assert adata.var["symbol"].tolist() == ["C", "A", "B"]
+    np.testing.assert_array_equal(adata.X, [[5, 1, 3], [6, 2, 4]])
+    np.testing.assert_array_equal(adata[:, "g1"].X.ravel(), [1, 2])
+
+
+def test_gene_info_flag_keeps_only_the_landmarks(tmp_path):
+    path = tmp_path / "gene_info.txt"
+    path.write_text("pr_gene_symbol\tpr_is_lmark\nPSME1\tY\nRHEB\tN\nATF1\ty\n")
+    assert scgexp.data.read_landmark_genes(path) == ["PSME1", "ATF1"]

@@ -1539,3 +1539,24 @@ def test_invariance_penalises_the_posterior_the_encoders_make(invariance):
         expected = (torch.log1p(n_open) - module.depth_mean[i]) / module.depth_scale[i]
         depth_column = module.depth_modalities.index("atac")
         torch.testing.assert_close(inputs.continuous[:, depth_column], expected)
+
+
+@pytest.mark.parametrize("n_samples", [2, 5])
+def test_predict_std_is_the_sample_standard_deviation_of_the_draws(n_samples, monkeypatch):
+    """With the k-th draw decoded as k² (the posterior mean first, as it is), layers["std"] is
+    np.std of the draws with ddof=1, for any n_samples > 1."""
+    mdata = _mdata(n_cells=100)
+    model = _train(mdata, max_epochs=1)
+    decode, calls = model._decode, []
+
+    def draws_as_squares(target, z, *covariates):
+        out = decode(target, z, *covariates)
+        calls.append(len(calls))
+        return out if len(calls) == 1 else torch.full_like(out, float(calls[-1]) ** 2)
+
+    monkeypatch.setattr(model, "_decode", draws_as_squares)
+    prediction = model.predict(
+        mdata, source="atac", target="rna", n_samples=n_samples, batch_size=1000
+    )
+    draws = np.arange(1, n_samples + 1, dtype=float) ** 2 * 1e4  # RNA scaled to 10,000
+    np.testing.assert_allclose(prediction.layers["std"], np.std(draws, ddof=1), rtol=1e-5)

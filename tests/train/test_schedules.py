@@ -282,10 +282,11 @@ def test_one_cell_minibatch_is_counted_per_process(n_cells, world_size, dropped)
     assert splitter.drop_last is dropped
 
 
-def test_precisions_that_change_the_weights_format_are_refused():
+@pytest.mark.parametrize("precision", ["bf16-true", "16-true", "64-true", "64", 64])
+def test_precisions_that_change_the_weights_format_are_refused(precision):
     model = _models()["zinb"]()
     with pytest.raises(InputError, match="bf16-mixed"):
-        model.train(max_epochs=1, precision="bf16-true")
+        model.train(max_epochs=1, precision=precision)
 
 
 class _GradScalerOnly(MixedPrecision):

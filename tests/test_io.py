@@ -490,6 +490,7 @@ def test_every_parameter_and_buffer_survives_a_load_with_other_cells(name, tmp_p
     query = make(1)
     loaded = cls.load(tmp_path / "model", query)
     assert loaded.adata is query
+    assert not any(m.training for m in loaded.module.modules())  # dropout off, as scvi-tools
 
     def tensors(module):
         return dict(module.named_parameters()) | dict(module.named_buffers())

@@ -47,8 +47,38 @@ def test_rna_prediction_r_reads_predictions_per_10k_counts():
 
 
 @pytest.mark.slow
-def test_demo_writes_a_report_whose_figures_exist(tmp_path):
+def test_demo_writes_a_report_whose_figures_exist(tmp_path, monkeypatch):
+    import scgexp
+    from scgexp.cli import _demo
+
+    umaps, scored, simulated = {}, [], []  # what each figure draws and each r is scored on
+
+    def umaps_spy(adata, rep, colors, path, title):
+        umaps[path.name] = (rep, adata.obsm[rep].copy())
+        return draw_umaps(adata, rep, colors, path, title)
+
+    def r_spy(predicted, counts):
+        scored.append(counts.copy())
+        return rna_prediction_r(predicted, counts)
+
+    def simulate_spy(**kwargs):
+        simulated.append(simulate_multiome(**kwargs))
+        return simulated[-1]
+
+    draw_umaps, rna_prediction_r = _demo._umaps, _demo._rna_prediction_r
+    simulate_multiome = scgexp.data.simulate_multiome
+    monkeypatch.setattr(_demo, "_umaps", umaps_spy)
+    monkeypatch.setattr(_demo, "_rna_prediction_r", r_spy)
+    monkeypatch.setattr(scgexp.data, "simulate_multiome", simulate_spy)
     report = run_demo(tmp_path, epochs=2, accelerator="cpu").read_text()
+    assert umaps["sailer_umap.png"][0] == "X_sailer"
+    assert umaps["sailer_cvae_umap.png"][0] == "X_cvae"
+    assert not np.allclose(umaps["sailer_umap.png"][1], umaps["sailer_cvae_umap.png"][1])
+    (mdata,) = simulated
+    paired = (mdata.obs["has_rna"] & mdata.obs["has_atac"]).to_numpy()
+    assert len(scored) == 2  # the model's predictions and the oracle's, on the same cells
+    for counts in scored:
+        assert (counts != mdata["rna"].X[paired]).nnz == 0
     for section in ("## DGEX", "## ZINBAutoencoder", "## SAILER", "## MultiVAE"):
         assert section in report
     command = "scgexp demo --out DIR --epochs 2 --accelerator cpu"
@@ -72,11 +102,13 @@ def test_demo_writes_a_report_whose_figures_exist(tmp_path):
     assert {"X_zinb", "X_umap"} <= set(pbmc.obsm)
     assert "zinb_denoised" in pbmc.layers
     # The clusterings scored (best NMI), not the last resolution tried, and named graphs.
-    from sklearn.metrics import normalized_mutual_info_score
+    from sklearn.metrics import normalized_mutual_info_score, silhouette_score
 
     for key in ("zinb", "pca"):
         assert f"neighbors_{key}_connectivities" in pbmc.obsp
         nmi = normalized_mutual_info_score(pbmc.obs["cell_type"], pbmc.obs[f"leiden_{key}"])
         table = "ZINBAutoencoder latent" if key == "zinb" else "PCA of log-normalised"
-        row = re.search(rf"\| {table} \| ([0-9.]+) \|", report)
+        row = re.search(rf"\| {table} \| ([0-9.]+) \| [0-9.]+ \| (-?[0-9.]+) \|", report)
         assert f"{nmi:.3f}" == row.group(1)
+        silhouette = silhouette_score(pbmc.obsm[f"X_{key}"], pbmc.obs["cell_type"])
+        assert f"{silhouette:.3f}" == row.group(2)

@@ -31,6 +31,13 @@ def test_pbmc68k_counts_are_real_counts():
         np.expm1(reduced.raw.X.toarray()) / 1e4 * reduced.obs["n_counts"].to_numpy()[:, None]
     )
     assert np.abs(unrounded - np.round(unrounded)).max() < 0.1
+    # What the function returns: those values rounded, which normalise back to scanpy's raw.X.
+    raw = reduced.raw.to_adata()[:, adata.var_names].X.toarray()
+    totals = adata.obs["n_counts_all_genes"].to_numpy()[:, None]
+    expected = np.round(np.expm1(raw) / 1e4 * totals)
+    np.testing.assert_array_equal(adata.X.toarray(), expected)
+    np.testing.assert_array_equal(adata.layers["counts"].toarray(), expected)
+    np.testing.assert_allclose(np.log1p(adata.X.toarray() / totals * 1e4), raw, atol=0.05)
 
 
 @pytest.mark.parametrize(

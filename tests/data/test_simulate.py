@@ -164,3 +164,52 @@ def test_multiome_missing_halves_and_shared_cell_types(warnings_as_errors):
 def test_simulator_arguments_are_checked_by_name(simulator, kwargs, message):
     with pytest.raises(scgexp.data.InputError, match=message):
         getattr(scgexp.data, simulator)(**kwargs)
+
+
+def test_scatac_shifted_depths_are_capped_at_one():
+    adata = scgexp.data.simulate_scatac(n_cells=400, n_peaks=50, n_batches=4, seed=0)
+    depth = adata.obs["depth"].to_numpy()
+    batch = adata.obs["batch"].to_numpy()
+    assert depth.max() <= 1.0
+    assert (depth[batch == "batch_3"] == 1.0).mean() > 0.2  # 8 × (0.02, 0.3): about 1/3 capped
+    assert (depth[np.isin(batch, ["batch_0", "batch_1"])] < 1.0).all()
+
+
+def test_multiome_atac_depth_is_not_tied_to_batch():
+    mdata = scgexp.data.simulate_multiome(n_cells=1000, n_genes=50, n_peaks=1000, seed=0)
+    log_open = np.log(np.asarray((mdata["atac"].X > 0).sum(1)).ravel())
+    by_batch = pd.Series(log_open).groupby(mdata.obs["batch"].to_numpy()).mean()
+    assert abs(by_batch["batch_1"] - by_batch["batch_0"]) < 0.2
+
+
+def test_multiome_protein_truth_is_a_shared_background_plus_a_typed_foreground():
+    mdata = scgexp.data.simulate_multiome(
+        n_cells=200, n_genes=20, n_peaks=40, n_proteins=5, seed=0
+    )
+    foreground = mdata["prot"].layers["true_foreground"]
+    background = mdata["prot"].layers["true_mean"] - foreground
+    assert (foreground > 0).all()
+    assert (background > 0).all()
+    np.testing.assert_allclose(
+        background, np.broadcast_to(background[:1], background.shape), rtol=1e-4
+    )
+    types = mdata.obs["cell_type"].to_numpy()
+    assert pd.DataFrame(np.log(foreground)).groupby(types).mean().std(0).min() > 0.1
+
+
+def test_multiome_true_means_are_kept_for_cells_missing_a_modality():
+    mdata = scgexp.data.simulate_multiome(
+        n_cells=200, n_genes=50, n_peaks=40, missing_fraction=0.4, seed=0
+    )
+    no_rna = ~mdata.obs["has_rna"].to_numpy()
+    no_atac = ~mdata.obs["has_atac"].to_numpy()
+    assert no_rna.any()
+    assert no_atac.any()
+    assert (mdata["rna"].layers["true_mean"][no_rna] > 0).all()
+    assert (mdata["atac"].layers["true_open"][no_atac] > 0).all()
+
+
+def test_scrna_batches_are_drawn_independently_of_cell_type():
+    adata = scgexp.data.simulate_scrna(n_cells=2000, n_genes=20, seed=0)
+    share = pd.crosstab(adata.obs["cell_type"], adata.obs["batch"], normalize="index")
+    assert share["batch_1"].between(0.4, 0.6).all(), share

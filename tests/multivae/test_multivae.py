@@ -318,14 +318,21 @@ def test_continuous_covariates_are_standardised():
     np.testing.assert_allclose(latents[0], latents[1], rtol=1e-4, atol=1e-5)
 
 
+def _untrained_module(**model_kwargs):
+    """An untrained module (eval mode) and a minibatch of 64 cells."""
+    mdata = _mdata(n_cells=64, n_genes=40, n_peaks=80)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # features closed in every simulated cell
+        MultiVAE.setup_mudata(mdata, batch_key="batch", modalities=RNA_ATAC)
+        model = MultiVAE(mdata, n_hidden=16, n_latent=4, **model_kwargs)
+    tensors = next(iter(model._make_data_loader(mdata, batch_size=64)))
+    return model.module.eval(), tensors
+
+
 @pytest.fixture(scope="module")
 def untrained():
     """An untrained module and a minibatch of 64 cells, to check the terms of the loss."""
-    mdata = _mdata(n_cells=64, n_genes=40, n_peaks=80)
-    MultiVAE.setup_mudata(mdata, batch_key="batch", modalities=RNA_ATAC)
-    model = MultiVAE(mdata, n_hidden=16, n_latent=4)
-    tensors = next(iter(model._make_data_loader(mdata, batch_size=64)))
-    return model.module.eval(), tensors
+    return _untrained_module()
 
 
 def test_rna_means_sum_to_the_observed_library(untrained):
@@ -1493,20 +1500,9 @@ def test_repeated_cell_names_are_refused_as_such():
         MultiVAE.setup_mudata(mdata, batch_key="batch", modalities=RNA_ATAC)
 
 
-def _untrained_module(**model_kwargs):
-    mdata = _mdata(n_cells=64, n_genes=40, n_peaks=80)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # features closed in every simulated cell
-        MultiVAE.setup_mudata(mdata, batch_key="batch", modalities=RNA_ATAC)
-        model = MultiVAE(mdata, n_hidden=16, n_latent=4, **model_kwargs)
-    tensors = next(iter(model._make_data_loader(mdata, batch_size=64)))
-    return model.module, tensors
-
-
-def test_kl_weight_scales_the_kl_of_the_joint_posterior():
-    module, tensors = _untrained_module()
-    module.eval()
-    module.cross_reconstruction_weight = 0.0
+def test_kl_weight_scales_the_kl_of_the_joint_posterior(untrained, monkeypatch):
+    module, tensors = untrained
+    monkeypatch.setattr(module, "cross_reconstruction_weight", 0.0)
     with torch.no_grad():
         inference_outputs, generative_outputs = module.forward(tensors, compute_loss=False)
         losses = {

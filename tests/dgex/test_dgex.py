@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import scvi
 import torch
+from lightning.pytorch import Callback
 from scipy import sparse
 
 import scgexp
@@ -348,6 +349,7 @@ def test_rank_map_reads_backed_data_in_any_gene_order(bulk, trained, tmp_path):
         ("zero_one", r"must be boolean .*pd\.to_numeric\(adata\.var\['landmark'\]\) == 1`"),
         ("zero_one_text", r"must be boolean .*pd\.to_numeric\(adata\.var\['landmark'\]\) == 1`"),
         ("text", r"must be boolean .*\.str\.lower\(\) == 'true'`"),
+        ("repeated_names", r"var_names are not unique; call `adata.var_names_make_unique\(\)`"),
     ],
 )
 def test_bad_setup(bulk, change, message):
@@ -363,6 +365,11 @@ def test_bad_setup(bulk, change, message):
         adata.X[0, 0] = np.nan
     elif change == "bad_layer":
         layer = "logcounts"
+    elif change == "repeated_names":  # two targets with one name: predictions could not say which
+        targets = np.flatnonzero(~adata.var["landmark"].to_numpy())
+        names = adata.var_names.to_numpy(dtype=object, copy=True)
+        names[targets[1]] = names[targets[0]]
+        adata.var_names = names
     elif change in ("zero_one", "zero_one_text", "text"):  # as some tools write marks
         marks = adata.var["landmark"]
         adata.var["landmark"] = {
@@ -392,6 +399,11 @@ def test_nan_at_predict(bulk, trained):
     as_sparse.X = sparse.csr_matrix(as_sparse.X)
     with pytest.raises(InputError, match=where):
         trained.predict(as_sparse)
+    first = test.var_names[test.var["landmark"]][0]  # a landmark in the user's column 0
+    in_front = test[:, [first, *test.var_names.drop(first)]].copy()
+    in_front.X[2, 0] = np.nan
+    with pytest.raises(InputError, match=f"variable '{first}'"):
+        trained.predict(in_front)
 
 
 def test_gaussian_loss_and_gene_variance(bulk):
@@ -577,6 +589,9 @@ def test_mark_and_read_landmarks(tmp_path):
     )
     assert scgexp.data.read_landmark_genes(beta) == ["gene00000", "gene00001"]
     assert scgexp.data.read_landmark_genes(beta, id_column="ensembl_id") == ["E1", "E3"]
+    spaced = tmp_path / "spaced.txt"  # stray spaces, as spreadsheets leave them
+    spaced.write_text("pr_gene_symbol\tpr_is_lm\ngene00000 \t1\n gene00001\t1\ngene00002\t0\n")
+    assert scgexp.data.read_landmark_genes(spaced) == ["gene00000", "gene00001"]
     table.write_text(table.read_text().replace("\t1\n", "\t1.0\n"))
     assert scgexp.data.read_landmark_genes(table) == genes
     table.write_text(table.read_text().replace("\t1.0\n", "\t0\n"))
@@ -817,3 +832,138 @@ def test_a_best_first_epoch_on_linear_data_names_the_ridge_start():
     message = next(str(w.message) for w in caught if "first epoch" in str(w.message))
     assert "starts from ridge regression" in message
     assert "may be too high" not in message
+
+
+def _small_bulk(n_samples: int, seed: int = 0) -> anndata.AnnData:
+    return scgexp.data.simulate_bulk_expression(
+        n_samples=n_samples, n_landmarks=20, n_targets=40, n_programs=5, seed=seed
+    )
+
+
+def test_architecture_options_reach_the_network():
+    """n_layers, dropout_rate, activation and linear_skip build the network they name."""
+    adata = _small_bulk(60)
+    DGEX.setup_anndata(adata)
+    model = DGEX(
+        adata, n_hidden=16, n_layers=3, dropout_rate=0.3, activation="relu", linear_skip=False
+    )
+    hidden = list(model.module.hidden.modules())
+    assert sum(isinstance(m, torch.nn.Linear) for m in hidden) == 3
+    assert {m.p for m in hidden if isinstance(m, torch.nn.Dropout)} == {0.3}
+    assert any(isinstance(m, torch.nn.ReLU) for m in hidden)
+    assert not any(isinstance(m, torch.nn.Tanh) for m in hidden)
+    assert model.module.skip is None
+    model.train(max_epochs=1, enable_progress_bar=False)
+    assert (model.get_latent_representation() >= 0).all()  # ReLU units
+
+
+def test_train_passes_weight_decay_and_user_callbacks():
+    adata = _small_bulk(60)
+    DGEX.setup_anndata(adata)
+    model = DGEX(adata, n_hidden=16)
+    seen = []
+
+    class RecordWeightDecay(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            seen.append(trainer.optimizers[0].param_groups[0]["weight_decay"])
+
+    model.train(
+        max_epochs=2, weight_decay=0.05, callbacks=[RecordWeightDecay()], enable_progress_bar=False
+    )
+    assert seen == [0.05, 0.05]
+
+
+def test_training_again_continues_from_the_trained_weights():
+    """A second train() must not fit the ridge start again (and shrink the trained output)."""
+    adata = _small_bulk(80)
+    DGEX.setup_anndata(adata)
+    model = DGEX(adata, n_hidden=16)
+    model.train(max_epochs=2, enable_progress_bar=False)
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    model.train(max_epochs=1, lr=1e-12, enable_progress_bar=False)
+    for name in ("skip.weight", "mean_head.weight"):
+        torch.testing.assert_close(
+            model.module.state_dict()[name], before[name], atol=1e-6, rtol=1e-5
+        )
+
+
+def test_new_data_are_read_from_the_training_layer_when_they_have_it():
+    adata = _small_bulk(120)
+    adata.layers["log2"] = adata.X.copy()
+    train, query = adata[:100].copy(), adata[100:].copy()
+    DGEX.setup_anndata(train, layer="log2")
+    model = DGEX(train, n_hidden=16)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    query.X = np.zeros_like(query.X)  # X holds something else: the layer is read
+    np.testing.assert_array_equal(model.predict(query).X, model.predict(query, layer="log2").X)
+
+
+def test_rank_map_maps_training_samples_exactly_onto_themselves():
+    """101 training samples: the 101 stored quantiles are their order statistics, so mapping
+    the training data changes no landmark value (the top rank maps onto the maximum)."""
+    adata = _small_bulk(101)
+    DGEX.setup_anndata(adata)
+    model = DGEX(adata, n_hidden=16)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    np.testing.assert_allclose(model.predict(rank_map=True).X, model.predict().X, atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:These landmark values do not look")
+def test_rank_map_gives_ties_one_value(bulk, trained):
+    """Tied values (zeros in single cells) share a rank: identical samples get one prediction,
+    and a sample whose landmarks are all equal maps each onto the pooled training median."""
+    _, test = bulk
+    tied = test[:20].copy()
+    tied.X[1] = tied.X[0]
+    mapped = trained.predict(tied, rank_map=True).X
+    np.testing.assert_allclose(mapped[1], mapped[0], rtol=1e-6)
+    flat = tied[:1, tied.var["landmark"]].copy()
+    flat.X[:] = 0.0
+    quantiles = trained.module.landmark_quantiles.numpy()
+    grid = np.linspace(0, 1, flat.n_vars)  # the pooled distribution at one point per landmark
+    at_median = flat.copy()
+    at_median.X[:] = np.interp(0.5, grid, np.quantile(quantiles.ravel(), grid))
+    np.testing.assert_allclose(
+        trained.predict(flat, rank_map="sample").X, trained.predict(at_median).X, atol=1e-5
+    )
+
+
+@pytest.mark.filterwarnings("ignore:These landmark values do not look")
+def test_rank_map_sample_pools_only_landmarks_that_varied_in_training():
+    """rank_map="sample" maps onto the pooled distribution of the landmarks it reads: those
+    constant in training (here 5 of 20, all 0) must not pull it towards their value."""
+    adata = _small_bulk(120)
+    adata.X[:, np.flatnonzero(adata.var["landmark"])[:5]] = 0.0
+    DGEX.setup_anndata(adata)
+    with pytest.warns(UserWarning, match="5 landmark genes have one value"):
+        model = DGEX(adata, n_hidden=16)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    quantiles = model.module.landmark_quantiles.numpy()
+    varied = quantiles[:, 0] < quantiles[:, -1]
+    flat = adata[:1, adata.var["landmark"]].copy()
+    flat.X[:] = 1.0  # every landmark tied: each at the pooled median
+    at_median = flat.copy()
+    at_median.X[:] = np.quantile(quantiles[varied].ravel(), 0.5)
+    np.testing.assert_allclose(
+        model.predict(flat, rank_map="sample").X, model.predict(at_median).X, atol=1e-5
+    )
+
+
+def test_variance_start_is_not_overconfident_with_about_as_many_samples_as_landmarks():
+    """42 samples, 40 landmarks: ridge by GCV nearly interpolates and GCV's error estimate runs
+    low; the floor (the best fit with dof <= n/2) keeps the predicted std from collapsing."""
+    rng = np.random.default_rng(0)
+    landmarks = rng.normal(size=(400, 40))
+    targets = landmarks @ rng.normal(size=(40, 100)) * 0.3 + rng.normal(size=(400, 100))
+    adata = anndata.AnnData(np.c_[landmarks, targets].astype(np.float32))
+    adata.var["landmark"] = np.arange(140) < 40
+    train, test = adata[:42].copy(), adata[200:].copy()
+    DGEX.setup_anndata(train)
+    model = DGEX(train, n_hidden=16, variance="gene")
+    model.train(  # a learning rate of ~0: the ridge start itself
+        max_epochs=1, lr=1e-9, train_size=1.0, early_stopping=False, enable_progress_bar=False
+    )
+    out = model.predict(test, return_std=True)
+    z = (test[:, 40:].X - out.X) / out.layers["std"]
+    assert np.mean(np.abs(z) < 1.96) > 0.7  # 0.75 here; 0.66 without the floor
+    assert z.std() < 4  # 2.2 here; 7.9 without the floor

@@ -981,3 +981,72 @@ def test_query_messages_name_the_model_the_order_and_the_modality_names():
     one_cell = MultiVAE.load_query_data(query[:1].copy(), reference_model)
     with pytest.raises(InputError, match="Train on at least 2 cells"):
         one_cell.train(max_epochs=1)
+
+
+def test_prepare_query_mudata_flags_cells_without_counts_absent():
+    """An added presence flag is True only for the cells with counts in that modality."""
+    reference = simulate_multiome(n_cells=80, n_genes=20, n_peaks=30, n_batches=2, seed=2)
+    MultiVAE.setup_mudata(
+        reference,
+        batch_key="batch",
+        modalities={"rna_layer": "rna", "atac_layer": "atac"},
+        presence_keys={"rna": "has_rna", "atac": "has_atac"},
+    )
+    model = MultiVAE(reference, n_latent=2)  # only its registry is read
+    query = simulate_multiome(n_cells=40, n_genes=20, n_peaks=30, n_batches=2, seed=3)
+    rna = query["rna"].copy()
+    rna.X = scipy_sparse.csr_matrix(rna.X)
+    rna.X[:5] = 0  # five cells without RNA reads
+    rna.X.eliminate_zeros()
+    rna_only = md.MuData({"rna": rna})
+    rna_only.obs["batch"] = query.obs["batch"].to_numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        MultiVAE.prepare_query_mudata(rna_only, model)
+    expected = np.asarray(rna.X.sum(1)).ravel() > 0
+    assert not expected[:5].any()
+    assert expected[5:].all()
+    np.testing.assert_array_equal(rna_only.obs["has_rna"].to_numpy(dtype=bool), expected)
+
+
+def test_an_added_modality_takes_the_querys_own_obs_column_first():
+    """The MuData's own obs column wins over another modality's (the documented order)."""
+    reference = simulate_multiome(n_cells=80, n_genes=20, n_peaks=30, n_batches=2, seed=2)
+    MultiVAE.setup_mudata(
+        reference,
+        batch_key="batch",
+        modalities={"rna_layer": "rna", "atac_layer": "atac", "batch_key": "rna"},
+    )
+    model = MultiVAE(reference, n_latent=2)  # only its registry is read
+    query = simulate_multiome(n_cells=30, n_genes=20, n_peaks=30, n_batches=2, seed=3)
+    atac_only = md.MuData({"atac": query["atac"].copy()})
+    atac_only["atac"].obs["batch"] = "batch_0"  # e.g. left from an earlier annotation
+    atac_only.obs["batch"] = "batch_1"  # the query's own column
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        MultiVAE.prepare_query_mudata(atac_only, model)
+    assert (atac_only["rna"].obs["batch"] == "batch_1").all()
+
+
+def test_prepared_query_takes_the_right_columns_after_a_repeated_unused_feature():
+    """A repeated feature the model does not use, before the model's features, shifts none."""
+    reference = simulate_scrna(n_cells=60, n_genes=20, n_batches=2, seed=0)
+    ZINBAutoencoder.setup_anndata(reference, layer="counts", batch_key="batch")
+    model = ZINBAutoencoder(reference, n_hidden=8, n_latent=2)  # only its registry is read
+    query = simulate_scrna(n_cells=30, n_genes=20, n_batches=2, seed=1)
+    counts = np.hstack(
+        [np.full((query.n_obs, 2), 7, dtype=np.float32), query.layers["counts"].toarray()]
+    )
+    doubled = anndata.AnnData(
+        X=counts.copy(),
+        obs=query.obs.copy(),
+        var=pd.DataFrame(index=["extra", "extra", *query.var_names]),
+        layers={"counts": counts},
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # anndata: names not unique
+        prepared = ZINBAutoencoder.prepare_query_anndata(doubled, model, inplace=False)
+    assert prepared.var_names.equals(query.var_names)
+    layer = prepared.layers["counts"]
+    layer = layer.toarray() if scipy_sparse.issparse(layer) else np.asarray(layer)
+    np.testing.assert_array_equal(layer, counts[:, 2:])

@@ -237,6 +237,12 @@ def test_indices_as_a_list_of_bools_empty_or_bad(adata):
             model.get_latent_representation(indices=indices)
     with pytest.raises(InputError, match="boolean mask of length 50"):
         model.get_normalized_expression(indices=np.ones(50, bool))
+    np.testing.assert_allclose(  # -n_obs is the first cell; one further is refused, not wrapped
+        model.get_latent_representation(indices=[-adata.n_obs]),
+        model.get_latent_representation(indices=[0]),
+    )
+    with pytest.raises(InputError, match="out of range"):
+        model.get_latent_representation(indices=[-adata.n_obs - 1])
 
 
 def test_backed_csc_is_refused(adata, tmp_path):
@@ -430,3 +436,46 @@ def test_validation_loader_serves_all_cells_even_with_drop_last():
     splitter = DataSplitter(manager, data_mode="memory", batch_size=64, drop_last=True)
     splitter.setup()
     assert sum(len(b["X"]) for b in splitter.val_dataloader()) == len(splitter.val_idx)
+
+
+def test_stream_shuffle_reorders_the_blocks_of_the_file(tmp_path):
+    """With shuffle, the first minibatch may come from any block of the file, not the first."""
+    adata = simulate_scrna(n_cells=600, n_genes=10, seed=0)
+    adata.obs["row"] = np.arange(1, adata.n_obs + 1, dtype=float)  # read back as size factors
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    backed = anndata.read_h5ad(tmp_path / "a.h5ad", backed="r")
+    ZINBAutoencoder.setup_anndata(backed, size_factor_key="row")
+    store = TensorStore(ZINBAutoencoder._get_most_recent_anndata_manager(backed), skip_backed=True)
+    first_blocks = set()
+    for seed in range(5):
+        torch.manual_seed(seed)
+        loader = StreamingDataLoader(
+            store, np.arange(600), 50, shuffle=True, block_rows=50, buffer_blocks=1
+        )
+        rows = next(iter(loader))["size_factor"].ravel().long().numpy() - 1
+        first_blocks |= set(rows // 50)
+    backed.file.close()
+    assert len(first_blocks) > 1
+
+
+def test_memory_store_leaves_a_users_unsummed_csr_alone():
+    """A CSR with duplicate entries (as some readers leave it) is summed in a copy only."""
+    adata = simulate_scrna(n_cells=20, n_genes=6, n_batches=1, seed=0)
+    dense = adata.layers["counts"].toarray()
+    data, indices, indptr = [], [], [0]
+    for row in dense:  # each count stored as two entries
+        columns = np.flatnonzero(row)
+        data += [*(row[columns] - 1), *np.ones(len(columns))]
+        indices += [*columns, *columns]
+        indptr.append(len(indices))
+    matrix = sparse.csr_matrix(
+        (np.asarray(data, np.float32), np.asarray(indices), np.asarray(indptr)), shape=dense.shape
+    )
+    matrix.has_canonical_format = False
+    adata.X = matrix
+    before = (matrix.data.copy(), matrix.indices.copy(), matrix.indptr.copy())
+    ZINBAutoencoder.setup_anndata(adata)
+    store = TensorStore(ZINBAutoencoder._get_most_recent_anndata_manager(adata))
+    np.testing.assert_array_equal(store.batch(torch.arange(20))["X"].numpy(), dense)
+    for stored, kept in zip((matrix.data, matrix.indices, matrix.indptr), before, strict=True):
+        np.testing.assert_array_equal(stored, kept)

@@ -545,3 +545,24 @@ def test_a_categorical_covariate_with_one_category_warns(adata):
     adata.obs["donor"] = "d0"
     with pytest.warns(UserWarning, match=r"obs\['donor'\] has a single category"):
         SAILER.setup_anndata(adata, batch_key="batch", categorical_covariate_keys=["donor"])
+
+
+@pytest.mark.parametrize(("scale", "nan"), [(1 / 100, False), (1.0, True)])
+def test_query_covariates_far_below_the_training_values_warn_and_nan_is_refused(scale, nan):
+    """A covariate as fractions where training had percents (25 SDs below) warns; a query
+    cell without its value is refused (its decoded outputs would be NaN)."""
+    data = simulate_scatac(n_cells=120, n_peaks=60, n_batches=1, seed=1)
+    data = data[np.asarray(data.X.sum(1)).ravel() > 0].copy()
+    data.obs["tss"] = np.random.default_rng(0).normal(50, 2, data.n_obs)  # in percent
+    SAILER.setup_anndata(data, continuous_covariate_keys=["tss"])
+    model = SAILER(data, n_latent=2)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    query = data[:30].copy()
+    query.obs["tss"] *= scale
+    if nan:
+        query.obs.loc[query.obs_names[3], "tss"] = np.nan
+        with pytest.raises(InputError, match=r"obs\['tss'\] has NaN or infinite"):
+            model.get_normalized_accessibility(query)
+    else:
+        with pytest.warns(UserWarning, match=r"obs\['tss'\] has median .* training standard dev"):
+            model.get_latent_representation(query)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import logging
 import warnings
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import scvi
 import torch
 from lightning.pytorch.callbacks import Callback
 
@@ -243,3 +245,22 @@ def test_multivae_restores_no_epoch_of_its_kl_annealing():
     assert callback.warmup_epochs == 4
     loss = model.history["validation_loss"].to_numpy(dtype=float).ravel()
     assert callback.best_epoch == 4 + int(loss[4:].argmin())
+
+
+class _OwnSCVI(TrainingMixin, scvi.model.SCVI):
+    """A user's own model on scgexp's training (as TrainingMixin's docstring shows)."""
+
+
+def test_own_model_restores_the_epoch_best_by_the_early_stopping_default(caplog):
+    """Without early_stopping_monitor, the restore watches scvi-tools' elbo_validation."""
+    scvi.settings.seed = 0
+    adata = simulate_scrna(n_cells=200, n_genes=30, n_batches=1, seed=0)
+    _OwnSCVI.setup_anndata(adata, layer="counts")
+    model = _OwnSCVI(adata, n_hidden=16, n_latent=2)
+    with caplog.at_level(logging.INFO, logger="scgexp.train._callbacks"):
+        model.train(max_epochs=4, early_stopping=True, enable_progress_bar=False)
+    restored = [r.getMessage() for r in caplog.records if "Restored weights" in r.getMessage()]
+    assert restored
+    assert "elbo_validation" in restored[-1]
+    best = int(np.argmin(model.history["elbo_validation"].to_numpy().ravel())) + 1
+    assert f"epoch {best} " in restored[-1]

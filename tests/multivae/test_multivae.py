@@ -16,6 +16,7 @@ from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 from torch.distributions import Normal, kl_divergence
 
+import scgexp.multivae._model as multivae_model_module
 from scgexp.data import InputError, pad_modalities, simulate_multiome
 from scgexp.multivae import MultiVAE
 from scgexp.multivae._module import PoissonDetection
@@ -1556,3 +1557,94 @@ def test_predict_std_is_the_sample_standard_deviation_of_the_draws(n_samples, mo
     )
     draws = np.arange(1, n_samples + 1, dtype=float) ** 2 * 1e4  # RNA scaled to 10,000
     np.testing.assert_allclose(prediction.layers["std"], np.std(draws, ddof=1), rtol=1e-5)
+
+
+def test_default_max_epochs_follows_the_number_of_cells(monkeypatch):
+    """max_epochs=None: 2e6 / n_cells epochs, between 50 and 500 (as documented)."""
+    mdata = _mdata(n_cells=5000, n_genes=10, n_peaks=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        MultiVAE.setup_mudata(mdata, batch_key="batch", modalities=RNA_ATAC)
+    model = MultiVAE(mdata, n_hidden=8, n_latent=2)
+    passed = {}
+    monkeypatch.setattr(TrainingMixin, "train", lambda self, **kwargs: passed.update(kwargs))
+    model.train()
+    assert passed["max_epochs"] == 400
+
+
+def test_two_samples_average_draws_not_the_mean():
+    mdata = _mdata()
+    model = _train(mdata)
+    mean = model.get_normalized_expression(return_numpy=True)
+    two = model.get_normalized_expression(n_samples=2, return_numpy=True)
+    assert not np.allclose(two, mean, rtol=1e-4)
+
+
+def test_differential_passes_user_pseudocounts_and_documented_delta(monkeypatch):
+    mdata = _mdata()
+    model = _train(mdata)
+    seen = []
+    monkeypatch.setattr(
+        multivae_model_module, "differential", lambda *args: seen.append(args[-1]) or args[-1]
+    )
+    monkeypatch.setattr(multivae_model_module, "accessibility_table", lambda result, *a: result)
+    model.differential_expression(groupby="cell_type", group1="type_0", pseudocounts=0.5)
+    model.differential_accessibility(groupby="cell_type", group1="type_0")
+    assert seen[0]["kwargs"]["pseudocounts"] == 0.5
+    assert seen[1]["delta"] == 0.05
+
+
+def test_differential_accessibility_uses_the_fdr_target():
+    mdata = _mdata()
+    model = _train(mdata)
+    da = model.differential_accessibility(
+        groupby="cell_type", group1="type_0", fdr_target=0.2, silent=True
+    )
+    assert da["is_da_fdr"].dtype == bool
+    assert len(da) == mdata["atac"].n_vars
+
+
+def test_predict_matches_cells_by_name_when_the_source_is_in_another_order():
+    sim = _mdata(missing_fraction=0.3)
+    model = _train(sim, setup_kwargs={"presence_keys": PRESENCE})
+    order = np.random.default_rng(0).permutation(sim.n_obs)
+    shuffled = md.MuData({"rna": sim["rna"].copy(), "atac": sim["atac"][order].copy()})
+    for key in ("batch", "has_atac"):
+        shuffled.obs[key] = sim.obs[key]  # aligned by cell name
+    assert not shuffled.obs_names.equals(shuffled["atac"].obs_names)
+    with pytest.warns(UserWarning, match="cells have no atac data"):
+        expected = model.predict(sim, source="atac", target="rna", n_samples=0)
+    with pytest.warns(UserWarning, match="cells have no atac data"):
+        result = model.predict(shuffled, source="atac", target="rna", n_samples=0)
+    assert result.obs_names.equals(sim.obs_names[order])
+    np.testing.assert_allclose(result.X, expected[result.obs_names].X, rtol=1e-5)
+    assert (result.obs["batch"] == sim.obs["batch"].loc[result.obs_names]).all()
+
+
+def test_padding_shares_no_mudata_level_arrays_with_the_input():
+    """pad_modalities' copy "shares no arrays" with the input: also the MuData's varm / varp."""
+    sim = _mdata()
+    mosaic = md.MuData({"rna": sim["rna"][30:].copy(), "atac": sim["atac"][:70].copy()})
+    mosaic.varm["weights"] = np.ones((mosaic.n_vars, 2))
+    mosaic.varp["graph"] = sparse.identity(mosaic.n_vars, format="csr")
+    padded = pad_modalities(mosaic)
+    padded.varm["weights"][0, 0] = 5
+    padded.varp["graph"].data[0] = 7
+    assert mosaic.varm["weights"][0, 0] == 1
+    assert mosaic.varp["graph"].data[0] == 1
+
+
+def test_differential_expression_observed_statistics_skip_rows_flagged_missing():
+    mdata = _mdata(missing_fraction=0.4)
+    has = mdata.obs["has_rna"].to_numpy()
+    values = mdata["rna"].X.toarray()
+    values[~has] = 50.0  # counts in rows flagged missing: never to be read
+    mdata["rna"].X = sparse.csr_matrix(values)
+    model = _train(mdata, setup_kwargs={"presence_keys": PRESENCE})
+    idx1 = np.arange(mdata.n_obs) < 50
+    assert (idx1 & ~has).any()
+    assert (~idx1 & ~has).any()
+    de = model.differential_expression(idx1=idx1, idx2=~idx1, silent=True)
+    de = de.loc[mdata["rna"].var_names]
+    np.testing.assert_allclose(de["raw_mean1"], values[idx1 & has].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(de["raw_mean2"], values[~idx1 & has].mean(0), rtol=1e-5)

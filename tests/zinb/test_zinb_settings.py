@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import anndata
 import numpy as np
 import pandas as pd
@@ -16,18 +14,13 @@ from scgexp.train import TrainingMixin
 from scgexp.zinb import ZINBAutoencoder
 
 
-def _quiet_train(model, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.train(enable_progress_bar=False, **kwargs)
-    return model
-
-
 @pytest.fixture(scope="module")
 def zinb():
     adata = simulate_scrna(n_cells=300, n_genes=60, seed=0)
     ZINBAutoencoder.setup_anndata(adata, layer="counts", batch_key="batch")
-    return _quiet_train(ZINBAutoencoder(adata, n_hidden=32, n_latent=8), max_epochs=2)
+    model = ZINBAutoencoder(adata, n_hidden=32, n_latent=8)
+    model.train(max_epochs=2, enable_progress_bar=False)
+    return model
 
 
 def test_shallow_library_sizes_given_as_size_factors_warn():

@@ -174,3 +174,39 @@ def test_encoder_input_total_is_the_mean_number_of_open_peaks():
     module = SAILER(adata, n_hidden=16, n_latent=4).module
     n_open = np.asarray((adata.X > 0).sum(1)).ravel()
     np.testing.assert_allclose(float(module.mean_input_total), n_open.mean(), rtol=1e-5)
+
+
+def test_empty_cell_gets_finite_confounders_and_logits():
+    """A cell with no open peak (the model refuses one; the module may be used alone) has
+    depth log(max(n_open, 1)) = 0, as the model's statistics count it, and finite logits."""
+    torch.manual_seed(0)
+    module = SAILERModule(n_input=10, n_hidden=16, n_hidden_inner=8, n_latent=3).eval()
+    x = torch.randint(0, 3, (4, 10)).float()
+    x[0] = 0.0  # an empty cell
+    tensors = {REGISTRY_KEYS.X_KEY: x, REGISTRY_KEYS.BATCH_KEY: torch.zeros(4, 1)}
+    confounders = module._confounders(tensors)
+    assert torch.isfinite(confounders["cont_confounders"]).all()
+    assert confounders["cont_confounders"][0, 0] == 0.0  # log(max(0, 1))
+    with torch.no_grad():
+        _, generative_outputs = module.forward(tensors, compute_loss=False)
+    assert torch.isfinite(generative_outputs["px"]).all()
+
+
+@pytest.mark.parametrize("normalize_input", [True, False])
+def test_encoder_reads_binarised_peaks_raw_or_as_shares(normalize_input):
+    """normalize_input=False feeds the binarised peaks as the paper does; True divides each
+    cell by its number of open peaks and rescales to the training mean."""
+    torch.manual_seed(0)
+    module = SAILERModule(
+        n_input=10, n_hidden=16, n_hidden_inner=8, n_latent=3, normalize_input=normalize_input
+    ).eval()
+    module.mean_input_total.fill_(4.0)
+    x = torch.randint(0, 3, (5, 10)).float()
+    x[:, 0] = 1.0  # no empty cell
+    seen = []
+    module.encoder.register_forward_hook(lambda layer, inputs, output: seen.append(inputs[0]))
+    with torch.no_grad():
+        module.inference(x)
+    binary = (x > 0).float()
+    expected = binary / binary.sum(-1, keepdim=True) * 4.0 if normalize_input else binary
+    torch.testing.assert_close(seen[0], expected)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from scvi import REGISTRY_KEYS
 from torch.nn.functional import softplus
 
-from scgexp.zinb import ZINBAutoencoderModule
+from scgexp.data import simulate_scrna
+from scgexp.zinb import ZINBAutoencoder, ZINBAutoencoderModule
 
 
 def _module(**kwargs):
@@ -170,3 +172,65 @@ def test_poisson_samples_have_the_fitted_mean():
         _, generative_outputs = module.forward(tensors, compute_loss=False)
     rate = generative_outputs["px"].rate
     torch.testing.assert_close(samples.mean(-1), rate, rtol=0.05, atol=0.1)
+
+
+def test_registered_size_factor_is_used_as_given():
+    """A registered size factor is used as given (not divided by the median total, as the
+    count-derived one is): μ and the reported library size follow it."""
+    module = ZINBAutoencoderModule(n_input=4, n_hidden=8, n_latent=2, use_size_factor_key=True)
+    module.median_total.fill_(50.0)
+    x = torch.arange(1.0, 13.0).reshape(3, 4)
+    size_factor = torch.tensor([[0.5], [1.0], [2.0]])
+    torch.testing.assert_close(module.size_factor(x, size_factor), size_factor)
+    adata = simulate_scrna(n_cells=60, n_genes=30, seed=0)
+    adata.obs["sf"] = np.linspace(0.5, 2.0, adata.n_obs)
+    ZINBAutoencoder.setup_anndata(adata, layer="counts", size_factor_key="sf")
+    model = ZINBAutoencoder(adata, n_hidden=8, n_latent=2)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    median = float(model.module.median_total)
+    assert median > 1.0
+    library = model.get_latent_library_size().ravel()
+    np.testing.assert_allclose(library, adata.obs["sf"].to_numpy() * median, rtol=1e-5)
+
+
+def test_encoder_reads_counts_divided_by_the_registered_size_factor():
+    """The encoder reads counts divided by the registered size factor, the one μ and the input
+    statistics use (not one derived from the counts)."""
+    torch.manual_seed(0)
+    module = ZINBAutoencoderModule(
+        n_input=6, n_hidden=8, n_latent=3, dropout_rate=0.0, use_size_factor_key=True
+    ).eval()
+    module.median_total.fill_(50.0)
+    x = torch.randint(1, 20, (5, 6), generator=torch.Generator().manual_seed(0)).float()
+    batch = torch.zeros(5, 1, dtype=torch.long)
+    size_factor = torch.tensor([0.2, 0.5, 1.0, 2.0, 5.0])
+    with torch.no_grad():
+        out = module.inference(x, batch, size_factor=size_factor)
+        expected = module.z_layer(module.encoder(module.transform_input(x, size_factor[:, None])))
+        doubled = module.inference(x, batch, size_factor=2 * size_factor)
+    torch.testing.assert_close(out["library"], size_factor[:, None])
+    torch.testing.assert_close(out["z"], expected)
+    assert not torch.allclose(doubled["z"], out["z"], atol=1e-4)
+
+
+def test_transform_batch_zero_decodes_every_cell_as_the_first_batch():
+    """Batch code 0 is a batch to decode at, not "no transform" (a truthiness test would
+    decode each cell as its own batch)."""
+    torch.manual_seed(0)
+    module = ZINBAutoencoderModule(n_input=6, n_batch=2, n_hidden=8, n_latent=3).eval()
+    z, library = torch.randn(4, 3), torch.ones(4, 1)
+    ones, zeros = torch.ones(4, 1, dtype=torch.long), torch.zeros(4, 1, dtype=torch.long)
+    with torch.no_grad():
+        as_0 = module.generative(z, library, ones, transform_batch=0)["px"].mu
+        own_0 = module.generative(z, library, zeros)["px"].mu
+    torch.testing.assert_close(as_0, own_0)
+    adata = simulate_scrna(n_cells=60, n_genes=30, seed=0)
+    ZINBAutoencoder.setup_anndata(adata, layer="counts", batch_key="batch")
+    model = ZINBAutoencoder(adata, n_hidden=8, n_latent=2)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    first = adata.obs["batch"].cat.categories[0]
+    own = model.get_normalized_expression(return_numpy=True)
+    as_first = model.get_normalized_expression(transform_batch=first, return_numpy=True)
+    other = (adata.obs["batch"] != first).to_numpy()
+    np.testing.assert_allclose(as_first[~other], own[~other], rtol=1e-5)
+    assert not np.allclose(as_first[other], own[other], rtol=1e-3)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from scgexp._compat import scrna_raw_counts_properties
-from scgexp._differential import accessibility_table
+from scgexp._differential import accessibility_table, draw_indices
 from scgexp.data import InputError, simulate_scrna
 from scgexp.model import ZINBAutoencoder
 
@@ -183,3 +183,13 @@ def test_fdr_target_is_the_threshold_used(trained):
     ranked = table.sort_values("proba_de", ascending=False)
     fdr = (1 - ranked["proba_de"]).cumsum() / np.arange(1, len(ranked) + 1)
     assert int(table["is_de_fdr_0.2"].sum()) == int((fdr <= 0.2).sum())
+
+
+def test_de_draws_cells_from_the_whole_group_not_its_first_cells():
+    """A group larger than n_samples_overall (scvi-tools: 5000) is sampled at random."""
+    group = np.arange(20_000) * 3  # a large group's cell positions, in obs order
+    drawn = draw_indices(group, 5000, np.random.default_rng(0))
+    assert len(drawn) == 5000
+    assert np.isin(drawn, group).all()
+    assert (drawn > group[5000]).mean() > 0.5  # about 3/4 of the draws lie past the first 5000
+    assert draw_indices(group, None, np.random.default_rng(0)) is group

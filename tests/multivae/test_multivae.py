@@ -1648,3 +1648,32 @@ def test_differential_expression_observed_statistics_skip_rows_flagged_missing()
     de = de.loc[mdata["rna"].var_names]
     np.testing.assert_allclose(de["raw_mean1"], values[idx1 & has].mean(0), rtol=1e-5)
     np.testing.assert_allclose(de["raw_mean2"], values[~idx1 & has].mean(0), rtol=1e-5)
+
+
+def test_multivae_rna_expert_sees_proportions_not_sequencing_depth():
+    """The RNA encoder reads log1p counts per 10k, so a cell sequenced 3x deeper maps alike."""
+    scvi.settings.seed = 0
+    mdata = simulate_multiome(n_cells=150, n_genes=40, n_peaks=80, seed=0)
+    MultiVAE.setup_mudata(mdata, modalities={"rna_layer": "rna", "atac_layer": "atac"})
+    module = MultiVAE(mdata, n_hidden=16, n_latent=4).module.eval()
+    x = torch.poisson(torch.full((6, 40), 3.0))
+    batch = torch.zeros(6, 1, dtype=torch.long)
+    with torch.no_grad():
+        shallow = module.inference(batch_index=batch, x_rna=x)["qzm"]
+        deep = module.inference(batch_index=batch, x_rna=3 * x)["qzm"]
+    torch.testing.assert_close(deep, shallow, rtol=1e-4, atol=1e-5)
+
+
+def test_multivae_atac_rate_follows_the_cell_factor_by_the_learned_slope():
+    """Log rate = decoder + region factor + slope * cell factor, slope learned per region."""
+    scvi.settings.seed = 0
+    mdata = simulate_multiome(n_cells=150, n_genes=40, n_peaks=80, seed=0)
+    MultiVAE.setup_mudata(mdata, modalities={"rna_layer": "rna", "atac_layer": "atac"})
+    module = MultiVAE(mdata, n_hidden=16, n_latent=4).module.eval()
+    slope = torch.linspace(0.2, 1.5, module.n_features["atac"])
+    with torch.no_grad():
+        module.atac_depth_slope.copy_(slope)
+        library = {"atac": torch.tensor([[0.0], [1.0]])}  # the median cell and one e times deeper
+        out = module.generative(torch.zeros(2, 4), library, torch.zeros(2, 1), modalities=["atac"])
+    log_rate = out["p_atac"].rate.log()
+    torch.testing.assert_close(log_rate[1] - log_rate[0], slope, rtol=1e-4, atol=1e-5)

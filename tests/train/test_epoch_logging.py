@@ -123,3 +123,24 @@ def test_callbacks_see_the_epoch_that_ends(model_name):
     for key, seen in reader.seen.items():
         logged = model.history[key].to_numpy(dtype=float).ravel()
         np.testing.assert_allclose(seen, logged, rtol=1e-6)
+
+
+def test_logged_train_loss_includes_the_invariance_penalty():
+    """train_loss is what the encoder minimises: the ELBO plus the penalty (KL weight 1)."""
+    atac = simulate_scatac(n_cells=120, n_peaks=100, seed=0)
+    SAILER.setup_anndata(atac, batch_key="batch")
+    model = SAILER(atac, n_hidden=16, n_latent=4, invariance="mi", invariance_weight=2.0)
+    model.train(
+        max_epochs=2,
+        batch_size=40,
+        train_size=1.0,
+        n_epochs_warmup=0,
+        n_epochs_kl_warmup=0,
+        enable_progress_bar=False,
+    )
+    history = {k: v.to_numpy(dtype=float).ravel() for k, v in model.history.items()}
+    np.testing.assert_allclose(
+        history["train_loss"],
+        history["elbo_train"] + history["invariance_penalty_train"],
+        rtol=1e-4,
+    )

@@ -12,8 +12,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.precision import MixedPrecision
 
-from scgexp.data import InputError, simulate_multiome, simulate_scatac
-from scgexp.model import SAILER, MultiVAE
+from scgexp.data import InputError, simulate_multiome, simulate_scatac, simulate_scrna
+from scgexp.model import SAILER, MultiVAE, ZINBAutoencoder
 from scgexp.train import TrainingDivergedError
 
 
@@ -344,3 +344,59 @@ def test_inference_refuses_a_batch_size_that_is_not_a_positive_whole_number(name
     if name == "multivae":
         with pytest.raises(InputError, match="batch_size must be a positive number of cells"):
             model.predict(model.adata, source="atac", target="rna", batch_size=0)
+
+
+def test_annealing_warning_counts_the_warmup_epochs_too():
+    """3 epochs after 2 warm-up epochs end 1 epoch into a 2-epoch KL ramp: warn."""
+    scvi.settings.seed = 0
+    atac = simulate_scatac(n_cells=150, n_peaks=100, seed=0)
+    SAILER.setup_anndata(atac, batch_key="batch")
+    model = SAILER(atac, n_hidden=16, n_latent=4)
+    with pytest.warns(UserWarning, match="ends before the KL weight is full"):
+        model.train(
+            max_epochs=3,
+            n_epochs_warmup=2,
+            n_epochs_kl_warmup=2,
+            enable_progress_bar=False,
+        )
+
+
+def test_default_learning_rate_decay_is_sailers_0_995_per_epoch():
+    """The documented default decay (SAILER: x0.995 per epoch) of the invariance plan."""
+
+    class Rates(Callback):
+        def __init__(self):
+            self.rates = []
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    scvi.settings.seed = 0
+    atac = simulate_scatac(n_cells=150, n_peaks=100, seed=0)
+    SAILER.setup_anndata(atac, batch_key="batch")
+    model = SAILER(atac, n_hidden=16, n_latent=4, invariance="mi")
+    rates = Rates()
+    model.train(max_epochs=3, lr=1e-3, callbacks=[rates], enable_progress_bar=False)
+    np.testing.assert_allclose(rates.rates, [1e-3, 1e-3 * 0.995, 1e-3 * 0.995**2], rtol=1e-6)
+
+
+def test_a_non_finite_loss_in_any_minibatch_of_the_epoch_stops_training(monkeypatch):
+    """A non-finite validation loss in the epoch's first minibatch counts, not only the last."""
+    scvi.settings.seed = 0
+    counts = simulate_scrna(n_cells=150, n_genes=40, seed=0)
+    ZINBAutoencoder.setup_anndata(counts, layer="counts")
+    model = ZINBAutoencoder(counts, n_hidden=16, n_latent=4)
+    module_loss, calls = type(model.module).loss, []
+
+    def loss(self, *args, **kwargs):
+        output = module_loss(self, *args, **kwargs)
+        if not self.training:
+            calls.append(1)
+            if len(calls) == 1:  # the first validation minibatch only; weights stay finite
+                output.loss = output.loss + float("inf")
+        return output
+
+    monkeypatch.setattr(type(model.module), "loss", loss)
+    with pytest.raises(TrainingDivergedError):
+        model.train(max_epochs=1, batch_size=32, train_size=0.5, enable_progress_bar=False)
+    assert len(calls) > 1  # more validation minibatches followed, with finite losses

@@ -1652,7 +1652,6 @@ def test_differential_expression_observed_statistics_skip_rows_flagged_missing()
 
 def test_multivae_rna_expert_sees_proportions_not_sequencing_depth():
     """The RNA encoder reads log1p counts per 10k, so a cell sequenced 3x deeper maps alike."""
-    scvi.settings.seed = 0
     mdata = simulate_multiome(n_cells=150, n_genes=40, n_peaks=80, seed=0)
     MultiVAE.setup_mudata(mdata, modalities={"rna_layer": "rna", "atac_layer": "atac"})
     module = MultiVAE(mdata, n_hidden=16, n_latent=4).module.eval()
@@ -1666,7 +1665,6 @@ def test_multivae_rna_expert_sees_proportions_not_sequencing_depth():
 
 def test_multivae_atac_rate_follows_the_cell_factor_by_the_learned_slope():
     """Log rate = decoder + region factor + slope * cell factor, slope learned per region."""
-    scvi.settings.seed = 0
     mdata = simulate_multiome(n_cells=150, n_genes=40, n_peaks=80, seed=0)
     MultiVAE.setup_mudata(mdata, modalities={"rna_layer": "rna", "atac_layer": "atac"})
     module = MultiVAE(mdata, n_hidden=16, n_latent=4).module.eval()

@@ -253,7 +253,6 @@ class _OwnSCVI(TrainingMixin, scvi.model.SCVI):
 
 def test_own_model_restores_the_epoch_best_by_the_early_stopping_default(caplog):
     """Without early_stopping_monitor, the restore watches scvi-tools' elbo_validation."""
-    scvi.settings.seed = 0
     adata = simulate_scrna(n_cells=200, n_genes=30, n_batches=1, seed=0)
     _OwnSCVI.setup_anndata(adata, layer="counts")
     model = _OwnSCVI(adata, n_hidden=16, n_latent=2)

@@ -348,7 +348,6 @@ def test_inference_refuses_a_batch_size_that_is_not_a_positive_whole_number(name
 
 def test_annealing_warning_counts_the_warmup_epochs_too():
     """3 epochs after 2 warm-up epochs end 1 epoch into a 2-epoch KL ramp: warn."""
-    scvi.settings.seed = 0
     atac = simulate_scatac(n_cells=150, n_peaks=100, seed=0)
     SAILER.setup_anndata(atac, batch_key="batch")
     model = SAILER(atac, n_hidden=16, n_latent=4)
@@ -371,7 +370,6 @@ def test_default_learning_rate_decay_is_sailers_0_995_per_epoch():
         def on_train_epoch_start(self, trainer, pl_module):
             self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
 
-    scvi.settings.seed = 0
     atac = simulate_scatac(n_cells=150, n_peaks=100, seed=0)
     SAILER.setup_anndata(atac, batch_key="batch")
     model = SAILER(atac, n_hidden=16, n_latent=4, invariance="mi")
@@ -382,7 +380,6 @@ def test_default_learning_rate_decay_is_sailers_0_995_per_epoch():
 
 def test_a_non_finite_loss_in_any_minibatch_of_the_epoch_stops_training(monkeypatch):
     """A non-finite validation loss in the epoch's first minibatch counts, not only the last."""
-    scvi.settings.seed = 0
     counts = simulate_scrna(n_cells=150, n_genes=40, seed=0)
     ZINBAutoencoder.setup_anndata(counts, layer="counts")
     model = ZINBAutoencoder(counts, n_hidden=16, n_latent=4)

@@ -37,6 +37,16 @@ def shared_data() -> Path:
 
 
 @pytest.fixture
+def training_arguments(monkeypatch) -> dict:
+    """What a model's ``train`` hands on to ``TrainingMixin.train``, which then trains nothing."""
+    from scgexp.train import TrainingMixin
+
+    passed = {}
+    monkeypatch.setattr(TrainingMixin, "train", lambda self, **kwargs: passed.update(kwargs))
+    return passed
+
+
+@pytest.fixture
 def warnings_as_errors():
     """A context in which any warning fails the test, as a user would see it.
 

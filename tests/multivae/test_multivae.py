@@ -20,7 +20,6 @@ import scgexp.multivae._model as multivae_model_module
 from scgexp.data import InputError, pad_modalities, simulate_multiome
 from scgexp.multivae import MultiVAE
 from scgexp.multivae._module import PoissonDetection
-from scgexp.train import TrainingMixin
 
 RNA_ATAC = {"rna_layer": "rna", "atac_layer": "atac"}
 RNA_PROT = {"rna_layer": "rna", "protein_layer": "prot"}
@@ -1452,16 +1451,14 @@ def test_differential_protein_mixture_is_not_rescaled():
     np.testing.assert_allclose(de[["scale1", "scale2"]], 1.1, rtol=1e-6)
 
 
-def test_model_arguments_reach_the_module_and_trainer(monkeypatch):
+def test_model_arguments_reach_the_module_and_trainer(training_arguments):
     mdata = _mdata(n_cells=64, n_genes=40, n_peaks=80)
     MultiVAE.setup_mudata(mdata, batch_key="batch", modalities=RNA_ATAC)
     model = MultiVAE(mdata, alignment_weight=0.25, invariance="mi", invariance_weight=0.3)
     assert model.module.alignment_weight == 0.25
     assert model.module.invariance.weight == 0.3
-    passed = {}
-    monkeypatch.setattr(TrainingMixin, "train", lambda self, **kwargs: passed.update(kwargs))
     model.train(max_epochs=50, early_stopping_patience=3)
-    assert passed["early_stopping_patience"] == 3
+    assert training_arguments["early_stopping_patience"] == 3
 
 
 def test_joint_alignment_leaves_the_joint_posterior_alone():
@@ -1559,17 +1556,15 @@ def test_predict_std_is_the_sample_standard_deviation_of_the_draws(n_samples, mo
     np.testing.assert_allclose(prediction.layers["std"], np.std(draws, ddof=1), rtol=1e-5)
 
 
-def test_default_max_epochs_follows_the_number_of_cells(monkeypatch):
+def test_default_max_epochs_follows_the_number_of_cells(training_arguments):
     """max_epochs=None: 2e6 / n_cells epochs, between 50 and 500 (as documented)."""
     mdata = _mdata(n_cells=5000, n_genes=10, n_peaks=10)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         MultiVAE.setup_mudata(mdata, batch_key="batch", modalities=RNA_ATAC)
     model = MultiVAE(mdata, n_hidden=8, n_latent=2)
-    passed = {}
-    monkeypatch.setattr(TrainingMixin, "train", lambda self, **kwargs: passed.update(kwargs))
     model.train()
-    assert passed["max_epochs"] == 400
+    assert training_arguments["max_epochs"] == 400
 
 
 def test_two_samples_average_draws_not_the_mean():

@@ -11,7 +11,6 @@ from sklearn.neighbors import KNeighborsRegressor
 
 from scgexp.data import InputError, simulate_scatac
 from scgexp.sailer import SAILER
-from scgexp.train import TrainingMixin
 
 N_CELLS, N_PEAKS = 300, 300
 
@@ -465,36 +464,32 @@ def test_differential_accessibility_finds_cell_type_peaks_and_not_depth():
     assert list(fixed.columns) == list(da.columns[:-3])  # no groups: no comparison columns
 
 
-def test_early_stopping_waits_for_the_warmups_given_in_plan_kwargs(adata, monkeypatch):
+def test_early_stopping_waits_for_the_warmups_given_in_plan_kwargs(adata, training_arguments):
     """Patience grows by the warm-ups the plan runs, also when ``plan_kwargs`` sets them."""
     SAILER.setup_anndata(adata, batch_key="batch")
     model = SAILER(adata)
-    passed = {}
-    monkeypatch.setattr(TrainingMixin, "train", lambda self, **kwargs: passed.update(kwargs))
     model.train(max_epochs=400, early_stopping_patience=20)
-    assert passed["early_stopping_patience"] == 20 + 10 + 50
+    assert training_arguments["early_stopping_patience"] == 20 + 10 + 50
     model.train(
         max_epochs=400,
         early_stopping_patience=20,
         plan_kwargs={"n_epochs_warmup": 5, "n_epochs_kl_warmup": 100},
     )
-    assert passed["early_stopping_patience"] == 20 + 5 + 100
-    assert passed["plan_kwargs"]["n_epochs_kl_warmup"] == 100
+    assert training_arguments["early_stopping_patience"] == 20 + 5 + 100
+    assert training_arguments["plan_kwargs"]["n_epochs_kl_warmup"] == 100
 
 
-def test_default_budget_anneals_in_full_on_large_data(monkeypatch, warnings_as_errors):
+def test_default_budget_anneals_in_full_on_large_data(training_arguments, warnings_as_errors):
     """From 40,000 cells the budget (2e6 / cells, at least 50) ended inside the annealing."""
     adata = simulate_scatac(n_cells=45_000, n_peaks=200, seed=0)
     adata = adata[adata.X.sum(1).A1 > 0].copy()
     SAILER.setup_anndata(adata, batch_key="batch")
     model = SAILER(adata, n_hidden=8)
-    passed = {}
-    monkeypatch.setattr(TrainingMixin, "train", lambda self, **kwargs: passed.update(kwargs))
     with warnings_as_errors():  # no advice about settings the user never chose
         model.train()
-    assert passed["max_epochs"] == 10 + 50 + 20
+    assert training_arguments["max_epochs"] == 10 + 50 + 20
     model.train(n_epochs_kl_warmup=100)
-    assert passed["max_epochs"] == 10 + 100 + 20
+    assert training_arguments["max_epochs"] == 10 + 100 + 20
 
 
 def test_training_inside_the_warmup_says_no_penalty_applies(adata):

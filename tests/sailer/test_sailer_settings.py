@@ -10,7 +10,6 @@ from sklearn.feature_selection import mutual_info_classif
 
 from scgexp.data import simulate_scatac
 from scgexp.sailer import SAILER
-from scgexp.train import TrainingMixin
 
 
 def _quiet_train(model, **kwargs):
@@ -53,21 +52,19 @@ def test_sailer_default_hidden_units_follow_the_number_of_peaks():
     assert module.encoder.fc_layers[0][0].out_features == 128
 
 
-def test_sailer_train_settings_reach_training(monkeypatch):
+def test_sailer_train_settings_reach_training(training_arguments):
     """weight_decay (default 5e-4) and the default epoch budget (2e6 / n_cells) reach training."""
     adata = simulate_scatac(n_cells=10_000, n_peaks=50, seed=0)
     adata = adata[np.asarray(adata.X.sum(1)).ravel() > 0].copy()
     SAILER.setup_anndata(adata)
     model = SAILER(adata, n_hidden=8)
-    passed = {}
-    monkeypatch.setattr(TrainingMixin, "train", lambda self, **kwargs: passed.update(kwargs))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.train()
-        assert passed["max_epochs"] == round(2e6 / adata.n_obs)
-        assert passed["plan_kwargs"]["weight_decay"] == 5e-4
+        assert training_arguments["max_epochs"] == round(2e6 / adata.n_obs)
+        assert training_arguments["plan_kwargs"]["weight_decay"] == 5e-4
         model.train(weight_decay=0.01)
-    assert passed["plan_kwargs"]["weight_decay"] == 0.01
+    assert training_arguments["plan_kwargs"]["weight_decay"] == 0.01
 
 
 def test_differential_accessibility_decodes_posterior_samples_at_each_batch(sailer, monkeypatch):

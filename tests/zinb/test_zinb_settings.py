@@ -10,7 +10,6 @@ import torch
 from scipy import sparse
 
 from scgexp.data import simulate_scrna
-from scgexp.train import TrainingMixin
 from scgexp.zinb import ZINBAutoencoder
 
 
@@ -32,21 +31,19 @@ def test_shallow_library_sizes_given_as_size_factors_warn():
         ZINBAutoencoder.setup_anndata(adata, layer="counts", size_factor_key="sf")
 
 
-def test_zinb_train_settings_reach_training(monkeypatch):
+def test_zinb_train_settings_reach_training(training_arguments):
     """The default epoch budget, the plateau cut (÷10), lr_patience, train_size, batch_size."""
     counts = np.random.default_rng(0).poisson(3.0, (15_000, 8)).astype(np.float32)
     adata = anndata.AnnData(sparse.csr_matrix(counts))
     ZINBAutoencoder.setup_anndata(adata)
     model = ZINBAutoencoder(adata, n_hidden=8, n_latent=2)
-    passed = {}
-    monkeypatch.setattr(TrainingMixin, "train", lambda self, **kwargs: passed.update(kwargs))
     model.train()
-    assert passed["max_epochs"] == 200  # documented: 3e6 / n_cells between 20 and 300
-    assert passed["plan_kwargs"]["lr_factor"] == 0.1  # "reduced by 10x"
+    assert training_arguments["max_epochs"] == 200  # documented: 3e6 / n_cells between 20 and 300
+    assert training_arguments["plan_kwargs"]["lr_factor"] == 0.1  # "reduced by 10x"
     model.train(lr_patience=3, train_size=0.8, batch_size=64)
-    assert passed["plan_kwargs"]["lr_patience"] == 3
-    assert passed["train_size"] == 0.8
-    assert passed["batch_size"] == 64
+    assert training_arguments["plan_kwargs"]["lr_patience"] == 3
+    assert training_arguments["train_size"] == 0.8
+    assert training_arguments["batch_size"] == 64
 
 
 def test_feature_correlation_is_of_denoised_values_at_the_asked_batch(zinb):

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import logging
 import warnings
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import scvi
 import torch
@@ -64,3 +66,30 @@ def warnings_as_errors():
             yield
 
     return escalate
+
+
+@pytest.fixture
+def read_only_obs(monkeypatch):
+    """A context with pandas' copy-on-write on (pandas 3's only mode: read-only obs columns).
+
+    It yields a list recording, for every numpy array handed to ``torch.as_tensor`` in it,
+    whether the array is writable: torch warns on read-only ones.
+    """
+
+    @contextmanager
+    def watch():
+        writable = []
+        as_tensor = torch.as_tensor
+
+        def recording(data, *args, **kwargs):
+            if isinstance(data, np.ndarray):
+                writable.append(data.flags.writeable)
+            return as_tensor(data, *args, **kwargs)
+
+        with ExitStack() as stack, monkeypatch.context() as patch:
+            patch.setattr(torch, "as_tensor", recording)
+            if int(pd.__version__.split(".")[0]) < 3:
+                stack.enter_context(pd.option_context("mode.copy_on_write", True))
+            yield writable
+
+    return watch

@@ -194,7 +194,7 @@ def test_multiome_protein_truth_is_a_shared_background_plus_a_typed_foreground()
         background, np.broadcast_to(background[:1], background.shape), rtol=1e-4
     )
     types = mdata.obs["cell_type"].to_numpy()
-    assert pd.DataFrame(np.log(foreground)).groupby(types).mean().std(0).min() > 0.1
+    assert pd.DataFrame(np.log(foreground)).groupby(types).mean().std(axis=0).min() > 0.1
 
 
 def test_multiome_true_means_are_kept_for_cells_missing_a_modality():

@@ -479,3 +479,17 @@ def test_memory_store_leaves_a_users_unsummed_csr_alone():
     np.testing.assert_array_equal(store.batch(torch.arange(20))["X"].numpy(), dense)
     for stored, kept in zip((matrix.data, matrix.indices, matrix.indptr), before, strict=True):
         np.testing.assert_array_equal(stored, kept)
+
+
+def test_store_hands_torch_writable_copies_of_read_only_obs_columns(adata, read_only_obs):
+    ZINBAutoencoder.setup_anndata(adata, batch_key="batch", size_factor_key="depth")
+    manager = ZINBAutoencoder(adata).adata_manager
+    with read_only_obs() as writable:
+        store = TensorStore(manager)
+    assert writable
+    assert all(writable)
+    np.testing.assert_allclose(
+        store.batch(torch.arange(3))[REGISTRY_KEYS.SIZE_FACTOR_KEY].ravel(),
+        adata.obs["depth"].to_numpy()[:3],
+        rtol=1e-6,
+    )

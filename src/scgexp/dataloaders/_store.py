@@ -71,7 +71,10 @@ def _as_tensor(array, dtype: np.dtype, device: torch.device) -> torch.Tensor | _
         return _CSRRows(array, dtype, device)
     if isinstance(array, pd.DataFrame):
         array = array.to_numpy()
-    return torch.as_tensor(np.asarray(array).astype(dtype, copy=False), device=device)
+    array = np.asarray(array).astype(dtype, copy=False)
+    if not array.flags.writeable:  # e.g. pandas 3's views of obs columns, which torch warns on
+        array = array.copy()
+    return torch.as_tensor(array, device=device)
 
 
 def registered_arrays(adata_manager: AnnDataManager) -> dict[str, tuple[object, np.dtype]]:

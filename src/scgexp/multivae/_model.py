@@ -1784,7 +1784,8 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
             absent |= ~_presence_flag(flags.reindex(obs.index), presence_key, source)
         self.module.eval()
         device = self.device
-        as_tensor = lambda a: torch.as_tensor(np.asarray(a), device=device)  # noqa: E731
+        # a copy: pandas 3 hands out read-only views of obs columns, which torch warns on
+        as_tensor = lambda a: torch.as_tensor(np.array(a), device=device)  # noqa: E731
         means, stds = [], []
         for start in range(0, n_obs, batch_size):
             block = slice(start, min(start + batch_size, n_obs))

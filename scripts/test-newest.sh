@@ -2,14 +2,16 @@
 # The tests with the newest releases pip installs for another Python, e.g.
 #   SCGEXP_PYTHON=python3.13 bash scripts/test-newest.sh
 # (default python3.12), in .venv-<python>. Python >= 3.12 gets newer anndata, mudata, pandas and
-# scvi-tools than CI's 3.11. torch is installed as scripts/setup-env.sh does (install a torch
-# into the environment first to use another build). Extra arguments go to pytest.
+# scvi-tools than CI's 3.11. torch is installed as scripts/setup-env.sh does, or else from PyPI
+# (install a torch into the environment first to use another build). Extra arguments go to
+# pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${SCGEXP_PYTHON:-python3.12}
 env=.venv-$(basename "$python")
 [ -x "$env/bin/python" ] || "$python" -m venv "$env"
-VIRTUAL_ENV="$PWD/$env" bash scripts/setup-env.sh test > /dev/null
+# No CPU build of torch 2.13.0 exists for Python >= 3.12 where only PyPI is reachable: then PyPI's.
+VIRTUAL_ENV="$PWD/$env" SCGEXP_TORCH_FROM_PYPI=1 bash scripts/setup-env.sh test > /dev/null
 # The newest releases the bounds allow, also of packages an earlier run installed; torch kept.
 torch=$("$env/bin/python" -c 'import importlib.metadata as m; print(m.version("torch"))')
 "$env/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade \

@@ -69,7 +69,7 @@ def warnings_as_errors():
 
 
 @pytest.fixture
-def read_only_obs(monkeypatch):
+def copy_on_write(monkeypatch):
     """A context with pandas' copy-on-write on (pandas 3's only mode: read-only obs columns).
 
     It yields a list recording, for every numpy array handed to ``torch.as_tensor`` in it,

@@ -52,6 +52,17 @@ def test_gct12_description_version_and_sample_count(tmp_path):
         scgexp.data.read_gct(path)
 
 
+def test_a_one_sample_gct_gives_a_writable_matrix(tmp_path, copy_on_write):
+    # pandas 3 (copy-on-write) marked a one-column frame's values read-only: sc.pp.log1p failed
+    path = tmp_path / "one.gct"
+    path.write_text("#1.2\n2\t1\nName\tDescription\ts1\ng1\tfirst\t1\ng2\tsecond\t-666\n")
+    with copy_on_write():
+        adata = scgexp.data.read_gct(path)
+    assert adata.X.flags.writeable
+    np.testing.assert_array_equal(adata.X, [[1, np.nan]])
+    adata.X[0, 0] = 5  # in place, as scanpy's preprocessing writes
+
+
 def test_a_plain_gene_list_is_not_read_with_its_first_gene_as_header(tmp_path):
     path = tmp_path / "landmarks.txt"
     path.write_text("PSME1\nATF1\nRHEB\n")

@@ -481,7 +481,7 @@ def test_presence_flags_that_contradict_the_data_are_reported():
 
 
 def test_multivae_predict_checks_continuous_covariates_and_encodes_empty_query_cells(
-    read_only_obs,
+    copy_on_write,
 ):
     mdata = simulate_multiome(n_cells=120, n_genes=20, n_peaks=200, seed=1)
     mdata.obs["qc"] = np.random.default_rng(0).normal(size=mdata.n_obs)
@@ -496,7 +496,7 @@ def test_multivae_predict_checks_continuous_covariates_and_encodes_empty_query_c
         model.predict(atac, source="atac", target="rna")
     # pandas 3 hands out read-only views of obs columns: copied before torch, which warns on them
     atac.obs["qc"] = mdata.obs["qc"][:30].to_numpy()
-    with read_only_obs() as writable:
+    with copy_on_write() as writable:
         model.predict(atac, source="atac", target="rna")
     assert writable
     assert all(writable)

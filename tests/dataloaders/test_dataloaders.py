@@ -481,11 +481,14 @@ def test_memory_store_leaves_a_users_unsummed_csr_alone():
         np.testing.assert_array_equal(stored, kept)
 
 
-def test_store_hands_torch_writable_copies_of_read_only_obs_columns(adata, read_only_obs):
+def test_store_hands_torch_writable_copies_of_read_only_obs_columns(adata, copy_on_write):
     ZINBAutoencoder.setup_anndata(adata, batch_key="batch", size_factor_key="depth")
     manager = ZINBAutoencoder(adata).adata_manager
-    with read_only_obs() as writable:
+    adata.obs["row"] = np.arange(adata.n_obs)
+    with copy_on_write() as writable:
         store = TensorStore(manager)
+        rows = adata.obs["row"].to_numpy()[10:20]  # a user's indices, read-only under pandas 3
+        loader = InMemoryDataLoader(store, rows, batch_size=4)
     assert writable
     assert all(writable)
     np.testing.assert_allclose(
@@ -493,3 +496,5 @@ def test_store_hands_torch_writable_copies_of_read_only_obs_columns(adata, read_
         adata.obs["depth"].to_numpy()[:3],
         rtol=1e-6,
     )
+    first = next(iter(loader))[REGISTRY_KEYS.SIZE_FACTOR_KEY].ravel()
+    np.testing.assert_allclose(first, adata.obs["depth"].to_numpy()[10:14], rtol=1e-6)

@@ -154,7 +154,7 @@ def read_gct(path: str) -> AnnData:
         )
     matrix = body.iloc[:, 1 + n_row_meta :]
     try:
-        values = matrix.mask(matrix.isin(_MISSING)).to_numpy(dtype=np.float32).T
+        values = matrix.mask(matrix.isin(_MISSING)).to_numpy(dtype=np.float32, copy=True).T
     except ValueError as error:
         hint = " (are the metadata sizes on line 2 right?)" if version == "#1.3" else ""
         raise InputError(f"{path} holds a value that is not a number{hint}: {error}") from None

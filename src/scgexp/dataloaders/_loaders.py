@@ -59,7 +59,7 @@ class _StoreRows(Dataset):
 
     def __init__(self, store: TensorStore, indices: np.ndarray):
         self.store = store
-        self.indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        self.indices = torch.tensor(np.asarray(indices), dtype=torch.long)  # a copy
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -20,4 +20,4 @@ def copy_into(module: torch.nn.Module, values: dict[str, np.ndarray | float]) ->
     with torch.no_grad():
         for name, value in values.items():
             tensor = operator.attrgetter(name)(module)
-            tensor.copy_(torch.as_tensor(np.asarray(value), dtype=torch.float32))
+            tensor.copy_(torch.tensor(np.asarray(value), dtype=torch.float32))

@@ -70,10 +70,11 @@ def warnings_as_errors():
 
 @pytest.fixture
 def copy_on_write(monkeypatch):
-    """A context with pandas' copy-on-write on (pandas 3's only mode: read-only obs columns).
+    """``with copy_on_write() as writable:`` runs with pandas' copy-on-write on.
 
-    It yields a list recording, for every numpy array handed to ``torch.as_tensor`` in it,
-    whether the array is writable: torch warns on read-only ones.
+    Copy-on-write is pandas 3's only mode, in which obs columns are read-only views; it is
+    turned on under pandas 2 too. ``writable`` records, for every numpy array handed to
+    ``torch.as_tensor`` in the block, whether it is writable: torch warns on read-only ones.
     """
 
     @contextmanager

@@ -22,6 +22,7 @@ from torch.utils.data import (
 from scgexp.data._checks import InputError
 from scgexp.data._matrix import dense
 from scgexp.dataloaders._store import TensorStore
+from scgexp.nn._tensors import as_tensor
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -59,7 +60,7 @@ class _StoreRows(Dataset):
 
     def __init__(self, store: TensorStore, indices: np.ndarray):
         self.store = store
-        self.indices = torch.tensor(np.asarray(indices), dtype=torch.long)  # a copy
+        self.indices = as_tensor(indices, dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -13,6 +13,7 @@ from anndata.abc import CSCDataset, CSRDataset
 from scipy import sparse
 
 from scgexp._compat import registry_key_to_default_dtype
+from scgexp.nn._tensors import as_tensor
 
 if TYPE_CHECKING:
     from scvi.data import AnnDataManager
@@ -71,10 +72,7 @@ def _as_tensor(array, dtype: np.dtype, device: torch.device) -> torch.Tensor | _
         return _CSRRows(array, dtype, device)
     if isinstance(array, pd.DataFrame):
         array = array.to_numpy()
-    array = np.asarray(array).astype(dtype, copy=False)
-    if not array.flags.writeable:  # e.g. pandas 3's views of obs columns, which torch warns on
-        array = array.copy()
-    return torch.as_tensor(array, device=device)
+    return as_tensor(np.asarray(array).astype(dtype, copy=False), device=device)
 
 
 def registered_arrays(adata_manager: AnnDataManager) -> dict[str, tuple[object, np.dtype]]:

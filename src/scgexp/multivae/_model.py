@@ -69,7 +69,7 @@ from scgexp.data._matrix import (
 )
 from scgexp.data._mudata import _presence_flag
 from scgexp.multivae._module import DATA_KEYS, MODALITIES, PRESENCE_KEYS, MultiVAEModule
-from scgexp.nn._tensors import copy_into
+from scgexp.nn._tensors import as_tensor, copy_into
 from scgexp.train import (
     InvarianceTrainingPlan,
     TrainingMixin,
@@ -1784,28 +1784,27 @@ class MultiVAE(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMo
             absent |= ~_presence_flag(flags.reindex(obs.index), presence_key, source)
         self.module.eval()
         device = self.device
-        # a copy: pandas 3 hands out read-only views of obs columns, which torch warns on
-        as_tensor = lambda a: torch.as_tensor(np.array(a), device=device)  # noqa: E731
+        to_device = lambda a: as_tensor(a, device=device)  # noqa: E731
         means, stds = [], []
         for start in range(0, n_obs, batch_size):
             block = slice(start, min(start + batch_size, n_obs))
             x = matrix[block]
             x = dense(x)
             absent[block] |= ~np.any(x != 0, axis=1)
-            batch_index = as_tensor(batch[block]).reshape(-1, 1).long()
+            batch_index = to_device(batch[block]).reshape(-1, 1).long()
             cat_covs = (
-                torch.stack([as_tensor(c[block]).long() for c in cats], dim=1) if cats else None
+                torch.stack([to_device(c[block]).long() for c in cats], dim=1) if cats else None
             )
             cont_covs = (
-                torch.stack([as_tensor(c[block]).float() for c in cont], dim=1) if cont else None
+                torch.stack([to_device(c[block]).float() for c in cont], dim=1) if cont else None
             )
             inference = self.module.inference(
                 batch_index=batch_index,
                 cat_covs=cat_covs,
-                **{f"x_{source}": as_tensor(x).float()},
+                **{f"x_{source}": to_device(x).float()},
                 **{f"has_{source}": torch.ones(x.shape[0], device=device)},
             )
-            decode_index = as_tensor(decode_batch[block]).reshape(-1, 1).long()
+            decode_index = to_device(decode_batch[block]).reshape(-1, 1).long()
             covariates = (decode_index, cat_covs, cont_covs)
             scale = 1e4 if target == "rna" else 1.0
             mean = self._decode(target, inference["qzm"], *covariates) * scale

@@ -1,4 +1,4 @@
-"""Setting a module's parameters and buffers from data statistics."""
+"""Tensors from numpy arrays, and a module's parameters and buffers from data statistics."""
 
 from __future__ import annotations
 
@@ -20,4 +20,20 @@ def copy_into(module: torch.nn.Module, values: dict[str, np.ndarray | float]) ->
     with torch.no_grad():
         for name, value in values.items():
             tensor = operator.attrgetter(name)(module)
-            tensor.copy_(torch.tensor(np.asarray(value), dtype=torch.float32))
+            tensor.copy_(as_tensor(value, dtype=torch.float32))
+
+
+def as_tensor(array, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
+    """:func:`torch.as_tensor` of ``array``, copying it first only if it is read-only.
+
+    pandas 3 hands out read-only views of obs columns, and torch warns on those (a tensor that
+    shares their memory could write to them). Writable arrays are shared as by torch.
+
+    Examples
+    --------
+    >>> as_tensor(adata.obs["qc"].to_numpy(), dtype=torch.float32)
+    """
+    array = np.asarray(array)
+    if not array.flags.writeable:
+        array = array.copy()
+    return torch.as_tensor(array, dtype=dtype, device=device)

@@ -173,6 +173,32 @@ def mean_sd_table(rows: list[dict], methods: list[str], keys: list[tuple[str, st
     return lines
 
 
+def variant_tables(rows: list[dict], variants, keys, first_column: str = "variant") -> list[str]:
+    """Markdown lines: per data set, one row per variant, each key as mean ± SD over seeds.
+
+    ``keys``: ``(result key, column title, digits)``; a column no run of a variant has is "—".
+    """
+    lines = []
+    for dataset in [d for d in DATASETS if any(r["dataset"] == d for r in rows)]:
+        titles = " | ".join(title for _, title, _ in keys)
+        lines += ["", f"## {dataset}", "", f"| {first_column} | seeds | {titles} |"]
+        lines.append("|---" * (len(keys) + 2) + "|")
+        for variant in variants:
+            runs = [r for r in rows if (r["dataset"], r["method"]) == (dataset, variant)]
+            if not runs:
+                continue
+            cells = []
+            for key, _, digits in keys:
+                values = np.array([r.get(key, np.nan) for r in runs], dtype=float)
+                if np.isnan(values).all():
+                    cells.append("—")
+                    continue
+                spread = f" ± {values.std(ddof=1):.{digits}f}" if len(values) > 1 else ""
+                cells.append(f"{values.mean():.{digits}f}{spread}")
+            lines.append(f"| {variant} | {len(runs)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def latent_metrics(adata, latent: np.ndarray) -> dict:
     import scanpy as sc
     import scib_metrics

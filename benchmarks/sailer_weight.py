@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 from _common import environment_line, run_isolated, store_result
-from bench_sailer import DATASETS, RESULTS, latent_path, run_one
+from bench_sailer import RESULTS, latent_path, run_one, variant_tables
 from sailer_seeds import depth_floor
 
 # The adversary's weight is λ × n_latent by default: held at its default (10) while λ varies.
@@ -59,20 +59,7 @@ def write_table(rows: list[dict]) -> str:
         "",
         environment_line(rows),
     ]
-    for dataset in [d for d in DATASETS if any(r["dataset"] == d for r in rows)]:
-        lines += ["", f"## {dataset}", "", "| variant | seeds | " + " | ".join(k[1] for k in KEYS)]
-        lines[-1] += " |"
-        lines.append("|---" * (len(KEYS) + 2) + "|")
-        for variant in VARIANTS:
-            runs = [r for r in rows if (r["dataset"], r["method"]) == (dataset, variant)]
-            if not runs:
-                continue
-            cells = []
-            for key, _, digits in KEYS:
-                values = np.array([r[key] for r in runs], dtype=float)
-                spread = f" ± {values.std(ddof=1):.{digits}f}" if len(values) > 1 else ""
-                cells.append(f"{values.mean():.{digits}f}{spread}")
-            lines.append(f"| {variant} | {len(runs)} | " + " | ".join(cells) + " |")
+    lines += variant_tables(rows, VARIANTS, KEYS)
     text = "\n".join(lines) + "\n"
     (RESULTS / "sailer_weight.md").write_text(text)
     return text

@@ -71,6 +71,42 @@ def test_invariance_removes_depth():
     assert on[3] < 0.7 * scores[None, True][3]
 
 
+def test_lsi_encoder_input_is_scikit_learns_lsi_and_learns(tmp_path):
+    """``encoder_input="lsi"``: the encoder reads the training cells' LSI, kept on save."""
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfTransformer
+
+    adata = simulate_scatac(n_cells=800, n_peaks=600, n_batches=3, seed=1)
+    model = _train(adata, max_epochs=40, encoder_input="lsi", n_lsi_components=10)
+    binary = (adata.X > 0).astype(np.float32)
+    tfidf = TfidfTransformer().fit(binary)
+    expected = TruncatedSVD(11, random_state=0).fit_transform(tfidf.transform(binary))[:, 1:]
+    lsi = model.module.lsi(torch.as_tensor(adata.X.toarray(), dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(np.abs(lsi), np.abs(expected), atol=1e-4)  # signs are arbitrary
+    assert model.module.encoder.fc_layers[0][0].in_features == 10
+    latent = model.get_latent_representation()
+    assert silhouette_score(latent, adata.obs.cell_type) > 0.3
+
+    model.save(tmp_path / "model")
+    query = adata[:100].copy()
+    loaded = SAILER.load(tmp_path / "model", adata=query)
+    np.testing.assert_array_equal(
+        loaded.module.lsi_components.numpy(), model.module.lsi_components.numpy()
+    )
+    np.testing.assert_allclose(loaded.get_latent_representation(), latent[:100], atol=1e-5)
+    with pytest.warns(UserWarning, match="fewer than 3 cells"):  # too few cells for an LSI
+        few = SAILER.load(tmp_path / "model", adata=adata[:5].copy())
+    np.testing.assert_allclose(few.get_latent_representation(), latent[:5], atol=1e-5)
+
+    with pytest.raises(InputError, match="needs more than 21 cells and peaks"):
+        _train(adata[:15].copy(), encoder_input="lsi")
+    SAILER.setup_anndata(adata, batch_key="batch")
+    with pytest.raises(InputError, match='n_lsi_components applies only with encoder_input="l'):
+        SAILER(adata, n_lsi_components=5)
+    with pytest.raises(InputError, match="encoder_input must be 'peaks' or 'lsi'"):
+        SAILER(adata, encoder_input="svd")
+
+
 @pytest.mark.parametrize("likelihood", ["bernoulli", "poisson"])
 def test_likelihoods(adata, likelihood):
     model = _train(adata, likelihood=likelihood)

@@ -47,7 +47,7 @@ from scgexp.data._checks import (
     warn_outside_training,
 )
 from scgexp.data._fields import CategoricalJointObsField
-from scgexp.data._matrix import mean_and_scale, row_and_column_sums
+from scgexp.data._matrix import mean_and_scale, row_and_column_sums, row_chunks
 from scgexp.nn import InvarianceMethod
 from scgexp.nn._tensors import copy_into
 from scgexp.sailer._module import SAILERModule
@@ -106,6 +106,12 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         at λ = 1 the simulator keeps least depth information, see the docs). The adversary's
         weight is ``λ × n_latent`` unless ``invariance_kwargs={"adversarial_weight": w}``
         sets it, so λ = 0 turns both penalties off.
+    encoder_input
+        What the encoder reads: ``"peaks"`` (default), each cell's open peaks as shares of
+        their number; or ``"lsi"``, the cell's LSI (TF-IDF of the binarised peaks projected on
+        the training cells' first ``n_lsi_components=20`` SVD components, the first, which
+        follows depth, dropped), as GLUE :cite:p:`Cao2022` encodes scATAC-seq. The LSI input has
+        far fewer weights to fit, which helps with a few thousand cells or fewer (see the docs).
     **model_kwargs
         Passed to :class:`~scgexp.sailer.SAILERModule` (e.g. ``invariance_kwargs``).
 
@@ -136,6 +142,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         likelihood: Literal["bernoulli", "poisson"] = "bernoulli",
         invariance: InvarianceMethod | None = "both",
         invariance_weight: float = 1.0,
+        encoder_input: Literal["peaks", "lsi"] = "peaks",
         **model_kwargs,
     ):
         check_model_arguments(type(self), self._module_cls, model_kwargs)
@@ -170,10 +177,13 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
             likelihood=likelihood,
             invariance=invariance,
             invariance_weight=invariance_weight,
+            encoder_input=encoder_input,
             **model_kwargs,
         )
         if adata is not None:
             self._fit_confounder_scaling()
+        if adata is not None and registry is None and encoder_input == "lsi":
+            self._fit_lsi()  # a loaded model keeps its training cells' projection
         self._model_summary_string = (
             f"SAILER: {n_peaks} peaks, {n_hidden}-{n_hidden_inner}-{n_latent} units, likelihood "
             f"{likelihood}, invariance {invariance} (weight {invariance_weight}), confounders: "
@@ -236,6 +246,32 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
                 "mean_input_total": input_total,
             },
         )
+
+    def _fit_lsi(self) -> None:
+        """The encoder's LSI: IDF and SVD components of the training cells' TF-IDF.
+
+        As scikit-learn's ``TfidfTransformer`` (smooth IDF, each cell scaled to unit length) and
+        ``TruncatedSVD``; the first component, which follows depth, is dropped.
+        """
+        from scipy import sparse
+        from sklearn.decomposition import TruncatedSVD
+        from sklearn.preprocessing import normalize
+
+        matrix = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        n_components = self.module.lsi_components.shape[0]
+        if min(matrix.shape) <= n_components + 1:
+            raise InputError(
+                f'encoder_input="lsi" needs more than {n_components + 1} cells and peaks '
+                f"(here {matrix.shape[0]} cells, {matrix.shape[1]} peaks); use fewer "
+                'components (n_lsi_components=...) or encoder_input="peaks".'
+            )
+        binary = sparse.vstack(
+            [sparse.csr_matrix(chunk > 0, dtype=np.float32) for chunk in row_chunks(matrix)]
+        )
+        idf = np.log((1 + binary.shape[0]) / (1 + binary.getnnz(axis=0))) + 1
+        tfidf = normalize(binary.multiply(idf.astype(np.float32)).tocsr())
+        svd = TruncatedSVD(n_components + 1, random_state=0).fit(tfidf)
+        copy_into(self.module, {"lsi_idf": idf, "lsi_components": svd.components_[1:]})
 
     @classmethod
     @setup_anndata_dsp.dedent

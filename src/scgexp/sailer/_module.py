@@ -14,6 +14,7 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 from torch.nn.functional import binary_cross_entropy_with_logits
 
+from scgexp._errors import InputError
 from scgexp.data._checks import check_option
 from scgexp.nn import Invariance, InvarianceInputs, InvarianceMethod
 
@@ -64,7 +65,15 @@ class SAILERModule(BaseModuleClass):
     normalize_input
         Divide each cell's encoder input by its total (then scale to the training cells' mean
         total), so that the encoder cannot read the depth off the number of open peaks.
-        ``False``: the raw binarised peaks, as in SAILER.
+        ``False``: the raw binarised peaks, as in SAILER. Ignored with ``encoder_input="lsi"``.
+    encoder_input
+        ``"peaks"``: the encoder reads every peak (as set by ``normalize_input``). ``"lsi"``:
+        it reads the cell's LSI instead, ``n_lsi_components`` components of the TF-IDF of its
+        binarised peaks projected as the training cells' truncated SVD found (first component
+        dropped); the model sets the projection (buffers ``lsi_idf``, ``lsi_components``).
+    n_lsi_components
+        LSI components the encoder reads (``encoder_input="lsi"`` only; default 20, as the
+        benchmark's LSI).
     """
 
     def __init__(
@@ -82,9 +91,19 @@ class SAILERModule(BaseModuleClass):
         invariance_weight: float = 1.0,
         invariance_kwargs: dict | None = None,
         normalize_input: bool = True,
+        encoder_input: Literal["peaks", "lsi"] = "peaks",
+        n_lsi_components: int | None = None,
     ):
         super().__init__()
         check_option("likelihood", likelihood, ("bernoulli", "poisson"))
+        check_option("encoder_input", encoder_input, ("peaks", "lsi"))
+        if encoder_input == "peaks" and n_lsi_components is not None:
+            raise InputError('n_lsi_components applies only with encoder_input="lsi".')
+        n_lsi_components = 20 if n_lsi_components is None else n_lsi_components
+        if not (isinstance(n_lsi_components, int) and n_lsi_components >= 1):
+            raise InputError(
+                f"n_lsi_components must be a positive integer, not {n_lsi_components!r}."
+            )
         self.n_input = n_input
         self.n_batch = n_batch
         self.n_latent = n_latent
@@ -93,8 +112,12 @@ class SAILERModule(BaseModuleClass):
         self.n_continuous = 1 + n_continuous_cov  # read depth first
         cat_list = [n_batch, *self.n_cats_per_cov]
         activation = partial(nn.LeakyReLU, 0.2)
+        self.encoder_input = encoder_input
+        if encoder_input == "lsi":
+            self.register_buffer("lsi_idf", torch.ones(n_input))
+            self.register_buffer("lsi_components", torch.zeros(n_lsi_components, n_input))
         self.encoder = FCLayers(
-            n_in=n_input,
+            n_in=n_lsi_components if encoder_input == "lsi" else n_input,
             n_out=n_hidden_inner,
             n_layers=2,
             n_hidden=n_hidden,
@@ -170,12 +193,23 @@ class SAILERModule(BaseModuleClass):
     @auto_move_data
     def inference(self, x: torch.Tensor, n_samples: int = 1) -> dict[str, torch.Tensor]:
         """Posterior ``q(z | x)`` and a sample ``z``."""
+        if self.encoder_input == "lsi":
+            return self._posterior(self.lsi(x), n_samples)
         encoder_input = (x > 0).float() if self.likelihood == "bernoulli" else torch.log1p(x)
         if self.normalize_input:
             # Each cell's profile as shares of its total, scaled to the training cells' mean:
             # the encoder no longer reads depth off the number of open peaks.
             total = encoder_input.sum(-1, keepdim=True).clamp_min(1.0)
             encoder_input = encoder_input / total * self.mean_input_total
+        return self._posterior(encoder_input, n_samples)
+
+    def lsi(self, x: torch.Tensor) -> torch.Tensor:
+        """LSI of each cell: TF-IDF of its binarised peaks (unit length) times the components."""
+        tfidf = (x > 0).float() * self.lsi_idf
+        tfidf = tfidf / torch.linalg.vector_norm(tfidf, dim=-1, keepdim=True).clamp_min(1e-12)
+        return tfidf @ self.lsi_components.T
+
+    def _posterior(self, encoder_input: torch.Tensor, n_samples: int) -> dict[str, torch.Tensor]:
         hidden = self.encoder(encoder_input)
         mean = self.mean_encoder(hidden)
         var = torch.exp(self.var_encoder(hidden).clamp(-15.0, 15.0)) + 1e-4

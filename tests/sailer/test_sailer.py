@@ -105,6 +105,8 @@ def test_lsi_encoder_input_is_scikit_learns_lsi_and_learns(tmp_path):
         SAILER(adata, n_lsi_components=5)
     with pytest.raises(InputError, match="encoder_input must be 'peaks' or 'lsi'"):
         SAILER(adata, encoder_input="svd")
+    with pytest.raises(InputError, match="n_lsi_components must be a positive integer, not 0"):
+        SAILER(adata, encoder_input="lsi", n_lsi_components=0)
 
 
 @pytest.mark.parametrize("likelihood", ["bernoulli", "poisson"])

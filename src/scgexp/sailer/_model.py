@@ -123,6 +123,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
     >>> model.train(max_epochs=100)
     >>> adata.obsm["X_sailer"] = model.get_latent_representation()
     >>> model.confounder_information()
+    >>> small_data_model = SAILER(adata, encoder_input="lsi")  # a few thousand cells or fewer
     """
 
     _module_cls = SAILERModule
@@ -255,7 +256,7 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         """
         from scipy import sparse
         from sklearn.decomposition import TruncatedSVD
-        from sklearn.preprocessing import normalize
+        from sklearn.feature_extraction.text import TfidfTransformer
 
         matrix = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         n_components = self.module.lsi_components.shape[0]
@@ -268,10 +269,9 @@ class SAILER(QueryMappingMixin, SafeSaveMixin, VAEMixin, TrainingMixin, BaseMode
         binary = sparse.vstack(
             [sparse.csr_matrix(chunk > 0, dtype=np.float32) for chunk in row_chunks(matrix)]
         )
-        idf = np.log((1 + binary.shape[0]) / (1 + binary.getnnz(axis=0))) + 1
-        tfidf = normalize(binary.multiply(idf.astype(np.float32)).tocsr())
-        svd = TruncatedSVD(n_components + 1, random_state=0).fit(tfidf)
-        copy_into(self.module, {"lsi_idf": idf, "lsi_components": svd.components_[1:]})
+        tfidf = TfidfTransformer().fit(binary)
+        svd = TruncatedSVD(n_components + 1, random_state=0).fit(tfidf.transform(binary))
+        copy_into(self.module, {"lsi_idf": tfidf.idf_, "lsi_components": svd.components_[1:]})
 
     @classmethod
     @setup_anndata_dsp.dedent

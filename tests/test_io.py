@@ -499,3 +499,50 @@ def test_every_parameter_and_buffer_survives_a_load_with_other_cells(name, tmp_p
     assert got.keys() == expected.keys()
     changed = [key for key in expected if not torch.equal(got[key].cpu(), expected[key].cpu())]
     assert not changed, changed
+
+
+def test_categories_from_pd_cut_save_and_load_and_unsavable_ones_are_refused_at_setup(tmp_path):
+    """A covariate binned with pd.cut (Interval categories) trained, then failed at save()."""
+    adata = simulate_scrna(n_cells=100, n_genes=30, n_batches=2, seed=0)
+    ages = np.random.default_rng(0).uniform(20, 80, adata.n_obs)
+    adata.obs["age"] = pd.cut(ages, [0, 40, 60, 100])
+    model = _setup_and_train(
+        ZINBAutoencoder,
+        adata,
+        {"layer": "counts", "batch_key": "batch", "categorical_covariate_keys": ["age"]},
+    )
+    model.save(tmp_path / "model")
+    query = adata[:40].copy()  # its categories listed in another order: matched by value
+    query.obs["age"] = query.obs["age"].cat.reorder_categories(
+        query.obs["age"].cat.categories[::-1]
+    )
+    loaded = ZINBAutoencoder.load(tmp_path / "model", adata=query)
+    np.testing.assert_array_equal(
+        loaded.get_normalized_expression(return_numpy=True),
+        model.get_normalized_expression(adata[:40].copy(), return_numpy=True),
+    )
+
+    periods = pd.period_range("2020-01", periods=2, freq="M")
+    adata.obs["month"] = periods[np.arange(adata.n_obs) % 2]
+    with pytest.raises(InputError, match=re.escape("obs['month'] = obs['month'].astype(str)")):
+        ZINBAutoencoder.setup_anndata(adata, layer="counts", categorical_covariate_keys=["month"])
+
+
+@pytest.mark.parametrize("kind", ["anndata", "mudata"])
+def test_a_view_given_to_a_getter_stays_a_view(kind):
+    """scvi-tools turns a view into a copy in place; the caller's object must stay as it was."""
+    if kind == "anndata":
+        model = _setup_and_train(
+            ZINBAutoencoder, _zinb(0), {"layer": "counts", "batch_key": "batch"}
+        )
+        parent = _zinb(1)
+        parent.var_names = model.adata.var_names
+    else:
+        model = _setup_and_train(MultiVAE, _multivae(0), ROUND_TRIPS["multivae"][2])
+        parent = _multivae(1)
+    view = parent[:30]
+    latent = model.get_latent_representation(view)
+    assert view.is_view
+    assert "_scvi_uuid" not in view.uns
+    assert "_scvi_batch" not in view.obs
+    np.testing.assert_allclose(latent, model.get_latent_representation(parent[:30].copy()))

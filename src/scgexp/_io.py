@@ -80,6 +80,8 @@ def _encode(value: Any) -> Any:
         return {"__dataframe__": _encode(split)}
     if isinstance(value, float) and not np.isfinite(value):
         return {"__float__": repr(value)}
+    if isinstance(value, pd.Interval):  # categories made by pd.cut
+        return {"__interval__": [_encode(value.left), _encode(value.right), value.closed]}
     if value is None or isinstance(value, bool | int | float | str):
         return value
     raise TypeError(f"Cannot save an attribute of type {type(value).__name__}: {value!r}")
@@ -107,6 +109,9 @@ def _decode(value: Any) -> Any:
         return frame
     if "__float__" in value:
         return float(value["__float__"])
+    if "__interval__" in value:
+        left, right, closed = _decode(value["__interval__"])
+        return pd.Interval(left, right, closed=closed)
     raise ValueError(f"Unknown tagged value in {ATTRIBUTES_FILE}: {sorted(value)}")
 
 
@@ -395,15 +400,11 @@ class SafeSaveMixin:
 
     def _validate_anndata(self, adata=None, copy_if_view: bool = True):
         if adata is not None and adata is not self.adata:
-            if (
-                copy_if_view
-                and isinstance(adata, anndata.AnnData)
-                and adata.is_view
-                and adata.isbacked
-            ):
-                # scvi-tools copies a view, which anndata cannot do for a backed one: read the
-                # view's cells into memory instead (the copy it would have made)
-                adata = adata.to_memory()
+            if copy_if_view and adata.is_view:
+                # scvi-tools turns the caller's view into a copy in place (and cannot copy a
+                # backed one): work on a copy and leave the view as it is
+                backed = isinstance(adata, anndata.AnnData) and adata.isbacked
+                adata = adata.to_memory() if backed else adata.copy()
             self._check_new_data(adata)
         if adata is None and self.adata is None:
             raise InputError(

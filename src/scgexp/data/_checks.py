@@ -340,6 +340,21 @@ def _warn_about_categories(sizes: pd.Series, column: str) -> None:
         )
 
 
+def _check_savable_categories(values: pd.Series, column: str) -> None:
+    """Refuse labels that a model could train on but not save (found after training)."""
+    from scgexp._io import _encode  # (scgexp._io imports this module)
+
+    try:
+        _encode(pd.Categorical(values).categories.to_numpy())
+    except TypeError:
+        example = values.iloc[0]
+        raise InputError(
+            f"{column} holds {type(example).__name__} values (e.g. {example!r}), which a saved "
+            f"model cannot store as categories; make them text first: `{column} = "
+            f"{column}.astype(str)`."
+        ) from None
+
+
 def check_obs_keys(
     adata: AnnData,
     categorical: Sequence[str] | None = None,
@@ -406,6 +421,8 @@ def check_obs_keys(
                 "or sample. Name a column of groups (e.g. sample or plate); a measurement goes "
                 "in continuous_covariate_keys= (SAILER, MultiVAE)."
             )
+        if not allow_unused_categories:
+            _check_savable_categories(values, f"{where}obs[{key!r}]")
         if not allow_unused_categories and isinstance(values.dtype, pd.CategoricalDtype):
             unused = sorted(map(str, set(values.cat.categories) - set(values.unique())))
             if unused:

@@ -371,6 +371,14 @@ def test_save_with_the_same_prefix_needs_overwrite(saved):
         model.save(folder, prefix="a_")
 
 
+def test_save_into_a_file_says_a_folder_is_needed(saved, tmp_path):
+    model, _, _ = saved
+    (tmp_path / "afile").write_text("the user's")
+    with pytest.raises(InputError, match="afile is a file; save into a folder"):
+        model.save(tmp_path / "afile")
+    assert (tmp_path / "afile").read_text() == "the user's"
+
+
 def test_load_with_the_wrong_class_names_the_right_one(saved):
     """io13: a ZINBAutoencoder folder loaded as SAILER."""
     _, _, folder = saved

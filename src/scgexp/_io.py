@@ -309,6 +309,8 @@ class SafeSaveMixin:
                 f"{', '.join(anndata_write_kwargs)} would go to the data writer, which only "
                 "runs with save_anndata=True."
             )
+        if os.path.exists(dir_path) and not os.path.isdir(dir_path):
+            raise InputError(f"{dir_path} is a file; save into a folder (a new or existing one).")
         files = _file_names(prefix)
         if os.path.exists(os.path.join(dir_path, files[MODEL_FILE])) and not overwrite:
             raise ValueError(

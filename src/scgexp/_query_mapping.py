@@ -111,6 +111,8 @@ class QueryMappingMixin:
 
         Examples
         --------
+        The same for each model with batches (ZINBAutoencoder shown; SAILER, MultiVAE):
+
         >>> query_model = ZINBAutoencoder.load_query_data(query, "reference_model")
         >>> query_model.train(max_epochs=100)
         >>> query.obsm["X_zinb"] = query_model.get_latent_representation()
@@ -243,6 +245,9 @@ class QueryMappingMixin:
 
         Examples
         --------
+        For the models of AnnData (ZINBAutoencoder shown; SAILER alike; MultiVAE:
+        :meth:`prepare_query_mudata`):
+
         >>> ZINBAutoencoder.prepare_query_anndata(query, "reference_model")
         >>> query_model = ZINBAutoencoder.load_query_data(query, "reference_model")
         """
@@ -307,6 +312,8 @@ class QueryMappingMixin:
 
         Examples
         --------
+        For MultiVAE, the model of MuData (the others: :meth:`prepare_query_anndata`):
+
         >>> MultiVAE.prepare_query_mudata(query, "reference_model")
         >>> query_model = MultiVAE.load_query_data(query, "reference_model")
         """

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -470,6 +471,10 @@ def test_map_trains_a_new_batch_and_leaves_the_reference(tmp_path):
         )
         assert result.exit_code == 1
         assert f"{flag} must lie outside REFERENCE_DIR" in result.output
+    # Nor predict's results: load() would take them for the model's data.
+    result = _invoke("predict", reference_dir, query_file, "--out", reference_dir / "adata.h5ad")
+    assert result.exit_code == 1
+    assert "--out must lie outside MODEL_DIR" in result.output
     assert {path.name: path.read_bytes() for path in reference_dir.iterdir()} == saved
     # Genes in another order: refused, with no advice to predict.
     reordered = tmp_path / "reordered.h5ad"
@@ -660,6 +665,10 @@ def test_fit_is_seeded(counts_file, tmp_path):
         (["fit", "multivae", "{mudata_as_h5ad}", "--out", "{out_mu}"], "rename it to mudata.h5mu"),
         (["fit", "multivae", "{anndata_as_h5mu}", "--out", "{out_mu}"], "holds an AnnData: for"),
         (["fit", "zinb", "{counts}", "--out", "{txt}/out.h5ad"], "cannot be written to"),
+        (
+            ["fit", "zinb", "{counts}", "--out", "{tmp}/m/adata.h5ad", "--model-dir", "{tmp}/m"],
+            "--out must lie outside the model folder",
+        ),
         (["fit", "zinb", "{counts}", "--out", "{link}"], "never overwrites its input"),
         (
             ["fit", "zinb", "{counts}", "--out", "{out}", "--batch-key", "library"],
@@ -700,6 +709,21 @@ def test_errors_are_one_line_and_leave_input_untouched(counts_file, tmp_path, ar
     assert result.output.strip().count("\n") == 0
     assert counts_file.read_bytes() == before
     assert names["existing"].read_text() == "a file of the user's"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_a_folder_that_cannot_be_written_is_found_before_training(counts_file, tmp_path):
+    """os.access says yes to root, and on /proc: the check makes a file there."""
+    for flag, out, model_dir in (
+        ("--out", "/proc/out.h5ad", tmp_path / "model"),
+        ("--model-dir", tmp_path / "z.h5ad", "/proc/scgexp_model"),
+    ):
+        result = _invoke(
+            "fit", "zinb", counts_file, "--layer", "counts", "--out", out, "--model-dir", model_dir
+        )
+        assert result.exit_code == 1
+        assert f"cannot be written to; choose another {flag}." in result.output
+        assert "Epoch" not in result.output
 
 
 def test_failed_write_leaves_no_model_and_says_why(counts_file, tmp_path, monkeypatch):

@@ -105,12 +105,26 @@ def _check_output(
         raise InputError(
             f"{output} exists; pass --overwrite to replace it, or choose another --out."
         )
-    for folder in (output.resolve().parent, model_dir):
-        if folder is None:
-            continue
-        existing = next(p for p in (Path(folder), *Path(folder).resolve().parents) if p.exists())
-        if not (existing.is_dir() and os.access(existing, os.W_OK)):
-            raise InputError(f"{folder} cannot be written to; choose another --out/--model-dir.")
+    if model_dir is not None and output.resolve().is_relative_to(model_dir.resolve()):
+        raise InputError(  # load() would take a data file there for the model's own data
+            "--out must lie outside the model folder; choose another --out or --model-dir."
+        )
+    for folder, flag in ((output.resolve().parent, "--out"), (model_dir, "--model-dir")):
+        if folder is not None and not _writable(Path(folder)):
+            raise InputError(f"{folder} cannot be written to; choose another {flag}.")
+
+
+def _writable(folder: Path) -> bool:
+    """Whether files can be made in ``folder`` (or where it would be made).
+
+    Tried by making one, before training: ``os.access`` says yes to root and on /proc.
+    """
+    existing = next(p for p in (folder, *folder.resolve().parents) if p.exists())
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            return True
+    except OSError:
+        return False
 
 
 def _write(data, output: Path) -> None:
@@ -680,6 +694,8 @@ def predict(
 
     def action():
         spec, registry = _saved_spec(model_dir)
+        if _within(output, model_dir):  # load() would take a data file there for the model's
+            raise InputError("--out must lie outside MODEL_DIR: the saved model stays as it was.")
         _check_output(input_path, output, model=spec.key, overwrite=overwrite)
         if spec.key != "dgex" and (rank_map or rank_map_sample):
             raise InputError("--rank-map and --rank-map-sample apply to DGEX models only.")

@@ -105,7 +105,7 @@ def _check_output(
         raise InputError(
             f"{output} exists; pass --overwrite to replace it, or choose another --out."
         )
-    if model_dir is not None and output.resolve().is_relative_to(model_dir.resolve()):
+    if model_dir is not None and output.resolve().parent.is_relative_to(model_dir.resolve()):
         raise InputError(  # load() would take a data file there for the model's own data
             "--out must lie outside the model folder; choose another --out or --model-dir."
         )

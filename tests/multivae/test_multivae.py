@@ -1055,6 +1055,50 @@ def test_missing_modalities_leave_no_trace_in_the_loss(untrained_mosaic):
     assert (cross[~single] > 0).all()
 
 
+def test_missing_rows_never_reach_the_encoders_batch_norm_in_training(untrained_mosaic):
+    """In training, batch norm takes its statistics from the minibatch: from present cells only,
+    whatever the absent rows hold; a single present cell uses the running statistics."""
+    module, tensors = untrained_mosaic
+    has = _flags(tensors)["rna"]
+    x = tensors[scvi.REGISTRY_KEYS.X_KEY]
+    norm = module.encoders["rna"].trunk.fc_layers[0][1]
+
+    def posterior(rna, rows=slice(None)):
+        batch = {
+            k: v[rows] if torch.is_tensor(v) and len(v) == len(x) else v
+            for k, v in tensors.items()
+        }
+        batch[scvi.REGISTRY_KEYS.X_KEY] = rna[rows]
+        with torch.no_grad():
+            out = module.inference(**module._get_inference_input(batch))
+        return out["qzm"], out["means"]["rna"]
+
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    dropouts = [layer for layer in module.modules() if isinstance(layer, torch.nn.Dropout)]
+    rates = [layer.p for layer in dropouts]
+    module.train()
+    try:
+        for layer in dropouts:  # to compare outputs; batch norm stays in training mode
+            layer.p = 0.0
+        joint, rna_expert = posterior(x)  # absent rows hold garbage (fixture)
+        zeros = x.clone()
+        zeros[~has] = 0.0
+        torch.testing.assert_close(posterior(zeros)[0], joint, rtol=0, atol=0)
+        present = has.nonzero().reshape(-1)
+        _, alone = posterior(x, present)  # the same cells in a minibatch without the others
+        torch.testing.assert_close(alone, rna_expert[present], rtol=1e-5, atol=1e-6)
+        running = norm.running_mean.clone()
+        _, single = posterior(x, torch.cat([present[:1], (~has).nonzero().reshape(-1)]))
+        assert torch.isfinite(single).all()
+        assert norm.training
+        torch.testing.assert_close(norm.running_mean, running, rtol=0, atol=0)
+    finally:
+        for layer, rate in zip(dropouts, rates, strict=True):
+            layer.p = rate
+        module.load_state_dict(state)
+        module.eval()
+
+
 def test_cross_reconstruction_uses_the_library_and_the_kl_weight(untrained):
     """-log p(x_rna | z ~ q(z | atac)) at the observed library + kl_weight × KL(q(z|atac) ‖ p)."""
     module, tensors = untrained

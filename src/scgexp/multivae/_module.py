@@ -411,6 +411,36 @@ class MultiVAEModule(BaseModuleClass):
             return (x > 0).float()
         return torch.log1p(x)
 
+    def _expert(
+        self, modality: str, x: torch.Tensor, present: torch.Tensor, cats: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The modality's encoder on the cells that have it; the prior's (0, 1) elsewhere.
+
+        Absent rows never reach the encoder: in training its batch norm would take their
+        (all-zero or arbitrary) values into the minibatch statistics of the present cells.
+        """
+        encoder = self.encoders[modality]
+        if bool(present.all()):
+            return encoder(self.encoder_input(modality, x), *cats)
+        rows = present.nonzero().reshape(-1)
+        mean = x.new_zeros(x.shape[0], encoder.mean.out_features)
+        var = torch.ones_like(mean)
+        if rows.numel() == 0:
+            return mean, var
+        # One cell has no minibatch statistics: its batch norm uses the running ones.
+        norms = [layer for layer in encoder.modules() if isinstance(layer, nn.BatchNorm1d)]
+        frozen = [layer for layer in norms if layer.training] if rows.numel() == 1 else []
+        for layer in frozen:
+            layer.eval()
+        try:
+            present_mean, present_var = encoder(
+                self.encoder_input(modality, x[rows]), *(c[rows] for c in cats)
+            )
+        finally:
+            for layer in frozen:
+                layer.train()
+        return mean.index_copy(0, rows, present_mean), var.index_copy(0, rows, present_var)
+
     # -- joint posterior ------------------------------------------------------------------------
     def combine(
         self, means: dict[str, torch.Tensor], variances: dict[str, torch.Tensor], masks: dict
@@ -461,7 +491,7 @@ class MultiVAEModule(BaseModuleClass):
             mask = self.presence(x, flags[m])
             if use_modalities is not None and m not in use_modalities:
                 mask = torch.zeros_like(mask)
-            mean, var = self.encoders[m](self.encoder_input(m, x), *cats)
+            mean, var = self._expert(m, x, self.presence(x, flags[m]), cats)
             means[m], variances[m], masks[m] = mean, var, mask
             if m == "atac":
                 n_open = (x > 0).float().sum(-1, keepdim=True).clamp(min=1.0)

@@ -1,7 +1,8 @@
 """Train a model with Lightning, possibly on several CPU processes (DDP, gloo).
 
-Run as ``python ddp_script.py MODEL OUT_DIR DEVICES BATCH_SIZE`` (MODEL: ``zinb``, ``dgex``,
-``multivae``, or ``sailer`` with the adversarial invariance plan); Lightning relaunches the
+Run as ``python ddp_script.py MODEL OUT_DIR DEVICES BATCH_SIZE [STRATEGY]`` (MODEL: ``zinb``,
+``dgex``, ``multivae``, or ``sailer`` with the adversarial invariance plan; STRATEGY ``auto``:
+none given, Lightning picks one; default: DDP by name); Lightning relaunches the
 script once per extra process. Each process writes the cells of its training shard to
 ``OUT_DIR_shard<rank>.json`` (test bookkeeping); only rank 0 saves the model.
 """
@@ -57,6 +58,8 @@ def main() -> None:
     scvi.settings.seed = 0
     model, epochs = build(model_name)
     strategy = {"strategy": "ddp_find_unused_parameters_true"} if devices > 1 else {}
+    if sys.argv[5:] == ["auto"]:
+        strategy, epochs = {}, 1
     model.train(
         max_epochs=epochs,
         batch_size=batch_size,

@@ -26,9 +26,9 @@ MODELS = {
 }
 
 
-def _run(model: str, out_dir: Path, devices: int, batch_size: int) -> list[dict]:
+def _run(model: str, out_dir: Path, devices: int, batch_size: int, *extra: str) -> list[dict]:
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), model, str(out_dir), str(devices), str(batch_size)],
+        [sys.executable, str(SCRIPT), model, str(out_dir), str(devices), str(batch_size), *extra],
         capture_output=True,
         text=True,
         timeout=600,
@@ -66,6 +66,15 @@ def test_two_process_ddp_matches_single_process(tmp_path, model):
     print(f"{model}: silhouette ddp {ddp:.3f} single {single:.3f}")
     assert single > 0.15  # the latent separates cell types
     assert ddp > single - 0.05
+
+
+@pytest.mark.slow
+def test_two_devices_without_a_strategy_still_shard_the_cells(tmp_path):
+    """Lightning picks DDP for devices=2; scvi-tools shards only for a strategy named "ddp"."""
+    shards = _run("zinb", tmp_path / "auto", 2, 64, "auto")
+    first, second = (set(s["cells"]) for s in shards)
+    assert len(first) == len(second) == 450
+    assert not first & second
 
 
 @pytest.mark.slow

@@ -127,6 +127,27 @@ def _models():
 
 
 @pytest.mark.parametrize("name", ["zinb", "dgex", "sailer", "multivae"])
+def test_the_users_callbacks_list_is_left_alone_and_none_means_none(name):
+    from lightning.pytorch.callbacks import Callback
+
+    model = _models()[name]()
+    callbacks = [Callback()]
+    for _ in range(2):  # scvi-tools' Trainer appended its early stopping to the user's list
+        model.train(max_epochs=1, callbacks=callbacks, enable_progress_bar=False)
+        assert len(callbacks) == 1
+    for early_stopping in (True, False):
+        model.train(
+            max_epochs=1, callbacks=None, early_stopping=early_stopping, enable_progress_bar=False
+        )
+
+
+def test_dgex_max_epochs_none_is_its_own_default_not_scvi_tools_heuristic():
+    model = _models()["dgex"]()
+    _train_quietly(model, max_epochs=None, limit_train_batches=1, limit_val_batches=1)
+    assert model.trainer.max_epochs == 200  # scvi-tools' heuristic: 400 for 150 samples
+
+
+@pytest.mark.parametrize("name", ["zinb", "dgex", "sailer", "multivae"])
 def test_train_size_one_trains_without_validation_and_none_means_the_default(name):
     build = _models()[name]
     for train_size in (1.0, 0.999):  # 0.999 of 150 cells leaves no validation cell either

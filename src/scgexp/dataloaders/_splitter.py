@@ -155,6 +155,8 @@ class DataSplitter(ScviDataSplitter):
         # (another cell each epoch, as the cells are reshuffled), counted per process.
         trainer = getattr(self, "trainer", None)
         world = max(1, int(getattr(trainer, "world_size", 1) or 1))
+        if world > 1:  # scvi-tools shards by the strategy's name: devices=2 alone picks DDP too
+            self.data_loader_kwargs["distributed_sampler"] = True
         per_process = math.ceil(len(self.train_idx) / world)
         batch_size = self.data_loader_kwargs.get("batch_size") or settings.batch_size
         one_cell_left = per_process > batch_size and per_process % batch_size == 1

@@ -242,7 +242,9 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         Each target's penalty is chosen by generalised cross-validation; every statistic is
         accumulated over chunks of rows, so only ``n_landmarks × n_targets`` numbers are held at
         once. The hidden layers' output starts small, so training begins near the ridge fit, and
-        early stopping (best epoch restored) keeps what improves on it on validation data.
+        early stopping restores the epoch best on validation data. The ridge fit itself is not
+        a candidate: a learning rate far above the default (e.g. 0.5) can leave the best epoch
+        worse than where training started.
         """
         module = self.module
         matrix = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
@@ -351,7 +353,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
 
     def train(
         self,
-        max_epochs: int = 200,
+        max_epochs: int | None = 200,
         *,
         batch_size: int = 256,
         early_stopping: bool = True,
@@ -369,7 +371,7 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
         Parameters
         ----------
         max_epochs
-            Upper bound on epochs.
+            Upper bound on epochs (``None``: the default, 200).
         batch_size
             Minibatch size.
         early_stopping
@@ -401,7 +403,8 @@ class DGEX(SafeSaveMixin, TrainingMixin, BaseModelClass):
             },
             plan_kwargs,
         )
-        callbacks = list(trainer_kwargs.pop("callbacks", []))
+        max_epochs = 200 if max_epochs is None else max_epochs  # not scvi-tools' heuristic
+        callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
         if self.module.skip is not None and self.ridge_alpha_ is None:
             callbacks.append(_RidgeStart(self))
         trainer_kwargs.setdefault("early_stopping_monitor", "mae_validation")

@@ -295,6 +295,8 @@ class TrainingMixin(UnsupervisedTrainingMixin):
             if "gradient_clip_algorithm" in kwargs:
                 clip["gradient_clip_algorithm"] = kwargs.pop("gradient_clip_algorithm")
             kwargs["plan_kwargs"] = self._plan_settings(clip, kwargs.get("plan_kwargs"), clip)
+        # A copy: scvi-tools' Trainer appends its own callbacks to the list it is given.
+        kwargs["callbacks"] = list(kwargs.get("callbacks") or [])
         restore = None
         if kwargs.get("early_stopping") and self._restore_best_weights:
             restore = RestoreBestWeights(

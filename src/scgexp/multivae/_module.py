@@ -488,10 +488,11 @@ class MultiVAEModule(BaseModuleClass):
             x = data[m]
             if x is None:
                 continue
-            mask = self.presence(x, flags[m])
+            present = self.presence(x, flags[m])
+            mask = present
             if use_modalities is not None and m not in use_modalities:
-                mask = torch.zeros_like(mask)
-            mean, var = self._expert(m, x, self.presence(x, flags[m]), cats)
+                mask = torch.zeros_like(present)
+            mean, var = self._expert(m, x, present, cats)
             means[m], variances[m], masks[m] = mean, var, mask
             if m == "atac":
                 n_open = (x > 0).float().sum(-1, keepdim=True).clamp(min=1.0)

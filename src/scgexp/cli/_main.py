@@ -105,7 +105,7 @@ def _check_output(
         raise InputError(
             f"{output} exists; pass --overwrite to replace it, or choose another --out."
         )
-    if model_dir is not None and output.resolve().parent.is_relative_to(model_dir.resolve()):
+    if model_dir is not None and _within(output.parent, model_dir):
         raise InputError(  # load() would take a data file there for the model's own data
             "--out must lie outside the model folder; choose another --out or --model-dir."
         )
@@ -863,6 +863,8 @@ def _without_added_modalities(result, added: list[str], key: str):
 
 def _within(path: Path, folder: Path) -> bool:
     """Whether ``path`` is ``folder`` or lies in it (also under another spelling or a link)."""
+    if not folder.exists():  # nothing lies in it yet: compare where both would be
+        return path.resolve().is_relative_to(folder.resolve())
     for candidate in (path, *path.parents):
         if candidate.exists():
             return os.path.samefile(candidate, folder) or any(
